@@ -1,0 +1,292 @@
+"""Candidate operations of the DARTS search space (2-D feature maps).
+
+Every operation maps a tensor of shape ``(N, C_in, H, W)`` to ``(N, C_out, H', W')`` with
+``H' = ceil(H / stride)`` and ``W' = ceil(W / stride)`` for the padding used by
+:data:`DARTS_PRIMITIVES_2D`, so even and odd sizes both work.
+
+Operations that start with a ReLU on their input (:class:`ReLUConvBN2d`, :class:`ReduceChannels2d`,
+:class:`DilConv2d`, :class:`SepConv2d`) set the class attribute ``applies_leading_relu = True`` and offer
+``forward_relu_applied(x_relu)``, which takes ``relu(x)`` computed by the caller. A cell computes the
+ReLU of each state once and hands it to every such operation that reads the state; ``forward(x)``
+still applies the ReLU itself, so each operation used alone behaves like the DARTS reference.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ReLUConvBN2d",
+    "ReduceChannels2d",
+    "Identity",
+    "Zero2d",
+    "DilConv2d",
+    "SepConv2d",
+    "AvgPoolBN2d",
+    "MaxPoolBN2d",
+    "PrimitiveFactory",
+    "DARTS_PRIMITIVES_2D",
+]
+
+#: A factory building one candidate operation: ``factory(C, stride, affine) -> nn.Module``.
+PrimitiveFactory = Callable[[int, int, bool], nn.Module]
+
+
+def _strided_size(size: int, stride: int) -> int:
+    return -(-size // stride)
+
+
+class ReLUConvBN2d(nn.Module):
+    """ReLU -> Conv2d (no bias) -> BatchNorm2d.
+
+    Args:
+        C_in: input channels.
+        C_out: output channels.
+        kernel_size: convolution kernel size.
+        stride: convolution stride.
+        padding: zero padding of the convolution.
+        affine: whether the batch norm has a learnable scale and shift.
+
+    Shape:
+        ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)`` with the usual Conv2d output size.
+    """
+
+    applies_leading_relu = True
+
+    def __init__(
+        self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
+        return self.bn(self.conv(x_relu))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_relu_applied(F.relu(x))
+
+
+class ReduceChannels2d(nn.Module):
+    """Factorized reduction: halves H and W (rounding up) and maps ``C_in`` to ``C_out`` channels.
+
+    ReLU, then two 1x1 stride-2 convolutions, the second one on the input shifted by one pixel (zero
+    padded at the far border so odd sizes work), concatenated on channels, then BatchNorm2d. The first
+    convolution produces ``C_out // 2`` channels and the second the rest, so ``C_out`` may be odd.
+
+    Args:
+        C_in: input channels.
+        C_out: output channels (at least 2).
+        affine: whether the batch norm has a learnable scale and shift.
+
+    Shape:
+        ``(N, C_in, H, W) -> (N, C_out, ceil(H / 2), ceil(W / 2))``
+    """
+
+    applies_leading_relu = True
+
+    def __init__(self, C_in: int, C_out: int, affine: bool = True):
+        super().__init__()
+        if C_out < 2:
+            raise ValueError(f"ReduceChannels2d needs C_out >= 2 (two convolution halves), got C_out={C_out}")
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
+        # Shift by one pixel and pad the far border: for even sizes the padded row/column is never
+        # sampled by the stride-2 convolution (same result as the reference), for odd sizes both halves
+        # then have ceil(H / 2) rows.
+        shifted = F.pad(x_relu[:, :, 1:, 1:], (0, 1, 0, 1))
+        return self.bn(torch.cat([self.conv_1(x_relu), self.conv_2(shifted)], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_relu_applied(F.relu(x))
+
+
+class Identity(nn.Module):
+    """Identity module: returns its input unchanged (any shape)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Zero2d(nn.Module):
+    """Zeros of the strided shape: ``(N, C, H, W) -> (N, C, ceil(H / stride), ceil(W / stride))``.
+
+    The output is made with ``torch.zeros`` (same dtype and device as the input), never computed from
+    the input, so infinities or NaN in the input still give zeros. For ``stride == 1`` any input shape
+    is accepted; for larger strides the last two dimensions are subsampled.
+
+    Args:
+        stride: subsampling factor of the last two dimensions.
+    """
+
+    def __init__(self, stride: int):
+        super().__init__()
+        if stride < 1:
+            raise ValueError(f"Zero2d stride must be >= 1, got stride={stride}")
+        self.stride = stride
+
+    def output_shape(self, shape: torch.Size) -> tuple[int, ...]:
+        """The output shape for an input of the given shape."""
+        if self.stride == 1:
+            return tuple(shape)
+        if len(shape) < 2:
+            raise ValueError(
+                f"Zero2d with stride {self.stride} needs at least 2 dimensions, got shape {shape}"
+            )
+        *lead, h, w = shape
+        return (*lead, _strided_size(h, self.stride), _strided_size(w, self.stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(self.output_shape(x.shape))
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}"
+
+
+class DilConv2d(nn.Module):
+    """ReLU -> depthwise dilated conv (groups = C_in) -> 1x1 conv -> BatchNorm2d.
+
+    Args:
+        C_in: input channels.
+        C_out: output channels.
+        kernel_size: kernel size of the depthwise convolution.
+        stride: stride of the depthwise convolution.
+        padding: zero padding of the depthwise convolution.
+        dilation: dilation of the depthwise convolution.
+        affine: whether the batch norm has a learnable scale and shift.
+
+    Shape:
+        ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``; with ``padding = dilation * (kernel_size - 1) / 2``
+        ``H_out = ceil(H / stride)``.
+    """
+
+    applies_leading_relu = True
+
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool = True,
+    ):
+        super().__init__()
+        self.depthwise = nn.Conv2d(
+            C_in,
+            C_in,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=C_in,
+            bias=False,
+        )
+        self.pointwise = nn.Conv2d(C_in, C_out, 1, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
+        return self.bn(self.pointwise(self.depthwise(x_relu)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_relu_applied(F.relu(x))
+
+
+class SepConv2d(nn.Module):
+    """Separable convolution: the :class:`DilConv2d` block twice with dilation 1.
+
+    The first block is strided and keeps ``C_in`` channels; the second has stride 1 and maps to
+    ``C_out`` channels.
+
+    Args:
+        C_in: input channels.
+        C_out: output channels.
+        kernel_size: kernel size of both depthwise convolutions.
+        stride: stride of the first depthwise convolution.
+        padding: zero padding of both depthwise convolutions.
+        affine: whether the batch norms have a learnable scale and shift.
+
+    Shape:
+        ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``; with ``padding = (kernel_size - 1) / 2``
+        ``H_out = ceil(H / stride)``.
+    """
+
+    applies_leading_relu = True
+
+    def __init__(
+        self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True
+    ):
+        super().__init__()
+        self.first = DilConv2d(C_in, C_in, kernel_size, stride, padding, dilation=1, affine=affine)
+        self.second = DilConv2d(C_in, C_out, kernel_size, 1, padding, dilation=1, affine=affine)
+
+    def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
+        return self.second(self.first.forward_relu_applied(x_relu))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_relu_applied(F.relu(x))
+
+
+class AvgPoolBN2d(nn.Module):
+    """3x3 average pooling (padding 1, ``count_include_pad=False``) -> BatchNorm2d(C, affine=False).
+
+    Shape:
+        ``(N, C, H, W) -> (N, C, ceil(H / stride), ceil(W / stride))``
+    """
+
+    def __init__(self, C: int, stride: int):
+        super().__init__()
+        self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+        self.bn = nn.BatchNorm2d(C, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.pool(x))
+
+
+class MaxPoolBN2d(nn.Module):
+    """3x3 max pooling (padding 1) -> BatchNorm2d(C, affine=False).
+
+    Shape:
+        ``(N, C, H, W) -> (N, C, ceil(H / stride), ceil(W / stride))``
+    """
+
+    def __init__(self, C: int, stride: int):
+        super().__init__()
+        self.pool = nn.MaxPool2d(3, stride=stride, padding=1)
+        self.bn = nn.BatchNorm2d(C, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.pool(x))
+
+
+def _skip_connect(C: int, stride: int, affine: bool) -> nn.Module:
+    return Identity() if stride == 1 else ReduceChannels2d(C, C, affine=affine)
+
+
+#: The eight DARTS operations in the DARTS order: name -> ``factory(C, stride, affine)``.
+#: Each built operation maps ``(N, C, H, W)`` to ``(N, C, ceil(H / stride), ceil(W / stride))``.
+DARTS_PRIMITIVES_2D: OrderedDict[str, PrimitiveFactory] = OrderedDict(
+    [
+        ("none", lambda C, stride, affine: Zero2d(stride)),
+        ("max_pool_3x3", lambda C, stride, affine: MaxPoolBN2d(C, stride)),
+        ("avg_pool_3x3", lambda C, stride, affine: AvgPoolBN2d(C, stride)),
+        ("skip_connect", _skip_connect),
+        ("sep_conv_3x3", lambda C, stride, affine: SepConv2d(C, C, 3, stride, 1, affine=affine)),
+        ("sep_conv_5x5", lambda C, stride, affine: SepConv2d(C, C, 5, stride, 2, affine=affine)),
+        ("dil_conv_3x3", lambda C, stride, affine: DilConv2d(C, C, 3, stride, 2, 2, affine=affine)),
+        ("dil_conv_5x5", lambda C, stride, affine: DilConv2d(C, C, 5, stride, 4, 2, affine=affine)),
+    ]
+)
