@@ -13,8 +13,8 @@ $(BIN)/python:
 
 # torch first and pinned: letting pip resolve a bare `torch` would pull a multi-GB CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -22,8 +22,11 @@ install: $(STAMP)
 lint: install
 	$(BIN)/ruff check .
 
+# The whole suite on SQLite + embedded Redis, then the service suite again on the machine's
+# PostgreSQL and Redis servers (DARTS_TEST_BACKEND=postgres).
 test: install lint
 	$(BIN)/python -m pytest
+	DARTS_TEST_BACKEND=postgres $(BIN)/python -m pytest tests/service
 
 demo: install
 	$(BIN)/python -m darts_core.demo
