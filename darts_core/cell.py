@@ -1,0 +1,390 @@
+"""The DARTS cell: mixed operations on a small directed acyclic graph of states.
+
+A cell has two inputs (the outputs of the two previous cells) and ``internal_nodes`` nodes. Node ``i``
+sums one edge from every earlier state (the two inputs, then the nodes before it), so there are
+``internal_nodes * (internal_nodes + 3) / 2`` edges (14 for 4 nodes), numbered node by node and, within
+a node, by source state. During search every edge is a :class:`MixedOp` weighted by the softmax of the
+cell's architecture weights (a :class:`SpecialParameter` of shape ``(num_edges, len(primitives))``);
+a cell built from a genotype has one fixed operation per edge.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from darts_core.ops import (
+    DARTS_PRIMITIVES_2D,
+    Identity,
+    PrimitiveFactory,
+    ReduceChannels2d,
+    ReLUConvBN2d,
+    Zero2d,
+)
+
+__all__ = ["SpecialParameter", "MixedOp", "Cell", "default_cell_output"]
+
+
+def _rebuild_special_parameter(data: torch.Tensor, requires_grad: bool) -> SpecialParameter:
+    return SpecialParameter(data, requires_grad)
+
+
+class SpecialParameter(nn.Parameter):
+    """Tag a parameter as special, such as the DARTS architecture weights.
+
+    Special parameters are handled differently depending on the phase: the architecture step optimizes
+    only them, the weight step only the other parameters (see
+    :func:`darts_core.optim.create_darts_optimizers_fn`). The type survives ``copy.deepcopy``,
+    ``Module.to()``, a ``state_dict`` round trip and ``torch.save``/``torch.load`` of a whole module.
+    """
+
+    def __new__(cls, data: torch.Tensor | None = None, requires_grad: bool = True):
+        return super().__new__(cls, data, requires_grad)
+
+    def __reduce_ex__(self, proto):
+        # nn.Parameter pickles itself as a plain Parameter; rebuild the subclass instead.
+        return _rebuild_special_parameter, (self.data, self.requires_grad)
+
+    def __repr__(self) -> str:
+        return "SpecialParameter containing:\n" + torch.Tensor.__repr__(self.data)
+
+
+def default_cell_output(node_outputs: Sequence[torch.Tensor], nb_outputs_to_use: int = 4) -> torch.Tensor:
+    """Concatenate the last ``nb_outputs_to_use`` states on the channel dimension (dim 1).
+
+    Args:
+        node_outputs: the states of the cell in order: the two (preprocessed) inputs, then the
+            internal nodes, each ``(N, C, H, W)`` (or ``(N, C)`` for 1-D operations).
+        nb_outputs_to_use: how many of the last states to concatenate.
+
+    Returns:
+        ``(N, nb_outputs_to_use * C, H, W)``
+    """
+    if not 1 <= nb_outputs_to_use <= len(node_outputs):
+        raise ValueError(
+            f"nb_outputs_to_use must be between 1 and the number of states ({len(node_outputs)}), "
+            f"got {nb_outputs_to_use}"
+        )
+    return torch.cat(list(node_outputs[-nb_outputs_to_use:]), dim=1)
+
+
+def _run_op(op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor | None) -> torch.Tensor:
+    if x_relu is not None and getattr(op, "applies_leading_relu", False):
+        return op.forward_relu_applied(x_relu)
+    return op(x)
+
+
+def _needs_relu(op: nn.Module) -> bool:
+    return bool(getattr(op, "applies_leading_relu", False))
+
+
+class MixedOp(nn.Module):
+    """The weighted sum of every candidate operation on one edge: ``sum_k weights[k] * op_k(x)``.
+
+    Operations that are :class:`~darts_core.ops.Zero2d` are never computed: they contribute exactly
+    zero (their weight still takes part in the softmax done by the caller). Operations that start with
+    a ReLU use ``x_relu`` when the caller passes it, so the ReLU of a state is computed once for all
+    the edges that read it.
+
+    Args:
+        primitives: ordered mapping name -> ``factory(C, stride, affine)``.
+        C: channels of the input and output.
+        stride: stride of every operation.
+        affine: passed to the factories (DARTS searches with ``affine=False``).
+
+    Shape:
+        ``x``: ``(N, C, H, W)``; ``weights``: ``(len(primitives),)`` (already softmaxed);
+        output: ``(N, C, ceil(H / stride), ceil(W / stride))``.
+    """
+
+    def __init__(self, primitives: Mapping[str, PrimitiveFactory], C: int, stride: int, affine: bool = False):
+        super().__init__()
+        if len(primitives) == 0:
+            raise ValueError("primitives must hold at least one operation")
+        self.primitive_names = list(primitives)
+        self.ops = nn.ModuleList(factory(C, stride, affine) for factory in primitives.values())
+        self._computed = [k for k, op in enumerate(self.ops) if not isinstance(op, Zero2d)]
+        self.needs_relu = any(_needs_relu(self.ops[k]) for k in self._computed)
+
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Args:
+        x: the input state.
+        weights: one weight per primitive, shape ``(len(primitives),)``, already softmaxed.
+        x_relu: optional ``relu(x)``, shared with other operations reading ``x``.
+        """
+        if not self._computed:
+            return self.ops[0](x) * weights[0]
+        if x_relu is None and self.needs_relu:
+            x_relu = F.relu(x)
+        per_op = weights.unbind(0)
+        out: torch.Tensor | None = None
+        for k in self._computed:
+            term = per_op[k] * _run_op(self.ops[k], x, x_relu)
+            out = term if out is None else out + term
+        return out
+
+
+def _as_primitives(primitives: Mapping[str, PrimitiveFactory] | Sequence[str]) -> dict[str, PrimitiveFactory]:
+    if isinstance(primitives, Mapping):
+        result = dict(primitives)
+    else:
+        unknown = [name for name in primitives if name not in DARTS_PRIMITIVES_2D]
+        if isinstance(primitives, str) or unknown:
+            raise ValueError(
+                f"primitives must be a mapping name -> factory(C, stride, affine) or a list of names among "
+                f"{list(DARTS_PRIMITIVES_2D)}; unknown: {unknown if unknown else primitives!r}"
+            )
+        result = {name: DARTS_PRIMITIVES_2D[name] for name in primitives}
+    if not result:
+        raise ValueError("primitives must hold at least one operation")
+    return result
+
+
+class Cell(nn.Module):
+    """A DARTS cell (search cell, or fixed cell when ``genotype`` is given).
+
+    Input 0 is preprocessed by :class:`~darts_core.ops.ReduceChannels2d` when the previous cell
+    reduced, else by a 1x1 :class:`~darts_core.ops.ReLUConvBN2d`; input 1 by a 1x1 ReLUConvBN2d; both
+    are identities when ``with_preprocessing=False`` (then the inputs must already have ``c``
+    channels, or be whatever the user operations accept, e.g. ``(N, F)`` for 1-D operations). Edges
+    from the two inputs have stride 2 in a reduction cell.
+
+    Args:
+        primitives: ordered mapping name -> ``factory(C, stride, affine)`` such as
+            :data:`~darts_core.ops.DARTS_PRIMITIVES_2D`, or a list of names from it.
+        cpp: channels of input 0 (output of the cell before the previous one).
+        cp: channels of input 1 (output of the previous cell).
+        c: channels of every state inside the cell.
+        is_reduction: whether this cell halves H and W.
+        is_reduction_prev: whether the previous cell halved H and W (input 0 is then twice as large).
+        internal_nodes: number of internal nodes.
+        cell_merge_output_fn: ``fn(states) -> Tensor`` merging the list of states (two inputs then the
+            nodes). When left to :func:`default_cell_output`, the cell concatenates exactly its
+            ``internal_nodes`` nodes (``functools.partial(default_cell_output,
+            nb_outputs_to_use=internal_nodes)``), so ``internal_nodes=4`` gives the seed behaviour.
+        weights: a :class:`SpecialParameter` of shape ``(num_edges, len(primitives))`` to share
+            between cells; ``None`` creates one, initialised to ``1e-3 * randn``.
+        with_preprocessing: whether to preprocess the two inputs (see above).
+        genotype: a list of one operation name per edge: builds the fixed cell (one operation per
+            edge, weight 1, no architecture weights).
+        affine: affine BatchNorm in the operations and preprocessing. ``None`` (default): ``False`` for
+            a search cell (as in DARTS search), ``True`` for a cell built from a genotype.
+
+    Attributes:
+        num_edges: number of edges, ``internal_nodes * (internal_nodes + 3) // 2``.
+        out_channels: channels of the output for the default merge (``c * nb_outputs_to_use``), or
+            ``None`` for a custom merge function.
+
+    Shape:
+        ``parents``: ``[(N, cpp, H0, W0), (N, cp, H, W)]`` where ``H0 = 2 * H`` (or ``2 * H - 1``) when
+        ``is_reduction_prev`` else ``H``; output: ``(N, out_channels, H', W')`` with
+        ``H' = ceil(H / 2)`` for a reduction cell, else ``H``.
+    """
+
+    def __init__(
+        self,
+        primitives: Mapping[str, PrimitiveFactory] | Sequence[str],
+        cpp: int,
+        cp: int,
+        c: int,
+        is_reduction: bool,
+        is_reduction_prev: bool,
+        internal_nodes: int = 4,
+        cell_merge_output_fn: Callable[[list[torch.Tensor]], torch.Tensor] = default_cell_output,
+        weights: SpecialParameter | None = None,
+        with_preprocessing: bool = True,
+        genotype: Sequence[str] | None = None,
+        *,
+        affine: bool | None = None,
+    ):
+        super().__init__()
+        primitives = _as_primitives(primitives)
+        if internal_nodes < 1:
+            raise ValueError(f"internal_nodes must be >= 1, got {internal_nodes}")
+        self.primitive_names: list[str] = list(primitives)
+        self.internal_nodes = internal_nodes
+        self.is_reduction = bool(is_reduction)
+        self.is_reduction_prev = bool(is_reduction_prev)
+        self.num_edges = internal_nodes * (internal_nodes + 3) // 2
+        self.is_fixed = genotype is not None
+        if affine is None:
+            affine = self.is_fixed
+
+        if cell_merge_output_fn is default_cell_output:
+            cell_merge_output_fn = functools.partial(default_cell_output, nb_outputs_to_use=internal_nodes)
+        self.cell_merge_output_fn = cell_merge_output_fn
+        self.out_channels: int | None = None
+        if (
+            isinstance(cell_merge_output_fn, functools.partial)
+            and cell_merge_output_fn.func is default_cell_output
+        ):
+            nb = cell_merge_output_fn.keywords.get("nb_outputs_to_use", 4)
+            self.out_channels = c * min(nb, internal_nodes + 2)
+
+        if not with_preprocessing:
+            self.preprocess0: nn.Module = Identity()
+            self.preprocess1: nn.Module = Identity()
+        else:
+            if is_reduction_prev:
+                self.preprocess0 = ReduceChannels2d(cpp, c, affine=affine)
+            else:
+                self.preprocess0 = ReLUConvBN2d(cpp, c, 1, 1, 0, affine=affine)
+            self.preprocess1 = ReLUConvBN2d(cp, c, 1, 1, 0, affine=affine)
+
+        # (node, source state, stride) per edge, numbered node by node.
+        self._edges: list[tuple[int, int, int]] = []
+        for node in range(internal_nodes):
+            for source in range(2 + node):
+                self._edges.append((node, source, 2 if is_reduction and source < 2 else 1))
+
+        if self.is_fixed:
+            if weights is not None:
+                raise ValueError(
+                    "weights and genotype are exclusive: a cell built from a genotype has no weights"
+                )
+            genotype = list(genotype)
+            if len(genotype) != self.num_edges:
+                raise ValueError(
+                    f"genotype must name one operation per edge: expected {self.num_edges} names for "
+                    f"internal_nodes={internal_nodes}, got {len(genotype)}"
+                )
+            unknown = [name for name in genotype if name not in primitives]
+            if unknown:
+                raise ValueError(
+                    f"genotype has unknown operations {unknown}; expected names among {self.primitive_names}"
+                )
+            self._genotype: list[str] | None = genotype
+            self.edge_ops = nn.ModuleList(
+                primitives[name](c, stride, affine)
+                for name, (_, _, stride) in zip(genotype, self._edges, strict=True)
+            )
+            self.weights = None
+            edge_needs_relu = [_needs_relu(op) for op in self.edge_ops]
+        else:
+            self._genotype = None
+            self.mixed_ops = nn.ModuleList(
+                MixedOp(primitives, c, stride, affine) for _, _, stride in self._edges
+            )
+            self.weights = self._create_weights(primitives, weights)
+            edge_needs_relu = [op.needs_relu for op in self.mixed_ops]
+        # Whether some edge reading state j needs relu(state j): computed once per forward and shared.
+        self._state_needs_relu = [False] * (internal_nodes + 2)
+        for (_, source, _), needs in zip(self._edges, edge_needs_relu, strict=True):
+            self._state_needs_relu[source] |= needs
+
+    @property
+    def expected_weights_shape(self) -> tuple[int, int]:
+        """``(num_edges, len(primitives))``."""
+        return self.num_edges, len(self.primitive_names)
+
+    def _create_weights(
+        self, primitives: Mapping[str, PrimitiveFactory], weights: SpecialParameter | None
+    ) -> SpecialParameter:
+        """Create (or check) the architecture weights.
+
+        They are a :class:`SpecialParameter` so optimizers can tell them from the operation weights.
+        """
+        expected = (self.num_edges, len(primitives))
+        if weights is None:
+            return SpecialParameter(1e-3 * torch.randn(*expected))
+        if not isinstance(weights, SpecialParameter):
+            raise ValueError(
+                f"weights must be a SpecialParameter of shape {expected} (edges, primitives), "
+                f"got {type(weights).__name__}"
+            )
+        if tuple(weights.shape) != expected:
+            raise ValueError(
+                f"weights must have shape {expected} (edges, primitives), got {tuple(weights.shape)}"
+            )
+        return weights
+
+    def get_weights(self) -> SpecialParameter | None:
+        """The architecture weights ``(num_edges, len(primitives))`` (``None`` for a fixed cell).
+
+        Useful to share them among cells (pass them as ``weights=`` to the other cells).
+        """
+        return self.weights
+
+    def get_genotype(self) -> list[str]:
+        """The strongest operation name of every edge (argmax of the weights), one per edge.
+
+        For a cell built from a genotype, that genotype.
+        """
+        if self._genotype is not None:
+            return list(self._genotype)
+        best = self.weights.detach().argmax(dim=1).tolist()
+        return [self.primitive_names[k] for k in best]
+
+    def forward(self, parents: Sequence[torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the cell.
+
+        Args:
+            parents: ``[s0, s1]``, the outputs of the cell before the previous one and of the previous
+                cell.
+            weights: optional raw architecture weights ``(num_edges, len(primitives))`` used instead of
+                the registered parameter (softmax is applied here). Any tensor works, e.g. the
+                ``alpha - lr * grad`` of a functional second-order step. Not allowed for a fixed cell.
+
+        Returns:
+            the merged states, ``(N, out_channels, H', W')`` for the default merge.
+        """
+        if len(parents) != 2:
+            raise ValueError(f"parents must be a list of 2 tensors [s0, s1], got {len(parents)}")
+        states = [self.preprocess0(parents[0]), self.preprocess1(parents[1])]
+        relus: list[torch.Tensor | None] = [None] * len(self._state_needs_relu)
+
+        def relu_of(j: int) -> torch.Tensor | None:
+            if relus[j] is None and self._state_needs_relu[j]:
+                relus[j] = F.relu(states[j])
+            return relus[j]
+
+        if self.is_fixed:
+            if weights is not None:
+                raise ValueError("a cell built from a genotype takes no weights")
+            edge = 0
+            for node in range(self.internal_nodes):
+                total: torch.Tensor | None = None
+                first_zero: tuple[nn.Module, int] | None = None
+                for j in range(2 + node):
+                    op = self.edge_ops[edge]
+                    edge += 1
+                    if isinstance(op, Zero2d):
+                        first_zero = first_zero or (op, j)
+                        continue
+                    term = _run_op(op, states[j], relu_of(j))
+                    total = term if total is None else total + term
+                if total is None:
+                    op, j = first_zero
+                    total = op(states[j])
+                states.append(total)
+            return self.cell_merge_output_fn(states)
+
+        alphas = self.weights if weights is None else weights
+        if tuple(alphas.shape) != self.expected_weights_shape:
+            raise ValueError(
+                f"weights must have shape {self.expected_weights_shape} (edges, primitives), "
+                f"got {tuple(alphas.shape)}"
+            )
+        rows = F.softmax(alphas, dim=-1).unbind(0)
+        edge = 0
+        for node in range(self.internal_nodes):
+            total = None
+            for j in range(2 + node):
+                term = self.mixed_ops[edge](states[j], rows[edge], relu_of(j))
+                edge += 1
+                total = term if total is None else total + term
+            states.append(total)
+        return self.cell_merge_output_fn(states)
+
+    def extra_repr(self) -> str:
+        kind = "fixed" if self.is_fixed else "search"
+        return (
+            f"{kind}, internal_nodes={self.internal_nodes}, num_edges={self.num_edges}, "
+            f"reduction={self.is_reduction}, reduction_prev={self.is_reduction_prev}"
+        )
