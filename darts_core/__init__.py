@@ -1,1 +1,38 @@
-"""Placeholder; replaced by the package implementation."""
+"""darts_core: DARTS (Differentiable ARchiTecture Search) in PyTorch.
+
+The names of the ``trw.arch`` API come first, so ``import darts_core as arch`` works as a drop-in::
+
+    import darts_core as arch
+    cell = arch.Cell(arch.DARTS_PRIMITIVES_2D, cpp=16, cp=16, c=16, is_reduction=False,
+                     is_reduction_prev=False)
+"""
+
+from darts_core.cell import Cell, MixedOp, SpecialParameter, default_cell_output
+from darts_core.ops import (
+    DARTS_PRIMITIVES_2D,
+    DilConv2d,
+    Identity,
+    ReduceChannels2d,
+    ReLUConvBN2d,
+    SepConv2d,
+    Zero2d,
+)
+from darts_core.optim import create_darts_adam_optimizers_fn, create_darts_optimizers_fn
+
+__all__ = [
+    # The trw.arch API (seed names).
+    "ReLUConvBN2d",
+    "ReduceChannels2d",
+    "Identity",
+    "Zero2d",
+    "DilConv2d",
+    "SepConv2d",
+    "Cell",
+    "default_cell_output",
+    "SpecialParameter",
+    "create_darts_optimizers_fn",
+    "create_darts_adam_optimizers_fn",
+    # Additions.
+    "DARTS_PRIMITIVES_2D",
+    "MixedOp",
+]
