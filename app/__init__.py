@@ -1,1 +1,1 @@
-"""Placeholder; replaced by the package implementation."""
+"""darts-service: the FastAPI server, its SQL models, schemas and event ingestion."""

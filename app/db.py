@@ -1,0 +1,117 @@
+"""Database plumbing: engines, sessions, the FastAPI session dependency and migrations.
+
+The schema is made only by Alembic (`run_migrations`); nothing here calls `create_all`.
+
+PostgreSQL schema isolation (test runs, several deployments in one database) is carried by the URL
+itself, so every process that reads `DATABASE_URL` (API, ingester, Celery worker) lands in the same
+schema: `postgresql://host/db?options=-csearch_path%3D<schema>` (see `with_search_path`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.settings import Settings
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (every timestamp we store)."""
+    return datetime.now(UTC)
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """`url` (a PostgreSQL URL) with its connections' `search_path` set to `schema`.
+
+    libpq passes `options` to the server at connect time, so tables, the Alembic version table and
+    every query of every process using this URL live in that schema.
+    """
+    if not url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        raise ValueError(f"with_search_path needs a PostgreSQL URL, got {url!r}")
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options={quote(f'-csearch_path={schema}', safe='')}"
+
+
+def _sqlite_on_connect(dbapi_connection, _connection_record) -> None:
+    # WAL lets the API read while the ingester writes; foreign keys are off by default in SQLite,
+    # and ON DELETE CASCADE of search_epochs needs them.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def make_engine(settings: Settings) -> Engine:
+    """An engine for `settings.sqlalchemy_url` (SQLite file or PostgreSQL through psycopg 3)."""
+    url = make_url(settings.sqlalchemy_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions that keep loaded attributes after commit (routes serialise rows after committing)."""
+    return sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
+
+
+@contextmanager
+def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that commits when the block succeeds and rolls back when it raises."""
+    session = factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """FastAPI dependency: one session per request, from the app's session factory.
+
+    Services commit explicitly; whatever a failed request left uncommitted is rolled back on close.
+    """
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    session = factory()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+def alembic_config(settings: Settings):
+    """An Alembic `Config` for our migrations pointed at `settings`' database."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # env.py reads the URL from here (not from the environment) so a caller's Settings win.
+    config.attributes["settings"] = settings
+    return config
+
+
+def run_migrations(settings: Settings, revision: str = "head") -> None:
+    """`alembic upgrade head` on `settings`' database (used by `darts-service up` and the tests)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(settings), revision)

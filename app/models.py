@@ -1,0 +1,168 @@
+"""SQL models (SQLAlchemy 2). The schema itself is made only by the Alembic migrations.
+
+Shared by the API, the event ingester and the workers: keep this module free of FastAPI and torch.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    false,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from app.db import utcnow
+
+# Deterministic constraint names, so migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend.
+
+    PostgreSQL stores `timestamptz`; SQLite has no time zones, so values are stored as UTC and marked
+    UTC again when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: store timezone-aware UTC times")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class SearchStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelling = "cancelling"
+    cancelled = "cancelled"
+
+
+TERMINAL_STATUSES: frozenset[str] = frozenset(
+    {SearchStatus.succeeded, SearchStatus.failed, SearchStatus.cancelled}
+)
+
+
+class Search(Base):
+    """One architecture search: its accepted spec, its state, and a summary of its last epoch."""
+
+    __tablename__ = "searches"
+    __table_args__ = (
+        # Newest-first listing and keyset pagination, with and without a status filter.
+        Index("ix_searches_created_at_id", "created_at", "id"),
+        Index("ix_searches_status_created_at_id", "status", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default=SearchStatus.queued)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # What the worker loads: "builtin:<name>" or "upload:<dataset id>".
+    dataset_ref: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The last finished epoch (1-based); 0 before the first.
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    epochs: Mapped[int] = mapped_column(Integer)  # total planned
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    best_valid_acc: Mapped[float | None] = mapped_column(Float)
+    genotype: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    celery_task_id: Mapped[str | None] = mapped_column(String(64))
+
+    epoch_records: Mapped[list[SearchEpoch]] = relationship(
+        back_populates="search",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="SearchEpoch.epoch",
+    )
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class SearchEpoch(Base):
+    """The record of one finished epoch of a search, written once by the event ingester."""
+
+    __tablename__ = "search_epochs"
+    __table_args__ = (UniqueConstraint("search_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)  # 1-based
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_acc: Mapped[float] = mapped_column(Float)
+    valid_loss: Mapped[float] = mapped_column(Float)
+    valid_acc: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    genotype: Mapped[dict[str, Any]] = mapped_column(JSON)
+    alphas: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The Redis Stream entry id the epoch came from ("1700000000000-0"); the SSE event id.
+    stream_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    search: Mapped[Search] = relationship(back_populates="epoch_records")
+
+
+class Dataset(Base):
+    """An uploaded `.npz` dataset, stored at `path` and validated when it arrived."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (Index("ix_datasets_created_at_id", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    filename: Mapped[str] = mapped_column(String(255))
+    path: Mapped[str] = mapped_column(Text)
+    num_samples: Mapped[int] = mapped_column(Integer)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
