@@ -152,9 +152,8 @@ def build_operation(name: str, c: int, stride: int, affine: bool) -> nn.Module:
     if name == "max_pool_3x3":
         return nn.Sequential(nn.MaxPool2d(3, stride=stride, padding=1), nn.BatchNorm2d(c, affine=False))
     if name == "avg_pool_3x3":
-        return nn.Sequential(
-            nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False), nn.BatchNorm2d(c, affine=False)
-        )
+        pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
+        return nn.Sequential(pool, nn.BatchNorm2d(c, affine=False))
     if name == "skip_connect":
         return Identity() if stride == 1 else FactorizedReduce(c, c, affine)
     if name == "sep_conv_3x3":
@@ -258,8 +257,9 @@ class ReferenceNetwork(nn.Module):
         self.classifier = nn.Linear(c_prev, num_classes)
         self.to(self.device)
         num_edges = sum(2 + node for node in range(steps))
-        self.alphas_normal = (1e-3 * torch.randn(num_edges, len(PRIMITIVES), device=self.device)).requires_grad_()
-        self.alphas_reduce = (1e-3 * torch.randn(num_edges, len(PRIMITIVES), device=self.device)).requires_grad_()
+        shape = (num_edges, len(PRIMITIVES))
+        self.alphas_normal = (1e-3 * torch.randn(shape, device=self.device)).requires_grad_()
+        self.alphas_reduce = (1e-3 * torch.randn(shape, device=self.device)).requires_grad_()
 
     def new(self) -> ReferenceNetwork:
         """A freshly constructed network with the same alphas (weights are loaded by the caller)."""
@@ -302,8 +302,8 @@ def load_from_search_network(reference: ReferenceNetwork, network: nn.Module) ->
     for kind, targets, sources in pairs:
         if len(targets) != len(sources):
             raise ValueError(
-                f"network: the reference has {len(targets)} {kind} and the darts_core network {len(sources)}; "
-                "build both with the same configuration"
+                f"network: the reference has {len(targets)} {kind} and the darts_core network "
+                f"{len(sources)}; build both with the same configuration"
             )
         for index, (target, source) in enumerate(zip(targets, sources, strict=True)):
             if target.shape != source.shape:
@@ -315,6 +315,10 @@ def load_from_search_network(reference: ReferenceNetwork, network: nn.Module) ->
 
 
 # --------------------------------------------------------------------------- search step
+
+
+#: ``(images, labels)``: (N, C, H, W) float and (N,) int64.
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -362,7 +366,7 @@ class ReferenceSearch:
         )
 
     # architect.step -------------------------------------------------------------------------
-    def arch_step(self, train_batch: tuple[torch.Tensor, torch.Tensor], valid_batch: tuple[torch.Tensor, torch.Tensor]):
+    def arch_step(self, train_batch: Batch, valid_batch: Batch) -> torch.Tensor:
         self.arch_optimizer.zero_grad()
         if self.order == "second":
             loss = self._backward_step_unrolled(train_batch, valid_batch)
@@ -378,7 +382,8 @@ class ReferenceSearch:
         weights = list(self.model.parameters())
         theta = _flat(weights).detach()
         try:
-            moment = _flat([self.weight_optimizer.state[w]["momentum_buffer"] for w in weights]) * self.momentum
+            buffers = [self.weight_optimizer.state[w]["momentum_buffer"] for w in weights]
+            moment = _flat(buffers) * self.momentum
         except (KeyError, TypeError):
             moment = torch.zeros_like(theta)
         dtheta = _flat(torch.autograd.grad(loss, weights)).detach() + self.weight_decay * theta
@@ -395,7 +400,7 @@ class ReferenceSearch:
         model_new.load_state_dict(state)
         return model_new
 
-    def _backward_step_unrolled(self, train_batch, valid_batch) -> torch.Tensor:
+    def _backward_step_unrolled(self, train_batch: Batch, valid_batch: Batch) -> torch.Tensor:
         unrolled = self._unrolled_model(*train_batch)
         unrolled_loss = unrolled.loss(*valid_batch)
         unrolled_loss.backward()
@@ -429,7 +434,7 @@ class ReferenceSearch:
         return [(p - n).div_(2 * radius) for p, n in zip(grads_p, grads_n, strict=True)]
 
     # weight step (train_search.train) --------------------------------------------------------
-    def weight_step(self, train_batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def weight_step(self, train_batch: Batch) -> torch.Tensor:
         self.weight_optimizer.zero_grad()
         loss = self.model.loss(*train_batch)
         loss.backward()
@@ -437,7 +442,7 @@ class ReferenceSearch:
         self.weight_optimizer.step()
         return loss
 
-    def step(self, train_batch, valid_batch) -> tuple[float, float]:
+    def step(self, train_batch: Batch, valid_batch: Batch) -> tuple[float, float]:
         """One bilevel step; returns ``(arch_loss, train_loss)`` (the arch loss is the validation loss,
         of the unrolled model for the second order)."""
         arch_loss = self.arch_step(train_batch, valid_batch)
