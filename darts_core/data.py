@@ -1,0 +1,576 @@
+"""Dataset registry: small image classification datasets a DARTS search runs on.
+
+Nothing here downloads. :func:`load_dataset` dispatches on ``spec["name"]``:
+
+``digits``
+    scikit-learn's bundled handwritten digits (real data): 1797 grey 8x8 images, 10 classes.
+    Parameters: ``test_fraction`` (0.2), ``seed`` (0).
+``synthetic``
+    Generated images with a learnable pattern: every class is a fixed, smooth random template (a coarse
+    4x4 random grid per channel, bilinearly upsampled) and every sample is its class template plus
+    Gaussian noise. Parameters: ``num_samples`` (512), ``channels`` (3), ``image_size`` (16, or
+    ``[H, W]``), ``num_classes`` (4), ``noise`` (0.5, standard deviation; templates have unit scale),
+    ``test_fraction`` (0.2), ``seed`` (0).
+``npz``
+    A NumPy ``.npz`` archive with ``x`` (``N x C x H x W``, ``N x H x W x C`` or grey ``N x H x W``;
+    ``uint8`` is scaled to [0, 1], floats are taken as they are) and ``y`` (``N`` integer labels).
+    Parameters: ``path``, ``layout`` (``"NCHW"`` or ``"NHWC"``; guessed when absent, see below),
+    ``num_classes`` (max label + 1), ``test_fraction`` (0.2), ``seed`` (0). Read with
+    ``allow_pickle=False``.
+``cifar10``
+    A local CIFAR-10 directory in its python format (``data_batch_1`` .. ``data_batch_5`` and
+    ``test_batch``, as in ``cifar-10-batches-py``). Parameters: ``root`` (that directory, or its parent),
+    ``limit`` (first N training images), ``test_limit`` (first N test images).
+
+Layout heuristic for 4-dimensional ``npz`` images: the channels axis is the one of axes 1 and 3 whose
+size is 1, 3 or 4. When exactly one of them qualifies it is used; when both or neither do (e.g.
+``N x 3 x 32 x 3``) the file is rejected and ``layout`` must be given.
+
+Every dataset is split into a training part (what the search uses; it splits it further into weight and
+architecture halves) and a held-out test part the search never sees. The ``digits``, ``synthetic`` and
+``npz`` splits are stratified by class and deterministic for a seed; both parts are shuffled
+(deterministically), so a file sorted by class never yields one-class halves. Images are normalised per
+channel with the training part's mean and standard deviation.
+
+All errors are :class:`DatasetError` (a ``ValueError``) with a message naming the problem.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "DatasetError",
+    "ImageDataset",
+    "builtin_datasets",
+    "load_dataset",
+    "validate_npz",
+]
+
+
+class DatasetError(ValueError):
+    """A dataset spec or file is invalid; the message names the problem."""
+
+
+@dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """An image classification dataset, ready for training.
+
+    Attributes:
+        name: the dataset kind (``"digits"``, ``"synthetic"``, ``"npz"``, ``"cifar10"``).
+        x_train: float32 tensor ``N x C x H x W``, normalised per channel with the training statistics.
+        y_train: int64 tensor ``N``, labels in ``[0, num_classes)``.
+        x_test: float32 tensor ``M x C x H x W`` (normalised with the training statistics); a held-out
+            split never used by the search.
+        y_test: int64 tensor ``M``.
+        num_classes: number of classes.
+        channel_mean: per-channel mean subtracted (of the unnormalised training images).
+        channel_std: per-channel standard deviation divided by.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    channel_mean: tuple[float, ...] = ()
+    channel_std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.dim() != 4:
+                raise DatasetError(f"x_{split}: expected a float32 tensor N x C x H x W")
+            if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
+                raise DatasetError(f"y_{split}: expected an int64 tensor N")
+            if x.shape[0] != y.shape[0]:
+                raise DatasetError(f"x_{split} has {x.shape[0]} samples but y_{split} has {y.shape[0]}")
+            if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
+                raise DatasetError(f"y_{split}: labels must lie in [0, {self.num_classes})")
+        if self.x_test.shape[1:] != self.x_train.shape[1:]:
+            raise DatasetError(
+                f"x_test images {tuple(self.x_test.shape[1:])} differ from x_train images "
+                f"{tuple(self.x_train.shape[1:])}"
+            )
+        if self.x_train.shape[0] == 0:
+            raise DatasetError("x_train: no training samples")
+
+    @property
+    def in_channels(self) -> int:
+        """Number of image channels ``C``."""
+        return int(self.x_train.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """Image height and width ``(H, W)``."""
+        return int(self.x_train.shape[2]), int(self.x_train.shape[3])
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-ready summary (no tensors)."""
+        height, width = self.image_size
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "channels": self.in_channels,
+            "height": height,
+            "width": width,
+            "num_train": int(self.x_train.shape[0]),
+            "num_test": int(self.x_test.shape[0]),
+            "num_samples": int(self.x_train.shape[0] + self.x_test.shape[0]),
+            "channel_mean": list(self.channel_mean),
+            "channel_std": list(self.channel_std),
+        }
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _int_param(spec: Mapping[str, Any], kind: str, key: str, default: int | None, minimum: int) -> int | None:
+    value = spec.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise DatasetError(f"{kind}: {key} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _float_param(
+    spec: Mapping[str, Any], kind: str, key: str, default: float, low: float, high: float, open_low: bool
+) -> float:
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DatasetError(f"{kind}: {key} must be a number, got {value!r}")
+    if (value <= low if open_low else value < low) or value >= high:
+        bounds = f"{'(' if open_low else '['}{low}, {high})"
+        raise DatasetError(f"{kind}: {key} must lie in {bounds}, got {value!r}")
+    return float(value)
+
+
+def _split_params(spec: Mapping[str, Any], kind: str) -> tuple[float, int]:
+    test_fraction = _float_param(spec, kind, "test_fraction", 0.2, 0.0, 1.0, open_low=True)
+    seed = _int_param(spec, kind, "seed", 0, 0)
+    assert seed is not None
+    return test_fraction, seed
+
+
+def _stratified_split(
+    y: np.ndarray, test_fraction: float, seed: int, kind: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of a stratified, shuffled train/test split; deterministic for a seed.
+
+    Every class gives ``round(count * test_fraction)`` samples to the test part, but always keeps at
+    least one sample for training.
+    """
+    rng = np.random.default_rng(seed)
+    train_parts, test_parts = [], []
+    for label in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == label))
+        num_test = min(int(round(len(members) * test_fraction)), len(members) - 1)
+        test_parts.append(members[:num_test])
+        train_parts.append(members[num_test:])
+    test = np.concatenate(test_parts)
+    if test.size == 0:
+        raise DatasetError(
+            f"{kind}: test_fraction {test_fraction} leaves no test samples for {len(y)} samples"
+        )
+    return rng.permutation(np.concatenate(train_parts)), rng.permutation(test)
+
+
+def _normalise(
+    x_train: np.ndarray, x_test: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor, tuple[float, ...], tuple[float, ...]]:
+    """Per-channel standardisation with the training statistics (float32 N x C x H x W in and out)."""
+    mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = x_train.std(axis=(0, 2, 3), dtype=np.float64)
+    std = np.where(std < 1e-8, 1.0, std)  # a constant channel stays constant instead of dividing by 0
+    shape = (1, -1, 1, 1)
+    tensors = []
+    for x in (x_train, x_test):
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        tensor = tensor.sub(torch.from_numpy(mean.astype(np.float32)).view(shape))
+        tensors.append(tensor.div_(torch.from_numpy(std.astype(np.float32)).view(shape)))
+    return tensors[0], tensors[1], tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _build(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    num_classes: int,
+) -> ImageDataset:
+    xt, xv, mean, std = _normalise(x_train, x_test)
+    return ImageDataset(
+        name=name,
+        x_train=xt,
+        y_train=torch.from_numpy(np.ascontiguousarray(y_train, dtype=np.int64)),
+        x_test=xv,
+        y_test=torch.from_numpy(np.ascontiguousarray(y_test, dtype=np.int64)),
+        num_classes=num_classes,
+        channel_mean=mean,
+        channel_std=std,
+    )
+
+
+def _split_and_build(
+    name: str, x: np.ndarray, y: np.ndarray, num_classes: int, test_fraction: float, seed: int
+) -> ImageDataset:
+    train, test = _stratified_split(y, test_fraction, seed, name)
+    return _build(name, x[train], y[train], x[test], y[test], num_classes)
+
+
+# ---------------------------------------------------------------------------------------------- digits
+
+
+def _load_digits(spec: Mapping[str, Any]) -> ImageDataset:
+    from sklearn.datasets import load_digits
+
+    test_fraction, seed = _split_params(spec, "digits")
+    bunch = load_digits()
+    x = (np.asarray(bunch.images, dtype=np.float32) / 16.0)[:, None]  # pixel values are 0..16
+    y = np.asarray(bunch.target, dtype=np.int64)
+    return _split_and_build("digits", x, y, 10, test_fraction, seed)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+
+def _image_size_param(spec: Mapping[str, Any]) -> tuple[int, int]:
+    value = spec.get("image_size", 16)
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        sizes = list(value)
+    else:
+        sizes = [value, value]
+    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sizes):
+        raise DatasetError(f"synthetic: image_size must be a positive integer or [H, W], got {value!r}")
+    return int(sizes[0]), int(sizes[1])
+
+
+def _load_synthetic(spec: Mapping[str, Any]) -> ImageDataset:
+    num_classes = _int_param(spec, "synthetic", "num_classes", 4, 2)
+    assert num_classes is not None
+    num_samples = _int_param(spec, "synthetic", "num_samples", 512, 2 * num_classes)
+    channels = _int_param(spec, "synthetic", "channels", 3, 1)
+    height, width = _image_size_param(spec)
+    noise = _float_param(spec, "synthetic", "noise", 0.5, 0.0, math.inf, open_low=False)
+    test_fraction, seed = _split_params(spec, "synthetic")
+    assert num_samples is not None and channels is not None
+
+    rng = np.random.default_rng(seed)
+    # Smooth templates (coarse random grid, upsampled) give local structure that convolutions pick up.
+    coarse = rng.normal(size=(num_classes, channels, min(4, height), min(4, width)))
+    templates = F.interpolate(
+        torch.from_numpy(coarse), size=(height, width), mode="bilinear", align_corners=False
+    ).numpy()
+    labels = rng.permutation(np.arange(num_samples) % num_classes)  # balanced classes
+    images = templates[labels] + noise * rng.normal(size=(num_samples, channels, height, width))
+    return _split_and_build(
+        "synthetic", images.astype(np.float32), labels.astype(np.int64), num_classes, test_fraction, seed
+    )
+
+
+# ---------------------------------------------------------------------------------------------- npz
+
+_LAYOUTS = ("NCHW", "NHWC")
+_CHANNEL_SIZES = (1, 3, 4)
+
+
+def _to_nchw(x: np.ndarray, layout: str | None) -> tuple[np.ndarray, str]:
+    if x.ndim == 3:  # grey N x H x W
+        return x[:, None], "NHW"
+    if layout is None:
+        candidates = [name for name, axis in (("NCHW", 1), ("NHWC", 3)) if x.shape[axis] in _CHANNEL_SIZES]
+        if len(candidates) != 1:
+            raise DatasetError(
+                f"x: cannot tell the channels axis of shape {tuple(x.shape)} (axis 1 or 3 of size 1, 3 or 4 "
+                "expected, exactly one); give layout 'NCHW' or 'NHWC'"
+            )
+        layout = candidates[0]
+    if layout == "NHWC":
+        return np.transpose(x, (0, 3, 1, 2)), layout
+    return x, layout
+
+
+def _read_npz(
+    path: Any, layout: str | None = None, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read and check an ``.npz`` file; returns float32 ``N x C x H x W`` images, int64 labels, summary."""
+    if layout is not None and layout not in _LAYOUTS:
+        raise DatasetError(f"npz: layout must be one of {list(_LAYOUTS)}, got {layout!r}")
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise DatasetError(f"npz: path must be a file path, got {path!r}")
+    file = Path(path)
+    if not file.exists():
+        raise DatasetError(f"npz: file not found: {file}")
+    if not file.is_file():
+        raise DatasetError(f"npz: not a file: {file}")
+    if not zipfile.is_zipfile(file):
+        raise DatasetError(f"npz: {file.name} is not an .npz archive (not a zip file)")
+    try:
+        with np.load(file, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            for key in ("x", "y"):
+                if key not in keys:
+                    raise DatasetError(f"npz: missing array {key!r} (found {sorted(keys)})")
+            x, y = archive["x"], archive["y"]
+    except DatasetError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
+        # object arrays (pickles) and corrupt members both land here
+        raise DatasetError(f"npz: cannot read {file.name}: {error}") from error
+
+    if x.dtype.kind not in "uif":
+        raise DatasetError(f"x: dtype {x.dtype} is not numeric; use uint8 (0..255) or float")
+    if x.dtype.kind in "ui" and x.dtype != np.uint8:
+        raise DatasetError(f"x: dtype {x.dtype} is not supported; use uint8 (0..255) or float")
+    if x.ndim not in (3, 4):
+        raise DatasetError(
+            f"x: expected N x C x H x W, N x H x W x C or N x H x W, got shape {tuple(x.shape)}"
+        )
+    if y.ndim != 1:
+        raise DatasetError(f"y: expected a 1-d array of N labels, got shape {tuple(y.shape)}")
+    if x.shape[0] != y.shape[0]:
+        raise DatasetError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise DatasetError("x: no samples")
+    if 0 in x.shape[1:]:
+        raise DatasetError(f"x: empty image dimension in shape {tuple(x.shape)}")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
+            raise DatasetError(f"y: labels must be integers, got non-integer values (dtype {y.dtype})")
+    elif y.dtype.kind not in "ui":
+        raise DatasetError(f"y: labels must be integers, got dtype {y.dtype}")
+    labels = y.astype(np.int64)
+    if labels.min() < 0:
+        raise DatasetError(f"y: labels must be >= 0, found {int(labels.min())}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DatasetError("x: contains NaN or infinite values")
+    found_classes = int(np.unique(labels).size)
+    if found_classes < 2:
+        raise DatasetError(f"y: needs at least 2 classes, found {found_classes}")
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1
+    elif labels.max() >= num_classes:
+        raise DatasetError(f"y: label {int(labels.max())} out of range for num_classes={num_classes}")
+
+    images, used_layout = _to_nchw(x, layout)
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0
+    else:
+        images = images.astype(np.float32)
+    summary = {
+        "num_samples": int(images.shape[0]),
+        "num_classes": int(num_classes),
+        "channels": int(images.shape[1]),
+        "height": int(images.shape[2]),
+        "width": int(images.shape[3]),
+        "layout": used_layout,
+        "dtype": str(x.dtype),
+    }
+    return images, labels, summary
+
+
+def validate_npz(path: str | os.PathLike[str], layout: str | None = None) -> dict[str, Any]:
+    """Check an ``.npz`` upload and summarise it without building a dataset.
+
+    Returns ``{"num_samples", "num_classes", "channels", "height", "width", "layout", "dtype"}``
+    (``layout`` is ``"NCHW"``, ``"NHWC"`` or ``"NHW"`` for grey images; ``dtype`` is the stored one).
+
+    Raises:
+        DatasetError: naming the problem (missing file, not an archive, missing ``x`` or ``y``, shapes,
+            dtypes, labels, NaN/inf, fewer than two classes).
+    """
+    return _read_npz(path, layout)[2]
+
+
+def _load_npz(spec: Mapping[str, Any]) -> ImageDataset:
+    if "path" not in spec:
+        raise DatasetError("npz: missing 'path'")
+    num_classes = _int_param(spec, "npz", "num_classes", None, 2)
+    test_fraction, seed = _split_params(spec, "npz")
+    images, labels, summary = _read_npz(spec["path"], spec.get("layout"), num_classes)
+    return _split_and_build("npz", images, labels, summary["num_classes"], test_fraction, seed)
+
+
+# ---------------------------------------------------------------------------------------------- cifar10
+
+_CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_TEST_FILE = "test_batch"
+# What a CIFAR-10 batch pickle (a dict of a uint8 numpy array and a list of labels) may reference.
+_CIFAR_PICKLE_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that only resolves the few numpy globals a CIFAR-10 batch needs.
+
+    It narrows what a malicious file could do, but pickles remain a code format: give only trusted
+    local files.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not file.is_file():
+        raise DatasetError(f"cifar10: missing file {file.name} in {file.parent}")
+    try:
+        with file.open("rb") as handle:
+            batch = _CifarUnpickler(handle, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
+        raise DatasetError(f"cifar10: cannot read {file.name}: {error}") from error
+    if not isinstance(batch, dict):
+        raise DatasetError(f"cifar10: {file.name} does not hold a dict")
+    # The original files are Python 2 pickles (bytes keys); accept str keys as well.
+    entries = {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
+    if "data" not in entries or "labels" not in entries:
+        raise DatasetError(f"cifar10: {file.name} lacks 'data' or 'labels'")
+    data = np.asarray(entries["data"])
+    labels = np.asarray(entries["labels"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetError(
+            f"cifar10: {file.name} data must be uint8 N x 3072, got {data.dtype} {tuple(data.shape)}"
+        )
+    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "ui":
+        raise DatasetError(f"cifar10: {file.name} needs {data.shape[0]} integer labels")
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DatasetError(f"cifar10: {file.name} has labels outside 0..9")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _load_cifar10(spec: Mapping[str, Any]) -> ImageDataset:
+    """Load CIFAR-10 from local python-format pickles (trusted files only: pickles can run code)."""
+    if "root" not in spec:
+        raise DatasetError("cifar10: missing 'root' (a local cifar-10-batches-py directory)")
+    root_value = spec["root"]
+    if not isinstance(root_value, (str, os.PathLike)) or not str(root_value):
+        raise DatasetError(f"cifar10: root must be a directory path, got {root_value!r}")
+    limit = _int_param(spec, "cifar10", "limit", None, 1)
+    test_limit = _int_param(spec, "cifar10", "test_limit", None, 1)
+    root = Path(root_value)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    if not root.is_dir():
+        raise DatasetError(f"cifar10: root is not a directory: {root}")
+
+    train_images, train_labels, total = [], [], 0
+    for name in _CIFAR_TRAIN_FILES:
+        if limit is not None and total >= limit:
+            break
+        data, labels = _read_cifar_batch(root / name)
+        train_images.append(data)
+        train_labels.append(labels)
+        total += len(labels)
+    x_train = np.concatenate(train_images)[:limit]
+    y_train = np.concatenate(train_labels)[:limit]
+    x_test, y_test = _read_cifar_batch(root / _CIFAR_TEST_FILE)
+    x_test, y_test = x_test[:test_limit], y_test[:test_limit]
+    return _build(
+        "cifar10",
+        x_train.astype(np.float32) / 255.0,
+        y_train,
+        x_test.astype(np.float32) / 255.0,
+        y_test,
+        10,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- registry
+
+_LOADERS = {
+    "digits": (_load_digits, {"test_fraction", "seed"}),
+    "synthetic": (
+        _load_synthetic,
+        {"num_samples", "channels", "image_size", "num_classes", "noise", "test_fraction", "seed"},
+    ),
+    "npz": (_load_npz, {"path", "layout", "num_classes", "test_fraction", "seed"}),
+    "cifar10": (_load_cifar10, {"root", "limit", "test_limit"}),
+}
+
+
+def load_dataset(spec: Mapping[str, Any]) -> ImageDataset:
+    """Load a dataset from a spec such as ``{"name": "digits"}`` (see the module docstring for kinds).
+
+    Raises:
+        DatasetError: unknown ``name``, unknown keys for that kind, bad parameter values, bad files.
+    """
+    if not isinstance(spec, Mapping):
+        raise DatasetError(f"spec: expected a mapping with a 'name', got {type(spec).__name__}")
+    name = spec.get("name")
+    if name not in _LOADERS:
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {sorted(_LOADERS)}")
+    loader, allowed = _LOADERS[name]
+    unknown = sorted(set(spec) - allowed - {"name"})
+    if unknown:
+        raise DatasetError(f"{name}: unknown keys {unknown}; allowed {sorted(allowed)}")
+    return loader(spec)
+
+
+def builtin_datasets() -> list[dict[str, Any]]:
+    """The datasets available without an upload, with their defaults (JSON-ready).
+
+    Each entry: ``name``, ``description``, ``num_classes``, ``shape`` (``[C, H, W]`` with default
+    parameters), ``num_samples``, ``parameters`` (name -> default; ``None`` where required or unset).
+    """
+    return [
+        {
+            "name": "digits",
+            "description": "scikit-learn's handwritten digits: 1797 grey 8x8 images, 10 classes (bundled).",
+            "num_classes": 10,
+            "shape": [1, 8, 8],
+            "num_samples": 1797,
+            "parameters": {"test_fraction": 0.2, "seed": 0},
+        },
+        {
+            "name": "synthetic",
+            "description": "Generated images: each class is a smooth random template plus Gaussian noise.",
+            "num_classes": 4,
+            "shape": [3, 16, 16],
+            "num_samples": 512,
+            "parameters": {
+                "num_samples": 512,
+                "channels": 3,
+                "image_size": 16,
+                "num_classes": 4,
+                "noise": 0.5,
+                "test_fraction": 0.2,
+                "seed": 0,
+            },
+        },
+        {
+            "name": "cifar10",
+            "description": (
+                "CIFAR-10 from a local directory in its python format (cifar-10-batches-py); "
+                "needs 'root', nothing downloads. Pickle files: give trusted files only."
+            ),
+            "num_classes": 10,
+            "shape": [3, 32, 32],
+            "num_samples": 60000,
+            "parameters": {"root": None, "limit": None, "test_limit": None},
+        },
+    ]
