@@ -1,0 +1,104 @@
+"""The FastAPI application factory.
+
+Run it with `uvicorn --factory app.main:create_app` (or `darts-service up`). Nothing is built at import
+time, and building the app connects to nothing: the database, Redis and the broker are reached on first
+use, so `create_app()` works before they are up (and `/readyz` says when they are).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from app.db import make_engine, make_session_factory
+from app.redis import get_redis
+from app.routes import datasets, health, searches
+from app.services.errors import ServiceError
+from app.services.metrics import MetricsMiddleware, ServiceMetrics
+from app.settings import Settings, get_settings
+from worker.celery_app import create_celery_app
+
+logger = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+SSE_POLL_SECONDS = 0.5
+
+
+def _start_ingester(settings: Settings) -> Any | None:
+    """Start the event ingester (app.events) in this process; None when that module is absent."""
+    try:
+        from app.events import start_ingester
+    except ImportError as exc:
+        logger.warning("event ingester not started: app.events.start_ingester unavailable (%s)", exc)
+        return None
+    return start_ingester(settings)
+
+
+def create_app(settings: Settings | None = None, *, run_ingester: bool | None = None) -> FastAPI:
+    """The API over `settings` (default: the environment).
+
+    `run_ingester` (default: `settings.run_ingester` when the setting exists, else True) starts the
+    Redis-stream -> SQL event ingester with the app and stops it on shutdown.
+    """
+    settings = settings or get_settings()
+    if run_ingester is None:
+        run_ingester = bool(getattr(settings, "run_ingester", True))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ingester = _start_ingester(settings) if run_ingester else None
+        try:
+            yield
+        finally:
+            if ingester is not None:
+                ingester.stop()
+            app.state.redis.close()
+            app.state.engine.dispose()
+
+    app = FastAPI(
+        title="darts-service",
+        version="1",
+        summary="Neural architecture search (DARTS) as a service",
+        lifespan=lifespan,
+    )
+    engine = make_engine(settings)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.session_factory = make_session_factory(engine)
+    app.state.celery = create_celery_app(settings)
+    app.state.redis = get_redis(settings)
+    app.state.metrics = ServiceMetrics(app.state.session_factory)
+    app.state.sse_poll_seconds = SSE_POLL_SECONDS
+
+    @app.exception_handler(ServiceError)
+    async def service_error_handler(_request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Location"],
+        )
+
+    app.include_router(searches.router)
+    app.include_router(datasets.router)
+    app.include_router(health.router)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    return app

@@ -1,0 +1,1 @@
+"""HTTP routes: thin handlers that parse the request, call app.services and shape the response."""

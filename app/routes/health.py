@@ -1,0 +1,58 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+def _check_database(request: Request) -> str:
+    try:
+        with request.app.state.session_factory() as session:
+            session.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as exc:  # any failure means "not ready"; the message says which
+        return f"error: {type(exc).__name__}: {exc}"
+
+
+def _check_redis(request: Request) -> str:
+    try:
+        request.app.state.redis.ping()
+        return "ok"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {exc}"
+
+
+@router.get("/readyz", responses={503: {"description": "the database or Redis is unreachable"}})
+async def readyz(request: Request) -> Any:
+    """Readiness: the database and Redis both answer. 503 names the one that does not."""
+    checks = {
+        "database": await run_in_threadpool(_check_database, request),
+        "redis": await run_in_threadpool(_check_redis, request),
+    }
+    failing = [name for name, result in checks.items() if result != "ok"]
+    if failing:
+        return JSONResponse(
+            {"detail": f"not ready: {', '.join(failing)} unreachable", "checks": checks}, status_code=503
+        )
+    return {"status": "ready", "checks": checks}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests by route and status, request latency, searches by status."""
+    body = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

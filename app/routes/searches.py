@@ -1,0 +1,182 @@
+"""`/searches`: create, list, read, genotype, epochs, Server-Sent Events, cancel, delete."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette.sse import EventSourceResponse
+
+from app.db import SessionDep
+from app.models import TERMINAL_STATUSES, Search
+from app.routes.deps import CeleryDep, RedisDep, SettingsDep
+from app.schemas import EpochPublic, Page, SearchPublic, SearchSpec, SearchStatusName, StatusEvent
+from app.services import searches as search_service
+from app.services.errors import BadRequest
+from app.services.genotype_svg import genotype_svg
+
+router = APIRouter(prefix="/searches", tags=["searches"])
+
+MAX_EPOCHS_PAGE = 1000
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=SearchPublic)
+def create_search(
+    spec: SearchSpec, session: SessionDep, celery: CeleryDep, settings: SettingsDep, response: Response
+) -> Search:
+    """Queue a DARTS search. The response's `spec` is the spec as accepted, every default filled in."""
+    search = search_service.create_search(session, spec, celery=celery, settings=settings)
+    response.headers["Location"] = f"/searches/{search.id}"
+    return search
+
+
+@router.get("", response_model=Page[SearchPublic])
+def list_searches(
+    session: SessionDep,
+    status: SearchStatusName | None = None,
+    limit: Annotated[int, Query(ge=1, le=search_service.MAX_PAGE_SIZE)] = search_service.DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Searches, newest first. Pass `next_cursor` back as `?cursor=` for the next page."""
+    items, next_cursor = search_service.list_searches(session, status=status, limit=limit, cursor=cursor)
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.get("/{search_id}", response_model=SearchPublic)
+def get_search(search_id: str, session: SessionDep) -> Search:
+    return search_service.get_search(session, search_id)
+
+
+@router.get("/{search_id}/genotype")
+def get_genotype(
+    search_id: str,
+    session: SessionDep,
+    epoch: Annotated[int | None, Query(ge=1, description="An earlier epoch's genotype")] = None,
+) -> dict[str, Any]:
+    """The genotype in the DARTS format (`normal`, `normal_concat`, `reduce`, `reduce_concat`).
+
+    404 before the first epoch has finished, and for an epoch that has not (yet) finished.
+    """
+    return search_service.get_genotype(session, search_id, epoch)
+
+
+@router.get(
+    "/{search_id}/genotype.svg",
+    response_class=Response,
+    responses={200: {"content": {"image/svg+xml": {}}, "description": "The two cells drawn as graphs"}},
+)
+def get_genotype_svg(
+    search_id: str,
+    session: SessionDep,
+    epoch: Annotated[int | None, Query(ge=1, description="An earlier epoch's genotype")] = None,
+) -> Response:
+    genotype = search_service.get_genotype(session, search_id, epoch)
+    return Response(genotype_svg(genotype), media_type="image/svg+xml")
+
+
+@router.get("/{search_id}/epochs", response_model=Page[EpochPublic])
+def list_epochs(
+    search_id: str,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_EPOCHS_PAGE)] = MAX_EPOCHS_PAGE,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Per-epoch metrics, in epoch order."""
+    if cursor is None:
+        after = 0
+    elif cursor.isdigit():
+        after = int(cursor)
+    else:
+        raise BadRequest(f"invalid cursor {cursor!r}: pass back a next_cursor this API returned")
+    records = search_service.list_epochs(session, search_id, after=after, limit=limit + 1)
+    next_cursor = None
+    if len(records) > limit:
+        records = records[:limit]
+        next_cursor = str(records[-1].epoch)
+    return {"items": records, "next_cursor": next_cursor}
+
+
+@router.post("/{search_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SearchPublic)
+def cancel_search(
+    search_id: str, session: SessionDep, celery: CeleryDep, redis_client: RedisDep, settings: SettingsDep
+) -> Search:
+    """Cancel (idempotent): a queued search at once, a running one between two batches. 409 if finished."""
+    return search_service.cancel_search(
+        session, search_id, celery=celery, redis_client=redis_client, settings=settings
+    )
+
+
+@router.delete("/{search_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_search(search_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+    """Remove a finished search, its epochs and its artifacts (409 while it is queued or running)."""
+    search_service.delete_search(session, search_id, settings=settings)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{search_id}/events",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "`epoch` and `status` events"}},
+)
+async def search_events(
+    search_id: str,
+    request: Request,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str | None, Query(description="Resume point for clients that cannot send the Last-Event-ID header")
+    ] = None,
+) -> EventSourceResponse:
+    """Server-Sent Events read from SQL: every epoch record in order as an `epoch` event (id: its Redis
+    stream entry id, or the epoch number when it has none), and a `status` event first and on every
+    change. The stream ends after a terminal status (`succeeded`, `failed`, `cancelled`) has been sent.
+    `Last-Event-ID` (or `?last_event_id=`) resumes after that epoch."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    resume_from = last_event_id_header or last_event_id
+
+    def starting_epoch() -> int:
+        # Errors (unknown search, foreign event id) are answered before the stream starts.
+        with factory() as session:
+            search_service.get_search(session, search_id)
+            if not resume_from:
+                return 0
+            return search_service.epoch_after_event_id(session, search_id, resume_from)
+
+    after = await run_in_threadpool(starting_epoch)
+    poll_seconds: float = request.app.state.sse_poll_seconds
+    return EventSourceResponse(_event_stream(factory, search_id, after, poll_seconds), ping=15)
+
+
+async def _event_stream(
+    factory: sessionmaker[Session], search_id: str, after: int, poll_seconds: float
+) -> AsyncIterator[dict[str, str]]:
+    last_status: StatusEvent | None = None
+
+    def poll(after_epoch: int) -> tuple[StatusEvent | None, list[tuple[str, EpochPublic]]]:
+        with factory() as session:
+            search = session.get(Search, search_id)
+            if search is None:  # deleted while we followed it
+                return None, []
+            # The status is read before the epochs: a terminal status is written after the last
+            # epoch, so once we see it, this same poll also sees every epoch.
+            current = StatusEvent(status=search.status, error=search.error)
+            records = search_service.list_epochs(session, search_id, after=after_epoch)
+            return current, [(r.stream_id or str(r.epoch), EpochPublic.model_validate(r)) for r in records]
+
+    while True:
+        current, records = await run_in_threadpool(poll, after)
+        if current is None:
+            return
+        for event_id, record in records:
+            yield {"event": "epoch", "id": event_id, "data": record.model_dump_json()}
+            after = record.epoch
+        if current != last_status:
+            yield {"event": "status", "data": json.dumps(current.model_dump())}
+            last_status = current
+        if current.status in TERMINAL_STATUSES:
+            return
+        await anyio.sleep(poll_seconds)

@@ -1,0 +1,238 @@
+"""Pydantic schemas of the REST API (separate from the SQL models in app/models.py).
+
+`SearchSpec` is the search spec both the API and the worker validate: unknown fields are rejected
+everywhere, and `SearchSpec.model_dump()` is the spec as accepted, every default filled in, with the same
+nesting and names `darts_core.search.SearchConfig.from_spec` reads (it ignores `dataset`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+# The eight DARTS operations, in the DARTS order (the names of darts_core.ops.DARTS_PRIMITIVES_2D,
+# repeated here so the API validates specs without importing torch).
+DARTS_PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+ItemT = TypeVar("ItemT")
+
+SearchStatusName = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+
+
+class StrictModel(BaseModel):
+    """Base of every schema: unknown fields are an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The search spec
+
+
+class BuiltinDatasetSpec(StrictModel):
+    """A dataset shipped with darts_core, by name."""
+
+    name: Literal["digits"]
+
+
+class SyntheticDatasetSpec(StrictModel):
+    """Random images whose label is planted in them: for smoke tests and demos."""
+
+    name: Literal["synthetic"]
+    num_samples: int = Field(default=256, ge=4, le=100_000)
+    num_classes: int = Field(default=4, ge=2, le=1000)
+    channels: int = Field(default=3, ge=1, le=16)
+    image_size: int = Field(default=16, ge=4, le=256)
+    seed: int = Field(default=0, ge=0)
+
+
+class UploadedDatasetSpec(StrictModel):
+    """A dataset uploaded with `POST /datasets`, by its id."""
+
+    id: str = Field(min_length=1, max_length=64)
+
+
+def _dataset_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        if "id" in value:
+            return "upload"
+        return "synthetic" if value.get("name") == "synthetic" else "builtin"
+    if isinstance(value, BaseModel):
+        return {
+            BuiltinDatasetSpec: "builtin",
+            SyntheticDatasetSpec: "synthetic",
+            UploadedDatasetSpec: "upload",
+        }.get(type(value))
+    return None
+
+
+DatasetSpec = Annotated[
+    Annotated[BuiltinDatasetSpec, Tag("builtin")]
+    | Annotated[SyntheticDatasetSpec, Tag("synthetic")]
+    | Annotated[UploadedDatasetSpec, Tag("upload")],
+    Discriminator(
+        _dataset_kind,
+        custom_error_type="invalid_dataset",
+        custom_error_message=(
+            'dataset must be {"name": "digits"}, {"name": "synthetic", ...} or {"id": "<uploaded id>"}'
+        ),
+    ),
+]
+
+
+class SearchSpaceSpec(StrictModel):
+    primitives: list[str] = Field(default_factory=lambda: list(DARTS_PRIMITIVES), min_length=2)
+    internal_nodes: int = Field(default=4, ge=1, le=8)
+
+    @field_validator("primitives")
+    @classmethod
+    def _known_and_unique(cls, primitives: list[str]) -> list[str]:
+        unknown = [name for name in primitives if name not in DARTS_PRIMITIVES]
+        if unknown:
+            raise ValueError(f"unknown primitive(s) {unknown}; choose from {list(DARTS_PRIMITIVES)}")
+        repeated = sorted({name for name in primitives if primitives.count(name) > 1})
+        if repeated:
+            raise ValueError(f"primitives must be unique; repeated: {repeated}")
+        return primitives
+
+
+class NetworkSpec(StrictModel):
+    cells: int = Field(default=8, ge=1, le=64)
+    init_channels: int = Field(default=16, ge=1, le=512)
+    stem_multiplier: int = Field(default=3, ge=1, le=16)
+
+
+class TrainingSpec(StrictModel):
+    epochs: int = Field(default=50, ge=1, le=1000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    train_portion: float = Field(default=0.5, gt=0.0, lt=1.0)
+    order: Literal["first", "second"] = "first"
+    weight_lr: float = Field(default=0.025, gt=0.0)
+    weight_lr_min: float = Field(default=0.001, ge=0.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=3e-4, ge=0.0)
+    arch_lr: float = Field(default=3e-4, gt=0.0)
+    arch_weight_decay: float = Field(default=1e-3, ge=0.0)
+    grad_clip: float = Field(default=5.0, gt=0.0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="after")
+    def _lr_min_not_above_lr(self) -> TrainingSpec:
+        if self.weight_lr_min > self.weight_lr:
+            raise ValueError(
+                f"weight_lr_min ({self.weight_lr_min}) must not exceed weight_lr ({self.weight_lr})"
+            )
+        return self
+
+
+class ResourcesSpec(StrictModel):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SearchSpec(StrictModel):
+    """A DARTS search as `POST /searches` accepts it; every field but `dataset` has a default."""
+
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, description="Defaults to '<dataset> search'."
+    )
+    dataset: DatasetSpec
+    search_space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec)
+    network: NetworkSpec = Field(default_factory=NetworkSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @model_validator(mode="after")
+    def _default_name(self) -> SearchSpec:
+        if self.name is None:
+            label = getattr(self.dataset, "name", None) or f"dataset {self.dataset.id}"
+            self.name = f"{label} search"
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resources
+
+
+class Page(StrictModel, Generic[ItemT]):
+    """One page of a list; pass `next_cursor` back as `?cursor=` for the next (null on the last)."""
+
+    items: list[ItemT]
+    next_cursor: str | None = None
+
+
+class SearchPublic(StrictModel):
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    id: str
+    name: str
+    status: SearchStatusName
+    spec: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    epoch: int = Field(description="The last finished epoch (1-based); 0 before the first.")
+    epochs: int = Field(description="Epochs planned in total.")
+    metrics: dict[str, Any] | None = Field(description="The last epoch's metrics.")
+    best_valid_acc: float | None
+    genotype: dict[str, Any] | None = Field(description="The latest genotype (DARTS format) or null.")
+    error: str | None
+
+
+class EpochPublic(StrictModel):
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    valid_loss: float
+    valid_acc: float
+    lr: float
+    seconds: float
+    genotype: dict[str, Any]
+    alphas: dict[str, Any] | None
+    created_at: datetime
+
+
+class StatusEvent(StrictModel):
+    """The data of an SSE `status` event."""
+
+    status: SearchStatusName
+    error: str | None
+
+
+class DatasetPublic(StrictModel):
+    """A dataset the searches can use: built in (`kind` "builtin", id = its name) or uploaded."""
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    id: str
+    kind: Literal["builtin", "upload"]
+    name: str
+    description: str | None = None
+    filename: str | None = None
+    num_samples: int | None = None
+    num_classes: int | None = None
+    channels: int | None = None
+    height: int | None = None
+    width: int | None = None
+    size_bytes: int | None = None
+    created_at: datetime | None = None

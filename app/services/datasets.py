@@ -1,0 +1,166 @@
+"""Datasets: `.npz` uploads (streamed to the artifact store, validated by darts_core) and built-ins."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.models import Dataset
+from app.services.errors import NotFound, PayloadTooLarge, Unprocessable
+from app.services.pagination import encode_cursor, older_than
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+LOC_FILE = ("body", "file")
+INFO_FIELDS = ("num_samples", "num_classes", "channels", "height", "width")
+
+
+def builtin_datasets() -> list[dict[str, Any]]:
+    """The datasets darts_core ships (imported lazily: darts_core imports torch)."""
+    from darts_core.data import builtin_datasets as core_builtin_datasets
+
+    return list(core_builtin_datasets())
+
+
+def builtin_public(info: dict[str, Any]) -> dict[str, Any]:
+    """A built-in dataset as a `DatasetPublic` dict (its id is its name)."""
+    image_size = info.get("image_size") or (info.get("height"), info.get("width"))
+    return {
+        "id": info["name"],
+        "kind": "builtin",
+        "name": info["name"],
+        "description": info.get("description"),
+        "num_samples": info.get("num_samples"),
+        "num_classes": info.get("num_classes"),
+        "channels": info.get("channels", info.get("in_channels")),
+        "height": image_size[0] if image_size else None,
+        "width": image_size[1] if image_size else None,
+    }
+
+
+def upload_public(dataset: Dataset) -> dict[str, Any]:
+    return {
+        "id": dataset.id,
+        "kind": "upload",
+        "name": dataset.name,
+        "filename": dataset.filename,
+        "num_samples": dataset.num_samples,
+        "num_classes": dataset.num_classes,
+        "channels": dataset.channels,
+        "height": dataset.height,
+        "width": dataset.width,
+        "size_bytes": dataset.size_bytes,
+        "created_at": dataset.created_at,
+    }
+
+
+def too_large_message(settings: Settings) -> str:
+    return f"upload larger than the limit of {settings.max_upload_bytes} bytes (MAX_UPLOAD_BYTES)"
+
+
+def datasets_dir(settings: Settings) -> Path:
+    return settings.artifacts_path / "datasets"
+
+
+async def store_upload(
+    session: Session,
+    chunks: AsyncIterator[bytes],
+    *,
+    filename: str,
+    name: str | None,
+    settings: Settings,
+) -> Dataset:
+    """Write an uploaded `.npz` to `ARTIFACT_DIR/datasets/{id}.npz` chunk by chunk, validate it, record it.
+
+    Over `settings.max_upload_bytes` -> PayloadTooLarge (413); not an `.npz` darts_core can use ->
+    Unprocessable (422). Either way the partial file is removed and nothing is recorded.
+    """
+    if not filename.lower().endswith(".npz"):
+        raise Unprocessable(f"expected a .npz file, got {filename!r}", loc=("body", "file"))
+    dataset_id = str(uuid.uuid4())
+    directory = datasets_dir(settings)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{dataset_id}.npz"
+    size = 0
+    try:
+        with path.open("wb") as out:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    raise PayloadTooLarge(too_large_message(settings))
+                out.write(chunk)
+        if size == 0:
+            raise Unprocessable("the uploaded file is empty", loc=("body", "file"))
+        info = await anyio.to_thread.run_sync(_validate_npz, path)
+        dataset = Dataset(
+            id=dataset_id,
+            name=name or Path(filename).stem or dataset_id,
+            filename=Path(filename).name,
+            path=str(path),
+            num_samples=int(info["num_samples"]),
+            num_classes=int(info["num_classes"]),
+            channels=int(info["channels"]),
+            height=int(info["height"]),
+            width=int(info["width"]),
+            size_bytes=size,
+            created_at=utcnow(),
+        )
+        session.add(dataset)
+        session.commit()
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return dataset
+
+
+def _validate_npz(path: Path) -> dict[str, Any]:
+    from darts_core.data import DatasetError, validate_npz
+
+    try:
+        info = validate_npz(path)
+    except DatasetError as exc:
+        raise Unprocessable(f"invalid dataset: {exc}", loc=LOC_FILE, error_type="invalid_dataset") from exc
+    except Exception as exc:  # a file numpy cannot even open (not a zip, truncated, pickled objects)
+        message = f"invalid dataset: not a readable .npz file ({exc})"
+        raise Unprocessable(message, loc=LOC_FILE, error_type="invalid_dataset") from exc
+    if not isinstance(info, dict):  # darts_core may return a small dataclass
+        info = {key: getattr(info, key) for key in INFO_FIELDS}
+    return info
+
+
+def list_datasets(
+    session: Session, *, limit: int, cursor: str | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Built-ins first (on the first page), then uploads newest first."""
+    items: list[dict[str, Any]] = []
+    if cursor is None:
+        items.extend(builtin_public(info) for info in builtin_datasets())
+    query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)
+    if cursor is not None:
+        query = query.where(older_than(Dataset.created_at, Dataset.id, cursor))
+    uploads = list(session.scalars(query))
+    next_cursor = None
+    if len(uploads) > limit:
+        uploads = uploads[:limit]
+        next_cursor = encode_cursor(uploads[-1].created_at, uploads[-1].id)
+    items.extend(upload_public(dataset) for dataset in uploads)
+    return items, next_cursor
+
+
+def get_dataset(session: Session, dataset_id: str) -> dict[str, Any]:
+    for info in builtin_datasets():
+        if info["name"] == dataset_id:
+            return builtin_public(info)
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id!r} not found")
+    return upload_public(dataset)

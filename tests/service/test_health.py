@@ -1,0 +1,95 @@
+"""Liveness, readiness, metrics, the web page, OpenAPI and the migrations' agreement with the models."""
+
+from __future__ import annotations
+
+from alembic import command
+from fastapi.testclient import TestClient
+
+from app.db import alembic_config
+from app.main import create_app
+from app.settings import Settings
+
+# Nothing listens on port 1: connections are refused at once.
+DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
+DEAD_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/test?connect_timeout=2"
+
+
+def test_healthz(client: TestClient) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_when_database_and_redis_answer(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"] == {"database": "ok", "redis": "ok"}
+
+
+def test_readyz_names_redis_when_it_is_down(service_settings: Settings) -> None:
+    settings = service_settings.model_copy(update={"redis_url": DEAD_REDIS_URL})
+    with TestClient(create_app(settings, run_ingester=False)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    body = response.json()
+    assert body["detail"] == "not ready: redis unreachable"
+    assert body["checks"]["database"] == "ok"
+    assert body["checks"]["redis"].startswith("error:")
+
+
+def test_readyz_names_the_database_when_it_is_down(service_settings: Settings) -> None:
+    settings = service_settings.model_copy(update={"database_url": DEAD_DATABASE_URL})
+    with TestClient(create_app(settings, run_ingester=False)) as client:
+        response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["detail"] == "not ready: database unreachable"
+    assert response.json()["checks"]["redis"] == "ok"
+
+
+def test_metrics_count_requests_by_route_template_and_searches_by_status(client: TestClient) -> None:
+    client.get("/healthz")
+    client.get("/searches/does-not-exist")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'darts_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
+    # The route template, not the raw path, labels the request.
+    assert 'darts_http_requests_total{method="GET",route="/searches/{search_id}",status="404"} 1.0' in text
+    assert "darts_http_request_duration_seconds_bucket" in text
+    assert 'darts_searches{status="queued"} 0.0' in text
+
+
+def test_the_page_is_served(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert '<script src="/web/app.js"></script>' in page.text
+    script = client.get("/web/app.js")
+    assert script.status_code == 200
+    assert "/searches/" in script.text and "/cancel" in script.text
+
+
+def test_openapi_lists_the_rest_contract(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in (
+        "/searches",
+        "/searches/{search_id}",
+        "/searches/{search_id}/genotype",
+        "/searches/{search_id}/genotype.svg",
+        "/searches/{search_id}/epochs",
+        "/searches/{search_id}/events",
+        "/searches/{search_id}/cancel",
+        "/datasets",
+        "/datasets/{dataset_id}",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
+        assert path in paths, path
+    assert client.get("/docs").status_code == 200
+
+
+def test_migrations_match_the_models(service_settings: Settings) -> None:
+    """`alembic check`: the migrated database has exactly the tables, columns and indices of app.models."""
+    command.check(alembic_config(service_settings))
