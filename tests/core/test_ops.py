@@ -27,8 +27,14 @@ def n_params(module: nn.Module) -> int:
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    # One intra-op thread: these graphs are tiny, and on a busy 2-core machine a second thread makes
+    # them an order of magnitude slower (threads spin waiting for each other).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 def test_primitives_hold_the_eight_darts_operations_in_order():
