@@ -48,27 +48,55 @@ class StrictModel(BaseModel):
 # The search spec
 
 
-class BuiltinDatasetSpec(StrictModel):
-    """A dataset shipped with darts_core, by name."""
+# The parameters (and defaults) of darts_core.data.load_dataset for each kind the service offers.
+# cifar10 is not offered: it reads a directory on the server, which a client has no business naming.
+
+
+class _SplitParams(StrictModel):
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="Held-out part, never searched on")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+
+
+class BuiltinDatasetSpec(_SplitParams):
+    """scikit-learn's handwritten digits (1797 grey 8x8 images, 10 classes), bundled."""
 
     name: Literal["digits"]
 
 
-class SyntheticDatasetSpec(StrictModel):
-    """Random images whose label is planted in them: for smoke tests and demos."""
+class SyntheticDatasetSpec(_SplitParams):
+    """Generated images (a smooth random template per class plus noise): for smoke tests and demos."""
 
     name: Literal["synthetic"]
-    num_samples: int = Field(default=256, ge=4, le=100_000)
+    num_samples: int = Field(default=512, ge=4, le=200_000)
     num_classes: int = Field(default=4, ge=2, le=1000)
     channels: int = Field(default=3, ge=1, le=16)
-    image_size: int = Field(default=16, ge=4, le=256)
-    seed: int = Field(default=0, ge=0)
+    image_size: int | tuple[int, int] = Field(default=16, description="H = W, or [H, W]")
+    noise: float = Field(default=0.5, ge=0.0, description="Standard deviation of the added noise")
+
+    @field_validator("image_size")
+    @classmethod
+    def _sizes_in_range(cls, size: int | tuple[int, int]) -> int | tuple[int, int]:
+        sizes = size if isinstance(size, tuple) else (size,)
+        if any(not 1 <= s <= 512 for s in sizes):
+            raise ValueError(f"image_size must lie in [1, 512], got {size}")
+        return size
+
+    @model_validator(mode="after")
+    def _two_samples_per_class(self) -> SyntheticDatasetSpec:
+        if self.num_samples < 2 * self.num_classes:
+            raise ValueError(
+                f"num_samples ({self.num_samples}) must be at least 2 x num_classes ({self.num_classes})"
+            )
+        return self
 
 
-class UploadedDatasetSpec(StrictModel):
+class UploadedDatasetSpec(_SplitParams):
     """A dataset uploaded with `POST /datasets`, by its id."""
 
     id: str = Field(min_length=1, max_length=64)
+    layout: Literal["NCHW", "NHWC"] | None = Field(
+        default=None, description="Axis order of 4-d images; guessed from the channel axis when null"
+    )
 
 
 def _dataset_kind(value: Any) -> str | None:
@@ -236,3 +264,6 @@ class DatasetPublic(StrictModel):
     width: int | None = None
     size_bytes: int | None = None
     created_at: datetime | None = None
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="Built-ins: the spec parameters they take, with their defaults"
+    )

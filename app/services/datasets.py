@@ -24,16 +24,20 @@ LOC_FILE = ("body", "file")
 INFO_FIELDS = ("num_samples", "num_classes", "channels", "height", "width")
 
 
+# The built-ins a search spec may name (app.schemas); darts_core's cifar10 needs a server-side path.
+SERVICE_BUILTINS = ("digits", "synthetic")
+
+
 def builtin_datasets() -> list[dict[str, Any]]:
-    """The datasets darts_core ships (imported lazily: darts_core imports torch)."""
+    """The darts_core datasets a spec can name (darts_core is imported lazily: it imports torch)."""
     from darts_core.data import builtin_datasets as core_builtin_datasets
 
-    return list(core_builtin_datasets())
+    return [info for info in core_builtin_datasets() if info["name"] in SERVICE_BUILTINS]
 
 
 def builtin_public(info: dict[str, Any]) -> dict[str, Any]:
-    """A built-in dataset as a `DatasetPublic` dict (its id is its name)."""
-    image_size = info.get("image_size") or (info.get("height"), info.get("width"))
+    """A built-in dataset as a `DatasetPublic` dict (its id is its name; sizes with default parameters)."""
+    channels, height, width = info.get("shape") or (None, None, None)
     return {
         "id": info["name"],
         "kind": "builtin",
@@ -41,9 +45,10 @@ def builtin_public(info: dict[str, Any]) -> dict[str, Any]:
         "description": info.get("description"),
         "num_samples": info.get("num_samples"),
         "num_classes": info.get("num_classes"),
-        "channels": info.get("channels", info.get("in_channels")),
-        "height": image_size[0] if image_size else None,
-        "width": image_size[1] if image_size else None,
+        "channels": channels,
+        "height": height,
+        "width": width,
+        "parameters": info.get("parameters"),
     }
 
 

@@ -21,7 +21,9 @@ Fixtures other test folders may rely on (tests/service/integration/ does):
 - `session_factory` (session): a SQLAlchemy sessionmaker on that database.
 - `db_session` (function): a session for arranging and checking rows directly; the tables are emptied
   after the test.
-- `client` (function): a `fastapi.testclient.TestClient` over `create_app(service_settings)` with the
+- `api_settings` (session): `service_settings` with a Celery queue of its own (`API_TEST_QUEUE`) that no
+  worker consumes, so a worker started by other tests never picks up the searches the API tests create.
+- `client` (function): a `fastapi.testclient.TestClient` over `create_app(api_settings)` with the
   ingester off (these API tests write epochs directly); the tables are emptied after the test.
 """
 
@@ -44,6 +46,7 @@ from app.settings import Settings
 BACKEND = os.environ.get("DARTS_TEST_BACKEND", "sqlite")
 POSTGRES_URL = os.environ.get("DARTS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("DARTS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+API_TEST_QUEUE = "searches-api-tests"
 
 
 def _require_redis(url: str) -> None:
@@ -159,14 +162,101 @@ def db_session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
         _empty_tables(session_factory)
 
 
+@pytest.fixture(scope="session")
+def api_settings(service_settings: Settings) -> Settings:
+    return service_settings.model_copy(update={"celery_queue": API_TEST_QUEUE})
+
+
 @pytest.fixture
-def client(service_settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[TestClient]:
+def client(api_settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[TestClient]:
     """The API (ingester off) over the session's stack; every table is emptied after the test."""
     from app.main import create_app
 
-    app = create_app(service_settings, run_ingester=False)
+    app = create_app(api_settings, run_ingester=False)
     try:
         with TestClient(app) as test_client:
             yield test_client
     finally:
         _empty_tables(session_factory)
+
+
+GENOTYPE_TEMPLATE = {
+    "normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 1], ["skip_connect", 0], ["sep_conv_3x3", 1],
+               ["skip_connect", 0], ["dil_conv_3x3", 2], ["sep_conv_3x3", 0], ["skip_connect", 2]],
+    "normal_concat": [2, 3, 4, 5],
+    "reduce": [["max_pool_3x3", 0], ["max_pool_3x3", 1], ["skip_connect", 2], ["max_pool_3x3", 1],
+               ["max_pool_3x3", 0], ["skip_connect", 2], ["skip_connect", 2], ["max_pool_3x3", 1]],
+    "reduce_concat": [2, 3, 4, 5],
+}
+
+
+def epoch_genotype(epoch: int) -> dict:
+    """A valid DARTS genotype that differs from epoch to epoch (the first op names the epoch's parity)."""
+    genotype = {key: [list(pair) if isinstance(pair, list) else pair for pair in value]
+                for key, value in GENOTYPE_TEMPLATE.items()}
+    genotype["normal"][0][0] = "sep_conv_5x5" if epoch % 2 else "dil_conv_5x5"
+    genotype["normal"][1][1] = epoch % 2
+    return genotype
+
+
+@pytest.fixture
+def record_epochs(db_session: Session):
+    """`record_epochs(search_id, epochs, status=None)`: write epoch records (1..epochs, or the given
+    numbers) and the search's summary as the ingester would; optionally set the status too."""
+
+    def write(search_id: str, epochs: int | list[int], status: str | None = None) -> list[SearchEpoch]:
+        from app.db import utcnow
+
+        numbers = list(range(1, epochs + 1)) if isinstance(epochs, int) else epochs
+        search = db_session.get(Search, search_id)
+        assert search is not None, search_id
+        records = []
+        for number in numbers:
+            record = SearchEpoch(
+                search_id=search_id,
+                epoch=number,
+                train_loss=2.0 / number,
+                train_acc=0.1 * number,
+                valid_loss=2.5 / number,
+                valid_acc=0.09 * number,
+                lr=0.025 / number,
+                seconds=1.5,
+                genotype=epoch_genotype(number),
+                alphas={"normal": [[0.125] * 8] * 14, "reduce": [[0.125] * 8] * 14},
+                stream_id=f"{1700000000000 + number}-0",
+                created_at=utcnow(),
+            )
+            db_session.add(record)
+            records.append(record)
+            search.epoch = number
+            search.genotype = record.genotype
+            search.metrics = {"train_loss": record.train_loss, "valid_acc": record.valid_acc}
+            search.best_valid_acc = max(search.best_valid_acc or 0.0, record.valid_acc)
+        if status is not None:
+            search.status = status
+            if status in ("succeeded", "failed", "cancelled"):
+                search.finished_at = utcnow()
+        db_session.commit()
+        return records
+
+    return write
+
+
+@pytest.fixture
+def set_status(db_session: Session):
+    """`set_status(search_id, status, error=None)`: change a search's status directly in SQL."""
+
+    def set_(search_id: str, status: str, error: str | None = None) -> None:
+        from app.db import utcnow
+
+        search = db_session.get(Search, search_id)
+        assert search is not None, search_id
+        search.status = status
+        search.error = error
+        if status == "running":
+            search.started_at = utcnow()
+        if status in ("succeeded", "failed", "cancelled"):
+            search.finished_at = utcnow()
+        db_session.commit()
+
+    return set_

@@ -1,0 +1,360 @@
+"""`/searches`: create, validation, read, list, genotype, epochs, cancel and delete."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from app.main import create_app
+from app.models import Search, SearchEpoch
+from app.settings import Settings
+
+from .conftest import epoch_genotype
+
+DIGITS = {"dataset": {"name": "digits"}}
+
+
+def create(client: TestClient, spec: dict | None = None) -> dict:
+    response = client.post("/searches", json=spec or DIGITS)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def broker_messages(settings: Settings) -> list[dict]:
+    """The task messages waiting on the settings' Celery queue in Redis (oldest first)."""
+    client = redis.Redis.from_url(settings.redis_url)
+    try:
+        raw = client.lrange(f"{settings.redis_prefix}:celery:{settings.celery_queue}", 0, -1)
+    finally:
+        client.close()
+    return [json.loads(message) for message in reversed(raw)]
+
+
+# ------------------------------------------------------------------------------------------- create
+
+
+def test_create_returns_the_resource_with_defaults_and_queues_a_task(
+    client: TestClient, api_settings: Settings, db_session: Session
+) -> None:
+    waiting_before = len(broker_messages(api_settings))
+    response = client.post("/searches", json={"dataset": {"name": "digits"}, "training": {"epochs": 3}})
+
+    assert response.status_code == 201, response.text
+    search = response.json()
+    assert response.headers["location"] == f"/searches/{search['id']}"
+    assert search["status"] == "queued"
+    assert search["name"] == "digits search"
+    assert (search["epoch"], search["epochs"]) == (0, 3)
+    assert search["genotype"] is None and search["metrics"] is None and search["error"] is None
+    assert search["started_at"] is None and search["finished_at"] is None
+    assert search["created_at"].endswith(("Z", "+00:00"))
+    spec = search["spec"]
+    assert spec["dataset"] == {"name": "digits", "test_fraction": 0.2, "seed": 0}
+    assert spec["search_space"] == {
+        "primitives": [
+            "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
+            "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+        ],
+        "internal_nodes": 4,
+    }
+    assert spec["network"] == {"cells": 8, "init_channels": 16, "stem_multiplier": 3}
+    assert spec["training"] == {
+        "epochs": 3, "batch_size": 64, "train_portion": 0.5, "order": "first", "weight_lr": 0.025,
+        "weight_lr_min": 0.001, "momentum": 0.9, "weight_decay": 3e-4, "arch_lr": 3e-4,
+        "arch_weight_decay": 1e-3, "grad_clip": 5.0, "seed": 0,
+    }
+    assert spec["resources"] == {"device": "auto"}
+    assert client.get(f"/searches/{search['id']}").json() == search
+
+    # The task is on the broker: one new message naming the task, carrying the search id.
+    messages = broker_messages(api_settings)
+    assert len(messages) == waiting_before + 1
+    message = messages[-1]
+    assert message["headers"]["task"] == "darts.run_search"
+    args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert args == [search["id"]]
+    row = db_session.get(Search, search["id"])
+    assert row is not None and row.celery_task_id == message["headers"]["id"]
+    assert row.dataset_ref == "builtin:digits"
+
+
+def test_create_keeps_the_given_values(client: TestClient) -> None:
+    spec = {
+        "name": "tiny",
+        "dataset": {"name": "synthetic", "num_samples": 64, "image_size": [8, 12]},
+        "search_space": {"primitives": ["skip_connect", "sep_conv_3x3"], "internal_nodes": 2},
+        "network": {"cells": 3, "init_channels": 4},
+        "training": {"epochs": 2, "batch_size": 16, "order": "second", "seed": 7},
+        "resources": {"device": "cpu"},
+    }
+    echoed = create(client, spec)["spec"]
+    assert echoed["name"] == "tiny"
+    assert echoed["dataset"] == {
+        "name": "synthetic", "num_samples": 64, "num_classes": 4, "channels": 3, "image_size": [8, 12],
+        "noise": 0.5, "test_fraction": 0.2, "seed": 0,
+    }
+    assert echoed["search_space"] == {"primitives": ["skip_connect", "sep_conv_3x3"], "internal_nodes": 2}
+    assert echoed["network"] == {"cells": 3, "init_channels": 4, "stem_multiplier": 3}
+    assert echoed["training"]["order"] == "second" and echoed["training"]["seed"] == 7
+    assert echoed["resources"] == {"device": "cpu"}
+
+
+def _error_messages(response) -> str:
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    return " | ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in detail)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ({"dataset": {"name": "digits"}, "colour": "red"}, "body.colour: Extra inputs are not permitted"),
+        ({"dataset": {"name": "digits"}, "training": {"epochz": 3}}, "training.epochz: Extra inputs"),
+        ({}, "body.dataset: Field required"),
+        ({"dataset": {"name": "mnist"}}, "dataset.builtin.name: Input should be 'digits'"),
+        ({"dataset": "digits"}, 'dataset must be {"name": "digits"}'),
+        (
+            {**DIGITS, "search_space": {"primitives": ["sep_conv_3x3", "conv_9x9"]}},
+            "unknown primitive(s) ['conv_9x9']",
+        ),
+        (
+            {**DIGITS, "search_space": {"primitives": ["sep_conv_3x3", "sep_conv_3x3"]}},
+            "primitives must be unique; repeated: ['sep_conv_3x3']",
+        ),
+        ({**DIGITS, "search_space": {"primitives": ["sep_conv_3x3"]}}, "at least 2 items"),
+        ({**DIGITS, "training": {"epochs": 0}}, "training.epochs: Input should be greater than or equal"),
+        ({**DIGITS, "training": {"epochs": 1001}}, "epochs: Input should be less than or equal to 1000"),
+        ({**DIGITS, "training": {"batch_size": 5000}}, "training.batch_size: Input should be less than"),
+        ({**DIGITS, "training": {"train_portion": 1.0}}, "train_portion: Input should be less than 1"),
+        ({**DIGITS, "training": {"order": "third"}}, "training.order: Input should be 'first' or 'second'"),
+        ({**DIGITS, "training": {"weight_lr": 0}}, "training.weight_lr: Input should be greater than 0"),
+        ({**DIGITS, "training": {"weight_lr": 0.01, "weight_lr_min": 0.1}}, "must not exceed weight_lr"),
+        ({**DIGITS, "resources": {"device": "tpu"}}, "device: Input should be 'auto', 'cpu' or 'cuda'"),
+    ],
+)
+def test_create_rejects_bad_specs_with_a_message(client: TestClient, spec: dict, expected: str) -> None:
+    response = client.post("/searches", json=spec)
+    assert expected in _error_messages(response)
+    assert client.get("/searches").json()["items"] == []
+
+
+def test_create_rejects_an_unknown_dataset_id(client: TestClient, api_settings: Settings) -> None:
+    waiting_before = len(broker_messages(api_settings))
+    response = client.post("/searches", json={"dataset": {"id": "no-such-dataset"}})
+    assert response.status_code == 422
+    assert response.json()["detail"] == [
+        {
+            "loc": ["body", "dataset", "id"],
+            "msg": "unknown dataset id 'no-such-dataset': upload it with POST /datasets first",
+            "type": "unknown_dataset",
+        }
+    ]
+    assert client.get("/searches").json()["items"] == []
+    assert len(broker_messages(api_settings)) == waiting_before
+
+
+def test_create_answers_503_and_keeps_nothing_when_the_broker_is_down(
+    api_settings: Settings, db_session: Session
+) -> None:
+    settings = api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(settings, run_ingester=False)) as client:
+        response = client.post("/searches", json=DIGITS)
+    assert response.status_code == 503
+    assert "broker (Redis) is unreachable" in response.json()["detail"]
+    assert db_session.query(Search).count() == 0
+
+
+# ------------------------------------------------------------------------------------------- read
+
+
+def test_unknown_search_is_404_everywhere(client: TestClient) -> None:
+    for method, path in [
+        ("GET", "/searches/nope"),
+        ("GET", "/searches/nope/genotype"),
+        ("GET", "/searches/nope/genotype.svg"),
+        ("GET", "/searches/nope/epochs"),
+        ("GET", "/searches/nope/events"),
+        ("POST", "/searches/nope/cancel"),
+        ("DELETE", "/searches/nope"),
+    ]:
+        response = client.request(method, path)
+        assert response.status_code == 404, (method, path)
+        assert response.json() == {"detail": "search 'nope' not found"}
+
+
+def test_list_is_newest_first_with_cursor_pages_and_status_filter(client: TestClient, set_status) -> None:
+    ids = [create(client)["id"] for _ in range(5)]  # oldest first
+    set_status(ids[1], "running")
+    set_status(ids[3], "running")
+
+    first = client.get("/searches", params={"limit": 2}).json()
+    assert [item["id"] for item in first["items"]] == [ids[4], ids[3]]
+    assert first["next_cursor"]
+    second = client.get("/searches", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    assert [item["id"] for item in second["items"]] == [ids[2], ids[1]]
+    third = client.get("/searches", params={"limit": 2, "cursor": second["next_cursor"]}).json()
+    assert [item["id"] for item in third["items"]] == [ids[0]]
+    assert third["next_cursor"] is None
+
+    whole = client.get("/searches").json()
+    assert [item["id"] for item in whole["items"]] == ids[::-1] and whole["next_cursor"] is None
+
+    running = client.get("/searches", params={"status": "running", "limit": 1}).json()
+    assert [item["id"] for item in running["items"]] == [ids[3]]
+    running_rest = client.get(
+        "/searches", params={"status": "running", "limit": 1, "cursor": running["next_cursor"]}
+    ).json()
+    assert [item["id"] for item in running_rest["items"]] == [ids[1]]
+    assert running_rest["next_cursor"] is None
+    queued = client.get("/searches", params={"status": "queued"}).json()["items"]
+    assert [item["id"] for item in queued] == [ids[4], ids[2], ids[0]]
+
+
+def test_list_rejects_bad_limits_statuses_and_cursors(client: TestClient) -> None:
+    assert client.get("/searches", params={"limit": 0}).status_code == 422
+    assert client.get("/searches", params={"limit": 501}).status_code == 422
+    assert client.get("/searches", params={"limit": 500}).status_code == 200
+    assert client.get("/searches", params={"status": "sleeping"}).status_code == 422
+    response = client.get("/searches", params={"cursor": "not-a-cursor"})
+    assert response.status_code == 400
+    assert "invalid cursor 'not-a-cursor'" in response.json()["detail"]
+
+
+# ---------------------------------------------------------------------------------- genotype, epochs
+
+
+def test_genotype_is_404_before_the_first_epoch_then_latest_or_by_epoch(
+    client: TestClient, record_epochs
+) -> None:
+    search_id = create(client)["id"]
+    response = client.get(f"/searches/{search_id}/genotype")
+    assert response.status_code == 404
+    assert "no genotype yet" in response.json()["detail"]
+    assert client.get(f"/searches/{search_id}/genotype.svg").status_code == 404
+
+    record_epochs(search_id, 3)
+    assert client.get(f"/searches/{search_id}/genotype").json() == epoch_genotype(3)
+    assert client.get(f"/searches/{search_id}/genotype", params={"epoch": 2}).json() == epoch_genotype(2)
+    missing = client.get(f"/searches/{search_id}/genotype", params={"epoch": 4})
+    assert missing.status_code == 404
+    assert missing.json()["detail"] == f"search '{search_id}' has no epoch 4 (finished epochs: 3)"
+    assert client.get(f"/searches/{search_id}/genotype", params={"epoch": 0}).status_code == 422
+
+    svg = client.get(f"/searches/{search_id}/genotype.svg", params={"epoch": 1})
+    assert svg.status_code == 200
+    assert svg.headers["content-type"].startswith("image/svg+xml")
+    assert svg.text.startswith("<svg") and "sep_conv_5x5" in svg.text and "reduction cell" in svg.text
+
+    search = client.get(f"/searches/{search_id}").json()
+    assert search["epoch"] == 3 and search["genotype"] == epoch_genotype(3)
+    assert search["best_valid_acc"] == pytest.approx(0.27)
+
+
+def test_epochs_are_listed_in_order_with_cursor_pages(client: TestClient, record_epochs) -> None:
+    search_id = create(client)["id"]
+    assert client.get(f"/searches/{search_id}/epochs").json() == {"items": [], "next_cursor": None}
+    record_epochs(search_id, [2, 1, 3])
+
+    everything = client.get(f"/searches/{search_id}/epochs").json()
+    assert [item["epoch"] for item in everything["items"]] == [1, 2, 3]
+    assert everything["next_cursor"] is None
+    first = everything["items"][0]
+    assert set(first) == {
+        "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype",
+        "alphas", "created_at",
+    }
+    assert first["train_loss"] == 2.0 and first["genotype"] == epoch_genotype(1)
+
+    page = client.get(f"/searches/{search_id}/epochs", params={"limit": 2}).json()
+    assert [item["epoch"] for item in page["items"]] == [1, 2]
+    rest = client.get(f"/searches/{search_id}/epochs", params={"cursor": page["next_cursor"]}).json()
+    assert [item["epoch"] for item in rest["items"]] == [3] and rest["next_cursor"] is None
+
+
+# ------------------------------------------------------------------------------------------- cancel
+
+
+def test_cancel_a_queued_search_cancels_it_at_once(client: TestClient, db_session: Session) -> None:
+    search_id = create(client)["id"]
+    response = client.post(f"/searches/{search_id}/cancel")
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "cancelled" and body["finished_at"] is not None
+    again = client.post(f"/searches/{search_id}/cancel")  # idempotent
+    assert again.status_code == 202 and again.json() == body
+    row = db_session.get(Search, search_id)
+    assert row is not None and row.cancel_requested and row.status == "cancelled"
+
+
+def test_cancel_a_running_search_raises_the_flag_the_worker_polls(
+    client: TestClient, api_settings: Settings, set_status
+) -> None:
+    search_id = create(client)["id"]
+    set_status(search_id, "running")
+    response = client.post(f"/searches/{search_id}/cancel")
+    assert response.status_code == 202
+    assert response.json()["status"] == "cancelling"
+    flags = redis.Redis.from_url(api_settings.redis_url, decode_responses=True)
+    key = f"{api_settings.redis_prefix}:cancel:{search_id}"
+    try:
+        assert flags.get(key) == "1"
+        assert flags.ttl(key) > 0
+        flags.delete(key)
+        again = client.post(f"/searches/{search_id}/cancel")
+        assert again.status_code == 202 and again.json()["status"] == "cancelling"
+        assert flags.get(key) == "1"  # set again: a retried cancel reaches the worker
+    finally:
+        flags.delete(key)
+        flags.close()
+
+
+@pytest.mark.parametrize("finished", ["succeeded", "failed"])
+def test_cancel_a_finished_search_is_409(client: TestClient, set_status, finished: str) -> None:
+    search_id = create(client)["id"]
+    set_status(search_id, finished)
+    response = client.post(f"/searches/{search_id}/cancel")
+    assert response.status_code == 409
+    assert response.json()["detail"] == (
+        f"search '{search_id}' already finished with status '{finished}'; it cannot be cancelled"
+    )
+    assert client.get(f"/searches/{search_id}").json()["status"] == finished
+
+
+# ------------------------------------------------------------------------------------------- delete
+
+
+@pytest.mark.parametrize("unfinished", ["queued", "running", "cancelling"])
+def test_delete_refuses_a_search_that_may_still_run(client: TestClient, set_status, unfinished: str) -> None:
+    search_id = create(client)["id"]
+    set_status(search_id, unfinished)
+    response = client.delete(f"/searches/{search_id}")
+    assert response.status_code == 409
+    assert f"is {unfinished}" in response.json()["detail"]
+    assert client.get(f"/searches/{search_id}").status_code == 200
+
+
+def test_delete_removes_a_finished_search_its_epochs_and_artifacts(
+    client: TestClient, api_settings: Settings, record_epochs, db_session: Session
+) -> None:
+    search_id = create(client)["id"]
+    other_id = create(client)["id"]
+    record_epochs(search_id, 2, status="succeeded")
+    record_epochs(other_id, 1)
+    artifacts: Path = api_settings.artifacts_path / "searches" / search_id
+    artifacts.mkdir(parents=True)
+    (artifacts / "checkpoint.pt").write_bytes(b"weights")
+
+    response = client.delete(f"/searches/{search_id}")
+    assert response.status_code == 204
+    assert client.get(f"/searches/{search_id}").status_code == 404
+    assert not artifacts.exists()
+    db_session.expire_all()
+    assert db_session.query(SearchEpoch).filter_by(search_id=search_id).count() == 0
+    assert db_session.query(SearchEpoch).filter_by(search_id=other_id).count() == 1
+    assert client.delete(f"/searches/{search_id}").status_code == 404
