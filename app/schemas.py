@@ -180,7 +180,7 @@ class SearchSpec(StrictModel):
     """A DARTS search as `POST /searches` accepts it; every field but `dataset` has a default."""
 
     name: str | None = Field(
-        default=None, min_length=1, max_length=200, description="Defaults to '<dataset> search'."
+        default=None, min_length=1, max_length=200, description="Defaults to '<dataset name> search'."
     )
     dataset: DatasetSpec
     search_space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec)
@@ -190,9 +190,9 @@ class SearchSpec(StrictModel):
 
     @model_validator(mode="after")
     def _default_name(self) -> SearchSpec:
-        if self.name is None:
-            label = getattr(self.dataset, "name", None) or f"dataset {self.dataset.id}"
-            self.name = f"{label} search"
+        # An uploaded dataset's name is known only to the database: the service fills that one in.
+        if self.name is None and not isinstance(self.dataset, UploadedDatasetSpec):
+            self.name = f"{self.dataset.name} search"
         return self
 
 

@@ -56,12 +56,16 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
     When the broker cannot be reached the row is deleted again and ServiceUnavailable (503) raised:
     nothing accepted is left behind that no worker will ever run.
     """
-    if isinstance(spec.dataset, UploadedDatasetSpec) and session.get(Dataset, spec.dataset.id) is None:
-        raise Unprocessable(
-            f"unknown dataset id {spec.dataset.id!r}: upload it with POST /datasets first",
-            loc=("body", "dataset", "id"),
-            error_type="unknown_dataset",
-        )
+    if isinstance(spec.dataset, UploadedDatasetSpec):
+        dataset = session.get(Dataset, spec.dataset.id)
+        if dataset is None:
+            raise Unprocessable(
+                f"unknown dataset id {spec.dataset.id!r}: upload it with POST /datasets first",
+                loc=("body", "dataset", "id"),
+                error_type="unknown_dataset",
+            )
+        if spec.name is None:
+            spec = spec.model_copy(update={"name": f"{dataset.name} search"})
     search = Search(
         id=str(uuid.uuid4()),
         name=spec.name,

@@ -1,0 +1,110 @@
+"""`GET /searches/{id}/events`: Server-Sent Events read from SQL, resumable with Last-Event-ID."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from .conftest import epoch_genotype
+
+
+def sse_events(response: httpx.Response) -> Iterator[dict]:
+    """Parse a text/event-stream into {"event", "id", "data"} dicts (comments and pings skipped)."""
+    event: dict = {}
+    for line in response.iter_lines():
+        if not line:
+            if "data" in event:
+                event["data"] = json.loads(event["data"])
+                yield event
+            event = {}
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            event[field] = value[1:] if value.startswith(" ") else value
+
+
+@pytest.fixture
+def fast_client(client: TestClient) -> TestClient:
+    client.app.state.sse_poll_seconds = 0.05
+    return client
+
+
+def create(client: TestClient) -> str:
+    response = client.post("/searches", json={"dataset": {"name": "digits"}, "training": {"epochs": 3}})
+    assert response.status_code == 201
+    return response.json()["id"]
+
+
+def test_a_finished_search_streams_every_epoch_then_its_status_and_ends(
+    fast_client: TestClient, record_epochs
+) -> None:
+    search_id = create(fast_client)
+    record_epochs(search_id, 3, status="succeeded")
+    with fast_client.stream("GET", f"/searches/{search_id}/events") as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(response))
+    assert [(event["event"], event.get("id")) for event in events] == [
+        ("epoch", "1700000000001-0"),
+        ("epoch", "1700000000002-0"),
+        ("epoch", "1700000000003-0"),
+        ("status", None),
+    ]
+    assert [event["data"]["epoch"] for event in events[:3]] == [1, 2, 3]
+    assert events[1]["data"]["genotype"] == epoch_genotype(2)
+    assert events[1]["data"]["train_loss"] == 1.0
+    assert events[3]["data"] == {"status": "succeeded", "error": None}
+
+
+def test_resume_after_last_event_id_header_or_query(fast_client: TestClient, record_epochs) -> None:
+    search_id = create(fast_client)
+    record_epochs(search_id, 3, status="succeeded")
+    url = f"/searches/{search_id}/events"
+
+    with fast_client.stream("GET", url, headers={"Last-Event-ID": "1700000000001-0"}) as response:
+        header_resumed = list(sse_events(response))
+    assert [event.get("id") for event in header_resumed] == ["1700000000002-0", "1700000000003-0", None]
+
+    with fast_client.stream("GET", url, params={"last_event_id": "1700000000003-0"}) as response:
+        query_resumed = list(sse_events(response))
+    assert [event["event"] for event in query_resumed] == ["status"]
+
+    with fast_client.stream("GET", url, params={"last_event_id": "2"}) as response:  # an epoch number
+        assert [event["data"].get("epoch") for event in sse_events(response)] == [3, None]
+
+    foreign = fast_client.get(url, headers={"Last-Event-ID": "1600000000000-0"})
+    assert foreign.status_code == 422
+    assert "is not an event of search" in foreign.json()["detail"][0]["msg"]
+
+
+def test_a_live_search_streams_new_epochs_and_status_changes_until_it_ends(
+    fast_client: TestClient, record_epochs, set_status
+) -> None:
+    search_id = create(fast_client)
+    set_status(search_id, "running")
+    record_epochs(search_id, 1)
+    seen = []
+    with fast_client.stream("GET", f"/searches/{search_id}/events") as response:
+        events = sse_events(response)
+        seen.append(next(events))  # epoch 1
+        seen.append(next(events))  # status running
+        record_epochs(search_id, [2])
+        seen.append(next(events))  # epoch 2, found by polling
+        set_status(search_id, "cancelling")
+        seen.append(next(events))
+        record_epochs(search_id, [3])
+        set_status(search_id, "cancelled")
+        seen.extend(events)  # epoch 3, then the terminal status ends the stream
+    assert [(event["event"], event["data"].get("epoch", event["data"].get("status"))) for event in seen] == [
+        ("epoch", 1),
+        ("status", "running"),
+        ("epoch", 2),
+        ("status", "cancelling"),
+        ("epoch", 3),
+        ("status", "cancelled"),
+    ]
