@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 router = APIRouter(tags=["health"])
@@ -53,6 +53,11 @@ async def readyz(request: Request) -> Any:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics: requests by route and status, request latency, searches by status."""
-    body = await run_in_threadpool(generate_latest, request.app.state.metrics.registry)
+    """Prometheus metrics: requests by route and status, request latency, searches by status, plus the
+    process-wide ones (the in-process ingester's event counts, process and Python runtime)."""
+
+    def render() -> bytes:
+        return generate_latest(request.app.state.metrics.registry) + generate_latest(REGISTRY)
+
+    body = await run_in_threadpool(render)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

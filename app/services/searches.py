@@ -19,6 +19,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
+from app.events import cancel_key
 from app.models import TERMINAL_STATUSES, Dataset, Search, SearchEpoch, SearchStatus
 from app.schemas import SearchSpec, UploadedDatasetSpec
 from app.services.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
@@ -30,11 +31,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-
-
-def cancel_flag_key(settings: Settings, search_id: str) -> str:
-    """The Redis key a running worker polls between batches; set means "stop this search"."""
-    return f"{settings.redis_prefix}:cancel:{search_id}"
 
 
 def artifact_dir(settings: Settings, search_id: str):
@@ -168,7 +164,8 @@ def epoch_after_event_id(session: Session, search_id: str, last_event_id: str) -
 def _set_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: str) -> None:
     try:
         expiry = timedelta(seconds=settings.broker_visibility_timeout)
-        redis_client.set(cancel_flag_key(settings, search_id), "1", ex=expiry)
+        # The worker polls this key (`{prefix}:cancel:{id}`) between batches.
+        redis_client.set(cancel_key(settings, search_id), "1", ex=expiry)
     except (redis.RedisError, OSError) as exc:
         raise ServiceUnavailable(
             f"Redis is unreachable: the cancel request is recorded but the worker was not told ({exc}); retry"

@@ -58,6 +58,7 @@ def test_metrics_count_requests_by_route_template_and_searches_by_status(client:
     assert 'darts_http_requests_total{method="GET",route="/searches/{search_id}",status="404"} 1.0' in text
     assert "darts_http_request_duration_seconds_bucket" in text
     assert 'darts_searches{status="queued"} 0.0' in text
+    assert "process_cpu_seconds_total" in text  # the process-wide registry is served too
 
 
 def test_the_page_is_served(client: TestClient) -> None:
