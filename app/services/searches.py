@@ -45,6 +45,17 @@ def dataset_ref(spec: SearchSpec) -> str:
     return f"builtin:{spec.dataset.name}"
 
 
+def _check_engine_accepts(spec: dict[str, Any]) -> None:
+    """The worker builds `darts_core.search.SearchConfig.from_spec(spec)`: refuse here (422) what it would
+    refuse there, so a bad spec never becomes a failed search. (darts_core imports torch: lazily.)"""
+    from darts_core.search import SearchConfig
+
+    try:
+        SearchConfig.from_spec(spec)
+    except ValueError as exc:
+        raise Unprocessable(f"the search engine refuses this spec: {exc}", error_type="invalid_spec") from exc
+
+
 def create_search(session: Session, spec: SearchSpec, *, celery: Celery, settings: Settings) -> Search:
     """Insert a `queued` search and send its task to the broker.
 
@@ -62,11 +73,13 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
             )
         if spec.name is None:
             spec = spec.model_copy(update={"name": f"{dataset.name} search"})
+    spec_json = spec.model_dump(mode="json")
+    _check_engine_accepts(spec_json)
     search = Search(
         id=str(uuid.uuid4()),
         name=spec.name,
         status=SearchStatus.queued,
-        spec=spec.model_dump(mode="json"),
+        spec=spec_json,
         dataset_ref=dataset_ref(spec),
         created_at=utcnow(),
         epoch=0,

@@ -358,3 +358,25 @@ def test_delete_removes_a_finished_search_its_epochs_and_artifacts(
     assert db_session.query(SearchEpoch).filter_by(search_id=search_id).count() == 0
     assert db_session.query(SearchEpoch).filter_by(search_id=other_id).count() == 1
     assert client.delete(f"/searches/{search_id}").status_code == 404
+
+
+def test_the_accepted_spec_is_what_the_search_engine_reads(client: TestClient) -> None:
+    """The worker runs `SearchConfig.from_spec(spec)`: same sections, names and defaults."""
+    from darts_core.search import SearchConfig
+
+    defaults = create(client)["spec"]
+    engine_view = SearchConfig.from_spec(defaults).to_spec()
+    assert engine_view == {key: value for key, value in defaults.items() if key not in ("name", "dataset")}
+
+    custom = create(
+        client,
+        {
+            "dataset": {"name": "digits"},
+            "search_space": {"primitives": ["none", "sep_conv_3x3", "skip_connect"], "internal_nodes": 3},
+            "network": {"cells": 5, "init_channels": 8, "stem_multiplier": 2},
+            "training": {"epochs": 4, "order": "second", "weight_lr": 0.05, "grad_clip": 1.0, "seed": 3},
+            "resources": {"device": "cpu"},
+        },
+    )["spec"]
+    engine_view = SearchConfig.from_spec(custom).to_spec()
+    assert engine_view == {key: value for key, value in custom.items() if key not in ("name", "dataset")}
