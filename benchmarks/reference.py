@@ -364,6 +364,8 @@ class ReferenceSearch:
         self.arch_optimizer = torch.optim.Adam(
             model.arch_parameters(), lr=arch_lr, betas=(0.5, 0.999), weight_decay=arch_weight_decay
         )
+        #: Copies of the alpha gradients of the last architecture step (for tests; cheap).
+        self.last_arch_gradients: list[torch.Tensor] = []
 
     # architect.step -------------------------------------------------------------------------
     def arch_step(self, train_batch: Batch, valid_batch: Batch) -> torch.Tensor:
@@ -373,6 +375,7 @@ class ReferenceSearch:
         else:
             loss = self.model.loss(*valid_batch)
             loss.backward()  # also fills every weight's .grad, as the reference does
+        self.last_arch_gradients = [alpha.grad.detach().clone() for alpha in self.model.arch_parameters()]
         self.arch_optimizer.step()
         return loss
 
