@@ -20,11 +20,11 @@ Fixtures other test folders may rely on (tests/service/integration/ does):
 - `service_env` (session): those settings as environment variables for a subprocess.
 - `session_factory` (session): a SQLAlchemy sessionmaker on that database.
 - `db_session` (function): a session for arranging and checking rows directly; the tables are emptied
-  after the test.
+  before and after the test (other tests of the session may have left rows).
 - `api_settings` (session): `service_settings` with a Celery queue of its own (`API_TEST_QUEUE`) that no
   worker consumes, so a worker started by other tests never picks up the searches the API tests create.
 - `client` (function): a `fastapi.testclient.TestClient` over `create_app(api_settings)` with the
-  ingester off (these API tests write epochs directly); the tables are emptied after the test.
+  ingester off (these API tests write epochs directly); the tables are emptied before and after the test.
 """
 
 from __future__ import annotations
@@ -152,7 +152,8 @@ def _empty_tables(factory: sessionmaker[Session]) -> None:
 
 @pytest.fixture
 def db_session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session on the test database; every table is emptied after the test."""
+    """A session on the test database; every table is emptied before and after the test."""
+    _empty_tables(session_factory)
     session = session_factory()
     try:
         yield session
@@ -169,9 +170,10 @@ def api_settings(service_settings: Settings) -> Settings:
 
 @pytest.fixture
 def client(api_settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[TestClient]:
-    """The API (ingester off) over the session's stack; every table is emptied after the test."""
+    """The API (ingester off) over the session's stack; every table is emptied before and after the test."""
     from app.main import create_app
 
+    _empty_tables(session_factory)
     app = create_app(api_settings, run_ingester=False)
     try:
         with TestClient(app) as test_client:
