@@ -176,7 +176,7 @@ def apply_event(session: Session, event: EpochEvent | StatusEvent, stream_id: st
 
     Idempotent: applying the same event twice stores it once.
     """
-    from app.models import Search
+    from app.models import Search, SearchEpoch
 
     # Row lock on PostgreSQL so concurrent ingesters update one search in turn (SQLite writes are
     # serialised by the database itself).
@@ -200,8 +200,9 @@ def apply_event(session: Session, event: EpochEvent | StatusEvent, stream_id: st
             "stream_id": stream_id,
             "created_at": _utcnow(),
         }
-        inserted = session.execute(_insert_ignore(session).values(**values)).rowcount
-        if not inserted:
+        # RETURNING says whether the row went in (rowcount is not reliable for ON CONFLICT everywhere).
+        inserted = session.execute(_insert_ignore(session).values(**values).returning(SearchEpoch.id)).first()
+        if inserted is None:
             return "duplicate"
         session.expire(search, ["epoch_records"])
         if event.epoch >= (search.epoch or 0):
