@@ -39,7 +39,10 @@ class SpecialParameter(nn.Parameter):
     Special parameters are handled differently depending on the phase: the architecture step optimizes
     only them, the weight step only the other parameters (see
     :func:`darts_core.optim.create_darts_optimizers_fn`). The type survives ``copy.deepcopy``,
-    ``Module.to()``, a ``state_dict`` round trip and ``torch.save``/``torch.load`` of a whole module.
+    ``Module.to()``, a ``state_dict`` round trip and ``torch.save``/``torch.load`` of a whole module
+    (``torch.load(..., weights_only=False)``). ``Module.to()`` keeps parameter objects for dtype and
+    CPU/CUDA moves; torch itself rebuilds plain Parameters for ``.to("meta")`` or when
+    ``torch.__future__.set_swap_module_params_on_conversion(True)`` is set.
     """
 
     def __new__(cls, data: torch.Tensor | None = None, requires_grad: bool = True):
