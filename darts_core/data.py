@@ -38,6 +38,7 @@ All errors are :class:`DatasetError` (a ``ValueError``) with a message naming th
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import pickle
 import zipfile
@@ -137,20 +138,33 @@ class ImageDataset:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _int_param(spec: Mapping[str, Any], kind: str, key: str, default: int | None, minimum: int) -> int | None:
-    value = spec.get(key, default)
+def _optional_int_param(spec: Mapping[str, Any], kind: str, key: str, minimum: int) -> int | None:
+    value = spec.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise DatasetError(f"{kind}: {key} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _int_param(
+    spec: Mapping[str, Any], kind: str, key: str, default: int, minimum: int, maximum: int | None = None
+) -> int:
+    value = _optional_int_param(spec, kind, key, minimum)
+    if value is None:
+        return default
+    if maximum is not None and value > maximum:
+        raise DatasetError(f"{kind}: {key} must be at most {maximum}, got {value!r}")
+    return value
 
 
 def _float_param(
     spec: Mapping[str, Any], kind: str, key: str, default: float, low: float, high: float, open_low: bool
 ) -> float:
-    value = spec.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    value = spec.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise DatasetError(f"{kind}: {key} must be a number, got {value!r}")
     if (value <= low if open_low else value < low) or value >= high:
         bounds = f"{'(' if open_low else '['}{low}, {high})"
@@ -160,9 +174,7 @@ def _float_param(
 
 def _split_params(spec: Mapping[str, Any], kind: str) -> tuple[float, int]:
     test_fraction = _float_param(spec, kind, "test_fraction", 0.2, 0.0, 1.0, open_low=True)
-    seed = _int_param(spec, kind, "seed", 0, 0)
-    assert seed is not None
-    return test_fraction, seed
+    return test_fraction, _int_param(spec, kind, "seed", 0, 0)
 
 
 def _stratified_split(
@@ -248,38 +260,46 @@ def _load_digits(spec: Mapping[str, Any]) -> ImageDataset:
 # ---------------------------------------------------------------------------------------------- synthetic
 
 
+_SYNTHETIC_MAX_VALUES = 2**26  # 256 MiB of float32 pixels: a generous ceiling for generated data
+
+
 def _image_size_param(spec: Mapping[str, Any]) -> tuple[int, int]:
-    value = spec.get("image_size", 16)
-    if isinstance(value, (list, tuple)) and len(value) == 2:
-        sizes = list(value)
-    else:
-        sizes = [value, value]
-    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sizes):
-        raise DatasetError(f"synthetic: image_size must be a positive integer or [H, W], got {value!r}")
+    value = spec.get("image_size")
+    if value is None:
+        value = 16
+    sizes = list(value) if isinstance(value, (list, tuple)) and len(value) == 2 else [value, value]
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 1 <= s <= 1024 for s in sizes):
+        raise DatasetError(f"synthetic: image_size must be an integer in 1..1024 or [H, W], got {value!r}")
     return int(sizes[0]), int(sizes[1])
 
 
 def _load_synthetic(spec: Mapping[str, Any]) -> ImageDataset:
-    num_classes = _int_param(spec, "synthetic", "num_classes", 4, 2)
-    assert num_classes is not None
+    num_classes = _int_param(spec, "synthetic", "num_classes", 4, 2, maximum=1000)
     num_samples = _int_param(spec, "synthetic", "num_samples", 512, 2 * num_classes)
-    channels = _int_param(spec, "synthetic", "channels", 3, 1)
+    channels = _int_param(spec, "synthetic", "channels", 3, 1, maximum=64)
     height, width = _image_size_param(spec)
     noise = _float_param(spec, "synthetic", "noise", 0.5, 0.0, math.inf, open_low=False)
     test_fraction, seed = _split_params(spec, "synthetic")
-    assert num_samples is not None and channels is not None
+    total = num_samples * channels * height * width
+    if total > _SYNTHETIC_MAX_VALUES:
+        raise DatasetError(
+            f"synthetic: num_samples x channels x height x width = {total} values exceeds "
+            f"{_SYNTHETIC_MAX_VALUES}; make the dataset smaller"
+        )
 
     rng = np.random.default_rng(seed)
     # Smooth templates (coarse random grid, upsampled) give local structure that convolutions pick up.
-    coarse = rng.normal(size=(num_classes, channels, min(4, height), min(4, width)))
+    coarse = rng.standard_normal(
+        size=(num_classes, channels, min(4, height), min(4, width)), dtype=np.float32
+    )
     templates = F.interpolate(
         torch.from_numpy(coarse), size=(height, width), mode="bilinear", align_corners=False
     ).numpy()
     labels = rng.permutation(np.arange(num_samples) % num_classes)  # balanced classes
-    images = templates[labels] + noise * rng.normal(size=(num_samples, channels, height, width))
-    return _split_and_build(
-        "synthetic", images.astype(np.float32), labels.astype(np.int64), num_classes, test_fraction, seed
-    )
+    images = rng.standard_normal(size=(num_samples, channels, height, width), dtype=np.float32)
+    images *= np.float32(noise)
+    images += templates[labels]
+    return _split_and_build("synthetic", images, labels.astype(np.int64), num_classes, test_fraction, seed)
 
 
 # ---------------------------------------------------------------------------------------------- npz
@@ -399,7 +419,7 @@ def validate_npz(path: str | os.PathLike[str], layout: str | None = None) -> dic
 def _load_npz(spec: Mapping[str, Any]) -> ImageDataset:
     if "path" not in spec:
         raise DatasetError("npz: missing 'path'")
-    num_classes = _int_param(spec, "npz", "num_classes", None, 2)
+    num_classes = _optional_int_param(spec, "npz", "num_classes", 2)
     test_fraction, seed = _split_params(spec, "npz")
     images, labels, summary = _read_npz(spec["path"], spec.get("layout"), num_classes)
     return _split_and_build("npz", images, labels, summary["num_classes"], test_fraction, seed)
@@ -433,6 +453,9 @@ class _CifarUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _CIFAR_PICKLE_GLOBALS:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):
+            # Files pickled with numpy 1.x name numpy.core, which numpy 2 only keeps as a deprecated alias.
+            module = "numpy._core." + module.removeprefix("numpy.core.")
         return super().find_class(module, name)
 
 
@@ -442,7 +465,15 @@ def _read_cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with file.open("rb") as handle:
             batch = _CifarUnpickler(handle, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as error:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+    ) as error:
         raise DatasetError(f"cifar10: cannot read {file.name}: {error}") from error
     if not isinstance(batch, dict):
         raise DatasetError(f"cifar10: {file.name} does not hold a dict")
@@ -470,8 +501,8 @@ def _load_cifar10(spec: Mapping[str, Any]) -> ImageDataset:
     root_value = spec["root"]
     if not isinstance(root_value, (str, os.PathLike)) or not str(root_value):
         raise DatasetError(f"cifar10: root must be a directory path, got {root_value!r}")
-    limit = _int_param(spec, "cifar10", "limit", None, 1)
-    test_limit = _int_param(spec, "cifar10", "test_limit", None, 1)
+    limit = _optional_int_param(spec, "cifar10", "limit", 1)
+    test_limit = _optional_int_param(spec, "cifar10", "test_limit", 1)
     root = Path(root_value)
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"

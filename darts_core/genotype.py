@@ -50,6 +50,7 @@ Gene = tuple[str, int]
 _NONE = "none"
 _CELL_KINDS = ("normal", "reduce")
 _FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+_MAX_DARTS_TEXT = 100_000  # far above any real genotype; bounds the parser's work on hostile input
 
 
 def num_edges(internal_nodes: int) -> int:
@@ -266,10 +267,16 @@ class Genotype:
         """
         if not isinstance(text, str):
             raise ValueError(f"text: expected a string, got {type(text).__name__}")
+        if len(text) > _MAX_DARTS_TEXT:
+            raise ValueError(
+                f"text: {len(text)} characters is too long for a genotype (max {_MAX_DARTS_TEXT})"
+            )
         try:
             module = ast.parse(text.strip(), mode="exec")
         except SyntaxError as error:
             raise ValueError(f"text: not a DARTS genotype string ({error.msg})") from error
+        except (ValueError, RecursionError, MemoryError) as error:
+            raise ValueError(f"text: not a DARTS genotype string ({error})") from error
         if len(module.body) != 1:
             raise ValueError("text: expected exactly one Genotype(...) expression")
         statement = module.body[0]
@@ -317,7 +324,7 @@ class Genotype:
 def _literal(name: str, node: ast.expr) -> Any:
     try:
         return ast.literal_eval(node)
-    except ValueError as error:
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as error:
         raise ValueError(f"{name}: only literal values are allowed, got {ast.unparse(node)!r}") from error
 
 

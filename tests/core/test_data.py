@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,14 @@ def test_synthetic_parameters() -> None:
     assert ds.x_train.shape[0] == 30 and ds.x_test.shape[0] == 30
     square = load_dataset({"name": "synthetic", "num_samples": 40, "image_size": 2})
     assert square.image_size == (2, 2)
+
+
+def test_explicit_none_and_numpy_scalars_mean_the_defaults_and_values() -> None:
+    spec = {"name": "synthetic", "num_samples": np.int64(40), "noise": np.float32(0.25), "seed": None}
+    ds = load_dataset(spec | {"test_fraction": None, "image_size": None})
+    assert ds.image_size == (16, 16) and ds.x_test.shape[0] == 8
+    reference = load_dataset({"name": "synthetic", "num_samples": 40, "noise": 0.25, "seed": 0})
+    assert torch.equal(ds.x_train, reference.x_train)
 
 
 def test_synthetic_is_learnable_by_a_tiny_network() -> None:
@@ -320,6 +329,20 @@ def test_cifar10_local_directory(tmp_path: Path, protocol: int) -> None:
     torch.testing.assert_close(raw, expected, atol=1e-5, rtol=0)
 
 
+def test_cifar10_numpy1_pickles_load(tmp_path: Path) -> None:
+    """The published files were pickled with numpy 1.x, whose arrays name ``numpy.core.multiarray``."""
+    root = tmp_path / "cifar"
+    _write_cifar(root, protocol=2)
+    for file in root.iterdir():
+        content = file.read_bytes()
+        assert b"numpy._core.multiarray" in content
+        file.write_bytes(content.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy.core deprecation warning either
+        ds = load_dataset({"name": "cifar10", "root": root})
+    assert ds.x_train.shape == (20, 3, 32, 32)
+
+
 def test_cifar10_parent_root_and_limits(tmp_path: Path) -> None:
     _write_cifar(tmp_path / "cifar-10-batches-py")
     ds = load_dataset({"name": "cifar10", "root": tmp_path, "limit": 6, "test_limit": 2})
@@ -377,10 +400,17 @@ def test_cifar10_errors(tmp_path: Path) -> None:
         ({"name": "synthetic", "channels": 0}, r"synthetic: channels must be an integer >= 1"),
         (
             {"name": "synthetic", "image_size": [8]},
-            r"synthetic: image_size must be a positive integer or \[H, W\]",
+            r"synthetic: image_size must be an integer in 1..1024 or \[H, W\]",
         ),
         ({"name": "synthetic", "image_size": 0}, r"synthetic: image_size must be"),
         ({"name": "synthetic", "noise": -1}, r"synthetic: noise must lie in \[0.0, inf\)"),
+        ({"name": "synthetic", "num_classes": 1001}, r"synthetic: num_classes must be at most 1000"),
+        ({"name": "synthetic", "channels": 65}, r"synthetic: channels must be at most 64"),
+        ({"name": "synthetic", "image_size": 2048}, r"synthetic: image_size must be an integer in 1..1024"),
+        (
+            {"name": "synthetic", "num_samples": 10**6, "image_size": 64},
+            r"synthetic: num_samples x channels x height x width = 12288000000 values exceeds",
+        ),
     ],
 )
 def test_bad_specs_are_named(spec, message: str) -> None:

@@ -325,6 +325,13 @@ def test_from_darts_rejects_bad_text(text: str, message: str) -> None:
         Genotype.from_darts(text)
 
 
+def test_from_darts_rejects_hostile_sizes() -> None:
+    with pytest.raises(ValueError, match="text: 100001 characters is too long"):
+        Genotype.from_darts("G" * 100_001)
+    with pytest.raises(ValueError, match="not a DARTS genotype string|only literal values"):
+        Genotype.from_darts("Genotype(normal=" + "[" * 20_000 + "]" * 20_000 + ", reduce=[])")
+
+
 def test_from_darts_never_evaluates(tmp_path) -> None:
     marker = tmp_path / "touched"
     text = f"Genotype(normal=open({str(marker)!r}, 'w'), reduce=[])"
