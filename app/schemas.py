@@ -52,18 +52,19 @@ class StrictModel(BaseModel):
 # cifar10 is not offered: it reads a directory on the server, which a client has no business naming.
 
 
-class _SplitParams(StrictModel):
-    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="Held-out part, never searched on")
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+TestFraction = Annotated[float, Field(gt=0.0, lt=1.0, description="Held-out part, never searched on")]
+SplitSeed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Seed of the train/test split")]
 
 
-class BuiltinDatasetSpec(_SplitParams):
+class BuiltinDatasetSpec(StrictModel):
     """scikit-learn's handwritten digits (1797 grey 8x8 images, 10 classes), bundled."""
 
     name: Literal["digits"]
+    test_fraction: TestFraction = 0.2
+    seed: SplitSeed = 0
 
 
-class SyntheticDatasetSpec(_SplitParams):
+class SyntheticDatasetSpec(StrictModel):
     """Generated images (a smooth random template per class plus noise): for smoke tests and demos."""
 
     name: Literal["synthetic"]
@@ -72,6 +73,8 @@ class SyntheticDatasetSpec(_SplitParams):
     channels: int = Field(default=3, ge=1, le=16)
     image_size: int | tuple[int, int] = Field(default=16, description="H = W, or [H, W]")
     noise: float = Field(default=0.5, ge=0.0, description="Standard deviation of the added noise")
+    test_fraction: TestFraction = 0.2
+    seed: SplitSeed = 0
 
     @field_validator("image_size")
     @classmethod
@@ -90,13 +93,15 @@ class SyntheticDatasetSpec(_SplitParams):
         return self
 
 
-class UploadedDatasetSpec(_SplitParams):
+class UploadedDatasetSpec(StrictModel):
     """A dataset uploaded with `POST /datasets`, by its id."""
 
     id: str = Field(min_length=1, max_length=64)
     layout: Literal["NCHW", "NHWC"] | None = Field(
         default=None, description="Axis order of 4-d images; guessed from the channel axis when null"
     )
+    test_fraction: TestFraction = 0.2
+    seed: SplitSeed = 0
 
 
 def _dataset_kind(value: Any) -> str | None:

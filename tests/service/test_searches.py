@@ -380,3 +380,29 @@ def test_the_accepted_spec_is_what_the_search_engine_reads(client: TestClient) -
     )["spec"]
     engine_view = SearchConfig.from_spec(custom).to_spec()
     assert engine_view == {key: value for key, value in custom.items() if key not in ("name", "dataset")}
+
+
+def test_list_pages_break_created_at_ties_by_id(client: TestClient, db_session: Session) -> None:
+    """Searches created in the same instant are neither skipped nor repeated across pages."""
+    from datetime import UTC, datetime
+
+    instant = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    ids = [f"00000000-0000-4000-8000-00000000000{digit}" for digit in range(5)]
+    for search_id in ids:
+        db_session.add(
+            Search(
+                id=search_id, name="tie", status="queued", spec={"dataset": {"name": "digits"}},
+                dataset_ref="builtin:digits", created_at=instant, epochs=1,
+            )
+        )
+    db_session.commit()
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/searches", params=params).json()
+        seen.extend(item["id"] for item in page["items"])
+        assert all(item["created_at"].startswith("2026-01-02T03:04:05.678901") for item in page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]
