@@ -102,7 +102,8 @@ class Genotype:
         primitives: op names allowed in this genotype (construction-only, not stored). ``None`` means
             the eight DARTS names :data:`DARTS_OP_NAMES`. ``none`` is never a valid chosen op.
 
-    Lists are converted to tuples, so a genotype is immutable and hashable. Any invalid content raises a
+    Arguments are keyword-only. Lists (and ranges) are converted to tuples and ``*_concat`` is always a
+    tuple after construction, so a genotype is immutable and hashable. Any invalid content raises a
     ``ValueError`` that names the offending entry, e.g.
     ``"normal[3]: input index 5 out of range for node 1 (0..2)"``.
 
