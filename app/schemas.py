@@ -64,6 +64,10 @@ class BuiltinDatasetSpec(StrictModel):
     seed: SplitSeed = 0
 
 
+# darts_core.data's ceiling on generated pixels (256 MiB of float32).
+SYNTHETIC_MAX_VALUES = 2**26
+
+
 class SyntheticDatasetSpec(StrictModel):
     """Generated images (a smooth random template per class plus noise): for smoke tests and demos."""
 
@@ -85,10 +89,17 @@ class SyntheticDatasetSpec(StrictModel):
         return size
 
     @model_validator(mode="after")
-    def _two_samples_per_class(self) -> SyntheticDatasetSpec:
+    def _size_fits(self) -> SyntheticDatasetSpec:
         if self.num_samples < 2 * self.num_classes:
             raise ValueError(
                 f"num_samples ({self.num_samples}) must be at least 2 x num_classes ({self.num_classes})"
+            )
+        height, width = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,) * 2
+        values = self.num_samples * self.channels * height * width
+        if values > SYNTHETIC_MAX_VALUES:
+            raise ValueError(
+                f"num_samples x channels x height x width = {values} exceeds {SYNTHETIC_MAX_VALUES}; "
+                "make the dataset smaller"
             )
         return self
 

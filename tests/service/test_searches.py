@@ -135,6 +135,14 @@ def _error_messages(response) -> str:
         ({**DIGITS, "training": {"order": "third"}}, "training.order: Input should be 'first' or 'second'"),
         ({**DIGITS, "training": {"weight_lr": 0}}, "training.weight_lr: Input should be greater than 0"),
         ({**DIGITS, "training": {"weight_lr": 0.01, "weight_lr_min": 0.1}}, "must not exceed weight_lr"),
+        (
+            {"dataset": {"name": "synthetic", "num_samples": 100_000, "image_size": 512}},
+            "num_samples x channels x height x width = 78643200000 exceeds 67108864",
+        ),
+        (
+            {"dataset": {"name": "synthetic", "num_samples": 10, "num_classes": 6}},
+            "num_samples (10) must be at least 2 x num_classes (6)",
+        ),
         ({**DIGITS, "resources": {"device": "tpu"}}, "device: Input should be 'auto', 'cpu' or 'cuda'"),
     ],
 )
