@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
@@ -103,11 +103,20 @@ def list_epochs(
 
 @router.post("/{search_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SearchPublic)
 def cancel_search(
-    search_id: str, session: SessionDep, celery: CeleryDep, redis_client: RedisDep, settings: SettingsDep
+    search_id: str,
+    session: SessionDep,
+    celery: CeleryDep,
+    redis_client: RedisDep,
+    settings: SettingsDep,
+    background_tasks: BackgroundTasks,
 ) -> Search:
     """Cancel (idempotent): a queued search at once, a running one between two batches. 409 if finished."""
+
+    def revoke_after_response(task_id: str) -> None:
+        background_tasks.add_task(search_service.revoke_task, celery, task_id)
+
     return search_service.cancel_search(
-        session, search_id, celery=celery, redis_client=redis_client, settings=settings
+        session, search_id, revoke=revoke_after_response, redis_client=redis_client, settings=settings
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -185,13 +186,27 @@ def _set_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: s
         ) from exc
 
 
+def revoke_task(celery: Celery, task_id: str) -> None:
+    """Revoke a queued search's Celery task (never terminate it). Best effort: a worker that receives the
+    task anyway finds the row cancelled and does not start it."""
+    try:
+        celery.control.revoke(task_id)
+    except (BrokerError, redis.RedisError, OSError) as exc:
+        logger.warning("could not revoke task %s: %s", task_id, exc)
+
+
 def cancel_search(
-    session: Session, search_id: str, *, celery: Celery, redis_client: redis.Redis, settings: Settings
+    session: Session,
+    search_id: str,
+    *,
+    revoke: Callable[[str], None],
+    redis_client: redis.Redis,
+    settings: Settings,
 ) -> Search:
     """Cancel a search (idempotent).
 
-    - queued: `cancelled` at once and its Celery task revoked (never terminated; a worker that receives
-      it anyway finds the row cancelled and does not start it).
+    - queued: `cancelled` at once, and `revoke(celery_task_id)` called (the route runs `revoke_task`
+      after the response: a broadcast to an unreachable broker takes seconds to give up).
     - running: `cancelling` and the Redis flag `{prefix}:cancel:{id}` set; the worker stops between
       batches and the status becomes `cancelled` when it reports so.
     - cancelling / cancelled: nothing more to do (the flag is set again for a cancelling one).
@@ -208,11 +223,7 @@ def cancel_search(
     if queued_to_cancelled.rowcount == 1:
         session.refresh(search)
         if search.celery_task_id:
-            try:
-                celery.control.revoke(search.celery_task_id)
-            except (BrokerError, redis.RedisError, OSError) as exc:
-                # The row is cancelled: a worker receiving the task checks it and skips the search.
-                logger.warning("could not revoke task %s of %s: %s", search.celery_task_id, search_id, exc)
+            revoke(search.celery_task_id)
         return search
 
     running_to_cancelling = session.execute(
