@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 from alembic import command
 from fastapi.testclient import TestClient
+from sqlalchemy import inspect
 
-from app.db import alembic_config
+from app.db import alembic_config, make_engine, run_migrations, with_search_path
 from app.main import create_app
 from app.settings import Settings
+
+from .conftest import POSTGRES_URL
 
 # Nothing listens on port 1: connections are refused at once.
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -47,6 +55,7 @@ def test_readyz_names_the_database_when_it_is_down(service_settings: Settings) -
 
 
 def test_metrics_count_requests_by_route_template_and_searches_by_status(client: TestClient) -> None:
+    assert client.post("/searches", json={"dataset": {"name": "digits"}}).status_code == 201
     client.get("/healthz")
     client.get("/searches/does-not-exist")
     response = client.get("/metrics")
@@ -57,7 +66,9 @@ def test_metrics_count_requests_by_route_template_and_searches_by_status(client:
     # The route template, not the raw path, labels the request.
     assert 'darts_http_requests_total{method="GET",route="/searches/{search_id}",status="404"} 1.0' in text
     assert "darts_http_request_duration_seconds_bucket" in text
-    assert 'darts_searches{status="queued"} 0.0' in text
+    assert 'darts_http_requests_total{method="POST",route="/searches",status="201"} 1.0' in text
+    assert 'darts_searches{status="queued"} 1.0' in text
+    assert 'darts_searches{status="running"} 0.0' in text
     assert "process_cpu_seconds_total" in text  # the process-wide registry is served too
 
 
@@ -94,3 +105,40 @@ def test_openapi_lists_the_rest_contract(client: TestClient) -> None:
 def test_migrations_match_the_models(service_settings: Settings) -> None:
     """`alembic check`: the migrated database has exactly the tables, columns and indices of app.models."""
     command.check(alembic_config(service_settings))
+
+
+@pytest.fixture
+def empty_database(service_settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+    """Settings of a second, empty database on the current backend (its own schema on PostgreSQL)."""
+    if service_settings.sqlalchemy_url.startswith("sqlite"):
+        yield service_settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}"})
+        return
+    import psycopg
+
+    schema = f"darts_test_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+        connection.execute(f'CREATE SCHEMA "{schema}"')
+    try:
+        yield service_settings.model_copy(update={"database_url": with_search_path(POSTGRES_URL, schema)})
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
+            connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def test_migrations_build_everything_on_an_empty_database_and_downgrade_to_nothing(
+    empty_database: Settings,
+) -> None:
+    engine = make_engine(empty_database)
+    try:
+        assert inspect(engine).get_table_names() == []
+        run_migrations(empty_database)
+        tables = set(inspect(engine).get_table_names())
+        assert tables == {"alembic_version", "searches", "search_epochs", "datasets"}
+        indexes = {index["name"] for index in inspect(engine).get_indexes("searches")}
+        assert {"ix_searches_created_at_id", "ix_searches_status_created_at_id"} <= indexes
+        command.check(alembic_config(empty_database))
+        run_migrations(empty_database)  # already at head: nothing to do
+        command.downgrade(alembic_config(empty_database), "base")
+        assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    finally:
+        engine.dispose()
