@@ -120,6 +120,45 @@ async function cancelSelected() {
   await refreshDetail();
 }
 
+async function loadDatasets() {
+  const select = document.querySelector("#new-search-form select[name=dataset_choice]");
+  const page = await getJSON("/datasets?limit=500");
+  select.replaceChildren(
+    ...page.items.map((dataset) => {
+      const option = document.createElement("option");
+      option.value = dataset.kind === "upload" ? `upload:${dataset.id}` : dataset.name;
+      option.textContent = dataset.kind === "upload" ? `${dataset.name} (uploaded)` : dataset.name;
+      return option;
+    }),
+  );
+}
+
+async function submitSearch(event) {
+  event.preventDefault();
+  // form.elements, not form.name / form.dataset: those are the form element's own properties.
+  const fields = event.target.elements;
+  const error = document.getElementById("new-search-error");
+  error.textContent = "";
+  const choice = fields.namedItem("dataset_choice").value;
+  const spec = {
+    dataset: choice.startsWith("upload:") ? { id: choice.slice(7) } : { name: choice },
+    training: { epochs: Number(fields.namedItem("epochs").value) },
+  };
+  const name = fields.namedItem("search_name").value.trim();
+  if (name) spec.name = name;
+  try {
+    const search = await getJSON("/searches", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(spec),
+    });
+    await refreshList();
+    select(search.id);
+  } catch (failure) {
+    error.textContent = failure.message;
+  }
+}
+
 async function tick() {
   const connection = document.getElementById("connection");
   try {
@@ -137,4 +176,8 @@ async function tick() {
 document.getElementById("status-filter").addEventListener("change", refreshList);
 document.getElementById("more").addEventListener("click", loadMore);
 document.getElementById("cancel").addEventListener("click", cancelSelected);
+document.getElementById("new-search-form").addEventListener("submit", submitSearch);
+loadDatasets().catch((error) => {
+  document.getElementById("new-search-error").textContent = `datasets: ${error.message}`;
+});
 tick();
