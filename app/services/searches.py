@@ -176,14 +176,16 @@ def epoch_after_event_id(session: Session, search_id: str, last_event_id: str) -
 
 
 def _set_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: str) -> None:
+    """Raise the Redis flag a running worker polls between batches (`{prefix}:cancel:{id}`, every 0.5 s).
+
+    Best effort: the worker also reads the row's `cancel_requested` (every 2 s), so a cancel still
+    reaches it, a little later, while Redis is unreachable.
+    """
     try:
         expiry = timedelta(seconds=settings.broker_visibility_timeout)
-        # The worker polls this key (`{prefix}:cancel:{id}`) between batches.
         redis_client.set(cancel_key(settings, search_id), "1", ex=expiry)
     except (redis.RedisError, OSError) as exc:
-        raise ServiceUnavailable(
-            f"Redis is unreachable: the cancel request is recorded but the worker was not told ({exc}); retry"
-        ) from exc
+        logger.warning("could not set the cancel flag of search %s (the SQL flag stands): %s", search_id, exc)
 
 
 def revoke_task(celery: Celery, task_id: str) -> None:
@@ -207,8 +209,8 @@ def cancel_search(
 
     - queued: `cancelled` at once, and `revoke(celery_task_id)` called (the route runs `revoke_task`
       after the response: a broadcast to an unreachable broker takes seconds to give up).
-    - running: `cancelling` and the Redis flag `{prefix}:cancel:{id}` set; the worker stops between
-      batches and the status becomes `cancelled` when it reports so.
+    - running: `cancelling`, `cancel_requested` set in SQL and the Redis flag `{prefix}:cancel:{id}`
+      raised; the worker stops between batches and the status becomes `cancelled` when it reports so.
     - cancelling / cancelled: nothing more to do (the flag is set again for a cancelling one).
     - succeeded / failed: Conflict (409).
     """

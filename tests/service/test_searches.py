@@ -322,6 +322,21 @@ def test_cancel_a_running_search_raises_the_flag_the_worker_polls(
         flags.close()
 
 
+def test_cancel_a_running_search_while_redis_is_down_still_records_it(
+    client: TestClient, api_settings: Settings, set_status, db_session: Session
+) -> None:
+    """The worker also polls the row's cancel_requested, so the cancel is accepted without Redis."""
+    search_id = create(client)["id"]
+    set_status(search_id, "running")
+    settings = api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(settings, run_ingester=False)) as offline:
+        response = offline.post(f"/searches/{search_id}/cancel")
+    assert response.status_code == 202
+    assert response.json()["status"] == "cancelling"
+    db_session.expire_all()
+    assert db_session.get(Search, search_id).cancel_requested
+
+
 @pytest.mark.parametrize("finished", ["succeeded", "failed"])
 def test_cancel_a_finished_search_is_409(client: TestClient, set_status, finished: str) -> None:
     search_id = create(client)["id"]
