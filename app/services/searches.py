@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -207,18 +207,24 @@ def cancel_search(
 ) -> Search:
     """Cancel a search (idempotent).
 
-    - queued: `cancelled` at once, and `revoke(celery_task_id)` called (the route runs `revoke_task`
-      after the response: a broadcast to an unreachable broker takes seconds to give up).
-    - running: `cancelling`, `cancel_requested` set in SQL and the Redis flag `{prefix}:cancel:{id}`
-      raised; the worker stops between batches and the status becomes `cancelled` when it reports so.
+    - queued and no worker holds its lease: `cancelled` at once, and `revoke(celery_task_id)` called
+      (the route runs `revoke_task` after the response: a broadcast to an unreachable broker takes
+      seconds to give up).
+    - queued but leased (a worker has just taken it; its `running` event is not ingested yet), or
+      running:
+      `cancelling`, `cancel_requested` set in SQL and the Redis flag `{prefix}:cancel:{id}` raised; the
+      worker stops between batches and the status becomes `cancelled` when it reports so.
     - cancelling / cancelled: nothing more to do (the flag is set again for a cancelling one).
     - succeeded / failed: Conflict (409).
     """
     search = get_search(session, search_id)
     now = utcnow()
+    not_leased = or_(
+        Search.lease_owner.is_(None), Search.lease_expires_at.is_(None), Search.lease_expires_at < now
+    )
     queued_to_cancelled = session.execute(
         update(Search)
-        .where(Search.id == search_id, Search.status == SearchStatus.queued)
+        .where(Search.id == search_id, Search.status == SearchStatus.queued, not_leased)
         .values(status=SearchStatus.cancelled, cancel_requested=True, finished_at=now)
     )
     session.commit()
@@ -228,9 +234,10 @@ def cancel_search(
             revoke(search.celery_task_id)
         return search
 
+    # A queued row that was not cancelled above is leased: a worker runs it already.
     running_to_cancelling = session.execute(
         update(Search)
-        .where(Search.id == search_id, Search.status == SearchStatus.running)
+        .where(Search.id == search_id, Search.status.in_([SearchStatus.queued, SearchStatus.running]))
         .values(status=SearchStatus.cancelling, cancel_requested=True)
     )
     session.commit()

@@ -322,6 +322,34 @@ def test_cancel_a_running_search_raises_the_flag_the_worker_polls(
         flags.close()
 
 
+def test_cancel_a_queued_search_a_worker_has_leased_asks_the_worker_to_stop(
+    client: TestClient, api_settings: Settings, db_session: Session
+) -> None:
+    """A worker took the task (lease held) but its `running` event is not ingested yet: the row still
+    reads queued, yet the search must be stopped by the worker, not just marked cancelled."""
+    from datetime import timedelta
+
+    from app.db import utcnow
+
+    leased_id, expired_id = create(client)["id"], create(client)["id"]
+    for search_id, expires in [(leased_id, timedelta(seconds=60)), (expired_id, timedelta(seconds=-1))]:
+        row = db_session.get(Search, search_id)
+        row.lease_owner, row.lease_expires_at = "worker-1", utcnow() + expires
+    db_session.commit()
+
+    leased = client.post(f"/searches/{leased_id}/cancel")
+    assert leased.status_code == 202 and leased.json()["status"] == "cancelling"
+    flags = redis.Redis.from_url(api_settings.redis_url)
+    try:
+        assert flags.exists(f"{api_settings.redis_prefix}:cancel:{leased_id}")
+    finally:
+        flags.delete(f"{api_settings.redis_prefix}:cancel:{leased_id}")
+        flags.close()
+    # A lease that has run out belongs to no live worker: cancelled at once.
+    expired = client.post(f"/searches/{expired_id}/cancel")
+    assert expired.status_code == 202 and expired.json()["status"] == "cancelled"
+
+
 def test_cancel_a_running_search_while_redis_is_down_still_records_it(
     client: TestClient, api_settings: Settings, set_status, db_session: Session
 ) -> None:
