@@ -1,0 +1,210 @@
+"""The ``darts`` command end to end on tiny synthetic data: search, resume, train, datasets, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from darts_core.cli import app
+from darts_core.genotype import Genotype
+from darts_core.search import CHECKPOINT_NAME
+
+DATASET = {"name": "synthetic", "num_samples": 64, "channels": 1, "image_size": 6, "num_classes": 3}
+SPEC = {
+    "name": "tiny",
+    "dataset": DATASET,
+    "search_space": {
+        "primitives": ["none", "max_pool_3x3", "skip_connect", "dil_conv_3x3"],
+        "internal_nodes": 2,
+    },
+    "network": {"cells": 3, "init_channels": 4, "stem_multiplier": 1},
+    "training": {"epochs": 2, "batch_size": 8},
+}
+
+runner = CliRunner()
+
+
+def _write_spec(path: Path, spec: dict | str) -> Path:
+    path.write_text(spec if isinstance(spec, str) else json.dumps(spec))
+    return path
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_search_writes_every_output_then_train_retrains_the_genotype(tmp_path: Path) -> None:
+    spec_file = _write_spec(tmp_path / "spec.json", SPEC)
+    out = tmp_path / "run"
+
+    result = runner.invoke(app, ["search", str(spec_file), "--out", str(out), "--device", "cpu"])
+
+    assert result.exit_code == 0, result.output
+    assert "epoch   2/2" in result.output and "best supernet valid accuracy" in result.output
+    assert sorted(path.name for path in out.iterdir()) == [
+        CHECKPOINT_NAME, "genotype.json", "genotype.txt", "metrics.jsonl", "spec.json",
+    ]  # fmt: skip
+    records = _metrics(out)
+    assert [record["epoch"] for record in records] == [1, 2]
+    assert set(records[0]) == {
+        "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype", "alphas",
+    }  # fmt: skip
+    genotype = Genotype.from_json((out / "genotype.json").read_text())
+    assert Genotype.from_darts((out / "genotype.txt").read_text().strip()) == genotype
+    assert genotype.to_json() == records[-1]["genotype"]
+    filled = json.loads((out / "spec.json").read_text())
+    assert filled["name"] == "tiny" and filled["dataset"] == DATASET
+    assert filled["training"]["epochs"] == 2 and filled["training"]["weight_lr"] == 0.025
+    assert filled["resources"] == {"device": "cpu"}
+
+    train_args = [
+        "--epochs",
+        "1",
+        "--init-channels",
+        "4",
+        "--cells",
+        "2",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+    ]
+    trained = runner.invoke(
+        app, ["train", str(out / "genotype.json"), "--dataset", json.dumps(DATASET), *train_args]
+    )
+    assert trained.exit_code == 0, trained.output
+    assert "test accuracy" in trained.output
+    report = json.loads((out / "train.json").read_text())
+    assert 0.0 <= report["test_accuracy"] <= 1.0 and len(report["history"]) == 1
+    assert report["genotype"] == genotype.to_json() and report["settings"]["cells"] == 2
+
+    # The DARTS string form is accepted too, and --out chooses where train.json goes.
+    elsewhere = tmp_path / "elsewhere"
+    trained = runner.invoke(
+        app,
+        [
+            "train",
+            str(out / "genotype.txt"),
+            "--dataset",
+            json.dumps(DATASET),
+            "--out",
+            str(elsewhere),
+            *train_args,
+        ],
+    )
+    assert trained.exit_code == 0, trained.output
+    assert json.loads((elsewhere / "train.json").read_text())["genotype"] == genotype.to_json()
+
+
+def test_interrupted_search_resumes_without_duplicating_metrics(tmp_path: Path) -> None:
+    # Enough steps per epoch (256 samples -> ~100 search-train -> 12 steps) that the stop below lands in
+    # epoch 2, well before it ends.
+    spec = {**SPEC, "dataset": {**DATASET, "num_samples": 256}, "training": {"epochs": 3, "batch_size": 8}}
+    spec_file = _write_spec(tmp_path / "spec.json", spec)
+    out = tmp_path / "run"
+    metrics = out / "metrics.jsonl"
+
+    def press_ctrl_c_after_epoch_1() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if metrics.exists() and metrics.read_text().count("\n") >= 1:
+                os.kill(os.getpid(), signal.SIGINT)  # handled by the CLI: stop after the current step
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=press_ctrl_c_after_epoch_1, daemon=True)
+    watcher.start()
+    stopped = runner.invoke(app, ["search", str(spec_file), "--out", str(out), "--device", "cpu"])
+    watcher.join()
+    assert stopped.exit_code == 130, stopped.output
+    assert "stopped after epoch 1/3" in stopped.output
+    assert [record["epoch"] for record in _metrics(out)] == [1]
+
+    resumed = runner.invoke(app, ["search", str(spec_file), "--out", str(out), "--device", "cpu"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and "epoch   1/3" not in resumed.output
+    assert [record["epoch"] for record in _metrics(out)] == [1, 2, 3]
+
+    # A metrics file that lost lines (a crash between the checkpoint and the write) is rebuilt from the
+    # checkpoint's history when the command runs again.
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n" + '{"epoch": 2, "trunc')
+    again = runner.invoke(app, ["search", str(spec_file), "--out", str(out), "--device", "cpu"])
+    assert again.exit_code == 0, again.output
+    assert [record["epoch"] for record in _metrics(out)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("{not json", "is not valid JSON"),
+        ("[1, 2]", "must hold a JSON object, got list"),
+        (json.dumps({"training": {"epochs": 2}}), 'the spec needs a "dataset"'),
+        (json.dumps({**SPEC, "training": {"epochs": 0}}), "training.epochs must be >= 1, got 0"),
+        (json.dumps({**SPEC, "trainig": {}}), "trainig is not a known field"),
+        (json.dumps({**SPEC, "dataset": {"name": "mnist"}}), "unknown dataset 'mnist'"),
+        (json.dumps({**SPEC, "training": {"batch_size": 100}}), "training.batch_size (100) is larger than"),
+    ],
+)
+def test_bad_spec_files_exit_2_with_a_message(tmp_path: Path, content: str | None, message: str) -> None:
+    spec_file = tmp_path / "spec.json"
+    if content is not None:
+        spec_file.write_text(content)
+    result = runner.invoke(app, ["search", str(spec_file), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    assert "error:" in result.output and message in " ".join(result.output.split())
+
+
+def test_an_output_directory_of_another_spec_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "spec.json").write_text(json.dumps({**SPEC, "training": {"epochs": 3}}))
+    spec_file = _write_spec(tmp_path / "spec.json", SPEC)
+    result = runner.invoke(app, ["search", str(spec_file), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "training.epochs (3 there, 2 now)" in " ".join(result.output.split())
+    assert not (out / CHECKPOINT_NAME).exists()
+
+
+def test_train_rejects_bad_genotypes_and_datasets(tmp_path: Path) -> None:
+    bad = tmp_path / "genotype.json"
+    bad.write_text(
+        json.dumps({"normal": [["conv_9x9", 0], ["skip_connect", 1]], "reduce": [["skip_connect", 0]]})
+    )
+    result = runner.invoke(app, ["train", str(bad)])
+    assert result.exit_code == 2 and "invalid genotype" in result.output
+
+    good = tmp_path / "good.json"
+    good.write_text(
+        json.dumps(
+            {
+                "normal": [["skip_connect", 0], ["skip_connect", 1]],
+                "reduce": [["max_pool_3x3", 0], ["skip_connect", 1]],
+            }
+        )
+    )
+    result = runner.invoke(app, ["train", str(good), "--dataset", "imagenet"])
+    assert result.exit_code == 2 and "unknown dataset 'imagenet'" in result.output
+    result = runner.invoke(app, ["train", str(tmp_path / "missing.json")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_datasets_and_help() -> None:
+    listed = runner.invoke(app, ["datasets"])
+    assert listed.exit_code == 0 and "digits" in listed.output and "synthetic" in listed.output
+    for command, options in (
+        (["--help"], ["search", "train", "datasets"]),
+        (["search", "--help"], ["--out", "--device", "--epochs", "SPEC.json"]),
+        (["train", "--help"], ["--dataset", "--epochs", "--init-channels", "--cells", "--out", "GENOTYPE"]),
+    ):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0
+        for option in options:
+            assert option in result.output
