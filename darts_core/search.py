@@ -117,7 +117,7 @@ class DartsSearch:
     A step (:meth:`step`) is:
 
     1. **Architecture step** on the valid batch. First order: ``dalpha = dL_val(w, alpha)/dalpha``,
-       computed with the weights detached, so no weight gradient is ever formed. Second order:
+       computed with ``requires_grad`` off on the weights, so no weight gradient is ever formed. Second order:
        ``w' = w - xi * (momentum * m + dL_train(w, alpha)/dw + weight_decay * w)`` with ``xi`` the current
        weight learning rate and ``m`` SGD's momentum buffer (as the DARTS reference architect), then
        ``dalpha = dL_val(w', alpha)/dalpha - xi * (dL_train(w+, alpha)/dalpha - dL_train(w-, alpha)/dalpha)
@@ -131,7 +131,7 @@ class DartsSearch:
     :func:`run_search`) are updated by the forwards at the real weights only: first order, the
     architecture forward on the valid batch and the weight forward on the train batch (as the reference);
     second order, the forward on the train batch that gives ``dL_train/dw`` and the weight forward (as the
-    reference). The passes at ``w'`` and ``w+-`` run on throwaway copies of the buffers: the reference
+    reference). The passes at ``w'`` and ``w+-`` leave the buffers as they found them: the reference
     runs ``w'`` on a fresh model copy, and ``w+-`` are a numerical device whose statistics (at
     perturbed weights) should not be remembered. Training-mode outputs do not depend on running
     statistics, so this choice leaves every gradient unchanged.
@@ -251,33 +251,41 @@ class DartsSearch:
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     def _loss(
-        self,
-        batch: Batch,
-        alphas: Sequence[Tensor],
-        weights: Sequence[Tensor] | None = None,
-        scratch_buffers: bool = False,
+        self, batch: Batch, alphas: Sequence[Tensor], weights: Sequence[Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Cross-entropy and logits of ``batch`` at ``alphas`` and (optionally substituted) ``weights``.
-
-        ``scratch_buffers`` runs the forward on copies of the network's buffers, so BatchNorm running
-        statistics of the real network are left alone.
-        """
+        """Cross-entropy and logits of ``batch`` at ``alphas`` and, when given, substituted ``weights``."""
         images, labels = batch
         with self._autocast(images.device):
-            if weights is None and not scratch_buffers:
+            if weights is None:
                 logits = self.network(images, alphas=tuple(alphas))
             else:
-                substitutes: dict[str, Tensor] = {}
-                if weights is not None:
-                    substitutes.update(zip(self._weight_names, weights, strict=True))
-                if scratch_buffers:
-                    substitutes.update(
-                        (name, buffer.clone()) for name, buffer in self.network.named_buffers()
-                    )
-                logits = functional_call(
-                    self.network, substitutes, (images,), {"alphas": tuple(alphas)}, strict=False
-                )
+                substitutes = dict(zip(self._weight_names, weights, strict=True))
+                logits = functional_call(self.network, substitutes, (images,), {"alphas": tuple(alphas)})
         return F.cross_entropy(logits.float(), labels), logits
+
+    @contextlib.contextmanager
+    def _weights_frozen(self) -> Iterator[None]:
+        """No autograd graph through the weights while inside (cheaper than substituting detached copies)."""
+        flags = [weight.requires_grad for weight in self.weights]
+        for weight in self.weights:
+            weight.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for weight, flag in zip(self.weights, flags, strict=True):
+                weight.requires_grad_(flag)
+
+    @contextlib.contextmanager
+    def _buffers_preserved(self) -> Iterator[None]:
+        """Forwards inside leave the network's buffers (BatchNorm running statistics) as they found them."""
+        buffers = list(self.network.buffers())
+        saved = [buffer.clone() for buffer in buffers]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buffer, value in zip(buffers, saved, strict=True):
+                    buffer.copy_(value)
 
     def _architecture_step(self, train_batch: Batch, valid_batch: Batch) -> tuple[Tensor, Tensor]:
         grads, valid_loss, valid_acc = self._arch_grads(train_batch, valid_batch)
@@ -289,9 +297,9 @@ class DartsSearch:
 
     def _arch_grads(self, train_batch: Batch, valid_batch: Batch) -> tuple[list[Tensor], Tensor, Tensor]:
         if self.order == "first":
-            detached = [weight.detach() for weight in self.weights]
-            loss, logits = self._loss(valid_batch, self.alphas, weights=detached)
-            grads = list(_grad(loss, self.alphas))
+            with self._weights_frozen():
+                loss, logits = self._loss(valid_batch, self.alphas)
+                grads = list(_grad(loss, self.alphas))
         else:
             grads, loss, logits = self._unrolled_arch_grads(train_batch, valid_batch)
         return grads, loss.detach(), _accuracy(logits.detach(), valid_batch[1])
@@ -315,30 +323,28 @@ class DartsSearch:
                 unrolled.append((weight - xi * direction).requires_grad_(True))
         del train_grads
 
-        # dL_val(w', alpha) with respect to alpha and w'.
-        valid_loss, valid_logits = self._loss(
-            valid_batch, self.alphas, weights=unrolled, scratch_buffers=True
-        )
-        all_grads = _grad(valid_loss, [*self.alphas, *unrolled])
-        direct = all_grads[: len(self.alphas)]
-        vector = all_grads[len(self.alphas) :]
-        del unrolled, all_grads
+        with self._buffers_preserved():
+            # dL_val(w', alpha) with respect to alpha and w'.
+            valid_loss, valid_logits = self._loss(valid_batch, self.alphas, weights=unrolled)
+            all_grads = _grad(valid_loss, [*self.alphas, *unrolled])
+            direct = all_grads[: len(self.alphas)]
+            vector = all_grads[len(self.alphas) :]
+            del unrolled, all_grads
 
-        # Central finite difference of dL_train/dalpha along v: only alpha gradients are computed.
-        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in vector]))
-        eps = 0.01 / norm.clamp_min(torch.finfo(norm.dtype).tiny)
-        with torch.no_grad():
-            plus = [weight + eps * v for weight, v in zip(self.weights, vector, strict=True)]
-        grads_plus = _grad(
-            self._loss(train_batch, self.alphas, weights=plus, scratch_buffers=True)[0], self.alphas
-        )
-        del plus
-        with torch.no_grad():
-            minus = [weight - eps * v for weight, v in zip(self.weights, vector, strict=True)]
-        grads_minus = _grad(
-            self._loss(train_batch, self.alphas, weights=minus, scratch_buffers=True)[0], self.alphas
-        )
-        del minus
+            # Central finite difference of dL_train/dalpha along v: only alpha gradients are computed.
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(v) for v in vector]))
+            eps = 0.01 / norm.clamp_min(torch.finfo(norm.dtype).tiny)
+            finite_differences = []
+            for sign in (1.0, -1.0):
+                with torch.no_grad():
+                    shifted = [
+                        weight + sign * eps * v for weight, v in zip(self.weights, vector, strict=True)
+                    ]
+                finite_differences.append(
+                    _grad(self._loss(train_batch, self.alphas, weights=shifted)[0], self.alphas)
+                )
+                del shifted
+        grads_plus, grads_minus = finite_differences
         grads = [
             d - xi * (gp - gm) / (2 * eps) for d, gp, gm in zip(direct, grads_plus, grads_minus, strict=True)
         ]
@@ -704,10 +710,10 @@ def _epoch_permutation(size: int, seed: int, epoch: int, stream: int) -> Tensor:
     return torch.randperm(size, generator=generator)
 
 
-def _batches(order: Tensor, batch_size: int) -> list[Tensor]:
-    """Full batches of indices (the remainder is dropped so every step sees ``batch_size`` samples)."""
+def _batches(order: Tensor, batch_size: int, device: torch.device) -> list[Tensor]:
+    """Full batches of indices on ``device`` (the remainder is dropped: every step sees ``batch_size``)."""
     count = order.numel() // batch_size
-    return list(order[: count * batch_size].view(count, batch_size))
+    return list(order[: count * batch_size].view(count, batch_size).to(device))
 
 
 def _build_network(config: SearchConfig, in_channels: int, num_classes: int) -> nn.Module:
@@ -858,18 +864,15 @@ def run_search(
     for epoch in range(len(history) + 1, training.epochs + 1):
         started = time.perf_counter()
         lr = search.lr
-        train_batches = _batches(
-            _epoch_permutation(len(y_train), training.seed, epoch, 0), training.batch_size
-        )
-        valid_batches = _batches(
-            _epoch_permutation(len(y_valid), training.seed, epoch, 1), training.batch_size
-        )
+        train_order = _epoch_permutation(len(y_train), training.seed, epoch, 0)
+        valid_order = _epoch_permutation(len(y_valid), training.seed, epoch, 1)
+        train_batches = _batches(train_order, training.batch_size, device)
+        valid_batches = _batches(valid_order, training.batch_size, device)
         sums = torch.zeros(4, device=device)
         for step, train_batch in enumerate(train_batches):
             if should_stop is not None and should_stop():
                 return SearchResult(len(history), True, _last_genotype(history, network), history)
-            train_batch = train_batch.to(device)
-            valid_batch = valid_batches[step % len(valid_batches)].to(device)
+            valid_batch = valid_batches[step % len(valid_batches)]
             stats = search.step(
                 (x_train[train_batch], y_train[train_batch]), (x_valid[valid_batch], y_valid[valid_batch])
             )
