@@ -730,14 +730,21 @@ def _build_network(config: SearchConfig, in_channels: int, num_classes: int) -> 
 
 @torch.no_grad()
 def _evaluate(
-    network: nn.Module, images: Tensor, labels: Tensor, batch_size: int, autocast_dtype: torch.dtype | None
-) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of the network in eval mode over a whole split."""
+    network: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    autocast_dtype: torch.dtype | None,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[float, float] | None:
+    """Mean cross-entropy and accuracy of the network in eval mode over a whole split (None: stopped)."""
     network.eval()
     total_loss = torch.zeros((), device=images.device)
     total_correct = torch.zeros((), device=images.device)
     try:
         for start in range(0, images.shape[0], batch_size):
+            if should_stop is not None and should_stop():
+                return None
             x = images[start : start + batch_size]
             y = labels[start : start + batch_size]
             context = (
@@ -808,15 +815,17 @@ def run_search(
             finished epoch. The checkpoint must come from the same spec (``resources`` may differ).
         on_epoch: called with the :class:`EpochResult` of every finished epoch, after its checkpoint is
             written (so an epoch that was reported is never lost).
-        should_stop: polled before every step; when it returns true the search returns at once with
-            ``stopped=True`` and the unfinished epoch is neither recorded nor checkpointed.
+        should_stop: polled before every step and every validation batch; when it returns true the search
+            returns at once with ``stopped=True`` and the unfinished epoch is neither recorded nor
+            checkpointed (a later run with the same ``checkpoint_dir`` redoes it).
         progress: called after every step with ``(epoch, step, steps_per_epoch)`` (1-based epoch and step).
 
     The training set is split by ``training.train_portion`` with a permutation seeded by ``training.seed``
     into search-train and search-valid. Each epoch walks the search-train split in a seeded order in full
     batches of ``batch_size`` and pairs each with a search-valid batch (cycling through the valid split
     when it has fewer batches), one :meth:`DartsSearch.step` per pair. Everything is seeded from
-    ``training.seed``; on CPU, a resumed search ends bit-identical to an uninterrupted one.
+    ``training.seed`` (this sets the global ``random``, NumPy and torch seeds); on CPU, a resumed search
+    ends bit-identical to an uninterrupted one.
     ``resources.device="auto"`` uses CUDA when present, with bf16 autocast (fp32 parameters) on CUDA.
     """
     training = config.training
@@ -881,7 +890,10 @@ def run_search(
                 progress(epoch, step + 1, len(train_batches))
         search.end_epoch()
         train_loss, train_acc = (sums[:2] / len(train_batches)).tolist()
-        valid_loss, valid_acc = _evaluate(network, x_valid, y_valid, 2 * training.batch_size, autocast_dtype)
+        evaluated = _evaluate(network, x_valid, y_valid, 2 * training.batch_size, autocast_dtype, should_stop)
+        if evaluated is None:
+            return SearchResult(len(history), True, _last_genotype(history, network), history)
+        valid_loss, valid_acc = evaluated
         result = EpochResult(
             epoch=epoch,
             train_loss=train_loss,

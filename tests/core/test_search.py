@@ -474,12 +474,13 @@ def test_resume_after_stop_is_bit_identical_to_an_uninterrupted_search(tiny_data
 
 
 def test_should_stop_returns_promptly_without_recording_the_unfinished_epoch(tiny_dataset, tmp_path) -> None:
-    polls: list[int] = []
+    polls_after_report: list[int] = []
     reported: list[EpochResult] = []
 
     def should_stop() -> bool:
-        polls.append(1)
-        return len(polls) > 4  # 3 steps per epoch: stop before the second step of epoch 2
+        if reported:
+            polls_after_report.append(1)
+        return len(polls_after_report) > 1  # stop before the second step of epoch 2
 
     result = run_search(
         tiny_dataset,
@@ -488,9 +489,20 @@ def test_should_stop_returns_promptly_without_recording_the_unfinished_epoch(tin
         on_epoch=reported.append,
         should_stop=should_stop,
     )
-    assert result.stopped and result.epochs_completed == 1 and len(result.history) == 1 and len(polls) == 5
-    assert [item.epoch for item in reported] == [1]
+    assert result.stopped and result.epochs_completed == 1 and len(result.history) == 1
+    assert len(polls_after_report) == 2 and [item.epoch for item in reported] == [1]
     assert _load_checkpoint(tmp_path)["epoch"] == 1
+
+    # 3 steps per epoch; the 4th poll comes from the validation pass: epoch 1 is not finished.
+    polls: list[int] = []
+    during_validation = run_search(
+        tiny_dataset,
+        _config(),
+        checkpoint_dir=tmp_path / "fresh",
+        should_stop=lambda: len(polls.append(1) or polls) > 3,
+    )
+    assert during_validation.stopped and during_validation.history == [] and len(polls) == 4
+    assert not (tmp_path / "fresh" / CHECKPOINT_NAME).exists()
 
     nothing = run_search(tiny_dataset, _config(), should_stop=lambda: True)
     assert nothing.stopped and nothing.epochs_completed == 0 and nothing.history == []
