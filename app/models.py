@@ -1,6 +1,6 @@
 """SQL models (SQLAlchemy 2). The schema itself is made only by the Alembic migrations.
 
-Shared by the API, the event ingester and the workers: keep this module free of FastAPI and torch.
+Shared by the API, the event ingester and the workers: keep this module free of torch.
 """
 
 from __future__ import annotations

@@ -210,10 +210,9 @@ def cancel_search(
     - queued and no worker holds its lease: `cancelled` at once, and `revoke(celery_task_id)` called
       (the route runs `revoke_task` after the response: a broadcast to an unreachable broker takes
       seconds to give up).
-    - queued but leased (a worker has just taken it; its `running` event is not ingested yet), or
-      running:
-      `cancelling`, `cancel_requested` set in SQL and the Redis flag `{prefix}:cancel:{id}` raised; the
-      worker stops between batches and the status becomes `cancelled` when it reports so.
+    - running, or queued but leased (a worker has just taken it; its `running` event is not ingested
+      yet): `cancelling`, `cancel_requested` set in SQL and the Redis flag `{prefix}:cancel:{id}`
+      raised; the worker stops between batches and the status becomes `cancelled` when it says so.
     - cancelling / cancelled: nothing more to do (the flag is set again for a cancelling one).
     - succeeded / failed: Conflict (409).
     """
