@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 LOC_FILE = ("body", "file")
 INFO_FIELDS = ("num_samples", "num_classes", "channels", "height", "width")
+MAX_NAME = 200  # the columns' sizes (app.models.Dataset)
+MAX_FILENAME = 255
 
 
 # The built-ins a search spec may name (app.schemas); darts_core's cifar10 needs a server-side path.
@@ -89,8 +91,13 @@ async def store_upload(
     Over `settings.max_upload_bytes` -> PayloadTooLarge (413); not an `.npz` darts_core can use ->
     Unprocessable (422). Either way the partial file is removed and nothing is recorded.
     """
+    filename = Path(filename).name  # never a path: only the last component is kept
     if not filename.lower().endswith(".npz"):
-        raise Unprocessable(f"expected a .npz file, got {filename!r}", loc=("body", "file"))
+        raise Unprocessable(f"expected a .npz file, got {filename!r}", loc=LOC_FILE)
+    if len(filename) > MAX_FILENAME:
+        raise Unprocessable(f"file name longer than {MAX_FILENAME} characters", loc=LOC_FILE)
+    if name is not None and not 1 <= len(name) <= MAX_NAME:
+        raise Unprocessable(f"name must have 1 to {MAX_NAME} characters", loc=("body", "name"))
     dataset_id = str(uuid.uuid4())
     directory = datasets_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
@@ -104,12 +111,12 @@ async def store_upload(
                     raise PayloadTooLarge(too_large_message(settings))
                 out.write(chunk)
         if size == 0:
-            raise Unprocessable("the uploaded file is empty", loc=("body", "file"))
+            raise Unprocessable("the uploaded file is empty", loc=LOC_FILE)
         info = await anyio.to_thread.run_sync(_validate_npz, path)
         dataset = Dataset(
             id=dataset_id,
-            name=name or Path(filename).stem or dataset_id,
-            filename=Path(filename).name,
+            name=name or Path(filename).stem[:MAX_NAME] or dataset_id,
+            filename=filename,
             path=str(path),
             num_samples=int(info["num_samples"]),
             num_classes=int(info["num_classes"]),

@@ -37,7 +37,7 @@ def test_multipart_upload_is_stored_validated_and_listed(
 ) -> None:
     before = stored_uploads(api_settings)
     response = client.post(
-        "/datasets", files={"file": ("faces.npz", small_images(), "application/octet-stream")}
+        "/datasets", files={"file": ("../../faces.npz", small_images(), "application/octet-stream")}
     )
     assert response.status_code == 201, response.text
     dataset = response.json()
@@ -91,6 +91,14 @@ def test_an_invalid_npz_is_422_with_darts_core_message_and_nothing_kept(
     wrong_suffix = client.post("/datasets", files={"file": ("data.csv", b"1,2,3")})
     assert wrong_suffix.status_code == 422
     assert wrong_suffix.json()["detail"][0]["msg"] == "expected a .npz file, got 'data.csv'"
+
+    long_name = client.post("/datasets", files={"file": ("ok.npz", small_images())}, data={"name": "n" * 201})
+    assert long_name.status_code == 422
+    assert long_name.json()["detail"][0]["msg"] == "name must have 1 to 200 characters"
+
+    empty = client.post("/datasets", files={"file": ("empty.npz", b"")})
+    assert empty.status_code == 422
+    assert empty.json()["detail"][0]["msg"] == "the uploaded file is empty"
 
     assert stored_uploads(api_settings) == before
     assert db_session.query(Dataset).count() == 0
