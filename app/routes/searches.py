@@ -23,6 +23,7 @@ from app.services.genotype_svg import genotype_svg
 router = APIRouter(prefix="/searches", tags=["searches"])
 
 MAX_EPOCHS_PAGE = 1000
+MAX_EPOCH = 1000  # training.epochs' upper bound (app.schemas.TrainingSpec)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SearchPublic)
@@ -56,7 +57,7 @@ def get_search(search_id: str, session: SessionDep) -> Search:
 def get_genotype(
     search_id: str,
     session: SessionDep,
-    epoch: Annotated[int | None, Query(ge=1, description="An earlier epoch's genotype")] = None,
+    epoch: Annotated[int | None, Query(ge=1, le=MAX_EPOCH, description="An earlier epoch's genotype")] = None,
 ) -> dict[str, Any]:
     """The genotype in the DARTS format (`normal`, `normal_concat`, `reduce`, `reduce_concat`).
 
@@ -73,7 +74,7 @@ def get_genotype(
 def get_genotype_svg(
     search_id: str,
     session: SessionDep,
-    epoch: Annotated[int | None, Query(ge=1, description="An earlier epoch's genotype")] = None,
+    epoch: Annotated[int | None, Query(ge=1, le=MAX_EPOCH, description="An earlier epoch's genotype")] = None,
 ) -> Response:
     genotype = search_service.get_genotype(session, search_id, epoch)
     return Response(genotype_svg(genotype), media_type="image/svg+xml")
@@ -89,7 +90,7 @@ def list_epochs(
     """Per-epoch metrics, in epoch order."""
     if cursor is None:
         after = 0
-    elif cursor.isdigit():
+    elif cursor.isdigit() and len(cursor) <= 9:
         after = int(cursor)
     else:
         raise BadRequest(f"invalid cursor {cursor!r}: pass back a next_cursor this API returned")

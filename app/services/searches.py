@@ -160,7 +160,7 @@ def list_epochs(
 def epoch_after_event_id(session: Session, search_id: str, last_event_id: str) -> int:
     """The epoch an SSE `Last-Event-ID` stands for: a stream entry id of one of this search's epochs,
     or an epoch number (the id of epochs that carry no stream id)."""
-    if last_event_id.isdigit():
+    if last_event_id.isdigit() and len(last_event_id) <= 9:
         return int(last_event_id)
     epoch = session.scalar(
         select(SearchEpoch.epoch).where(

@@ -253,6 +253,7 @@ def test_genotype_is_404_before_the_first_epoch_then_latest_or_by_epoch(
     assert missing.status_code == 404
     assert missing.json()["detail"] == f"search '{search_id}' has no epoch 4 (finished epochs: 3)"
     assert client.get(f"/searches/{search_id}/genotype", params={"epoch": 0}).status_code == 422
+    assert client.get(f"/searches/{search_id}/genotype", params={"epoch": 10**30}).status_code == 422
 
     svg = client.get(f"/searches/{search_id}/genotype.svg", params={"epoch": 1})
     assert svg.status_code == 200
@@ -283,6 +284,10 @@ def test_epochs_are_listed_in_order_with_cursor_pages(client: TestClient, record
     assert [item["epoch"] for item in page["items"]] == [1, 2]
     rest = client.get(f"/searches/{search_id}/epochs", params={"cursor": page["next_cursor"]}).json()
     assert [item["epoch"] for item in rest["items"]] == [3] and rest["next_cursor"] is None
+    for bad_cursor in ("x1", "9" * 30):
+        response = client.get(f"/searches/{search_id}/epochs", params={"cursor": bad_cursor})
+        assert response.status_code == 400, bad_cursor
+        assert response.json()["detail"].startswith("invalid cursor")
 
 
 # ------------------------------------------------------------------------------------------- cancel
