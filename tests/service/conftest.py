@@ -7,7 +7,7 @@ The backend is chosen by `DARTS_TEST_BACKEND`:
 - `postgres`: the machine's PostgreSQL (`DARTS_TEST_POSTGRES_URL`, default
   `postgresql://postgres@127.0.0.1:5432/test`) in a schema of its own, created for the session and dropped
   at the end, and the machine's Redis (`DARTS_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) under a
-  `REDIS_PREFIX` of its own, whose keys are deleted at the end.
+  `REDIS_PREFIX` of its own; every key starting with it is deleted at the end.
 
 A server the suite needs that does not answer fails the session with a message naming it (never a skip).
 
@@ -115,7 +115,8 @@ def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
             embedded.stop()
         else:
             client = redis.Redis.from_url(redis_url)
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            # `{prefix}*`: tests may derive prefixes of their own from it (e.g. `{prefix}-up`).
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
             if keys:
                 client.delete(*keys)
             client.close()
