@@ -126,6 +126,22 @@ def _write_metrics(out: Path, records: Mapping[int, dict[str, Any]]) -> None:
     _write_text_atomically(out / METRICS_NAME, "".join(lines))
 
 
+def _read_metrics(out: Path) -> dict[int, dict[str, Any]]:
+    """The epoch records of ``OUT/metrics.jsonl`` by epoch; unreadable lines (a torn write) are skipped."""
+    records: dict[int, dict[str, Any]] = {}
+    try:
+        lines = (out / METRICS_NAME).read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return records
+    for line in lines:
+        try:
+            record = json.loads(line)
+            records[int(record["epoch"])] = record
+        except (ValueError, KeyError, TypeError):
+            continue
+    return records
+
+
 def _spec_differences(previous: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Fields that differ between two specs, as ``"path (old -> new)"``; ``resources`` may differ."""
     found = []
@@ -190,20 +206,21 @@ def search(
     filled = {"dataset": spec["dataset"], **config.to_spec()}
     if "name" in spec:
         filled = {"name": spec["name"], **filled}
-    previous_spec_path = out / SPEC_NAME
-    if previous_spec_path.exists():
-        differences = _spec_differences(_read_json_object(previous_spec_path, "existing spec"), filled)
+    spec_path = out / SPEC_NAME
+    resuming = (out / CHECKPOINT_NAME).exists()
+    if resuming and spec_path.exists():
+        differences = _spec_differences(_read_json_object(spec_path, "existing spec"), filled)
         if differences:
             raise _fail(
                 f"{out} holds a search of another spec: {'; '.join(differences)}. "
                 "Choose another --out, or remove that directory to start over."
             )
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(previous_spec_path, filled)
+    _write_json(spec_path, filled)
 
-    records: dict[int, dict[str, Any]] = {}
+    # Lines of an earlier run stay; an epoch that is run again replaces its line and those after it.
+    records = _read_metrics(out) if resuming else {}
     total = config.training.epochs
-    resuming = (out / CHECKPOINT_NAME).exists()
     console.print(
         f"{'resuming' if resuming else 'searching'} on {dataset.name} "
         f"({dataset.x_train.shape[0]} training images {tuple(dataset.x_train.shape[1:])}, "
@@ -229,6 +246,8 @@ def search(
             if result.epoch in tasks:
                 bar.remove_task(tasks.pop(result.epoch))
             bar.console.print(_format_epoch(result, total), highlight=False, soft_wrap=True)
+            for epoch in [epoch for epoch in records if epoch >= result.epoch]:
+                del records[epoch]
             records[result.epoch] = result.to_dict()
             _write_metrics(out, records)
             _write_genotype(out, result.genotype)

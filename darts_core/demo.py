@@ -20,22 +20,25 @@ from darts_core.search import EpochResult, SearchConfig, run_search
 from darts_core.train import TrainEpoch, train_genotype
 
 #: The demo's search: a 5-cell, 8-channel supernet over all eight DARTS operations, first order.
+#: Measured on a busy 2-core CPU with 10 search epochs: supernet valid accuracy 0.886 after epoch 2,
+#: 0.951 after 3, 0.99 from epoch 5; the genotype retrained for 20 epochs reached 0.983 test accuracy.
 DEMO_SEARCH_SPEC = {
     "dataset": {"name": "digits"},
     "network": {"cells": 5, "init_channels": 8, "stem_multiplier": 3},
-    "training": {"epochs": 10, "batch_size": 32, "order": "first", "seed": 0},
+    "training": {"epochs": 6, "batch_size": 32, "order": "first", "seed": 0},
 }
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m darts_core.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=10, help="search epochs (default 10)")
-    parser.add_argument("--train-epochs", type=int, default=20, help="retraining epochs (default 20)")
+    parser.add_argument("--epochs", type=int, default=6, help="search epochs (default 6)")
+    parser.add_argument("--train-epochs", type=int, default=12, help="retraining epochs (default 12)")
     parser.add_argument(
         "--threads",
         type=int,
-        default=None,
-        help="torch CPU threads (default: torch's choice; 1 is faster on a machine busy with other work)",
+        default=1,
+        help="torch CPU threads (default 1: 8x8 convolutions gain little from more, and lose much when "
+        "other work shares the cores; 0 keeps torch's default)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     return parser.parse_args(argv)
@@ -44,7 +47,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Search on digits, print the genotype, retrain it and print the test accuracy."""
     args = _parse_args(argv)
-    if args.threads is not None:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     spec = json.loads(json.dumps(DEMO_SEARCH_SPEC))
