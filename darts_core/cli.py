@@ -173,7 +173,8 @@ def search(
             "--out",
             "-o",
             help="Output directory (spec.json, checkpoint.pt, metrics.jsonl, genotype.json, genotype.txt). "
-            "A directory that holds a checkpoint of the same spec is resumed. Default: runs/<SPEC name>.",
+            "A directory that holds a checkpoint of the same spec is resumed. "
+            "Default: runs/<SPEC file name without .json>.",
         ),
     ] = None,
     device: Annotated[

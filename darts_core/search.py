@@ -827,6 +827,11 @@ def run_search(
     ``training.seed`` (this sets the global ``random``, NumPy and torch seeds); on CPU, a resumed search
     ends bit-identical to an uninterrupted one.
     ``resources.device="auto"`` uses CUDA when present, with bf16 autocast (fp32 parameters) on CUDA.
+
+    The checkpoint is a dict loadable with ``torch.load(path, weights_only=True)``: ``format`` (1),
+    ``epoch`` (last finished), ``spec`` (:meth:`SearchConfig.to_spec`), ``search``
+    (:meth:`DartsSearch.state_dict`), ``rng`` (Python, NumPy, torch and CUDA RNG states as tensors and
+    plain values) and ``history`` (one :meth:`EpochResult.to_dict` per finished epoch).
     """
     training = config.training
     device = resolve_device(config.resources.device)
