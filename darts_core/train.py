@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from darts_core.genotype import Genotype
 from darts_core.networks import GenotypeNetwork
+from darts_core.ops import DARTS_PRIMITIVES_2D
 
 __all__ = ["TrainEpoch", "TrainResult", "train_genotype", "resolve_device", "apply_cutout"]
 
@@ -209,6 +210,9 @@ def train_genotype(
     Raises:
         ValueError: an invalid genotype, dataset or argument (the message names it).
     """
+    if not isinstance(genotype, Genotype):
+        raise ValueError(f"genotype must be a Genotype, got {type(genotype).__name__}")
+    genotype.validate(list(DARTS_PRIMITIVES_2D))  # before any side effect such as seeding
     _check_dataset(dataset)
     for name, value in (
         ("epochs", epochs),
