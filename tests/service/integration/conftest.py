@@ -44,9 +44,11 @@ TINY_SPEC: dict[str, Any] = {
 }
 
 
-def tiny_spec(epochs: int = 3, **overrides: Any) -> dict[str, Any]:
+def tiny_spec(epochs: int = 3, samples: int = 64, **overrides: Any) -> dict[str, Any]:
+    """TINY_SPEC with `epochs`; `samples` sets the epoch's length (samples / 64 steps)."""
     spec = {key: dict(value) for key, value in TINY_SPEC.items()}
     spec["training"]["epochs"] = epochs
+    spec["dataset"]["num_samples"] = samples
     spec.update(overrides)
     return spec
 

@@ -80,8 +80,8 @@ def test_a_killed_worker_s_search_resumes_from_its_checkpoint(
     api: TestClient, worker, stack_settings: Settings, session_factory: sessionmaker[Session]
 ) -> None:
     worker.ensure_running()
-    epochs = 6
-    search_id = submit(api, tiny_spec(epochs=epochs, name="survives a crash"))["id"]
+    epochs = 8
+    search_id = submit(api, tiny_spec(epochs=epochs, samples=512, name="survives a crash"))["id"]
     try:
         wait_until(lambda: get_search(api, search_id)["epoch"] >= 2, 180, "two epochs")
         worker.kill()

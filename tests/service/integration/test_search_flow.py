@@ -58,7 +58,8 @@ def parse_time(value: str) -> datetime:
 
 def test_search_runs_end_to_end(api: TestClient, running_worker, stack_settings: Settings) -> None:
     epochs = 4
-    created = submit(api, tiny_spec(epochs=epochs, name="end to end"))
+    # Epochs of several steps each, so that polling sees them one at a time even on a fast machine.
+    created = submit(api, tiny_spec(epochs=epochs, samples=256, name="end to end"))
     search_id = created["id"]
     assert created["status"] == "queued"
     assert created["epoch"] == 0
@@ -73,7 +74,7 @@ def test_search_runs_end_to_end(api: TestClient, running_worker, stack_settings:
             seen.append((time.time(), search["status"], search["epoch"]))
             if search["status"] in ("succeeded", "failed", "cancelled"):
                 return
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
@@ -143,7 +144,7 @@ def test_search_runs_end_to_end(api: TestClient, running_worker, stack_settings:
     print(
         f"\nPOST -> running: {start_latency:.3f} s; epoch end -> visible in GET: median "
         f"{statistics.median(epoch_latencies) * 1000:.0f} ms over {len(epoch_latencies)} epochs "
-        f"(poll interval 50 ms)"
+        f"(poll interval 20 ms)"
     )
 
 
