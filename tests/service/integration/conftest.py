@@ -5,8 +5,8 @@ SQLite + embedded Redis, or PostgreSQL + the machine's Redis (`DARTS_TEST_BACKEN
 
 - `stack_settings`: those settings with a short lease (`SEARCH_LEASE_SECONDS=5`), so a killed worker's
   search is handed back within seconds.
-- `worker` (session): `darts-service worker` as a subprocess; tests that kill it call `restart()`.
-- `api` (session): a TestClient over `create_app(stack_settings)` with the in-process event ingester on.
+- `worker` (package): `darts-service worker` as a subprocess; tests that kill it start it again.
+- `api` (package): a TestClient over `create_app(stack_settings)` with the in-process event ingester on.
 """
 
 from __future__ import annotations
@@ -135,7 +135,9 @@ def stack_env(service_env: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **service_env, "SEARCH_LEASE_SECONDS": str(LEASE_SECONDS), "PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="session")
+# Package scope: the worker and the ingester stop when the integration tests end, so they never
+# pick up what the other service tests enqueue or write.
+@pytest.fixture(scope="package")
 def worker(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     process = WorkerProcess(stack_env, tmp_path_factory.mktemp("worker-logs")).start()
     yield process
@@ -149,7 +151,7 @@ def running_worker(worker: WorkerProcess) -> WorkerProcess:
     return worker
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def api(stack_settings: Settings) -> Iterator[TestClient]:
     from app.main import create_app
 
