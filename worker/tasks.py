@@ -401,7 +401,17 @@ class SearchRun:
         return "succeeded"
 
 
-@shared_task(name=RUN_SEARCH_TASK, acks_late=True, ignore_result=True)
+@shared_task(
+    name=RUN_SEARCH_TASK,
+    acks_late=True,
+    ignore_result=True,
+    # The database or Redis unreachable before the search could start: try again later rather than
+    # ack the task away and leave the search queued forever.
+    autoretry_for=(SQLAlchemyError, redis.ConnectionError, redis.TimeoutError),
+    retry_backoff=2,
+    retry_backoff_max=300,
+    max_retries=30,
+)
 def run_search_task(search_id: str) -> str:
     """Run search `search_id` (see the module docstring for the lease and the events)."""
     return SearchRun(get_settings(), search_id).execute()
@@ -441,8 +451,20 @@ def requeue_expired_searches(
             publish_status(client, settings, search_id, "cancelled")
             logger.warning("search %s: its worker (%s) died while cancelling; cancelled", search_id, owner)
             continue
+        try:
+            enqueue_search(celery, search_id, settings)
+        except Exception:
+            # Put the expired lease back, so the next sweep tries again: never leave a search unowned
+            # and out of the queue.
+            with factory() as session, session.begin():
+                session.execute(
+                    update(Search)
+                    .where(Search.id == search_id, Search.lease_owner.is_(None))
+                    .values(lease_owner=owner, lease_expires_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+            raise
         publish_status(client, settings, search_id, "queued")
-        enqueue_search(celery, search_id, settings)
         handed_back += 1
         logger.warning("search %s: its worker (%s) stopped renewing its lease; requeued", search_id, owner)
     return handed_back
