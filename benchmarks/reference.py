@@ -375,7 +375,10 @@ class ReferenceSearch:
         else:
             loss = self.model.loss(*valid_batch)
             loss.backward()  # also fills every weight's .grad, as the reference does
-        self.last_arch_gradients = [alpha.grad.detach().clone() for alpha in self.model.arch_parameters()]
+        self.last_arch_gradients = [
+            torch.zeros_like(alpha) if alpha.grad is None else alpha.grad.detach().clone()
+            for alpha in self.model.arch_parameters()
+        ]
         self.arch_optimizer.step()
         return loss
 

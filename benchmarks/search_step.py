@@ -53,7 +53,10 @@ from benchmarks import reference  # noqa: E402
 from darts_core.networks import SearchNetwork  # noqa: E402
 from darts_core.search import DartsSearch  # noqa: E402
 
-IMPLEMENTATIONS = ("reference", "darts_core")
+#: ``darts_core_cl``: darts_core with the network and the images in channels_last memory format (a
+#: proposal measured from the outside: nothing in darts_core changes).
+IMPLEMENTATIONS = ("reference", "darts_core", "darts_core_cl")
+_LABELS = {"reference": "ref", "darts_core": "core", "darts_core_cl": "core channels_last"}
 IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE = 3, 10, 32
 EPOCH_IMAGES = 25_000  # the reference search splits CIFAR-10's 50,000 training images in two halves
 _CASE_MARKER = "CASE-RESULT "
@@ -170,8 +173,10 @@ def _build(case: dict[str, Any], device: torch.device) -> tuple[Callable, torch.
     network = SearchNetwork(
         IN_CHANNELS, NUM_CLASSES, init_channels=case["channels"], cells=case["cells"], internal_nodes=4
     ).to(device)
-    if case["impl"] == "darts_core":
+    if case["impl"] in ("darts_core", "darts_core_cl"):
         autocast_dtype = torch.bfloat16 if case["dtype"] == "bf16" else None
+        if case["impl"] == "darts_core_cl":
+            network = network.to(memory_format=torch.channels_last)
         return DartsSearch(network, order=case["order"], autocast_dtype=autocast_dtype).step, network
 
     baseline = reference.ReferenceNetwork(
@@ -210,6 +215,11 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(case["seed"] + 1)
     size = case["batch"]
     batches = [(_batch(generator, size, device), _batch(generator, size, device)) for _ in range(2)]
+    if case["impl"] == "darts_core_cl":
+        batches = [
+            tuple((images.contiguous(memory_format=torch.channels_last), labels) for images, labels in pair)
+            for pair in batches
+        ]
 
     def synchronize() -> None:
         if cuda:
@@ -291,10 +301,11 @@ def _ratio(numerator: float, denominator: float) -> str:
 
 
 def format_table(results: list[dict[str, Any]], machine: dict[str, Any], cuda: bool) -> str:
+    """A Markdown table: one row per (order, batch, dtype, darts_core variant), compared to the reference."""
     by_key = {(r["order"], r["batch"], r["dtype"], r["impl"]): r for r in results}
-    keys = sorted({(r["order"], r["batch"], r["dtype"]) for r in results}, key=lambda k: (k[0], k[1], k[2]))
+    keys = sorted({key for key in by_key if key[3] != "reference"})
     header = [
-        "order", "batch", "dtype",
+        "order", "batch", "dtype", "darts_core",
         "ref ms/step (min)", "core ms/step (min)", "speed-up",
         "ref CPU ms", "core CPU ms", "CPU speed-up",
         "ref saved MB", "core saved MB", "core/ref",
@@ -311,12 +322,12 @@ def format_table(results: list[dict[str, Any]], machine: dict[str, Any], cuda: b
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    for order, batch, dtype in keys:
+    for order, batch, dtype, impl in keys:
         ref = by_key.get((order, batch, dtype, "reference"))
-        core = by_key.get((order, batch, dtype, "darts_core"))
-        if ref is None or core is None:
+        core = by_key[(order, batch, dtype, impl)]
+        if ref is None:
             continue
-        row = [order, str(batch), dtype]
+        row = [order, str(batch), dtype, "channels_last" if impl == "darts_core_cl" else "as is"]
         row += [f"{r['median_ms']:.0f} ({r['min_ms']:.0f})" for r in (ref, core)]
         row += [_ratio(ref["median_ms"], core["median_ms"])]
         row += [f"{ref['cpu_ms']:.0f}", f"{core['cpu_ms']:.0f}", _ratio(ref["cpu_ms"], core["cpu_ms"])]
@@ -335,7 +346,7 @@ def format_table(results: list[dict[str, Any]], machine: dict[str, Any], cuda: b
 
 def _progress_line(result: dict[str, Any]) -> str:
     return (
-        f"{result['impl']:>10} {result['order']:>6} batch {result['batch']:>3} {result['dtype']}: "
+        f"{result['impl']:>13} {result['order']:>6} batch {result['batch']:>3} {result['dtype']}: "
         f"{result['median_ms']:8.0f} ms/step (CPU {result['cpu_ms']:.0f} ms; steps {result['times_ms']}), "
         f"saved {result['saved_mb']:.1f} MB, step saved {result['step_saved_mb']:.1f} MB"
     )
@@ -353,6 +364,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dtypes", nargs="+", choices=["fp32", "bf16"], default=None,
         help="default: fp32 on CPU, fp32 and bf16 on CUDA (bf16 = autocast, fp32 parameters)",
+    )
+    parser.add_argument(
+        "--impls", nargs="+", choices=IMPLEMENTATIONS, default=["reference", "darts_core"],
+        help="implementations to run (default: reference darts_core; darts_core_cl = darts_core in "
+        "channels_last memory format)",
     )
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per case (default 5)")
@@ -396,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     for order in args.orders:
         for batch in args.batch_sizes:
             for dtype in dtypes:
-                for impl in IMPLEMENTATIONS:
+                for impl in args.impls:
                     case = {
                         "impl": impl, "order": order, "batch": batch, "dtype": dtype, "device": args.device,
                         "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
