@@ -32,7 +32,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.redis import get_redis
@@ -379,8 +379,7 @@ class Ingester:
                 acked += 1
                 continue
             try:
-                with self.session_factory() as session, session.begin():
-                    outcome = apply_event(session, event, entry_id)
+                outcome = self._store(event, entry_id)
             except SQLAlchemyError:
                 logger.exception("could not store event %s (%s); it stays pending", entry_id, event.type)
                 EVENTS_INGESTED.labels(type=event.type, outcome="error").inc()
@@ -398,6 +397,22 @@ class Ingester:
                 self.stats.orphans += 1
                 logger.warning("event %s for unknown search %s dropped", entry_id, event.search_id)
         return acked
+
+    def _store(self, event: EpochEvent | StatusEvent, entry_id: str, attempts: int = 5) -> str:
+        """`apply_event` in its own transaction, retried a few times on a busy database.
+
+        SQLite answers "database is locked" at once when a read transaction must become a write one
+        after another connection wrote; retrying right away beats waiting for XAUTOCLAIM.
+        """
+        for attempt in range(1, attempts + 1):
+            try:
+                with self.session_factory() as session, session.begin():
+                    return apply_event(session, event, entry_id)
+            except OperationalError:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
 
     def _sweep(self) -> None:
         from worker.celery_app import create_celery_app
