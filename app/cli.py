@@ -192,6 +192,13 @@ def worker(
     hostname: Annotated[
         str | None, typer.Option(help="Celery node name (default darts-<pid>@<host>).")
     ] = None,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="CPU threads of torch in a search (sets OMP_NUM_THREADS); 0 leaves it as it is.",
+        ),
+    ] = 0,
 ) -> None:
     """Run one Celery worker on the searches queue: one search at a time, in this process.
 
@@ -200,6 +207,9 @@ def worker(
     """
     from worker.celery_app import create_celery_app
 
+    if threads:
+        # Read by torch when the task imports it (in this process: the solo pool does not fork).
+        os.environ["OMP_NUM_THREADS"] = str(threads)
     settings = get_settings()
     celery = create_celery_app(settings)
     celery.worker_main(

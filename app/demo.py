@@ -121,6 +121,9 @@ class Stack:
     def stop(self, timeout: float = 90.0) -> None:
         if self.process.poll() is not None:
             return
+        # A second Ctrl-C or SIGTERM must not cut the clean stop short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         os.killpg(self.process.pid, signal.SIGINT)
         try:
             self.process.wait(timeout=timeout)
@@ -130,6 +133,10 @@ class Stack:
 
 
 def run_demo(data_dir: Path, port: int, epochs: int) -> int:
+    # One intra-op thread per worker unless the caller says otherwise: on a small machine shared with
+    # other work, torch's default (a thread per core) spins on contended cores and can run many times
+    # slower; on an idle 2-core machine one thread costs little.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     spec = json.loads(json.dumps(DEMO_SPEC))
     spec["training"]["epochs"] = epochs
     print(f"starting darts-service up on {port} (data in {data_dir}, log in {data_dir / 'stack.log'}) ...")

@@ -132,7 +132,15 @@ def stack_settings(service_settings: Settings) -> Settings:
 
 @pytest.fixture(scope="session")
 def stack_env(service_env: dict[str, str]) -> dict[str, str]:
-    return {**os.environ, **service_env, "SEARCH_LEASE_SECONDS": str(LEASE_SECONDS), "PYTHONUNBUFFERED": "1"}
+    # One torch thread: the tiny searches gain nothing from more, and spinning threads on cores shared
+    # with the rest of the suite slow everything down.
+    return {
+        **os.environ,
+        **service_env,
+        "SEARCH_LEASE_SECONDS": str(LEASE_SECONDS),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 # Package scope: the worker and the ingester stop when the integration tests end, so they never

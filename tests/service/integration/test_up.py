@@ -89,6 +89,7 @@ class Stack:
 def stack_env_for_up(service_env: dict[str, str]) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
     env["PYTHONUNBUFFERED"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
     if BACKEND_IS_POSTGRES:
         env["DATABASE_URL"] = service_env["DATABASE_URL"]
         env["REDIS_URL"] = service_env["REDIS_URL"]
