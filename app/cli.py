@@ -40,13 +40,24 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when `darts-service up` dies, even by SIGKILL (Linux)."""
-    with contextlib.suppress(Exception):
+def _load_prctl():
+    """libc's prctl (Linux), loaded up front: a preexec_fn must not import anything after fork."""
+    try:
         import ctypes
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when `darts-service up` dies, even by SIGKILL (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:

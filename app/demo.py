@@ -21,6 +21,8 @@ from typing import Any
 
 import httpx
 
+from app.cli import _PR_SET_PDEATHSIG, _PRCTL  # libc's prctl, loaded before any fork
+
 # Small enough for a few minutes on 2 CPU cores, big enough to learn digits.
 DEMO_SPEC: dict[str, Any] = {
     "name": "demo: digits",
@@ -76,12 +78,8 @@ def _format_genotype(genotype: dict[str, Any]) -> str:
 
 def _stop_with_parent() -> None:
     """preexec_fn: `up` gets SIGINT (a clean stop) if the demo dies without stopping it (Linux)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 def _interrupt(signum: int, frame: object) -> None:
