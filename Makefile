@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo demo-local bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,17 @@ test: install lint
 	$(BIN)/python -m pytest
 	DARTS_TEST_BACKEND=postgres $(BIN)/python -m pytest tests/service
 
+# The product: `darts-service up` (embedded SQLite + Redis, a worker, the API), a digits search
+# submitted over REST and followed to its genotype, then the stack stopped.
 demo: install
+	$(BIN)/python -m app.demo
+
+# The library alone, no service: a local search on digits, then retraining of its genotype.
+demo-local: install
 	$(BIN)/python -m darts_core.demo
 
 bench: install
-	$(BIN)/python benchmarks/search_step.py
+	$(BIN)/python benchmarks/search_step.py --quick
 
 clean:
 	rm -rf $(VENV) .darts .pytest_cache .ruff_cache
