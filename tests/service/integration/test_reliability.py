@@ -3,6 +3,9 @@ resuming from its checkpoint, and an ingester that stores every event once whate
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import uuid
 from collections import defaultdict
 
@@ -18,7 +21,16 @@ from app.settings import Settings
 from worker.celery_app import create_celery_app, enqueue_search
 from worker.tasks import SearchRun, checkpoint_dir
 
-from .conftest import LEASE_SECONDS, finish, get_search, submit, tiny_spec, wait_for_status, wait_until
+from .conftest import (
+    LEASE_SECONDS,
+    REPO_ROOT,
+    finish,
+    get_search,
+    submit,
+    tiny_spec,
+    wait_for_status,
+    wait_until,
+)
 from .test_search_flow import stream_events
 
 
@@ -203,4 +215,35 @@ def test_the_ingester_stores_each_event_once(own_stream: Settings, db_session: S
         assert search.started_at is not None and search.finished_at is not None
     finally:
         ingester.close()
+        client.close()
+
+
+def test_the_ingester_runs_as_its_own_process(
+    own_stream: Settings, stack_env: dict[str, str], db_session: Session
+) -> None:
+    """`darts-service ingest`: a second consumer beside the API's, stopped cleanly by SIGTERM."""
+    search_id = str(uuid.uuid4())
+    db_session.add(Search(id=search_id, name="own", status="queued", spec={}, dataset_ref="x", epochs=1))
+    db_session.commit()
+    env = {**stack_env, "REDIS_PREFIX": own_stream.redis_prefix}
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "ingest"], env=env, cwd=REPO_ROOT)
+    client = redis.Redis.from_url(own_stream.redis_url, decode_responses=True)
+    try:
+        publish(client, own_stream, StatusEvent(search_id=search_id, status="running"))
+        publish(client, own_stream, _epoch_event(search_id, 1, valid_acc=0.6))
+        publish(client, own_stream, StatusEvent(search_id=search_id, status="succeeded"))
+
+        def stored() -> bool:
+            db_session.expire_all()
+            return db_session.get(Search, search_id).status == "succeeded"
+
+        wait_until(stored, 60, "the ingester process to store the events")
+        search = db_session.get(Search, search_id)
+        assert search.epoch == 1 and search.best_valid_acc == 0.6
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         client.close()
