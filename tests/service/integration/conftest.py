@@ -3,7 +3,7 @@
 Everything runs against the session's isolated stack of tests/service/conftest.py (`service_settings`):
 SQLite + embedded Redis, or PostgreSQL + the machine's Redis (`DARTS_TEST_BACKEND=postgres`).
 
-- `stack_settings`: those settings with a short lease (`SEARCH_LEASE_SECONDS=5`), so a killed worker's
+- `stack_settings`: those settings with a short lease (`SEARCH_LEASE_SECONDS=8`), so a killed worker's
   search is handed back within seconds.
 - `worker` (package): `darts-service worker` as a subprocess; tests that kill it start it again.
 - `api` (package): a TestClient over `create_app(stack_settings)` with the in-process event ingester on.
@@ -27,7 +27,7 @@ from app.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-LEASE_SECONDS = 5
+LEASE_SECONDS = 8
 BACKEND_IS_POSTGRES = os.environ.get("DARTS_TEST_BACKEND", "sqlite") == "postgres"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
