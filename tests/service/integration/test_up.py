@@ -13,12 +13,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 import pytest
+import redis
 
 from .conftest import BACKEND_IS_POSTGRES, REPO_ROOT, tiny_spec, wait_until
 
@@ -86,17 +88,23 @@ class Stack:
 
 
 @pytest.fixture
-def stack_env_for_up(service_env: dict[str, str]) -> dict[str, str]:
+def stack_env_for_up(service_env: dict[str, str]) -> Iterator[dict[str, str]]:
     env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
     env["PYTHONUNBUFFERED"] = "1"
     env["OMP_NUM_THREADS"] = "1"
-    if BACKEND_IS_POSTGRES:
-        env["DATABASE_URL"] = service_env["DATABASE_URL"]
-        env["REDIS_URL"] = service_env["REDIS_URL"]
-        env["REDIS_PREFIX"] = service_env["REDIS_PREFIX"] + "-up"  # a queue and stream of its own
-    else:
+    if not BACKEND_IS_POSTGRES:
         env.pop("REDIS_PREFIX", None)
-    return env
+        yield env
+        return
+    env["DATABASE_URL"] = service_env["DATABASE_URL"]
+    env["REDIS_URL"] = service_env["REDIS_URL"]
+    env["REDIS_PREFIX"] = service_env["REDIS_PREFIX"] + "-up"  # a queue and stream of its own
+    yield env
+    client = redis.Redis.from_url(env["REDIS_URL"])
+    keys = list(client.scan_iter(match=f"{env['REDIS_PREFIX']}:*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 @pytest.mark.slow
