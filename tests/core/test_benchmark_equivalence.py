@@ -40,6 +40,11 @@ reference = _load_reference_module()
 
 IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE, BATCH = 3, 5, 8, 4
 TOLERANCE = 1e-5
+# The second-order alpha gradient contains a central finite difference, (g+ - g-) / (2 eps) with
+# eps = 0.01 / |v|: it divides float32 rounding by 2 eps, so a mere change of summation order (another
+# convolution algorithm, channels_last) moves it by about 1e-5. Losses, weights and alphas are still
+# held to TOLERANCE.
+SECOND_ORDER_GRADIENT_TOLERANCE = 5e-5
 
 
 @pytest.fixture(autouse=True)
@@ -103,11 +108,13 @@ def test_step_matches_the_reference(order: str) -> None:
         assert abs(result["valid_loss"] - valid_loss) <= TOLERANCE, (step, result["valid_loss"], valid_loss)
         assert abs(result["train_loss"] - train_loss) <= TOLERANCE, (step, result["train_loss"], train_loss)
         # Adam normalises the alpha update, so compare the alpha gradients themselves too.
+        gradient_tolerance = TOLERANCE if order == "first" else SECOND_ORDER_GRADIENT_TOLERANCE
         for index, (alpha, expected) in enumerate(
             zip(network.arch_parameters(), reference_search.last_arch_gradients, strict=True)
         ):
             difference = (alpha.grad - expected).abs().max().item()
-            assert difference <= TOLERANCE, f"step {step}: alpha #{index} gradient off by {difference:.2g}"
+            message = f"step {step}: alpha #{index} gradient off by {difference:.2g}"
+            assert difference <= gradient_tolerance, message
             assert expected.abs().max().item() > 100 * TOLERANCE
         _assert_same_state(network, baseline, step)
 
