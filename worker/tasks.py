@@ -262,7 +262,10 @@ def resolve_dataset(settings: Settings, session: Session, search: Search) -> dic
         path = Path(dataset.path)
         if not path.is_absolute():
             path = settings.artifacts_path / "datasets" / path
-        return {"name": "npz", "path": str(path)}
+        # The upload's split and layout options travel with it; `id` is ours, not load_dataset's.
+        options = {key: value for key, value in (search.spec.get("dataset") or {}).items()
+                   if key != "id" and value is not None}
+        return {**options, "name": "npz", "path": str(path)}
     raise ValueError(f"unknown dataset reference {search.dataset_ref!r}")
 
 

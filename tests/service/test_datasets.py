@@ -162,3 +162,21 @@ def test_a_search_on_an_uploaded_dataset(client: TestClient, db_session: Session
     assert search["name"] == "mine search" and search["spec"]["name"] == "mine search"
     assert search["spec"]["dataset"] == {"id": dataset_id, "layout": "NHWC", "test_fraction": 0.2, "seed": 0}
     assert db_session.get(Search, search["id"]).dataset_ref == f"upload:{dataset_id}"
+
+
+def test_the_worker_loads_an_upload_with_the_split_and_layout_of_the_spec(
+    client: TestClient, api_settings: Settings, db_session: Session
+) -> None:
+    from darts_core.data import load_dataset
+    from worker.tasks import resolve_dataset
+
+    dataset_id = client.post("/datasets", files={"file": ("mine.npz", small_images(40, 4))}).json()["id"]
+    spec = {"dataset": {"id": dataset_id, "layout": "NHWC", "test_fraction": 0.5, "seed": 3}}
+    search_id = client.post("/searches", json=spec).json()["id"]
+
+    dataset_spec = resolve_dataset(api_settings, db_session, db_session.get(Search, search_id))
+    assert dataset_spec["name"] == "npz" and "id" not in dataset_spec
+    assert (dataset_spec["layout"], dataset_spec["test_fraction"], dataset_spec["seed"]) == ("NHWC", 0.5, 3)
+    dataset = load_dataset(dataset_spec)
+    assert dataset.in_channels == 3 and dataset.image_size == (8, 6)
+    assert len(dataset.y_test) == 20 and len(dataset.y_train) == 20
