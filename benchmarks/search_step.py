@@ -272,8 +272,12 @@ def run_case(case: dict[str, Any]) -> dict[str, Any]:
         with torch.profiler.profile(activities=_profiler_activities(cuda)) as profiler:
             step(train_batch, valid_batch)
             synchronize()
-        sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-        result["profile"] = profiler.key_averages().table(sort_by=sort_by, row_limit=case["profile"])
+        averages = profiler.key_averages()
+        try:
+            sort_by = "self_device_time_total" if cuda else "self_cpu_time_total"
+            result["profile"] = averages.table(sort_by=sort_by, row_limit=case["profile"])
+        except (AttributeError, KeyError):  # older torch names the device column after CUDA
+            result["profile"] = averages.table(sort_by="self_cuda_time_total", row_limit=case["profile"])
     return result
 
 
