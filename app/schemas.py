@@ -20,18 +20,10 @@ from pydantic import (
     model_validator,
 )
 
-# The eight DARTS operations, in the DARTS order (the names of darts_core.ops.DARTS_PRIMITIVES_2D,
-# repeated here so the API validates specs without importing torch).
-DARTS_PRIMITIVES: tuple[str, ...] = (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
+from darts_core.genotype import DARTS_OP_NAMES
+
+# The API validates primitive names against the library's list: one source for the search space.
+DARTS_PRIMITIVES: tuple[str, ...] = DARTS_OP_NAMES
 
 ItemT = TypeVar("ItemT")
 

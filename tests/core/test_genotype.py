@@ -9,7 +9,7 @@ import pickle
 import pytest
 import torch
 
-from darts_core.genotype import DARTS_OP_NAMES, Genotype, derive_genotype, num_edges
+from darts_core.genotype import DARTS_OP_NAMES, DARTS_V2, Genotype, derive_genotype, num_edges
 
 PRIMITIVES = list(DARTS_OP_NAMES)
 OP = {name: index for index, name in enumerate(PRIMITIVES)}
@@ -49,6 +49,10 @@ DARTS_V2_REDUCE = (
 @pytest.fixture
 def darts_v2() -> Genotype:
     return Genotype(normal=DARTS_V2_NORMAL, reduce=DARTS_V2_REDUCE)
+
+
+def test_the_library_darts_v2_is_the_published_genotype(darts_v2: Genotype) -> None:
+    assert DARTS_V2 == darts_v2 == Genotype.from_darts(DARTS_V2_TEXT)
 
 
 def _edge(node: int, source: int) -> int:

@@ -9,35 +9,9 @@ import torch
 from torch import nn
 
 from darts_core.cell import SpecialParameter
-from darts_core.genotype import DARTS_OP_NAMES, Genotype
+from darts_core.genotype import DARTS_OP_NAMES, DARTS_V2, Genotype
 from darts_core.networks import AuxiliaryHead, GenotypeNetwork, SearchNetwork, drop_path
 from darts_core.ops import Identity, ReduceChannels2d, SepConv2d
-
-# The DARTS (second order) cells of Liu, Simonyan and Yang (ICLR 2019), DARTS_V2 in the reference code.
-DARTS_V2 = Genotype(
-    normal=(
-        ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 0),
-        ("sep_conv_3x3", 1),
-        ("sep_conv_3x3", 1),
-        ("skip_connect", 0),
-        ("skip_connect", 0),
-        ("dil_conv_3x3", 2),
-    ),
-    normal_concat=(2, 3, 4, 5),
-    reduce=(
-        ("max_pool_3x3", 0),
-        ("max_pool_3x3", 1),
-        ("skip_connect", 2),
-        ("max_pool_3x3", 1),
-        ("max_pool_3x3", 0),
-        ("skip_connect", 2),
-        ("skip_connect", 2),
-        ("max_pool_3x3", 1),
-    ),
-    reduce_concat=(2, 3, 4, 5),
-)
 
 # Parameter counts printed by the DARTS reference code (quark0/darts, `param size = ...MB` in its logs,
 # counting every element of model.parameters()):

@@ -9,19 +9,10 @@ import pytest
 import torch
 
 from darts_core.data import ImageDataset, load_dataset
-from darts_core.genotype import Genotype
+from darts_core.genotype import DARTS_V2, Genotype
 from darts_core.networks import GenotypeNetwork
 from darts_core.train import TrainEpoch, apply_cutout, resolve_device, train_genotype
 
-# DARTS_V2 of the reference code (Liu, Simonyan and Yang, ICLR 2019).
-DARTS_V2 = Genotype.from_darts(
-    "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
-    "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
-    "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
-    "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), "
-    "('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])"
-)
-# A smaller cell (2 nodes) keeps the fast tests fast.
 SMALL = Genotype(
     normal=[("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 0)],
     reduce=[("max_pool_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1)],
