@@ -113,6 +113,10 @@ class DartsSearch:
         epochs: length of the cosine schedule (:meth:`end_epoch` is called once per epoch).
         autocast_dtype: when set (e.g. ``torch.bfloat16`` on CUDA), forwards run under
             ``torch.autocast`` with that dtype; parameters, gradients and optimizer states stay fp32.
+        channels_last: put the network's 4-D weights (here, once) and every 4-D image batch (at each
+            step; a no-op for batches already so) in ``torch.channels_last`` memory format. Same math,
+            other rounding: on CPU depthwise convolutions run about 3x faster and max pooling 3.7x,
+            which makes a step 1.3-2x faster (benchmarks/README.md). State dicts do not depend on it.
 
     A step (:meth:`step`) is:
 
@@ -152,6 +156,7 @@ class DartsSearch:
         epochs: int = 50,
         *,
         autocast_dtype: torch.dtype | None = None,
+        channels_last: bool = True,
     ) -> None:
         if order not in ("first", "second"):
             raise ValueError(f"order must be 'first' or 'second', got {order!r}")
@@ -165,6 +170,10 @@ class DartsSearch:
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
         self.autocast_dtype = autocast_dtype
+        self.channels_last = channels_last
+        if channels_last:
+            # Module.to keeps the parameter objects (only their data changes) and leaves non-4-D ones.
+            network.to(memory_format=torch.channels_last)
 
         self.alphas: list[Tensor] = list(network.arch_parameters())
         self.weights: list[Tensor] = list(network.weight_parameters())
@@ -205,6 +214,7 @@ class DartsSearch:
             valid_batch: the same from the search-valid split.
         """
         self.network.train()
+        train_batch, valid_batch = self._formatted(train_batch), self._formatted(valid_batch)
         valid_loss, valid_acc = self._architecture_step(train_batch, valid_batch)
         train_loss, train_acc = self._weight_step(train_batch)
         return StepResult(train_loss, train_acc, valid_loss, valid_acc)
@@ -216,6 +226,7 @@ class DartsSearch:
         changed; BatchNorm running statistics are updated as described in the class docstring.
         """
         self.network.train()
+        train_batch, valid_batch = self._formatted(train_batch), self._formatted(valid_batch)
         grads, _, _ = self._arch_grads(train_batch, valid_batch)
         return grads
 
@@ -244,6 +255,13 @@ class DartsSearch:
         self.scheduler.load_state_dict(state["scheduler"])
 
     # ------------------------------------------------------------------ internals
+
+    def _formatted(self, batch: Batch) -> Batch:
+        """The batch with 4-D images in channels_last when the network is (once per step, not per pass)."""
+        images, labels = batch
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, labels
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -802,6 +820,7 @@ def run_search(
     on_epoch: Callable[[EpochResult], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    channels_last: bool = True,
 ) -> SearchResult:
     """Run a DARTS search on an in-memory dataset.
 
@@ -819,6 +838,8 @@ def run_search(
             returns at once with ``stopped=True`` and the unfinished epoch is neither recorded nor
             checkpointed (a later run with the same ``checkpoint_dir`` redoes it).
         progress: called after every step with ``(epoch, step, steps_per_epoch)`` (1-based epoch and step).
+        channels_last: run the network and the images in ``torch.channels_last`` memory format (see
+            :class:`DartsSearch`); checkpoints are the same either way and load into both.
 
     The training set is split by ``training.train_portion`` with a permutation seeded by ``training.seed``
     into search-train and search-valid. Each epoch walks the search-train split in a seeded order in full
@@ -861,11 +882,15 @@ def run_search(
         grad_clip=training.grad_clip,
         epochs=training.epochs,
         autocast_dtype=autocast_dtype,
+        channels_last=channels_last,
     )
 
-    # The data lives on the device once; batches are gathered by index.
-    x_train, y_train = x_all[train_indices].to(device), y_all[train_indices].to(device)
-    x_valid, y_valid = x_all[valid_indices].to(device), y_all[valid_indices].to(device)
+    # The data lives on the device once, in the network's memory format; batches are gathered by index
+    # (which keeps the format, so DartsSearch has nothing to convert).
+    memory_format = torch.channels_last if channels_last and x_all.dim() == 4 else torch.contiguous_format
+    x_train = x_all[train_indices].to(device).contiguous(memory_format=memory_format)
+    x_valid = x_all[valid_indices].to(device).contiguous(memory_format=memory_format)
+    y_train, y_valid = y_all[train_indices].to(device), y_all[valid_indices].to(device)
 
     history: list[EpochResult] = []
     checkpoint_path = None
