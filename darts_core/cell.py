@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from darts_core.ops import (
     ReduceChannels2d,
     ReLUConvBN2d,
     Zero2d,
+    batch_norm_scaled,
 )
 
 __all__ = ["SpecialParameter", "MixedOp", "Cell", "default_cell_output"]
@@ -81,6 +83,43 @@ def _run_op(op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor | None) -> torc
     return op(x)
 
 
+def _run_op_scaled(
+    op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor | None, scale: torch.Tensor
+) -> torch.Tensor:
+    """``scale * op(x)``; for an operation ending in a BatchNorm, the scale is folded into that BatchNorm.
+
+    Same value; autograd then keeps no copy of the BatchNorm output for the product (see
+    :func:`~darts_core.ops.batch_norm_scaled`).
+    """
+    bn = getattr(op, "final_bn", None)
+    if bn is None:
+        return scale * _run_op(op, x, x_relu)
+    if x_relu is not None and getattr(op, "applies_leading_relu", False):
+        return batch_norm_scaled(bn, op.forward_relu_applied_before_bn(x_relu), scale)
+    return batch_norm_scaled(bn, op.forward_before_bn(x), scale)
+
+
+class _ContiguousGradient(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous (in the input's memory format).
+
+    The gradient of a node is a channel slice of the gradient of the cell's concatenated output: not
+    contiguous. Every folded BatchNorm of the node's edges receives it as is, and in channels_last the CPU
+    BatchNorm backward is 7x slower on such a gradient (5.4 ms instead of 0.7 ms at 16 x 16 x 32 x 32):
+    one copy per node instead.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        if ctx.channels_last:
+            return grad.contiguous(memory_format=torch.channels_last)
+        return grad.contiguous()
+
+
 def _needs_relu(op: nn.Module) -> bool:
     return bool(getattr(op, "applies_leading_relu", False))
 
@@ -128,7 +167,7 @@ class MixedOp(nn.Module):
         per_op = weights.unbind(0)
         out: torch.Tensor | None = None
         for k in self._computed:
-            term = per_op[k] * _run_op(self.ops[k], x, x_relu)
+            term = _run_op_scaled(self.ops[k], x, x_relu, per_op[k])
             out = term if out is None else out + term
         return out
 
@@ -382,7 +421,7 @@ class Cell(nn.Module):
                 term = self.mixed_ops[edge](states[j], rows[edge], relu_of(j))
                 edge += 1
                 total = term if total is None else total + term
-            states.append(total)
+            states.append(_ContiguousGradient.apply(total))
         return self.cell_merge_output_fn(states)
 
     def extra_repr(self) -> str:

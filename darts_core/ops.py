@@ -9,6 +9,12 @@ Operations that start with a ReLU on their input (:class:`ReLUConvBN2d`, :class:
 ``forward_relu_applied(x_relu)``, which takes ``relu(x)`` computed by the caller. A cell computes the
 ReLU of each state once and hands it to every such operation that reads the state; ``forward(x)``
 still applies the ReLU itself, so each operation used alone behaves like the DARTS reference.
+
+Operations that end with a BatchNorm (all but :class:`Identity` and :class:`Zero2d`) expose it as
+``final_bn`` and offer ``forward_before_bn(x)`` (and ``forward_relu_applied_before_bn(x_relu)`` for those
+with a leading ReLU), the output before that BatchNorm. A mixed edge then computes ``w * op(x)`` as
+:func:`batch_norm_scaled` ``(op.final_bn, op.forward_before_bn(x), w)``: the same value, but autograd
+no longer keeps the BatchNorm output for the product (a quarter of the activations of a search step).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ __all__ = [
     "MaxPoolBN2d",
     "PrimitiveFactory",
     "DARTS_PRIMITIVES_2D",
+    "batch_norm_scaled",
 ]
 
 #: A factory building one candidate operation: ``factory(C, stride, affine) -> nn.Module``.
@@ -39,6 +46,50 @@ PrimitiveFactory = Callable[[int, int, bool], nn.Module]
 
 def _strided_size(size: int, stride: int) -> int:
     return -(-size // stride)
+
+
+def batch_norm_scaled(
+    bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """``scale * bn(x)`` computed as one batch norm whose affine weight (and bias) carry ``scale``.
+
+    Exactly ``scale * bn(x)`` in training and eval mode, and ``bn``'s running statistics and
+    ``num_batches_tracked`` are updated as ``bn(x)`` would update them. The product ``scale * bn(x)``
+    makes autograd keep the BatchNorm output (for the gradient of ``scale``); here the gradient of the
+    affine weight comes from the BatchNorm input it keeps anyway.
+
+    Args:
+        bn: the BatchNorm module (affine or not).
+        x: its input, ``(N, C, ...)``.
+        scale: a 0-d tensor.
+
+    Returns:
+        ``(N, C, ...)``, the shape of ``x``.
+    """
+    bn._check_input_dim(x)
+    # The momentum bookkeeping of torch.nn.modules.batchnorm._BatchNorm.forward.
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    keep_running = not bn.training or bn.track_running_stats
+    channels = x.shape[1]
+    # .contiguous(): with the stride-0 expanded weight, whole search steps on CPU (channels_last) drifted
+    # from the reference by 1e-4 to 2e-2 in tests/core/test_benchmark_equivalence.py (not reproduced
+    # on a lone BatchNorm); a contiguous copy of C floats restores agreement and costs nothing.
+    weight = scale.expand(channels).contiguous() if bn.weight is None else scale * bn.weight
+    bias = None if bn.bias is None else scale * bn.bias
+    return F.batch_norm(
+        x,
+        bn.running_mean if keep_running else None,
+        bn.running_var if keep_running else None,
+        weight,
+        bias,
+        use_batch_stats,
+        momentum,
+        bn.eps,
+    )
 
 
 class ReLUConvBN2d(nn.Module):
@@ -65,9 +116,20 @@ class ReLUConvBN2d(nn.Module):
         self.conv = nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def forward_relu_applied_before_bn(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
+        return self.conv(x_relu)
+
+    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_relu_applied_before_bn(F.relu(x))
+
     def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
-        return self.bn(self.conv(x_relu))
+        return self.bn(self.forward_relu_applied_before_bn(x_relu))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_relu_applied(F.relu(x))
@@ -99,13 +161,24 @@ class ReduceChannels2d(nn.Module):
         self.conv_2 = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, padding=0, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_relu_applied_before_bn(F.relu(x))
+
     def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
+        return self.bn(self.forward_relu_applied_before_bn(x_relu))
+
+    def forward_relu_applied_before_bn(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
         # Shift by one pixel and pad the far border: for even sizes the padded row/column is never
         # sampled by the stride-2 convolution (same result as the reference), for odd sizes both halves
         # then have ceil(H / 2) rows.
         shifted = F.pad(x_relu[:, :, 1:, 1:], (0, 1, 0, 1))
-        return self.bn(torch.cat([self.conv_1(x_relu), self.conv_2(shifted)], dim=1))
+        return torch.cat([self.conv_1(x_relu), self.conv_2(shifted)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_relu_applied(F.relu(x))
@@ -196,9 +269,20 @@ class DilConv2d(nn.Module):
         self.pointwise = nn.Conv2d(C_in, C_out, 1, padding=0, bias=False)
         self.bn = nn.BatchNorm2d(C_out, affine=affine)
 
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def forward_relu_applied_before_bn(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
+        return self.pointwise(self.depthwise(x_relu))
+
+    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_relu_applied_before_bn(F.relu(x))
+
     def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
-        return self.bn(self.pointwise(self.depthwise(x_relu)))
+        return self.bn(self.forward_relu_applied_before_bn(x_relu))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_relu_applied(F.relu(x))
@@ -232,6 +316,17 @@ class SepConv2d(nn.Module):
         self.first = DilConv2d(C_in, C_in, kernel_size, stride, padding, dilation=1, affine=affine)
         self.second = DilConv2d(C_in, C_out, kernel_size, 1, padding, dilation=1, affine=affine)
 
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self.second.bn
+
+    def forward_relu_applied_before_bn(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
+        return self.second.forward_before_bn(self.first.forward_relu_applied(x_relu))
+
+    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_relu_applied_before_bn(F.relu(x))
+
     def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
         """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
         return self.second(self.first.forward_relu_applied(x_relu))
@@ -252,6 +347,14 @@ class AvgPoolBN2d(nn.Module):
         self.pool = nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False)
         self.bn = nn.BatchNorm2d(C, affine=False)
 
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of :attr:`final_bn`."""
+        return self.pool(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.pool(x))
 
@@ -267,6 +370,14 @@ class MaxPoolBN2d(nn.Module):
         super().__init__()
         self.pool = nn.MaxPool2d(3, stride=stride, padding=1)
         self.bn = nn.BatchNorm2d(C, affine=False)
+
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of :attr:`final_bn`."""
+        return self.pool(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.pool(x))

@@ -1,5 +1,6 @@
 """darts_core.ops: shapes, parameter counts, semantics and gradients of the DARTS primitives."""
 
+import copy
 import math
 
 import pytest
@@ -8,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import darts_core as arch
-from darts_core.ops import AvgPoolBN2d, MaxPoolBN2d
+from darts_core.ops import AvgPoolBN2d, MaxPoolBN2d, batch_norm_scaled
 
 DARTS_ORDER = [
     "none",
@@ -231,3 +232,57 @@ def test_ops_do_not_modify_their_input():
     for factory in arch.DARTS_PRIMITIVES_2D.values():
         factory(4, 1, False)(x)
     assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("name", DARTS_ORDER[1:])
+def test_final_bn_of_forward_before_bn_is_forward(name):
+    op = arch.DARTS_PRIMITIVES_2D[name](4, 2, False)
+    x = torch.randn(2, 4, 7, 7)
+    assert hasattr(op, "final_bn"), f"{name} with stride 2 should end with a BatchNorm"
+    torch.testing.assert_close(op.final_bn(op.forward_before_bn(x)), op(x), rtol=0, atol=0)
+    if getattr(op, "applies_leading_relu", False):
+        before = op.forward_relu_applied_before_bn(F.relu(x))
+        torch.testing.assert_close(op.final_bn(before), op(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_norm_scaled_is_scale_times_bn(affine, momentum, channels_last):
+    """Same output, gradients and running statistics as ``scale * bn(x)``, in training then eval mode."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    bn = nn.BatchNorm2d(5, affine=affine, momentum=momentum).double()
+    if affine:
+        with torch.no_grad():
+            bn.weight.normal_()
+            bn.bias.normal_()
+    twin = copy.deepcopy(bn)
+    alphas = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    scale = F.softmax(alphas, dim=0).unbind(0)[1]  # a view into a larger tensor, as in MixedOp
+    for training in (True, True, False):
+        bn.train(training)
+        twin.train(training)
+        x = (3 * torch.randn(4, 5, 6, 6, dtype=torch.float64) + 1).contiguous(memory_format=fmt)
+        x.requires_grad_(True)
+        projection = torch.randn(4, 5, 6, 6, dtype=torch.float64)
+        out = batch_norm_scaled(bn, x, scale)
+        want = scale * twin(x)
+        torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+        inputs = [x, alphas, *bn.parameters()]
+        got_grads = torch.autograd.grad((out * projection).sum(), inputs, retain_graph=True)
+        want_grads = torch.autograd.grad(
+            (want * projection).sum(), [x, alphas, *twin.parameters()], retain_graph=True
+        )
+        for got, expected in zip(got_grads, want_grads, strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+        for got, expected in zip(bn.buffers(), twin.buffers(), strict=True):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_batch_norm_scaled_without_running_statistics():
+    bn = nn.BatchNorm2d(3, affine=False, track_running_stats=False)
+    x = torch.randn(2, 3, 4, 4)
+    scale = torch.tensor(0.4)
+    torch.testing.assert_close(batch_norm_scaled(bn, x, scale), scale * bn(x))
+    bn.eval()  # no running statistics: batch statistics in eval mode too
+    torch.testing.assert_close(batch_norm_scaled(bn, x, scale), scale * bn(x))
