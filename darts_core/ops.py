@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -275,7 +276,10 @@ class DilConv2d(nn.Module):
 
     def forward_relu_applied_before_bn(self, x_relu: torch.Tensor) -> torch.Tensor:
         """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
-        return self.pointwise(self.depthwise(x_relu))
+        if torch.is_autocast_enabled(x_relu.device.type) or not torch.is_grad_enabled():
+            return self.pointwise(self.depthwise(x_relu))
+        # Recompute the depthwise output in backward rather than keep it (see _DepthwisePointwise).
+        return _DepthwisePointwise.apply(x_relu, self.depthwise.weight, self.pointwise.weight, self.depthwise)
 
     def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_relu_applied_before_bn(F.relu(x))
@@ -381,6 +385,57 @@ class MaxPoolBN2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.pool(x))
+
+
+class _DepthwisePointwise(torch.autograd.Function):
+    """``pointwise(depthwise(x))`` that keeps only ``x`` and the two kernels for backward.
+
+    Autograd would keep the depthwise output (the pointwise convolution's input, one activation per
+    block); backward recomputes it instead, one depthwise convolution (about 7 % of a step). Over the
+    six blocks of every mixed edge that is 29 % of the activations a search step keeps (1215 -> 858 MB
+    at batch 16, benchmarks/README.md). ``x`` is the ReLU a cell shares between edges, kept anyway.
+    Not twice differentiable; under autocast the plain convolutions run instead.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, depthwise: torch.Tensor, pointwise: torch.Tensor, conv: nn.Conv2d
+    ) -> torch.Tensor:
+        ctx.conv = conv
+        ctx.save_for_backward(x, depthwise, pointwise)
+        return F.conv2d(_depthwise(x, depthwise, conv), pointwise)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, depthwise, pointwise = ctx.saved_tensors
+        conv = ctx.conv
+        needs_x, needs_depthwise, needs_pointwise = ctx.needs_input_grad[:3]
+        grad_x = grad_depthwise = grad_pointwise = None
+        if needs_pointwise:
+            hidden = _depthwise(x, depthwise, conv)
+        else:  # only the shape (and layout) of the pointwise input matters: skip the recomputation
+            channels_last = grad.dim() == 4 and grad.is_contiguous(memory_format=torch.channels_last)
+            hidden = torch.empty(
+                (grad.shape[0], pointwise.shape[1], *grad.shape[2:]),
+                dtype=x.dtype,
+                device=x.device,
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+            )
+        grad_hidden, grad_pointwise, _ = torch.ops.aten.convolution_backward(
+            grad, hidden, pointwise, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [needs_x or needs_depthwise, needs_pointwise, False],
+        )
+        if needs_x or needs_depthwise:
+            grad_x, grad_depthwise, _ = torch.ops.aten.convolution_backward(
+                grad_hidden, x, depthwise, None, list(conv.stride), list(conv.padding), list(conv.dilation),
+                False, [0, 0], conv.groups, [needs_x, needs_depthwise, False],
+            )
+        return grad_x, grad_depthwise, grad_pointwise, None
+
+
+def _depthwise(x: torch.Tensor, weight: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    return F.conv2d(x, weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def _skip_connect(C: int, stride: int, affine: bool) -> nn.Module:

@@ -286,3 +286,39 @@ def test_batch_norm_scaled_without_running_statistics():
     torch.testing.assert_close(batch_norm_scaled(bn, x, scale), scale * bn(x))
     bn.eval()  # no running statistics: batch statistics in eval mode too
     torch.testing.assert_close(batch_norm_scaled(bn, x, scale), scale * bn(x))
+
+
+def _plain_dil_conv(op: arch.DilConv2d, x: torch.Tensor) -> torch.Tensor:
+    return op.bn(op.pointwise(op.depthwise(F.relu(x))))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("frozen_weights", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dil_conv_recomputing_the_depthwise_output_gives_the_same_gradients(
+    channels_last, frozen_weights, stride
+):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    op = arch.DilConv2d(4, 6, 3, stride, 2, 2).double().to(memory_format=fmt)
+    op.requires_grad_(not frozen_weights)
+    x = torch.randn(2, 4, 7, 7, dtype=torch.float64).contiguous(memory_format=fmt).requires_grad_(True)
+    projection = torch.randn_like(_plain_dil_conv(op, x))
+    inputs = [x, *(p for p in op.parameters() if p.requires_grad)]
+    out = op(x)
+    want = _plain_dil_conv(op, x)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+    got_grads = torch.autograd.grad((out * projection).sum(), inputs)
+    want_grads = torch.autograd.grad((want * projection).sum(), inputs)
+    for got, expected in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_dil_conv_keeps_no_depthwise_output_for_backward():
+    op = arch.DilConv2d(4, 4, 3, 1, 2, 2, affine=False)
+    x_relu = F.relu(torch.randn(2, 4, 8, 8, requires_grad=True))
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        op.forward_relu_applied_before_bn(x_relu)
+    parameters = {p.data_ptr() for p in op.parameters()}
+    activations = [t for t in saved if t.data_ptr() not in parameters]
+    assert [t.data_ptr() for t in activations] == [x_relu.data_ptr()]  # its input only, shared by edges
