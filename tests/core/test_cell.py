@@ -471,3 +471,21 @@ def test_special_parameter_survives_torch_save_of_a_whole_module():
     net.eval()
     loaded.eval()
     torch.testing.assert_close(loaded[1](parents), net[1](parents))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_node_gradients_reach_the_edges_contiguous(channels_last):
+    """The gradient of a node is a channel slice of the concatenation's gradient; the edges get a copy
+    in the node's memory format (the channels_last CPU BatchNorm backward is far slower on a slice)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    cell = make_cell().to(memory_format=fmt)
+    parents = [p.contiguous(memory_format=fmt) for p in parents_for(cell, 6)]
+    seen: list[torch.Tensor] = []
+    last_edge = cell.mixed_ops[-1]
+    last_edge.register_full_backward_hook(lambda module, grad_in, grad_out: seen.append(grad_out[0]))
+    out = cell(parents)
+    reference = naive_cell(cell, parents)
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5)
+    out.backward(torch.randn_like(out))
+    assert len(seen) == 1
+    assert seen[0].is_contiguous(memory_format=fmt)
