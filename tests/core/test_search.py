@@ -517,3 +517,23 @@ def test_checkpoint_of_another_spec_or_too_little_data_is_refused(tiny_dataset, 
         run_search(tiny_dataset, _config(epochs=2), checkpoint_dir=tmp_path)
     with pytest.raises(ValueError, match="training.batch_size .32. is larger than the search-train split"):
         run_search(tiny_dataset, _config(batch_size=32))
+
+
+def test_channels_last_is_the_default_and_state_dicts_load_across_memory_formats() -> None:
+    generator = torch.Generator().manual_seed(5)
+    train, valid = _batch(generator), _batch(generator)
+    channels_last = DartsSearch(_tiny(), order="first")
+    assert channels_last.network.stem_a[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = DartsSearch(_tiny(seed=7), order="first", channels_last=False)
+    assert plain.network.stem_a[0].weight.is_contiguous()
+    channels_last.step(train, valid)
+
+    plain.load_state_dict(channels_last.state_dict())
+    loaded, saved = plain.network.state_dict(), channels_last.network.state_dict()
+    assert loaded.keys() == saved.keys()
+    for name in saved:
+        assert torch.equal(loaded[name], saved[name]), name
+    assert plain.network.stem_a[0].weight.is_contiguous()  # the loaded values, in its own format
+    got, want = plain.step(train, valid).to_floats(), channels_last.step(train, valid).to_floats()
+    for key in want:
+        assert got[key] == pytest.approx(want[key], abs=1e-5), key
