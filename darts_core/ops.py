@@ -363,6 +363,32 @@ class AvgPoolBN2d(nn.Module):
         return self.bn(self.pool(x))
 
 
+class _MaxPool3x3(torch.autograd.Function):
+    """3x3 max pooling (padding 1) that keeps only its input for backward, not the int64 argmax indices.
+
+    The indices (twice the bytes of a float activation) are recomputed in backward by the same kernel,
+    so the gradient is the native one. The input is a cell state, which the edge's average pooling
+    keeps anyway. Not twice differentiable; under autocast the plain pooling runs instead.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, stride: int) -> torch.Tensor:
+        ctx.stride = stride
+        ctx.save_for_backward(x)
+        return F.max_pool2d(x, 3, stride, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (x,) = ctx.saved_tensors
+        stride = [ctx.stride, ctx.stride]
+        _, indices = torch.ops.aten.max_pool2d_with_indices(x, [3, 3], stride, [1, 1], [1, 1], False)
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, x, [3, 3], stride, [1, 1], [1, 1], False, indices
+        )
+        return grad_x, None
+
+
 class MaxPoolBN2d(nn.Module):
     """3x3 max pooling (padding 1) -> BatchNorm2d(C, affine=False).
 
@@ -381,10 +407,13 @@ class MaxPoolBN2d(nn.Module):
 
     def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
         """The input of :attr:`final_bn`."""
-        return self.pool(x)
+        if x.dim() != 4 or torch.is_autocast_enabled(x.device.type) or not torch.is_grad_enabled():
+            return self.pool(x)
+        # Recompute the argmax indices in backward rather than keep them (see _MaxPool3x3).
+        return _MaxPool3x3.apply(x, self.pool.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.pool(x))
+        return self.bn(self.forward_before_bn(x))
 
 
 class _DepthwisePointwise(torch.autograd.Function):

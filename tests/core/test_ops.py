@@ -322,3 +322,24 @@ def test_dil_conv_keeps_no_depthwise_output_for_backward():
     parameters = {p.data_ptr() for p in op.parameters()}
     activations = [t for t in saved if t.data_ptr() not in parameters]
     assert [t.data_ptr() for t in activations] == [x_relu.data_ptr()]  # its input only, shared by edges
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_recomputing_its_indices_gives_the_native_gradient(channels_last, stride):
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    op = MaxPoolBN2d(4, stride)
+    x = torch.randn(2, 4, 7, 7).contiguous(memory_format=fmt)
+    x[0, 0, :3, :3] = 1.0  # ties: the gradient goes to the same (first) maximum as the native kernel's
+    x.requires_grad_(True)
+    out = op.forward_before_bn(x)
+    want = F.max_pool2d(x, 3, stride, 1)
+    assert torch.equal(out, want)
+    projection = torch.randn_like(want)
+    (got_grad,) = torch.autograd.grad((out * projection).sum(), [x])
+    (want_grad,) = torch.autograd.grad((want * projection).sum(), [x])
+    assert torch.equal(got_grad, want_grad)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        op.forward_before_bn(x)
+    assert [t.dtype for t in saved] == [torch.float32]  # the input only, no int64 indices
