@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from darts_core.genotype import num_edges
 from darts_core.ops import (
     DARTS_PRIMITIVES_2D,
     Identity,
@@ -253,7 +254,7 @@ class Cell(nn.Module):
         self.internal_nodes = internal_nodes
         self.is_reduction = bool(is_reduction)
         self.is_reduction_prev = bool(is_reduction_prev)
-        self.num_edges = internal_nodes * (internal_nodes + 3) // 2
+        self.num_edges = num_edges(internal_nodes)
         self.is_fixed = genotype is not None
         if affine is None:
             affine = self.is_fixed

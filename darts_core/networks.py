@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from darts_core.cell import Cell, SpecialParameter, default_cell_output
-from darts_core.genotype import Genotype, derive_genotype
+from darts_core.genotype import Genotype, derive_genotype, num_edges
 from darts_core.ops import DARTS_PRIMITIVES_2D, Identity, ReduceChannels2d, ReLUConvBN2d
 
 __all__ = ["SearchNetwork", "GenotypeNetwork", "AuxiliaryHead", "GenotypeCell", "drop_path"]
@@ -127,10 +127,9 @@ class SearchNetwork(nn.Module):
         self.internal_nodes = internal_nodes
         self.stem_multiplier = stem_multiplier
 
-        num_edges = sum(2 + node for node in range(internal_nodes))
-        num_ops = len(self.primitives)
-        self.alphas_normal = SpecialParameter(1e-3 * torch.randn(num_edges, num_ops))
-        self.alphas_reduce = SpecialParameter(1e-3 * torch.randn(num_edges, num_ops))
+        alpha_shape = (num_edges(internal_nodes), len(self.primitives))
+        self.alphas_normal = SpecialParameter(1e-3 * torch.randn(alpha_shape))
+        self.alphas_reduce = SpecialParameter(1e-3 * torch.randn(alpha_shape))
 
         stem_channels = stem_multiplier * init_channels
         self.stem = _stem(in_channels, stem_channels)

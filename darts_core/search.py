@@ -36,6 +36,7 @@ from torch.func import functional_call
 
 from darts_core.genotype import DARTS_OP_NAMES, Genotype
 from darts_core.networks import SearchNetwork
+from darts_core.train import resolve_device
 
 __all__ = [
     "DartsSearch",
@@ -47,7 +48,6 @@ __all__ = [
     "SearchConfig",
     "EpochResult",
     "SearchResult",
-    "resolve_device",
     "run_search",
     "CHECKPOINT_NAME",
 ]
@@ -663,16 +663,6 @@ class SearchResult:
 # ---------------------------------------------------------------------------------------------------
 # The search loop
 # ---------------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is an error."""
-    _check_choice("resources.device", device, ("auto", "cpu", "cuda"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("resources.device is 'cuda' but CUDA is not available on this machine")
-    return torch.device(device)
 
 
 def _seed_everything(seed: int) -> None:
