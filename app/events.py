@@ -73,6 +73,10 @@ class _EventBase(BaseModel):
     emitted_at: datetime = Field(default_factory=_utcnow, description="When the producer sent it (UTC).")
 
 
+# The scalar fields of an epoch record, in record order.
+EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds")
+
+
 class EpochEvent(_EventBase):
     """One finished epoch: the record of `darts_core.search.EpochResult.to_dict()`."""
 
@@ -88,16 +92,8 @@ class EpochEvent(_EventBase):
     alphas: dict[str, Any] | None = None
 
     def metrics(self) -> dict[str, float | int]:
-        """The summary the `searches` row keeps of its last epoch."""
-        return {
-            "epoch": self.epoch,
-            "train_loss": self.train_loss,
-            "train_acc": self.train_acc,
-            "valid_loss": self.valid_loss,
-            "valid_acc": self.valid_acc,
-            "lr": self.lr,
-            "seconds": self.seconds,
-        }
+        """The summary the `searches` row keeps of its last epoch: the scalar fields of the record."""
+        return self.model_dump(include=EPOCH_METRICS)
 
 
 EventStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
