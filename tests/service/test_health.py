@@ -15,8 +15,6 @@ from app.db import alembic_config, make_engine, run_migrations, with_search_path
 from app.main import create_app
 from app.settings import Settings
 
-from .conftest import POSTGRES_URL
-
 # Nothing listens on port 1: connections are refused at once.
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
 DEAD_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/test?connect_timeout=2"
@@ -108,13 +106,16 @@ def test_migrations_match_the_models(service_settings: Settings) -> None:
 
 
 @pytest.fixture
-def empty_database(service_settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+def empty_database(
+    service_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
     """Settings of a second, empty database on the current backend (its own schema on PostgreSQL)."""
     if service_settings.sqlalchemy_url.startswith("sqlite"):
         yield service_settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}"})
         return
     import psycopg
 
+    POSTGRES_URL = request.getfixturevalue("postgres_server_url")  # noqa: N806
     schema = f"darts_test_empty_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
         connection.execute(f'CREATE SCHEMA "{schema}"')

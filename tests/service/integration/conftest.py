@@ -1,7 +1,7 @@
 """Fixtures of the integration tests: a real Celery worker subprocess and the API with its ingester.
 
 Everything runs against the session's isolated stack of tests/service/conftest.py (`service_settings`):
-SQLite + embedded Redis, or PostgreSQL + the machine's Redis (`DARTS_TEST_BACKEND=postgres`).
+SQLite or PostgreSQL (`DARTS_TEST_BACKEND=postgres`), and Redis, as that file describes.
 
 - `stack_settings`: those settings with a short lease (`SEARCH_LEASE_SECONDS=8`), so a killed worker's
   search is handed back within seconds.
