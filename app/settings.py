@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=60)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     cors_origins: list[str] = Field(default_factory=list)
+    worker_alive_file: Path | None = Field(
+        default=None, description="A worker touches this file while it consumes (its healthcheck reads it)."
+    )
 
     @property
     def sqlalchemy_url(self) -> str:

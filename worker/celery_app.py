@@ -40,7 +40,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
             "global_keyprefix": f"{settings.redis_prefix}:celery:",
         },
         task_ignore_result=True,
-        include=["worker.tasks"],
+        include=["worker.tasks", "worker.health"],
     )
     return app
 
@@ -50,3 +50,11 @@ def enqueue_search(celery: Celery, search_id: str, settings: Settings | None = N
     settings = settings or get_settings()
     result = celery.send_task(RUN_SEARCH_TASK, args=[search_id], queue=settings.celery_queue)
     return result.id
+
+
+def __getattr__(name: str) -> Celery:
+    """`worker.celery_app:app`, built on first access from the environment, for Celery's own tools
+    (`celery -A worker.celery_app:app flower`, `... inspect active`); the service calls the factory."""
+    if name == "app":
+        return create_celery_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

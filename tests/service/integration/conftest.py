@@ -131,13 +131,14 @@ def stack_settings(service_settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack_env(service_env: dict[str, str]) -> dict[str, str]:
+def stack_env(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     # One torch thread: the tiny searches gain nothing from more, and spinning threads on cores shared
     # with the rest of the suite slow everything down.
     return {
         **os.environ,
         **service_env,
         "SEARCH_LEASE_SECONDS": str(LEASE_SECONDS),
+        "WORKER_ALIVE_FILE": str(tmp_path_factory.mktemp("worker-health") / "worker.alive"),
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
     }
