@@ -37,7 +37,10 @@ WORKER_STOP_SECONDS = 60.0
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Our formatter for every logger of this process (LOG_FORMAT: json, text, or by terminal)."""
+    from app.logging_config import configure_logging
+
+    configure_logging(level, get_settings().log_format)
 
 
 def _load_prctl():
@@ -186,7 +189,10 @@ def up(
         worker = ManagedWorker(env, loglevel)
         worker.start()
         app = create_app(settings, run_ingester=True)
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=loglevel.lower()))
+        # log_config=None: uvicorn's loggers keep ours (configured above) instead of its own handlers.
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level=loglevel.lower(), log_config=None)
+        )
         server.run()  # returns on Ctrl-C / SIGTERM (and re-raises the signal afterwards)
         if not server.started:
             raise typer.Exit(code=1)
@@ -243,10 +249,17 @@ def worker(
     if threads:
         # Read by torch when the task imports it (in this process: the solo pool does not fork).
         os.environ["OMP_NUM_THREADS"] = str(threads)
+    from app.logging_config import wants_json
+
+    # Before Celery starts: what it says before its logging is set up (worker/logs.py) is formatted too.
+    _configure_logging(loglevel)
     settings = get_settings()
     celery = create_celery_app(settings)
+    # JSON logs: no start-up banner on stdout either, so every line a collector reads is JSON.
+    quiet = ["--quiet"] if wants_json(settings.log_format) else []
     celery.worker_main(
         [
+            *quiet,
             "worker",
             "--pool=solo",
             "--concurrency=1",

@@ -35,6 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.logging_config import bind_log_context, clear_log_context
 from app.redis import get_redis
 from app.settings import Settings
 
@@ -350,11 +351,13 @@ class Ingester:
         """
         acked = 0
         for entry_id, fields in entries:
+            clear_log_context()
             raw = fields.get("data")
             try:
                 if raw is None:
                     raise ValueError("the entry has no `data` field")
                 event = parse_event(raw)
+                bind_log_context(search_id=event.search_id, attempt=getattr(event, "attempt", None))
             except (ValidationError, ValueError) as exc:
                 logger.error("malformed event %s on %s: %s", entry_id, self.stream, exc)
                 self.stats.malformed += 1
@@ -392,6 +395,7 @@ class Ingester:
             else:
                 self.stats.orphans += 1
                 logger.warning("event %s for unknown search %s dropped", entry_id, event.search_id)
+        clear_log_context()
         return acked
 
     def _store(self, event: EpochEvent | StatusEvent, entry_id: str, attempts: int = 5) -> str:

@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.db import make_engine, make_session_factory
+from app.logging_config import RequestContextMiddleware, configure_logging, logging_configured
 from app.redis import get_redis
 from app.routes import datasets, health, searches
 from app.services.errors import ServiceError
@@ -49,6 +50,10 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     Redis-stream -> SQL event ingester with the app and stops it on shutdown.
     """
     settings = settings or get_settings()
+    if not logging_configured():
+        # Run by `uvicorn --factory` (the image): uvicorn's loggers join ours. `darts-service up` and
+        # the other commands have configured logging before.
+        configure_logging(settings.log_level, settings.log_format)
     if run_ingester is None:
         run_ingester = bool(getattr(settings, "run_ingester", True))
 
@@ -91,6 +96,9 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
             allow_headers=["*"],
             expose_headers=["Location"],
         )
+
+    # Added last, so it runs first: every line logged while a request is served carries its id.
+    app.add_middleware(RequestContextMiddleware)
 
     app.include_router(searches.router)
     app.include_router(datasets.router)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,10 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=60)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     cors_origins: list[str] = Field(default_factory=list)
+    log_format: Literal["json", "text"] | None = Field(
+        default=None, description="json or text; unset: text on a terminal, JSON otherwise."
+    )
+    log_level: str = Field(default="INFO", description="Level of the API's and the ingester's logs.")
     worker_alive_file: Path | None = Field(
         default=None, description="A worker touches this file while it consumes (its healthcheck reads it)."
     )

@@ -40,7 +40,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
             "global_keyprefix": f"{settings.redis_prefix}:celery:",
         },
         task_ignore_result=True,
-        include=["worker.tasks", "worker.health"],
+        include=["worker.tasks", "worker.health", "worker.logs"],
     )
     return app
 

@@ -22,6 +22,7 @@ leases taken; past `SEARCH_MAX_ATTEMPTS` the search fails instead of crashing wo
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -43,6 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory, utcnow
 from app.events import EventStatus, cancel_key, publish_epoch, publish_status
+from app.logging_config import bind_log_context
 from app.models import TERMINAL_STATUSES, Dataset, Search, SearchStatus
 from app.redis import get_redis
 from app.settings import Settings, get_settings
@@ -161,7 +163,11 @@ class Lease:
                 logger.exception("could not renew the lease on search %s; retrying", self.search_id)
 
     def start_heartbeat(self) -> None:
-        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.search_id}", daemon=True)
+        # In a copy of this context: the heartbeat's log lines carry the search id and attempt too.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._heartbeat,), name=f"lease-{self.search_id}",
+            daemon=True,
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -336,6 +342,8 @@ class SearchRun:
         lease = Lease(self.settings, self.factory, self.search_id)
         if not lease.acquire():
             return "duplicate"
+        bind_log_context(attempt=search.attempts + 1)  # acquire() counted this attempt
+        logger.info("search %s: attempt %d started", self.search_id, search.attempts + 1)
         lease.start_heartbeat()
         try:
             return self._run_leased(lease)
