@@ -28,13 +28,13 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import redis
-from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.event_metrics import EVENTS_INGESTED, observe_stored
 from app.logging_config import bind_log_context, clear_log_context
 from app.redis import get_redis
 from app.settings import Settings
@@ -44,13 +44,6 @@ logger = logging.getLogger(__name__)
 CONSUMER_GROUP = "ingesters"
 # Stream entries beyond this many are trimmed (approximately) on XADD; the ingester keeps up long before.
 STREAM_MAX_LEN = 100_000
-
-EVENTS_INGESTED = Counter(
-    "darts_ingester_events_total",
-    "Stream entries handled by the event ingester, by event type and outcome.",
-    ["type", "outcome"],
-)
-
 
 def cancel_key(settings: Settings, search_id: str) -> str:
     """The Redis key the API sets to ask a running search to stop."""
@@ -388,6 +381,7 @@ class Ingester:
             EVENTS_INGESTED.labels(type=event.type, outcome=outcome).inc()
             if outcome == "stored":
                 self.stats.stored += 1
+                observe_stored(event)
             elif outcome == "duplicate":
                 self.stats.duplicates += 1
             elif outcome == "stale":

@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.state.session_factory = make_session_factory(engine)
     app.state.celery = create_celery_app(settings)
     app.state.redis = get_redis(settings)
-    app.state.metrics = ServiceMetrics(app.state.session_factory)
+    app.state.metrics = ServiceMetrics(app.state.session_factory, app.state.redis, settings)
     app.state.sse_poll_seconds = SSE_POLL_SECONDS
 
     @app.exception_handler(ServiceError)

@@ -52,8 +52,23 @@ def test_readyz_names_the_database_when_it_is_down(service_settings: Settings) -
     assert response.json()["checks"]["redis"] == "ok"
 
 
-def test_metrics_count_requests_by_route_template_and_searches_by_status(client: TestClient) -> None:
+def _queue_depth(client: TestClient, queue: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "darts_queue_depth" and sample.labels == {"queue": queue}:
+                return sample.value
+    raise AssertionError("no darts_queue_depth sample for " + queue)
+
+
+def test_metrics_count_requests_by_route_template_and_searches_by_status(
+    client: TestClient, api_settings: Settings
+) -> None:
+    # No worker consumes the API tests' queue: the search stays in it.
+    depth = _queue_depth(client, api_settings.celery_queue)
     assert client.post("/searches", json={"dataset": {"name": "digits"}}).status_code == 201
+    assert _queue_depth(client, api_settings.celery_queue) == depth + 1
     client.get("/healthz")
     client.get("/searches/does-not-exist")
     response = client.get("/metrics")
