@@ -48,14 +48,18 @@ def test_metrics_has_every_family_an_operator_needs(
     try:
         # A malformed entry on the stream: counted (and acked) by the ingester.
         before = value(scrape(api), "darts_ingester_events_total", type="unknown", outcome="malformed")
-        client.xadd(stack_settings.events_stream, {"data": "not json"})
-        wait_until(
-            lambda: value(scrape(api), "darts_ingester_events_total", type="unknown", outcome="malformed")
-            > before,
-            60,
-            "the malformed entry to be counted",
-            0.2,
-        )
+        entry = client.xadd(stack_settings.events_stream, {"data": "not json"})
+        try:
+            wait_until(
+                lambda: value(scrape(api), "darts_ingester_events_total", type="unknown", outcome="malformed")
+                > before,
+                60,
+                "the malformed entry to be counted",
+                0.2,
+            )
+        finally:
+            # Other tests read the stream themselves: leave it as they expect it.
+            client.xdel(stack_settings.events_stream, entry)
     finally:
         client.close()
     api.get(f"/searches/{finished_search['id']}")
@@ -107,7 +111,7 @@ def test_ingester_lines_carry_the_search_id(
     client = redis.Redis.from_url(stack_settings.redis_url, decode_responses=True)
     try:
         # An event for a search that does not exist: the ingester drops it, with a warning.
-        client.xadd(
+        entry = client.xadd(
             stack_settings.events_stream,
             {"data": StatusEvent(search_id="no-such-search", status="running").model_dump_json()},
         )
@@ -121,5 +125,10 @@ def test_ingester_lines_carry_the_search_id(
         return [line for line in collected if "unknown search" in line.get("message", "")]
 
     collected: list[dict] = []
-    lines = wait_until(dropped, 60, "the ingester's warning about the unknown search", 0.2)
+    try:
+        lines = wait_until(dropped, 60, "the ingester's warning about the unknown search", 0.2)
+    finally:
+        client = redis.Redis.from_url(stack_settings.redis_url)
+        client.xdel(stack_settings.events_stream, entry)  # other tests read the stream themselves
+        client.close()
     assert lines[0]["search_id"] == "no-such-search" and lines[0]["level"] == "WARNING"
