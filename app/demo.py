@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from app.cli import _PR_SET_PDEATHSIG, _PRCTL  # libc's prctl, loaded before any fork
+from app.processes import die_with_parent
 
 # Small enough for a few minutes on 2 CPU cores, big enough to learn digits.
 DEMO_SPEC: dict[str, Any] = {
@@ -76,12 +76,6 @@ def _format_genotype(genotype: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _stop_with_parent() -> None:
-    """preexec_fn: `up` gets SIGINT (a clean stop) if the demo dies without stopping it (Linux)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGINT)
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -99,7 +93,8 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_stop_with_parent,
+                # `up` gets SIGINT (a clean stop) if the demo dies without stopping it (Linux).
+                preexec_fn=die_with_parent(signal.SIGINT),
             )
 
     def wait_ready(self, timeout: float = 180.0) -> None:
