@@ -122,10 +122,12 @@ class Lease:
         self._last_renewal = time.monotonic()
         return True
 
-    def _update_mine(self, **values: Any) -> bool:
+    def _update_mine(self, *, extend_by: timedelta | None = None, **values: Any) -> bool:
+        """UPDATE the row while this owner and token hold it; `extend_by` sets the expiry that far
+        ahead of the database's clock."""
         with self.factory() as session, session.begin():
-            if "lease_expires_at" in values:
-                values["lease_expires_at"] = database_now(session) + values["lease_expires_at"]
+            if extend_by is not None:
+                values["lease_expires_at"] = database_now(session) + extend_by
             changed = session.execute(
                 update(Search).where(self._mine()).values(**values).execution_options(
                     synchronize_session=False
@@ -135,7 +137,7 @@ class Lease:
 
     def renew(self) -> bool:
         """Push the expiry one period ahead; False when this lease is no longer ours."""
-        renewed = self._update_mine(lease_expires_at=timedelta(seconds=self.seconds))
+        renewed = self._update_mine(extend_by=timedelta(seconds=self.seconds))
         if renewed:
             self._last_renewal = time.monotonic()
         return renewed
@@ -153,7 +155,7 @@ class Lease:
         The ingester stores that status within moments; until it has, the row still reads `running`,
         and a duplicate task arriving in between must still find the search taken.
         """
-        return self._update_mine(lease_expires_at=timedelta(seconds=self.seconds))
+        return self._update_mine(extend_by=timedelta(seconds=self.seconds))
 
     # -- heartbeat ---------------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ class InvalidTransition(ValueError):
     """A status change the table above does not allow."""
 
     def __init__(self, current: str, target: str) -> None:
-        super().__init__(f"a search cannot go from {current!r} to {target!r}")
+        super().__init__(f"a search cannot go from {str(current)!r} to {str(target)!r}")
         self.current = current
         self.target = target
 
