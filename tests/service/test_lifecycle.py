@@ -93,7 +93,8 @@ def test_an_epoch_is_stored_once_and_marks_a_queued_search_running(db_session: S
 def test_events_of_a_superseded_attempt_are_fenced_off(db_session: Session) -> None:
     search = _search(db_session, status="running", attempts=2)
     assert apply_event(db_session, _epoch(search.id, 1, attempt=1), "1-0") == "fenced"
-    assert apply_event(db_session, StatusEvent(search_id=search.id, status="failed", attempt=1), None) == "fenced"
+    late_failure = StatusEvent(search_id=search.id, status="failed", attempt=1)
+    assert apply_event(db_session, late_failure, None) == "fenced"
     assert apply_event(db_session, _epoch(search.id, 1, attempt=2), "2-0") == "stored"
     db_session.commit()
     after = _reload(db_session, search)
@@ -107,7 +108,9 @@ def test_an_event_of_a_deleted_search_is_an_orphan(db_session: Session) -> None:
 # -- the lease -------------------------------------------------------------------------------------
 
 
-def _lease(factory: sessionmaker[Session], search: Search, seconds: float = 30, max_attempts: int = 3) -> Lease:
+def _lease(
+    factory: sessionmaker[Session], search: Search, seconds: float = 30, max_attempts: int = 3
+) -> Lease:
     return Lease(factory, search.id, seconds=seconds, max_attempts=max_attempts)
 
 
@@ -190,7 +193,9 @@ def test_the_sweep_requeues_expired_searches_and_cancels_expired_cancellations(
         alive.id: ("running", "host:2:y"),
     }
     # A second sweeper finds nothing left to do.
-    again = sweep.requeue_expired(session_factory, enqueue=enqueued.append, cancel_flag_raised=lambda _: False)
+    again = sweep.requeue_expired(
+        session_factory, enqueue=enqueued.append, cancel_flag_raised=lambda _: False
+    )
     assert again.requeued == [] and enqueued == [running.id]
 
 
@@ -206,7 +211,8 @@ def test_a_failed_enqueue_leaves_the_search_to_the_reconciler(
     sweep.requeue_expired(session_factory, enqueue=broker_down, cancel_flag_raised=lambda _: False)
     assert _reload(db_session, search).status == "queued"
     sent: list[str] = []
-    assert sweep.reconcile_queue(session_factory, queued_ids=lambda: set(), enqueue=sent.append) == [search.id]
+    lost = sweep.reconcile_queue(session_factory, queued_ids=lambda: set(), enqueue=sent.append)
+    assert lost == [search.id]
     assert sent == [search.id]
 
 
@@ -235,7 +241,9 @@ def test_releasing_a_dead_process_s_leases_lets_the_sweep_hand_them_back_at_once
     other = _search(db_session, status="running", lease_owner=f"{owner_prefix(42)}abc",
                     lease_expires_at=utcnow() + timedelta(minutes=10))
     assert sweep.release_leases_of(session_factory, owner_prefix(4242)) == 1
-    result = sweep.requeue_expired(session_factory, enqueue=lambda _: None, cancel_flag_raised=lambda _: False)
+    result = sweep.requeue_expired(
+        session_factory, enqueue=lambda _: None, cancel_flag_raised=lambda _: False
+    )
     assert result.requeued == [search.id]
     assert _reload(db_session, other).status == "running"
 
