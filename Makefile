@@ -21,6 +21,7 @@ install: $(STAMP)
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The whole suite on SQLite + embedded Redis, then the service suite again on the machine's
 # PostgreSQL and Redis servers (DARTS_TEST_BACKEND=postgres).

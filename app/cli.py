@@ -15,13 +15,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from app.processes import die_with_parent
 from app.settings import Settings, get_settings
 from app.supervisor import SupervisedProcess
+
+if TYPE_CHECKING:
+    from app.redis import EmbeddedRedis
 
 logger = logging.getLogger("darts_service")
 
@@ -140,11 +143,11 @@ def up(
         logger.info("darts-service stopped")
 
 
-def _started(embedded: Any) -> subprocess.Popen[bytes]:
+def _started(embedded: EmbeddedRedis) -> subprocess.Popen[bytes]:
     """Start (or start again) the embedded Redis server and return its process."""
-    embedded.start()
-    assert embedded.process is not None
-    return embedded.process
+    process = embedded.start().process
+    assert process is not None
+    return process
 
 
 @cli.command()

@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -36,12 +38,13 @@ DEMO_SPEC: dict[str, Any] = {
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def _sse_events(client: httpx.Client, path: str):
+def _sse_events(client: httpx.Client, path: str) -> Iterator[tuple[str, Any]]:
     """Yield (event, data) pairs of an SSE response until the server ends it."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     with client.stream("GET", path, timeout=httpx.Timeout(10.0, read=None)) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -49,7 +52,7 @@ def _sse_events(client: httpx.Client, path: str):
             if not line:
                 if data:
                     yield event, json.loads("\n".join(data))
-                event, data = "message", []
+                event, data = "message", list[str]()
             elif line.startswith("event:"):
                 event = line[len("event:") :].strip()
             elif line.startswith("data:"):
@@ -168,9 +171,7 @@ def run_demo(data_dir: Path, port: int, epochs: int) -> int:
         stack.stop()
 
 
-def _parse(value: str):
-    from datetime import datetime
-
+def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 

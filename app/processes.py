@@ -19,7 +19,8 @@ _PR_SET_PDEATHSIG = 1
 def _load_prctl() -> Callable[..., int] | None:
     """libc's prctl (Linux), loaded up front: a preexec_fn must not import anything after fork."""
     try:
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl  # type: ignore[no-any-return]
+        prctl: Callable[..., int] = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+        return prctl
     except (OSError, AttributeError):
         return None
 

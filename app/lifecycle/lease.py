@@ -25,7 +25,7 @@ from sqlalchemy import ColumnElement, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db import utcnow
+from app.db import affected_rows, utcnow
 from app.lifecycle.status import Status
 from app.models import Search
 
@@ -39,8 +39,8 @@ def database_now(session: Session) -> datetime:
     then the database's.
     """
     if session.get_bind().dialect.name == "postgresql":
-        value = session.execute(text("SELECT clock_timestamp()")).scalar_one()
-        return value
+        now: datetime = session.execute(text("SELECT clock_timestamp()")).scalar_one()
+        return now
     return utcnow()
 
 
@@ -128,11 +128,14 @@ class Lease:
         with self.factory() as session, session.begin():
             if extend_by is not None:
                 values["lease_expires_at"] = database_now(session) + extend_by
-            changed = session.execute(
-                update(Search).where(self._mine()).values(**values).execution_options(
-                    synchronize_session=False
+            changed = affected_rows(
+                session.execute(
+                    update(Search)
+                    .where(self._mine())
+                    .values(**values)
+                    .execution_options(synchronize_session=False)
                 )
-            ).rowcount
+            )
         return changed == 1
 
     def renew(self) -> bool:

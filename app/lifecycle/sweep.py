@@ -20,6 +20,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import affected_rows
 from app.lifecycle.lease import database_now, lease_free_or_expired
 from app.lifecycle.status import Status
 from app.models import Search
@@ -66,13 +67,13 @@ def requeue_expired(
                 if cancelling
                 else {"status": Status.queued}
             )
-            freed = session.execute(
+            freed = affected_rows(session.execute(
                 update(Search)
                 .where(Search.id == search_id, Search.lease_owner == owner, Search.lease_expires_at < now)
                 .where(Search.status.in_([Status.queued, Status.running, Status.cancelling]))
                 .values(lease_owner=None, lease_expires_at=None, **values)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ))
         if freed != 1:
             continue
         if cancelling:
@@ -96,13 +97,15 @@ def release_leases_of(factory: sessionmaker[Session], owner_prefix: str) -> int:
     """
     with factory() as session, session.begin():
         now = database_now(session)
-        return session.execute(
-            update(Search)
-            .where(Search.lease_owner.startswith(owner_prefix, autoescape=True))
-            .where(Search.status.in_([Status.queued, Status.running, Status.cancelling]))
-            .values(lease_expires_at=now - timedelta(seconds=1))
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        return affected_rows(
+            session.execute(
+                update(Search)
+                .where(Search.lease_owner.startswith(owner_prefix, autoescape=True))
+                .where(Search.status.in_([Status.queued, Status.running, Status.cancelling]))
+                .values(lease_expires_at=now - timedelta(seconds=1))
+                .execution_options(synchronize_session=False)
+            )
+        )
 
 
 def reconcile_queue(
@@ -144,13 +147,18 @@ def hand_back(factory: sessionmaker[Session], search_id: str, owner: str, token:
     without a lease. Returns False when the lease was no longer this run's.
     """
     with factory() as session, session.begin():
-        changed = session.execute(
-            update(Search)
-            .where(Search.id == search_id, Search.lease_owner == owner, Search.attempts == token)
-            .where(Search.status.in_([Status.queued, Status.running]))
-            .values(
-                status=Status.queued, lease_owner=None, lease_expires_at=None, attempts=Search.attempts - 1
+        changed = affected_rows(
+            session.execute(
+                update(Search)
+                .where(Search.id == search_id, Search.lease_owner == owner, Search.attempts == token)
+                .where(Search.status.in_([Status.queued, Status.running]))
+                .values(
+                    status=Status.queued,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    attempts=Search.attempts - 1,
+                )
+                .execution_options(synchronize_session=False)
             )
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        )
     return changed == 1

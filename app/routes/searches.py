@@ -174,7 +174,7 @@ async def _event_stream(
                 return None, []
             # The status is read before the epochs: a terminal status is written after the last
             # epoch, so once we see it, this same poll also sees every epoch.
-            current = StatusEvent(status=search.status, error=search.error)
+            current = StatusEvent(status=Status(search.status), error=search.error)
             records = search_service.list_epochs(session, search_id, after=after_epoch)
             return current, [(r.stream_id or str(r.epoch), EpochPublic.model_validate(r)) for r in records]
 

@@ -234,7 +234,7 @@ def delete_search(session: Session, search_id: str, *, settings: Settings) -> No
 
 
 def count_by_status(session: Session) -> dict[str, int]:
-    counts = dict.fromkeys(Status, 0)
+    counts = {str(status): 0 for status in Status}
     for status, count in session.execute(select(Search.status, func.count()).group_by(Search.status)):
-        counts[status] = count
-    return {str(status): count for status, count in counts.items()}
+        counts[str(status)] = int(count)
+    return counts
