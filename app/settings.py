@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     )
     # Celery's Redis transport redelivers an unacknowledged task after this many seconds even while
     # it still runs (celery issue 5935): keep it above the longest search.
-    broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=60)
+    broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=1)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     cors_origins: list[str] = Field(default_factory=list)
     run_ingester: bool = Field(

@@ -36,7 +36,7 @@ from app.lifecycle.lease import Lease
 from app.lifecycle.start import StartDecision, decide_start, exhausted_message
 from app.lifecycle.status import Status
 from app.lifecycle.sweep import hand_back
-from app.models import Dataset, Search
+from app.models import Dataset, Search, SearchEpoch
 from app.redis import get_redis
 from app.settings import Settings
 from app.storage import dataset_path, search_dir
@@ -48,6 +48,11 @@ CANCEL_POLL_SECONDS = 0.5
 SQL_CANCEL_POLL_SECONDS = 2.0
 # Longest pause between two tries to send the final status while Redis is unreachable.
 MAX_PUBLISH_BACKOFF = 5.0
+# Epochs this many behind the newest one must be in SQL already; missing ones were lost on the way
+# (the stream deleted, a Redis restart that lost its last second) and are published again.
+INGEST_LAG_EPOCHS = 2
+# How long the end of a run waits for its epochs to be stored before reporting its final status.
+STORED_WAIT_SECONDS = 300.0
 
 # Set when the worker begins a warm shutdown (Ctrl-C, SIGTERM): the running search stops at its next
 # batch and goes back to the queue, to resume from its checkpoint.
@@ -281,13 +286,20 @@ class SearchRun:
             # run_search checkpoints an epoch before reporting it: a run that died in between left an
             # epoch only in the checkpoint, and events of an earlier attempt are fenced off. Report the
             # checkpoint's epochs again under this attempt (the projection keeps each epoch once).
-            for record in checkpointed_epochs(directory):
+            published: dict[int, dict[str, Any]] = {}
+
+            def report(record: dict[str, Any]) -> None:
+                published[record["epoch"]] = record
                 outbox.put(record)
+                self._republish_missing(outbox, published, before=record["epoch"] - INGEST_LAG_EPOCHS)
+
+            for record in checkpointed_epochs(directory):
+                report(record)
             result = run_search(
                 dataset,
                 config,
                 checkpoint_dir=directory,
-                on_epoch=lambda epoch: outbox.put(epoch.to_dict()),
+                on_epoch=lambda epoch: report(epoch.to_dict()),
                 should_stop=watch,
             )
         except Exception as exc:
@@ -306,7 +318,7 @@ class SearchRun:
             # This attempt ended cleanly, so it does not count towards SEARCH_MAX_ATTEMPTS.
             hand_back(self.factory, self.search_id, lease.owner, lease.token or 0)
             raise HandedBack(f"worker shutting down; search {self.search_id} requeued")
-        if not self._drain(outbox, lease):
+        if not self._drain(outbox, lease) or not self._wait_stored(outbox, published, lease):
             return "lease lost"
         if result.stopped and watch.cancelled:
             self._publish_status(Status.cancelled)
@@ -315,6 +327,54 @@ class SearchRun:
         self._publish_status(Status.succeeded)
         lease.finish()
         return "succeeded"
+
+    def _stored_epochs(self) -> set[int] | None:
+        """The epochs of this search in SQL (None when the database does not answer)."""
+        try:
+            with self.factory() as session:
+                return set(
+                    session.scalars(select(SearchEpoch.epoch).where(SearchEpoch.search_id == self.search_id))
+                )
+        except SQLAlchemyError as exc:
+            logger.warning("could not read the stored epochs of %s: %s", self.search_id, exc)
+            return None
+
+    def _republish_missing(self, outbox: Outbox, published: dict[int, dict[str, Any]], before: int) -> int:
+        """Publish again the epochs up to `before` that SQL still lacks; returns how many."""
+        if before < 1 or len(outbox):
+            return 0
+        stored = self._stored_epochs()
+        if stored is None:
+            return 0
+        missing = sorted(epoch for epoch in published if epoch <= before and epoch not in stored)
+        for epoch in missing:
+            logger.warning("epoch %d of %s was lost on the way; publishing it again", epoch, self.search_id)
+            outbox.put(published[epoch])
+        return len(missing)
+
+    def _wait_stored(self, outbox: Outbox, published: dict[int, dict[str, Any]], lease: Lease) -> bool:
+        """Before the final status: wait until every epoch is in SQL, publishing lost ones again.
+
+        The final status must never overtake an epoch (a finished search's history is complete).
+        Gives up waiting after STORED_WAIT_SECONDS (the epochs stay in the outbox and the checkpoint);
+        False when the lease was lost meanwhile.
+        """
+        deadline = time.monotonic() + STORED_WAIT_SECONDS
+        delay = 0.1
+        while time.monotonic() < deadline:
+            if lease.lost.is_set():
+                return False
+            stored = self._stored_epochs()
+            if stored is not None and set(published) <= stored:
+                return True
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            if delay == 2.0:
+                self._republish_missing(outbox, published, before=max(published, default=0))
+                self._drain(outbox, lease)
+        logger.error("search %s: epochs %s still not stored; reporting the end anyway", self.search_id,
+                     sorted(set(published) - (self._stored_epochs() or set())))
+        return True
 
     def _drain(self, outbox: Outbox, lease: Lease) -> bool:
         """Wait until every epoch is published (Redis may be away for long); False if the lease is lost."""

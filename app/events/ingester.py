@@ -106,7 +106,7 @@ class Ingester:
         name: str | None = None,
         block_ms: int = 1000,
         batch_size: int = 100,
-        claim_idle_ms: int = 30_000,
+        claim_idle_ms: int = 5_000,
         max_deliveries: int = 5,
         sweep_interval: float | None = None,
     ) -> None:
