@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory, run_migrations
