@@ -51,6 +51,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from darts_core.dataset_spec import (
+    MAX_SEED,
+    SYNTHETIC_MAX_CHANNELS,
+    SYNTHETIC_MAX_CLASSES,
+    SYNTHETIC_MAX_IMAGE_SIZE,
+    SYNTHETIC_MAX_NOISE,
+    SYNTHETIC_MAX_SAMPLES,
+    SYNTHETIC_MAX_VALUES,
+)
+
 __all__ = [
     "DatasetError",
     "ImageDataset",
@@ -174,7 +184,7 @@ def _float_param(
 
 def _split_params(spec: Mapping[str, Any], kind: str) -> tuple[float, int]:
     test_fraction = _float_param(spec, kind, "test_fraction", 0.2, 0.0, 1.0, open_low=True)
-    return test_fraction, _int_param(spec, kind, "seed", 0, 0)
+    return test_fraction, _int_param(spec, kind, "seed", 0, 0, maximum=MAX_SEED)
 
 
 def _stratified_split(
@@ -260,31 +270,35 @@ def _load_digits(spec: Mapping[str, Any]) -> ImageDataset:
 # ---------------------------------------------------------------------------------------------- synthetic
 
 
-_SYNTHETIC_MAX_VALUES = 2**26  # 256 MiB of float32 pixels: a generous ceiling for generated data
-
-
 def _image_size_param(spec: Mapping[str, Any]) -> tuple[int, int]:
     value = spec.get("image_size")
     if value is None:
         value = 16
     sizes = list(value) if isinstance(value, (list, tuple)) and len(value) == 2 else [value, value]
-    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 1 <= s <= 1024 for s in sizes):
-        raise DatasetError(f"synthetic: image_size must be an integer in 1..1024 or [H, W], got {value!r}")
+    if any(
+        isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 1 <= s <= SYNTHETIC_MAX_IMAGE_SIZE
+        for s in sizes
+    ):
+        raise DatasetError(
+            f"synthetic: image_size must be an integer in 1..{SYNTHETIC_MAX_IMAGE_SIZE} or [H, W], "
+            f"got {value!r}"
+        )
     return int(sizes[0]), int(sizes[1])
 
 
 def _load_synthetic(spec: Mapping[str, Any]) -> ImageDataset:
-    num_classes = _int_param(spec, "synthetic", "num_classes", 4, 2, maximum=1000)
-    num_samples = _int_param(spec, "synthetic", "num_samples", 512, 2 * num_classes)
-    channels = _int_param(spec, "synthetic", "channels", 3, 1, maximum=64)
+    # The bounds are darts_core.dataset_spec's, which the service's search spec validates against too.
+    num_classes = _int_param(spec, "synthetic", "num_classes", 4, 2, maximum=SYNTHETIC_MAX_CLASSES)
+    num_samples = _int_param(spec, "synthetic", "num_samples", 512, 2 * num_classes, SYNTHETIC_MAX_SAMPLES)
+    channels = _int_param(spec, "synthetic", "channels", 3, 1, maximum=SYNTHETIC_MAX_CHANNELS)
     height, width = _image_size_param(spec)
-    noise = _float_param(spec, "synthetic", "noise", 0.5, 0.0, math.inf, open_low=False)
+    noise = _float_param(spec, "synthetic", "noise", 0.5, 0.0, SYNTHETIC_MAX_NOISE, open_low=False)
     test_fraction, seed = _split_params(spec, "synthetic")
     total = num_samples * channels * height * width
-    if total > _SYNTHETIC_MAX_VALUES:
+    if total > SYNTHETIC_MAX_VALUES:
         raise DatasetError(
             f"synthetic: num_samples x channels x height x width = {total} values exceeds "
-            f"{_SYNTHETIC_MAX_VALUES}; make the dataset smaller"
+            f"{SYNTHETIC_MAX_VALUES}; make the dataset smaller"
         )
 
     rng = np.random.default_rng(seed)

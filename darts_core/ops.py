@@ -179,10 +179,20 @@ class ReduceChannels2d(nn.Module):
         # sampled by the stride-2 convolution (same result as the reference), for odd sizes both halves
         # then have ceil(H / 2) rows.
         shifted = F.pad(x_relu[:, :, 1:, 1:], (0, 1, 0, 1))
-        return torch.cat([self.conv_1(x_relu), self.conv_2(shifted)], dim=1)
+        return torch.cat([_strided_1x1(self.conv_1, x_relu), _strided_1x1(self.conv_2, shifted)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_relu_applied(F.relu(x))
+
+
+def _strided_1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a 1x1, stride-2, unpadded ``conv``, as a stride-1 convolution of ``x[..., ::2, ::2]``.
+
+    The same numbers (a 1x1 kernel at stride 2 reads exactly those pixels). Why: torch 2.13's CPU
+    (oneDNN) backward of a 1x1 stride-2 convolution on channels_last input corrupts the heap when torch
+    runs on one thread (e.g. ``(8, 4, 8, 8)``: ``free(): invalid next size``, the process aborts).
+    """
+    return F.conv2d(x[:, :, ::2, ::2], conv.weight, conv.bias)
 
 
 class Identity(nn.Module):
