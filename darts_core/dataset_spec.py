@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 __all__ = [
+    "DatasetError",
     "DigitsDatasetSpec",
     "SyntheticDatasetSpec",
     "SYNTHETIC_MAX_VALUES",
@@ -34,6 +35,10 @@ SYNTHETIC_MAX_IMAGE_SIZE = 1024
 #: Templates have unit scale: far beyond this, the images are noise and the search learns nothing.
 SYNTHETIC_MAX_NOISE = 1e3
 MAX_SEED = 2**32 - 1  # NumPy's seed range
+
+class DatasetError(ValueError):
+    """A dataset spec or file is invalid; the message names the problem."""
+
 
 TestFraction = Annotated[
     float, Field(gt=0.0, lt=1.0, allow_inf_nan=False, description="Held-out part, never searched on")
