@@ -12,14 +12,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+    model_validator,
+)
 
 from darts_core.config import (
     NetworkConfig,
-    NoNulStr,
     ResourcesConfig,
     SearchSpaceConfig,
     TrainingConfig,
+    reject_nul,
 )
 from darts_core.dataset_spec import DigitsDatasetSpec, SplitSeed, SyntheticDatasetSpec, TestFraction
 from darts_core.op_names import DARTS_OP_NAMES
@@ -34,6 +43,13 @@ SearchStatusName = Literal["queued", "running", "succeeded", "failed", "cancelli
 
 #: The longest search name, the generated default ('<dataset name> search') included.
 MAX_SEARCH_NAME = 200
+
+
+# Free text from clients: 1 to N characters (checked first, so the message says "characters"), no NUL.
+SearchName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_SEARCH_NAME), AfterValidator(reject_nul)
+]
+UploadId = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(reject_nul)]
 
 
 class StrictModel(BaseModel):
@@ -53,7 +69,7 @@ BuiltinDatasetSpec = DigitsDatasetSpec
 class UploadedDatasetSpec(StrictModel):
     """A dataset uploaded with `POST /datasets`, by its id."""
 
-    id: NoNulStr = Field(min_length=1, max_length=64)
+    id: UploadId
     layout: Literal["NCHW", "NHWC"] | None = Field(
         default=None, description="Axis order of 4-d images; guessed from the channel axis when null"
     )
@@ -98,12 +114,7 @@ def default_search_name(dataset_name: str) -> str:
 class SearchSpec(StrictModel):
     """A DARTS search as `POST /searches` accepts it; every field but `dataset` has a default."""
 
-    name: NoNulStr | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_SEARCH_NAME,
-        description="Defaults to '<dataset name> search'.",
-    )
+    name: SearchName | None = Field(default=None, description="Defaults to '<dataset name> search'.")
     dataset: DatasetSpec
     search_space: SearchSpaceConfig = Field(default_factory=SearchSpaceConfig)
     network: NetworkConfig = Field(default_factory=NetworkConfig)

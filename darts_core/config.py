@@ -36,11 +36,13 @@ __all__ = [
     "ResourcesConfig",
     "SearchConfig",
     "NoNulStr",
+    "reject_nul",
     "format_validation_error",
 ]
 
 
-def _no_nul(value: str) -> str:
+def reject_nul(value: str) -> str:
+    """``value`` unchanged; ValueError when it holds a NUL character (an AfterValidator)."""
     # NUL ends C strings: PostgreSQL refuses it in text, and logs and file names truncate at it.
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
@@ -48,7 +50,7 @@ def _no_nul(value: str) -> str:
 
 
 #: A string without NUL characters (every free-text string of a spec is one).
-NoNulStr = Annotated[str, AfterValidator(_no_nul)]
+NoNulStr = Annotated[str, AfterValidator(reject_nul)]
 
 _Int = Annotated[int, Strict()]
 _Seed = Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)]
