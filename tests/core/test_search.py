@@ -29,9 +29,17 @@ from darts_core.search import (
 TINY_PRIMITIVES = ("none", "sep_conv_3x3", "avg_pool_3x3", "skip_connect")
 
 
-class _Subsample(nn.Module):
+class _Subsampled(nn.Module):
+    """`module` on every second pixel: a stride-2 1x1 convolution written without oneDNN's strided
+    1x1 kernel, whose channels_last backward with fewer than 8 channels corrupts the heap (see
+    darts_core.ops.ReduceChannels2d)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
     def forward(self, x: Tensor) -> Tensor:
-        return x[:, :, ::2, ::2]
+        return self.module(x[:, :, ::2, ::2])
 
 
 class TinySearchNet(nn.Module):
@@ -40,8 +48,7 @@ class TinySearchNet(nn.Module):
     States: s0 = stem_a(x), s1 = stem_b(x) (C x H x W). The normal node mixes ops on s0 and s1 (two
     edges); the reduction node mixes stride-2 ops on s1 and the normal node. Ops per edge follow
     TINY_PRIMITIVES: none (skipped), a 3x3 conv + BN, a 3x3 average pool, identity (a strided 1x1 conv
-    when reducing, written as subsampling + 1x1). BN layers have no affine part and run with batch
-    statistics in train mode, so the
+    when reducing). BN layers have no affine part and run with batch statistics in train mode, so the
     running statistics matter only in eval mode, as in DARTS.
     """
 
@@ -69,10 +76,7 @@ class TinySearchNet(nn.Module):
             nn.BatchNorm2d(channels, affine=False),
         )
         pool = nn.AvgPool2d(3, stride, 1, count_include_pad=False)
-        # A strided 1x1 convolution as subsampling + 1x1 (as darts_core.ops does): torch 2.13's one-thread
-        # CPU backward of a stride-2 1x1 convolution on channels_last input corrupts the heap.
-        strided = nn.Sequential(_Subsample(), nn.Conv2d(channels, channels, 1, bias=False))
-        skip = nn.Identity() if stride == 1 else strided
+        skip = nn.Identity() if stride == 1 else _Subsampled(nn.Conv2d(channels, channels, 1, bias=False))
         return nn.ModuleList([conv, pool, skip])
 
     @staticmethod
