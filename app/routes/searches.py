@@ -24,7 +24,7 @@ from app.services.genotype_svg import genotype_svg
 router = APIRouter(prefix="/searches", tags=["searches"])
 
 MAX_EPOCHS_PAGE = 1000
-MAX_EPOCH = 1000  # training.epochs' upper bound (app.schemas.TrainingSpec)
+MAX_EPOCH = 1000  # training.epochs' upper bound (darts_core.config.TrainingConfig)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SearchPublic)

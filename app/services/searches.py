@@ -23,7 +23,7 @@ from app.lifecycle import cancel as lifecycle_cancel
 from app.lifecycle.status import TERMINAL, Status
 from app.models import Dataset, Search, SearchEpoch
 from app.queue import enqueue_search
-from app.schemas import SearchSpec, UploadedDatasetSpec
+from app.schemas import SearchSpec, UploadedDatasetSpec, default_search_name
 from app.services.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
@@ -42,17 +42,6 @@ def dataset_ref(spec: SearchSpec) -> str:
     return f"builtin:{spec.dataset.name}"
 
 
-def _check_engine_accepts(spec: dict[str, Any]) -> None:
-    """The worker builds `darts_core.search.SearchConfig.from_spec(spec)`: refuse here (422) what it would
-    refuse there, so a bad spec never becomes a failed search. (darts_core imports torch: lazily.)"""
-    from darts_core.search import SearchConfig
-
-    try:
-        SearchConfig.from_spec(spec)
-    except ValueError as exc:
-        raise Unprocessable(f"the search engine refuses this spec: {exc}", error_type="invalid_spec") from exc
-
-
 def create_search(session: Session, spec: SearchSpec, *, celery: Celery, settings: Settings) -> Search:
     """Insert a `queued` search and send its task to the broker.
 
@@ -69,9 +58,8 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
                 error_type="unknown_dataset",
             )
         if spec.name is None:
-            spec = spec.model_copy(update={"name": f"{dataset.name} search"})
+            spec = spec.model_copy(update={"name": default_search_name(dataset.name)})
     spec_json = spec.model_dump(mode="json")
-    _check_engine_accepts(spec_json)
     search = Search(
         id=str(uuid.uuid4()),
         name=spec.name,

@@ -162,7 +162,8 @@ def _epoch_event(search_id: str, epoch: int, valid_acc: float) -> EpochEvent:
                 "reduce_concat": [2]}
     return EpochEvent(
         search_id=search_id, epoch=epoch, train_loss=1.0, train_acc=0.5, valid_loss=1.0,
-        valid_acc=valid_acc, lr=0.01, seconds=0.5, genotype=genotype, alphas=None,
+        valid_acc=valid_acc, lr=0.01, seconds=0.5, genotype=genotype,
+        alphas={"normal": [[0.5, 0.5]], "reduce": [[0.5, 0.5]]},
     )
 
 
