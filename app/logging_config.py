@@ -27,7 +27,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 search_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("search_id", default=None)
 attempt_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("attempt", default=None)
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
-_VARS = {"search_id": search_id_var, "attempt": attempt_var, "request_id": request_id_var}
+_VARS: dict[str, contextvars.ContextVar[Any]] = {
+    "search_id": search_id_var,
+    "attempt": attempt_var,
+    "request_id": request_id_var,
+}
 
 # The loggers of the servers we run, which would otherwise write with handlers of their own.
 THIRD_PARTY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task", "celery.worker")
@@ -126,7 +130,7 @@ def _wants_json(log_format: str | None, stream: TextIO) -> bool:
     return not (hasattr(stream, "isatty") and stream.isatty())
 
 
-class _OurHandler(logging.StreamHandler):
+class _OurHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generic in typeshed only
     """The handler `configure_logging` installs (a second call replaces it). Without a stream of its
     own it writes to whatever `sys.stderr` is at each record (pytest swaps it per test)."""
 

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from celery import signals
 
@@ -75,7 +76,7 @@ _liveness = _Liveness()
 
 
 @signals.worker_ready.connect
-def _on_worker_ready(sender=None, **_kwargs) -> None:
+def _on_worker_ready(sender: Any = None, **_kwargs: Any) -> None:
     _liveness.hostname = getattr(sender, "hostname", None) or "worker"
     _liveness.last_loop_beat = time.monotonic()
     settings = get_settings()
@@ -86,23 +87,23 @@ def _on_worker_ready(sender=None, **_kwargs) -> None:
 
 
 @signals.heartbeat_sent.connect
-def _on_heartbeat(**_kwargs) -> None:
+def _on_heartbeat(**_kwargs: Any) -> None:
     _liveness.last_loop_beat = time.monotonic()
 
 
 @signals.task_prerun.connect
-def _on_task_start(**_kwargs) -> None:
+def _on_task_start(**_kwargs: Any) -> None:
     _liveness.tasks_running += 1
 
 
 @signals.task_postrun.connect
-def _on_task_end(**_kwargs) -> None:
+def _on_task_end(**_kwargs: Any) -> None:
     _liveness.tasks_running = max(0, _liveness.tasks_running - 1)
     _liveness.last_loop_beat = time.monotonic()
 
 
 @signals.worker_shutdown.connect
-def _on_worker_shutdown(**_kwargs) -> None:
+def _on_worker_shutdown(**_kwargs: Any) -> None:
     _liveness.stop.set()
 
 

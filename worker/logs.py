@@ -13,8 +13,8 @@ from typing import Any
 from celery import signals
 
 from app.logging_config import bind_log_context, clear_log_context, configure_logging
+from app.queue import RUN_SEARCH_TASK
 from app.settings import get_settings
-from worker.celery_app import RUN_SEARCH_TASK
 
 
 @signals.setup_logging.connect

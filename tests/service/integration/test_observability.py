@@ -106,7 +106,7 @@ def test_worker_lines_are_json_with_search_id_and_attempt(
 def test_ingester_lines_carry_the_search_id(
     api: TestClient, stack_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from app.events import StatusEvent
+    from app.events.schema import StatusEvent
 
     client = redis.Redis.from_url(stack_settings.redis_url, decode_responses=True)
     try:
