@@ -32,8 +32,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-# What a search counts against its owner's MAX_ACTIVE_SEARCHES_PER_OWNER, and when to try again.
-ACTIVE_STATUSES = (SearchStatus.queued, SearchStatus.running, SearchStatus.cancelling)
+# When an owner at MAX_ACTIVE_SEARCHES_PER_OWNER is told to try again.
 QUOTA_RETRY_AFTER_SECONDS = 30
 
 
@@ -61,7 +60,8 @@ def _check_engine_accepts(spec: dict[str, Any]) -> None:
 
 
 def _count_active(session: Session, owner: str) -> int:
-    query = select(func.count()).where(Search.owner == owner, Search.status.in_(ACTIVE_STATUSES))
+    """The owner's searches that have not finished (queued, running, cancelling)."""
+    query = select(func.count()).where(Search.owner == owner, Search.status.not_in(TERMINAL_STATUSES))
     return session.scalar(query) or 0
 
 
