@@ -176,23 +176,25 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def ensure_admin_key(settings: Settings, data_dir: Path) -> str | None:
-    """The admin key of `up`'s data directory: on the first start (no `<data-dir>/admin.key` yet) a new
-    admin key (named `admin`, or `admin-N` when taken) written alone to that file, mode 0600; later, the
-    key in the file. None (with a warning) when the file's key is not a valid key of this database."""
+    """The admin key of `up`'s data directory: on the first start (no `<data-dir>/admin.key` yet, or one
+    whose key this database has never seen: a database made anew) a new admin key (named `admin`, or
+    `admin-N` when taken) written alone to that file, mode 0600; later, the key in the file. None, with
+    a warning, when the file's key was revoked: a revocation is never undone behind the admin's back."""
     path = data_dir / ADMIN_KEY_FILE
     engine = make_engine(settings)
     try:
         with make_session_factory(engine)() as session:
             if path.exists():
                 key = path.read_text().strip()
-                if key_service.authenticate(session, key) is None:
+                if key_service.authenticate(session, key) is not None:
+                    return key
+                if key_service.is_known(session, key):
                     typer.echo(
-                        f"warning: {path} holds no valid key of this database (revoked?); create one with "
+                        f"warning: the key in {path} is revoked; create one with "
                         "`darts-service keys create --admin --name NAME`",
                         err=True,
                     )
                     return None
-                return key
             _row, key = key_service.create_unique_key(session, ADMIN_KEY_NAME, admin=True)
     finally:
         engine.dispose()

@@ -99,6 +99,11 @@ def revoke_key(session: Session, name: str) -> ApiKey:
     return row
 
 
+def is_known(session: Session, key: str) -> bool:
+    """Whether `key` is (or was, before its revocation) a key of this database."""
+    return session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))) is not None
+
+
 def authenticate(session: Session, key: str, *, now: datetime | None = None) -> Owner | None:
     """The owner of a valid, unrevoked `key`; None for anything else. Records when the key was last used."""
     if not key.startswith(KEY_PREFIX) or len(key) > 128:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.db import run_migrations
+from app.cli_keys import ensure_admin_key
+from app.db import make_engine, make_session_factory, run_migrations
+from app.services import keys as key_service
 from app.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -83,3 +85,32 @@ def test_keys_with_data_dir_use_the_database_of_up(tmp_path: Path, service_setti
     [record] = json.loads(keys(env, "list", "--json", "--data-dir", str(data_dir)).stdout)
     assert record["name"] == "boss" and record["admin"] is True
     assert (data_dir / "darts.db").exists()
+
+
+def test_up_s_admin_key_is_made_once_per_database_and_kept_private(tmp_path: Path) -> None:
+    """`ensure_admin_key`, what `up` runs after its migrations and before the API starts."""
+    data_dir = tmp_path / "stack"
+    settings = Settings(data_dir=data_dir, database_url=None)
+    run_migrations(settings)
+    key = ensure_admin_key(settings, data_dir)
+    key_file = data_dir / "admin.key"
+    assert key_file.read_text() == f"{key}\n"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert [path.name for path in data_dir.iterdir() if path.name.startswith(".")] == []  # no temporary left
+    assert ensure_admin_key(settings, data_dir) == key  # a later start: the same key
+
+    engine = make_engine(settings)
+    with make_session_factory(engine)() as session:
+        owner = key_service.authenticate(session, key)
+        assert owner == key_service.Owner(name="admin", admin=True)
+        key_service.revoke_key(session, "admin")
+    engine.dispose()
+    assert ensure_admin_key(settings, data_dir) is None  # revoked: not replaced behind the admin's back
+    assert key_file.read_text() == f"{key}\n"
+
+    # A database made anew under the same directory: its first start makes a new admin key.
+    (data_dir / "darts.db").unlink()
+    run_migrations(settings)
+    new_key = ensure_admin_key(settings, data_dir)
+    assert new_key not in (None, key)
+    assert key_file.read_text() == f"{new_key}\n" and key_file.stat().st_mode & 0o777 == 0o600
