@@ -68,7 +68,11 @@ def test_a_duplicate_task_does_not_run_a_leased_search(
 
 
 def test_attempts_are_capped(
-    api: TestClient, running_worker, stack_settings: Settings, session_factory: sessionmaker[Session]
+    api: TestClient,
+    running_worker,
+    stack_settings: Settings,
+    session_factory: sessionmaker[Session],
+    api_owner: str,
 ) -> None:
     search_id = str(uuid.uuid4())
     with session_factory() as session, session.begin():
@@ -76,6 +80,7 @@ def test_attempts_are_capped(
             Search(
                 id=search_id,
                 name="crashed too often",
+                owner=api_owner,
                 status="running",
                 spec=tiny_spec(epochs=1),
                 dataset_ref="builtin:synthetic",
@@ -175,7 +180,10 @@ def _drain(ingester: Ingester, rounds: int = 5) -> None:
 def test_the_ingester_stores_each_event_once(own_stream: Settings, db_session: Session) -> None:
     search_id = str(uuid.uuid4())
     db_session.add(
-        Search(id=search_id, name="ingested", status="queued", spec={}, dataset_ref="builtin:x", epochs=2)
+        Search(
+            id=search_id, name="ingested", owner="tester", status="queued", spec={}, dataset_ref="builtin:x",
+            epochs=2,
+        )
     )
     db_session.commit()
     client = redis.Redis.from_url(own_stream.redis_url, decode_responses=True)
@@ -230,7 +238,9 @@ def test_the_ingester_runs_as_its_own_process(
 ) -> None:
     """`darts-service ingest`: a second consumer beside the API's, stopped cleanly by SIGTERM."""
     search_id = str(uuid.uuid4())
-    db_session.add(Search(id=search_id, name="own", status="queued", spec={}, dataset_ref="x", epochs=1))
+    db_session.add(
+        Search(id=search_id, name="own", owner="tester", status="queued", spec={}, dataset_ref="x", epochs=1)
+    )
     db_session.commit()
     env = {**stack_env, "REDIS_PREFIX": own_stream.redis_prefix}
     process = subprocess.Popen([sys.executable, "-m", "app.cli", "ingest"], env=env, cwd=REPO_ROOT)
