@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from app.cli_keys import ensure_admin_key, is_loopback, keys_cli, login_url
 from app.processes import die_with_parent
 from app.settings import Settings, get_settings
 from app.supervisor import SupervisedProcess
@@ -34,6 +35,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+cli.add_typer(keys_cli)
 
 # How long `up` waits for the worker to stop after Ctrl-C: a running search stops at its next batch
 # and is handed back to the queue (it resumes from its checkpoint on the next start).
@@ -74,6 +76,10 @@ def up(
             "a SQLite file (production behaviour on one machine).",
         ),
     ] = False,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="Run open, no API keys (refused unless HOST is a loopback address)."),
+    ] = False,
 ) -> None:
     """Start the whole stack on this machine: database migrations, Redis, one worker, the API.
 
@@ -82,6 +88,9 @@ def up(
     is set. The event ingester runs inside the API
     process. Ctrl-C stops everything; a running search goes back to the queue and resumes from its
     last finished epoch on the next start.
+
+    API keys: the first start on DATA_DIR creates an admin key, writes it to DATA_DIR/admin.key (mode
+    0600) and every start prints the page's login URL with it (`?token=`).
     """
     import uvicorn
 
@@ -93,6 +102,10 @@ def up(
     from app.main import create_app
     from app.redis import EmbeddedRedis
 
+    if no_auth and not is_loopback(host):
+        message = f"error: --no-auth is refused on host {host!r}: only a loopback address may run open"
+        typer.echo(message, err=True)
+        raise typer.Exit(code=2)
     _configure_logging(loglevel)
     if postgres and os.environ.get("DATABASE_URL"):
         raise typer.BadParameter("DATABASE_URL is set: unset it to use --postgres", param_hint="--postgres")
@@ -130,6 +143,11 @@ def up(
         logger.info("database %s%s", settings.sqlalchemy_url, " (embedded)" if embedded_postgres else "")
         logger.info("redis %s%s", settings.redis_url, " (embedded)" if redis_server else "")
         run_migrations(settings)
+        # Before the API answers anything: admin.key exists by the time the first request is served.
+        key = None if no_auth else ensure_admin_key(settings, data_dir)
+        settings = settings.model_copy(update={"no_auth": no_auth})
+        open_note = " (open: --no-auth)" if no_auth else ""
+        typer.echo(f"darts-service: log in at {login_url(host, port, key)}{open_note}")
         leases = make_session_factory(make_engine(settings))
 
         def worker_died(pid: int, _code: int) -> None:

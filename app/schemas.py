@@ -145,6 +145,7 @@ class SearchPublic(StrictModel):
 
     id: str
     name: str
+    owner: str = Field(description="The name of the API key that created it.")
     status: Status
     spec: dict[str, Any]
     created_at: datetime
@@ -186,6 +187,7 @@ class DatasetPublic(StrictModel):
     name: str
     description: str | None = None
     filename: str | None = None
+    owner: str | None = Field(default=None, description="Uploads: the name of the API key that uploaded it.")
     num_samples: int | None = None
     num_classes: int | None = None
     channels: int | None = None

@@ -35,7 +35,8 @@ ALLOWED = {
 
 def _search(session: Session, status: str = "queued", **values) -> Search:
     search = Search(
-        id=str(uuid.uuid4()), name="s", status=status, spec={}, dataset_ref="builtin:digits", epochs=3,
+        id=str(uuid.uuid4()), name="s", owner="tester", status=status, spec={}, dataset_ref="builtin:digits",
+        epochs=3,
         created_at=values.pop("created_at", utcnow()), **values,
     )
     session.add(search)

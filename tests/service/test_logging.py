@@ -74,11 +74,11 @@ def test_text_format_is_readable_and_bad_formats_are_refused() -> None:
 
 
 def test_a_request_logs_with_its_request_id_and_search_id(
-    json_lines: io.StringIO, api_settings: Settings
+    json_lines: io.StringIO, api_settings: Settings, auth_headers: dict[str, str]
 ) -> None:
     # Redis is down: POST /searches logs that it could not enqueue, inside the request.
     settings = api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(settings, run_ingester=False)) as client:
+    with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as client:
         response = client.post("/searches", json={"dataset": {"name": "digits"}},
                                headers={"X-Request-ID": "req-from-client-1"})
         assert response.status_code == 503

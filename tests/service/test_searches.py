@@ -184,10 +184,10 @@ def test_create_rejects_an_unknown_dataset_id(client: TestClient, api_settings: 
 
 
 def test_create_answers_503_and_keeps_nothing_when_the_broker_is_down(
-    api_settings: Settings, db_session: Session
+    api_settings: Settings, db_session: Session, auth_headers: dict[str, str]
 ) -> None:
     settings = api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(settings, run_ingester=False)) as client:
+    with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as client:
         response = client.post("/searches", json=DIGITS)
     assert response.status_code == 503
     assert "broker (Redis) is unreachable" in response.json()["detail"]
@@ -372,13 +372,13 @@ def test_cancel_a_queued_search_a_worker_has_leased_asks_the_worker_to_stop(
 
 
 def test_cancel_a_running_search_while_redis_is_down_still_records_it(
-    client: TestClient, api_settings: Settings, set_status, db_session: Session
+    client: TestClient, api_settings: Settings, set_status, db_session: Session, auth_headers: dict[str, str]
 ) -> None:
     """The worker also polls the row's cancel_requested, so the cancel is accepted without Redis."""
     search_id = create(client)["id"]
     set_status(search_id, "running")
     settings = api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(settings, run_ingester=False)) as offline:
+    with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as offline:
         response = offline.post(f"/searches/{search_id}/cancel")
     assert response.status_code == 202
     assert response.json()["status"] == "cancelling"
@@ -454,7 +454,9 @@ def test_the_accepted_spec_is_what_the_search_engine_reads(client: TestClient) -
     assert engine_view == {key: value for key, value in custom.items() if key not in ("name", "dataset")}
 
 
-def test_list_pages_break_created_at_ties_by_id(client: TestClient, db_session: Session) -> None:
+def test_list_pages_break_created_at_ties_by_id(
+    client: TestClient, db_session: Session, api_owner: str
+) -> None:
     """Searches created in the same instant are neither skipped nor repeated across pages."""
     from datetime import UTC, datetime
 
@@ -463,8 +465,9 @@ def test_list_pages_break_created_at_ties_by_id(client: TestClient, db_session: 
     for search_id in ids:
         db_session.add(
             Search(
-                id=search_id, name="tie", status="queued", spec={"dataset": {"name": "digits"}},
-                dataset_ref="builtin:digits", created_at=instant, epochs=1,
+                id=search_id, name="tie", owner=api_owner, status="queued",
+                spec={"dataset": {"name": "digits"}}, dataset_ref="builtin:digits", created_at=instant,
+                epochs=1,
             )
         )
     db_session.commit()
