@@ -19,8 +19,10 @@ no longer keeps the BatchNorm output for the product (a quarter of the activatio
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -39,10 +41,46 @@ __all__ = [
     "PrimitiveFactory",
     "DARTS_PRIMITIVES_2D",
     "batch_norm_scaled",
+    "twice_differentiable",
+    "recomputes_in_backward",
 ]
 
 #: A factory building one candidate operation: ``factory(C, stride, affine) -> nn.Module``.
 PrimitiveFactory = Callable[[int, int, bool], nn.Module]
+
+
+_TWICE_DIFFERENTIABLE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "darts_core_twice_differentiable", default=False
+)
+
+
+@contextlib.contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """Inside, the operations use plain PyTorch functions instead of the memory-saving autograd Functions.
+
+    The search step never differentiates twice, so :class:`DilConv2d`, :class:`MaxPoolBN2d` and the
+    cell recompute in backward what autograd would keep. Hessian-vector products
+    (:mod:`darts_core.collapse`, with ``torch.func``) need second derivatives and the functorch
+    transforms: they run the network inside this context. Same values; more memory kept.
+    """
+    token = _TWICE_DIFFERENTIABLE.set(True)
+    try:
+        yield
+    finally:
+        _TWICE_DIFFERENTIABLE.reset(token)
+
+
+def recomputes_in_backward(x: torch.Tensor) -> bool:
+    """Whether the memory-saving autograd Functions apply to ``x`` now.
+
+    Not under autocast (they run the plain kernels in fp32), not without autograd (nothing is kept
+    then), and not inside :func:`twice_differentiable`.
+    """
+    return (
+        torch.is_grad_enabled()
+        and not torch.is_autocast_enabled(x.device.type)
+        and not _TWICE_DIFFERENTIABLE.get()
+    )
 
 
 def _strided_size(size: int, stride: int) -> int:
@@ -179,7 +217,20 @@ class ReduceChannels2d(nn.Module):
         # sampled by the stride-2 convolution (same result as the reference), for odd sizes both halves
         # then have ceil(H / 2) rows.
         shifted = F.pad(x_relu[:, :, 1:, 1:], (0, 1, 0, 1))
+        channels_last = x_relu.dim() == 4 and x_relu.is_contiguous(memory_format=torch.channels_last)
+        if channels_last and x_relu.shape[1] < 8:
+            # torch 2.13 on CPU corrupts the heap (glibc aborts) in the weight gradient of a 1x1 stride-2
+            # channels_last convolution with fewer than 8 input channels: tiny networks, e.g. the
+            # c / K channels of PC-DARTS. Run those in NCHW (same values), back to channels_last after.
+            halves = [self._nchw_conv(self.conv_1, x_relu), self._nchw_conv(self.conv_2, shifted)]
+            return torch.cat(halves, dim=1).contiguous(memory_format=torch.channels_last)
         return torch.cat([self.conv_1(x_relu), self.conv_2(shifted)], dim=1)
+
+    @staticmethod
+    def _nchw_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        # A 1x1 kernel counts as contiguous in both formats: rebuild plain NCHW strides explicitly.
+        weight = conv.weight.flatten(1)[:, :, None, None]
+        return F.conv2d(x.contiguous(), weight, None, conv.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_relu_applied(F.relu(x))
@@ -276,7 +327,7 @@ class DilConv2d(nn.Module):
 
     def forward_relu_applied_before_bn(self, x_relu: torch.Tensor) -> torch.Tensor:
         """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
-        if torch.is_autocast_enabled(x_relu.device.type) or not torch.is_grad_enabled():
+        if not recomputes_in_backward(x_relu):
             return self.pointwise(self.depthwise(x_relu))
         # Recompute the depthwise output in backward rather than keep it (see _DepthwisePointwise).
         return _DepthwisePointwise.apply(x_relu, self.depthwise.weight, self.pointwise.weight, self.depthwise)
@@ -407,7 +458,7 @@ class MaxPoolBN2d(nn.Module):
 
     def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
         """The input of :attr:`final_bn`."""
-        if x.dim() != 4 or torch.is_autocast_enabled(x.device.type) or not torch.is_grad_enabled():
+        if x.dim() != 4 or not recomputes_in_backward(x):
             return self.pool(x)
         # Recompute the argmax indices in backward rather than keep them (see _MaxPool3x3).
         return _MaxPool3x3.apply(x, self.pool.stride)
