@@ -217,20 +217,7 @@ class ReduceChannels2d(nn.Module):
         # sampled by the stride-2 convolution (same result as the reference), for odd sizes both halves
         # then have ceil(H / 2) rows.
         shifted = F.pad(x_relu[:, :, 1:, 1:], (0, 1, 0, 1))
-        channels_last = x_relu.dim() == 4 and x_relu.is_contiguous(memory_format=torch.channels_last)
-        if channels_last and x_relu.shape[1] < 8:
-            # torch 2.13 on CPU corrupts the heap (glibc aborts) in the weight gradient of a 1x1 stride-2
-            # channels_last convolution with fewer than 8 input channels: tiny networks, e.g. the
-            # c / K channels of PC-DARTS. Run those in NCHW (same values), back to channels_last after.
-            halves = [self._nchw_conv(self.conv_1, x_relu), self._nchw_conv(self.conv_2, shifted)]
-            return torch.cat(halves, dim=1).contiguous(memory_format=torch.channels_last)
         return torch.cat([self.conv_1(x_relu), self.conv_2(shifted)], dim=1)
-
-    @staticmethod
-    def _nchw_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        # A 1x1 kernel counts as contiguous in both formats: rebuild plain NCHW strides explicitly.
-        weight = conv.weight.flatten(1)[:, :, None, None]
-        return F.conv2d(x.contiguous(), weight, None, conv.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_relu_applied(F.relu(x))
