@@ -95,7 +95,7 @@ def skip_count(genotype: Genotype) -> int:
 
 
 def parameter_free_count(genotype: Genotype) -> int:
-    """Parameter-free operations (:data:`PARAMETER_FREE_OPS`) among the chosen operations of the normal cell."""
+    """Parameter-free operations (:data:`PARAMETER_FREE_OPS`) among the normal cell's chosen operations."""
     return sum(1 for op_name, _ in genotype.normal if op_name in PARAMETER_FREE_OPS)
 
 
@@ -107,8 +107,8 @@ def mean_alpha_entropy(softmaxed: Mapping[str, Tensor | Sequence[Sequence[float]
             nested lists, as :meth:`~darts_core.networks.SearchNetwork.softmaxed_alphas` or the epoch
             record give them).
     """
-    rows = torch.cat([torch.as_tensor(value, dtype=torch.float64).reshape(-1, torch.as_tensor(value).shape[-1])
-                      for value in softmaxed.values()])
+    tensors = [torch.as_tensor(value, dtype=torch.float64) for value in softmaxed.values()]
+    rows = torch.cat([tensor.reshape(-1, tensor.shape[-1]) for tensor in tensors])
     if rows.numel() == 0:
         raise ValueError("softmaxed: no alpha rows")
     entropy = -(rows * rows.clamp_min(1e-30).log()).sum(dim=1)
@@ -195,7 +195,8 @@ def dominant_hessian_eigenvalue(
             # Reverse over reverse: the gradient's graph is built once, then every Hessian-vector product
             # is one backward pass through it (H is symmetric, so the vector-Jacobian product is Hv).
             _, hessian_vector_product = torch.func.vjp(gradient_of, *alphas)
-            for count in range(1, iterations + 1):
+            for step in range(1, iterations + 1):
+                count = step
                 product = hessian_vector_product(vector)
                 new_estimate = float(_dot(vector, product))
                 norm = torch.sqrt(_dot(product, product))
