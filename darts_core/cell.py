@@ -21,7 +21,9 @@ from torch import nn
 from darts_core.genotype import edge_softmax, num_edges
 from darts_core.ops import (
     DARTS_PRIMITIVES_2D,
+    AvgPoolBN2d,
     Identity,
+    MaxPoolBN2d,
     PrimitiveFactory,
     ReduceChannels2d,
     ReLUConvBN2d,
@@ -86,18 +88,28 @@ def _run_op(op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor | None) -> torc
 
 
 def _run_op_scaled(
-    op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor | None, scale: torch.Tensor
+    op: nn.Module,
+    x: torch.Tensor,
+    x_relu: torch.Tensor | None,
+    scale: torch.Tensor,
+    pooled: dict[tuple[type, Any], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``scale * op(x)``; for an operation ending in a BatchNorm, the scale is folded into that BatchNorm.
 
     Same value; autograd then keeps no copy of the BatchNorm output for the product (see
-    :func:`~darts_core.ops.batch_norm_scaled`).
+    :func:`~darts_core.ops.batch_norm_scaled`). ``pooled``: a cache, for one input ``x``, of the
+    outputs of the parameter-free pools before their BatchNorm (every edge reading ``x`` pools it alike).
     """
     bn = getattr(op, "final_bn", None)
     if bn is None:
         return scale * _run_op(op, x, x_relu)
     if x_relu is not None and getattr(op, "applies_leading_relu", False):
         return batch_norm_scaled(bn, op.forward_relu_applied_before_bn(x_relu), scale)
+    if pooled is not None and isinstance(op, (MaxPoolBN2d, AvgPoolBN2d)):
+        key = (type(op), op.pool.stride)
+        if key not in pooled:
+            pooled[key] = op.forward_before_bn(x)
+        return batch_norm_scaled(bn, pooled[key], scale)
     return batch_norm_scaled(bn, op.forward_before_bn(x), scale)
 
 
@@ -195,12 +207,18 @@ class MixedOp(nn.Module):
         self.needs_relu = any(_needs_relu(self.ops[k]) for k in self._computed)
 
     def forward(
-        self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        x_relu: torch.Tensor | None = None,
+        pooled: dict[tuple[type, Any], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Args:
         x: the input state.
         weights: one weight per primitive, shape ``(len(primitives),)``, already softmaxed.
         x_relu: optional ``relu(x)``, shared with other operations reading ``x``.
+        pooled: optional cache of the pools' outputs (before their BatchNorm) for this ``x``, shared
+            with the other edges reading ``x``.
         """
         if not self._computed:
             return self.ops[0](x) * weights[0]
@@ -209,7 +227,7 @@ class MixedOp(nn.Module):
         per_op = weights.unbind(0)
         out: torch.Tensor | None = None
         for k in self._computed:
-            term = _run_op_scaled(self.ops[k], x, x_relu, per_op[k])
+            term = _run_op_scaled(self.ops[k], x, x_relu, per_op[k], pooled)
             out = term if out is None else out + term
         return out
 
@@ -529,7 +547,8 @@ class Cell(nn.Module):
         their bypassed channels separately, then concatenates and shuffles once (the shuffle is a fixed
         permutation, so it commutes with the sum). Each state is split once for all the edges reading
         it (one contiguous copy of its first ``c / K`` channels, their ReLU shared; the bypassed
-        channels of a stride-2 edge max-pooled once), and an edge's weight ``beta`` is folded into its
+        channels of a stride-2 edge max-pooled once, its max and average poolings computed once for all
+        those edges, each keeping its own BatchNorm), and an edge's weight ``beta`` is folded into its
         operations' final BatchNorms with the alphas (autograd keeps no per-edge output for it).
         """
         k = self.partial_channels
@@ -548,6 +567,7 @@ class Cell(nn.Module):
         partial: list[torch.Tensor | None] = [None] * count
         partial_relu: list[torch.Tensor | None] = [None] * count
         bypass: dict[tuple[int, int], torch.Tensor] = {}
+        pooled: list[dict[tuple[type, Any], torch.Tensor]] = [{} for _ in range(count)]
 
         def partial_of(j: int) -> torch.Tensor:
             if partial[j] is None:
@@ -580,7 +600,7 @@ class Cell(nn.Module):
             passed: torch.Tensor | None = None
             for j in range(len(states)):
                 _, _, stride = self._edges[edge]
-                term = self.mixed_ops[edge](partial_of(j), rows_per_edge[edge], relu_of(j))
+                term = self.mixed_ops[edge](partial_of(j), rows_per_edge[edge], relu_of(j), pooled[j])
                 total = term if total is None else total + term
                 if k > 1:
                     rest = bypass_of(j, stride)
