@@ -16,12 +16,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from app.cli import _PR_SET_PDEATHSIG, _PRCTL  # libc's prctl, loaded before any fork
+from app.processes import die_with_parent
 
 # Small enough for a few minutes on 2 CPU cores, big enough to learn digits.
 DEMO_SPEC: dict[str, Any] = {
@@ -36,12 +38,13 @@ DEMO_SPEC: dict[str, Any] = {
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def _sse_events(client: httpx.Client, path: str):
+def _sse_events(client: httpx.Client, path: str) -> Iterator[tuple[str, Any]]:
     """Yield (event, data) pairs of an SSE response until the server ends it."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     with client.stream("GET", path, timeout=httpx.Timeout(10.0, read=None)) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -49,7 +52,7 @@ def _sse_events(client: httpx.Client, path: str):
             if not line:
                 if data:
                     yield event, json.loads("\n".join(data))
-                event, data = "message", []
+                event, data = "message", list[str]()
             elif line.startswith("event:"):
                 event = line[len("event:") :].strip()
             elif line.startswith("data:"):
@@ -76,12 +79,6 @@ def _format_genotype(genotype: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _stop_with_parent() -> None:
-    """preexec_fn: `up` gets SIGINT (a clean stop) if the demo dies without stopping it (Linux)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGINT)
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -99,7 +96,8 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_stop_with_parent,
+                # `up` gets SIGINT (a clean stop) if the demo dies without stopping it (Linux).
+                preexec_fn=die_with_parent(signal.SIGINT),
             )
 
     def wait_ready(self, timeout: float = 180.0) -> None:
@@ -173,9 +171,7 @@ def run_demo(data_dir: Path, port: int, epochs: int) -> int:
         stack.stop()
 
 
-def _parse(value: str):
-    from datetime import datetime
-
+def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 

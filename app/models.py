@@ -6,7 +6,6 @@ Shared by the API, the event ingester and the workers: keep this module free of 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -24,9 +23,11 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.db import utcnow
+from app.lifecycle.status import TERMINAL, Status
 
 # Deterministic constraint names, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -48,14 +49,14 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: store timezone-aware UTC times")
         return value.astimezone(UTC)
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -65,20 +66,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-
-
-class SearchStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelling = "cancelling"
-    cancelled = "cancelled"
-
-
-TERMINAL_STATUSES: frozenset[str] = frozenset(
-    {SearchStatus.succeeded, SearchStatus.failed, SearchStatus.cancelled}
-)
 
 
 class Search(Base):
@@ -93,7 +80,7 @@ class Search(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default=SearchStatus.queued)
+    status: Mapped[str] = mapped_column(String(16), default=Status.queued)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # What the worker loads: "builtin:<name>" or "upload:<dataset id>".
     dataset_ref: Mapped[str] = mapped_column(String(200))
@@ -122,7 +109,7 @@ class Search(Base):
 
     @property
     def is_finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status in TERMINAL
 
 
 class SearchEpoch(Base):

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from app.lifecycle.status import Status
 from darts_core.genotype import DARTS_OP_NAMES
 
 # The API validates primitive names against the library's list: one source for the search space.
@@ -27,7 +28,6 @@ DARTS_PRIMITIVES: tuple[str, ...] = DARTS_OP_NAMES
 
 ItemT = TypeVar("ItemT")
 
-SearchStatusName = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
 
 
 class StrictModel(BaseModel):
@@ -220,7 +220,7 @@ class SearchPublic(StrictModel):
 
     id: str
     name: str
-    status: SearchStatusName
+    status: Status
     spec: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
@@ -251,7 +251,7 @@ class EpochPublic(StrictModel):
 class StatusEvent(StrictModel):
     """The data of an SSE `status` event."""
 
-    status: SearchStatusName
+    status: Status
     error: str | None
 
 

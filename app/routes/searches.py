@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
 
 from app.db import SessionDep
-from app.models import TERMINAL_STATUSES, Search
+from app.lifecycle.status import TERMINAL, Status
+from app.models import Search
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
-from app.schemas import EpochPublic, Page, SearchPublic, SearchSpec, SearchStatusName, StatusEvent
+from app.schemas import EpochPublic, Page, SearchPublic, SearchSpec, StatusEvent
 from app.services import searches as search_service
 from app.services.errors import BadRequest
 from app.services.genotype_svg import genotype_svg
@@ -39,7 +40,7 @@ def create_search(
 @router.get("", response_model=Page[SearchPublic])
 def list_searches(
     session: SessionDep,
-    status: SearchStatusName | None = None,
+    status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=search_service.MAX_PAGE_SIZE)] = search_service.DEFAULT_PAGE_SIZE,
     cursor: str | None = None,
 ) -> dict[str, Any]:
@@ -173,7 +174,7 @@ async def _event_stream(
                 return None, []
             # The status is read before the epochs: a terminal status is written after the last
             # epoch, so once we see it, this same poll also sees every epoch.
-            current = StatusEvent(status=search.status, error=search.error)
+            current = StatusEvent(status=Status(search.status), error=search.error)
             records = search_service.list_epochs(session, search_id, after=after_epoch)
             return current, [(r.stream_id or str(r.epoch), EpochPublic.model_validate(r)) for r in records]
 
@@ -187,6 +188,6 @@ async def _event_stream(
         if current != last_status:
             yield {"event": "status", "data": json.dumps(current.model_dump())}
             last_status = current
-        if current.status in TERMINAL_STATUSES:
+        if current.status in TERMINAL:
             return
         await anyio.sleep(poll_seconds)

@@ -17,6 +17,7 @@ from app.models import Dataset
 from app.services.errors import NotFound, PayloadTooLarge, Unprocessable
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
+from app.storage import datasets_dir
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +73,6 @@ def upload_public(dataset: Dataset) -> dict[str, Any]:
 
 def too_large_message(settings: Settings) -> str:
     return f"upload larger than the limit of {settings.max_upload_bytes} bytes (MAX_UPLOAD_BYTES)"
-
-
-def datasets_dir(settings: Settings) -> Path:
-    return settings.artifacts_path / "datasets"
 
 
 async def store_upload(

@@ -1,7 +1,6 @@
 """Searches: create (and enqueue), list, read, genotype, epochs, cancel, delete.
 
-Status changes made here are conditional UPDATEs (`... WHERE status = <expected>`), so a worker or the
-ingester changing the same row at the same moment never has its change overwritten.
+Status changes are the lifecycle's (`app.lifecycle`): this module calls it and decides none itself.
 """
 
 from __future__ import annotations
@@ -16,27 +15,24 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.events import cancel_key
-from app.models import TERMINAL_STATUSES, Dataset, Search, SearchEpoch, SearchStatus
+from app.lifecycle import cancel as lifecycle_cancel
+from app.lifecycle.status import TERMINAL, Status
+from app.models import Dataset, Search, SearchEpoch
+from app.queue import enqueue_search
 from app.schemas import SearchSpec, UploadedDatasetSpec
 from app.services.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
-from worker.celery_app import enqueue_search
+from app.storage import search_dir
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-
-
-def artifact_dir(settings: Settings, search_id: str):
-    """Where a search's checkpoints and outputs live: `ARTIFACT_DIR/searches/{id}`."""
-    return settings.artifacts_path / "searches" / search_id
 
 
 def dataset_ref(spec: SearchSpec) -> str:
@@ -79,7 +75,7 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
     search = Search(
         id=str(uuid.uuid4()),
         name=spec.name,
-        status=SearchStatus.queued,
+        status=Status.queued,
         spec=spec_json,
         dataset_ref=dataset_ref(spec),
         created_at=utcnow(),
@@ -95,7 +91,7 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
         session.execute(delete(Search).where(Search.id == search.id))
         session.commit()
         raise ServiceUnavailable(
-            f"the task broker (Redis) is unreachable; the search was not created: {exc}"
+            "the task broker (Redis) is unreachable; the search was not created"
         ) from exc
     # Only this column: the worker may already have marked the row running.
     session.execute(update(Search).where(Search.id == search.id).values(celery_task_id=task_id))
@@ -175,7 +171,7 @@ def epoch_after_event_id(session: Session, search_id: str, last_event_id: str) -
     return epoch
 
 
-def _set_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: str) -> None:
+def _raise_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: str) -> None:
     """Raise the Redis flag a running worker polls between batches (`{prefix}:cancel:{id}`, every 0.5 s).
 
     Best effort: the worker also reads the row's `cancel_requested` (every 2 s), so a cancel still
@@ -183,7 +179,7 @@ def _set_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: s
     """
     try:
         expiry = timedelta(seconds=settings.broker_visibility_timeout)
-        redis_client.set(cancel_key(settings, search_id), "1", ex=expiry)
+        redis_client.set(lifecycle_cancel.cancel_key(settings.redis_prefix, search_id), "1", ex=expiry)
     except (redis.RedisError, OSError) as exc:
         logger.warning("could not set the cancel flag of search %s (the SQL flag stands): %s", search_id, exc)
 
@@ -205,67 +201,40 @@ def cancel_search(
     redis_client: redis.Redis,
     settings: Settings,
 ) -> Search:
-    """Cancel a search (idempotent).
+    """Cancel a search (idempotent; see `app.lifecycle.cancel.cancel`). Finished: Conflict (409).
 
-    - queued and no worker holds its lease: `cancelled` at once, and `revoke(celery_task_id)` called
-      (the route runs `revoke_task` after the response: a broadcast to an unreachable broker takes
-      seconds to give up).
-    - running, or queued but leased (a worker has just taken it; its `running` event is not ingested
-      yet): `cancelling`, `cancel_requested` set in SQL and the Redis flag `{prefix}:cancel:{id}`
-      raised; the worker stops between batches and the status becomes `cancelled` when it says so.
-    - cancelling / cancelled: nothing more to do (the flag is set again for a cancelling one).
-    - succeeded / failed: Conflict (409).
+    `revoke(celery_task_id)` is called for a search cancelled while queued (the route runs
+    `revoke_task` after the response: a broadcast to an unreachable broker takes seconds to give up).
     """
     search = get_search(session, search_id)
-    now = utcnow()
-    not_leased = or_(
-        Search.lease_owner.is_(None), Search.lease_expires_at.is_(None), Search.lease_expires_at < now
-    )
-    queued_to_cancelled = session.execute(
-        update(Search)
-        .where(Search.id == search_id, Search.status == SearchStatus.queued, not_leased)
-        .values(status=SearchStatus.cancelled, cancel_requested=True, finished_at=now)
-    )
-    session.commit()
-    if queued_to_cancelled.rowcount == 1:
-        session.refresh(search)
-        if search.celery_task_id:
-            revoke(search.celery_task_id)
-        return search
-
-    # A queued row that was not cancelled above is leased: a worker runs it already.
-    running_to_cancelling = session.execute(
-        update(Search)
-        .where(Search.id == search_id, Search.status.in_([SearchStatus.queued, SearchStatus.running]))
-        .values(status=SearchStatus.cancelling, cancel_requested=True)
-    )
-    session.commit()
-    session.refresh(search)
-    if running_to_cancelling.rowcount == 1 or search.status == SearchStatus.cancelling:
-        _set_cancel_flag(redis_client, settings, search_id)
-        return search
-    if search.status == SearchStatus.cancelled:
-        return search
-    raise Conflict(
-        f"search {search_id!r} already finished with status {search.status!r}; it cannot be cancelled"
-    )
+    try:
+        return lifecycle_cancel.cancel(
+            session,
+            search,
+            revoke=revoke,
+            raise_flag=lambda target: _raise_cancel_flag(redis_client, settings, target),
+        )
+    except lifecycle_cancel.AlreadyFinished as finished:
+        raise Conflict(
+            f"search {search_id!r} already finished with status {finished.status!r}; it cannot be cancelled"
+        ) from None
 
 
 def delete_search(session: Session, search_id: str, *, settings: Settings) -> None:
     """Remove a finished search, its epochs and its artifacts; Conflict (409) while it may still run."""
     search = get_search(session, search_id)
-    if search.status not in TERMINAL_STATUSES:
+    if search.status not in TERMINAL:
         raise Conflict(
             f"search {search_id!r} is {search.status}: cancel it and wait until it has finished to delete it"
         )
     session.execute(delete(SearchEpoch).where(SearchEpoch.search_id == search_id))
     session.execute(delete(Search).where(Search.id == search_id))
     session.commit()
-    shutil.rmtree(artifact_dir(settings, search_id), ignore_errors=True)
+    shutil.rmtree(search_dir(settings, search_id), ignore_errors=True)
 
 
 def count_by_status(session: Session) -> dict[str, int]:
-    counts = dict.fromkeys(SearchStatus, 0)
+    counts = {str(status): 0 for status in Status}
     for status, count in session.execute(select(Search.status, func.count()).group_by(Search.status)):
-        counts[status] = count
-    return {str(status): count for status, count in counts.items()}
+        counts[str(status)] = int(count)
+    return counts

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory, run_migrations, with_search_path
@@ -202,20 +202,62 @@ def epoch_genotype(epoch: int) -> dict:
     return genotype
 
 
+def _status_path(current: str, target: str) -> list[str]:
+    """The shortest chain of allowed transitions from `current` to `target` (the lifecycle's table)."""
+    from collections import deque
+
+    from app.lifecycle.status import TRANSITIONS, Status
+
+    paths: deque[list[Status]] = deque([[Status(current)]])
+    seen = {Status(current)}
+    while paths:
+        path = paths.popleft()
+        if path[-1] == target:
+            return [str(status) for status in path[1:]]
+        for following in sorted(TRANSITIONS[path[-1]]):
+            if following not in seen:
+                seen.add(following)
+                paths.append([*path, following])
+    raise AssertionError(f"the lifecycle has no way from {current} to {target}")
+
+
+def _apply(db_session: Session, event, stream_id: str | None = None) -> str:
+    """Apply `event` with the ingester's own projection, in its own transaction."""
+    from app.lifecycle.projection import apply_event
+
+    outcome = apply_event(db_session, event, stream_id=stream_id)
+    db_session.commit()
+    return outcome
+
+
 @pytest.fixture
-def record_epochs(db_session: Session):
-    """`record_epochs(search_id, epochs, status=None)`: write epoch records (1..epochs, or the given
-    numbers) and the search's summary as the ingester would; optionally set the status too."""
+def set_status(db_session: Session):
+    """`set_status(search_id, status, error=None)`: move a search to `status` through the transitions a
+    worker would report, applied by the real projection (app.lifecycle.projection.apply_event)."""
+    from app.events.schema import StatusEvent
 
-    def write(search_id: str, epochs: int | list[int], status: str | None = None) -> list[SearchEpoch]:
-        from app.db import utcnow
-
-        numbers = list(range(1, epochs + 1)) if isinstance(epochs, int) else epochs
+    def set_(search_id: str, status: str, error: str | None = None) -> None:
+        db_session.expire_all()
         search = db_session.get(Search, search_id)
         assert search is not None, search_id
-        records = []
+        for step in _status_path(search.status, status):
+            event = StatusEvent(search_id=search_id, status=step, error=error if step == "failed" else None)
+            assert _apply(db_session, event) == "stored", (search_id, step)
+        db_session.expire_all()
+
+    return set_
+
+
+@pytest.fixture
+def record_epochs(db_session: Session, set_status):
+    """`record_epochs(search_id, epochs, status=None)`: epoch events (1..epochs, or the given numbers)
+    applied by the real projection as the ingester would; optionally the status too."""
+    from app.events.schema import EpochEvent
+
+    def write(search_id: str, epochs: int | list[int], status: str | None = None) -> list[SearchEpoch]:
+        numbers = list(range(1, epochs + 1)) if isinstance(epochs, int) else epochs
         for number in numbers:
-            record = SearchEpoch(
+            event = EpochEvent(
                 search_id=search_id,
                 epoch=number,
                 train_loss=2.0 / number,
@@ -226,40 +268,17 @@ def record_epochs(db_session: Session):
                 seconds=1.5,
                 genotype=epoch_genotype(number),
                 alphas={"normal": [[0.125] * 8] * 14, "reduce": [[0.125] * 8] * 14},
-                stream_id=f"{1700000000000 + number}-0",
-                created_at=utcnow(),
             )
-            db_session.add(record)
-            records.append(record)
-            search.epoch = number
-            search.genotype = record.genotype
-            search.metrics = {"train_loss": record.train_loss, "valid_acc": record.valid_acc}
-            search.best_valid_acc = max(search.best_valid_acc or 0.0, record.valid_acc)
+            assert _apply(db_session, event, f"{1700000000000 + number}-0") == "stored"
         if status is not None:
-            search.status = status
-            if status in ("succeeded", "failed", "cancelled"):
-                search.finished_at = utcnow()
-        db_session.commit()
-        return records
+            set_status(search_id, status)
+        db_session.expire_all()
+        return list(
+            db_session.scalars(
+                select(SearchEpoch)
+                .where(SearchEpoch.search_id == search_id, SearchEpoch.epoch.in_(numbers))
+                .order_by(SearchEpoch.epoch)
+            )
+        )
 
     return write
-
-
-@pytest.fixture
-def set_status(db_session: Session):
-    """`set_status(search_id, status, error=None)`: change a search's status directly in SQL."""
-
-    def set_(search_id: str, status: str, error: str | None = None) -> None:
-        from app.db import utcnow
-
-        search = db_session.get(Search, search_id)
-        assert search is not None, search_id
-        search.status = status
-        search.error = error
-        if status == "running":
-            search.started_at = utcnow()
-        if status in ("succeeded", "failed", "cancelled"):
-            search.finished_at = utcnow()
-        db_session.commit()
-
-    return set_
