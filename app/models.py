@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -76,10 +77,15 @@ class Search(Base):
         # Newest-first listing and keyset pagination, with and without a status filter.
         Index("ix_searches_created_at_id", "created_at", "id"),
         Index("ix_searches_status_created_at_id", "status", "created_at", "id"),
+        # An owner's own list, and the count of its active searches (the quota).
+        Index("ix_searches_owner_created_at_id", "owner", "created_at", "id"),
+        Index("ix_searches_owner_status", "owner", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    # The name of the API key that created it (app.auth); only that owner and admins see it.
+    owner: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=Status.queued)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # What the worker loads: "builtin:<name>" or "upload:<dataset id>".
@@ -140,10 +146,14 @@ class Dataset(Base):
     """An uploaded `.npz` dataset, stored at `path` and validated when it arrived."""
 
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_datasets_created_at_id", "created_at", "id"),
+        Index("ix_datasets_owner_created_at_id", "owner", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(64))  # as Search.owner
     filename: Mapped[str] = mapped_column(String(255))
     path: Mapped[str] = mapped_column(Text)
     num_samples: Mapped[int] = mapped_column(Integer)
@@ -153,3 +163,18 @@ class Dataset(Base):
     width: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: its owner name and the SHA-256 of the key (the key itself is never stored)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The owner name of everything created with the key (Search.owner, Dataset.owner).
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex SHA-256
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

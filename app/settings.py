@@ -39,6 +39,19 @@ class Settings(BaseSettings):
     run_ingester: bool = Field(
         default=True, description="Run the event ingester (and the lifecycle's sweeps) inside the API."
     )
+    # Who may do what (app.auth): every route but /healthz, /readyz and the page needs an API key.
+    no_auth: bool = Field(
+        default=False,
+        description="Run open: every request acts as the admin owner 'local' (up --no-auth: loopback only).",
+    )
+    metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
+    docs_public: bool = Field(default=False, description="Serve /docs, /redoc, /openapi.json without a key.")
+    max_active_searches_per_owner: int = Field(
+        default=8, ge=1, description="Queued + running + cancelling searches one owner may have (429 beyond)."
+    )
+    max_dataset_bytes_per_owner: int = Field(
+        default=2 * 1024**3, ge=1, description="Bytes of uploaded datasets one owner may keep (413 beyond)."
+    )
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -31,19 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DARTS_OP_NAMES", "Gene", "Genotype", "derive_genotype", "edge_softmax", "num_edges"]
+from darts_core.op_names import DARTS_OP_NAMES
 
-#: The eight operation names of the DARTS search space (``none`` included), in the paper's order.
-DARTS_OP_NAMES: tuple[str, ...] = (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
+__all__ = ["DARTS_OP_NAMES", "Gene", "Genotype", "derive_genotype", "edge_softmax", "num_edges"]
 
 #: One chosen edge of a cell: ``(op_name, input_index)``.
 Gene = tuple[str, int]

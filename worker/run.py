@@ -21,7 +21,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -166,23 +165,9 @@ def resolve_dataset(settings: Settings, session: Session, search: Search) -> dic
     raise ValueError(f"unknown dataset reference {search.dataset_ref!r}")
 
 
-def checkpointed_epochs(directory: Path) -> list[dict[str, Any]]:
-    """The epoch records kept in `directory`'s checkpoint (none when there is no checkpoint)."""
-    import torch
-
-    from darts_core.search import CHECKPOINT_NAME
-
-    path = directory / CHECKPOINT_NAME
-    if not path.exists():
-        return []
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    history = state.get("history") if isinstance(state, dict) else None
-    return [dict(record) for record in history or []]
-
-
 def public_error(exc: BaseException, settings: Settings) -> str:
     """The message a failed search shows: what went wrong, without server paths or a traceback."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # darts_core's CheckpointDiskFull too
         return "disk full: the worker could not write the search's checkpoint"
     if isinstance(exc, MemoryError):
         return "out of memory: the worker could not allocate what this search needs"
@@ -270,6 +255,7 @@ class SearchRun:
         )
         try:
             # Imported here, in the task, so a worker's parent process never loads torch or CUDA.
+            from darts_core.checkpoint import read_history
             from darts_core.data import load_dataset
             from darts_core.search import SearchConfig, run_search
 
@@ -293,7 +279,7 @@ class SearchRun:
                 outbox.put(record)
                 self._republish_missing(outbox, published, before=record["epoch"] - INGEST_LAG_EPOCHS)
 
-            for record in checkpointed_epochs(directory):
+            for record in read_history(directory):
                 report(record)
             result = run_search(
                 dataset,

@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from app.db import utcnow
 from app.lifecycle.status import Status
+from darts_core.records import EpochRecord
 
-# The scalar fields of an epoch record, in record order.
-EPOCH_METRICS = ("epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds")
+# The scalar fields of an epoch record (what a search row keeps of its last epoch).
+EPOCH_METRICS = tuple(name for name in EpochRecord.model_fields if name not in ("genotype", "alphas"))
 
 
 class _EventBase(BaseModel):
@@ -31,19 +32,10 @@ class _EventBase(BaseModel):
     emitted_at: datetime = Field(default_factory=utcnow, description="When the producer sent it (UTC).")
 
 
-class EpochEvent(_EventBase):
-    """One finished epoch: the record of `darts_core.search.EpochResult.to_dict()`."""
+class EpochEvent(_EventBase, EpochRecord):
+    """One finished epoch: darts_core's epoch record (`EpochResult.to_dict()`) in an event envelope."""
 
     type: Literal["epoch"] = "epoch"
-    epoch: int = Field(ge=1, description="1-based")
-    train_loss: float
-    train_acc: float
-    valid_loss: float
-    valid_acc: float
-    lr: float
-    seconds: float = Field(ge=0)
-    genotype: dict[str, Any]
-    alphas: dict[str, Any] | None = None
 
     def metrics(self) -> dict[str, float | int]:
         """The summary the `searches` row keeps of its last epoch: the scalar fields of the record."""
@@ -51,7 +43,7 @@ class EpochEvent(_EventBase):
 
     def record(self) -> dict[str, Any]:
         """The epoch record itself (what `search_epochs` stores), without the event's envelope."""
-        return self.model_dump(exclude=set(_EventBase.model_fields) | {"type"})
+        return self.model_dump(include=set(EpochRecord.model_fields))
 
 
 class StatusEvent(_EventBase):

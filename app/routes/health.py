@@ -10,6 +10,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
+from app.auth import UNAUTHORIZED_RESPONSE, MetricsAccess
+
 router = APIRouter(tags=["health"])
 
 # An ingester round blocks at most a second on XREADGROUP; far longer means it is stuck.
@@ -79,10 +81,13 @@ async def readyz(request: Request) -> Any:
     return {"status": "ready", "checks": checks}
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics", response_class=Response, dependencies=[MetricsAccess], responses=UNAUTHORIZED_RESPONSE
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: requests by route and status, request latency, searches by status, plus the
-    process-wide ones (the in-process ingester's event counts, process and Python runtime)."""
+    process-wide ones (the in-process ingester's event counts, process and Python runtime). Needs an API
+    key unless METRICS_PUBLIC is set."""
 
     def render() -> bytes:
         return generate_latest(request.app.state.metrics.registry) + generate_latest(REGISTRY)

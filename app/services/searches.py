@@ -23,8 +23,8 @@ from app.lifecycle import cancel as lifecycle_cancel
 from app.lifecycle.status import TERMINAL, Status
 from app.models import Dataset, Search, SearchEpoch
 from app.queue import enqueue_search
-from app.schemas import SearchSpec, UploadedDatasetSpec
-from app.services.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from app.schemas import SearchSpec, UploadedDatasetSpec, default_search_name
+from app.services.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequests, Unprocessable
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
 from app.storage import search_dir
@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# When an owner at MAX_ACTIVE_SEARCHES_PER_OWNER is told to try again.
+QUOTA_RETRY_AFTER_SECONDS = 30
 
 
 def dataset_ref(spec: SearchSpec) -> str:
@@ -42,19 +44,29 @@ def dataset_ref(spec: SearchSpec) -> str:
     return f"builtin:{spec.dataset.name}"
 
 
-def _check_engine_accepts(spec: dict[str, Any]) -> None:
-    """The worker builds `darts_core.search.SearchConfig.from_spec(spec)`: refuse here (422) what it would
-    refuse there, so a bad spec never becomes a failed search. (darts_core imports torch: lazily.)"""
-    from darts_core.search import SearchConfig
-
-    try:
-        SearchConfig.from_spec(spec)
-    except ValueError as exc:
-        raise Unprocessable(f"the search engine refuses this spec: {exc}", error_type="invalid_spec") from exc
+def _count_active(session: Session, owner: str) -> int:
+    """The owner's searches that have not finished (queued, running, cancelling)."""
+    query = select(func.count()).where(Search.owner == owner, Search.status.not_in(TERMINAL))
+    return session.scalar(query) or 0
 
 
-def create_search(session: Session, spec: SearchSpec, *, celery: Celery, settings: Settings) -> Search:
-    """Insert a `queued` search and send its task to the broker.
+def _quota_exceeded(settings: Settings) -> TooManyRequests:
+    limit = settings.max_active_searches_per_owner
+    return TooManyRequests(
+        f"you have {limit} searches queued or running, the most allowed (MAX_ACTIVE_SEARCHES_PER_OWNER): "
+        "wait for one to finish or cancel one",
+        retry_after=QUOTA_RETRY_AFTER_SECONDS,
+    )
+
+
+def create_search(
+    session: Session, spec: SearchSpec, *, celery: Celery, settings: Settings, owner: str
+) -> Search:
+    """Insert a `queued` search owned by `owner` and send its task to the broker.
+
+    TooManyRequests (429) when the owner has `max_active_searches_per_owner` active searches already: it
+    is counted before the insert and again after it (two requests at once may both be refused, never
+    both accepted over the limit). An uploaded dataset must be the owner's own (422 otherwise).
 
     The row is committed before the task is sent, so a worker that picks the task up at once finds it.
     When the broker cannot be reached the row is deleted again and ServiceUnavailable (503) raised:
@@ -62,19 +74,21 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
     """
     if isinstance(spec.dataset, UploadedDatasetSpec):
         dataset = session.get(Dataset, spec.dataset.id)
-        if dataset is None:
+        if dataset is None or dataset.owner != owner:
             raise Unprocessable(
                 f"unknown dataset id {spec.dataset.id!r}: upload it with POST /datasets first",
                 loc=("body", "dataset", "id"),
                 error_type="unknown_dataset",
             )
         if spec.name is None:
-            spec = spec.model_copy(update={"name": f"{dataset.name} search"})
+            spec = spec.model_copy(update={"name": default_search_name(dataset.name)})
     spec_json = spec.model_dump(mode="json")
-    _check_engine_accepts(spec_json)
+    if _count_active(session, owner) >= settings.max_active_searches_per_owner:
+        raise _quota_exceeded(settings)
     search = Search(
         id=str(uuid.uuid4()),
         name=spec.name,
+        owner=owner,
         status=Status.queued,
         spec=spec_json,
         dataset_ref=dataset_ref(spec),
@@ -84,6 +98,10 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
     )
     session.add(search)
     session.commit()
+    if _count_active(session, owner) > settings.max_active_searches_per_owner:
+        session.execute(delete(Search).where(Search.id == search.id))
+        session.commit()
+        raise _quota_exceeded(settings)
     try:
         task_id = enqueue_search(celery, search.id, settings)
     except (BrokerError, redis.RedisError, OSError) as exc:
@@ -101,10 +119,18 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
 
 
 def list_searches(
-    session: Session, *, status: str | None = None, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    session: Session,
+    *,
+    status: str | None = None,
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+    owner: str | None = None,
 ) -> tuple[list[Search], str | None]:
-    """Newest first; returns one page and the cursor of the next (None on the last page)."""
+    """Newest first (only `owner`'s when given); returns one page and the cursor of the next (None on the
+    last page)."""
     query = select(Search).order_by(Search.created_at.desc(), Search.id.desc()).limit(limit + 1)
+    if owner is not None:
+        query = query.where(Search.owner == owner)
     if status is not None:
         query = query.where(Search.status == status)
     if cursor is not None:

@@ -23,8 +23,13 @@ Fixtures other test folders may rely on (tests/service/integration/ does):
   before and after the test (other tests of the session may have left rows).
 - `api_settings` (session): `service_settings` with a Celery queue of its own (`API_TEST_QUEUE`) that no
   worker consumes, so a worker started by other tests never picks up the searches the API tests create.
+- `make_key` (session): `make_key(name=None, admin=False) -> (owner name, key)`, a new API key (a unique
+  name is made up when none is given). Keys are never emptied: every test makes the ones it needs.
+- `api_owner`, `auth_headers` (session): the owner name and the `Authorization` header of the key the
+  `client` sends (not an admin); rows a test inserts directly for the client to see belong to `api_owner`.
 - `client` (function): a `fastapi.testclient.TestClient` over `create_app(api_settings)` with the
-  ingester off (these API tests write epochs directly); the tables are emptied before and after the test.
+  ingester off (these API tests write epochs directly), sending `auth_headers`; the tables are emptied
+  before and after the test.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory, run_migrations, with_search_path
 from app.models import Dataset, Search, SearchEpoch
+from app.services import keys as key_service
 from app.settings import Settings
 
 BACKEND = os.environ.get("DARTS_TEST_BACKEND", "sqlite")
@@ -165,19 +171,53 @@ def db_session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 @pytest.fixture(scope="session")
+def make_key(session_factory: sessionmaker[Session]):
+    """`make_key(name=None, admin=False) -> (name, key)`: a new API key in the session's database."""
+
+    def make(name: str | None = None, admin: bool = False) -> tuple[str, str]:
+        name = name or f"{'admin' if admin else 'user'}-{uuid.uuid4().hex[:10]}"
+        with session_factory() as session:
+            _row, key = key_service.create_key(session, name, admin=admin)
+        return name, key
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def api_key(make_key) -> tuple[str, str]:
+    return make_key("tester")
+
+
+@pytest.fixture(scope="session")
+def api_owner(api_key: tuple[str, str]) -> str:
+    return api_key[0]
+
+
+@pytest.fixture(scope="session")
+def auth_headers(api_key: tuple[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key[1]}"}
+
+
+@pytest.fixture(scope="session")
 def api_settings(service_settings: Settings) -> Settings:
-    return service_settings.model_copy(update={"celery_queue": API_TEST_QUEUE})
+    # The quota test lowers the active-search limit itself; other tests create searches freely.
+    return service_settings.model_copy(
+        update={"celery_queue": API_TEST_QUEUE, "max_active_searches_per_owner": 1000}
+    )
 
 
 @pytest.fixture
-def client(api_settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[TestClient]:
-    """The API (ingester off) over the session's stack; every table is emptied before and after the test."""
+def client(
+    api_settings: Settings, session_factory: sessionmaker[Session], auth_headers: dict[str, str]
+) -> Iterator[TestClient]:
+    """The API (ingester off) over the session's stack, with `api_owner`'s key; every table but the keys'
+    is emptied before and after the test."""
     from app.main import create_app
 
     _empty_tables(session_factory)
     app = create_app(api_settings, run_ingester=False)
     try:
-        with TestClient(app) as test_client:
+        with TestClient(app, headers=auth_headers) as test_client:
             yield test_client
     finally:
         _empty_tables(session_factory)

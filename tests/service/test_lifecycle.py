@@ -35,7 +35,8 @@ ALLOWED = {
 
 def _search(session: Session, status: str = "queued", **values) -> Search:
     search = Search(
-        id=str(uuid.uuid4()), name="s", status=status, spec={}, dataset_ref="builtin:digits", epochs=3,
+        id=str(uuid.uuid4()), name="s", owner="tester", status=status, spec={}, dataset_ref="builtin:digits",
+        epochs=3,
         created_at=values.pop("created_at", utcnow()), **values,
     )
     session.add(search)
@@ -52,6 +53,7 @@ def _epoch(search_id: str, epoch: int, attempt: int | None = None) -> EpochEvent
     return EpochEvent(
         search_id=search_id, attempt=attempt, epoch=epoch, train_loss=1.0, train_acc=0.5, valid_loss=1.0,
         valid_acc=0.1 * epoch, lr=0.01, seconds=1.0, genotype=epoch_genotype(epoch),
+        alphas={"normal": [[0.5, 0.5]], "reduce": [[0.5, 0.5]]},
     )
 
 

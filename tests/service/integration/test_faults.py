@@ -115,6 +115,7 @@ def stack(tmp_path: Path) -> Iterator[FaultStack]:
         search_lease_seconds=FAULT_LEASE_SECONDS,
         sweep_interval_seconds=0.5,
         broker_visibility_timeout=60,
+        no_auth=True,  # these tests are about faults; keys are tested elsewhere
     )
     run_migrations(settings)
     env = {
