@@ -1,12 +1,8 @@
 """collapse metrics per epoch, and the reason a search stopped early
 
 Revision ID: 0003
-Revises: 0001
+Revises: 0002
 Create Date: 2026-11-30
-
-Merge note: the keys/owners migration is 0002 (Revises: 0001). Whichever of the two lands on main
-second sets its ``down_revision`` to the other, so that the history stays one line (0001 -> 0002 ->
-0003): this file expects to follow 0002 once both are in.
 """
 
 from collections.abc import Sequence
@@ -15,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0003"
-down_revision: str | None = "0001"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
