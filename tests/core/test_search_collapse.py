@@ -64,10 +64,16 @@ def test_a_collapsing_search_is_stopped_by_darts_plus_keeping_the_previous_genot
     assert again.epochs_completed == result.epochs_completed
 
     # The same search without the rule runs all its epochs, its normal cell full of skip connections.
-    unguarded = config.replace(training={"early_stop": None, "epochs": last.epoch + 1})
-    went_on = run_search(_skip_friendly_dataset(), unguarded)
+    # Without the rule the same search (same schedule) goes on past that epoch with the same genotypes.
+    seen: list[EpochResult] = []
+    went_on = run_search(
+        _skip_friendly_dataset(),
+        config.replace(training={"early_stop": None}),
+        on_epoch=seen.append,
+        should_stop=lambda: len(seen) > last.epoch,
+    )
     assert not went_on.stopped_early and went_on.epochs_completed == last.epoch + 1
-    assert went_on.history[last.epoch - 1].genotype == last.genotype
+    assert [item.genotype for item in seen[: last.epoch]] == [item.genotype for item in result.history]
 
 
 def test_epochs_carry_collapse_metrics_and_the_eigenvalue_every_n_epochs() -> None:
@@ -101,7 +107,7 @@ def test_a_pc_darts_search_runs_and_resumes_bit_identically(tmp_path) -> None:
     straight = run_search(data, config)
     finished: list[int] = []
     interrupted = run_search(
-        _skip_friendly_dataset(),
+        data,
         config,
         checkpoint_dir=tmp_path,
         on_epoch=lambda r: finished.append(r.epoch),
