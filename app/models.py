@@ -100,6 +100,8 @@ class Search(Base):
     best_valid_acc: Mapped[float | None] = mapped_column(Float)
     genotype: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # Set when the spec's training.early_stop rule ended the search (it then succeeded): the rule's reason.
+    stop_reason: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(200))
@@ -116,6 +118,11 @@ class Search(Base):
     @property
     def is_finished(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the spec's early-stop rule ended the search (``stop_reason`` says why)."""
+        return self.stop_reason is not None
 
 
 class SearchEpoch(Base):
@@ -135,6 +142,12 @@ class SearchEpoch(Base):
     seconds: Mapped[float] = mapped_column(Float)
     genotype: Mapped[dict[str, Any]] = mapped_column(JSON)
     alphas: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Collapse metrics (darts_core.collapse); null for epochs recorded before they existed, and the
+    # eigenvalue in the epochs that did not measure it.
+    skip_connections: Mapped[int | None] = mapped_column(Integer)
+    parameter_free_ops: Mapped[int | None] = mapped_column(Integer)
+    alpha_entropy: Mapped[float | None] = mapped_column(Float)
+    hessian_eigenvalue: Mapped[float | None] = mapped_column(Float)
     # The Redis Stream entry id the epoch came from ("1700000000000-0"); the SSE event id.
     stream_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -155,8 +155,15 @@ class SearchPublic(StrictModel):
     epochs: int = Field(description="Epochs planned in total.")
     metrics: dict[str, Any] | None = Field(description="The last epoch's metrics.")
     best_valid_acc: float | None
-    genotype: dict[str, Any] | None = Field(description="The latest genotype (DARTS format) or null.")
+    genotype: dict[str, Any] | None = Field(
+        description="The latest genotype (DARTS format) or null; for a search stopped early, the one its "
+        "rule kept."
+    )
     error: str | None
+    stopped_early: bool = Field(
+        default=False, description="True when the spec's training.early_stop rule ended the search."
+    )
+    stop_reason: str | None = Field(default=None, description="Why the early-stop rule stopped it.")
 
 
 class EpochPublic(EpochRecord):

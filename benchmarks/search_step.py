@@ -1,8 +1,13 @@
-"""Speed and memory of one DARTS bilevel search step: darts_core against the DARTS reference.
+"""Speed and memory of one DARTS bilevel search step: darts_core against the DARTS and PC-DARTS references.
 
-The baseline (``benchmarks/reference.py``) computes a step the way the DARTS reference code does; both
-implementations start from the same initial network and see the same batches. Configuration (the DARTS
+The baselines compute a step the way the reference codes do: ``benchmarks/reference.py`` (DARTS) and
+``benchmarks/pcdarts_reference.py`` (PC-DARTS: ``K = --partial-channels`` and edge normalization). Every
+implementation starts from the same initial network and sees the same batches. Configuration (the DARTS
 CIFAR-10 search): 32x32x3 input, 10 classes, 16 initial channels, 8 cells, 4 nodes per cell.
+
+Implementations: ``reference`` and ``darts_core`` (DARTS), ``darts_core_cl`` (darts_core with channels_last
+applied from the outside), ``pcdarts_reference`` and ``pcdarts_core`` (darts_core with
+``partial_channels=K, edge_normalization=True``). ``pcdarts_core`` is compared with both references.
 
 Figures per (order, batch size, dtype) and implementation:
 
@@ -49,14 +54,19 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from benchmarks import reference  # noqa: E402
+from benchmarks import pcdarts_reference, reference  # noqa: E402
 from darts_core.networks import SearchNetwork  # noqa: E402
 from darts_core.search import DartsSearch  # noqa: E402
 
 #: ``darts_core_cl``: darts_core with the network and the images in channels_last memory format (a
 #: proposal measured from the outside: nothing in darts_core changes).
-IMPLEMENTATIONS = ("reference", "darts_core", "darts_core_cl")
-_LABELS = {"reference": "ref", "darts_core": "core", "darts_core_cl": "core channels_last"}
+IMPLEMENTATIONS = ("reference", "darts_core", "darts_core_cl", "pcdarts_reference", "pcdarts_core")
+#: Which baselines each darts_core variant is compared with, in the table.
+_BASELINES = {
+    "darts_core": ("reference",),
+    "darts_core_cl": ("reference",),
+    "pcdarts_core": ("pcdarts_reference", "reference"),
+}
 IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE = 3, 10, 32
 EPOCH_IMAGES = 25_000  # the reference search splits CIFAR-10's 50,000 training images in two halves
 _CASE_MARKER = "CASE-RESULT "
@@ -170,18 +180,28 @@ def _build(case: dict[str, Any], device: torch.device) -> tuple[Callable, torch.
     ``case["seed"]``, copied into the reference network for the baseline.
     """
     torch.manual_seed(case["seed"])
+    pcdarts = case["impl"].startswith("pcdarts")
+    k = case.get("partial_channels", 4) if pcdarts else 1
     network = SearchNetwork(
-        IN_CHANNELS, NUM_CLASSES, init_channels=case["channels"], cells=case["cells"], internal_nodes=4
+        IN_CHANNELS, NUM_CLASSES, init_channels=case["channels"], cells=case["cells"], internal_nodes=4,
+        partial_channels=k, edge_normalization=pcdarts,
     ).to(device)
-    if case["impl"] in ("darts_core", "darts_core_cl"):
+    if case["impl"] in ("darts_core", "darts_core_cl", "pcdarts_core"):
         autocast_dtype = torch.bfloat16 if case["dtype"] == "bf16" else None
         if case["impl"] == "darts_core_cl":
             network = network.to(memory_format=torch.channels_last)
         return DartsSearch(network, order=case["order"], autocast_dtype=autocast_dtype).step, network
 
-    baseline = reference.ReferenceNetwork(
-        IN_CHANNELS, NUM_CLASSES, init_channels=case["channels"], cells=case["cells"], steps=4, device=device
-    )
+    if pcdarts:
+        baseline: torch.nn.Module = pcdarts_reference.PCDartsReferenceNetwork(
+            IN_CHANNELS, NUM_CLASSES, init_channels=case["channels"], cells=case["cells"], steps=4, k=k,
+            device=device,
+        )
+    else:
+        baseline = reference.ReferenceNetwork(
+            IN_CHANNELS, NUM_CLASSES, init_channels=case["channels"], cells=case["cells"], steps=4,
+            device=device,
+        )
     reference.load_from_search_network(baseline, network)
     reference_search = reference.ReferenceSearch(baseline, order=case["order"])
 
@@ -310,11 +330,11 @@ def _ratio(numerator: float, denominator: float) -> str:
 
 
 def format_table(results: list[dict[str, Any]], machine: dict[str, Any], cuda: bool) -> str:
-    """A Markdown table: one row per (order, batch, dtype, darts_core variant), compared to the reference."""
+    """A Markdown table: one row per (order, batch, dtype, darts_core variant, baseline it is compared to)."""
     by_key = {(r["order"], r["batch"], r["dtype"], r["impl"]): r for r in results}
-    keys = sorted({key for key in by_key if key[3] != "reference"})
+    keys = sorted({key for key in by_key if key[3] in _BASELINES})
     header = [
-        "order", "batch", "dtype", "darts_core",
+        "order", "batch", "dtype", "core (vs ref)",
         "ref ms/step (min)", "core ms/step (min)", "speed-up",
         "ref CPU ms", "core CPU ms", "CPU speed-up",
         "ref saved MB", "core saved MB", "core/ref",
@@ -331,12 +351,16 @@ def format_table(results: list[dict[str, Any]], machine: dict[str, Any], cuda: b
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    for order, batch, dtype, impl in keys:
-        ref = by_key.get((order, batch, dtype, "reference"))
+    rows = [
+        (order, batch, dtype, impl, baseline)
+        for order, batch, dtype, impl in keys
+        for baseline in _BASELINES[impl]
+        if (order, batch, dtype, baseline) in by_key
+    ]
+    for order, batch, dtype, impl, baseline in rows:
+        ref = by_key[(order, batch, dtype, baseline)]
         core = by_key[(order, batch, dtype, impl)]
-        if ref is None:
-            continue
-        row = [order, str(batch), dtype, "channels_last" if impl == "darts_core_cl" else "as is"]
+        row = [order, str(batch), dtype, f"{impl} (vs {baseline})"]
         row += [f"{r['median_ms']:.0f} ({r['min_ms']:.0f})" for r in (ref, core)]
         row += [_ratio(ref["median_ms"], core["median_ms"])]
         row += [f"{ref['cpu_ms']:.0f}", f"{core['cpu_ms']:.0f}", _ratio(ref["cpu_ms"], core["cpu_ms"])]
@@ -355,7 +379,7 @@ def format_table(results: list[dict[str, Any]], machine: dict[str, Any], cuda: b
 
 def _progress_line(result: dict[str, Any]) -> str:
     return (
-        f"{result['impl']:>13} {result['order']:>6} batch {result['batch']:>3} {result['dtype']}: "
+        f"{result['impl']:>17} {result['order']:>6} batch {result['batch']:>3} {result['dtype']}: "
         f"{result['median_ms']:8.0f} ms/step (CPU {result['cpu_ms']:.0f} ms; steps {result['times_ms']}), "
         f"saved {result['saved_mb']:.1f} MB, step saved {result['step_saved_mb']:.1f} MB"
     )
@@ -365,7 +389,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(
             "Time and measure one DARTS bilevel search step of darts_core against the DARTS reference "
-            "(32x32x3 input, 10 classes, 16 channels, 8 cells). Each case runs in a fresh subprocess."
+            "and, with --impls pcdarts_reference pcdarts_core, the PC-DARTS mode against the PC-DARTS "
+            "reference (32x32x3 input, 10 classes, 16 channels, 8 cells). Each case runs in a fresh "
+            "subprocess; the implementations alternate case by case."
         )
     )
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64], help="default: 16 64")
@@ -377,7 +403,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--impls", nargs="+", choices=IMPLEMENTATIONS, default=["reference", "darts_core"],
         help="implementations to run (default: reference darts_core; darts_core_cl = darts_core in "
-        "channels_last memory format)",
+        "channels_last memory format; pcdarts_reference, pcdarts_core = PC-DARTS with K = "
+        "--partial-channels and edge normalization)",
+    )
+    parser.add_argument(
+        "--partial-channels", type=int, default=4, metavar="K", help="K of the PC-DARTS cases (default 4)"
     )
     parser.add_argument(
         "--warmup", type=int, default=None, help="untimed steps first (default: 0 on CPU, 2 on CUDA)"
@@ -436,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                         "impl": impl, "order": order, "batch": batch, "dtype": dtype, "device": args.device,
                         "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
                         "channels": args.channels, "cells": args.cells, "seed": args.seed,
-                        "profile": args.profile,
+                        "profile": args.profile, "partial_channels": args.partial_channels,
                     }
                     result = _run_case_in_subprocess(case)
                     print(_progress_line(result), file=sys.stderr, flush=True)

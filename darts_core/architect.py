@@ -5,10 +5,12 @@ weights, Adam for the architecture weights ``alphas``) and performs one bilevel 
 (Liu, Simonyan, Yang, ICLR 2019) per call of :meth:`DartsSearch.step`, first or second order.
 
 The network handed to :class:`DartsSearch` must offer what :class:`~darts_core.networks.SearchNetwork`
-offers: ``arch_parameters()`` (the two alpha tensors, normal then reduce), ``weight_parameters()``
-(everything else that is trained), ``genotype()``, ``softmaxed_alphas()`` and
-``forward(x, alphas=None)`` returning logits of shape ``(N, num_classes)``, where ``alphas`` (a pair of
-tensors) replaces the network's own alphas for that call.
+offers: ``arch_parameters()`` (the two alpha tensors, normal then reduce, then with PC-DARTS edge
+normalization the two betas), ``weight_parameters()`` (everything else that is trained), ``genotype()``,
+``softmaxed_alphas()`` and ``forward(x, alphas=None)`` returning logits of shape ``(N, num_classes)``,
+where ``alphas`` (as many tensors as ``arch_parameters()``) replaces the network's own for that call.
+Every architecture parameter (betas included) is optimised by Adam, saved in :meth:`DartsSearch.state_dict`
+and differentiated by the second-order step like the alphas.
 """
 
 from __future__ import annotations

@@ -18,20 +18,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from darts_core.genotype import num_edges
+from darts_core.genotype import edge_softmax, num_edges
 from darts_core.ops import (
     DARTS_PRIMITIVES_2D,
+    AvgPoolBN2d,
     EndsInBatchNorm,
     Identity,
+    MaxPoolBN2d,
     PrimitiveFactory,
     ReduceChannels2d,
     ReLUConvBN2d,
     StartsWithReLU,
     Zero2d,
     batch_norm_scaled,
+    recomputes_in_backward,
 )
 
-__all__ = ["SpecialParameter", "MixedOp", "Cell", "default_cell_output"]
+__all__ = ["SpecialParameter", "MixedOp", "Cell", "default_cell_output", "channel_shuffle"]
 
 
 def _rebuild_special_parameter(data: torch.Tensor, requires_grad: bool) -> SpecialParameter:
@@ -87,17 +90,27 @@ def _run_op(op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor | None) -> torc
 
 
 def _run_op_scaled(
-    op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor | None, scale: torch.Tensor
+    op: nn.Module,
+    x: torch.Tensor,
+    x_relu: torch.Tensor | None,
+    scale: torch.Tensor,
+    pooled: dict[tuple[type, Any], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``scale * op(x)``; for an operation ending in a BatchNorm, the scale is folded into that BatchNorm.
 
     Same value; autograd then keeps no copy of the BatchNorm output for the product (see
-    :func:`~darts_core.ops.batch_norm_scaled`).
+    :func:`~darts_core.ops.batch_norm_scaled`). ``pooled``: a cache, for one input ``x``, of the
+    outputs of the parameter-free pools before their BatchNorm (every edge reading ``x`` pools it alike).
     """
     if not isinstance(op, EndsInBatchNorm):
         return scale * _run_op(op, x, x_relu)
     if x_relu is not None and isinstance(op, StartsWithReLU):
         return batch_norm_scaled(op.final_bn, op.forward_relu_applied_before_bn(x_relu), scale)
+    if pooled is not None and isinstance(op, (MaxPoolBN2d, AvgPoolBN2d)):
+        key = (type(op), op.pool.stride)
+        if key not in pooled:
+            pooled[key] = op.forward_before_bn(x)
+        return batch_norm_scaled(op.final_bn, pooled[key], scale)
     return batch_norm_scaled(op.final_bn, op.forward_before_bn(x), scale)
 
 
@@ -120,6 +133,46 @@ class _ContiguousGradient(torch.autograd.Function):
         if ctx.channels_last:
             return grad.contiguous(memory_format=torch.channels_last)
         return grad.contiguous()
+
+
+def _contiguous_gradient(x: torch.Tensor) -> torch.Tensor:
+    """:class:`_ContiguousGradient` where the memory-saving Functions apply (not for ``torch.func``)."""
+    return _ContiguousGradient.apply(x) if recomputes_in_backward(x) else x
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Channel shuffle (ShuffleNet, PC-DARTS): channel ``g * C / groups + i`` goes to ``i * groups + g``.
+
+    Args:
+        x: ``(N, C, H, W)`` with ``C`` divisible by ``groups``.
+        groups: number of channel groups.
+
+    Returns:
+        ``(N, C, H, W)``, in the memory format of ``x`` (channels_last stays channels_last).
+    """
+    batch, channels, height, width = x.shape
+    if channels % groups:
+        raise ValueError(f"groups must divide the {channels} channels of x, got groups={groups}")
+    return _interleave(list(x.chunk(groups, dim=1)))
+
+
+def _interleave(pieces: list[torch.Tensor]) -> torch.Tensor:
+    """Channel ``i`` of piece ``g`` becomes channel ``i * len(pieces) + g``: one copy, layout kept.
+
+    ``channel_shuffle(torch.cat(pieces, 1), len(pieces))`` for pieces of equal width, without the
+    intermediate concatenation.
+    """
+    first = pieces[0]
+    if first.dim() == 4 and first.stride(1) < first.stride(3):  # channels_last, or a channel slice of one
+        # N, H, W, C view of a channels_last tensor: stacking on a new last axis interleaves the
+        # channels and keeps the result channels_last.
+        stacked = torch.stack([piece.permute(0, 2, 3, 1) for piece in pieces], dim=-1)
+        return stacked.flatten(3).permute(0, 3, 1, 2)
+    return torch.stack(pieces, dim=2).flatten(1, 2)
 
 
 def _needs_relu(op: nn.Module) -> bool:
@@ -155,12 +208,18 @@ class MixedOp(nn.Module):
         self.needs_relu = any(_needs_relu(self.ops[k]) for k in self._computed)
 
     def forward(
-        self, x: torch.Tensor, weights: torch.Tensor, x_relu: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        weights: torch.Tensor,
+        x_relu: torch.Tensor | None = None,
+        pooled: dict[tuple[type, Any], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Args:
         x: the input state.
         weights: one weight per primitive, shape ``(len(primitives),)``, already softmaxed.
         x_relu: optional ``relu(x)``, shared with other operations reading ``x``.
+        pooled: optional cache of the pools' outputs (before their BatchNorm) for this ``x``, shared
+            with the other edges reading ``x``.
         """
         if not self._computed:
             return self.ops[0](x) * weights[0]
@@ -169,7 +228,7 @@ class MixedOp(nn.Module):
         per_op = weights.unbind(0)
         out: torch.Tensor | None = None
         for k in self._computed:
-            term = _run_op_scaled(self.ops[k], x, x_relu, per_op[k])
+            term = _run_op_scaled(self.ops[k], x, x_relu, per_op[k], pooled)
             out = term if out is None else out + term
         return out
 
@@ -219,6 +278,16 @@ class Cell(nn.Module):
             edge, weight 1, no architecture weights).
         affine: affine BatchNorm in the operations and preprocessing. ``None`` (default): ``False`` for
             a search cell (as in DARTS search), ``True`` for a cell built from a genotype.
+        partial_channels: ``K`` of PC-DARTS (Xu et al., ICLR 2020): every mixed operation sees only the
+            first ``c / K`` channels of its input state; the other channels bypass it (max-pooled 2x2 on
+            the stride-2 edges of a reduction cell) and each node is the channel shuffle, with ``K``
+            groups, of the concatenation ``[sum of the operations' outputs, sum of the bypassed
+            channels]``. ``1`` (default): every channel goes through the operations (DARTS). ``c`` must
+            be divisible by ``K``. Search cells only.
+        edge_normalization: PC-DARTS edge normalization: every edge's output is multiplied by the softmax,
+            among the inputs of its node, of the edge weights ``betas`` (one per edge). Search cells only.
+        edge_weights: a :class:`SpecialParameter` of shape ``(num_edges,)`` (the raw betas) to share
+            between cells; ``None`` creates one (``1e-3 * randn``) when ``edge_normalization``.
 
     Attributes:
         num_edges: number of edges, ``internal_nodes * (internal_nodes + 3) // 2``.
@@ -246,11 +315,29 @@ class Cell(nn.Module):
         genotype: Sequence[str] | None = None,
         *,
         affine: bool | None = None,
+        partial_channels: int = 1,
+        edge_normalization: bool = False,
+        edge_weights: SpecialParameter | None = None,
     ):
         super().__init__()
         primitives = _as_primitives(primitives)
         if internal_nodes < 1:
             raise ValueError(f"internal_nodes must be >= 1, got {internal_nodes}")
+        if type(partial_channels) is not int or partial_channels < 1:
+            raise ValueError(f"partial_channels must be a positive integer, got {partial_channels!r}")
+        if partial_channels > 1 and c % partial_channels:
+            raise ValueError(
+                f"partial_channels ({partial_channels}) must divide the cell's channels c ({c})"
+            )
+        if genotype is not None and (partial_channels != 1 or edge_normalization or edge_weights is not None):
+            raise ValueError(
+                "partial_channels, edge_normalization and edge_weights apply to search cells only, "
+                "not to a cell built from a genotype"
+            )
+        if edge_weights is not None and not edge_normalization:
+            raise ValueError("edge_weights are given but edge_normalization is False")
+        self.partial_channels = partial_channels
+        self.edge_normalization = bool(edge_normalization)
         self.primitive_names: list[str] = list(primitives)
         self.internal_nodes = internal_nodes
         self.is_reduction = bool(is_reduction)
@@ -309,13 +396,15 @@ class Cell(nn.Module):
                 for name, (_, _, stride) in zip(genotype, self._edges, strict=True)
             )
             self.weights = None
+            self.edge_weights = None
             edge_needs_relu = [_needs_relu(op) for op in self.edge_ops]
         else:
             self._genotype = None
             self.mixed_ops = nn.ModuleList(
-                MixedOp(primitives, c, stride, affine) for _, _, stride in self._edges
+                MixedOp(primitives, c // partial_channels, stride, affine) for _, _, stride in self._edges
             )
             self.weights = self._create_weights(primitives, weights)
+            self.edge_weights = self._create_edge_weights(edge_weights) if edge_normalization else None
             edge_needs_relu = [op.needs_relu for op in self.mixed_ops]
         # Whether some edge reading state j needs relu(state j): computed once per forward and shared.
         self._state_needs_relu = [False] * (internal_nodes + 2)
@@ -348,6 +437,18 @@ class Cell(nn.Module):
             )
         return weights
 
+    def _create_edge_weights(self, edge_weights: SpecialParameter | None) -> SpecialParameter:
+        """Create (or check) the PC-DARTS edge weights ``(num_edges,)``."""
+        expected = (self.num_edges,)
+        if edge_weights is None:
+            return SpecialParameter(1e-3 * torch.randn(*expected))
+        if not isinstance(edge_weights, SpecialParameter) or tuple(edge_weights.shape) != expected:
+            raise ValueError(
+                f"edge_weights must be a SpecialParameter of shape {expected} (edges,), got "
+                f"{type(edge_weights).__name__} of shape {tuple(edge_weights.shape)}"
+            )
+        return edge_weights
+
     def get_weights(self) -> SpecialParameter | None:
         """The architecture weights ``(num_edges, len(primitives))`` (``None`` for a fixed cell).
 
@@ -365,7 +466,12 @@ class Cell(nn.Module):
         best = self.weights.detach().argmax(dim=1).tolist()
         return [self.primitive_names[k] for k in best]
 
-    def forward(self, parents: Sequence[torch.Tensor], weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        parents: Sequence[torch.Tensor],
+        weights: torch.Tensor | None = None,
+        edge_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Run the cell.
 
         Args:
@@ -374,6 +480,8 @@ class Cell(nn.Module):
             weights: optional raw architecture weights ``(num_edges, len(primitives))`` used instead of
                 the registered parameter (softmax is applied here). Any tensor works, e.g. the
                 ``alpha - lr * grad`` of a functional second-order step. Not allowed for a fixed cell.
+            edge_weights: optional raw edge weights (betas) ``(num_edges,)`` used instead of the
+                registered ones (softmaxed per node here); only with ``edge_normalization``.
 
         Returns:
             the merged states, ``(N, out_channels, H', W')`` for the default merge.
@@ -415,6 +523,10 @@ class Cell(nn.Module):
                 f"weights must have shape {self.expected_weights_shape} (edges, primitives), "
                 f"got {tuple(alphas.shape)}"
             )
+        if edge_weights is not None and not self.edge_normalization:
+            raise ValueError("edge_weights given to a cell without edge_normalization")
+        if self.partial_channels > 1 or self.edge_normalization:
+            return self._forward_partial(states, alphas, edge_weights)
         rows = F.softmax(alphas, dim=-1).unbind(0)
         edge = 0
         for node in range(self.internal_nodes):
@@ -423,7 +535,84 @@ class Cell(nn.Module):
                 term = self.mixed_ops[edge](states[j], rows[edge], relu_of(j))
                 edge += 1
                 total = term if total is None else total + term
-            states.append(_ContiguousGradient.apply(total))
+            states.append(_contiguous_gradient(total))
+        return self.cell_merge_output_fn(states)
+
+    def _forward_partial(
+        self, states: list[torch.Tensor], alphas: torch.Tensor, edge_weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        """PC-DARTS: partial channels and/or edge normalization (the math of the reference's cell).
+
+        Computed leaner than the reference, with the same value: the reference shuffles and weights
+        every edge's output; here each node sums its edges' operation outputs (``c / K`` channels) and
+        their bypassed channels separately, then concatenates and shuffles once (the shuffle is a fixed
+        permutation, so it commutes with the sum). Each state is split once for all the edges reading
+        it (one contiguous copy of its first ``c / K`` channels, their ReLU shared; the bypassed
+        channels of a stride-2 edge max-pooled once, its max and average poolings computed once for all
+        those edges, each keeping its own BatchNorm), and an edge's weight ``beta`` is folded into its
+        operations' final BatchNorms with the alphas (autograd keeps no per-edge output for it).
+        """
+        k = self.partial_channels
+        rows = F.softmax(alphas, dim=-1)
+        betas: list[torch.Tensor] | None = None
+        if self.edge_normalization:
+            raw = self.edge_weights if edge_weights is None else edge_weights
+            if tuple(raw.shape) != (self.num_edges,):
+                raise ValueError(f"edge_weights must have shape ({self.num_edges},), got {tuple(raw.shape)}")
+            edge_softmaxed = edge_softmax(raw, self.internal_nodes)
+            rows = rows * edge_softmaxed[:, None]
+            betas = list(edge_softmaxed.unbind(0))
+        rows_per_edge = rows.unbind(0)
+
+        count = len(self._state_needs_relu)
+        partial: list[torch.Tensor | None] = [None] * count
+        partial_relu: list[torch.Tensor | None] = [None] * count
+        bypass: dict[tuple[int, int], torch.Tensor] = {}
+        pooled: list[dict[tuple[type, Any], torch.Tensor]] = [{} for _ in range(count)]
+
+        def partial_of(j: int) -> torch.Tensor:
+            if partial[j] is None:
+                state = states[j]
+                if k == 1:
+                    partial[j] = state
+                else:
+                    # One split per state (its backward is one concatenation of the two gradients).
+                    head, tail = state.split([state.shape[1] // k, state.shape[1] - state.shape[1] // k], 1)
+                    layout = torch.channels_last if _is_channels_last(state) else torch.contiguous_format
+                    partial[j] = head.contiguous(memory_format=layout)
+                    bypass[j, 1] = tail
+            return partial[j]
+
+        def relu_of(j: int) -> torch.Tensor | None:
+            if partial_relu[j] is None and self._state_needs_relu[j]:
+                partial_relu[j] = F.relu(partial_of(j))
+            return partial_relu[j]
+
+        def bypass_of(j: int, stride: int) -> torch.Tensor:
+            partial_of(j)
+            if (j, stride) not in bypass:
+                # The operations of a stride-2 edge halve H and W (rounding up): so does the pooling.
+                bypass[j, stride] = F.max_pool2d(bypass[j, 1], 2, 2, ceil_mode=True)
+            return bypass[j, stride]
+
+        edge = 0
+        for _ in range(self.internal_nodes):
+            total: torch.Tensor | None = None
+            passed: torch.Tensor | None = None
+            for j in range(len(states)):
+                _, _, stride = self._edges[edge]
+                term = self.mixed_ops[edge](partial_of(j), rows_per_edge[edge], relu_of(j), pooled[j])
+                total = term if total is None else total + term
+                if k > 1:
+                    rest = bypass_of(j, stride)
+                    if betas is not None:
+                        rest = betas[edge] * rest
+                    passed = rest if passed is None else passed + rest
+                edge += 1
+            if k > 1:
+                pieces = [_contiguous_gradient(total), *passed.chunk(k - 1, dim=1)]
+                total = _interleave(pieces)
+            states.append(_contiguous_gradient(total))
         return self.cell_merge_output_fn(states)
 
     def extra_repr(self) -> str:
@@ -431,4 +620,6 @@ class Cell(nn.Module):
         return (
             f"{kind}, internal_nodes={self.internal_nodes}, num_edges={self.num_edges}, "
             f"reduction={self.is_reduction}, reduction_prev={self.is_reduction_prev}"
+            + (f", partial_channels={self.partial_channels}" if self.partial_channels > 1 else "")
+            + (", edge_normalization=True" if self.edge_normalization else "")
         )

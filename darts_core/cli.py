@@ -281,6 +281,8 @@ def search(
         )
         raise typer.Exit(code=EXIT_INTERRUPTED)
     best = max((item.valid_acc for item in result.history), default=float("nan"))
+    if result.stopped_early:
+        console.print(f"stopped early: {result.stop_reason}", highlight=False)
     console.print(f"finished {result.epochs_completed} epochs; best supernet valid accuracy {best:.4f}")
     console.print(f"genotype ({out / GENOTYPE_TEXT_NAME}):", highlight=False)
     console.print(result.genotype.to_darts(), highlight=False, soft_wrap=True)

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -67,6 +68,16 @@ class SearchSpaceConfig(_Section):
         default=DARTS_OP_NAMES, min_length=2, max_length=len(DARTS_OP_NAMES)
     )
     internal_nodes: _Int = Field(default=4, ge=1, le=8)
+    partial_channels: _Int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="PC-DARTS K: each mixed operation sees 1/K of the channels (1: DARTS); must divide "
+        "network.init_channels",
+    )
+    edge_normalization: StrictBool = Field(
+        default=False, description="PC-DARTS edge normalization: a softmaxed weight per edge (betas)"
+    )
 
     @field_validator("primitives")
     @classmethod
@@ -100,6 +111,27 @@ class TrainingConfig(_Section):
     arch_weight_decay: float = Field(default=1e-3, ge=0.0)
     grad_clip: float = Field(default=5.0, gt=0.0)
     seed: _Seed = 0
+    early_stop: Literal["darts_plus", "eigenvalue"] | None = Field(
+        default=None,
+        description="Stop against collapse: 'darts_plus' (too many skip connections in the normal cell, "
+        "keeps the previous epoch's genotype) or 'eigenvalue' (RobustDARTS: the Hessian's dominant "
+        "eigenvalue grows sharply; needs hessian_every)",
+    )
+    max_skip_connections: _Int = Field(
+        default=2, ge=1, le=64, description="darts_plus: this many skip connections stop the search"
+    )
+    eigenvalue_window: _Int = Field(
+        default=5, ge=1, le=100, description="eigenvalue: measurements averaged on each side of the ratio"
+    )
+    eigenvalue_threshold: float = Field(
+        default=1.3, gt=1.0, le=100.0, description="eigenvalue: the recent / earlier mean ratio that stops"
+    )
+    hessian_every: _Int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        description="Compute the dominant Hessian eigenvalue every this many epochs (null: never)",
+    )
 
     @field_validator(
         "train_portion",
@@ -110,6 +142,7 @@ class TrainingConfig(_Section):
         "arch_lr",
         "arch_weight_decay",
         "grad_clip",
+        "eigenvalue_threshold",
         mode="before",
     )
     @classmethod
@@ -125,6 +158,12 @@ class TrainingConfig(_Section):
             raise ValueError(
                 f"weight_lr_min ({self.weight_lr_min:g}) must be <= weight_lr ({self.weight_lr:g})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _eigenvalue_needs_measurements(self) -> TrainingConfig:
+        if self.early_stop == "eigenvalue" and self.hessian_every is None:
+            raise ValueError("hessian_every must be set (e.g. 1) when early_stop is 'eigenvalue'")
         return self
 
 
@@ -151,6 +190,16 @@ class SearchConfig(_Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _partial_channels_divide_the_width(self) -> SearchConfig:
+        k, width = self.search_space.partial_channels, self.network.init_channels
+        if width % k:
+            # Raised here (the two sections meet); the message names the field to change.
+            raise ValueError(
+                f"search_space.partial_channels ({k}) must divide network.init_channels ({width})"
+            )
+        return self
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> SearchConfig:

@@ -5,6 +5,9 @@ scikit-learn's handwritten digits (1797 real 8x8 images; 1438 for training, spli
 weights and the architecture, 359 held out), prints every epoch and the genotype in its JSON and DARTS
 forms, then retrains that genotype from scratch with :func:`~darts_core.train.train_genotype` and
 prints its accuracy on the held-out images. The defaults take a few minutes on two CPU cores.
+
+``--partial-channels 4 --edge-normalization`` searches with PC-DARTS instead (``make pcdarts-digits``),
+and ``--min-valid-acc`` / ``--min-test-acc`` make the run fail (exit status 1) below those accuracies.
 """
 
 from __future__ import annotations
@@ -41,10 +44,25 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "other work shares the cores; 0 keeps torch's default)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument(
+        "--partial-channels", type=int, default=1, metavar="K",
+        help="PC-DARTS: each mixed operation sees 1/K of the channels (default 1: DARTS)",
+    )
+    parser.add_argument(
+        "--edge-normalization", action="store_true", help="PC-DARTS edge normalization (betas per edge)"
+    )
+    parser.add_argument(
+        "--min-valid-acc", type=float, default=None,
+        help="exit with status 1 when the final supernet valid accuracy is below this",
+    )
+    parser.add_argument(
+        "--min-test-acc", type=float, default=None,
+        help="exit with status 1 when the retrained genotype's test accuracy is below this",
+    )
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     """Search on digits, print the genotype, retrain it and print the test accuracy."""
     args = _parse_args(argv)
     if args.threads > 0:
@@ -53,10 +71,17 @@ def main(argv: list[str] | None = None) -> None:
     spec = json.loads(json.dumps(DEMO_SEARCH_SPEC))
     spec["training"]["epochs"] = args.epochs
     spec["resources"] = {"device": args.device}
+    spec["search_space"] = {
+        "partial_channels": args.partial_channels, "edge_normalization": args.edge_normalization
+    }
     config = SearchConfig.from_spec(spec)
     dataset = load_dataset(spec["dataset"])
+    pc_darts = args.partial_channels > 1 or args.edge_normalization
+    kind = "DARTS"
+    if pc_darts:
+        kind = f"PC-DARTS (K={args.partial_channels}, edge normalization {args.edge_normalization})"
     print(
-        f"DARTS search on digits: {dataset.x_train.shape[0]} training images (split "
+        f"{kind} search on digits: {dataset.x_train.shape[0]} training images (split "
         f"{config.training.train_portion:g} for weights / the rest for alphas), {dataset.x_test.shape[0]} "
         f"held out; {config.network.cells} cells, {config.network.init_channels} channels, "
         f"{config.training.epochs} epochs, {config.training.order} order, {torch.get_num_threads()} threads",
@@ -99,11 +124,20 @@ def main(argv: list[str] | None = None) -> None:
         f"\nretrained genotype: test accuracy {trained.test_accuracy:.4f} on {dataset.x_test.shape[0]} "
         f"held-out images ({trained.parameters:,} parameters, {trained.seconds:.0f} s)"
     )
+    valid_acc = result.history[-1].valid_acc
     print(
-        f"supernet valid acc {result.history[-1].valid_acc:.4f}, retrain test acc "
+        f"supernet valid acc {valid_acc:.4f}, retrain test acc "
         f"{trained.test_accuracy:.4f}, wall time {total:.0f} s"
     )
+    failures = []
+    if args.min_valid_acc is not None and valid_acc < args.min_valid_acc:
+        failures.append(f"supernet valid acc {valid_acc:.4f} < {args.min_valid_acc}")
+    if args.min_test_acc is not None and trained.test_accuracy < args.min_test_acc:
+        failures.append(f"retrained test acc {trained.test_accuracy:.4f} < {args.min_test_acc}")
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

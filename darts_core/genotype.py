@@ -29,10 +29,11 @@ from dataclasses import InitVar, dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from darts_core.op_names import DARTS_OP_NAMES
 
-__all__ = ["DARTS_OP_NAMES", "Gene", "Genotype", "derive_genotype", "num_edges"]
+__all__ = ["DARTS_OP_NAMES", "Gene", "Genotype", "derive_genotype", "edge_softmax", "num_edges"]
 
 #: One chosen edge of a cell: ``(op_name, input_index)``.
 Gene = tuple[str, int]
@@ -46,6 +47,27 @@ _MAX_DARTS_TEXT = 100_000  # far above any real genotype; bounds the parser's wo
 def num_edges(internal_nodes: int) -> int:
     """Number of mixed edges of a DARTS cell: node ``i`` has ``i + 2`` incoming edges (14 for 4 nodes)."""
     return internal_nodes * (internal_nodes + 3) // 2
+
+
+def edge_softmax(betas: torch.Tensor, internal_nodes: int) -> torch.Tensor:
+    """The PC-DARTS edge weights: the softmax of ``betas`` among the inputs of each node.
+
+    Args:
+        betas: raw edge weights, ``(num_edges(internal_nodes),)``, numbered node by node as the alphas'
+            rows (node 0 has the edges from states 0 and 1, node 1 from states 0, 1, 2, ...).
+        internal_nodes: number of internal nodes per cell.
+
+    Returns:
+        ``(num_edges,)``; the entries of each node sum to 1.
+    """
+    expected = num_edges(internal_nodes)
+    if betas.dim() != 1 or betas.shape[0] != expected:
+        raise ValueError(
+            f"betas: expected shape ({expected},) (one weight per edge of {internal_nodes} nodes), "
+            f"got {tuple(betas.shape)}"
+        )
+    sizes = [2 + node for node in range(internal_nodes)]
+    return torch.cat([F.softmax(part, dim=0) for part in betas.split(sizes)])
 
 
 def _is_int(value: Any) -> bool:
@@ -363,6 +385,16 @@ def _softmax_rows(name: str, alphas: Any, expected_shape: tuple[int, int]) -> to
     return torch.softmax(tensor, dim=-1)
 
 
+def _edge_weights(name: str, betas: Any, internal_nodes: int) -> torch.Tensor:
+    tensor = torch.as_tensor(betas).detach().to(device="cpu", dtype=torch.float64)
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    try:
+        return edge_softmax(tensor, internal_nodes)
+    except ValueError as error:
+        raise ValueError(f"{name}: {str(error).removeprefix('betas: ')}") from None
+
+
 def _derive_cell(weights: torch.Tensor, primitives: Sequence[str], internal_nodes: int) -> list[Gene]:
     candidate_ops = [k for k, name in enumerate(primitives) if name != _NONE]
     rows = weights.tolist()
@@ -392,8 +424,11 @@ def derive_genotype(
     alphas_reduce: torch.Tensor,
     primitives: Sequence[str],
     internal_nodes: int = 4,
+    *,
+    betas_normal: torch.Tensor | None = None,
+    betas_reduce: torch.Tensor | None = None,
 ) -> Genotype:
-    """Derive the discrete genotype from architecture weights, exactly as DARTS does.
+    """Derive the discrete genotype from architecture weights, exactly as DARTS (or PC-DARTS) does.
 
     Args:
         alphas_normal: raw (pre-softmax) weights of the normal cell, shape ``(edges, len(primitives))``
@@ -402,6 +437,10 @@ def derive_genotype(
         alphas_reduce: the same for the reduction cell.
         primitives: op names, one per column.
         internal_nodes: number of internal nodes per cell.
+        betas_normal, betas_reduce: raw PC-DARTS edge weights ``(edges,)`` of each cell (edge
+            normalization), both or neither. Given, every softmaxed row is multiplied by its edge's
+            weight (:func:`edge_softmax`) before edges are ranked, as the PC-DARTS reference does; the
+            chosen operation of an edge does not change (a positive factor per row).
 
     Each row is softmaxed. For every node the two incoming edges whose strongest non-``none`` weight is
     largest are kept (stronger first), and on each the strongest non-``none`` op is chosen. When
@@ -420,6 +459,11 @@ def derive_genotype(
     shape = (num_edges(internal_nodes), len(primitives))
     weights_normal = _softmax_rows("alphas_normal", alphas_normal, shape)
     weights_reduce = _softmax_rows("alphas_reduce", alphas_reduce, shape)
+    if (betas_normal is None) != (betas_reduce is None):
+        raise ValueError("betas_normal and betas_reduce: give both (edge normalization) or neither")
+    if betas_normal is not None:
+        weights_normal = weights_normal * _edge_weights("betas_normal", betas_normal, internal_nodes)[:, None]
+        weights_reduce = weights_reduce * _edge_weights("betas_reduce", betas_reduce, internal_nodes)[:, None]
     concat = tuple(range(2, 2 + internal_nodes))
     return Genotype(
         normal=tuple(_derive_cell(weights_normal, primitives, internal_nodes)),

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from darts_core.cell import Cell, SpecialParameter, default_cell_output
-from darts_core.genotype import Genotype, derive_genotype, num_edges
+from darts_core.genotype import Genotype, derive_genotype, edge_softmax, num_edges
 from darts_core.ops import DARTS_PRIMITIVES_2D, Identity, ReduceChannels2d, ReLUConvBN2d
 
 __all__ = ["SearchNetwork", "GenotypeNetwork", "AuxiliaryHead", "GenotypeCell", "drop_path"]
@@ -93,6 +93,16 @@ class SearchNetwork(nn.Module):
         stem_multiplier: the stem outputs ``stem_multiplier * init_channels`` channels.
         primitives: a mapping name -> factory(C, stride, affine), or a sequence of names of
             :data:`~darts_core.ops.DARTS_PRIMITIVES_2D`.
+        partial_channels: ``K`` of PC-DARTS: each mixed operation sees ``1 / K`` of its input's
+            channels, the rest bypass it, then a channel shuffle (see :class:`~darts_core.cell.Cell`).
+            ``init_channels`` must be divisible by ``K``. ``1`` (default): DARTS.
+        edge_normalization: PC-DARTS edge normalization: two more architecture parameters,
+            ``betas_normal`` and ``betas_reduce`` (one weight per edge, shared by the cells of a kind,
+            softmaxed among each node's inputs), multiply every edge's output and weigh the edges when
+            the genotype is derived.
+
+    With ``partial_channels=1`` and ``edge_normalization=False`` the network, its initialisation (the
+    random draws) and its outputs are those of DARTS, bit for bit.
 
     Shapes:
         input N x in_channels x H x W (any H, W >= 1; odd sizes are halved with ceil) -> logits
@@ -108,6 +118,8 @@ class SearchNetwork(nn.Module):
         internal_nodes: int = 4,
         stem_multiplier: int = 3,
         primitives: Mapping[str, PrimitiveFactory] | Sequence[str] = DARTS_PRIMITIVES_2D,
+        partial_channels: int = 1,
+        edge_normalization: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -119,6 +131,13 @@ class SearchNetwork(nn.Module):
             ("stem_multiplier", stem_multiplier),
         ):
             _check_positive(name, value)
+        _check_positive("partial_channels", partial_channels)
+        if init_channels % partial_channels:
+            raise ValueError(
+                f"partial_channels ({partial_channels}) must divide init_channels ({init_channels})"
+            )
+        self.partial_channels = partial_channels
+        self.edge_normalization = bool(edge_normalization)
         self.primitives = _resolve_primitives(primitives)
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -130,6 +149,11 @@ class SearchNetwork(nn.Module):
         alpha_shape = (num_edges(internal_nodes), len(self.primitives))
         self.alphas_normal = SpecialParameter(1e-3 * torch.randn(alpha_shape))
         self.alphas_reduce = SpecialParameter(1e-3 * torch.randn(alpha_shape))
+        self.betas_normal: SpecialParameter | None = None
+        self.betas_reduce: SpecialParameter | None = None
+        if edge_normalization:
+            self.betas_normal = SpecialParameter(1e-3 * torch.randn(alpha_shape[0]))
+            self.betas_reduce = SpecialParameter(1e-3 * torch.randn(alpha_shape[0]))
 
         stem_channels = stem_multiplier * init_channels
         self.stem = _stem(in_channels, stem_channels)
@@ -152,6 +176,9 @@ class SearchNetwork(nn.Module):
                 internal_nodes=internal_nodes,
                 cell_merge_output_fn=merge_output,
                 weights=self.alphas_reduce if reduction else self.alphas_normal,
+                partial_channels=partial_channels,
+                edge_normalization=edge_normalization,
+                edge_weights=self.betas_reduce if reduction else self.betas_normal,
             )
             self.cells.append(cell)
             reduction_prev = reduction
@@ -164,41 +191,59 @@ class SearchNetwork(nn.Module):
         """Names of the operations, in the column order of the alphas."""
         return list(self.primitives)
 
-    def forward(self, x: Tensor, alphas: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, alphas: Sequence[Tensor] | None = None) -> Tensor:
         """Logits of the supernet.
 
         Args:
             x: images, N x in_channels x H x W.
-            alphas: optional ``(alphas_normal, alphas_reduce)``, each (edges, ops) raw (not softmaxed)
-                architecture weights used instead of the parameters, e.g. by a functional unrolled step.
+            alphas: optional raw (not softmaxed) architecture parameters used instead of the network's,
+                in the order of :meth:`arch_parameters`: ``(alphas_normal, alphas_reduce)``, each
+                (edges, ops), followed with edge normalization by ``(betas_normal, betas_reduce)``, each
+                (edges,). E.g. by a functional unrolled step.
 
         Returns:
             logits, N x num_classes.
         """
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be N x {self.in_channels} x H x W, got shape {tuple(x.shape)}")
+        own = self.arch_parameters()
         if alphas is None:
-            alphas_normal, alphas_reduce = self.alphas_normal, self.alphas_reduce
+            given = own
         else:
-            if len(alphas) != 2:
-                raise ValueError("alphas must be a pair (alphas_normal, alphas_reduce)")
-            alphas_normal, alphas_reduce = alphas
-            for name, given in (("alphas_normal", alphas_normal), ("alphas_reduce", alphas_reduce)):
-                if given.shape != self.alphas_normal.shape:
+            given = list(alphas)
+            if len(given) != len(own):
+                names = "(alphas_normal, alphas_reduce" + (
+                    ", betas_normal, betas_reduce)" if self.edge_normalization else ")"
+                )
+                raise ValueError(f"alphas must hold {len(own)} tensors {names}, got {len(given)}")
+            for name, tensor, expected in zip(self._arch_names(), given, own, strict=True):
+                if tensor.shape != expected.shape:
                     raise ValueError(
-                        f"alphas: {name} must have shape {tuple(self.alphas_normal.shape)}, "
-                        f"got {tuple(given.shape)}"
+                        f"alphas: {name} must have shape {tuple(expected.shape)}, got {tuple(tensor.shape)}"
                     )
+        alphas_normal, alphas_reduce = given[0], given[1]
+        betas_normal, betas_reduce = (given[2], given[3]) if self.edge_normalization else (None, None)
         s0 = s1 = self.stem(x)
         for cell, reduction in zip(self.cells, self.reduction_cells, strict=True):
             weights = alphas_reduce if reduction else alphas_normal
-            s0, s1 = s1, cell([s0, s1], weights=weights)
+            if self.edge_normalization:
+                betas = betas_reduce if reduction else betas_normal
+                s0, s1 = s1, cell([s0, s1], weights=weights, edge_weights=betas)
+            else:
+                s0, s1 = s1, cell([s0, s1], weights=weights)
         pooled = self.global_pooling(s1).flatten(1)
         return self.classifier(pooled)
 
     def arch_parameters(self) -> list[Tensor]:
-        """The architecture parameters ``[alphas_normal, alphas_reduce]``, each (edges, ops)."""
+        """The architecture parameters ``[alphas_normal, alphas_reduce]``, each (edges, ops), then with
+        edge normalization ``[betas_normal, betas_reduce]``, each (edges,)."""
+        if self.betas_normal is not None and self.betas_reduce is not None:
+            return [self.alphas_normal, self.alphas_reduce, self.betas_normal, self.betas_reduce]
         return [self.alphas_normal, self.alphas_reduce]
+
+    def _arch_names(self) -> list[str]:
+        names = ["alphas_normal", "alphas_reduce"]
+        return [*names, "betas_normal", "betas_reduce"] if self.edge_normalization else names
 
     def weight_parameters(self) -> list[Tensor]:
         """Every parameter that is not an architecture parameter (convolutions, BN, classifier)."""
@@ -212,13 +257,33 @@ class SearchNetwork(nn.Module):
             "reduce": F.softmax(self.alphas_reduce.detach(), dim=-1),
         }
 
+    def softmaxed_betas(self) -> dict[str, Tensor] | None:
+        """Detached edge weights softmaxed per node, ``{"normal": (edges,), "reduce": (edges,)}``; ``None``
+        without edge normalization."""
+        if self.betas_normal is None or self.betas_reduce is None:
+            return None
+        return {
+            "normal": edge_softmax(self.betas_normal.detach(), self.internal_nodes),
+            "reduce": edge_softmax(self.betas_reduce.detach(), self.internal_nodes),
+        }
+
     def genotype(self) -> Genotype:
-        """The discrete architecture DARTS derives from the current alphas (two edges per node)."""
+        """The discrete architecture DARTS derives from the current alphas (two edges per node).
+
+        With edge normalization the edges are ranked by alpha x beta, as the PC-DARTS reference does.
+        """
+        betas = {}
+        if self.betas_normal is not None and self.betas_reduce is not None:
+            betas = {
+                "betas_normal": self.betas_normal.detach().cpu(),
+                "betas_reduce": self.betas_reduce.detach().cpu(),
+            }
         return derive_genotype(
             self.alphas_normal.detach().cpu(),
             self.alphas_reduce.detach().cpu(),
             self.primitive_names,
             self.internal_nodes,
+            **betas,
         )
 
 

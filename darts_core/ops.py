@@ -18,8 +18,10 @@ no longer keeps the BatchNorm output for the product (a quarter of the activatio
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -40,10 +42,46 @@ __all__ = [
     "PrimitiveFactory",
     "DARTS_PRIMITIVES_2D",
     "batch_norm_scaled",
+    "twice_differentiable",
+    "recomputes_in_backward",
 ]
 
 #: A factory building one candidate operation: ``factory(C, stride, affine) -> nn.Module``.
 PrimitiveFactory = Callable[[int, int, bool], nn.Module]
+
+
+_TWICE_DIFFERENTIABLE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "darts_core_twice_differentiable", default=False
+)
+
+
+@contextlib.contextmanager
+def twice_differentiable() -> Iterator[None]:
+    """Inside, the operations use plain PyTorch functions instead of the memory-saving autograd Functions.
+
+    The search step never differentiates twice, so :class:`DilConv2d`, :class:`MaxPoolBN2d` and the
+    cell recompute in backward what autograd would keep. Hessian-vector products
+    (:mod:`darts_core.collapse`, with ``torch.func``) need second derivatives and the functorch
+    transforms: they run the network inside this context. Same values; more memory kept.
+    """
+    token = _TWICE_DIFFERENTIABLE.set(True)
+    try:
+        yield
+    finally:
+        _TWICE_DIFFERENTIABLE.reset(token)
+
+
+def recomputes_in_backward(x: torch.Tensor) -> bool:
+    """Whether the memory-saving autograd Functions apply to ``x`` now.
+
+    Not under autocast (they run the plain kernels in fp32), not without autograd (nothing is kept
+    then), and not inside :func:`twice_differentiable`.
+    """
+    return (
+        torch.is_grad_enabled()
+        and not torch.is_autocast_enabled(x.device.type)
+        and not _TWICE_DIFFERENTIABLE.get()
+    )
 
 
 def _strided_size(size: int, stride: int) -> int:
@@ -304,7 +342,7 @@ class DilConv2d(StartsWithReLU):
 
     def forward_relu_applied_before_bn(self, x_relu: torch.Tensor) -> torch.Tensor:
         """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
-        if torch.is_autocast_enabled(x_relu.device.type) or not torch.is_grad_enabled():
+        if not recomputes_in_backward(x_relu):
             return self.pointwise(self.depthwise(x_relu))
         # Recompute the depthwise output in backward rather than keep it (see _DepthwisePointwise).
         return _DepthwisePointwise.apply(x_relu, self.depthwise.weight, self.pointwise.weight, self.depthwise)
@@ -412,7 +450,7 @@ class MaxPoolBN2d(EndsInBatchNorm):
 
     def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
         """The input of :attr:`final_bn`."""
-        if x.dim() != 4 or torch.is_autocast_enabled(x.device.type) or not torch.is_grad_enabled():
+        if x.dim() != 4 or not recomputes_in_backward(x):
             return self.pool(x)
         # Recompute the argmax indices in backward rather than keep them (see _MaxPool3x3).
         return _MaxPool3x3.apply(x, self.pool.stride)

@@ -21,6 +21,11 @@ class EpochRecord(BaseModel):
     rate used during the epoch, ``seconds`` its wall time. ``genotype`` is the DARTS JSON form
     (:meth:`darts_core.genotype.Genotype.to_json`); ``alphas`` the softmaxed architecture weights,
     ``{"normal": rows, "reduce": rows}``, one row per edge and one column per primitive.
+
+    The collapse metrics (:mod:`darts_core.collapse`): ``skip_connections`` and ``parameter_free_ops``
+    of the derived normal cell, ``alpha_entropy`` (mean entropy of the softmaxed alpha rows, nats) and
+    ``hessian_eigenvalue`` (only in the epochs ``training.hessian_every`` measures it). ``None`` in
+    records written before they existed.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -35,4 +40,17 @@ class EpochRecord(BaseModel):
     genotype: dict[str, Any] = Field(description="The genotype derived after this epoch (DARTS format)")
     alphas: dict[str, list[list[float]]] = Field(
         description="Softmaxed alphas: {'normal': rows, 'reduce': rows}"
+    )
+    skip_connections: int | None = Field(
+        default=None, ge=0, description="Skip connections in the derived normal cell"
+    )
+    parameter_free_ops: int | None = Field(
+        default=None, ge=0, description="Parameter-free operations (skip, pools) in the derived normal cell"
+    )
+    alpha_entropy: float | None = Field(
+        default=None, description="Mean entropy of the softmaxed alpha rows (nats)"
+    )
+    hessian_eigenvalue: float | None = Field(
+        default=None,
+        description="Dominant eigenvalue of the validation loss's Hessian w.r.t. the alphas (when measured)",
     )

@@ -36,6 +36,17 @@ from darts_core.checkpoint import (
     spec_differences,
     write_checkpoint,
 )
+from darts_core.collapse import (
+    CollapseMetrics,
+    EarlyStop,
+    collapse_metrics,
+    darts_plus_rule,
+    dominant_hessian_eigenvalue,
+    eigenvalue_rule,
+    mean_alpha_entropy,
+    parameter_free_count,
+    skip_count,
+)
 from darts_core.config import NetworkConfig, ResourcesConfig, SearchConfig, SearchSpaceConfig, TrainingConfig
 from darts_core.genotype import Genotype
 from darts_core.networks import SearchNetwork
@@ -74,6 +85,20 @@ class EpochResult:
     seconds: float
     genotype: Genotype
     alphas: dict[str, list[list[float]]]
+    skip_connections: int | None = None
+    parameter_free_ops: int | None = None
+    alpha_entropy: float | None = None
+    hessian_eigenvalue: float | None = None
+
+    def collapse(self) -> CollapseMetrics:
+        """The epoch's collapse metrics (computed from the genotype and alphas when not recorded)."""
+        skips, free, entropy = self.skip_connections, self.parameter_free_ops, self.alpha_entropy
+        return CollapseMetrics(
+            skip_connections=skip_count(self.genotype) if skips is None else skips,
+            parameter_free_ops=parameter_free_count(self.genotype) if free is None else free,
+            alpha_entropy=mean_alpha_entropy(self.alphas) if entropy is None else entropy,
+            hessian_eigenvalue=self.hessian_eigenvalue,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: an :class:`~darts_core.records.EpochRecord` dict (``genotype`` as
@@ -88,6 +113,10 @@ class EpochResult:
             seconds=self.seconds,
             genotype=self.genotype.to_json(),
             alphas={kind: [list(row) for row in rows] for kind, rows in self.alphas.items()},
+            skip_connections=self.skip_connections,
+            parameter_free_ops=self.parameter_free_ops,
+            alpha_entropy=self.alpha_entropy,
+            hessian_eigenvalue=self.hessian_eigenvalue,
         ).model_dump()
 
     @classmethod
@@ -103,7 +132,15 @@ class EpochResult:
             seconds=float(data["seconds"]),
             genotype=Genotype.from_json(data["genotype"], primitives=primitives),
             alphas={kind: [list(map(float, row)) for row in rows] for kind, rows in data["alphas"].items()},
+            skip_connections=_optional(int, data.get("skip_connections")),
+            parameter_free_ops=_optional(int, data.get("parameter_free_ops")),
+            alpha_entropy=_optional(float, data.get("alpha_entropy")),
+            hessian_eigenvalue=_optional(float, data.get("hessian_eigenvalue")),
         )
+
+
+def _optional(kind: type, value: Any) -> Any:
+    return None if value is None else kind(value)
 
 
 @dataclass(frozen=True)
@@ -113,12 +150,17 @@ class SearchResult:
     ``epochs_completed`` counts finished epochs (restored ones included); ``stopped`` is true when
     ``should_stop`` ended the search early; ``genotype`` is derived from the alphas of the last finished
     epoch (from the initial alphas when none finished); ``history`` has one entry per finished epoch.
+    ``stopped_early`` is true when the spec's ``training.early_stop`` rule ended the search (a search
+    that then counts as finished, not interrupted); ``stop_reason`` says why, and ``genotype`` is then
+    the one the rule keeps (an earlier epoch's).
     """
 
     epochs_completed: int
     stopped: bool
     genotype: Genotype
     history: list[EpochResult]
+    stopped_early: bool = False
+    stop_reason: str | None = None
 
 
 def _seed_everything(seed: int) -> None:
@@ -161,6 +203,8 @@ def _build_network(config: SearchConfig, in_channels: int, num_classes: int) -> 
         internal_nodes=config.search_space.internal_nodes,
         stem_multiplier=config.network.stem_multiplier,
         primitives=list(config.search_space.primitives),
+        partial_channels=config.search_space.partial_channels,
+        edge_normalization=config.search_space.edge_normalization,
     )
 
 
@@ -202,6 +246,26 @@ def _softmaxed_alphas(network: nn.Module) -> dict[str, list[list[float]]]:
     return {
         kind: weights.detach().float().cpu().tolist() for kind, weights in network.softmaxed_alphas().items()
     }
+
+
+def _early_stop(config: SearchConfig, history: list[EpochResult]) -> EarlyStop | None:
+    """The decision of the spec's ``training.early_stop`` rule on the history (None: go on)."""
+    training = config.training
+    if training.early_stop is None or not history:
+        return None
+    metrics = [item.collapse() for item in history]
+    if training.early_stop == "darts_plus":
+        return darts_plus_rule(metrics, training.max_skip_connections)
+    return eigenvalue_rule(metrics, training.eigenvalue_window, training.eigenvalue_threshold)
+
+
+def _stopped_early(
+    decision: EarlyStop, history: list[EpochResult], initial_genotype: Genotype
+) -> SearchResult:
+    kept = history[decision.keep_epoch - 1].genotype if decision.keep_epoch >= 1 else initial_genotype
+    return SearchResult(
+        len(history), False, kept, history, stopped_early=True, stop_reason=decision.reason
+    )
 
 
 def _comparable_spec(config: SearchConfig) -> dict[str, Any]:
@@ -248,6 +312,12 @@ def run_search(
     ends bit-identical to an uninterrupted one.
     ``resources.device="auto"`` uses CUDA when present, with bf16 autocast (fp32 parameters) on CUDA.
 
+    Every epoch records the collapse metrics of :mod:`darts_core.collapse`; every
+    ``training.hessian_every`` epochs also the dominant eigenvalue of the Hessian of the loss with
+    respect to the alphas, on a fixed batch (the first ``batch_size`` images of the search-valid split).
+    After each epoch (and on resume) the ``training.early_stop`` rule, if any, is asked whether to stop:
+    the search then returns ``stopped_early=True`` with the rule's reason and the genotype it keeps.
+
     The checkpoint's contents are described in :mod:`darts_core.checkpoint`.
     """
     training = config.training
@@ -266,6 +336,7 @@ def run_search(
 
     _seed_everything(training.seed)
     network = _build_network(config, dataset.in_channels, dataset.num_classes).to(device)
+    initial_genotype = network.genotype()  # what DARTS+ keeps when it stops after the first epoch
     search = DartsSearch(
         network,
         order=training.order,
@@ -294,6 +365,11 @@ def run_search(
         loaded = load_checkpoint(checkpoint_dir, map_location=device)
         if loaded is not None:
             history = _restore(*loaded, search, config)
+            # A search stopped by its rule right after a checkpoint (before it could report) ends here.
+            decision = _early_stop(config, history)
+            if decision is not None:
+                return _stopped_early(decision, history, initial_genotype)
+    hessian_batch = (x_valid[: training.batch_size], y_valid[: training.batch_size])
 
     for epoch in range(len(history) + 1, training.epochs + 1):
         started = time.perf_counter()
@@ -319,6 +395,10 @@ def run_search(
         if evaluated is None:
             return SearchResult(len(history), True, _last_genotype(history, network), history)
         valid_loss, valid_acc = evaluated
+        eigenvalue = None
+        if training.hessian_every is not None and epoch % training.hessian_every == 0:
+            eigenvalue = dominant_hessian_eigenvalue(network, hessian_batch, seed=training.seed).value
+        metrics = collapse_metrics(network, eigenvalue)
         result = EpochResult(
             epoch=epoch,
             train_loss=train_loss,
@@ -329,6 +409,10 @@ def run_search(
             seconds=time.perf_counter() - started,
             genotype=network.genotype(),
             alphas=_softmaxed_alphas(network),
+            skip_connections=metrics.skip_connections,
+            parameter_free_ops=metrics.parameter_free_ops,
+            alpha_entropy=metrics.alpha_entropy,
+            hessian_eigenvalue=metrics.hessian_eigenvalue,
         )
         history.append(result)
         if checkpoint_dir is not None:
@@ -345,6 +429,9 @@ def run_search(
             )
         if on_epoch is not None:
             on_epoch(result)
+        decision = _early_stop(config, history)
+        if decision is not None:
+            return _stopped_early(decision, history, initial_genotype)
 
     return SearchResult(len(history), False, _last_genotype(history, network), history)
 
@@ -359,6 +446,10 @@ def _restore(
     """Load a checkpoint into ``search`` and the RNGs; return the recorded history."""
     saved_spec = dict(state["spec"])
     saved_spec.pop("resources", None)
+    with contextlib.suppress(ValueError):
+        # Fields added since the checkpoint was written take their defaults (same search, older spec).
+        saved_spec = SearchConfig.from_spec(saved_spec).to_spec()
+        saved_spec.pop("resources", None)
     differences = list(spec_differences(saved_spec, _comparable_spec(config)))
     if differences:
         raise ValueError(

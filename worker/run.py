@@ -192,12 +192,22 @@ class SearchRun:
     def token(self) -> int | None:
         return self.lease.token if self.lease else None
 
-    def _publish_status(self, status: Status, error: str | None = None) -> None:
+    def _publish_status(
+        self,
+        status: Status,
+        error: str | None = None,
+        *,
+        stop_reason: str | None = None,
+        genotype: dict[str, Any] | None = None,
+    ) -> None:
         """Send a status event, retrying until Redis takes it (the lease's heartbeat keeps running)."""
         delay = 0.2
         while True:
             try:
-                publish_status(self.client, self.settings, self.search_id, status, error, attempt=self.token)
+                publish_status(
+                    self.client, self.settings, self.search_id, status, error, attempt=self.token,
+                    stop_reason=stop_reason, genotype=genotype,
+                )
                 return
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if self.lease is not None and self.lease.lost.is_set():
@@ -313,7 +323,13 @@ class SearchRun:
             self._publish_status(Status.cancelled)
             lease.finish()
             return "cancelled"
-        self._publish_status(Status.succeeded)
+        if result.stopped_early:
+            # The early-stop rule ended the search: it succeeded, with the genotype the rule keeps.
+            self._publish_status(
+                Status.succeeded, stop_reason=result.stop_reason, genotype=result.genotype.to_json()
+            )
+        else:
+            self._publish_status(Status.succeeded)
         lease.finish()
         return "succeeded"
 

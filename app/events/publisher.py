@@ -45,8 +45,13 @@ def publish_status(
     error: str | None = None,
     *,
     attempt: int | None = None,
+    stop_reason: str | None = None,
+    genotype: dict[str, Any] | None = None,
 ) -> str:
-    """Publish a status change of `search_id`. Returns the stream entry id."""
-    return publish(
-        client, settings, StatusEvent(search_id=search_id, status=status, error=error, attempt=attempt)
+    """Publish a status change of `search_id` (`stop_reason` and `genotype`: a `succeeded` search that its
+    early-stop rule ended). Returns the stream entry id."""
+    event = StatusEvent(
+        search_id=search_id, status=status, error=error, attempt=attempt, stop_reason=stop_reason,
+        genotype=genotype,
     )
+    return publish(client, settings, event)

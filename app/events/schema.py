@@ -50,12 +50,16 @@ class StatusEvent(_EventBase):
     """A status change reported by a worker.
 
     `running` when it starts (or resumes) a search; `queued` when it hands a search back to the queue
-    (warm shutdown); `succeeded`, `failed` (with `error`) or `cancelled` when it ends.
+    (warm shutdown); `succeeded`, `failed` (with `error`) or `cancelled` when it ends. A search its
+    early-stop rule ended succeeds with `stop_reason` and the `genotype` the rule keeps (an earlier
+    epoch's).
     """
 
     type: Literal["status"] = "status"
     status: Status
     error: str | None = None
+    stop_reason: str | None = None
+    genotype: dict[str, Any] | None = None
 
 
 SearchEvent = Annotated[EpochEvent | StatusEvent, Field(discriminator="type")]

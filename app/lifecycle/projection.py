@@ -76,6 +76,10 @@ def _apply_status(search: Search, event: StatusEvent) -> Outcome:
     if target in TERMINAL:
         search.finished_at = event.emitted_at
         search.error = event.error if target == Status.failed else None
+    if target == Status.succeeded and event.stop_reason is not None:
+        search.stop_reason = event.stop_reason
+        if event.genotype is not None:  # the genotype the early-stop rule keeps
+            search.genotype = event.genotype
     return "stored"
 
 

@@ -319,7 +319,10 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
     config = SearchConfig.from_spec({"name": "x", "dataset": {"name": "digits"}, "training": {"epochs": 3}})
     spec = config.to_spec()
     assert spec == {
-        "search_space": {"primitives": list(DARTS_OP_NAMES), "internal_nodes": 4},
+        "search_space": {
+            "primitives": list(DARTS_OP_NAMES), "internal_nodes": 4, "partial_channels": 1,
+            "edge_normalization": False,
+        },
         "network": {"cells": 8, "init_channels": 16, "stem_multiplier": 3},
         "training": {
             "epochs": 3,
@@ -334,6 +337,11 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
             "arch_weight_decay": 1e-3,
             "grad_clip": 5.0,
             "seed": 0,
+            "early_stop": None,
+            "max_skip_connections": 2,
+            "eigenvalue_window": 5,
+            "eigenvalue_threshold": 1.3,
+            "hessian_every": None,
         },
         "resources": {"device": "auto"},
     }
@@ -451,6 +459,7 @@ def test_on_epoch_payload_and_checkpoint(tiny_dataset, tmp_path) -> None:
     payload = reported[0].to_dict()
     assert list(payload) == [
         "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype", "alphas",
+        "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue",
     ]  # fmt: skip
     assert json.loads(json.dumps(payload)) == payload
     assert payload["lr"] == pytest.approx(0.025) and reported[1].lr < reported[0].lr  # cosine over 2 epochs

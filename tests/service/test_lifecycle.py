@@ -92,6 +92,33 @@ def test_an_epoch_is_stored_once_and_marks_a_queued_search_running(db_session: S
     assert db_session.query(SearchEpoch).filter_by(search_id=search.id).count() == 1
 
 
+def test_collapse_metrics_and_an_early_stop_reach_the_rows(db_session: Session) -> None:
+    search = _search(db_session)
+    for epoch in (1, 2):
+        event = _epoch(search.id, epoch).model_copy(
+            update={
+                "skip_connections": epoch, "parameter_free_ops": epoch + 1, "alpha_entropy": 2.0 / epoch,
+                "hessian_eigenvalue": 0.5 if epoch == 2 else None,
+            }
+        )
+        assert apply_event(db_session, event, f"{epoch}-0") == "stored"
+    db_session.commit()
+    rows = db_session.query(SearchEpoch).filter_by(search_id=search.id).order_by(SearchEpoch.epoch).all()
+    metrics = [
+        (r.skip_connections, r.parameter_free_ops, r.alpha_entropy, r.hessian_eigenvalue) for r in rows
+    ]
+    assert metrics == [(1, 2, 2.0, None), (2, 3, 1.0, 0.5)]
+    assert _reload(db_session, search).metrics["skip_connections"] == 2
+    reason = "darts_plus: the normal cell of epoch 2 has 2 skip connections"
+    kept = epoch_genotype(1)
+    stop = StatusEvent(search_id=search.id, status="succeeded", stop_reason=reason, genotype=kept)
+    assert apply_event(db_session, stop, None) == "stored"
+    db_session.commit()
+    after = _reload(db_session, search)
+    assert after.status == "succeeded" and after.stopped_early and after.stop_reason == reason
+    assert after.genotype == epoch_genotype(1)  # the genotype the rule kept, not epoch 2's
+
+
 def test_events_of_a_superseded_attempt_are_fenced_off(db_session: Session) -> None:
     search = _search(db_session, status="running", attempts=2)
     assert apply_event(db_session, _epoch(search.id, 1, attempt=1), "1-0") == "fenced"

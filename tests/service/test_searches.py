@@ -64,13 +64,17 @@ def test_create_returns_the_resource_with_defaults_and_queues_a_task(
             "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
         ],
         "internal_nodes": 4,
+        "partial_channels": 1,
+        "edge_normalization": False,
     }
     assert spec["network"] == {"cells": 8, "init_channels": 16, "stem_multiplier": 3}
     assert spec["training"] == {
         "epochs": 3, "batch_size": 64, "train_portion": 0.5, "order": "first", "weight_lr": 0.025,
         "weight_lr_min": 0.001, "momentum": 0.9, "weight_decay": 3e-4, "arch_lr": 3e-4,
-        "arch_weight_decay": 1e-3, "grad_clip": 5.0, "seed": 0,
+        "arch_weight_decay": 1e-3, "grad_clip": 5.0, "seed": 0, "early_stop": None,
+        "max_skip_connections": 2, "eigenvalue_window": 5, "eigenvalue_threshold": 1.3, "hessian_every": None,
     }
+    assert search["stopped_early"] is False and search["stop_reason"] is None
     assert spec["resources"] == {"device": "auto"}
     assert client.get(f"/searches/{search['id']}").json() == search
 
@@ -101,7 +105,10 @@ def test_create_keeps_the_given_values(client: TestClient) -> None:
         "name": "synthetic", "num_samples": 64, "num_classes": 4, "channels": 3, "image_size": [8, 12],
         "noise": 0.5, "test_fraction": 0.2, "seed": 0,
     }
-    assert echoed["search_space"] == {"primitives": ["skip_connect", "sep_conv_3x3"], "internal_nodes": 2}
+    assert echoed["search_space"] == {
+        "primitives": ["skip_connect", "sep_conv_3x3"], "internal_nodes": 2, "partial_channels": 1,
+        "edge_normalization": False,
+    }
     assert echoed["network"] == {"cells": 3, "init_channels": 4, "stem_multiplier": 3}
     assert echoed["training"]["order"] == "second" and echoed["training"]["seed"] == 7
     assert echoed["resources"] == {"device": "cpu"}
@@ -292,7 +299,8 @@ def test_epochs_are_listed_in_order_with_cursor_pages(client: TestClient, record
     first = everything["items"][0]
     assert set(first) == {
         "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype",
-        "alphas", "created_at",
+        "alphas", "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue",
+        "created_at",
     }
     assert first["train_loss"] == 2.0 and first["genotype"] == epoch_genotype(1)
 
