@@ -4,11 +4,12 @@ The layout guarantees that no edge label overlaps another label or a node, whate
 
 - Each cell is a row of columns, left to right: the two inputs, then one column per internal node (a
   node only reads earlier nodes, so every edge points right), then the output `c_{k}`.
-- Between two node columns lies a *label lane* as wide as the cell's longest label. The lane left of
-  internal node `n` holds only the labels of `n`'s two incoming edges: the first above the edge's
-  entry port in the node's upper half, the second below the port in its lower half. Lanes and node
-  columns never share an x range, and the two labels of a lane lie on either side of the node's
-  middle, so no two label boxes and no label box and node box intersect.
+- Between two node columns lies a *lane*: room for the edges to curve, then a strip as wide as the
+  cell's longest label, just left of the next node. The strip left of internal node `n` holds only
+  the labels of `n`'s two incoming edges, on the straight last stretch of each edge: the first above
+  its entry port in the node's upper half, the second below its port in the lower half. Lanes and
+  node columns never share an x range, and the two labels of a strip lie on either side of the
+  node's middle, so no two label boxes and no label box and node box intersect.
 - Each label is drawn on an opaque box with `textLength` set to the box's inner width, so the text
   stays inside its box whatever font the viewer substitutes.
 
@@ -31,7 +32,8 @@ LABEL_CHAR_WIDTH = 6.7  # monospace advance at LABEL_FONT_SIZE: the box is sized
 LABEL_PAD = 4
 LABEL_HEIGHT = 15
 LABEL_GAP = 2  # between a label box and the edge it names
-LANE_PAD = 14  # room for the edge's curve to arrive before the label lane
+CURVE_ROOM = 56  # the part of a lane where edges curve towards their target's port
+LABEL_MARGIN = 6  # between a label strip and its node
 TITLE_HEIGHT = 26
 MARGIN = 12
 CELL_GAP = 18
@@ -82,7 +84,8 @@ def _cell_svg(title: str, edges: list[Any], concat: list[int], y0: float) -> tup
     """Elements of one cell whose top is at `y0`; returns (elements, width, height)."""
     internal = len(edges) // 2
     ops = [str(op) for op, _ in edges]
-    lane = max([label_width(op) for op in ops] + [40.0]) + LANE_PAD
+    strip = max([label_width(op) for op in ops] + [40.0])
+    lane = CURVE_ROOM + strip + LABEL_MARGIN
     top = y0 + TITLE_HEIGHT + LABEL_HEIGHT + LABEL_GAP
 
     # Column of each node: inputs 0, internal node n at n - 1, output after the last internal node.
@@ -105,9 +108,10 @@ def _cell_svg(title: str, edges: list[Any], concat: list[int], y0: float) -> tup
         source_box, target_box = boxes[int(source)], boxes[target]
         # Entry ports at a quarter and three quarters of the target's height.
         port_y = target_box.y + NODE_HEIGHT * (0.3 if upper else 0.7)
-        lane_left = target_box.x - lane + LANE_PAD / 2
+        # The edge curves until the label strip, then runs straight into its port under its label.
+        lane_left = target_box.x - LABEL_MARGIN - strip
         x1, y1 = source_box.x + NODE_WIDTH, source_box.y + NODE_HEIGHT / 2
-        bend = max(24.0, (lane_left - x1) / 2)
+        bend = max(CURVE_ROOM / 2, (lane_left - x1) / 2)
         colour = _EDGE_COLOURS.get(name, "#333")
         edge_parts.append(
             f'<path class="edge" d="M{x1:.1f},{y1:.1f} C{x1 + bend:.1f},{y1:.1f} {lane_left - bend:.1f},'

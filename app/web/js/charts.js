@@ -92,19 +92,24 @@ function shade(value) {
 }
 
 /**
- * A heatmap of `rows` (arrays of numbers in [0, 1]) with `rowLabels` and `columnLabels`; each cell
- * has a <title> with its value. Returns an <svg> sized for its labels.
+ * A heatmap of `rows` (arrays of numbers) with `rowLabels` and `columnLabels`, shaded from the
+ * matrix's lowest value (white) to its highest (deep blue); each row's largest value is outlined and
+ * each cell has a <title> with its value. Returns a <figure>: the caption, then the <svg>.
  */
 export function heatmap({ title, rows, rowLabels, columnLabels }) {
-  const cell = 26;
-  const left = Math.max(...rowLabels.map((l) => l.length), 4) * 6.6 + 10;
-  const top = 28 + Math.max(...columnLabels.map((l) => l.length), 4) * 5.2;
-  const width = left + columnLabels.length * cell + 8;
-  const height = top + rows.length * cell + 8;
+  const cell = 28;
+  const values = rows.flat();
+  const low = Math.min(...values);
+  const high = Math.max(...values);
+  const scale = (v) => (high - low > 1e-9 ? (v - low) / (high - low) : 0.5);
+  const longestColumn = Math.max(...columnLabels.map((l) => l.length), 4) * 6.8;
+  const left = Math.max(...rowLabels.map((l) => l.length), 4) * 6.4 + 10;
+  const top = 14 + longestColumn * 0.8; // labels turned by 50 degrees: sin(50) of their length, and some
+  const width = left + columnLabels.length * cell + longestColumn * 0.64 + 4; // and cos(50) to the right
+  const height = top + rows.length * cell + 4;
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, class: "heatmap", role: "img", "aria-label": title });
-  root.append(svg("text", { x: 0, y: 16, class: "chart-title" }, title));
   columnLabels.forEach((label, j) => {
-    const x = left + j * cell + cell / 2 + 4;
+    const x = left + j * cell + cell / 2;
     root.append(svg("text", { x, y: top - 6, class: "tick", transform: `rotate(-50 ${x} ${top - 6})` }, label));
   });
   rows.forEach((row, i) => {
@@ -112,10 +117,20 @@ export function heatmap({ title, rows, rowLabels, columnLabels }) {
     root.append(svg("text", { x: left - 6, y: y + cell / 2 + 4, class: "tick", "text-anchor": "end" }, rowLabels[i]));
     const best = row.indexOf(Math.max(...row));
     row.forEach((value, j) => {
-      const rect = svg("rect", { x: left + j * cell, y, width: cell - 2, height: cell - 2, fill: shade(value), class: j === best ? "best" : "" });
+      const rect = svg("rect", { x: left + j * cell, y, width: cell - 2, height: cell - 2, fill: shade(scale(value)), class: j === best ? "best" : "" });
       rect.append(svg("title", {}, `${rowLabels[i]}, ${columnLabels[j]}: ${value.toFixed(3)}`));
       root.append(rect);
     });
   });
-  return root;
+  const caption = document.createElement("figcaption");
+  caption.className = "chart-title";
+  caption.textContent = title;
+  const legend = document.createElement("span");
+  legend.className = "muted legend-text";
+  legend.textContent = ` white ${low.toFixed(3)} → blue ${high.toFixed(3)}; outlined: each edge's strongest operation`;
+  caption.append(legend);
+  const figure = document.createElement("figure");
+  figure.className = "heatmap-figure";
+  figure.append(caption, root);
+  return figure;
 }

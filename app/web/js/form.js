@@ -13,6 +13,7 @@ const GROUPS = [
 const ESTIMATE_DELAY_MS = 400;
 
 let schemas = null;
+let estimateOffered = false;
 let datasets = [];
 let estimateTimer = null;
 let estimateGeneration = 0;
@@ -58,7 +59,7 @@ function field(path, name, rawProperty, override) {
   let input;
   if (property.type === "array" && !itemOptions) {
     // A list the schema gives no choices for: comma-separated, empty for the server's default.
-    input = element("input", { id, "data-path": path, "data-kind": "list", placeholder: "default: the server's", value: (value || []).join(", ") });
+    input = element("input", { id, "data-path": path, "data-kind": "list", placeholder: "comma-separated; empty: the server's default", value: (value || []).join(", ") });
   } else if (itemOptions) {
     // A set of names (the primitives): one checkbox each, the default ones ticked.
     const chosen = new Set(value || itemOptions);
@@ -230,6 +231,11 @@ function showEstimate(estimate) {
 
 async function estimate() {
   const mine = (estimateGeneration += 1);
+  if (!estimateOffered) {
+    $("estimate-text").textContent = "not offered by this server";
+    $("estimate-text").className = "muted";
+    return;
+  }
   try {
     const answer = await api("/searches/estimate", { method: "POST", json: formSpec() });
     if (mine === estimateGeneration) showEstimate(answer);
@@ -305,6 +311,8 @@ export async function showForm() {
   if (!built) {
     const schema = await api("/openapi.json");
     schemas = schema.components.schemas;
+    // Asked only where the server documents it: a 404 would be a console error on every change.
+    estimateOffered = Boolean(schema.paths["/searches/estimate"] && schema.paths["/searches/estimate"].post);
     $("spec-groups").replaceChildren(...GROUPS.map(([key, title]) => groupFieldset(key, title)));
     built = true;
   }

@@ -4,7 +4,7 @@
 import { api, readEvents } from "./api.js";
 import { heatmap, lineChart } from "./charts.js";
 import { dartsString, edgeLabels } from "./genotype.js";
-import { $, TERMINAL, copyText, download, duration, element, percent, setStatus } from "./util.js";
+import { $, TERMINAL, copyText, download, duration, element, parseTime, percent, setStatus } from "./util.js";
 
 const POLL_MS = 2000;
 const COLOURS = { train: "#2471a3", valid: "#d35400", lr: "#1e8449" };
@@ -30,6 +30,10 @@ function renderSummary() {
   const eta = !TERMINAL.has(search.status) && seconds.length && remaining > 0
     ? `about ${duration((seconds.reduce((a, b) => a + b, 0) / seconds.length) * remaining)} left`
     : "";
+  const started = parseTime(search.started_at);
+  const finished = parseTime(search.finished_at);
+  const took = started && finished ? ` · took ${duration((finished - started) / 1000)}` : "";
+  $("search-best").textContent = `best valid acc ${percent(search.best_valid_acc)}${took}`;
   $("search-eta").textContent = eta;
   $("search-error").hidden = !search.error;
   $("search-error").textContent = search.error ? `Error: ${search.error}` : "";
@@ -86,7 +90,7 @@ async function renderArchitecture(epoch) {
       if (!Array.isArray(rows) || !rows.length) continue;
       const labels = edgeLabels(space.internal_nodes || 0);
       heatmaps.push(heatmap({
-        title: `${title} (epoch ${epoch}, softmax over operations)`,
+        title: `${title}, epoch ${epoch} (softmax over operations)`,
         rows: softmaxRows(rows),
         rowLabels: rows.map((_, i) => labels[i] || `edge ${i}`),
         columnLabels: rows[0].map((_, j) => primitives[j] || `op ${j}`),
