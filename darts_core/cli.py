@@ -419,7 +419,7 @@ def datasets(
     if as_json:
         found: dict[str, Any] = {"builtin": builtin_datasets()}
         remote.server_datasets(url, token, lambda _table, items: found.update(server=items))
-        console.print_json(json.dumps(found))
+        remote.print_json(found)
         return
     table = Table("name", "classes", "shape (C, H, W)", "samples", "parameters", "description")
     for item in builtin_datasets():

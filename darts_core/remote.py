@@ -75,8 +75,9 @@ def _client(url: str | None, token: str | None) -> Iterator[DartsClient]:
         raise _exit(str(error), EXIT_SERVER_ERROR) from None
 
 
-def _print_json(data: Any) -> None:
-    console.print_json(json.dumps(data))
+def print_json(data: Any) -> None:
+    """JSON for scripts: plain text, never wrapped or coloured."""
+    typer.echo(json.dumps(data, indent=2))
 
 
 def _age(stamp: str | None) -> str:
@@ -174,7 +175,7 @@ def submit(
     with _client(url, token) as client:
         search = client.submit(spec)
         if as_json and not watch_it:
-            _print_json(search)
+            print_json(search)
             return
         console.print(f"submitted {search['id']} ({search['name']}, {search['epochs']} epochs)", highlight=False)
         if watch_it:
@@ -192,7 +193,7 @@ def list_(
     with _client(url, token) as client:
         page = client.list_searches(status=status, limit=limit)
     if as_json:
-        _print_json(page)
+        print_json(page)
     else:
         console.print(_search_table(page["items"]))
 
@@ -207,7 +208,7 @@ def status(
     with _client(url, token) as client:
         search = client.get_search(search_id)
     if as_json:
-        _print_json(search)
+        print_json(search)
         return
     console.print(_search_table([search]))
     if search.get("metrics"):
@@ -382,7 +383,7 @@ def upload(
             task = progress.add_task("upload", total=file.stat().st_size)
             dataset = client.upload(file, name=name, progress=lambda sent: progress.advance(task, sent))
     if as_json:
-        _print_json(dataset)
+        print_json(dataset)
     else:
         console.print(
             f"uploaded {dataset['id']} ({dataset['name']}: {dataset.get('num_samples')} samples, "

@@ -4,7 +4,7 @@ TCP proxy the test controls, to cut connections mid-stream.
 - `LiveServer(settings)`: `create_app(settings)` (ingester on) served by uvicorn on a free port, in a
   thread of the test process.
 - `CuttingProxy(port)`: forwards a local port to `port`; `cut()` closes every open connection at once
-  (as a proxy restart or a dropped network does); it records the first bytes each client sent.
+  (as a proxy restart or a dropped network does); it records what the clients sent.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class CuttingProxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.requests: list[bytes] = []  # the first bytes of each connection (its request line, headers)
+        self.requests: list[bytes] = []  # what clients sent, chunk by chunk (request lines, headers)
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         self._closed = False
@@ -75,13 +75,11 @@ class CuttingProxy:
             threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
 
     def _pipe(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
-        first = True
         try:
             while chunk := source.recv(65536):
-                if record and first:
+                if record:
                     with self._lock:
                         self.requests.append(chunk)
-                    first = False
                 sink.sendall(chunk)
         except OSError:
             pass
