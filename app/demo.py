@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from app.cli import _PR_SET_PDEATHSIG, _PRCTL  # libc's prctl, loaded before any fork
+from darts_core.sse import iter_sse
 
 # Small enough for a few minutes on 2 CPU cores, big enough to learn digits.
 DEMO_SPEC: dict[str, Any] = {
@@ -41,19 +42,10 @@ def _free_port() -> int:
 
 def _sse_events(client: httpx.Client, path: str):
     """Yield (event, data) pairs of an SSE response until the server ends it."""
-    event, data = "message", []
     with client.stream("GET", path, timeout=httpx.Timeout(10.0, read=None)) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
-            line = line.rstrip("\r")
-            if not line:
-                if data:
-                    yield event, json.loads("\n".join(data))
-                event, data = "message", []
-            elif line.startswith("event:"):
-                event = line[len("event:") :].strip()
-            elif line.startswith("data:"):
-                data.append(line[len("data:") :].strip())
+        for event in iter_sse(response.iter_lines()):
+            yield event.event, event.json()
 
 
 def _format_epoch(record: dict[str, Any], total: int) -> str:

@@ -202,7 +202,9 @@ class DartsClient:
         items: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
-            page = self._json("GET", f"/searches/{search_id}/epochs", params={"cursor": cursor} if cursor else {})
+            page = self._json(
+                "GET", f"/searches/{search_id}/epochs", params={"cursor": cursor} if cursor else {}
+            )
             items += page["items"]
             cursor = page.get("next_cursor")
             if not cursor:

@@ -10,14 +10,21 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console, Group
 from rich.live import Live
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -40,11 +47,15 @@ EXIT_BAD_INPUT = 2
 
 UrlOption = Annotated[
     str | None,
-    typer.Option("--url", envvar="DARTS_URL", help="Server URL (overrides the stored login).", show_default=False),
+    typer.Option(
+        "--url", envvar="DARTS_URL", help="Server URL (overrides the stored login).", show_default=False
+    ),
 ]
 TokenOption = Annotated[
     str | None,
-    typer.Option("--token", envvar="DARTS_TOKEN", help="API key (overrides the stored login).", show_default=False),
+    typer.Option(
+        "--token", envvar="DARTS_TOKEN", help="API key (overrides the stored login).", show_default=False
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead of a table.")]
 
@@ -85,8 +96,8 @@ def _age(stamp: str | None) -> str:
         return ""
     moment = datetime.fromisoformat(stamp)
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return _duration((datetime.now(timezone.utc) - moment).total_seconds())
+        moment = moment.replace(tzinfo=UTC)
+    return _duration((datetime.now(UTC) - moment).total_seconds())
 
 
 def _duration(seconds: float | None) -> str:
@@ -111,11 +122,18 @@ def darts_string(genotype: dict[str, Any]) -> str:
 
 
 def login(
-    url: Annotated[str, typer.Argument(help="The server, e.g. http://127.0.0.1:8000 or the login URL "
-                                       "`darts-service up` prints (…/?token=KEY).")],
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="The server, e.g. http://127.0.0.1:8000 or the login URL "
+            "`darts-service up` prints (…/?token=KEY)."
+        ),
+    ],
     token: Annotated[
         str | None,
-        typer.Option("--token", envvar="DARTS_TOKEN", help="API key; asked for when not given.", show_default=False),
+        typer.Option(
+            "--token", envvar="DARTS_TOKEN", help="API key; asked for when not given.", show_default=False
+        ),
     ] = None,
 ) -> None:
     """Store the server URL and API key in the user's config directory, after checking them."""
@@ -139,12 +157,12 @@ def _search_table(searches: list[dict[str, Any]]) -> Table:
         started, finished = search.get("started_at"), search.get("finished_at")
         duration = None
         if started:
-            end = datetime.fromisoformat(finished) if finished else datetime.now(timezone.utc)
+            end = datetime.fromisoformat(finished) if finished else datetime.now(UTC)
             begin = datetime.fromisoformat(started)
             if begin.tzinfo is None:
-                begin = begin.replace(tzinfo=timezone.utc)
+                begin = begin.replace(tzinfo=UTC)
             if end.tzinfo is None:
-                end = end.replace(tzinfo=timezone.utc)
+                end = end.replace(tzinfo=UTC)
             duration = (end - begin).total_seconds()
         table.add_row(
             search["id"],
@@ -177,7 +195,9 @@ def submit(
         if as_json and not watch_it:
             print_json(search)
             return
-        console.print(f"submitted {search['id']} ({search['name']}, {search['epochs']} epochs)", highlight=False)
+        console.print(
+            f"submitted {search['id']} ({search['name']}, {search['epochs']} epochs)", highlight=False
+        )
         if watch_it:
             _watch(client, search["id"], as_json)
 
@@ -231,9 +251,12 @@ def cancel(
 def genotype(
     search_id: Annotated[str, typer.Argument(metavar="ID")],
     fmt: Annotated[
-        str, typer.Option("--format", help="json, darts (the DARTS code's string form) or svg (the cells drawn).")
+        str,
+        typer.Option("--format", help="json, darts (the DARTS code's string form) or svg (the cells drawn)."),
     ] = "json",
-    out: Annotated[Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to FILE instead of stdout.")
+    ] = None,
     epoch: Annotated[int | None, typer.Option(min=1, help="An earlier epoch's genotype.")] = None,
     url: UrlOption = None,
     token: TokenOption = None,
@@ -290,7 +313,9 @@ class _WatchView:
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("epochs")
         )
-        self.task = self.progress.add_task(search["status"], total=search["epochs"], completed=search["epoch"])
+        self.task = self.progress.add_task(
+            search["status"], total=search["epochs"], completed=search["epoch"]
+        )
 
     def epoch(self, record: dict[str, Any]) -> None:
         self.metrics, self.genotype = record, record.get("genotype")
@@ -326,7 +351,9 @@ def _watch(client: DartsClient, search_id: str, as_json: bool) -> None:
     events = client.follow(search_id, on_reconnect=reconnecting)
     if as_json:
         for event in events:
-            console.out(json.dumps({"event": event.event, "id": event.id, "data": event.json()}), highlight=False)
+            console.out(
+                json.dumps({"event": event.event, "id": event.id, "data": event.json()}), highlight=False
+            )
             if event.event == "status":
                 final = event.json()["status"]
     else:
@@ -365,7 +392,9 @@ def watch(
 
 
 def upload(
-    file: Annotated[Path, typer.Argument(help="An .npz with x (N x C x H x W or N x H x W x C) and y (N labels).")],
+    file: Annotated[
+        Path, typer.Argument(help="An .npz with x (N x C x H x W or N x H x W x C) and y (N labels).")
+    ],
     name: Annotated[str | None, typer.Option(help="Dataset name (default: the file name).")] = None,
     url: UrlOption = None,
     token: TokenOption = None,
@@ -376,7 +405,11 @@ def upload(
         raise _exit(f"FILE: {file} is not a file", EXIT_BAD_INPUT)
     with _client(url, token) as client:
         progress = Progress(
-            TextColumn(file.name), BarColumn(), DownloadColumn(), TransferSpeedColumn(), console=errors,
+            TextColumn(file.name),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=errors,
             transient=True,
         )
         with progress:
@@ -395,7 +428,9 @@ def upload(
 def server_datasets_table(client: DartsClient) -> tuple[Table, list[dict[str, Any]]]:
     """The server's datasets (built in and uploaded) as a table, and as returned."""
     items = client.datasets()
-    table = Table("id", "kind", "name", "samples", "classes", "shape (C, H, W)", title=f"datasets on {client.url}")
+    table = Table(
+        "id", "kind", "name", "samples", "classes", "shape (C, H, W)", title=f"datasets on {client.url}"
+    )
     for item in items:
         shape = [item.get("channels"), item.get("height"), item.get("width")]
         table.add_row(
@@ -409,7 +444,9 @@ def server_datasets_table(client: DartsClient) -> tuple[Table, list[dict[str, An
     return table, items
 
 
-def server_datasets(url: str | None, token: str | None, show: Callable[[Table, list[dict[str, Any]]], None]) -> None:
+def server_datasets(
+    url: str | None, token: str | None, show: Callable[[Table, list[dict[str, Any]]], None]
+) -> None:
     """`show` the server's datasets when a login (stored or given) exists; nothing otherwise."""
     try:
         login = load_login(url, token)

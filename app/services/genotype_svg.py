@@ -99,10 +99,12 @@ def _cell_svg(title: str, edges: list[Any], concat: list[int], y0: float) -> tup
     output = Box(column_x(internal + 1), top + ROW_PITCH, NODE_WIDTH, NODE_HEIGHT)
     names = {0: "c_{k-2}", 1: "c_{k-1}"} | {n + 2: str(n) for n in range(internal)}
 
-    parts = [f'<text class="cell-title" x="{MARGIN}" y="{y0 + 17:.1f}" font-weight="bold">{escape(title)}</text>']
+    parts = [
+        f'<text class="cell-title" x="{MARGIN}" y="{y0 + 17:.1f}" font-weight="bold">{escape(title)}</text>'
+    ]
     edge_parts: list[str] = []
     label_parts: list[str] = []
-    for position, ((op, source), name) in enumerate(zip(edges, ops, strict=True)):
+    for position, ((_, source), name) in enumerate(zip(edges, ops, strict=True)):
         target = position // 2 + 2
         upper = position % 2 == 0
         source_box, target_box = boxes[int(source)], boxes[target]

@@ -27,7 +27,12 @@ def _genotype(internal: int, ops: list[str]) -> dict:
     cycle = itertools.cycle(ops)
     edges = [[next(cycle), max(0, node + 2 - offset)] for node in range(internal) for offset in (1, 2)]
     concat = list(range(2, internal + 2))
-    return {"normal": edges, "normal_concat": concat, "reduce": list(reversed(edges)), "reduce_concat": concat}
+    return {
+        "normal": edges,
+        "normal_concat": concat,
+        "reduce": list(reversed(edges)),
+        "reduce_concat": concat,
+    }
 
 
 CASES = {

@@ -85,7 +85,9 @@ def test_login_url_splits_into_server_and_key() -> None:
         split_login_url("darts.example.org")
 
 
-def test_login_then_submit_list_status_genotype_and_upload(live: LiveServer, env: dict[str, str], tmp_path: Path) -> None:
+def test_login_then_submit_list_status_genotype_and_upload(
+    live: LiveServer, env: dict[str, str], tmp_path: Path
+) -> None:
     # Not logged in: exit 2 with what to do.
     assert "darts login URL" in one_error_line(darts(env, "list", check=2))
 
@@ -128,7 +130,9 @@ def test_login_then_submit_list_status_genotype_and_upload(live: LiveServer, env
     buffer = io.BytesIO()
     np.savez(buffer, x=np.zeros((16, 1, 8, 8), dtype=np.uint8), y=np.arange(16) % 2)
     (tmp_path / "zeros.npz").write_bytes(buffer.getvalue())
-    uploaded = json.loads(darts(env, "upload", str(tmp_path / "zeros.npz"), "--name", "zeros", "--json").stdout)
+    uploaded = json.loads(
+        darts(env, "upload", str(tmp_path / "zeros.npz"), "--name", "zeros", "--json").stdout
+    )
     assert uploaded["name"] == "zeros" and uploaded["num_samples"] == 16
     listing = json.loads(darts(env, "datasets", "--json").stdout)
     assert {item["name"] for item in listing["builtin"]} >= {"digits", "synthetic"}
@@ -156,13 +160,26 @@ def test_cancel_and_server_errors_are_one_line_and_non_zero(live: LiveServer, en
     assert "--format" in one_error_line(darts(env, "genotype", search_id, "--format", "png", check=2))
 
 
-def test_watch_resumes_with_last_event_id_when_the_stream_is_cut(live: LiveServer, env: dict[str, str]) -> None:
+def test_watch_resumes_with_last_event_id_when_the_stream_is_cut(
+    live: LiveServer, env: dict[str, str]
+) -> None:
     proxy = CuttingProxy(live.port)
     try:
         with DartsClient(live.url, KEY) as client:
             search_id = client.submit(tiny_spec(epochs=5, samples=256, name="watched"))["id"]
         process = subprocess.Popen(
-            [sys.executable, "-m", "darts_core.cli", "watch", search_id, "--json", "--url", proxy.url, "--token", KEY],
+            [
+                sys.executable,
+                "-m",
+                "darts_core.cli",
+                "watch",
+                search_id,
+                "--json",
+                "--url",
+                proxy.url,
+                "--token",
+                KEY,
+            ],
             env=env,
             cwd=REPO_ROOT,
             stdout=subprocess.PIPE,
@@ -183,20 +200,33 @@ def test_watch_resumes_with_last_event_id_when_the_stream_is_cut(live: LiveServe
 
     epochs = [line["data"]["epoch"] for line in lines if line["event"] == "epoch"]
     assert epochs == [1, 2, 3, 4, 5], epochs  # each once, in order, across the cut
-    assert lines[-1] == {"event": "status", "id": lines[-1]["id"], "data": {"status": "succeeded", "error": None}}
+    assert lines[-1] == {
+        "event": "status",
+        "id": lines[-1]["id"],
+        "data": {"status": "succeeded", "error": None},
+    }
     assert "reconnecting" in stderr
-    event_requests = [r for r in proxy.requests if r.startswith(b"GET ") and b"/events" in r.split(b"\r\n", 1)[0]]
+    event_requests = [
+        r for r in proxy.requests if r.startswith(b"GET ") and b"/events" in r.split(b"\r\n", 1)[0]
+    ]
     assert len(event_requests) >= 2
     resumed = event_requests[1].decode("latin-1").lower()
     # Resumed after the last epoch seen before the cut: its stream entry id goes back as Last-Event-ID.
-    last_id = next(line["id"] for line in lines if line["event"] == "epoch" and line["data"]["epoch"] == cut_after)
+    last_id = next(
+        line["id"] for line in lines if line["event"] == "epoch" and line["data"]["epoch"] == cut_after
+    )
     assert f"last-event-id: {last_id}".lower() in resumed
     assert f"authorization: bearer {KEY}".lower() in resumed
 
 
-def test_overrides_and_follow_give_up_on_a_dead_server(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_overrides_and_follow_give_up_on_a_dead_server(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DARTS_CONFIG_DIR", env["DARTS_CONFIG_DIR"])
     assert load_login() is None
     assert load_login("http://127.0.0.1:1/?token=k") == load_login("http://127.0.0.1:1", "k")
-    with DartsClient("http://127.0.0.1:9", "k") as client, pytest.raises(ServiceError, match="could not be resumed"):
+    with (
+        DartsClient("http://127.0.0.1:9", "k") as client,
+        pytest.raises(ServiceError, match="could not be resumed"),
+    ):
         list(client.follow("x", reconnect_for=0.5))

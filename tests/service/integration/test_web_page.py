@@ -146,10 +146,17 @@ def boxes_of(page: Any, selector: str) -> list[dict[str, float]]:
 
 
 def intersect(a: dict[str, float], b: dict[str, float]) -> bool:
-    return a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
+    return (
+        a["x"] < b["x"] + b["w"]
+        and b["x"] < a["x"] + a["w"]
+        and a["y"] < b["y"] + b["h"]
+        and b["y"] < a["y"] + a["h"]
+    )
 
 
-def test_login_from_the_url_sends_the_key_and_drops_it_from_the_address_bar(page: Any, live: LiveServer) -> None:
+def test_login_from_the_url_sends_the_key_and_drops_it_from_the_address_bar(
+    page: Any, live: LiveServer
+) -> None:
     sent: list[str | None] = []
     page.on("request", lambda r: "/searches" in r.url and sent.append(r.headers.get("authorization")))
     log_in(page)
