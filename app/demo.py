@@ -22,7 +22,6 @@ from typing import Any
 import httpx
 
 from app.cli import _PR_SET_PDEATHSIG, _PRCTL  # libc's prctl, loaded before any fork
-from darts_core.sse import iter_sse
 
 # Small enough for a few minutes on 2 CPU cores, big enough to learn digits.
 DEMO_SPEC: dict[str, Any] = {
@@ -42,6 +41,8 @@ def _free_port() -> int:
 
 def _sse_events(client: httpx.Client, path: str):
     """Yield (event, data) pairs of an SSE response until the server ends it."""
+    from darts_core.sse import iter_sse  # the one SSE parser (the `darts` client's)
+
     with client.stream("GET", path, timeout=httpx.Timeout(10.0, read=None)) as response:
         response.raise_for_status()
         for event in iter_sse(response.iter_lines()):

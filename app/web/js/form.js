@@ -47,9 +47,20 @@ function describe(property) {
   return [property.description, parts.join(", ")].filter(Boolean).join(" · ");
 }
 
+/** `X | None` in the schema: the non-null variant, carrying the outer title, description, default. */
+function optionalOf(property) {
+  if (!property.anyOf) return null;
+  const others = property.anyOf.map(resolve).filter((variant) => variant.type !== "null");
+  if (others.length !== 1 || others.length === property.anyOf.length) return null;
+  const { anyOf, ...outer } = property;
+  return { ...others[0], ...outer };
+}
+
 /** One labelled input for `property` named `path` (e.g. "training.epochs"). */
 function field(path, name, rawProperty, override) {
-  const property = resolve(rawProperty);
+  let property = resolve(rawProperty);
+  const optional = optionalOf(property);
+  if (optional) property = optional;
   const id = `f-${path.replaceAll(".", "-")}`;
   const value = override !== undefined ? override : property.default;
   const error = element("span", { class: "field-error", "data-error-for": path, id: `${id}-error` });
@@ -57,9 +68,11 @@ function field(path, name, rawProperty, override) {
   const options = enumOf(property);
   const itemOptions = property.type === "array" ? enumOf(property.items) || property.default : null;
   let input;
+  let wide = false;
   if (property.type === "array" && !itemOptions) {
     // A list the schema gives no choices for: comma-separated, empty for the server's default.
     input = element("input", { id, "data-path": path, "data-kind": "list", placeholder: "comma-separated; empty: the server's default", value: (value || []).join(", ") });
+    wide = true;
   } else if (itemOptions) {
     // A set of names (the primitives): one checkbox each, the default ones ticked.
     const chosen = new Set(value || itemOptions);
@@ -75,7 +88,10 @@ function field(path, name, rawProperty, override) {
     group.setAttribute("aria-describedby", error.id);
     return group;
   } else if (options) {
-    input = element("select", { id, "data-path": path, "data-kind": "enum" }, ...options.map((o) => element("option", { value: o, text: o, selected: o === value })));
+    const choices = options.map((o) => element("option", { value: o, text: o, selected: o === value }));
+    // An optional choice starts on "default": the server decides (e.g. a layout guessed from the data).
+    if (optional) choices.unshift(element("option", { value: "", text: "default", selected: value === undefined || value === null }));
+    input = element("select", { id, "data-path": path, "data-kind": "enum" }, ...choices);
   } else if (property.type === "boolean") {
     input = element("input", { id, type: "checkbox", "data-path": path, "data-kind": "boolean", checked: Boolean(value) });
   } else if (property.type === "integer" || property.type === "number") {
@@ -96,7 +112,8 @@ function field(path, name, rawProperty, override) {
   }
   input.setAttribute("aria-describedby", `${error.id}`);
   const label = element("label", { for: id, text: humanise(name) });
-  return element("div", { class: property.type === "boolean" ? "field inline" : "field" }, label, input, hint, error);
+  const classes = ["field", property.type === "boolean" ? "inline" : "", wide ? "wide" : ""].filter(Boolean).join(" ");
+  return element("div", { class: classes }, label, input, hint, error);
 }
 
 function groupFieldset(key, title) {
@@ -214,7 +231,7 @@ function showErrors(error) {
     }
     if (!placed) unplaced.push(`${fieldPath(item.loc || []) || "body"}: ${item.msg}`);
   }
-  $("form-error").textContent = unplaced.length ? unplaced.join("; ") : "Please correct the fields marked below.";
+  $("form-error").textContent = unplaced.length ? unplaced.join("; ") : "Please correct the fields marked above.";
   const first = $("search-form").querySelector("[aria-invalid]");
   if (first) first.scrollIntoView({ block: "center" });
 }

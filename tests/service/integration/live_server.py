@@ -25,8 +25,10 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, key: str = "") -> None:
         from app.main import create_app
+
+        self.key = key  # the API key the test's clients use
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -106,3 +108,15 @@ class CuttingProxy:
         self._closed = True
         self.listener.close()
         self.cut()
+
+
+def client_key(request: object, name: str) -> str:
+    """An API key for a client of the live server: a real one from the `make_key` fixture where the
+    suite has it (API keys, issue 9), else any string (a server without keys ignores the header)."""
+    import pytest
+
+    try:
+        make_key = request.getfixturevalue("make_key")  # type: ignore[attr-defined]
+    except pytest.FixtureLookupError:
+        return f"{name}-key"
+    return make_key(name)[1]

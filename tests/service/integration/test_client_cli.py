@@ -27,17 +27,17 @@ from darts_core.client import DartsClient, ServiceError, load_login, split_login
 from darts_core.genotype import Genotype
 
 from .conftest import REPO_ROOT, WorkerProcess, tiny_spec, wait_until
-from .live_server import CuttingProxy, LiveServer
+from .live_server import CuttingProxy, LiveServer, client_key
 
 pytestmark = pytest.mark.integration
 
-KEY = "cli-test-key"
-
 
 @pytest.fixture(scope="module")
-def live(stack_settings: Settings, worker: WorkerProcess) -> Iterator[LiveServer]:
+def live(
+    stack_settings: Settings, worker: WorkerProcess, request: pytest.FixtureRequest
+) -> Iterator[LiveServer]:
     worker.ensure_running()
-    server = LiveServer(stack_settings).start()
+    server = LiveServer(stack_settings, client_key(request, "cli")).start()
     yield server
     server.stop()
 
@@ -57,14 +57,14 @@ class Run:
     stderr: str
 
 
-def darts(env: dict[str, str], *args: str, check: int | None = 0) -> Run:
+def darts(env: dict[str, str], *args: str, check: int | None = 0, input: str | None = None) -> Run:
     """`darts ARGS` in this process (typer's runner: the same code as the console script, without
     paying torch's import again); `watch` below runs as a real subprocess."""
     from typer.testing import CliRunner
 
     from darts_core.cli import app
 
-    result = CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
+    result = CliRunner().invoke(app, list(args), env=env, input=input, catch_exceptions=False)
     run = Run(result.exit_code, result.stdout, result.stderr)
     if check is not None:
         assert run.returncode == check, f"darts {' '.join(args)} -> {run.returncode}\n{run.stderr}"
@@ -91,10 +91,12 @@ def test_login_then_submit_list_status_genotype_and_upload(
     # Not logged in: exit 2 with what to do.
     assert "darts login URL" in one_error_line(darts(env, "list", check=2))
 
-    # The URL `darts-service up` prints logs in as it is.
-    darts(env, "login", f"{live.url}/?token={KEY}")
+    # The key asked for when not given; then the URL `darts-service up` prints, as it is.
+    darts(env, "login", live.url, input=f"{live.key}\n")
+    assert json.loads((tmp_path / "config" / "login.json").read_text())["token"] == live.key
+    darts(env, "login", f"{live.url}/?token={live.key}")
     stored = json.loads((tmp_path / "config" / "login.json").read_text())
-    assert stored == {"url": live.url, "token": KEY}
+    assert stored == {"url": live.url, "token": live.key}
     assert (tmp_path / "config" / "login.json").stat().st_mode & 0o777 == 0o600
 
     spec_file = tmp_path / "spec.json"
@@ -107,7 +109,7 @@ def test_login_then_submit_list_status_genotype_and_upload(
     watched = darts(env, "submit", str(spec_file), "--watch")
     assert "succeeded" in watched.stdout and "Genotype(normal=" in watched.stdout
 
-    with DartsClient(live.url, KEY) as client:
+    with DartsClient(live.url, live.key) as client:
         wait_until(lambda: client.get_search(search_id)["status"] == "succeeded", 180, "the cli's search")
         genotype = client.genotype(search_id)
 
@@ -142,11 +144,11 @@ def test_login_then_submit_list_status_genotype_and_upload(
 
 
 def test_cancel_and_server_errors_are_one_line_and_non_zero(live: LiveServer, env: dict[str, str]) -> None:
-    env = env | {"DARTS_URL": live.url, "DARTS_TOKEN": KEY}  # no stored login: the environment is enough
-    with DartsClient(live.url, KEY) as client:
+    env = env | {"DARTS_URL": live.url, "DARTS_TOKEN": live.key}  # no stored login: the environment is enough
+    with DartsClient(live.url, live.key) as client:
         search_id = client.submit(tiny_spec(epochs=300, name="cancel me"))["id"]
     assert "cancel" in darts(env, "cancel", search_id).stdout
-    with DartsClient(live.url, KEY) as client:
+    with DartsClient(live.url, live.key) as client:
         wait_until(lambda: client.get_search(search_id)["status"] == "cancelled", 120, "the cancel")
     assert "cancelled" in darts(env, "cancel", search_id).stdout  # idempotent
 
@@ -165,7 +167,7 @@ def test_watch_resumes_with_last_event_id_when_the_stream_is_cut(
 ) -> None:
     proxy = CuttingProxy(live.port)
     try:
-        with DartsClient(live.url, KEY) as client:
+        with DartsClient(live.url, live.key) as client:
             search_id = client.submit(tiny_spec(epochs=5, samples=256, name="watched"))["id"]
         process = subprocess.Popen(
             [
@@ -178,7 +180,7 @@ def test_watch_resumes_with_last_event_id_when_the_stream_is_cut(
                 "--url",
                 proxy.url,
                 "--token",
-                KEY,
+                live.key,
             ],
             env=env,
             cwd=REPO_ROOT,
@@ -216,7 +218,7 @@ def test_watch_resumes_with_last_event_id_when_the_stream_is_cut(
         line["id"] for line in lines if line["event"] == "epoch" and line["data"]["epoch"] == cut_after
     )
     assert f"last-event-id: {last_id}".lower() in resumed
-    assert f"authorization: bearer {KEY}".lower() in resumed
+    assert f"authorization: bearer {live.key}".lower() in resumed
 
 
 def test_overrides_and_follow_give_up_on_a_dead_server(

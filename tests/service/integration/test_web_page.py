@@ -23,11 +23,10 @@ from app.settings import Settings
 from darts_core.genotype import Genotype
 
 from .conftest import REPO_ROOT, WorkerProcess, tiny_spec, wait_until
-from .live_server import LiveServer
+from .live_server import LiveServer, client_key
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-KEY = "browser-test-key"
 SHOTS = REPO_ROOT / "out" / "screenshots"
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
 TINY = {  # the form's fields for TINY_SPEC (tests/service/integration/conftest.py)
@@ -42,9 +41,11 @@ TINY = {  # the form's fields for TINY_SPEC (tests/service/integration/conftest.
 
 
 @pytest.fixture(scope="module")
-def live(stack_settings: Settings, worker: WorkerProcess) -> Iterator[LiveServer]:
+def live(
+    stack_settings: Settings, worker: WorkerProcess, request: pytest.FixtureRequest
+) -> Iterator[LiveServer]:
     worker.ensure_running()
-    server = LiveServer(stack_settings).start()
+    server = LiveServer(stack_settings, client_key(request, "browser")).start()
     yield server
     server.stop()
 
@@ -108,11 +109,11 @@ def expect(locator: Any) -> Any:
 
 
 def api(live: LiveServer) -> httpx.Client:
-    return httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    return httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {live.key}"}, timeout=30)
 
 
-def log_in(page: Any) -> None:
-    page.goto(f"/?token={KEY}")
+def log_in(page: Any, live: LiveServer) -> None:
+    page.goto(f"/?token={live.key}")
     page.locator("#view-list").wait_for(state="visible")
 
 
@@ -159,25 +160,25 @@ def test_login_from_the_url_sends_the_key_and_drops_it_from_the_address_bar(
 ) -> None:
     sent: list[str | None] = []
     page.on("request", lambda r: "/searches" in r.url and sent.append(r.headers.get("authorization")))
-    log_in(page)
+    log_in(page, live)
     assert "token" not in page.url
-    assert page.evaluate("localStorage.getItem('darts-service.key')") == KEY
+    assert page.evaluate("localStorage.getItem('darts-service.key')") == live.key
     wait_until(lambda: sent, 10, "a request to /searches")
-    assert set(sent) == {f"Bearer {KEY}"}
+    assert set(sent) == {f"Bearer {live.key}"}
 
     page.click("#logout")
     page.locator("#view-login").wait_for(state="visible")
     assert page.evaluate("localStorage.getItem('darts-service.key')") is None
-    page.fill("#login-key", KEY)
+    page.fill("#login-key", live.key)
     page.click("#login-form button[type=submit]")
     page.locator("#view-list").wait_for(state="visible")
-    assert page.evaluate("localStorage.getItem('darts-service.key')") == KEY
+    assert page.evaluate("localStorage.getItem('darts-service.key')") == live.key
 
 
 def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_cells(
     page: Any, live: LiveServer, tmp_path: Path
 ) -> None:
-    log_in(page)
+    log_in(page, live)
     page.click("#nav a[href='#/new']")
     page.locator("#f-training-epochs").wait_for()
 
@@ -255,7 +256,7 @@ def test_cancel_a_running_search_from_its_page(page: Any, live: LiveServer) -> N
         created = client.post("/searches", json=tiny_spec(epochs=300, name="to cancel"))
         assert created.status_code == 201, created.text
     search_id = created.json()["id"]
-    log_in(page)
+    log_in(page, live)
     page.goto(f"/#/search/{search_id}")
     page.locator("#search-status", has_text="running").wait_for(timeout=120_000)
     page.locator("#search-live", has_text="live").wait_for()
@@ -266,7 +267,7 @@ def test_cancel_a_running_search_from_its_page(page: Any, live: LiveServer) -> N
 
 
 def test_the_list_shows_progress_filters_by_status_and_opens_a_search(page: Any, live: LiveServer) -> None:
-    log_in(page)
+    log_in(page, live)
     rows = page.locator("#searches tbody tr")
     rows.first.wait_for()
     names = page.locator("#searches tbody td.name").all_inner_texts()
