@@ -160,7 +160,10 @@ def test_login_from_the_url_sends_the_key_and_drops_it_from_the_address_bar(
 ) -> None:
     sent: list[str | None] = []
     page.on("request", lambda r: "/searches" in r.url and sent.append(r.headers.get("authorization")))
-    log_in(page, live)
+    response = page.goto(f"/?token={live.key}")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "unsafe-inline" not in policy  # no inline script runs
+    page.locator("#view-list").wait_for(state="visible")
     assert "token" not in page.url
     assert page.evaluate("localStorage.getItem('darts-service.key')") == live.key
     wait_until(lambda: sent, 10, "a request to /searches")
