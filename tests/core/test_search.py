@@ -27,6 +27,19 @@ from darts_core.search import (
 TINY_PRIMITIVES = ("none", "sep_conv_3x3", "avg_pool_3x3", "skip_connect")
 
 
+class _Subsampled(nn.Module):
+    """`module` on every second pixel: a stride-2 1x1 convolution written without oneDNN's strided
+    1x1 kernel, whose channels_last backward with fewer than 8 channels corrupts the heap (see
+    darts_core.ops.ReduceChannels2d)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x[:, :, ::2, ::2])
+
+
 class TinySearchNet(nn.Module):
     """A two-cell supernet with one internal node per cell and the methods of SearchNetwork.
 
@@ -61,7 +74,7 @@ class TinySearchNet(nn.Module):
             nn.BatchNorm2d(channels, affine=False),
         )
         pool = nn.AvgPool2d(3, stride, 1, count_include_pad=False)
-        skip = nn.Identity() if stride == 1 else nn.Conv2d(channels, channels, 1, stride, bias=False)
+        skip = nn.Identity() if stride == 1 else _Subsampled(nn.Conv2d(channels, channels, 1, bias=False))
         return nn.ModuleList([conv, pool, skip])
 
     @staticmethod
