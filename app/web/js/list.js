@@ -36,8 +36,8 @@ async function refresh() {
   try {
     const page = await api(`/searches?${query}`);
     if (mine !== generation) return;
-    // The owner column is for admins: it shows when the server says who owns each search.
-    const showOwner = page.items.some((search) => "owner" in search);
+    // The owner column is for admins: only they see searches of more than one owner.
+    const showOwner = new Set(page.items.map((search) => search.owner ?? null)).size > 1;
     for (const header of document.querySelectorAll(".owner-column")) header.hidden = !showOwner;
     $("searches").querySelector("tbody").replaceChildren(...page.items.map((s) => row(s, showOwner)));
     $("searches-empty").hidden = page.items.length > 0;
