@@ -78,6 +78,7 @@ function softmaxRows(rows) {
 
 async function renderArchitecture(epoch) {
   const mine = current.generation;
+  current.shownEpoch = epoch; // a later call (the slider moved again) wins over this one's drawing
   const record = current.epochs.get(epoch);
   $("epoch-slider-value").textContent = record ? `${epoch}` : "";
   const spec = current.search.spec || {};
@@ -104,10 +105,11 @@ async function renderArchitecture(epoch) {
   }
   try {
     const text = await api(`/searches/${encodeURIComponent(current.id)}/genotype.svg?epoch=${epoch}`, { accept: "image/svg+xml" });
-    if (!alive(mine)) return;
+    if (!alive(mine) || current.shownEpoch !== epoch) return;
     const parsed = new DOMParser().parseFromString(text, "image/svg+xml");
     const drawing = document.importNode(parsed.documentElement, true);
     drawing.setAttribute("id", "cells-svg");
+    drawing.dataset.epoch = String(epoch);
     drawing.setAttribute("role", "img");
     drawing.setAttribute("aria-label", `the normal and reduction cells at epoch ${epoch}`);
     $("cells").replaceChildren(drawing);

@@ -138,14 +138,6 @@ def npz_file(tmp_path: Path) -> Path:
     return path
 
 
-def boxes_of(page: Any, selector: str) -> list[dict[str, float]]:
-    return page.eval_on_selector_all(
-        selector,
-        "els => els.map(e => { const r = e.getBoundingClientRect();"
-        " return {x: r.x, y: r.y, w: r.width, h: r.height}; })",
-    )
-
-
 def intersect(a: dict[str, float], b: dict[str, float]) -> bool:
     return (
         a["x"] < b["x"] + b["w"]
@@ -231,18 +223,31 @@ def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_
     page.locator("#epoch-slider").fill("1")
     page.locator("#heatmaps .chart-title", has_text="epoch 1").first.wait_for()
 
-    # The cells: drawn, every label clear of every other label and of every node, as laid out here.
-    page.locator("#cells-svg").wait_for()
-    labels = boxes_of(page, "#cells-svg rect.edge-label")
-    label_texts = boxes_of(page, "#cells-svg .edge-label-group text")
-    nodes = boxes_of(page, "#cells-svg rect.node")
+    # The cells: drawn, every label clear of every other label and of every node, as laid out here
+    # (all boxes measured at once, on the drawing of one epoch).
+    page.locator("#epoch-slider").fill("3")
+    page.locator("#cells-svg[data-epoch='3']").wait_for()
+    boxes = page.eval_on_selector(
+        "#cells-svg",
+        """svg => {
+          const rect = (e) => {
+            const r = e.getBoundingClientRect();
+            return {x: r.x, y: r.y, w: r.width, h: r.height};
+          };
+          const all = (selector) => [...svg.querySelectorAll(selector)].map(rect);
+          return {
+            labels: all("rect.edge-label"), texts: all(".edge-label-group text"), nodes: all("rect.node"),
+          };
+        }""",
+    )
+    labels, label_texts, nodes = boxes["labels"], boxes["texts"], boxes["nodes"]
     assert len(labels) == 8 and len(nodes) == 10
     for first, second in itertools.combinations(labels, 2):
         assert not intersect(first, second), (first, second)
     for label, node in itertools.product(labels + label_texts, nodes):
         assert not intersect(label, node), (label, node)
     for text, box in zip(label_texts, labels, strict=True):  # each text inside its own box
-        assert box["x"] <= text["x"] and text["x"] + text["w"] <= box["x"] + box["w"] + 0.5
+        assert box["x"] <= text["x"] and text["x"] + text["w"] <= box["x"] + box["w"] + 0.5, (text, box)
 
     # The DARTS string is on view as text and copies to the clipboard.
     darts = Genotype.from_json(search["genotype"]).to_darts()
@@ -250,7 +255,6 @@ def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_
     page.click("#copy-darts")
     page.locator("#copy-status", has_text="copied").wait_for()
     assert page.evaluate("navigator.clipboard.readText()") == darts
-    page.locator("#epoch-slider").fill("3")
     screenshot(page, "search-succeeded")
 
 
