@@ -5,16 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from starlette.datastructures import UploadFile
 
+from app.auth import REQUIRE_OWNER, UNAUTHORIZED_RESPONSE, CurrentOwner, DatasetAccess, listed_owner
 from app.db import SessionDep
 from app.routes.deps import SettingsDep
 from app.schemas import DatasetPublic, Page
 from app.services import datasets as dataset_service
 from app.services.errors import PayloadTooLarge, Unprocessable
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(
+    prefix="/datasets", tags=["datasets"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
+)
 
 CHUNK_BYTES = 1024 * 1024
 
@@ -53,14 +56,15 @@ async def upload_dataset(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
+    owner: CurrentOwner,
     filename: Annotated[str | None, Query(description="file name of a raw (octet-stream) upload")] = None,
     name: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Upload an `.npz` with `x` (N x C x H x W or N x H x W x C, uint8 or float) and `y` (N int labels).
 
     Multipart (field `file`, optional field `name`) or the raw file as `application/octet-stream`, which
-    is streamed to the artifact store as it arrives. 413 over MAX_UPLOAD_BYTES; 422 when darts_core
-    cannot use it.
+    is streamed to the artifact store as it arrives. It belongs to the key's owner. 413 over
+    MAX_UPLOAD_BYTES or over the owner's MAX_DATASET_BYTES_PER_OWNER; 422 when darts_core cannot use it.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
@@ -78,10 +82,16 @@ async def upload_dataset(
             filename=upload.filename or "upload.npz",
             name=name or (form_name if isinstance(form_name, str) and form_name else None),
             settings=settings,
+            owner=owner.name,
         )
     elif content_type.startswith("application/octet-stream"):
         dataset = await dataset_service.store_upload(
-            session, request.stream(), filename=filename or "upload.npz", name=name, settings=settings
+            session,
+            request.stream(),
+            filename=filename or "upload.npz",
+            name=name,
+            settings=settings,
+            owner=owner.name,
         )
     else:
         raise Unprocessable(
@@ -95,14 +105,28 @@ async def upload_dataset(
 @router.get("", response_model=Page[DatasetPublic])
 def list_datasets(
     session: SessionDep,
+    current: CurrentOwner,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
+    owner: Annotated[
+        str | None, Query(max_length=64, description="Admins: only this owner's uploads")
+    ] = None,
 ) -> dict[str, Any]:
-    """Built-in datasets (first page only), then uploads newest first."""
-    items, next_cursor = dataset_service.list_datasets(session, limit=limit, cursor=cursor)
+    """Built-in datasets (first page only), then the owner's uploads (an admin's: everyone's) newest first."""
+    items, next_cursor = dataset_service.list_datasets(
+        session, limit=limit, cursor=cursor, owner=listed_owner(current, owner)
+    )
     return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
-def get_dataset(dataset_id: str, session: SessionDep) -> dict[str, Any]:
+def get_dataset(dataset_id: str, session: SessionDep, _owner: DatasetAccess) -> dict[str, Any]:
     return dataset_service.get_dataset(session, dataset_id)
+
+
+@router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_dataset(dataset_id: str, session: SessionDep, _owner: DatasetAccess) -> Response:
+    """Remove an uploaded dataset and free its file (409 while a search that has not finished uses it,
+    and for a built-in)."""
+    dataset_service.delete_dataset(session, dataset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
