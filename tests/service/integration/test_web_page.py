@@ -29,8 +29,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 SHOTS = REPO_ROOT / "out" / "screenshots"
 WIDTHS = {"desktop": (1280, 900), "phone": (390, 844)}
+TINY_PRIMITIVES = {"none", "skip_connect", "max_pool_3x3", "sep_conv_3x3"}
 TINY = {  # the form's fields for TINY_SPEC (tests/service/integration/conftest.py)
-    "f-search_space-primitives": "none, skip_connect, max_pool_3x3, sep_conv_3x3",
     "f-search_space-internal_nodes": "2",
     "f-network-cells": "3",
     "f-network-init_channels": "4",
@@ -189,6 +189,12 @@ def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_
 
     for field_id, value in TINY.items():
         page.fill(f"#{field_id}", value)
+    # The primitives are one checkbox per operation the API's schema names, all ticked by default.
+    boxes = page.locator("#f-search_space-primitives input[type=checkbox]")
+    assert boxes.count() >= 8 and all(boxes.nth(i).is_checked() for i in range(boxes.count()))
+    for i in range(boxes.count()):
+        box = boxes.nth(i)
+        box.set_checked(box.get_attribute("value") in TINY_PRIMITIVES)
     page.select_option("#f-resources-device", "cpu")
     page.fill("#f-name", "from the browser")
 
@@ -212,6 +218,7 @@ def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_
         search = client.get(f"/searches/{search_id}").json()
     assert search["name"] == "from the browser" and search["spec"]["training"]["epochs"] == 3
     assert search["spec"]["dataset"]["id"]
+    assert set(search["spec"]["search_space"]["primitives"]) == TINY_PRIMITIVES
 
     # Three charts, each with its series drawn over the three epochs.
     expect(page.locator("#charts svg.chart")).to_have_count(3)
