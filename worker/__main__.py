@@ -10,6 +10,7 @@ import argparse
 import os
 import socket
 
+from app.logging_config import configure_logging, wants_json
 from app.settings import get_settings
 from worker.celery_app import create_worker_app
 
@@ -27,9 +28,14 @@ def main(argv: list[str] | None = None) -> None:
         # Read by torch when the task imports it (in this process: the solo pool does not fork).
         os.environ["OMP_NUM_THREADS"] = str(options.threads)
     settings = get_settings()
+    # Before Celery starts: what it says before its logging is set up (worker/logs.py) is formatted too.
+    configure_logging(options.loglevel, settings.log_format)
+    # JSON logs: no start-up banner on stdout either, so every line a collector reads is JSON.
+    quiet = ["--quiet"] if wants_json(settings.log_format) else []
     celery = create_worker_app(settings)
     celery.worker_main(
         [
+            *quiet,
             "worker",
             "--pool=solo",
             "--concurrency=1",

@@ -16,8 +16,6 @@ from app.db import alembic_config, make_engine, run_migrations, with_search_path
 from app.main import create_app
 from app.settings import Settings
 
-from .conftest import POSTGRES_URL
-
 # Nothing listens on port 1: connections are refused at once.
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
 DEAD_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/test?connect_timeout=2"
@@ -55,8 +53,23 @@ def test_readyz_names_the_database_when_it_is_down(service_settings: Settings) -
     assert response.json()["checks"]["redis"] == "ok"
 
 
-def test_metrics_count_requests_by_route_template_and_searches_by_status(client: TestClient) -> None:
+def _queue_depth(client: TestClient, queue: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "darts_queue_depth" and sample.labels == {"queue": queue}:
+                return sample.value
+    raise AssertionError("no darts_queue_depth sample for " + queue)
+
+
+def test_metrics_count_requests_by_route_template_and_searches_by_status(
+    client: TestClient, api_settings: Settings
+) -> None:
+    # No worker consumes the API tests' queue: the search stays in it.
+    depth = _queue_depth(client, api_settings.celery_queue)
     assert client.post("/searches", json={"dataset": {"name": "digits"}}).status_code == 201
+    assert _queue_depth(client, api_settings.celery_queue) == depth + 1
     client.get("/healthz")
     client.get("/searches/does-not-exist")
     response = client.get("/metrics")
@@ -117,13 +130,16 @@ def test_migrations_match_the_models(service_settings: Settings) -> None:
 
 
 @pytest.fixture
-def empty_database(service_settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+def empty_database(
+    service_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
     """Settings of a second, empty database on the current backend (its own schema on PostgreSQL)."""
     if service_settings.sqlalchemy_url.startswith("sqlite"):
         yield service_settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}"})
         return
     import psycopg
 
+    POSTGRES_URL = request.getfixturevalue("postgres_server_url")  # noqa: N806
     schema = f"darts_test_empty_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
         connection.execute(f'CREATE SCHEMA "{schema}"')

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -64,6 +65,9 @@ def darts(env: dict[str, str], *args: str, check: int | None = 0, input: str | N
 
     from darts_core.cli import app
 
+    # The live server in this process configured logging (app.logging_config); a real `darts` process
+    # has no handler for httpx's request log, so keep it out of the output here too.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     result = CliRunner().invoke(app, list(args), env=env, input=input, catch_exceptions=False)
     run = Run(result.exit_code, result.stdout, result.stderr)
     if check is not None:
