@@ -46,19 +46,12 @@ def _free_port() -> int:
 
 def _sse_events(client: httpx.Client, path: str) -> Iterator[tuple[str, Any]]:
     """Yield (event, data) pairs of an SSE response until the server ends it."""
-    event, data = "message", list[str]()
+    from darts_core.sse import iter_sse  # the one SSE parser (the `darts` client's)
+
     with client.stream("GET", path, timeout=httpx.Timeout(10.0, read=None)) as response:
         response.raise_for_status()
-        for line in response.iter_lines():
-            line = line.rstrip("\r")
-            if not line:
-                if data:
-                    yield event, json.loads("\n".join(data))
-                event, data = "message", list[str]()
-            elif line.startswith("event:"):
-                event = line[len("event:") :].strip()
-            elif line.startswith("data:"):
-                data.append(line[len("data:") :].strip())
+        for event in iter_sse(response.iter_lines()):
+            yield event.event, event.json()
 
 
 def _format_epoch(record: dict[str, Any], total: int) -> str:

@@ -12,7 +12,11 @@ directory; pointed at that directory again, it resumes from the last finished ep
 
 ``darts train GENOTYPE --dataset NAME`` retrains a genotype (``genotype.json`` or ``genotype.txt``) from
 scratch with :func:`~darts_core.train.train_genotype` and writes ``train.json`` with the test accuracy.
-``darts datasets`` lists the built-in datasets. Bad input exits with status 2 and a message.
+``darts datasets`` lists the built-in datasets (and the server's, when logged in). Bad input exits with
+status 2 and a message.
+
+The commands that talk to a darts-service server (``login``, ``submit``, ``list``, ``status``,
+``watch``, ``genotype``, ``cancel``, ``upload``) live in :mod:`darts_core.remote`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from darts_core import remote
 from darts_core.checkpoint import has_checkpoint
 from darts_core.config import SearchConfig
 from darts_core.data import DatasetError, builtin_datasets, load_dataset
@@ -41,7 +46,8 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="darts",
-    help="Run DARTS architecture searches and retrain the genotypes they find, locally (no server).",
+    help="Run DARTS architecture searches and retrain the genotypes they find, locally (no server), or\n"
+    "on a darts-service server (`darts login URL`, then submit, list, watch, ...).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -408,8 +414,18 @@ def train(
 
 
 @app.command()
-def datasets() -> None:
-    """List the built-in datasets and their parameters (usable as {"name": ..., parameter: value})."""
+def datasets(
+    url: remote.UrlOption = None,
+    token: remote.TokenOption = None,
+    as_json: remote.JsonOption = False,
+) -> None:
+    """List the built-in datasets and their parameters (usable as {"name": ..., parameter: value}),
+    then the server's datasets (built in and uploaded) when logged in (`darts login`, --url)."""
+    if as_json:
+        found: dict[str, Any] = {"builtin": builtin_datasets()}
+        remote.server_datasets(url, token, lambda _table, items: found.update(server=items))
+        remote.print_json(found)
+        return
     table = Table("name", "classes", "shape (C, H, W)", "samples", "parameters", "description")
     for item in builtin_datasets():
         parameters = ", ".join(f"{key}={value}" for key, value in item["parameters"].items())
@@ -423,6 +439,10 @@ def datasets() -> None:
             item.get("description", ""),
         )
     console.print(table)
+    remote.server_datasets(url, token, lambda server_table, _items: console.print(server_table))
+
+
+remote.register(app)
 
 
 def main() -> None:

@@ -22,6 +22,54 @@ import torch  # noqa: E402  (after OMP_NUM_THREADS, which torch reads when it lo
 torch.set_num_threads(1)
 
 
+# ---------------------------------------------------------------------------------------------------
+# Browser tests (`@pytest.mark.browser`) drive the system's Chromium (Debian's `chromium`; `.ci/run`
+# installs it). Where it is missing they are deselected and reported in ONE loud line at the end of
+# the run, never silently; on CI (CI=true) a missing Chromium fails the run.
+
+from pathlib import Path  # noqa: E402
+
+CHROMIUM = Path(os.environ.get("DARTS_CHROMIUM", "/usr/bin/chromium"))
+_browser_report: dict[str, object] = {}
+
+
+def _browser_missing() -> str | None:
+    if not CHROMIUM.exists():
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium, or set DARTS_CHROMIUM)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is not installed (make install)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    browser_items = [item for item in items if item.get_closest_marker("browser")]
+    reason = _browser_missing() if browser_items else None
+    if reason is None:
+        return
+    items[:] = [item for item in items if not item.get_closest_marker("browser")]
+    config.hook.pytest_deselected(items=browser_items)
+    _browser_report.update(count=len(browser_items), reason=reason)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if _browser_report:
+        verdict = "FAILED (CI=true needs them)" if os.environ.get("CI") else "NOT RUN"
+        terminalreporter.write_sep(
+            "!",
+            f"BROWSER TESTS {verdict}: {_browser_report['count']} skipped, {_browser_report['reason']}",
+            red=True,
+            bold=True,
+        )
+
+
+def _browser_verdict(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI=true, browser tests that could not run fail the session."""
+    if _browser_report and os.environ.get("CI") and exitstatus == 0:
+        session.exitstatus = 1
+
+
 def _leftover_processes(session: pytest.Session) -> list[psutil.Process]:
     """Processes the suite started that still run: our descendants, and any process (reparented after
     its parent died) whose command line names a file under pytest's temporary directory."""
@@ -46,6 +94,7 @@ def _leftover_processes(session: pytest.Session) -> list[psutil.Process]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Every server and worker the suite started is stopped by the fixture that started it; this
     checks it at the very end. A leftover fails the run (and is killed, so nothing stays behind)."""
+    _browser_verdict(session, exitstatus)
     deadline = time.monotonic() + 15  # a process stopped by the last teardown may still be exiting
     while (left := _leftover_processes(session)) and time.monotonic() < deadline:
         time.sleep(0.2)

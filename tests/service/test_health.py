@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,10 +90,18 @@ def test_the_page_is_served(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    assert '<script src="/web/app.js"></script>' in page.text
-    script = client.get("/web/app.js")
-    assert script.status_code == 200
-    assert "/searches/" in script.text and "/cancel" in script.text
+    assert '<script type="module" src="/web/js/main.js"></script>' in page.text
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    # Every module the page imports is served (a missing one would be a console error).
+    pending, seen = ["main.js"], set()
+    while pending:
+        name = pending.pop()
+        seen.add(name)
+        script = client.get(f"/web/js/{name}")
+        assert script.status_code == 200, name
+        imported = re.findall(r'from "\./([\w-]+\.js)"', script.text)
+        pending += [found for found in imported if found not in seen]
+    assert {"api.js", "search.js", "form.js", "list.js", "charts.js"} <= seen
 
 
 def test_openapi_lists_the_rest_contract(client: TestClient) -> None:
