@@ -198,13 +198,30 @@ def _started(embedded: EmbeddedRedis) -> subprocess.Popen[bytes]:
 
 @cli.command()
 def migrate() -> None:
-    """Upgrade the database at DATABASE_URL to the latest schema (alembic upgrade head)."""
-    from app.db import run_migrations
+    """Upgrade the database at DATABASE_URL to the latest schema (alembic upgrade head).
+
+    With BOOTSTRAP_ADMIN_KEY set, that key is then stored (hashed) as the admin key named `admin`
+    unless one of that name exists: a deployment's first credential, chosen by its operator.
+    """
+    from app.db import make_engine, make_session_factory, run_migrations
+    from app.services.keys import BOOTSTRAP_KEY_NAME, KeyStoreError, store_bootstrap_key
 
     _configure_logging("info")
     settings = get_settings()
     run_migrations(settings)
     typer.echo(f"database at {settings.sqlalchemy_url} is at the latest revision")
+    if settings.bootstrap_admin_key:
+        engine = make_engine(settings)
+        try:
+            with make_session_factory(engine)() as session:
+                stored = store_bootstrap_key(session, settings.bootstrap_admin_key)
+        except KeyStoreError as error:
+            typer.echo(f"darts-service migrate: {error}", err=True)
+            raise typer.Exit(code=2) from None
+        finally:
+            engine.dispose()
+        note = "stored" if stored else "left as it is (it exists already)"
+        typer.echo(f"bootstrap admin key {BOOTSTRAP_KEY_NAME!r}: {note}")
 
 
 @cli.command()

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         default=False,
         description="Run open: every request acts as the admin owner 'local' (up --no-auth: loopback only).",
     )
+    bootstrap_admin_key: str | None = Field(
+        default=None,
+        description="Stored (hashed) as the admin key 'admin' by `darts-service migrate` when none exists.",
+        repr=False,
+    )
     metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
     docs_public: bool = Field(default=False, description="Serve /docs, /redoc, /openapi.json without a key.")
     max_active_searches_per_owner: int = Field(

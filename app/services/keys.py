@@ -74,6 +74,37 @@ def create_key(session: Session, name: str, *, admin: bool = False) -> tuple[Api
     return row, key
 
 
+#: The name of the admin key `darts-service migrate` stores from BOOTSTRAP_ADMIN_KEY.
+BOOTSTRAP_KEY_NAME = "admin"
+#: A bootstrap key shorter than this is refused: it is the deployment's first admin credential.
+MIN_BOOTSTRAP_KEY_LENGTH = 24
+
+
+def store_bootstrap_key(session: Session, key: str) -> bool:
+    """Store `key` (chosen by the operator, from BOOTSTRAP_ADMIN_KEY) as the admin key named `admin`,
+    unless that key is known already or a key of that name exists. Returns whether it was stored.
+
+    Only its hash is kept, as for every key; KeyStoreError for a key too short to be a secret.
+    """
+    if (
+        not key.startswith(KEY_PREFIX)
+        or not MIN_BOOTSTRAP_KEY_LENGTH <= len(key) <= 128
+        or not key.isprintable()
+        or key.strip() != key
+    ):
+        raise KeyStoreError(
+            f"BOOTSTRAP_ADMIN_KEY must start with {KEY_PREFIX!r} and have {MIN_BOOTSTRAP_KEY_LENGTH} to 128 "
+            "printable characters without spaces around them"
+        )
+    if is_known(session, key):
+        return False
+    if session.scalar(select(ApiKey.id).where(ApiKey.name == BOOTSTRAP_KEY_NAME)) is not None:
+        return False
+    session.add(ApiKey(name=BOOTSTRAP_KEY_NAME, key_hash=hash_key(key), admin=True, created_at=utcnow()))
+    session.commit()
+    return True
+
+
 def create_unique_key(session: Session, base: str, *, admin: bool = False) -> tuple[ApiKey, str]:
     """A key named `base`, or `base-2`, `base-3`, ... when that name is taken."""
     taken = set(session.scalars(select(ApiKey.name).where(ApiKey.name.startswith(base))))

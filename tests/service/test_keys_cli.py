@@ -114,3 +114,37 @@ def test_up_s_admin_key_is_made_once_per_database_and_kept_private(tmp_path: Pat
     new_key = ensure_admin_key(settings, data_dir)
     assert new_key not in (None, key)
     assert key_file.read_text() == f"{new_key}\n" and key_file.stat().st_mode & 0o777 == 0o600
+
+
+def _migrate(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=REPO_ROOT, capture_output=True, text=True,
+        timeout=120,
+    )
+
+
+def test_migrate_stores_the_bootstrap_admin_key_once(tmp_path: Path) -> None:
+    """The compose deployment's first credential: BOOTSTRAP_ADMIN_KEY, stored hashed by `migrate`."""
+    database_url = f"sqlite:///{tmp_path / 'deploy.db'}"
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env["DATABASE_URL"] = database_url
+
+    short = _migrate({**env, "BOOTSTRAP_ADMIN_KEY": "too-short"})
+    assert short.returncode == 2 and "BOOTSTRAP_ADMIN_KEY must start with 'dsk_'" in short.stderr
+
+    chosen = "dsk_operator-chosen-" + uuid.uuid4().hex
+    first = _migrate({**env, "BOOTSTRAP_ADMIN_KEY": chosen})
+    assert first.returncode == 0, first.stderr
+    assert "bootstrap admin key 'admin': stored" in first.stdout
+    again = _migrate({**env, "BOOTSTRAP_ADMIN_KEY": "dsk_another-operator-key-" + uuid.uuid4().hex})
+    assert again.returncode == 0 and "left as it is" in again.stdout
+
+    engine = make_engine(Settings(database_url=database_url))
+    try:
+        with make_session_factory(engine)() as session:
+            owner = key_service.authenticate(session, chosen)
+            assert owner is not None and owner.name == "admin" and owner.admin
+            assert chosen not in {row.key_hash for row in key_service.list_keys(session)}
+            assert [row.name for row in key_service.list_keys(session)] == ["admin"]
+    finally:
+        engine.dispose()
