@@ -159,7 +159,7 @@ def up(
             env["REDIS_URL"] = embedded.url
         os.environ.update(env)
         get_settings.cache_clear()
-        settings = Settings()
+        settings = Settings().with_bind_host(host)
         logger.info("database %s", settings.sqlalchemy_url)
         logger.info("redis %s%s", settings.redis_url, " (embedded)" if embedded else "")
         run_migrations(settings)

@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.routing import Match
+from starlette.types import Scope
 
 from app.db import make_engine, make_session_factory
+from app.middleware import BodyLimitMiddleware, NulMiddleware
 from app.redis import get_redis
 from app.routes import datasets, health, searches
 from app.services.errors import ServiceError
@@ -30,6 +36,24 @@ logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 SSE_POLL_SECONDS = 0.5
+# The page loads its script and styles from /web only: no inline script can run in it.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+# Multipart framing around an upload's file (boundaries, part headers, a name field).
+UPLOAD_FRAMING_BYTES = 64 * 1024
+
+
+def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route serves at this path (for the `Allow` header of a 405)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches({**scope, "method": "GET"})
+        route_methods = getattr(route, "methods", None)
+        if match != Match.NONE and route_methods:
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 def _start_ingester(settings: Settings) -> Any | None:
@@ -82,6 +106,23 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     async def service_error_handler(_request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; GET and POST /searches are two.
+            allow = ", ".join(_allowed_methods(app, request.scope))
+            headers = {**(exc.headers or {}), "Allow": allow}
+            exc = StarletteHTTPException(405, detail=exc.detail, headers=headers)
+        return await http_exception_handler(request, exc)
+
+    def body_limit(scope: Scope) -> tuple[int, str]:
+        if scope["path"].rstrip("/") == "/datasets":
+            return settings.max_upload_bytes + UPLOAD_FRAMING_BYTES, "MAX_UPLOAD_BYTES"
+        return settings.max_body_bytes, "MAX_BODY_BYTES"
+
+    # The last added runs first: hosts are checked, the request is counted, then NUL and body sizes.
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(NulMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(
@@ -91,6 +132,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
             allow_headers=["*"],
             expose_headers=["Location"],
         )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
 
     app.include_router(searches.router)
     app.include_router(datasets.router)
@@ -98,7 +140,11 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
-        return FileResponse(WEB_DIR / "index.html", media_type="text/html")
+        return FileResponse(
+            WEB_DIR / "index.html",
+            media_type="text/html",
+            headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY},
+        )
 
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
     return app

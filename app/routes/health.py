@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -9,6 +10,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
+
+from app.routes.responses import errors
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -24,21 +29,24 @@ def _check_database(request: Request) -> str:
         with request.app.state.session_factory() as session:
             session.execute(text("SELECT 1"))
         return "ok"
-    except Exception as exc:  # any failure means "not ready"; the message says which
-        return f"error: {type(exc).__name__}: {exc}"
+    except Exception:  # any failure means "not ready"; the reason goes to the log, never to the client
+        logger.warning("readiness: the database does not answer", exc_info=True)
+        return "unreachable"
 
 
 def _check_redis(request: Request) -> str:
     try:
         request.app.state.redis.ping()
         return "ok"
-    except Exception as exc:
-        return f"error: {type(exc).__name__}: {exc}"
+    except Exception:
+        logger.warning("readiness: Redis does not answer", exc_info=True)
+        return "unreachable"
 
 
-@router.get("/readyz", responses={503: {"description": "the database or Redis is unreachable"}})
+@router.get("/readyz", responses=errors(503))
 async def readyz(request: Request) -> Any:
-    """Readiness: the database and Redis both answer. 503 names the one that does not."""
+    """Readiness: the database and Redis both answer. 503 names the one that does not (and only that:
+    exception texts would show server addresses and paths)."""
     checks = {
         "database": await run_in_threadpool(_check_database, request),
         "redis": await run_in_threadpool(_check_redis, request),

@@ -15,28 +15,51 @@ from sse_starlette.sse import EventSourceResponse
 from app.db import SessionDep
 from app.models import TERMINAL_STATUSES, Search
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
-from app.schemas import EpochPublic, Page, SearchPublic, SearchSpec, SearchStatusName, StatusEvent
+from app.routes.responses import ROUTER_STATUSES, errors
+from app.schemas import (
+    EpochPublic,
+    Page,
+    SearchEstimatePublic,
+    SearchPublic,
+    SearchSpec,
+    SearchStatusName,
+    StatusEvent,
+)
+from app.services import admission
 from app.services import searches as search_service
 from app.services.errors import BadRequest
 from app.services.genotype_svg import genotype_svg
 
-router = APIRouter(prefix="/searches", tags=["searches"])
+router = APIRouter(prefix="/searches", tags=["searches"], responses=errors(*ROUTER_STATUSES))
 
 MAX_EPOCHS_PAGE = 1000
 MAX_EPOCH = 1000  # training.epochs' upper bound (app.schemas.TrainingSpec)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SearchPublic)
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=SearchPublic, responses=errors(413, 422, 503)
+)
 def create_search(
     spec: SearchSpec, session: SessionDep, celery: CeleryDep, settings: SettingsDep, response: Response
 ) -> Search:
-    """Queue a DARTS search. The response's `spec` is the spec as accepted, every default filled in."""
+    """Queue a DARTS search. The response's `spec` is the spec as accepted, every default filled in.
+
+    422 when the spec is invalid or, by the admission estimate (`POST /searches/estimate`), needs more
+    memory than a worker has (WORKER_MEMORY_BYTES): the message names the estimate, the limit and the
+    fields to lower."""
     search = search_service.create_search(session, spec, celery=celery, settings=settings)
     response.headers["Location"] = f"/searches/{search.id}"
     return search
 
 
-@router.get("", response_model=Page[SearchPublic])
+@router.post("/estimate", response_model=SearchEstimatePublic, responses=errors(413, 422))
+def estimate_search(spec: SearchSpec, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+    """What the search of this spec would need (exact weight count, estimated peak memory) against what
+    a worker has; creates nothing. `fits` tells whether `POST /searches` would accept its size."""
+    return admission.estimate(session, spec, settings)
+
+
+@router.get("", response_model=Page[SearchPublic], responses=errors(400))
 def list_searches(
     session: SessionDep,
     status: SearchStatusName | None = None,
@@ -44,16 +67,18 @@ def list_searches(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Searches, newest first. Pass `next_cursor` back as `?cursor=` for the next page."""
-    items, next_cursor = search_service.list_searches(session, status=status, limit=limit, cursor=cursor)
+    items, next_cursor = search_service.list_searches(
+        session, status=status, limit=limit, cursor=cursor or None
+    )
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/{search_id}", response_model=SearchPublic)
+@router.get("/{search_id}", response_model=SearchPublic, responses=errors(404))
 def get_search(search_id: str, session: SessionDep) -> Search:
     return search_service.get_search(session, search_id)
 
 
-@router.get("/{search_id}/genotype")
+@router.get("/{search_id}/genotype", responses=errors(404))
 def get_genotype(
     search_id: str,
     session: SessionDep,
@@ -69,7 +94,10 @@ def get_genotype(
 @router.get(
     "/{search_id}/genotype.svg",
     response_class=Response,
-    responses={200: {"content": {"image/svg+xml": {}}, "description": "The two cells drawn as graphs"}},
+    responses={
+        200: {"content": {"image/svg+xml": {}}, "description": "The two cells drawn as graphs"},
+        **errors(404),
+    },
 )
 def get_genotype_svg(
     search_id: str,
@@ -80,7 +108,7 @@ def get_genotype_svg(
     return Response(genotype_svg(genotype), media_type="image/svg+xml")
 
 
-@router.get("/{search_id}/epochs", response_model=Page[EpochPublic])
+@router.get("/{search_id}/epochs", response_model=Page[EpochPublic], responses=errors(400, 404))
 def list_epochs(
     search_id: str,
     session: SessionDep,
@@ -88,9 +116,9 @@ def list_epochs(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Per-epoch metrics, in epoch order."""
-    if cursor is None:
+    if not cursor:  # absent or empty: from the start
         after = 0
-    elif cursor.isdigit() and len(cursor) <= 9:
+    elif cursor.isascii() and cursor.isdigit() and len(cursor) <= 9:
         after = int(cursor)
     else:
         raise BadRequest(f"invalid cursor {cursor!r}: pass back a next_cursor this API returned")
@@ -102,7 +130,12 @@ def list_epochs(
     return {"items": records, "next_cursor": next_cursor}
 
 
-@router.post("/{search_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SearchPublic)
+@router.post(
+    "/{search_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SearchPublic,
+    responses=errors(404, 409),
+)
 def cancel_search(
     search_id: str,
     session: SessionDep,
@@ -121,7 +154,7 @@ def cancel_search(
     )
 
 
-@router.delete("/{search_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{search_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
 def delete_search(search_id: str, session: SessionDep, settings: SettingsDep) -> Response:
     """Remove a finished search, its epochs and its artifacts (409 while it is queued or running)."""
     search_service.delete_search(session, search_id, settings=settings)
@@ -131,7 +164,10 @@ def delete_search(search_id: str, session: SessionDep, settings: SettingsDep) ->
 @router.get(
     "/{search_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "`epoch` and `status` events"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "`epoch` and `status` events"},
+        **errors(404),
+    },
 )
 async def search_events(
     search_id: str,

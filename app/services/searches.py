@@ -23,6 +23,7 @@ from app.db import utcnow
 from app.events import cancel_key
 from app.models import TERMINAL_STATUSES, Dataset, Search, SearchEpoch, SearchStatus
 from app.schemas import SearchSpec, UploadedDatasetSpec
+from app.services import admission
 from app.services.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
@@ -76,6 +77,7 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
             spec = spec.model_copy(update={"name": f"{dataset.name} search"})
     spec_json = spec.model_dump(mode="json")
     _check_engine_accepts(spec_json)
+    admission.require_fits(session, spec, settings)
     search = Search(
         id=str(uuid.uuid4()),
         name=spec.name,
@@ -94,8 +96,9 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
         logger.warning("could not enqueue search %s: %s", search.id, exc)
         session.execute(delete(Search).where(Search.id == search.id))
         session.commit()
+        # The reason stays in the log: exception texts name server paths and addresses.
         raise ServiceUnavailable(
-            f"the task broker (Redis) is unreachable; the search was not created: {exc}"
+            "the task broker (Redis) is unreachable; the search was not created"
         ) from exc
     # Only this column: the worker may already have marked the row running.
     session.execute(update(Search).where(Search.id == search.id).values(celery_task_id=task_id))
@@ -160,7 +163,7 @@ def list_epochs(
 def epoch_after_event_id(session: Session, search_id: str, last_event_id: str) -> int:
     """The epoch an SSE `Last-Event-ID` stands for: a stream entry id of one of this search's epochs,
     or an epoch number (the id of epochs that carry no stream id)."""
-    if last_event_id.isdigit() and len(last_event_id) <= 9:
+    if last_event_id.isascii() and last_event_id.isdigit() and len(last_event_id) <= 9:
         return int(last_event_id)
     epoch = session.scalar(
         select(SearchEpoch.epoch).where(

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory, run_migrations, with_search_path
 from app.models import Dataset, Search, SearchEpoch
-from app.settings import Settings
+from app.settings import LOOPBACK_HOSTS, Settings
 
 BACKEND = os.environ.get("DARTS_TEST_BACKEND", "sqlite")
 POSTGRES_URL = os.environ.get("DARTS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -106,6 +106,8 @@ def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
         artifact_dir=data_dir / "artifacts",
         redis_prefix=prefix,
         max_upload_bytes=256 * 1024,
+        # TestClient sends `Host: testserver`; real servers in the suite are reached on 127.0.0.1.
+        allowed_hosts=[*LOOPBACK_HOSTS, "testserver"],
     )
     try:
         run_migrations(settings)
