@@ -27,6 +27,7 @@ from app.db import make_engine, make_session_factory
 from app.middleware import BodyLimitMiddleware, NulMiddleware
 from app.redis import get_redis
 from app.routes import datasets, health, searches
+from app.services.datasets import too_large_message
 from app.services.errors import ServiceError
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
 from app.settings import Settings, get_settings
@@ -117,8 +118,10 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
 
     def body_limit(scope: Scope) -> tuple[int, str]:
         if scope["path"].rstrip("/") == "/datasets":
-            return settings.max_upload_bytes + UPLOAD_FRAMING_BYTES, "MAX_UPLOAD_BYTES"
-        return settings.max_body_bytes, "MAX_BODY_BYTES"
+            # The upload route caps the file itself while it streams; this bounds the whole body.
+            return settings.max_upload_bytes + UPLOAD_FRAMING_BYTES, too_large_message(settings)
+        limit = settings.max_body_bytes
+        return limit, f"request body larger than the limit of {limit} bytes (MAX_BODY_BYTES)"
 
     # The last added runs first: hosts are checked, the request is counted, then NUL and body sizes.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)

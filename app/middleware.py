@@ -19,10 +19,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 _BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
-def too_large_detail(limit: int, setting: str) -> str:
-    return f"request body larger than the limit of {limit} bytes ({setting})"
-
-
 async def _send_json(send: Send, status: int, body: object, headers: list[tuple[bytes, bytes]] = ()) -> None:
     payload = json.dumps(body).encode()
     await send(
@@ -40,7 +36,7 @@ async def _send_json(send: Send, status: int, body: object, headers: list[tuple[
 
 
 class BodyLimitMiddleware:
-    """413 for request bodies above `limit_for(scope)`: `(bytes, setting name)`."""
+    """413 for request bodies above `limit_for(scope)`: `(bytes, the 413's detail)`."""
 
     def __init__(self, app: ASGIApp, limit_for: Callable[[Scope], tuple[int, str]]) -> None:
         self.app = app
@@ -50,8 +46,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        limit, setting = self.limit_for(scope)
-        detail = too_large_detail(limit, setting)
+        limit, detail = self.limit_for(scope)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             # Refused unread; the server closes the connection rather than read what follows.

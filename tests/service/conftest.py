@@ -30,6 +30,8 @@ Fixtures other test folders may rely on (tests/service/integration/ does):
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -265,3 +267,50 @@ def set_status(db_session: Session):
         db_session.commit()
 
     return set_
+
+
+class LiveServer:
+    """The API served by uvicorn on a loopback port, in a thread of the test process."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="live-api", daemon=True)
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the live API server did not start", pytrace=False)
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def serve(session_factory: sessionmaker[Session]) -> Iterator:
+    """`serve(settings) -> LiveServer`: the API (ingester off) over `settings`, served by uvicorn on a
+    loopback port for real concurrent clients; stopped, and the tables emptied, after the test."""
+    from app.main import create_app
+
+    _empty_tables(session_factory)
+    servers: list[LiveServer] = []
+
+    def start(settings: Settings) -> LiveServer:
+        servers.append(LiveServer(create_app(settings, run_ingester=False)).start())
+        return servers[-1]
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+        _empty_tables(session_factory)
