@@ -46,15 +46,16 @@ CONTENT_SECURITY_POLICY = (
 UPLOAD_FRAMING_BYTES = 64 * 1024
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
     """Every method some route serves at this path (for the `Allow` header of a 405)."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**scope, "method": "GET"})
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods |= set(route_methods)
-    return sorted(methods)
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)
+    ]
 
 
 def _start_ingester(settings: Settings) -> Any | None:
