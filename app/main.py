@@ -8,7 +8,7 @@ use, so `create_app()` works before they are up (and `/readyz` says when they ar
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.routing import Match
 from starlette.types import Scope
 
 from app.db import make_engine, make_session_factory
@@ -46,16 +45,19 @@ CONTENT_SECURITY_POLICY = (
 UPLOAD_FRAMING_BYTES = 64 * 1024
 
 
-_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+def _flat_routes(routes: list[Any]) -> Iterator[Any]:
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # an included router (newer FastAPI)
+        yield from _flat_routes(inner.routes) if inner is not None else (route,)
 
 
-def _allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
-    """Every method some route serves at this path (for the `Allow` header of a 405)."""
-    return [
-        method
-        for method in _METHODS
-        if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)
-    ]
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods of the path template a path routes to (the `Allow` of a 405), as the OpenAPI
+    schema lists them: `/searches/estimate` is POST only, though GET `/searches/{id}` would take it."""
+    routes = [r for r in _flat_routes(app.router.routes) if getattr(r, "methods", None)]
+    template = next((r.path for r in routes if r.path_regex.match(path)), None)
+    methods = set().union(*(r.methods for r in routes if r.path == template))
+    return sorted(methods)
 
 
 def _start_ingester(settings: Settings) -> Any | None:
@@ -112,7 +114,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     async def http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 405:
             # Starlette names only the first matching route's methods; GET and POST /searches are two.
-            allow = ", ".join(_allowed_methods(app, request.scope))
+            allow = ", ".join(_allowed_methods(app, request.url.path))
             headers = {**(exc.headers or {}), "Allow": allow}
             exc = StarletteHTTPException(405, detail=exc.detail, headers=headers)
         return await http_exception_handler(request, exc)

@@ -37,7 +37,10 @@ MAX_EPOCH = 1000  # training.epochs' upper bound (app.schemas.TrainingSpec)
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=SearchPublic, responses=errors(413, 422, 503)
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SearchPublic,
+    responses=errors(400, 413, 422, 503),
 )
 def create_search(
     spec: SearchSpec, session: SessionDep, celery: CeleryDep, settings: SettingsDep, response: Response
@@ -52,7 +55,7 @@ def create_search(
     return search
 
 
-@router.post("/estimate", response_model=SearchEstimatePublic, responses=errors(413, 422))
+@router.post("/estimate", response_model=SearchEstimatePublic, responses=errors(400, 413, 422))
 def estimate_search(spec: SearchSpec, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
     """What the search of this spec would need (exact weight count, estimated peak memory) against what
     a worker has; creates nothing. `fits` tells whether `POST /searches` would accept its size."""
@@ -113,7 +116,9 @@ def list_epochs(
     search_id: str,
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=MAX_EPOCHS_PAGE)] = MAX_EPOCHS_PAGE,
-    cursor: str | None = None,
+    cursor: Annotated[
+        str | None, Query(pattern="^[0-9]{0,9}$", description="The last epoch seen (a next_cursor)")
+    ] = None,
 ) -> dict[str, Any]:
     """Per-epoch metrics, in epoch order."""
     if not cursor:  # absent or empty: from the start
