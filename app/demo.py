@@ -1,8 +1,9 @@
 """`python -m app.demo` (`make demo`): a real DARTS search through the whole service.
 
 Starts `darts-service up` on a free port with its data under `.darts/demo`, submits a search on the
-built-in `digits` dataset through the REST API, follows it over Server-Sent Events printing every
-epoch, prints the genotype found, and stops the stack. Exits 1 if the search does not succeed.
+built-in `digits` dataset through the REST API with the stack's admin key (`.darts/demo/admin.key`,
+written by `up` at its first start), follows it over Server-Sent Events printing every epoch, prints
+the genotype found, and stops the stack. Exits 1 if the search does not succeed.
 A few minutes on two CPU cores.
 """
 
@@ -16,12 +17,15 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from app.cli import _PR_SET_PDEATHSIG, _PRCTL  # libc's prctl, loaded before any fork
+from app.cli_keys import ADMIN_KEY_FILE
+from app.processes import die_with_parent
 
 # Small enough for a few minutes on 2 CPU cores, big enough to learn digits.
 DEMO_SPEC: dict[str, Any] = {
@@ -36,12 +40,13 @@ DEMO_SPEC: dict[str, Any] = {
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def _sse_events(client: httpx.Client, path: str):
+def _sse_events(client: httpx.Client, path: str) -> Iterator[tuple[str, Any]]:
     """Yield (event, data) pairs of an SSE response until the server ends it."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     with client.stream("GET", path, timeout=httpx.Timeout(10.0, read=None)) as response:
         response.raise_for_status()
         for line in response.iter_lines():
@@ -49,7 +54,7 @@ def _sse_events(client: httpx.Client, path: str):
             if not line:
                 if data:
                     yield event, json.loads("\n".join(data))
-                event, data = "message", []
+                event, data = "message", list[str]()
             elif line.startswith("event:"):
                 event = line[len("event:") :].strip()
             elif line.startswith("data:"):
@@ -76,12 +81,6 @@ def _format_genotype(genotype: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _stop_with_parent() -> None:
-    """preexec_fn: `up` gets SIGINT (a clean stop) if the demo dies without stopping it (Linux)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGINT)
-
-
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -91,6 +90,7 @@ class Stack:
 
     def __init__(self, data_dir: Path, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}"
+        self.key_path = data_dir / ADMIN_KEY_FILE
         self.log_path = data_dir / "stack.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
@@ -99,7 +99,8 @@ class Stack:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_stop_with_parent,
+                # `up` gets SIGINT (a clean stop) if the demo dies without stopping it (Linux).
+                preexec_fn=die_with_parent(signal.SIGINT),
             )
 
     def wait_ready(self, timeout: float = 180.0) -> None:
@@ -115,6 +116,10 @@ class Stack:
                 pass
             time.sleep(0.25)
         raise RuntimeError(f"the stack was not ready within {timeout} s; see {self.log_path}")
+
+    def key(self) -> str:
+        """The admin key `up` wrote before its API answered (a client like any other uses it)."""
+        return self.key_path.read_text().strip()
 
     def stop(self, timeout: float = 90.0) -> None:
         if self.process.poll() is not None:
@@ -141,7 +146,8 @@ def run_demo(data_dir: Path, port: int, epochs: int) -> int:
     stack = Stack(data_dir, port)
     try:
         stack.wait_ready()
-        with httpx.Client(base_url=stack.url, timeout=30) as client:
+        headers = {"Authorization": f"Bearer {stack.key()}"}
+        with httpx.Client(base_url=stack.url, timeout=30, headers=headers) as client:
             created = client.post("/searches", json=spec)
             if created.status_code != 201:
                 print(f"POST /searches answered {created.status_code}: {created.text}", file=sys.stderr)
@@ -173,9 +179,7 @@ def run_demo(data_dir: Path, port: int, epochs: int) -> int:
         stack.stop()
 
 
-def _parse(value: str):
-    from datetime import datetime
-
+def _parse(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 

@@ -23,14 +23,15 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import Scope
 
 from app.db import make_engine, make_session_factory
+from app.events.ingester import start_ingester
 from app.middleware import BodyLimitMiddleware, NulMiddleware
+from app.queue import create_celery_app
 from app.redis import get_redis
-from app.routes import datasets, health, searches
+from app.routes import datasets, docs, health, searches
 from app.services.datasets import too_large_message
 from app.services.errors import ServiceError
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
 from app.settings import Settings, get_settings
-from worker.celery_app import create_celery_app
 
 logger = logging.getLogger(__name__)
 
@@ -60,34 +61,24 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     return sorted(methods)
 
 
-def _start_ingester(settings: Settings) -> Any | None:
-    """Start the event ingester (app.events) in this process; None when that module is absent."""
-    try:
-        from app.events import start_ingester
-    except ImportError as exc:
-        logger.warning("event ingester not started: app.events.start_ingester unavailable (%s)", exc)
-        return None
-    return start_ingester(settings)
-
-
 def create_app(settings: Settings | None = None, *, run_ingester: bool | None = None) -> FastAPI:
     """The API over `settings` (default: the environment).
 
-    `run_ingester` (default: `settings.run_ingester` when the setting exists, else True) starts the
-    Redis-stream -> SQL event ingester with the app and stops it on shutdown.
+    `run_ingester` (default: the RUN_INGESTER setting) starts the Redis-stream -> SQL event ingester,
+    with the lifecycle's sweeps, in a thread of this process and stops it on shutdown.
     """
     settings = settings or get_settings()
     if run_ingester is None:
-        run_ingester = bool(getattr(settings, "run_ingester", True))
+        run_ingester = settings.run_ingester
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        ingester = _start_ingester(settings) if run_ingester else None
+        app.state.ingester = start_ingester(settings) if run_ingester else None
         try:
             yield
         finally:
-            if ingester is not None:
-                ingester.stop()
+            if app.state.ingester is not None:
+                app.state.ingester.stop()
             app.state.redis.close()
             app.state.engine.dispose()
 
@@ -96,6 +87,10 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
         version="1",
         summary="Neural architecture search (DARTS) as a service",
         lifespan=lifespan,
+        # app.routes.docs serves these behind the API key (unless DOCS_PUBLIC).
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     engine = make_engine(settings)
     app.state.settings = settings
@@ -108,7 +103,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
 
     @app.exception_handler(ServiceError)
     async def service_error_handler(_request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
@@ -143,6 +138,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.include_router(searches.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
+    app.include_router(docs.router)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

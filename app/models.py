@@ -6,12 +6,12 @@ Shared by the API, the event ingester and the workers: keep this module free of 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -24,9 +24,11 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from app.db import utcnow
+from app.lifecycle.status import TERMINAL, Status
 
 # Deterministic constraint names, so migrations can refer to them on every backend.
 NAMING_CONVENTION = {
@@ -48,14 +50,14 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
             raise ValueError(f"naive datetime {value!r}: store timezone-aware UTC times")
         return value.astimezone(UTC)
 
-    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         if value.tzinfo is None:
@@ -67,20 +69,6 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class SearchStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelling = "cancelling"
-    cancelled = "cancelled"
-
-
-TERMINAL_STATUSES: frozenset[str] = frozenset(
-    {SearchStatus.succeeded, SearchStatus.failed, SearchStatus.cancelled}
-)
-
-
 class Search(Base):
     """One architecture search: its accepted spec, its state, and a summary of its last epoch."""
 
@@ -89,11 +77,16 @@ class Search(Base):
         # Newest-first listing and keyset pagination, with and without a status filter.
         Index("ix_searches_created_at_id", "created_at", "id"),
         Index("ix_searches_status_created_at_id", "status", "created_at", "id"),
+        # An owner's own list, and the count of its active searches (the quota).
+        Index("ix_searches_owner_created_at_id", "owner", "created_at", "id"),
+        Index("ix_searches_owner_status", "owner", "status"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    status: Mapped[str] = mapped_column(String(16), default=SearchStatus.queued)
+    # The name of the API key that created it (app.auth); only that owner and admins see it.
+    owner: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=Status.queued)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # What the worker loads: "builtin:<name>" or "upload:<dataset id>".
     dataset_ref: Mapped[str] = mapped_column(String(200))
@@ -122,7 +115,7 @@ class Search(Base):
 
     @property
     def is_finished(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status in TERMINAL
 
 
 class SearchEpoch(Base):
@@ -153,10 +146,14 @@ class Dataset(Base):
     """An uploaded `.npz` dataset, stored at `path` and validated when it arrived."""
 
     __tablename__ = "datasets"
-    __table_args__ = (Index("ix_datasets_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_datasets_created_at_id", "created_at", "id"),
+        Index("ix_datasets_owner_created_at_id", "owner", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(64))  # as Search.owner
     filename: Mapped[str] = mapped_column(String(255))
     path: Mapped[str] = mapped_column(Text)
     num_samples: Mapped[int] = mapped_column(Integer)
@@ -166,3 +163,18 @@ class Dataset(Base):
     width: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key: its owner name and the SHA-256 of the key (the key itself is never stored)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The owner name of everything created with the key (Search.owner, Dataset.owner).
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex SHA-256
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

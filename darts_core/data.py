@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import pickle
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,6 +50,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from darts_core.cifar_files import read_cifar_batch
+from darts_core.dataset_spec import (
+    MAX_SEED,
+    SYNTHETIC_MAX_CHANNELS,
+    SYNTHETIC_MAX_CLASSES,
+    SYNTHETIC_MAX_IMAGE_SIZE,
+    SYNTHETIC_MAX_NOISE,
+    SYNTHETIC_MAX_SAMPLES,
+    SYNTHETIC_MAX_VALUES,
+    DatasetError,
+)
 from darts_core.npz import (
     LAYOUTS,
     NPZ_MAX_CLASSES,
@@ -68,10 +78,6 @@ __all__ = [
     "load_dataset",
     "validate_npz",
 ]
-
-
-class DatasetError(ValueError):
-    """A dataset spec or file is invalid; the message names the problem."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -184,7 +190,7 @@ def _float_param(
 
 def _split_params(spec: Mapping[str, Any], kind: str) -> tuple[float, int]:
     test_fraction = _float_param(spec, kind, "test_fraction", 0.2, 0.0, 1.0, open_low=True)
-    return test_fraction, _int_param(spec, kind, "seed", 0, 0)
+    return test_fraction, _int_param(spec, kind, "seed", 0, 0, maximum=MAX_SEED)
 
 
 def _stratified_split(
@@ -270,31 +276,35 @@ def _load_digits(spec: Mapping[str, Any]) -> ImageDataset:
 # ---------------------------------------------------------------------------------------------- synthetic
 
 
-_SYNTHETIC_MAX_VALUES = 2**26  # 256 MiB of float32 pixels: a generous ceiling for generated data
-
-
 def _image_size_param(spec: Mapping[str, Any]) -> tuple[int, int]:
     value = spec.get("image_size")
     if value is None:
         value = 16
     sizes = list(value) if isinstance(value, (list, tuple)) and len(value) == 2 else [value, value]
-    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 1 <= s <= 1024 for s in sizes):
-        raise DatasetError(f"synthetic: image_size must be an integer in 1..1024 or [H, W], got {value!r}")
+    if any(
+        isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 1 <= s <= SYNTHETIC_MAX_IMAGE_SIZE
+        for s in sizes
+    ):
+        raise DatasetError(
+            f"synthetic: image_size must be an integer in 1..{SYNTHETIC_MAX_IMAGE_SIZE} or [H, W], "
+            f"got {value!r}"
+        )
     return int(sizes[0]), int(sizes[1])
 
 
 def _load_synthetic(spec: Mapping[str, Any]) -> ImageDataset:
-    num_classes = _int_param(spec, "synthetic", "num_classes", 4, 2, maximum=1000)
-    num_samples = _int_param(spec, "synthetic", "num_samples", 512, 2 * num_classes)
-    channels = _int_param(spec, "synthetic", "channels", 3, 1, maximum=64)
+    # The bounds are darts_core.dataset_spec's, which the service's search spec validates against too.
+    num_classes = _int_param(spec, "synthetic", "num_classes", 4, 2, maximum=SYNTHETIC_MAX_CLASSES)
+    num_samples = _int_param(spec, "synthetic", "num_samples", 512, 2 * num_classes, SYNTHETIC_MAX_SAMPLES)
+    channels = _int_param(spec, "synthetic", "channels", 3, 1, maximum=SYNTHETIC_MAX_CHANNELS)
     height, width = _image_size_param(spec)
-    noise = _float_param(spec, "synthetic", "noise", 0.5, 0.0, math.inf, open_low=False)
+    noise = _float_param(spec, "synthetic", "noise", 0.5, 0.0, SYNTHETIC_MAX_NOISE, open_low=False)
     test_fraction, seed = _split_params(spec, "synthetic")
     total = num_samples * channels * height * width
-    if total > _SYNTHETIC_MAX_VALUES:
+    if total > SYNTHETIC_MAX_VALUES:
         raise DatasetError(
             f"synthetic: num_samples x channels x height x width = {total} values exceeds "
-            f"{_SYNTHETIC_MAX_VALUES}; make the dataset smaller"
+            f"{SYNTHETIC_MAX_VALUES}; make the dataset smaller"
         )
 
     rng = np.random.default_rng(seed)
@@ -405,71 +415,6 @@ def _load_npz(spec: Mapping[str, Any]) -> ImageDataset:
 
 _CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST_FILE = "test_batch"
-# What a CIFAR-10 batch pickle (a dict of a uint8 numpy array and a list of labels) may reference.
-_CIFAR_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-}
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickler that only resolves the few numpy globals a CIFAR-10 batch needs.
-
-    It narrows what a malicious file could do, but pickles remain a code format: give only trusted
-    local files.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR-10 batch")
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            # Files pickled with numpy 1.x name numpy.core, which numpy 2 only keeps as a deprecated alias.
-            module = "numpy._core." + module.removeprefix("numpy.core.")
-        return super().find_class(module, name)
-
-
-def _read_cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not file.is_file():
-        raise DatasetError(f"cifar10: missing file {file.name} in {file.parent}")
-    try:
-        with file.open("rb") as handle:
-            batch = _CifarUnpickler(handle, encoding="bytes").load()
-    except (
-        pickle.UnpicklingError,
-        EOFError,
-        ValueError,
-        TypeError,
-        AttributeError,
-        ImportError,
-        IndexError,
-    ) as error:
-        raise DatasetError(f"cifar10: cannot read {file.name}: {error}") from error
-    if not isinstance(batch, dict):
-        raise DatasetError(f"cifar10: {file.name} does not hold a dict")
-    # The original files are Python 2 pickles (bytes keys); accept str keys as well.
-    entries = {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
-    if "data" not in entries or "labels" not in entries:
-        raise DatasetError(f"cifar10: {file.name} lacks 'data' or 'labels'")
-    data = np.asarray(entries["data"])
-    labels = np.asarray(entries["labels"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DatasetError(
-            f"cifar10: {file.name} data must be uint8 N x 3072, got {data.dtype} {tuple(data.shape)}"
-        )
-    if labels.shape != (data.shape[0],) or labels.dtype.kind not in "ui":
-        raise DatasetError(f"cifar10: {file.name} needs {data.shape[0]} integer labels")
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise DatasetError(f"cifar10: {file.name} has labels outside 0..9")
-    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
-
-
 def _load_cifar10(spec: Mapping[str, Any]) -> ImageDataset:
     """Load CIFAR-10 from local python-format pickles (trusted files only: pickles can run code)."""
     if "root" not in spec:
@@ -489,13 +434,13 @@ def _load_cifar10(spec: Mapping[str, Any]) -> ImageDataset:
     for name in _CIFAR_TRAIN_FILES:
         if limit is not None and total >= limit:
             break
-        data, labels = _read_cifar_batch(root / name)
+        data, labels = read_cifar_batch(root / name)
         train_images.append(data)
         train_labels.append(labels)
         total += len(labels)
     x_train = np.concatenate(train_images)[:limit]
     y_train = np.concatenate(train_labels)[:limit]
-    x_test, y_test = _read_cifar_batch(root / _CIFAR_TEST_FILE)
+    x_test, y_test = read_cifar_batch(root / _CIFAR_TEST_FILE)
     x_test, y_test = x_test[:test_limit], y_test[:test_limit]
     return _build(
         "cifar10",

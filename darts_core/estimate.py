@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from darts_core.architect import DartsSearch
 from darts_core.cell import MixedOp, _as_primitives
 from darts_core.genotype import DARTS_OP_NAMES, num_edges
 from darts_core.networks import SearchNetwork, _is_reduction, _stem
 from darts_core.ops import ReduceChannels2d, ReLUConvBN2d
-from darts_core.search import DartsSearch
 
 __all__ = [
     "EDGE_VALUES",

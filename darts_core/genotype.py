@@ -30,19 +30,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["DARTS_OP_NAMES", "Gene", "Genotype", "derive_genotype", "num_edges"]
+from darts_core.op_names import DARTS_OP_NAMES
 
-#: The eight operation names of the DARTS search space (``none`` included), in the paper's order.
-DARTS_OP_NAMES: tuple[str, ...] = (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
+__all__ = ["DARTS_OP_NAMES", "Gene", "Genotype", "derive_genotype", "num_edges"]
 
 #: One chosen edge of a cell: ``(op_name, input_index)``.
 Gene = tuple[str, int]

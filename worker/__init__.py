@@ -1,4 +1,3 @@
-"""Celery workers: the app (`worker.celery_app`) and the `run_search` task (`worker.tasks`).
-
-Start one with `darts-service worker` (one process per device, `--pool=solo`).
+"""Celery workers: `python -m worker` (`worker.__main__`), the task (`worker.task`) and one run of a
+search (`worker.run`). Start one per device; `darts-service worker` runs the same command.
 """

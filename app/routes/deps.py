@@ -12,15 +12,18 @@ from app.settings import Settings
 
 
 def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_celery(request: Request) -> Celery:
-    return request.app.state.celery
+    celery: Celery = request.app.state.celery
+    return celery
 
 
 def get_redis_client(request: Request) -> redis.Redis:
-    return request.app.state.redis
+    client: redis.Redis = request.app.state.redis
+    return client
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -11,11 +11,15 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
+from app.auth import UNAUTHORIZED_RESPONSE, MetricsAccess
 from app.routes.responses import errors
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
+
+# An ingester round blocks at most a second on XREADGROUP; far longer means it is stuck.
+STALLED_INGESTER_SECONDS = 30.0
 
 
 @router.get("/healthz")
@@ -43,13 +47,34 @@ def _check_redis(request: Request) -> str:
         return "unreachable"
 
 
+def _check_ingester(request: Request) -> dict[str, str]:
+    """The in-process ingester, when this API runs one: its thread alive and its rounds going on."""
+    handle = getattr(request.app.state, "ingester", None)
+    if handle is None:
+        return {}
+    health = handle.health()
+    if not health["alive"]:
+        return {"ingester": "error: the ingester thread is not running"}
+    if health["last_round_seconds_ago"] > STALLED_INGESTER_SECONDS:
+        return {"ingester": f"error: no round completed for {health['last_round_seconds_ago']:.0f} s"}
+    return {"ingester": "ok"}
+
+
+def _supervised_parts(request: Request) -> dict[str, str]:
+    """`darts-service up`'s children (embedded Redis, worker): running, or being restarted."""
+    parts = getattr(request.app.state, "supervised", [])
+    return {part.name: "ok" if part.state == "running" else f"error: {part.state}" for part in parts}
+
+
 @router.get("/readyz", responses=errors(503))
 async def readyz(request: Request) -> Any:
-    """Readiness: the database and Redis both answer. 503 names the one that does not (and only that:
-    exception texts would show server addresses and paths)."""
+    """Readiness: the database and Redis answer, the ingester runs, `up`'s children are up. 503 names
+    the part that is not ready, and only that (exception texts would show addresses and paths)."""
     checks = {
         "database": await run_in_threadpool(_check_database, request),
         "redis": await run_in_threadpool(_check_redis, request),
+        **_check_ingester(request),
+        **_supervised_parts(request),
     }
     failing = [name for name, result in checks.items() if result != "ok"]
     if failing:
@@ -59,10 +84,13 @@ async def readyz(request: Request) -> Any:
     return {"status": "ready", "checks": checks}
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics", response_class=Response, dependencies=[MetricsAccess], responses=UNAUTHORIZED_RESPONSE
+)
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: requests by route and status, request latency, searches by status, plus the
-    process-wide ones (the in-process ingester's event counts, process and Python runtime)."""
+    process-wide ones (the in-process ingester's event counts, process and Python runtime). Needs an API
+    key unless METRICS_PUBLIC is set."""
 
     def render() -> bytes:
         return generate_latest(request.app.state.metrics.registry) + generate_latest(REGISTRY)

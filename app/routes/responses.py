@@ -1,8 +1,8 @@
 """The error statuses each route documents in the OpenAPI schema, defined once.
 
 Every error body is `{"detail": ...}`: a message, or (422) a list of `{loc, msg, type}` as FastAPI's own
-validation errors. Routes list the statuses they can answer with `responses=errors(...)`; the ones
-every protected route shares are in `ROUTER_STATUSES`, given once per router.
+validation errors. Routes list the statuses they can answer with `responses=errors(...)`; the 401 every
+protected route shares is declared once per router (`app.auth.UNAUTHORIZED_RESPONSE`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class ErrorBody(BaseModel):
 
 _DESCRIPTIONS = {
     400: "Malformed request (e.g. a cursor this API did not return)",
-    401: "Missing, unknown or revoked API key",
+    401: "Missing, unknown or revoked API key (`WWW-Authenticate: Bearer`)",
     404: "No such resource (or not yours)",
     405: "Method not allowed here; `Allow` lists the methods that are",
     409: "Conflicts with the resource's current state",
@@ -36,10 +36,6 @@ _DESCRIPTIONS = {
     429: "Too many requests or active searches; `Retry-After` says when to retry",
     503: "A dependency (database, Redis) is unreachable",
 }
-
-# Statuses of every route of the protected routers (searches, datasets). Authentication adds 401 here.
-ROUTER_STATUSES: tuple[int, ...] = ()
-
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for these error statuses, each with the `{"detail": ...}` body."""

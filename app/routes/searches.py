@@ -12,72 +12,78 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
 
+from app.auth import REQUIRE_OWNER, UNAUTHORIZED_RESPONSE, CurrentOwner, SearchAccess, listed_owner
 from app.db import SessionDep
-from app.models import TERMINAL_STATUSES, Search
+from app.lifecycle.status import TERMINAL, Status
+from app.models import Search
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
-from app.routes.responses import ROUTER_STATUSES, errors
-from app.schemas import (
-    EpochPublic,
-    Page,
-    SearchEstimatePublic,
-    SearchPublic,
-    SearchSpec,
-    SearchStatusName,
-    StatusEvent,
-)
+from app.routes.responses import errors
+from app.schemas import EpochPublic, Page, SearchEstimatePublic, SearchPublic, SearchSpec, StatusEvent
 from app.services import admission
 from app.services import searches as search_service
 from app.services.errors import BadRequest
 from app.services.genotype_svg import genotype_svg
 
-router = APIRouter(prefix="/searches", tags=["searches"], responses=errors(*ROUTER_STATUSES))
+router = APIRouter(
+    prefix="/searches", tags=["searches"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
+)
 
 MAX_EPOCHS_PAGE = 1000
-MAX_EPOCH = 1000  # training.epochs' upper bound (app.schemas.TrainingSpec)
+MAX_EPOCH = 1000  # training.epochs' upper bound (darts_core.config.TrainingConfig)
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=SearchPublic,
-    responses=errors(400, 413, 422, 503),
+    responses=errors(400, 413, 422, 429, 503),
 )
 def create_search(
-    spec: SearchSpec, session: SessionDep, celery: CeleryDep, settings: SettingsDep, response: Response
+    spec: SearchSpec,
+    session: SessionDep,
+    celery: CeleryDep,
+    settings: SettingsDep,
+    response: Response,
+    owner: CurrentOwner,
 ) -> Search:
-    """Queue a DARTS search. The response's `spec` is the spec as accepted, every default filled in.
-
-    422 when the spec is invalid or, by the admission estimate (`POST /searches/estimate`), needs more
-    memory than a worker has (WORKER_MEMORY_BYTES): the message names the estimate, the limit and the
-    fields to lower."""
-    search = search_service.create_search(session, spec, celery=celery, settings=settings)
+    """Queue a DARTS search owned by the key's owner. The response's `spec` is the spec as accepted, every
+    default filled in. 429 (with `Retry-After`) while the owner has MAX_ACTIVE_SEARCHES_PER_OWNER searches
+    queued, running or cancelling; 422 for an uploaded dataset that is not the owner's, and when the
+    admission estimate (`POST /searches/estimate`) exceeds WORKER_MEMORY_BYTES: the message names the
+    estimate, the limit and the fields to lower."""
+    search = search_service.create_search(session, spec, celery=celery, settings=settings, owner=owner.name)
     response.headers["Location"] = f"/searches/{search.id}"
     return search
 
 
 @router.post("/estimate", response_model=SearchEstimatePublic, responses=errors(400, 413, 422))
-def estimate_search(spec: SearchSpec, session: SessionDep, settings: SettingsDep) -> dict[str, Any]:
+def estimate_search(
+    spec: SearchSpec, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
+) -> dict[str, Any]:
     """What the search of this spec would need (exact weight count, estimated peak memory) against what
     a worker has; creates nothing. `fits` tells whether `POST /searches` would accept its size."""
-    return admission.estimate(session, spec, settings)
+    return admission.estimate(session, spec, settings, owner=owner.name)
 
 
 @router.get("", response_model=Page[SearchPublic], responses=errors(400))
 def list_searches(
     session: SessionDep,
-    status: SearchStatusName | None = None,
+    current: CurrentOwner,
+    status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=search_service.MAX_PAGE_SIZE)] = search_service.DEFAULT_PAGE_SIZE,
     cursor: str | None = None,
+    owner: Annotated[str | None, Query(max_length=64, description="Admins: only this owner's")] = None,
 ) -> dict[str, Any]:
-    """Searches, newest first. Pass `next_cursor` back as `?cursor=` for the next page."""
+    """The owner's searches (an admin's: everyone's), newest first. Pass `next_cursor` back as `?cursor=`
+    for the next page (an empty cursor is none)."""
     items, next_cursor = search_service.list_searches(
-        session, status=status, limit=limit, cursor=cursor or None
+        session, status=status, limit=limit, cursor=cursor or None, owner=listed_owner(current, owner)
     )
     return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/{search_id}", response_model=SearchPublic, responses=errors(404))
-def get_search(search_id: str, session: SessionDep) -> Search:
+def get_search(search_id: str, session: SessionDep, _owner: SearchAccess) -> Search:
     return search_service.get_search(session, search_id)
 
 
@@ -85,6 +91,7 @@ def get_search(search_id: str, session: SessionDep) -> Search:
 def get_genotype(
     search_id: str,
     session: SessionDep,
+    _owner: SearchAccess,
     epoch: Annotated[int | None, Query(ge=1, le=MAX_EPOCH, description="An earlier epoch's genotype")] = None,
 ) -> dict[str, Any]:
     """The genotype in the DARTS format (`normal`, `normal_concat`, `reduce`, `reduce_concat`).
@@ -105,6 +112,7 @@ def get_genotype(
 def get_genotype_svg(
     search_id: str,
     session: SessionDep,
+    _owner: SearchAccess,
     epoch: Annotated[int | None, Query(ge=1, le=MAX_EPOCH, description="An earlier epoch's genotype")] = None,
 ) -> Response:
     genotype = search_service.get_genotype(session, search_id, epoch)
@@ -115,6 +123,7 @@ def get_genotype_svg(
 def list_epochs(
     search_id: str,
     session: SessionDep,
+    _owner: SearchAccess,
     limit: Annotated[int, Query(ge=1, le=MAX_EPOCHS_PAGE)] = MAX_EPOCHS_PAGE,
     cursor: Annotated[
         str | None, Query(pattern="^[0-9]{0,9}$", description="The last epoch seen (a next_cursor)")
@@ -144,6 +153,7 @@ def list_epochs(
 def cancel_search(
     search_id: str,
     session: SessionDep,
+    _owner: SearchAccess,
     celery: CeleryDep,
     redis_client: RedisDep,
     settings: SettingsDep,
@@ -160,7 +170,9 @@ def cancel_search(
 
 
 @router.delete("/{search_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
-def delete_search(search_id: str, session: SessionDep, settings: SettingsDep) -> Response:
+def delete_search(
+    search_id: str, session: SessionDep, settings: SettingsDep, _owner: SearchAccess
+) -> Response:
     """Remove a finished search, its epochs and its artifacts (409 while it is queued or running)."""
     search_service.delete_search(session, search_id, settings=settings)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -177,6 +189,7 @@ def delete_search(search_id: str, session: SessionDep, settings: SettingsDep) ->
 async def search_events(
     search_id: str,
     request: Request,
+    _owner: SearchAccess,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[
         str | None, Query(description="Resume point for clients that cannot send the Last-Event-ID header")
@@ -214,7 +227,7 @@ async def _event_stream(
                 return None, []
             # The status is read before the epochs: a terminal status is written after the last
             # epoch, so once we see it, this same poll also sees every epoch.
-            current = StatusEvent(status=search.status, error=search.error)
+            current = StatusEvent(status=Status(search.status), error=search.error)
             records = search_service.list_epochs(session, search_id, after=after_epoch)
             return current, [(r.stream_id or str(r.epoch), EpochPublic.model_validate(r)) for r in records]
 
@@ -228,6 +241,6 @@ async def _event_stream(
         if current != last_status:
             yield {"event": "status", "data": json.dumps(current.model_dump())}
             last_status = current
-        if current.status in TERMINAL_STATUSES:
+        if current.status in TERMINAL:
             return
         await anyio.sleep(poll_seconds)

@@ -28,12 +28,12 @@ _LOWERABLE = (
 )
 
 
-def _data_shape(session: Session, spec: SearchSpec) -> dict[str, Any]:
+def _data_shape(session: Session, spec: SearchSpec, owner: str) -> dict[str, Any]:
     """`in_channels`, `image_size`, `num_classes`, `num_samples` of the spec's dataset."""
     dataset = spec.dataset
     if isinstance(dataset, UploadedDatasetSpec):
         row = session.get(Dataset, dataset.id)
-        if row is None:
+        if row is None or row.owner != owner:  # another owner's dataset is not there for this one
             raise Unprocessable(
                 f"unknown dataset id {dataset.id!r}: upload it with POST /datasets first",
                 loc=("body", "dataset", "id"),
@@ -66,18 +66,18 @@ def _data_shape(session: Session, spec: SearchSpec) -> dict[str, Any]:
     }
 
 
-def estimate(session: Session, spec: SearchSpec, settings: Settings) -> dict[str, Any]:
+def estimate(session: Session, spec: SearchSpec, settings: Settings, *, owner: str) -> dict[str, Any]:
     """The admission estimate of `spec` against `settings.worker_memory_bytes` (a
     `SearchEstimatePublic` dict). Blocking (torch, milliseconds to a tenth of a second): call it off the
     event loop."""
+    from darts_core.config import SearchConfig
     from darts_core.estimate import estimate_search
-    from darts_core.search import SearchConfig
 
     try:
         config = SearchConfig.from_spec(spec.model_dump(mode="json"))
     except ValueError as exc:
         raise Unprocessable(f"the search engine refuses this spec: {exc}", error_type="invalid_spec") from exc
-    result = estimate_search(config, **_data_shape(session, spec))
+    result = estimate_search(config, **_data_shape(session, spec, owner))
     limit = settings.worker_memory_bytes
     fits = result.peak_bytes <= limit
     return {
@@ -96,9 +96,9 @@ def _gib(value: int) -> str:
     return f"{value / 2**30:.1f} GiB"
 
 
-def require_fits(session: Session, spec: SearchSpec, settings: Settings) -> dict[str, Any]:
+def require_fits(session: Session, spec: SearchSpec, settings: Settings, *, owner: str) -> dict[str, Any]:
     """The estimate, or Unprocessable (422) naming the estimate, the limit and the fields to lower."""
-    result = estimate(session, spec, settings)
+    result = estimate(session, spec, settings, owner=owner)
     if result["fits"]:
         return result
     lower = ", ".join(result["lower"]) or "the dataset's image size"

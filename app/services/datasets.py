@@ -9,15 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
-from app.models import Dataset
-from app.services.errors import NotFound, PayloadTooLarge, Unprocessable
+from app.db import affected_rows, utcnow
+from app.lifecycle.status import TERMINAL
+from app.models import Dataset, Search
+from app.services.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from app.services.multipart import MultipartUpload
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
+from app.storage import datasets_dir
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ def upload_public(dataset: Dataset) -> dict[str, Any]:
         "kind": "upload",
         "name": dataset.name,
         "filename": dataset.filename,
+        "owner": dataset.owner,
         "num_samples": dataset.num_samples,
         "num_classes": dataset.num_classes,
         "channels": dataset.channels,
@@ -75,8 +78,17 @@ def too_large_message(settings: Settings) -> str:
     return f"upload larger than the limit of {settings.max_upload_bytes} bytes (MAX_UPLOAD_BYTES)"
 
 
-def datasets_dir(settings: Settings) -> Path:
-    return settings.artifacts_path / "datasets"
+def quota_message(settings: Settings, used: int) -> str:
+    return (
+        f"upload over your dataset storage quota of {settings.max_dataset_bytes_per_owner} bytes "
+        f"(MAX_DATASET_BYTES_PER_OWNER; {used} bytes in use): delete a dataset with DELETE /datasets/{{id}}"
+    )
+
+
+def bytes_used(session: Session, owner: str) -> int:
+    """The bytes of `owner`'s uploaded datasets (what MAX_DATASET_BYTES_PER_OWNER bounds)."""
+    total = select(func.coalesce(func.sum(Dataset.size_bytes), 0)).where(Dataset.owner == owner)
+    return int(session.scalar(total) or 0)
 
 
 _validation_limiter: anyio.CapacityLimiter | None = None
@@ -111,14 +123,17 @@ async def store_upload(
     filename: str | None,
     name: str | None,
     settings: Settings,
+    owner: str,
     form: MultipartUpload | None = None,
     before_validation: Callable[[], None] | None = None,
 ) -> Dataset:
-    """Write an uploaded `.npz` to `ARTIFACT_DIR/datasets/{id}.npz` chunk by chunk, validate it, record it.
+    """Write an uploaded `.npz` to `ARTIFACT_DIR/datasets/{id}.npz` chunk by chunk, validate it, record it
+    as `owner`'s.
 
-    The size cap applies while the bytes arrive: over `settings.max_upload_bytes` -> PayloadTooLarge
-    (413) at once. A multipart upload (`form`) names its file and `name` field as it streams; they are
-    read from `form` once the body is in. The file is then validated off the event loop, with bounded
+    The size caps apply while the bytes arrive: over `settings.max_upload_bytes`, or over what is left
+    of the owner's `settings.max_dataset_bytes_per_owner` -> PayloadTooLarge (413) at once. A multipart
+    upload (`form`) names its file and `name` field as it streams; they are read from `form` once the
+    body is in. The file is then validated off the event loop, with bounded
     memory (darts_core.data.validate_npz); not an `.npz` darts_core can use -> Unprocessable (422).
     Either way the partial file is removed and nothing is recorded. `before_validation` (tests,
     instrumentation) runs in the validation's thread just before it starts.
@@ -130,12 +145,17 @@ async def store_upload(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{dataset_id}.npz"
     size = 0
+    used = bytes_used(session, owner)
+    session.commit()  # ends the read transaction: nothing holds the database while the body streams
+    quota_left = settings.max_dataset_bytes_per_owner - used
     try:
         with path.open("wb") as out:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > settings.max_upload_bytes:
                     raise PayloadTooLarge(too_large_message(settings))
+                if size > quota_left:
+                    raise PayloadTooLarge(quota_message(settings, used))
                 out.write(chunk)
         if form is not None:
             name = name or form.fields.get("name") or None
@@ -150,9 +170,14 @@ async def store_upload(
             return _validate_npz(path, settings)
 
         info = await anyio.to_thread.run_sync(validate, limiter=_limiter())
+        # Again, with what other uploads of the same owner stored meanwhile.
+        used = bytes_used(session, owner)
+        if used + size > settings.max_dataset_bytes_per_owner:
+            raise PayloadTooLarge(quota_message(settings, used))
         dataset = Dataset(
             id=dataset_id,
             name=name or Path(filename).stem[:MAX_NAME] or dataset_id,
+            owner=owner,
             filename=filename,
             path=str(path),
             num_samples=int(info["num_samples"]),
@@ -189,13 +214,15 @@ def _validate_npz(path: Path, settings: Settings) -> dict[str, Any]:
 
 
 def list_datasets(
-    session: Session, *, limit: int, cursor: str | None = None
+    session: Session, *, limit: int, cursor: str | None = None, owner: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """Built-ins first (on the first page), then uploads newest first."""
+    """Built-ins first (on the first page), then uploads (only `owner`'s when given) newest first."""
     items: list[dict[str, Any]] = []
     if cursor is None:
         items.extend(builtin_public(info) for info in builtin_datasets())
     query = select(Dataset).order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)
+    if owner is not None:
+        query = query.where(Dataset.owner == owner)
     if cursor is not None:
         query = query.where(older_than(Dataset.created_at, Dataset.id, cursor))
     uploads = list(session.scalars(query))
@@ -215,3 +242,23 @@ def get_dataset(session: Session, dataset_id: str) -> dict[str, Any]:
     if dataset is None:
         raise NotFound(f"dataset {dataset_id!r} not found")
     return upload_public(dataset)
+
+
+def delete_dataset(session: Session, dataset_id: str) -> None:
+    """Remove an uploaded dataset and its file. Conflict (409) for a built-in, and while a search that is
+    not finished uses it (the check and the delete are one statement: no search slips in between)."""
+    if any(info["name"] == dataset_id for info in builtin_datasets()):
+        raise Conflict(f"dataset {dataset_id!r} is built in; only uploaded datasets can be deleted")
+    dataset = session.get(Dataset, dataset_id)
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id!r} not found")
+    in_use = exists().where(
+        Search.dataset_ref == f"upload:{dataset_id}", Search.status.not_in(TERMINAL)
+    )
+    deleted = affected_rows(session.execute(delete(Dataset).where(Dataset.id == dataset_id, ~in_use)))
+    session.commit()
+    if deleted != 1:
+        raise Conflict(
+            f"dataset {dataset_id!r} is used by a search that has not finished: cancel it or wait for it"
+        )
+    Path(dataset.path).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 class ServiceError(Exception):
     status_code = 400
+    headers: dict[str, str] | None = None  # sent with the answer (Retry-After of a 429)
 
     def __init__(self, detail: Any) -> None:
         super().__init__(detail)
@@ -46,6 +47,16 @@ class Unprocessable(ServiceError):
         if ctx is not None:
             error["ctx"] = ctx
         super().__init__([error])
+
+
+class TooManyRequests(ServiceError):
+    """A per-owner quota is used up; `Retry-After` says when to try again."""
+
+    status_code = 429
+
+    def __init__(self, detail: Any, retry_after: int) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}
 
 
 class ServiceUnavailable(ServiceError):

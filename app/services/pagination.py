@@ -31,7 +31,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def older_than(
-    created_at_column: InstrumentedAttribute, id_column: InstrumentedAttribute, cursor: str
+    created_at_column: InstrumentedAttribute[datetime], id_column: InstrumentedAttribute[str], cursor: str
 ) -> ColumnElement[bool]:
     """SQL condition: rows after the cursor in (created_at DESC, id DESC) order."""
     created_at, row_id = decode_cursor(cursor)

@@ -1,7 +1,6 @@
 """Searches: create (and enqueue), list, read, genotype, epochs, cancel, delete.
 
-Status changes made here are conditional UPDATEs (`... WHERE status = <expected>`), so a worker or the
-ingester changing the same row at the same moment never has its change overwritten.
+Status changes are the lifecycle's (`app.lifecycle`): this module calls it and decides none itself.
 """
 
 from __future__ import annotations
@@ -16,28 +15,27 @@ from typing import Any
 import redis
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
-from app.events import cancel_key
-from app.models import TERMINAL_STATUSES, Dataset, Search, SearchEpoch, SearchStatus
-from app.schemas import SearchSpec, UploadedDatasetSpec
+from app.lifecycle import cancel as lifecycle_cancel
+from app.lifecycle.status import TERMINAL, Status
+from app.models import Dataset, Search, SearchEpoch
+from app.queue import enqueue_search
+from app.schemas import SearchSpec, UploadedDatasetSpec, default_search_name
 from app.services import admission
-from app.services.errors import Conflict, NotFound, ServiceUnavailable, Unprocessable
+from app.services.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequests, Unprocessable
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
-from worker.celery_app import enqueue_search
+from app.storage import search_dir
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-
-
-def artifact_dir(settings: Settings, search_id: str):
-    """Where a search's checkpoints and outputs live: `ARTIFACT_DIR/searches/{id}`."""
-    return settings.artifacts_path / "searches" / search_id
+# When an owner at MAX_ACTIVE_SEARCHES_PER_OWNER is told to try again.
+QUOTA_RETRY_AFTER_SECONDS = 30
 
 
 def dataset_ref(spec: SearchSpec) -> str:
@@ -47,19 +45,29 @@ def dataset_ref(spec: SearchSpec) -> str:
     return f"builtin:{spec.dataset.name}"
 
 
-def _check_engine_accepts(spec: dict[str, Any]) -> None:
-    """The worker builds `darts_core.search.SearchConfig.from_spec(spec)`: refuse here (422) what it would
-    refuse there, so a bad spec never becomes a failed search. (darts_core imports torch: lazily.)"""
-    from darts_core.search import SearchConfig
-
-    try:
-        SearchConfig.from_spec(spec)
-    except ValueError as exc:
-        raise Unprocessable(f"the search engine refuses this spec: {exc}", error_type="invalid_spec") from exc
+def _count_active(session: Session, owner: str) -> int:
+    """The owner's searches that have not finished (queued, running, cancelling)."""
+    query = select(func.count()).where(Search.owner == owner, Search.status.not_in(TERMINAL))
+    return session.scalar(query) or 0
 
 
-def create_search(session: Session, spec: SearchSpec, *, celery: Celery, settings: Settings) -> Search:
-    """Insert a `queued` search and send its task to the broker.
+def _quota_exceeded(settings: Settings) -> TooManyRequests:
+    limit = settings.max_active_searches_per_owner
+    return TooManyRequests(
+        f"you have {limit} searches queued or running, the most allowed (MAX_ACTIVE_SEARCHES_PER_OWNER): "
+        "wait for one to finish or cancel one",
+        retry_after=QUOTA_RETRY_AFTER_SECONDS,
+    )
+
+
+def create_search(
+    session: Session, spec: SearchSpec, *, celery: Celery, settings: Settings, owner: str
+) -> Search:
+    """Insert a `queued` search owned by `owner` and send its task to the broker.
+
+    TooManyRequests (429) when the owner has `max_active_searches_per_owner` active searches already: it
+    is counted before the insert and again after it (two requests at once may both be refused, never
+    both accepted over the limit). An uploaded dataset must be the owner's own (422 otherwise).
 
     The row is committed before the task is sent, so a worker that picks the task up at once finds it.
     When the broker cannot be reached the row is deleted again and ServiceUnavailable (503) raised:
@@ -67,21 +75,23 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
     """
     if isinstance(spec.dataset, UploadedDatasetSpec):
         dataset = session.get(Dataset, spec.dataset.id)
-        if dataset is None:
+        if dataset is None or dataset.owner != owner:
             raise Unprocessable(
                 f"unknown dataset id {spec.dataset.id!r}: upload it with POST /datasets first",
                 loc=("body", "dataset", "id"),
                 error_type="unknown_dataset",
             )
         if spec.name is None:
-            spec = spec.model_copy(update={"name": f"{dataset.name} search"})
+            spec = spec.model_copy(update={"name": default_search_name(dataset.name)})
     spec_json = spec.model_dump(mode="json")
-    _check_engine_accepts(spec_json)
-    admission.require_fits(session, spec, settings)
+    admission.require_fits(session, spec, settings, owner=owner)
+    if _count_active(session, owner) >= settings.max_active_searches_per_owner:
+        raise _quota_exceeded(settings)
     search = Search(
         id=str(uuid.uuid4()),
         name=spec.name,
-        status=SearchStatus.queued,
+        owner=owner,
+        status=Status.queued,
         spec=spec_json,
         dataset_ref=dataset_ref(spec),
         created_at=utcnow(),
@@ -90,6 +100,10 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
     )
     session.add(search)
     session.commit()
+    if _count_active(session, owner) > settings.max_active_searches_per_owner:
+        session.execute(delete(Search).where(Search.id == search.id))
+        session.commit()
+        raise _quota_exceeded(settings)
     try:
         task_id = enqueue_search(celery, search.id, settings)
     except (BrokerError, redis.RedisError, OSError) as exc:
@@ -108,10 +122,18 @@ def create_search(session: Session, spec: SearchSpec, *, celery: Celery, setting
 
 
 def list_searches(
-    session: Session, *, status: str | None = None, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    session: Session,
+    *,
+    status: str | None = None,
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+    owner: str | None = None,
 ) -> tuple[list[Search], str | None]:
-    """Newest first; returns one page and the cursor of the next (None on the last page)."""
+    """Newest first (only `owner`'s when given); returns one page and the cursor of the next (None on the
+    last page)."""
     query = select(Search).order_by(Search.created_at.desc(), Search.id.desc()).limit(limit + 1)
+    if owner is not None:
+        query = query.where(Search.owner == owner)
     if status is not None:
         query = query.where(Search.status == status)
     if cursor is not None:
@@ -178,7 +200,7 @@ def epoch_after_event_id(session: Session, search_id: str, last_event_id: str) -
     return epoch
 
 
-def _set_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: str) -> None:
+def _raise_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: str) -> None:
     """Raise the Redis flag a running worker polls between batches (`{prefix}:cancel:{id}`, every 0.5 s).
 
     Best effort: the worker also reads the row's `cancel_requested` (every 2 s), so a cancel still
@@ -186,7 +208,7 @@ def _set_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: s
     """
     try:
         expiry = timedelta(seconds=settings.broker_visibility_timeout)
-        redis_client.set(cancel_key(settings, search_id), "1", ex=expiry)
+        redis_client.set(lifecycle_cancel.cancel_key(settings.redis_prefix, search_id), "1", ex=expiry)
     except (redis.RedisError, OSError) as exc:
         logger.warning("could not set the cancel flag of search %s (the SQL flag stands): %s", search_id, exc)
 
@@ -208,67 +230,40 @@ def cancel_search(
     redis_client: redis.Redis,
     settings: Settings,
 ) -> Search:
-    """Cancel a search (idempotent).
+    """Cancel a search (idempotent; see `app.lifecycle.cancel.cancel`). Finished: Conflict (409).
 
-    - queued and no worker holds its lease: `cancelled` at once, and `revoke(celery_task_id)` called
-      (the route runs `revoke_task` after the response: a broadcast to an unreachable broker takes
-      seconds to give up).
-    - running, or queued but leased (a worker has just taken it; its `running` event is not ingested
-      yet): `cancelling`, `cancel_requested` set in SQL and the Redis flag `{prefix}:cancel:{id}`
-      raised; the worker stops between batches and the status becomes `cancelled` when it says so.
-    - cancelling / cancelled: nothing more to do (the flag is set again for a cancelling one).
-    - succeeded / failed: Conflict (409).
+    `revoke(celery_task_id)` is called for a search cancelled while queued (the route runs
+    `revoke_task` after the response: a broadcast to an unreachable broker takes seconds to give up).
     """
     search = get_search(session, search_id)
-    now = utcnow()
-    not_leased = or_(
-        Search.lease_owner.is_(None), Search.lease_expires_at.is_(None), Search.lease_expires_at < now
-    )
-    queued_to_cancelled = session.execute(
-        update(Search)
-        .where(Search.id == search_id, Search.status == SearchStatus.queued, not_leased)
-        .values(status=SearchStatus.cancelled, cancel_requested=True, finished_at=now)
-    )
-    session.commit()
-    if queued_to_cancelled.rowcount == 1:
-        session.refresh(search)
-        if search.celery_task_id:
-            revoke(search.celery_task_id)
-        return search
-
-    # A queued row that was not cancelled above is leased: a worker runs it already.
-    running_to_cancelling = session.execute(
-        update(Search)
-        .where(Search.id == search_id, Search.status.in_([SearchStatus.queued, SearchStatus.running]))
-        .values(status=SearchStatus.cancelling, cancel_requested=True)
-    )
-    session.commit()
-    session.refresh(search)
-    if running_to_cancelling.rowcount == 1 or search.status == SearchStatus.cancelling:
-        _set_cancel_flag(redis_client, settings, search_id)
-        return search
-    if search.status == SearchStatus.cancelled:
-        return search
-    raise Conflict(
-        f"search {search_id!r} already finished with status {search.status!r}; it cannot be cancelled"
-    )
+    try:
+        return lifecycle_cancel.cancel(
+            session,
+            search,
+            revoke=revoke,
+            raise_flag=lambda target: _raise_cancel_flag(redis_client, settings, target),
+        )
+    except lifecycle_cancel.AlreadyFinished as finished:
+        raise Conflict(
+            f"search {search_id!r} already finished with status {finished.status!r}; it cannot be cancelled"
+        ) from None
 
 
 def delete_search(session: Session, search_id: str, *, settings: Settings) -> None:
     """Remove a finished search, its epochs and its artifacts; Conflict (409) while it may still run."""
     search = get_search(session, search_id)
-    if search.status not in TERMINAL_STATUSES:
+    if search.status not in TERMINAL:
         raise Conflict(
             f"search {search_id!r} is {search.status}: cancel it and wait until it has finished to delete it"
         )
     session.execute(delete(SearchEpoch).where(SearchEpoch.search_id == search_id))
     session.execute(delete(Search).where(Search.id == search_id))
     session.commit()
-    shutil.rmtree(artifact_dir(settings, search_id), ignore_errors=True)
+    shutil.rmtree(search_dir(settings, search_id), ignore_errors=True)
 
 
 def count_by_status(session: Session) -> dict[str, int]:
-    counts = dict.fromkeys(SearchStatus, 0)
+    counts = {str(status): 0 for status in Status}
     for status, count in session.execute(select(Search.status, func.count()).group_by(Search.status)):
-        counts[status] = count
-    return {str(status): count for status, count in counts.items()}
+        counts[str(status)] = int(count)
+    return counts

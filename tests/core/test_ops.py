@@ -2,6 +2,9 @@
 
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -128,10 +131,37 @@ def test_reduce_channels_matches_the_reference_on_even_sizes():
     op = arch.ReduceChannels2d(3, 6).double()
     x = torch.randn(2, 3, 8, 6, dtype=torch.float64)
     r = F.relu(x)
-    # reference: the second convolution reads the input shifted by one pixel (no padding needed)
-    expected = op.bn(torch.cat([op.conv_1(r), op.conv_2(r[:, :, 1:, 1:])], dim=1))
+    # reference: two 1x1 stride-2 convolutions, the second on the input shifted by one pixel
+    def strided(conv: nn.Conv2d, z: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(z, conv.weight, stride=2)
+
+    expected = op.bn(torch.cat([strided(op.conv_1, r), strided(op.conv_2, r[:, :, 1:, 1:])], dim=1))
     torch.testing.assert_close(op(x), expected, rtol=0, atol=1e-12)
-    assert op.conv_1.stride == (2, 2) and op.conv_1.kernel_size == (1, 1)
+    assert op.conv_1.kernel_size == (1, 1) and op.conv_2.kernel_size == (1, 1)
+
+
+_FEW_CHANNELS_BACKWARD = """
+import torch
+torch.set_num_threads(1)
+import darts_core as arch
+op = arch.ReduceChannels2d(4, 4).to(memory_format=torch.channels_last)
+for _ in range(50):
+    x = torch.randn(8, 4, 8, 8).to(memory_format=torch.channels_last).requires_grad_()
+    torch.autograd.grad(op(x).square().sum(), [x, *op.parameters()])
+print("ok")
+"""
+
+
+def test_reduce_channels_backward_with_few_channels_in_channels_last_on_one_thread():
+    # oneDNN's strided 1x1 convolution corrupted the heap here (torch 2.13, AVX2): the process died.
+    done = subprocess.run(
+        [sys.executable, "-c", _FEW_CHANNELS_BACKWARD],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_reduce_channels_rejects_fewer_than_two_output_channels():

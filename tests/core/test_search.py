@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from darts_core.checkpoint import PREVIOUS_CHECKPOINT_NAME, read_history
 from darts_core.data import load_dataset
 from darts_core.genotype import DARTS_OP_NAMES, Genotype, derive_genotype, num_edges
+from darts_core.records import EpochRecord
 from darts_core.search import (
     CHECKPOINT_NAME,
     DartsSearch,
@@ -25,6 +27,19 @@ from darts_core.search import (
 # --------------------------------------------------------------------------------------------- helpers
 
 TINY_PRIMITIVES = ("none", "sep_conv_3x3", "avg_pool_3x3", "skip_connect")
+
+
+class _Subsampled(nn.Module):
+    """`module` on every second pixel: a stride-2 1x1 convolution written without oneDNN's strided
+    1x1 kernel, whose channels_last backward with fewer than 8 channels corrupts the heap (see
+    darts_core.ops.ReduceChannels2d)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.module(x[:, :, ::2, ::2])
 
 
 class TinySearchNet(nn.Module):
@@ -61,7 +76,7 @@ class TinySearchNet(nn.Module):
             nn.BatchNorm2d(channels, affine=False),
         )
         pool = nn.AvgPool2d(3, stride, 1, count_include_pad=False)
-        skip = nn.Identity() if stride == 1 else nn.Conv2d(channels, channels, 1, stride, bias=False)
+        skip = nn.Identity() if stride == 1 else _Subsampled(nn.Conv2d(channels, channels, 1, bias=False))
         return nn.ModuleList([conv, pool, skip])
 
     @staticmethod
@@ -329,32 +344,44 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"training": {"epochs": 0}}, "training.epochs must be >= 1, got 0"),
-        ({"training": {"epochs": 2.5}}, "training.epochs must be an integer"),
-        ({"training": {"epochs": True}}, "training.epochs must be an integer"),
-        ({"training": {"batch_size": 0}}, "training.batch_size must be >= 1"),
-        ({"training": {"train_portion": 1.0}}, "training.train_portion must be > 0 and < 1"),
-        ({"training": {"train_portion": 0}}, "training.train_portion must be > 0 and < 1"),
-        ({"training": {"order": "third"}}, "training.order must be one of 'first', 'second'"),
-        ({"training": {"weight_lr": -1}}, "training.weight_lr must be > 0"),
-        ({"training": {"weight_lr": 0.01, "weight_lr_min": 0.1}}, "training.weight_lr_min must be <="),
-        ({"training": {"momentum": 1.0}}, "training.momentum must be >= 0 and < 1"),
-        ({"training": {"arch_lr": "fast"}}, "training.arch_lr must be a finite number"),
-        ({"training": {"grad_clip": float("nan")}}, "training.grad_clip must be a finite number"),
-        ({"training": {"seed": -1}}, "training.seed must be >= 0"),
-        ({"training": {"lr": 0.1}}, "training.lr is not a known field"),
-        ({"network": {"cells": 0}}, "network.cells must be >= 1"),
-        ({"network": [1, 2]}, "network must be a JSON object"),
+        ({"training": {"epochs": 0}}, r"training.epochs: Input should be greater than or equal to 1 \(got 0"),
+        ({"training": {"epochs": 1001}}, "training.epochs: Input should be less than or equal to 1000"),
+        ({"training": {"epochs": 2.5}}, "training.epochs: Input should be a valid integer"),
+        ({"training": {"epochs": True}}, "training.epochs: Input should be a valid integer"),
+        ({"training": {"epochs": "3"}}, "training.epochs: Input should be a valid integer"),
+        ({"training": {"batch_size": 0}}, "training.batch_size: Input should be greater than or equal to 1"),
+        ({"training": {"train_portion": 1.0}}, "training.train_portion: Input should be less than 1"),
+        ({"training": {"train_portion": 0}}, "training.train_portion: Input should be greater than 0"),
+        ({"training": {"order": "third"}}, "training.order: Input should be 'first' or 'second'"),
+        ({"training": {"weight_lr": -1}}, "training.weight_lr: Input should be greater than 0"),
+        (
+            {"training": {"weight_lr": 0.01, "weight_lr_min": 0.1}},
+            r"training: weight_lr_min \(0.1\) must be <= weight_lr \(0.01\)",
+        ),
+        ({"training": {"momentum": 1.0}}, "training.momentum: Input should be less than 1"),
+        ({"training": {"momentum": True}}, "training.momentum: must be a finite number, got True"),
+        ({"training": {"arch_lr": "fast"}}, "training.arch_lr: must be a finite number, got 'fast'"),
+        ({"training": {"arch_lr": "0.1"}}, "training.arch_lr: must be a finite number"),
+        ({"training": {"grad_clip": float("nan")}}, "training.grad_clip: Input should be a finite number"),
+        ({"training": {"grad_clip": float("inf")}}, "training.grad_clip: Input should be a finite number"),
+        ({"training": {"seed": -1}}, "training.seed: Input should be greater than or equal to 0"),
+        ({"training": {"seed": 2**32}}, "training.seed: Input should be less than or equal to 4294967295"),
+        ({"training": {"lr": 0.1}}, "training.lr: is not a known field"),
+        ({"network": {"cells": 0}}, "network.cells: Input should be greater than or equal to 1"),
+        ({"network": {"init_channels": 513}}, "network.init_channels: Input should be less than or equal"),
+        ({"network": [1, 2]}, "network: must be a JSON object"),
         (
             {"search_space": {"primitives": ["none", "conv_7x7"]}},
-            r"search_space.primitives\[1\] is not a DARTS",
+            r"search_space.primitives\[1\]: Input should be 'none', 'max_pool_3x3'",
         ),
-        ({"search_space": {"primitives": ["none"]}}, "needs at least one operation other than 'none'"),
-        ({"search_space": {"primitives": ["skip_connect"] * 2}}, "must not repeat"),
-        ({"search_space": {"primitives": "skip_connect"}}, "must be a list of operation names"),
-        ({"search_space": {"internal_nodes": 0}}, "search_space.internal_nodes must be >= 1"),
-        ({"resources": {"device": "tpu"}}, "resources.device must be one of 'auto', 'cpu', 'cuda'"),
-        ({"optimizer": {}}, "optimizer is not a known field"),
+        ({"search_space": {"primitives": ["skip_connect"]}}, "search_space.primitives: .*at least 2 items"),
+        ({"search_space": {"primitives": ["skip_connect"] * 2}}, "search_space.primitives: must not repeat"),
+        ({"search_space": {"primitives": "skip_connect"}}, "search_space.primitives: Input should be a"),
+        ({"search_space": {"internal_nodes": 0}}, "search_space.internal_nodes: Input should be greater"),
+        ({"search_space": {"internal_nodes": 9}}, "search_space.internal_nodes: Input should be less"),
+        ({"search_space": {"primitives": list(DARTS_OP_NAMES) * 2}}, "search_space.primitives: .*at most 8"),
+        ({"resources": {"device": "tpu"}}, "resources.device: Input should be 'auto', 'cpu' or 'cuda'"),
+        ({"optimizer": {}}, "optimizer: is not a known field"),
     ],
 )
 def test_from_spec_rejects_bad_values_naming_the_field(spec: dict, message: str) -> None:
@@ -439,7 +466,12 @@ def test_on_epoch_payload_and_checkpoint(tiny_dataset, tmp_path) -> None:
 
     checkpoint = _load_checkpoint(tmp_path)  # weights_only: no pickled code in a service's checkpoint
     assert checkpoint["epoch"] == 2 and checkpoint["history"] == [item.to_dict() for item in reported]
-    assert not [path.name for path in tmp_path.iterdir() if path.name != CHECKPOINT_NAME]  # no temp files
+    assert read_history(tmp_path) == checkpoint["history"]
+    assert [EpochRecord.model_validate(record).epoch for record in read_history(tmp_path)] == [1, 2]
+    previous = torch.load(tmp_path / PREVIOUS_CHECKPOINT_NAME, weights_only=True)
+    assert previous["epoch"] == 1 and previous["history"] == checkpoint["history"][:1]
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == sorted([CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME])  # two generations, no temp files
 
     # A finished search asked to run again only reports what it has.
     again = run_search(tiny_dataset, _config(), checkpoint_dir=tmp_path, on_epoch=reported.append)

@@ -23,8 +23,13 @@ Fixtures other test folders may rely on (tests/service/integration/ does):
   before and after the test (other tests of the session may have left rows).
 - `api_settings` (session): `service_settings` with a Celery queue of its own (`API_TEST_QUEUE`) that no
   worker consumes, so a worker started by other tests never picks up the searches the API tests create.
+- `make_key` (session): `make_key(name=None, admin=False) -> (owner name, key)`, a new API key (a unique
+  name is made up when none is given). Keys are never emptied: every test makes the ones it needs.
+- `api_owner`, `auth_headers` (session): the owner name and the `Authorization` header of the key the
+  `client` sends (not an admin); rows a test inserts directly for the client to see belong to `api_owner`.
 - `client` (function): a `fastapi.testclient.TestClient` over `create_app(api_settings)` with the
-  ingester off (these API tests write epochs directly); the tables are emptied before and after the test.
+  ingester off (these API tests write epochs directly), sending `auth_headers`; the tables are emptied
+  before and after the test.
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory, run_migrations, with_search_path
 from app.models import Dataset, Search, SearchEpoch
+from app.services import keys as key_service
 from app.settings import LOOPBACK_HOSTS, Settings
 
 BACKEND = os.environ.get("DARTS_TEST_BACKEND", "sqlite")
@@ -169,19 +175,53 @@ def db_session(session_factory: sessionmaker[Session]) -> Iterator[Session]:
 
 
 @pytest.fixture(scope="session")
+def make_key(session_factory: sessionmaker[Session]):
+    """`make_key(name=None, admin=False) -> (name, key)`: a new API key in the session's database."""
+
+    def make(name: str | None = None, admin: bool = False) -> tuple[str, str]:
+        name = name or f"{'admin' if admin else 'user'}-{uuid.uuid4().hex[:10]}"
+        with session_factory() as session:
+            _row, key = key_service.create_key(session, name, admin=admin)
+        return name, key
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def api_key(make_key) -> tuple[str, str]:
+    return make_key("tester")
+
+
+@pytest.fixture(scope="session")
+def api_owner(api_key: tuple[str, str]) -> str:
+    return api_key[0]
+
+
+@pytest.fixture(scope="session")
+def auth_headers(api_key: tuple[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key[1]}"}
+
+
+@pytest.fixture(scope="session")
 def api_settings(service_settings: Settings) -> Settings:
-    return service_settings.model_copy(update={"celery_queue": API_TEST_QUEUE})
+    # The quota test lowers the active-search limit itself; other tests create searches freely.
+    return service_settings.model_copy(
+        update={"celery_queue": API_TEST_QUEUE, "max_active_searches_per_owner": 1000}
+    )
 
 
 @pytest.fixture
-def client(api_settings: Settings, session_factory: sessionmaker[Session]) -> Iterator[TestClient]:
-    """The API (ingester off) over the session's stack; every table is emptied before and after the test."""
+def client(
+    api_settings: Settings, session_factory: sessionmaker[Session], auth_headers: dict[str, str]
+) -> Iterator[TestClient]:
+    """The API (ingester off) over the session's stack, with `api_owner`'s key; every table but the keys'
+    is emptied before and after the test."""
     from app.main import create_app
 
     _empty_tables(session_factory)
     app = create_app(api_settings, run_ingester=False)
     try:
-        with TestClient(app) as test_client:
+        with TestClient(app, headers=auth_headers) as test_client:
             yield test_client
     finally:
         _empty_tables(session_factory)
@@ -206,20 +246,62 @@ def epoch_genotype(epoch: int) -> dict:
     return genotype
 
 
+def _status_path(current: str, target: str) -> list[str]:
+    """The shortest chain of allowed transitions from `current` to `target` (the lifecycle's table)."""
+    from collections import deque
+
+    from app.lifecycle.status import TRANSITIONS, Status
+
+    paths: deque[list[Status]] = deque([[Status(current)]])
+    seen = {Status(current)}
+    while paths:
+        path = paths.popleft()
+        if path[-1] == target:
+            return [str(status) for status in path[1:]]
+        for following in sorted(TRANSITIONS[path[-1]]):
+            if following not in seen:
+                seen.add(following)
+                paths.append([*path, following])
+    raise AssertionError(f"the lifecycle has no way from {current} to {target}")
+
+
+def _apply(db_session: Session, event, stream_id: str | None = None) -> str:
+    """Apply `event` with the ingester's own projection, in its own transaction."""
+    from app.lifecycle.projection import apply_event
+
+    outcome = apply_event(db_session, event, stream_id=stream_id)
+    db_session.commit()
+    return outcome
+
+
 @pytest.fixture
-def record_epochs(db_session: Session):
-    """`record_epochs(search_id, epochs, status=None)`: write epoch records (1..epochs, or the given
-    numbers) and the search's summary as the ingester would; optionally set the status too."""
+def set_status(db_session: Session):
+    """`set_status(search_id, status, error=None)`: move a search to `status` through the transitions a
+    worker would report, applied by the real projection (app.lifecycle.projection.apply_event)."""
+    from app.events.schema import StatusEvent
 
-    def write(search_id: str, epochs: int | list[int], status: str | None = None) -> list[SearchEpoch]:
-        from app.db import utcnow
-
-        numbers = list(range(1, epochs + 1)) if isinstance(epochs, int) else epochs
+    def set_(search_id: str, status: str, error: str | None = None) -> None:
+        db_session.expire_all()
         search = db_session.get(Search, search_id)
         assert search is not None, search_id
-        records = []
+        for step in _status_path(search.status, status):
+            event = StatusEvent(search_id=search_id, status=step, error=error if step == "failed" else None)
+            assert _apply(db_session, event) == "stored", (search_id, step)
+        db_session.expire_all()
+
+    return set_
+
+
+@pytest.fixture
+def record_epochs(db_session: Session, set_status):
+    """`record_epochs(search_id, epochs, status=None)`: epoch events (1..epochs, or the given numbers)
+    applied by the real projection as the ingester would; optionally the status too."""
+    from app.events.schema import EpochEvent
+
+    def write(search_id: str, epochs: int | list[int], status: str | None = None) -> list[SearchEpoch]:
+        numbers = list(range(1, epochs + 1)) if isinstance(epochs, int) else epochs
         for number in numbers:
-            record = SearchEpoch(
+            event = EpochEvent(
                 search_id=search_id,
                 epoch=number,
                 train_loss=2.0 / number,
@@ -230,43 +312,20 @@ def record_epochs(db_session: Session):
                 seconds=1.5,
                 genotype=epoch_genotype(number),
                 alphas={"normal": [[0.125] * 8] * 14, "reduce": [[0.125] * 8] * 14},
-                stream_id=f"{1700000000000 + number}-0",
-                created_at=utcnow(),
             )
-            db_session.add(record)
-            records.append(record)
-            search.epoch = number
-            search.genotype = record.genotype
-            search.metrics = {"train_loss": record.train_loss, "valid_acc": record.valid_acc}
-            search.best_valid_acc = max(search.best_valid_acc or 0.0, record.valid_acc)
+            assert _apply(db_session, event, f"{1700000000000 + number}-0") == "stored"
         if status is not None:
-            search.status = status
-            if status in ("succeeded", "failed", "cancelled"):
-                search.finished_at = utcnow()
-        db_session.commit()
-        return records
+            set_status(search_id, status)
+        db_session.expire_all()
+        return list(
+            db_session.scalars(
+                select(SearchEpoch)
+                .where(SearchEpoch.search_id == search_id, SearchEpoch.epoch.in_(numbers))
+                .order_by(SearchEpoch.epoch)
+            )
+        )
 
     return write
-
-
-@pytest.fixture
-def set_status(db_session: Session):
-    """`set_status(search_id, status, error=None)`: change a search's status directly in SQL."""
-
-    def set_(search_id: str, status: str, error: str | None = None) -> None:
-        from app.db import utcnow
-
-        search = db_session.get(Search, search_id)
-        assert search is not None, search_id
-        search.status = status
-        search.error = error
-        if status == "running":
-            search.started_at = utcnow()
-        if status in ("succeeded", "failed", "cancelled"):
-            search.finished_at = utcnow()
-        db_session.commit()
-
-    return set_
 
 
 class LiveServer:

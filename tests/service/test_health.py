@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from app.db import alembic_config, make_engine, run_migrations, with_search_path
 from app.main import create_app
@@ -135,12 +135,33 @@ def test_migrations_build_everything_on_an_empty_database_and_downgrade_to_nothi
         assert inspect(engine).get_table_names() == []
         run_migrations(empty_database)
         tables = set(inspect(engine).get_table_names())
-        assert tables == {"alembic_version", "searches", "search_epochs", "datasets"}
+        assert tables == {"alembic_version", "searches", "search_epochs", "datasets", "api_keys"}
         indexes = {index["name"] for index in inspect(engine).get_indexes("searches")}
         assert {"ix_searches_created_at_id", "ix_searches_status_created_at_id"} <= indexes
         command.check(alembic_config(empty_database))
         run_migrations(empty_database)  # already at head: nothing to do
         command.downgrade(alembic_config(empty_database), "base")
         assert set(inspect(engine).get_table_names()) == {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_rows_made_before_keys_belong_to_the_admin_owner(empty_database: Settings) -> None:
+    """0002 gives the searches and datasets of a database made before keys the owner `admin` (the name of
+    the admin key `darts-service up` creates first)."""
+    engine = make_engine(empty_database)
+    try:
+        run_migrations(empty_database, "0001")
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO searches (id, name, status, spec, dataset_ref, created_at, epochs) "
+                    "VALUES ('s1', 'old', 'succeeded', '{}', 'builtin:digits', CURRENT_TIMESTAMP, 1)"
+                )
+            )
+        run_migrations(empty_database)
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT owner FROM searches")).scalars().all() == ["admin"]
+        command.check(alembic_config(empty_database))
     finally:
         engine.dispose()

@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session
 from app.main import create_app
 from app.models import Search, SearchEpoch
 from app.settings import Settings
+from darts_core.op_names import DARTS_OP_NAMES
 
 from .conftest import epoch_genotype
+from .test_datasets import small_images
 
 DIGITS = {"dataset": {"name": "digits"}}
 
@@ -121,23 +123,37 @@ def _error_messages(response) -> str:
         ({"dataset": "digits"}, 'dataset must be {"name": "digits"}'),
         (
             {**DIGITS, "search_space": {"primitives": ["sep_conv_3x3", "conv_9x9"]}},
-            "unknown primitive(s) ['conv_9x9']",
+            "search_space.primitives.1: Input should be 'none', 'max_pool_3x3'",
         ),
         (
             {**DIGITS, "search_space": {"primitives": ["sep_conv_3x3", "sep_conv_3x3"]}},
-            "primitives must be unique; repeated: ['sep_conv_3x3']",
+            "search_space.primitives: Value error, must not repeat an operation",
         ),
         ({**DIGITS, "search_space": {"primitives": ["sep_conv_3x3"]}}, "at least 2 items"),
+        ({**DIGITS, "search_space": {"primitives": ["none"] * 10_000}}, "Tuple should have at most 8"),
+        ({**DIGITS, "search_space": {"primitives": ["none\x00"]}}, "primitives.0: Input should be 'none'"),
+        ({**DIGITS, "name": "a\x00b"}, "body.name: Value error, must not contain NUL characters"),
+        ({**DIGITS, "name": "x" * 201}, "body.name: String should have at most 200 characters"),
+        ({"dataset": {"id": "abc\x00"}}, "dataset.upload.id: Value error, must not contain NUL characters"),
+        ({**DIGITS, "training": {"epochs": True}}, "training.epochs: Input should be a valid integer"),
+        ({**DIGITS, "training": {"grad_clip": "5"}}, "grad_clip: Value error, must be a finite number"),
+        ({"dataset": {"name": "synthetic", "channels": 65}}, "Input should be less than or equal to 64"),
+        ({"dataset": {"name": "synthetic", "image_size": 1025}}, "less than or equal to 1024"),
+        ({"dataset": {"name": "synthetic", "noise": 1e3}}, "noise: Input should be less than 1000"),
         ({**DIGITS, "training": {"epochs": 0}}, "training.epochs: Input should be greater than or equal"),
         ({**DIGITS, "training": {"epochs": 1001}}, "epochs: Input should be less than or equal to 1000"),
         ({**DIGITS, "training": {"batch_size": 5000}}, "training.batch_size: Input should be less than"),
         ({**DIGITS, "training": {"train_portion": 1.0}}, "train_portion: Input should be less than 1"),
         ({**DIGITS, "training": {"order": "third"}}, "training.order: Input should be 'first' or 'second'"),
         ({**DIGITS, "training": {"weight_lr": 0}}, "training.weight_lr: Input should be greater than 0"),
-        ({**DIGITS, "training": {"weight_lr": 0.01, "weight_lr_min": 0.1}}, "must not exceed weight_lr"),
+        ({**DIGITS, "training": {"weight_lr": 0.01, "weight_lr_min": 0.1}}, "must be <= weight_lr (0.01)"),
         (
             {"dataset": {"name": "synthetic", "num_samples": 100_000, "image_size": 512}},
             "num_samples x channels x height x width = 78643200000 exceeds 67108864",
+        ),
+        (
+            {"dataset": {"name": "synthetic", "channels": 64, "image_size": 1024}},
+            "num_samples x channels x height x width = 34359738368 exceeds 67108864",
         ),
         (
             {"dataset": {"name": "synthetic", "num_samples": 10, "num_classes": 6}},
@@ -168,10 +184,10 @@ def test_create_rejects_an_unknown_dataset_id(client: TestClient, api_settings: 
 
 
 def test_create_answers_503_and_keeps_nothing_when_the_broker_is_down(
-    api_settings: Settings, db_session: Session
+    api_settings: Settings, db_session: Session, auth_headers: dict[str, str]
 ) -> None:
     settings = api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(settings, run_ingester=False)) as client:
+    with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as client:
         response = client.post("/searches", json=DIGITS)
     assert response.status_code == 503
     assert "broker (Redis) is unreachable" in response.json()["detail"]
@@ -356,13 +372,13 @@ def test_cancel_a_queued_search_a_worker_has_leased_asks_the_worker_to_stop(
 
 
 def test_cancel_a_running_search_while_redis_is_down_still_records_it(
-    client: TestClient, api_settings: Settings, set_status, db_session: Session
+    client: TestClient, api_settings: Settings, set_status, db_session: Session, auth_headers: dict[str, str]
 ) -> None:
     """The worker also polls the row's cancel_requested, so the cancel is accepted without Redis."""
     search_id = create(client)["id"]
     set_status(search_id, "running")
     settings = api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(settings, run_ingester=False)) as offline:
+    with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as offline:
         response = offline.post(f"/searches/{search_id}/cancel")
     assert response.status_code == 202
     assert response.json()["status"] == "cancelling"
@@ -438,7 +454,9 @@ def test_the_accepted_spec_is_what_the_search_engine_reads(client: TestClient) -
     assert engine_view == {key: value for key, value in custom.items() if key not in ("name", "dataset")}
 
 
-def test_list_pages_break_created_at_ties_by_id(client: TestClient, db_session: Session) -> None:
+def test_list_pages_break_created_at_ties_by_id(
+    client: TestClient, db_session: Session, api_owner: str
+) -> None:
     """Searches created in the same instant are neither skipped nor repeated across pages."""
     from datetime import UTC, datetime
 
@@ -447,8 +465,9 @@ def test_list_pages_break_created_at_ties_by_id(client: TestClient, db_session: 
     for search_id in ids:
         db_session.add(
             Search(
-                id=search_id, name="tie", status="queued", spec={"dataset": {"name": "digits"}},
-                dataset_ref="builtin:digits", created_at=instant, epochs=1,
+                id=search_id, name="tie", owner=api_owner, status="queued",
+                spec={"dataset": {"name": "digits"}}, dataset_ref="builtin:digits", created_at=instant,
+                epochs=1,
             )
         )
     db_session.commit()
@@ -462,3 +481,22 @@ def test_list_pages_break_created_at_ties_by_id(client: TestClient, db_session: 
         if cursor is None:
             break
     assert seen == ids[::-1]
+
+
+def test_the_spec_schema_shows_the_op_names_and_the_bounds(client: TestClient) -> None:
+    """The OpenAPI schema derives from darts_core's models: the op enum and the limits appear there."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    primitives = schemas["SearchSpaceConfig"]["properties"]["primitives"]
+    assert primitives["items"]["enum"] == list(DARTS_OP_NAMES)
+    assert primitives["maxItems"] == len(DARTS_OP_NAMES) and primitives["minItems"] == 2
+    assert schemas["SyntheticDatasetSpec"]["properties"]["channels"]["maximum"] == 64
+    assert schemas["SearchSpec"]["properties"]["name"]["anyOf"][0]["maxLength"] == 200
+
+
+def test_a_generated_name_fits_in_200_characters(client: TestClient) -> None:
+    """'<dataset name> search' for an upload whose name has the longest allowed length (200)."""
+    files = {"file": ("long.npz", small_images())}
+    uploaded = client.post("/datasets", files=files, data={"name": "n" * 200})
+    assert uploaded.status_code == 201, uploaded.text
+    search = create(client, {"dataset": {"id": uploaded.json()["id"]}})
+    assert search["name"] == "n" * 193 + " search" and len(search["name"]) == 200

@@ -160,11 +160,11 @@ def running_worker(worker: WorkerProcess) -> WorkerProcess:
 
 
 @pytest.fixture(scope="package")
-def api(stack_settings: Settings) -> Iterator[TestClient]:
+def api(stack_settings: Settings, auth_headers: dict[str, str]) -> Iterator[TestClient]:
     from app.main import create_app
 
     app = create_app(stack_settings, run_ingester=True)
-    with TestClient(app) as client:
+    with TestClient(app, headers=auth_headers) as client:
         yield client
 
 

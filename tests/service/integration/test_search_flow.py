@@ -14,7 +14,7 @@ import numpy as np
 import redis
 from fastapi.testclient import TestClient
 
-from app.events import parse_event
+from app.events.schema import parse_event
 from app.settings import Settings
 
 from .conftest import finish, get_search, submit, tiny_spec, wait_for_status, wait_until

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,9 @@ class Stack:
         wait_until(lambda: self.process.poll() is not None or self._ready(), timeout, "/readyz of `up`", 0.25)
         if self.process.poll() is not None:
             pytest.fail(f"`darts-service up` exited with {self.process.returncode}:\n{self.log()}")
+        # Written before the API answered its first request.
+        self.key = (self.data_dir / "admin.key").read_text().strip()
+        self.headers = {"Authorization": f"Bearer {self.key}"}
         return self
 
     def _ready(self) -> bool:
@@ -82,7 +84,7 @@ class Stack:
             pytest.fail(f"`up` did not stop within {timeout} s after SIGINT:\n{self.log()}")
 
     def get(self, path: str) -> Any:
-        response = httpx.get(f"{self.url}{path}", timeout=10)
+        response = httpx.get(f"{self.url}{path}", headers=self.headers, timeout=10)
         assert response.status_code == 200, response.text
         return response.json()
 
@@ -118,7 +120,21 @@ def test_up_runs_a_search_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, stack
             assert "redis-server" in names
             assert (tmp_path / "data" / "darts.db").exists()
 
-        created = httpx.post(f"{stack.url}/searches", json=tiny_spec(epochs=2, name="via up"), timeout=10)
+        # The first start made an admin key: in admin.key alone (0600) and in the login URL printed.
+        key_file = tmp_path / "data" / "admin.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        assert key_file.read_text() == stack.key + "\n" and stack.key.startswith("dsk_")
+        assert f"http://127.0.0.1:{stack.port}/?token={stack.key}" in stack.log()
+        unauthorized = httpx.get(f"{stack.url}/searches", timeout=10)
+        assert unauthorized.status_code == 401
+        assert unauthorized.headers["www-authenticate"].startswith("Bearer")
+
+        created = httpx.post(
+            f"{stack.url}/searches",
+            json=tiny_spec(epochs=2, name="via up"),
+            headers=stack.headers,
+            timeout=10,
+        )
         assert created.status_code == 201, created.text
         search_id = created.json()["id"]
         wait_until(
@@ -132,7 +148,12 @@ def test_up_runs_a_search_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, stack
         assert [record["epoch"] for record in stack.get(f"/searches/{search_id}/epochs")["items"]] == [1, 2]
 
         # A search still running at Ctrl-C goes back to the queue, to resume on the next start.
-        long = httpx.post(f"{stack.url}/searches", json=tiny_spec(epochs=200, name="interrupted"), timeout=10)
+        long = httpx.post(
+            f"{stack.url}/searches",
+            json=tiny_spec(epochs=200, name="interrupted"),
+            headers=stack.headers,
+            timeout=10,
+        )
         long_id = long.json()["id"]
         wait_until(lambda: stack.get(f"/searches/{long_id}")["epoch"] >= 1, 120, "the first epoch", 0.25)
     except BaseException:
@@ -141,12 +162,16 @@ def test_up_runs_a_search_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, stack
 
     code = stack.interrupt()
     assert code == 0, stack.log()
-    time.sleep(0.5)
-    leftovers = [process for process in children if process.is_running() and process.status() != "zombie"]
-    assert leftovers == [], [process.cmdline() for process in leftovers]
+    def leftovers() -> list[psutil.Process]:
+        return [process for process in children if process.is_running() and process.status() != "zombie"]
+
+    wait_until(lambda: not leftovers(), 10, "every process of `up` to be gone")
 
     # Next start: the interrupted search is picked up again from its checkpoint.
     again = Stack(tmp_path / "data", stack_env_for_up).start()
+    # The same data directory keeps its admin key, and the login URL shows it again.
+    assert again.key == stack.key
+    assert f"http://127.0.0.1:{again.port}/?token={again.key}" in again.log()
     try:
         resumed = wait_until(
             lambda: (search := again.get(f"/searches/{long_id}"))["status"] == "running"
@@ -159,8 +184,61 @@ def test_up_runs_a_search_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, stack
         records = again.get(f"/searches/{long_id}/epochs")["items"]
         assert [record["epoch"] for record in records] == list(range(1, len(records) + 1))
         assert resumed["epoch"] >= 2
-        assert httpx.post(f"{again.url}/searches/{long_id}/cancel", timeout=10).status_code == 202
+        cancel = httpx.post(f"{again.url}/searches/{long_id}/cancel", headers=again.headers, timeout=10)
+        assert cancel.status_code == 202
         wait_until(lambda: again.get(f"/searches/{long_id}")["status"] == "cancelled", 60, "the cancel", 0.25)
     finally:
         code = again.interrupt()
     assert code == 0, again.log()
+
+
+def test_up_no_auth_is_refused_on_a_host_that_is_not_loopback(tmp_path: Path, stack_env_for_up) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "up", "--no-auth", "--host", "0.0.0.0"]
+        + ["--port", str(_free_port()), "--data-dir", str(tmp_path / "data")],
+        env=stack_env_for_up,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--no-auth is refused on host '0.0.0.0'" in result.stderr
+    assert not (tmp_path / "data").exists()  # refused before anything started
+
+
+@pytest.mark.slow
+def test_up_no_auth_on_loopback_runs_open_as_the_local_admin(tmp_path: Path, stack_env_for_up) -> None:
+    stack = Stack(tmp_path / "data", stack_env_for_up)
+    stack.process = None
+    with stack.log_path.open("wb") as log:
+        stack.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "up", "--no-auth", "--port", str(stack.port)]
+            + ["--data-dir", str(stack.data_dir)],
+            env=stack_env_for_up,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until(lambda: stack.process.poll() is not None or stack._ready(), 120, "/readyz of `up`", 0.25)
+        assert stack.process.poll() is None, stack.log()
+        assert not (tmp_path / "data" / "admin.key").exists()
+        assert f"http://127.0.0.1:{stack.port}/ (open: --no-auth)" in stack.log()
+        created = httpx.post(f"{stack.url}/searches", json=tiny_spec(epochs=1, name="open"), timeout=10)
+        assert created.status_code == 201, created.text
+        search_id = created.json()["id"]
+        assert created.json()["owner"] == "local"
+        assert httpx.post(f"{stack.url}/searches/{search_id}/cancel", timeout=10).status_code == 202
+        wait_until(
+            lambda: httpx.get(f"{stack.url}/searches/{search_id}", timeout=10).json()["status"]
+            in ("cancelled", "succeeded"),
+            120,
+            "the open search to end",
+            0.25,
+        )
+    except BaseException:
+        os.killpg(stack.process.pid, signal.SIGKILL)
+        raise
+    assert stack.interrupt() == 0, stack.log()

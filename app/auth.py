@@ -1,0 +1,120 @@
+"""Who may do what: the API key of a request, its owner, and what that owner may see.
+
+Every route but `/healthz`, `/readyz` and the page depends on `CurrentOwner` (directly, or through
+`SearchAccess` / `DatasetAccess`, or `MetricsAccess` / `DocsAccess` which a setting can open):
+`Authorization: Bearer <key>` from `darts-service keys create`, else 401 with `WWW-Authenticate: Bearer`.
+Searches and datasets belong to the key's name; another owner gets 404 for them, an admin sees all.
+With `settings.no_auth` (`darts-service up --no-auth`, loopback only) every request acts as the admin
+owner `local`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.models import Dataset, Search
+from app.routes.responses import errors
+from app.services import keys as key_service
+from app.services.errors import NotFound
+from app.services.keys import Owner
+
+LOCAL_OWNER = Owner(name="local", admin=True)
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key from `darts-service keys create --name NAME` (or `<data-dir>/admin.key`).",
+)
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _unauthorized(detail: str, error: str | None = None) -> HTTPException:
+    challenge = f'Bearer error="{error}"' if error else "Bearer"
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": challenge})
+
+
+def _session_factory(request: Request) -> sessionmaker[Session]:
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    return factory
+
+
+def get_owner(request: Request, credentials: BearerCredentials) -> Owner:
+    """The owner of the request's key; 401 without a key, or with an unknown or revoked one.
+
+    A session of its own, closed at once: a request's own session (`SessionDep`) would stay open for as
+    long as a Server-Sent Events stream runs.
+    """
+    if request.app.state.settings.no_auth:
+        return LOCAL_OWNER
+    if credentials is None:
+        raise _unauthorized(
+            "missing API key: send `Authorization: Bearer <key>` (keys come from `darts-service keys create`)"
+        )
+    with _session_factory(request)() as session:
+        owner = key_service.authenticate(session, credentials.credentials)
+    if owner is None:
+        raise _unauthorized("unknown or revoked API key", error="invalid_token")
+    return owner
+
+
+CurrentOwner = Annotated[Owner, Depends(get_owner)]
+
+
+def listed_owner(owner: Owner, requested: str | None) -> str | None:
+    """The owner a list shows: an admin's `?owner=` (None: everyone's), anyone else's own.
+
+    A non-admin asking for someone else's gets "", a name no key can have: an empty list.
+    """
+    if owner.admin:
+        return requested
+    return owner.name if requested in (None, owner.name) else ""
+
+
+def may_see(owner: Owner, resource_owner: str) -> bool:
+    return owner.admin or resource_owner == owner.name
+
+
+def _require_search_access(search_id: str, request: Request, owner: CurrentOwner) -> Owner:
+    """404 for a search that does not exist or belongs to someone else (the same answer: no leak)."""
+    with _session_factory(request)() as session:
+        search = session.get(Search, search_id)
+        visible = search is not None and may_see(owner, search.owner)
+    if not visible:
+        raise NotFound(f"search {search_id!r} not found")
+    return owner
+
+
+def _require_dataset_access(dataset_id: str, request: Request, owner: CurrentOwner) -> Owner:
+    """404 for an uploaded dataset that belongs to someone else; built-ins (any other id) pass through."""
+    with _session_factory(request)() as session:
+        dataset = session.get(Dataset, dataset_id)
+        hidden = dataset is not None and not may_see(owner, dataset.owner)
+    if hidden:
+        raise NotFound(f"dataset {dataset_id!r} not found")
+    return owner
+
+
+# The owner of a request on /searches/{search_id}... or /datasets/{dataset_id}, once it may see it.
+SearchAccess = Annotated[Owner, Depends(_require_search_access)]
+DatasetAccess = Annotated[Owner, Depends(_require_dataset_access)]
+
+# What every protected router declares, so that no route added to it can forget the key.
+UNAUTHORIZED_RESPONSE: dict[int | str, dict[str, Any]] = errors(401)
+REQUIRE_OWNER = Depends(get_owner)
+
+
+def _metrics_access(request: Request, credentials: BearerCredentials) -> None:
+    if not request.app.state.settings.metrics_public:
+        get_owner(request, credentials)
+
+
+def _docs_access(request: Request, credentials: BearerCredentials) -> None:
+    if not request.app.state.settings.docs_public:
+        get_owner(request, credentials)
+
+
+MetricsAccess = Depends(_metrics_access)
+DocsAccess = Depends(_docs_access)

@@ -1,0 +1,93 @@
+"""The parameters of the built-in datasets a search spec may name, and their bounds (torch-free).
+
+:func:`darts_core.data.load_dataset` enforces these same bounds (it reads the constants below), and the
+service offers exactly these models in its search spec, so a spec either side accepts loads. ``cifar10``
+and ``npz`` are absent: they name files on the machine, which only the library's own user may do.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+
+__all__ = [
+    "DatasetError",
+    "DigitsDatasetSpec",
+    "SyntheticDatasetSpec",
+    "SYNTHETIC_MAX_VALUES",
+    "SYNTHETIC_MAX_SAMPLES",
+    "SYNTHETIC_MAX_CLASSES",
+    "SYNTHETIC_MAX_CHANNELS",
+    "SYNTHETIC_MAX_IMAGE_SIZE",
+    "SYNTHETIC_MAX_NOISE",
+    "MAX_SEED",
+    "TestFraction",
+    "SplitSeed",
+]
+
+#: Ceiling on generated pixels (256 MiB of float32): bounds the memory one spec can make a worker use.
+SYNTHETIC_MAX_VALUES = 2**26
+SYNTHETIC_MAX_SAMPLES = 200_000
+SYNTHETIC_MAX_CLASSES = 1000
+SYNTHETIC_MAX_CHANNELS = 64
+SYNTHETIC_MAX_IMAGE_SIZE = 1024
+#: Templates have unit scale: far beyond this, the images are noise and the search learns nothing.
+SYNTHETIC_MAX_NOISE = 1e3
+MAX_SEED = 2**32 - 1  # NumPy's seed range
+
+class DatasetError(ValueError):
+    """A dataset spec or file is invalid; the message names the problem."""
+
+
+TestFraction = Annotated[
+    float, Field(gt=0.0, lt=1.0, allow_inf_nan=False, description="Held-out part, never searched on")
+]
+SplitSeed = Annotated[int, Strict(), Field(ge=0, le=MAX_SEED, description="Seed of the train/test split")]
+ImageSide = Annotated[int, Strict(), Field(ge=1, le=SYNTHETIC_MAX_IMAGE_SIZE)]
+
+
+class _DatasetSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DigitsDatasetSpec(_DatasetSpec):
+    """scikit-learn's handwritten digits (1797 grey 8x8 images, 10 classes), bundled."""
+
+    name: Literal["digits"]
+    test_fraction: TestFraction = 0.2
+    seed: SplitSeed = 0
+
+
+class SyntheticDatasetSpec(_DatasetSpec):
+    """Generated images (a smooth random template per class plus noise): for smoke tests and demos."""
+
+    name: Literal["synthetic"]
+    num_samples: Annotated[int, Strict()] = Field(default=512, ge=4, le=SYNTHETIC_MAX_SAMPLES)
+    num_classes: Annotated[int, Strict()] = Field(default=4, ge=2, le=SYNTHETIC_MAX_CLASSES)
+    channels: Annotated[int, Strict()] = Field(default=3, ge=1, le=SYNTHETIC_MAX_CHANNELS)
+    image_size: ImageSide | tuple[ImageSide, ImageSide] = Field(default=16, description="H = W, or [H, W]")
+    noise: float = Field(
+        default=0.5,
+        ge=0.0,
+        lt=SYNTHETIC_MAX_NOISE,
+        allow_inf_nan=False,
+        description="Standard deviation of the added noise",
+    )
+    test_fraction: TestFraction = 0.2
+    seed: SplitSeed = 0
+
+    @model_validator(mode="after")
+    def _size_fits(self) -> SyntheticDatasetSpec:
+        if self.num_samples < 2 * self.num_classes:
+            raise ValueError(
+                f"num_samples ({self.num_samples}) must be at least 2 x num_classes ({self.num_classes})"
+            )
+        height, width = self.image_size if isinstance(self.image_size, tuple) else (self.image_size,) * 2
+        values = self.num_samples * self.channels * height * width
+        if values > SYNTHETIC_MAX_VALUES:
+            raise ValueError(
+                f"num_samples x channels x height x width = {values} exceeds {SYNTHETIC_MAX_VALUES}; "
+                "make the dataset smaller"
+            )
+        return self

@@ -1,0 +1,27 @@
+"""The names of the DARTS candidate operations, importable without torch.
+
+The search spec (:mod:`darts_core.config`) validates ``search_space.primitives`` against these names, and
+a process that only validates specs (the service's API) should not pay for importing torch.
+:mod:`darts_core.ops` maps each name to its module.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+__all__ = ["DARTS_OP_NAMES", "OpName"]
+
+#: One operation name of the DARTS search space; a JSON schema shows it as an enum.
+OpName = Literal[
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+]
+
+#: The eight operation names of the DARTS search space (``none`` included), in the paper's order.
+DARTS_OP_NAMES: tuple[str, ...] = get_args(OpName)

