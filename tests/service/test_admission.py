@@ -51,7 +51,9 @@ def test_a_search_too_large_for_a_worker_is_422_naming_estimate_limit_and_fields
     assert db_session.query(Search).count() == 0
 
 
-def test_the_limit_is_the_setting(api_settings: Settings, client: TestClient, db_session: Session) -> None:
+def test_the_limit_is_the_setting(
+    api_settings: Settings, client: TestClient, db_session: Session, auth_headers: dict[str, str]
+) -> None:
     spec = {
         "dataset": {"name": "synthetic", "num_samples": 64, "image_size": 12},
         "training": {"batch_size": 8},
@@ -59,7 +61,7 @@ def test_the_limit_is_the_setting(api_settings: Settings, client: TestClient, db
     peak = client.post("/searches/estimate", json=spec).json()["peak_memory_bytes"]
     for limit, expected in ((peak - 1, 422), (peak, 201)):
         settings = api_settings.model_copy(update={"worker_memory_bytes": limit})
-        with TestClient(create_app(settings, run_ingester=False)) as limited:
+        with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as limited:
             assert limited.post("/searches/estimate", json=spec).json()["fits"] is (expected == 201)
             assert limited.post("/searches", json=spec).status_code == expected
     assert db_session.query(Search).count() == 1

@@ -47,12 +47,12 @@ def multipart_chunks(data: bytes, boundary: str = "darts-boundary", piece: int =
 
 
 def test_json_bodies_over_max_body_bytes_are_413_before_parsing_declared_or_chunked(
-    serve, api_settings: Settings, db_session: Session
+    serve, auth_headers: dict[str, str], api_settings: Settings, db_session: Session
 ) -> None:
     server = serve(api_settings.model_copy(update={"max_body_bytes": 4096}))
     body = b'{"dataset": {"name": "digits"}, "name": "' + b"n" * 8192 + b'"}'
     expected = {"detail": "request body larger than the limit of 4096 bytes (MAX_BODY_BYTES)"}
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with httpx.Client(base_url=server.url, headers=auth_headers, timeout=60) as http:
         declared = http.post("/searches", content=body, headers={"content-type": "application/json"})
         assert declared.status_code == 413 and declared.json() == expected
 
@@ -69,7 +69,7 @@ def test_json_bodies_over_max_body_bytes_are_413_before_parsing_declared_or_chun
 
 
 def test_a_chunked_multipart_upload_streams_to_disk_and_is_capped_while_it_streams(
-    serve, api_settings: Settings, db_session: Session
+    serve, auth_headers: dict[str, str], api_settings: Settings, db_session: Session
 ) -> None:
     server = serve(api_settings)
     boundary = "darts-boundary"
@@ -78,7 +78,7 @@ def test_a_chunked_multipart_upload_streams_to_disk_and_is_capped_while_it_strea
     good = npz_bytes(x=rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8), y=np.arange(20) % 2)
     too_big = rng.integers(0, 256, api_settings.max_upload_bytes + 1, dtype=np.uint8).tobytes()
     before = stored_uploads(api_settings)
-    with httpx.Client(base_url=server.url, timeout=60) as http:
+    with httpx.Client(base_url=server.url, headers=auth_headers, timeout=60) as http:
         accepted = http.post("/datasets", content=multipart_chunks(good, boundary), headers=headers)
         assert accepted.status_code == 201, accepted.text
         assert accepted.json()["name"] == "streamed" and accepted.json()["filename"] == "d.npz"
@@ -95,13 +95,13 @@ def test_a_chunked_multipart_upload_streams_to_disk_and_is_capped_while_it_strea
 
 
 def test_a_zip_bomb_of_zeros_is_refused_uninflated(
-    serve, api_settings: Settings, tmp_path: Path, db_session: Session
+    serve, auth_headers: dict[str, str], api_settings: Settings, tmp_path: Path, db_session: Session
 ) -> None:
     bomb = tmp_path / "zeros.npz"
     write_npz_of_zeros(bomb, (10000, 3, 128, 128))
     assert bomb.stat().st_size < 1024 * 1024
     server = serve(api_settings.model_copy(update={"max_upload_bytes": 2 * 1024 * 1024}))
-    with httpx.Client(base_url=server.url, timeout=120) as http:
+    with httpx.Client(base_url=server.url, headers=auth_headers, timeout=120) as http:
         response = http.post(
             "/datasets", params={"filename": "zeros.npz"}, content=bomb.read_bytes(),
             headers={"content-type": "application/octet-stream"},
@@ -144,7 +144,7 @@ def test_dataset_errors_carry_no_server_path_or_exception_text(
 
 
 def test_healthz_answers_while_four_worst_case_uploads_are_being_validated(
-    serve, api_settings: Settings, db_session: Session
+    serve, auth_headers: dict[str, str], api_settings: Settings, db_session: Session
 ) -> None:
     """Validation runs in worker threads: the four block (by a hook) until /healthz has answered, so
     a /healthz that needed the event loop while they ran could never answer."""
@@ -166,7 +166,7 @@ def test_healthz_answers_while_four_worst_case_uploads_are_being_validated(
     responses: list[httpx.Response] = []
 
     def upload() -> None:
-        with httpx.Client(base_url=server.url, timeout=180) as http:
+        with httpx.Client(base_url=server.url, headers=auth_headers, timeout=180) as http:
             responses.append(
                 http.post(
                     "/datasets", params={"filename": "worst.npz"}, content=worst,
@@ -181,7 +181,7 @@ def test_healthz_answers_while_four_worst_case_uploads_are_being_validated(
     try:
         for _ in range(4):
             assert started.acquire(timeout=120), "the validations did not start"
-        with httpx.Client(base_url=server.url, timeout=60) as http:
+        with httpx.Client(base_url=server.url, headers=auth_headers, timeout=60) as http:
             began = time.perf_counter()
             health = http.get("/healthz")
             latency = time.perf_counter() - began
@@ -205,6 +205,7 @@ def test_nul_in_a_query_or_path_is_422_naming_it(client: TestClient) -> None:
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "cursor"]
     assert client.get("/searches/abc%00def").status_code == 422
+    assert client.post("/searches", json={**DIGITS, "name": "x\x00y"}).status_code == 422
 
 
 def test_cursors_empty_means_none_and_unicode_digits_are_refused(client: TestClient) -> None:
@@ -247,11 +248,13 @@ def test_metric_labels_take_known_values_only(client: TestClient) -> None:
     assert 'route="/searches/{search_id}"' in text and "some-unknown-id" not in text
 
 
-def test_the_broker_503_carries_no_exception_text(api_settings: Settings) -> None:
+def test_the_broker_503_carries_no_exception_text(
+    api_settings: Settings, auth_headers: dict[str, str]
+) -> None:
     from app.main import create_app
 
     settings = api_settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
-    with TestClient(create_app(settings, run_ingester=False)) as offline:
+    with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as offline:
         response = offline.post("/searches", json=DIGITS)
     assert response.status_code == 503
     assert response.json() == {

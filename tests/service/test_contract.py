@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 from sqlalchemy.orm import Session
 
 from app.models import Search
@@ -22,14 +21,8 @@ from app.settings import Settings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def api_headers() -> dict[str, str]:
-    """Headers every request of the contract run carries (the API key once routes require one)."""
-    return {}
-
-
 def test_schemathesis_finds_no_failure(
-    serve, api_settings: Settings, api_headers: dict[str, str], db_session: Session
+    serve, api_settings: Settings, auth_headers: dict[str, str], db_session: Session
 ) -> None:
     assert (REPO_ROOT / "schemathesis.toml").is_file()
     server = serve(api_settings)
@@ -37,7 +30,7 @@ def test_schemathesis_finds_no_failure(
         str(Path(sys.executable).with_name("st")), "run", f"{server.url}/openapi.json", "--checks", "all",
         "--no-color",
     ]
-    for name, value in api_headers.items():
+    for name, value in auth_headers.items():
         command += ["-H", f"{name}: {value}"]
     try:
         completed = subprocess.run(
@@ -45,7 +38,7 @@ def test_schemathesis_finds_no_failure(
         )
     finally:
         # Cancel what the run created: nothing it queued may linger for a worker to pick up.
-        with httpx.Client(base_url=server.url, headers=api_headers, timeout=60) as http:
+        with httpx.Client(base_url=server.url, headers=auth_headers, timeout=60) as http:
             for search in db_session.query(Search).all():
                 if search.status in ("queued", "running"):
                     assert http.post(f"/searches/{search.id}/cancel").status_code == 202
