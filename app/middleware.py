@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl, unquote
 
 from starlette.exceptions import HTTPException
@@ -19,7 +19,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 _BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
-async def _send_json(send: Send, status: int, body: object, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _send_json(
+    send: Send, status: int, body: object, headers: Sequence[tuple[bytes, bytes]] = ()
+) -> None:
     payload = json.dumps(body).encode()
     await send(
         {

@@ -35,6 +35,7 @@ from torch import nn
 
 from darts_core.architect import DartsSearch
 from darts_core.cell import MixedOp, _as_primitives
+from darts_core.config import SearchConfig
 from darts_core.genotype import DARTS_OP_NAMES, num_edges
 from darts_core.networks import SearchNetwork, _is_reduction, _stem
 from darts_core.ops import ReduceChannels2d, ReLUConvBN2d
@@ -257,17 +258,17 @@ def _saved_values_per_sample(
 
 
 def estimate_search(
-    config: object,
+    config: SearchConfig,
     *,
     in_channels: int,
     image_size: tuple[int, int],
     num_classes: int,
     num_samples: int | None = None,
 ) -> SearchEstimate:
-    """Estimate what the search of ``config`` (a :class:`~darts_core.search.SearchConfig`) needs on data
+    """Estimate what the search of ``config`` (a :class:`~darts_core.config.SearchConfig`) needs on data
     of ``in_channels x image_size`` images in ``num_classes`` classes (``num_samples`` of them when
     known, for ``dataset_bytes``). Cheap: nothing is allocated but a few cells on the ``meta`` device."""
-    space, network, training = config.search_space, config.network, config.training  # type: ignore[attr-defined]
+    space, network, training = config.search_space, config.network, config.training
     primitives = tuple(space.primitives)
     weights, arch = count_weights(
         in_channels,
@@ -358,7 +359,7 @@ def _tensor_bytes(tensors: Iterator[torch.Tensor]) -> int:
 
 
 def measure_step(
-    config: object, *, in_channels: int, image_size: tuple[int, int], num_classes: int, seed: int = 0
+    config: SearchConfig, *, in_channels: int, image_size: tuple[int, int], num_classes: int, seed: int = 0
 ) -> dict[str, int]:
     """Measure one real bilevel step of ``config`` on CPU (fp32) on random data.
 
@@ -367,7 +368,7 @@ def measure_step(
     the optimizers have their states; :class:`SavedTensorMeter`). Allocates what the step needs: use
     small configurations.
     """
-    space, network_config, training = config.search_space, config.network, config.training  # type: ignore[attr-defined]
+    space, network_config, training = config.search_space, config.network, config.training
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     network = SearchNetwork(

@@ -8,17 +8,19 @@ worker thread; routes that estimate are plain `def` routes, run in FastAPI's thr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app.models import Dataset
-from app.schemas import SearchSpec, SyntheticDatasetSpec, UploadedDatasetSpec
+from app.schemas import SearchSpec, UploadedDatasetSpec
 from app.services.errors import Unprocessable
 from app.settings import Settings
+from darts_core.dataset_spec import SyntheticDatasetSpec
 
 # Sizes a caller can lower, in the order they usually matter most (batch first: activations dominate).
-_LOWERABLE = (
+_LOWERABLE: tuple[tuple[str, Callable[[SearchSpec], bool]], ...] = (
     ("training.batch_size", lambda spec: spec.training.batch_size > 1),
     ("network.init_channels", lambda spec: spec.network.init_channels > 1),
     ("network.cells", lambda spec: spec.network.cells > 1),
