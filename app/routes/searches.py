@@ -125,9 +125,7 @@ def list_epochs(
     session: SessionDep,
     _owner: SearchAccess,
     limit: Annotated[int, Query(ge=1, le=MAX_EPOCHS_PAGE)] = MAX_EPOCHS_PAGE,
-    cursor: Annotated[
-        str | None, Query(pattern="^[0-9]{0,9}$", description="The last epoch seen (a next_cursor)")
-    ] = None,
+    cursor: Annotated[str | None, Query(description="The last epoch seen (a next_cursor)")] = None,
 ) -> dict[str, Any]:
     """Per-epoch metrics, in epoch order."""
     if not cursor:  # absent or empty: from the start

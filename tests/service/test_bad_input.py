@@ -214,7 +214,7 @@ def test_cursors_empty_means_none_and_unicode_digits_are_refused(client: TestCli
     assert client.get("/datasets", params={"cursor": ""}).status_code == 200
     assert client.get(f"/searches/{search_id}/epochs", params={"cursor": ""}).status_code == 200
     superscript = client.get(f"/searches/{search_id}/epochs?cursor=%C2%B2")
-    assert superscript.status_code == 422 and superscript.json()["detail"][0]["loc"] == ["query", "cursor"]
+    assert superscript.status_code == 400 and "invalid cursor" in superscript.json()["detail"]
     events = client.get(f"/searches/{search_id}/events", headers={"Last-Event-ID": "\u00b2".encode()})
     assert events.status_code == 422
 
