@@ -17,6 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.models import Dataset, Search
+from app.routes.responses import errors
 from app.services import keys as key_service
 from app.services.errors import NotFound
 from app.services.keys import Owner
@@ -101,9 +102,7 @@ SearchAccess = Annotated[Owner, Depends(_require_search_access)]
 DatasetAccess = Annotated[Owner, Depends(_require_dataset_access)]
 
 # What every protected router declares, so that no route added to it can forget the key.
-UNAUTHORIZED_RESPONSE: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing, unknown or revoked API key (`WWW-Authenticate: Bearer`)"}
-}
+UNAUTHORIZED_RESPONSE: dict[int | str, dict[str, Any]] = errors(401)
 REQUIRE_OWNER = Depends(get_owner)
 
 

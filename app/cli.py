@@ -139,7 +139,7 @@ def up(
             env["REDIS_URL"] = embedded.url
         os.environ.update(env)
         get_settings.cache_clear()
-        settings = Settings()
+        settings = Settings().with_bind_host(host)
         logger.info("database %s%s", settings.sqlalchemy_url, " (embedded)" if embedded_postgres else "")
         logger.info("redis %s%s", settings.redis_url, " (embedded)" if redis_server else "")
         run_migrations(settings)

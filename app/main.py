@@ -8,21 +8,28 @@ use, so `create_app()` works before they are up (and `/readyz` says when they ar
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import Scope
 
 from app.db import make_engine, make_session_factory
 from app.events.ingester import start_ingester
 from app.logging_config import RequestContextMiddleware, configure_logging, logging_configured
+from app.middleware import BodyLimitMiddleware, NulMiddleware
 from app.queue import create_celery_app
 from app.redis import get_redis
 from app.routes import datasets, docs, health, searches
+from app.services.datasets import too_large_message
 from app.services.errors import ServiceError
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
 from app.settings import Settings, get_settings
@@ -36,6 +43,23 @@ PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
+# Multipart framing around an upload's file (boundaries, part headers, a name field).
+UPLOAD_FRAMING_BYTES = 64 * 1024
+
+
+def _flat_routes(routes: list[Any]) -> Iterator[Any]:
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # an included router (newer FastAPI)
+        yield from _flat_routes(inner.routes) if inner is not None else (route,)
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods of the path template a path routes to (the `Allow` of a 405), as the OpenAPI
+    schema lists them: `/searches/estimate` is POST only, though GET `/searches/{id}` would take it."""
+    routes = [r for r in _flat_routes(app.router.routes) if getattr(r, "methods", None)]
+    template = next((r.path for r in routes if r.path_regex.match(path)), None)
+    methods = set().union(*(r.methods for r in routes if r.path == template))
+    return sorted(methods)
 
 
 def create_app(settings: Settings | None = None, *, run_ingester: bool | None = None) -> FastAPI:
@@ -86,6 +110,25 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     async def service_error_handler(_request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error_handler(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette names only the first matching route's methods; GET and POST /searches are two.
+            allow = ", ".join(_allowed_methods(app, request.url.path))
+            headers = {**(exc.headers or {}), "Allow": allow}
+            exc = StarletteHTTPException(405, detail=exc.detail, headers=headers)
+        return await http_exception_handler(request, exc)
+
+    def body_limit(scope: Scope) -> tuple[int, str]:
+        if scope["path"].rstrip("/") == "/datasets":
+            # The upload route caps the file itself while it streams; this bounds the whole body.
+            return settings.max_upload_bytes + UPLOAD_FRAMING_BYTES, too_large_message(settings)
+        limit = settings.max_body_bytes
+        return limit, f"request body larger than the limit of {limit} bytes (MAX_BODY_BYTES)"
+
+    # The last added runs first: hosts are checked, the request is counted, then NUL and body sizes.
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(NulMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(
@@ -95,6 +138,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
             allow_headers=["*"],
             expose_headers=["Location"],
         )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
 
     # Added last, so it runs first: every line logged while a request is served carries its id.
     app.add_middleware(RequestContextMiddleware)

@@ -166,6 +166,21 @@ class SearchPublic(StrictModel):
     stop_reason: str | None = Field(default=None, description="Why the early-stop rule stopped it.")
 
 
+class SearchEstimatePublic(StrictModel):
+    """What a search would need (`POST /searches/estimate`) against what one worker has."""
+
+    weights: int = Field(description="Trainable weights of the supernet, exactly (alphas excluded).")
+    arch_weights: int = Field(description="Architecture parameters (the two alpha tensors).")
+    peak_memory_bytes: int = Field(description="Estimated peak memory of the worker: one step + dataset.")
+    step_memory_bytes: int = Field(
+        description="One bilevel step: weights, gradients, optimizer states, saved activations, workspace."
+    )
+    dataset_bytes: int = Field(description="The training images the worker holds (float32, two copies).")
+    limit_bytes: int = Field(description="WORKER_MEMORY_BYTES: what a worker may use.")
+    fits: bool = Field(description="Whether POST /searches would accept this spec's size.")
+    lower: list[str] = Field(description="When it does not fit: the spec fields to lower, most useful first.")
+
+
 class EpochPublic(EpochRecord):
     """An epoch record (darts_core.records.EpochRecord, which names the fields) as the API serves it."""
 

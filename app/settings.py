@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Bind addresses that mean "every interface": the Host header then carries this machine's own name.
+_WILDCARD_BINDS = ("0.0.0.0", "::", "")
+
+
+def physical_memory_bytes() -> int:
+    """This machine's physical memory (POSIX sysconf); 0 where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _default_worker_memory() -> int:
+    # A margin for the worker's interpreter, the data loading and everything else on the machine.
+    return int(0.8 * physical_memory_bytes()) or 8 * 2**30
 
 
 class Settings(BaseSettings):
@@ -36,7 +55,31 @@ class Settings(BaseSettings):
     # it still runs (celery issue 5935): keep it above the longest search.
     broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=1)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
-    cors_origins: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1, description="Largest request body except uploads (413 above it)."
+    )
+    max_dataset_values: int = Field(
+        default=2**28, ge=1, description="Largest x of an uploaded .npz, in values (N x C x H x W)."
+    )
+    max_classes: int = Field(default=1000, ge=2, description="Largest label of an upload, plus one.")
+    worker_memory_bytes: int = Field(
+        default_factory=_default_worker_memory,
+        ge=1,
+        description="Memory one worker may use; searches estimated above it are refused (422). "
+        "Default: 80 % of this machine's physical memory (set it to the workers' machine's).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK_HOSTS),
+        description="Host headers the API answers (TrustedHostMiddleware); `darts-service up` adds the "
+        "address it binds.",
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are set.")
+
+    def with_bind_host(self, host: str) -> Settings:
+        """These settings with the host the API binds (as a client names it) allowed too."""
+        names = [socket.gethostname(), socket.getfqdn()] if host in _WILDCARD_BINDS else [host]
+        allowed = list(dict.fromkeys([*self.allowed_hosts, *names]))
+        return self.model_copy(update={"allowed_hosts": allowed})
     run_ingester: bool = Field(
         default=True, description="Run the event ingester (and the lifecycle's sweeps) inside the API."
     )

@@ -42,7 +42,6 @@ import statistics
 import subprocess
 import sys
 import time
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
 from benchmarks import pcdarts_reference, reference  # noqa: E402
+from darts_core.estimate import SavedTensorMeter  # noqa: E402  (one definition, shared with admission)
 from darts_core.networks import SearchNetwork  # noqa: E402
 from darts_core.search import DartsSearch  # noqa: E402
 
@@ -71,61 +71,6 @@ IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE = 3, 10, 32
 EPOCH_IMAGES = 25_000  # the reference search splits CIFAR-10's 50,000 training images in two halves
 _CASE_MARKER = "CASE-RESULT "
 _MB = 2**20
-
-
-# --------------------------------------------------------------------------- memory accounting
-
-
-def _storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
-    try:
-        storage = tensor.untyped_storage()
-    except (RuntimeError, NotImplementedError):  # sparse or otherwise storage-less tensors
-        return None
-    return storage.data_ptr(), storage.nbytes()
-
-
-class SavedTensorMeter:
-    """Counts the activation bytes autograd saves for backward (unique storages).
-
-    ``total_bytes``: every storage packed while active (one forward/backward: what its graph holds).
-    ``peak_live_bytes``: the largest sum of packed storages alive at the same time (storages leave the
-    count when the last packed tensor of that storage is freed, i.e. when its graph is released).
-    Storages of ``exclude`` (parameters and buffers) are never counted.
-    """
-
-    def __init__(self, exclude: list[torch.Tensor]):
-        self._excluded = {key for key in map(_storage_key, exclude) if key is not None}
-        self._seen: set[tuple[int, int]] = set()
-        self._live: dict[tuple[int, int], int] = {}
-        self.total_bytes = 0
-        self.live_bytes = 0
-        self.peak_live_bytes = 0
-
-    def _release(self, key: tuple[int, int]) -> None:
-        self._live[key] -= 1
-        if self._live[key] == 0:
-            del self._live[key]
-            self.live_bytes -= key[1]
-
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        key = _storage_key(tensor)
-        if key is None or key in self._excluded or key[1] == 0:
-            return tensor
-        if key not in self._seen:
-            self._seen.add(key)
-            self.total_bytes += key[1]
-        if key not in self._live:
-            self._live[key] = 0
-            self.live_bytes += key[1]
-            self.peak_live_bytes = max(self.peak_live_bytes, self.live_bytes)
-        self._live[key] += 1
-        weakref.finalize(tensor, self._release, key)
-        return tensor
-
-    @contextlib.contextmanager
-    def active(self):
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
-            yield self
 
 
 # --------------------------------------------------------------------------- one case

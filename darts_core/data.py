@@ -61,6 +61,15 @@ from darts_core.dataset_spec import (
     SYNTHETIC_MAX_VALUES,
     DatasetError,
 )
+from darts_core.npz import (
+    LAYOUTS,
+    NPZ_MAX_CLASSES,
+    NPZ_MAX_VALUES,
+    NpzError,
+    check_npz,
+    summarize_npz,
+    to_nchw,
+)
 
 __all__ = [
     "DatasetError",
@@ -315,32 +324,9 @@ def _load_synthetic(spec: Mapping[str, Any]) -> ImageDataset:
 
 # ---------------------------------------------------------------------------------------------- npz
 
-_LAYOUTS = ("NCHW", "NHWC")
-_CHANNEL_SIZES = (1, 3, 4)
-
-
-def _to_nchw(x: np.ndarray, layout: str | None) -> tuple[np.ndarray, str]:
-    if x.ndim == 3:  # grey N x H x W
-        return x[:, None], "NHW"
-    if layout is None:
-        candidates = [name for name, axis in (("NCHW", 1), ("NHWC", 3)) if x.shape[axis] in _CHANNEL_SIZES]
-        if len(candidates) != 1:
-            raise DatasetError(
-                f"x: cannot tell the channels axis of shape {tuple(x.shape)} (axis 1 or 3 of size 1, 3 or 4 "
-                "expected, exactly one); give layout 'NCHW' or 'NHWC'"
-            )
-        layout = candidates[0]
-    if layout == "NHWC":
-        return np.transpose(x, (0, 3, 1, 2)), layout
-    return x, layout
-
-
-def _read_npz(
-    path: Any, layout: str | None = None, num_classes: int | None = None
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read and check an ``.npz`` file; returns float32 ``N x C x H x W`` images, int64 labels, summary."""
-    if layout is not None and layout not in _LAYOUTS:
-        raise DatasetError(f"npz: layout must be one of {list(_LAYOUTS)}, got {layout!r}")
+def _npz_file(path: Any, layout: str | None) -> Path:
+    if layout is not None and layout not in LAYOUTS:
+        raise DatasetError(f"npz: layout must be one of {list(LAYOUTS)}, got {layout!r}")
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise DatasetError(f"npz: path must be a file path, got {path!r}")
     file = Path(path)
@@ -350,81 +336,70 @@ def _read_npz(
         raise DatasetError(f"npz: not a file: {file}")
     if not zipfile.is_zipfile(file):
         raise DatasetError(f"npz: {file.name} is not an .npz archive (not a zip file)")
+    return file
+
+
+def _read_npz(
+    path: Any, layout: str | None = None, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read and check an ``.npz`` file; returns float32 ``N x C x H x W`` images, int64 labels, summary.
+
+    Everything is checked (headers, then values in bounded chunks: :func:`darts_core.npz.check_npz`)
+    before the arrays are loaded.
+    """
+    file = _npz_file(path, layout)
+    max_classes = max(NPZ_MAX_CLASSES, num_classes or 0)
     try:
+        x_header, _, found_classes = check_npz(file, max_values=NPZ_MAX_VALUES, max_classes=max_classes)
+        if num_classes is not None and found_classes > num_classes:
+            raise DatasetError(f"y: label {found_classes - 1} out of range for num_classes={num_classes}")
         with np.load(file, allow_pickle=False) as archive:
-            keys = set(archive.files)
-            for key in ("x", "y"):
-                if key not in keys:
-                    raise DatasetError(f"npz: missing array {key!r} (found {sorted(keys)})")
             x, y = archive["x"], archive["y"]
-    except DatasetError:
-        raise
+        images, used_layout = to_nchw(x, layout)
+    except NpzError as error:
+        raise DatasetError(str(error)) from error
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
-        # object arrays (pickles) and corrupt members both land here
         raise DatasetError(f"npz: cannot read {file.name}: {error}") from error
-
-    if x.dtype.kind not in "uif":
-        raise DatasetError(f"x: dtype {x.dtype} is not numeric; use uint8 (0..255) or float")
-    if x.dtype.kind in "ui" and x.dtype != np.uint8:
-        raise DatasetError(f"x: dtype {x.dtype} is not supported; use uint8 (0..255) or float")
-    if x.ndim not in (3, 4):
-        raise DatasetError(
-            f"x: expected N x C x H x W, N x H x W x C or N x H x W, got shape {tuple(x.shape)}"
-        )
-    if y.ndim != 1:
-        raise DatasetError(f"y: expected a 1-d array of N labels, got shape {tuple(y.shape)}")
-    if x.shape[0] != y.shape[0]:
-        raise DatasetError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
-    if x.shape[0] == 0:
-        raise DatasetError("x: no samples")
-    if 0 in x.shape[1:]:
-        raise DatasetError(f"x: empty image dimension in shape {tuple(x.shape)}")
-    if y.dtype.kind == "f":
-        if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
-            raise DatasetError(f"y: labels must be integers, got non-integer values (dtype {y.dtype})")
-    elif y.dtype.kind not in "ui":
-        raise DatasetError(f"y: labels must be integers, got dtype {y.dtype}")
-    labels = y.astype(np.int64)
-    if labels.min() < 0:
-        raise DatasetError(f"y: labels must be >= 0, found {int(labels.min())}")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        raise DatasetError("x: contains NaN or infinite values")
-    found_classes = int(np.unique(labels).size)
-    if found_classes < 2:
-        raise DatasetError(f"y: needs at least 2 classes, found {found_classes}")
-    if num_classes is None:
-        num_classes = int(labels.max()) + 1
-    elif labels.max() >= num_classes:
-        raise DatasetError(f"y: label {int(labels.max())} out of range for num_classes={num_classes}")
-
-    images, used_layout = _to_nchw(x, layout)
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
     else:
-        images = images.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            images = images.astype(np.float32)  # finite after this cast: checked by check_npz
     summary = {
         "num_samples": int(images.shape[0]),
-        "num_classes": int(num_classes),
+        "num_classes": int(num_classes or found_classes),
         "channels": int(images.shape[1]),
         "height": int(images.shape[2]),
         "width": int(images.shape[3]),
         "layout": used_layout,
-        "dtype": str(x.dtype),
+        "dtype": str(x_header.dtype),
     }
-    return images, labels, summary
+    return images, y.astype(np.int64), summary
 
 
-def validate_npz(path: str | os.PathLike[str], layout: str | None = None) -> dict[str, Any]:
-    """Check an ``.npz`` upload and summarise it without building a dataset.
+def validate_npz(
+    path: str | os.PathLike[str],
+    layout: str | None = None,
+    *,
+    max_values: int = NPZ_MAX_VALUES,
+    max_classes: int = NPZ_MAX_CLASSES,
+) -> dict[str, Any]:
+    """Check an ``.npz`` upload and summarise it with bounded memory, no array loaded whole (headers
+    first, so a zip bomb is refused uninflated; see :func:`darts_core.npz.check_npz`).
 
     Returns ``{"num_samples", "num_classes", "channels", "height", "width", "layout", "dtype"}``
     (``layout`` is ``"NCHW"``, ``"NHWC"`` or ``"NHW"`` for grey images; ``dtype`` is the stored one).
 
     Raises:
-        DatasetError: naming the problem (missing file, not an archive, missing ``x`` or ``y``, shapes,
-            dtypes, labels, NaN/inf, fewer than two classes).
+        DatasetError: naming the problem (not an archive, missing ``x`` or ``y``, shapes, dtypes, more
+            than ``max_values`` values, labels outside ``[0, max_classes)``, NaN/inf after the cast to
+            float32, fewer than two classes).
     """
-    return _read_npz(path, layout)[2]
+    file = _npz_file(path, layout)
+    try:
+        return summarize_npz(file, layout, max_values=max_values, max_classes=max_classes)
+    except NpzError as error:
+        raise DatasetError(str(error)) from error
 
 
 def _load_npz(spec: Mapping[str, Any]) -> ImageDataset:

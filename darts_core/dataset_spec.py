@@ -7,9 +7,9 @@ and ``npz`` are absent: they name files on the machine, which only the library's
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 
 __all__ = [
     "DatasetError",
@@ -40,8 +40,16 @@ class DatasetError(ValueError):
     """A dataset spec or file is invalid; the message names the problem."""
 
 
+def _a_json_number(value: Any) -> Any:
+    # pydantic's lax float takes true/false and numeric strings; a spec's numbers are JSON numbers.
+    if isinstance(value, (bool, str)):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return value
+
+
+JsonFloat = Annotated[float, BeforeValidator(_a_json_number)]
 TestFraction = Annotated[
-    float, Field(gt=0.0, lt=1.0, allow_inf_nan=False, description="Held-out part, never searched on")
+    JsonFloat, Field(gt=0.0, lt=1.0, allow_inf_nan=False, description="Held-out part, never searched on")
 ]
 SplitSeed = Annotated[int, Strict(), Field(ge=0, le=MAX_SEED, description="Seed of the train/test split")]
 ImageSide = Annotated[int, Strict(), Field(ge=1, le=SYNTHETIC_MAX_IMAGE_SIZE)]
@@ -67,7 +75,7 @@ class SyntheticDatasetSpec(_DatasetSpec):
     num_classes: Annotated[int, Strict()] = Field(default=4, ge=2, le=SYNTHETIC_MAX_CLASSES)
     channels: Annotated[int, Strict()] = Field(default=3, ge=1, le=SYNTHETIC_MAX_CHANNELS)
     image_size: ImageSide | tuple[ImageSide, ImageSide] = Field(default=16, description="H = W, or [H, W]")
-    noise: float = Field(
+    noise: JsonFloat = Field(
         default=0.5,
         ge=0.0,
         lt=SYNTHETIC_MAX_NOISE,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -11,6 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 from app.auth import UNAUTHORIZED_RESPONSE, MetricsAccess
+from app.routes.responses import errors
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["health"])
 
@@ -29,16 +33,18 @@ def _check_database(request: Request) -> str:
         with request.app.state.session_factory() as session:
             session.execute(text("SELECT 1"))
         return "ok"
-    except Exception as exc:  # any failure means "not ready"; the message says which
-        return f"error: {type(exc).__name__}: {exc}"
+    except Exception:  # any failure means "not ready"; the reason goes to the log, never to the client
+        logger.warning("readiness: the database does not answer", exc_info=True)
+        return "unreachable"
 
 
 def _check_redis(request: Request) -> str:
     try:
         request.app.state.redis.ping()
         return "ok"
-    except Exception as exc:
-        return f"error: {type(exc).__name__}: {exc}"
+    except Exception:
+        logger.warning("readiness: Redis does not answer", exc_info=True)
+        return "unreachable"
 
 
 def _check_ingester(request: Request) -> dict[str, str]:
@@ -60,13 +66,10 @@ def _supervised_parts(request: Request) -> dict[str, str]:
     return {part.name: "ok" if part.state == "running" else f"error: {part.state}" for part in parts}
 
 
-@router.get(
-    "/readyz",
-    responses={503: {"description": "a dependency (database, Redis, ingester, a supervised part) is down"}},
-)
+@router.get("/readyz", responses=errors(503))
 async def readyz(request: Request) -> Any:
     """Readiness: the database and Redis answer, the ingester runs, `up`'s children are up. 503 names
-    the part that is not ready."""
+    the part that is not ready, and only that (exception texts would show addresses and paths)."""
     checks = {
         "database": await run_in_threadpool(_check_database, request),
         "redis": await run_in_threadpool(_check_redis, request),

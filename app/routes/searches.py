@@ -17,7 +17,9 @@ from app.db import SessionDep
 from app.lifecycle.status import TERMINAL, Status
 from app.models import Search
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
-from app.schemas import EpochPublic, Page, SearchPublic, SearchSpec, StatusEvent
+from app.routes.responses import errors
+from app.schemas import EpochPublic, Page, SearchEstimatePublic, SearchPublic, SearchSpec, StatusEvent
+from app.services import admission
 from app.services import searches as search_service
 from app.services.errors import BadRequest
 from app.services.genotype_svg import genotype_svg
@@ -30,7 +32,12 @@ MAX_EPOCHS_PAGE = 1000
 MAX_EPOCH = 1000  # training.epochs' upper bound (darts_core.config.TrainingConfig)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=SearchPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=SearchPublic,
+    responses=errors(400, 413, 422, 429, 503),
+)
 def create_search(
     spec: SearchSpec,
     session: SessionDep,
@@ -41,13 +48,24 @@ def create_search(
 ) -> Search:
     """Queue a DARTS search owned by the key's owner. The response's `spec` is the spec as accepted, every
     default filled in. 429 (with `Retry-After`) while the owner has MAX_ACTIVE_SEARCHES_PER_OWNER searches
-    queued, running or cancelling; 422 for an uploaded dataset that is not the owner's."""
+    queued, running or cancelling; 422 for an uploaded dataset that is not the owner's, and when the
+    admission estimate (`POST /searches/estimate`) exceeds WORKER_MEMORY_BYTES: the message names the
+    estimate, the limit and the fields to lower."""
     search = search_service.create_search(session, spec, celery=celery, settings=settings, owner=owner.name)
     response.headers["Location"] = f"/searches/{search.id}"
     return search
 
 
-@router.get("", response_model=Page[SearchPublic])
+@router.post("/estimate", response_model=SearchEstimatePublic, responses=errors(400, 413, 422))
+def estimate_search(
+    spec: SearchSpec, session: SessionDep, settings: SettingsDep, owner: CurrentOwner
+) -> dict[str, Any]:
+    """What the search of this spec would need (exact weight count, estimated peak memory) against what
+    a worker has; creates nothing. `fits` tells whether `POST /searches` would accept its size."""
+    return admission.estimate(session, spec, settings, owner=owner.name)
+
+
+@router.get("", response_model=Page[SearchPublic], responses=errors(400))
 def list_searches(
     session: SessionDep,
     current: CurrentOwner,
@@ -57,19 +75,19 @@ def list_searches(
     owner: Annotated[str | None, Query(max_length=64, description="Admins: only this owner's")] = None,
 ) -> dict[str, Any]:
     """The owner's searches (an admin's: everyone's), newest first. Pass `next_cursor` back as `?cursor=`
-    for the next page."""
+    for the next page (an empty cursor is none)."""
     items, next_cursor = search_service.list_searches(
-        session, status=status, limit=limit, cursor=cursor, owner=listed_owner(current, owner)
+        session, status=status, limit=limit, cursor=cursor or None, owner=listed_owner(current, owner)
     )
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/{search_id}", response_model=SearchPublic)
+@router.get("/{search_id}", response_model=SearchPublic, responses=errors(404))
 def get_search(search_id: str, session: SessionDep, _owner: SearchAccess) -> Search:
     return search_service.get_search(session, search_id)
 
 
-@router.get("/{search_id}/genotype")
+@router.get("/{search_id}/genotype", responses=errors(404))
 def get_genotype(
     search_id: str,
     session: SessionDep,
@@ -86,7 +104,10 @@ def get_genotype(
 @router.get(
     "/{search_id}/genotype.svg",
     response_class=Response,
-    responses={200: {"content": {"image/svg+xml": {}}, "description": "The two cells drawn as graphs"}},
+    responses={
+        200: {"content": {"image/svg+xml": {}}, "description": "The two cells drawn as graphs"},
+        **errors(404),
+    },
 )
 def get_genotype_svg(
     search_id: str,
@@ -98,18 +119,18 @@ def get_genotype_svg(
     return Response(genotype_svg(genotype), media_type="image/svg+xml")
 
 
-@router.get("/{search_id}/epochs", response_model=Page[EpochPublic])
+@router.get("/{search_id}/epochs", response_model=Page[EpochPublic], responses=errors(400, 404))
 def list_epochs(
     search_id: str,
     session: SessionDep,
     _owner: SearchAccess,
     limit: Annotated[int, Query(ge=1, le=MAX_EPOCHS_PAGE)] = MAX_EPOCHS_PAGE,
-    cursor: str | None = None,
+    cursor: Annotated[str | None, Query(description="The last epoch seen (a next_cursor)")] = None,
 ) -> dict[str, Any]:
     """Per-epoch metrics, in epoch order."""
-    if cursor is None:
+    if not cursor:  # absent or empty: from the start
         after = 0
-    elif cursor.isdigit() and len(cursor) <= 9:
+    elif cursor.isascii() and cursor.isdigit() and len(cursor) <= 9:
         after = int(cursor)
     else:
         raise BadRequest(f"invalid cursor {cursor!r}: pass back a next_cursor this API returned")
@@ -121,7 +142,12 @@ def list_epochs(
     return {"items": records, "next_cursor": next_cursor}
 
 
-@router.post("/{search_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=SearchPublic)
+@router.post(
+    "/{search_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=SearchPublic,
+    responses=errors(404, 409),
+)
 def cancel_search(
     search_id: str,
     session: SessionDep,
@@ -141,7 +167,7 @@ def cancel_search(
     )
 
 
-@router.delete("/{search_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{search_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
 def delete_search(
     search_id: str, session: SessionDep, settings: SettingsDep, _owner: SearchAccess
 ) -> Response:
@@ -153,7 +179,10 @@ def delete_search(
 @router.get(
     "/{search_id}/events",
     response_class=EventSourceResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "`epoch` and `status` events"}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "`epoch` and `status` events"},
+        **errors(404),
+    },
 )
 async def search_events(
     search_id: str,

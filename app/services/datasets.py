@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from app.db import affected_rows, utcnow
 from app.lifecycle.status import TERMINAL
 from app.models import Dataset, Search
 from app.services.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
+from app.services.multipart import MultipartUpload
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
 from app.storage import datasets_dir
@@ -90,22 +91,18 @@ def bytes_used(session: Session, owner: str) -> int:
     return int(session.scalar(total) or 0)
 
 
-async def store_upload(
-    session: Session,
-    chunks: AsyncIterator[bytes],
-    *,
-    filename: str,
-    name: str | None,
-    settings: Settings,
-    owner: str,
-) -> Dataset:
-    """Write an uploaded `.npz` to `ARTIFACT_DIR/datasets/{id}.npz` chunk by chunk, validate it, record it
-    as `owner`'s.
+_validation_limiter: anyio.CapacityLimiter | None = None
+VALIDATIONS_AT_ONCE = 4  # each holds at most a few chunks (darts_core.npz.CHUNK_BYTES) in memory
 
-    Over `settings.max_upload_bytes`, or over what is left of the owner's
-    `settings.max_dataset_bytes_per_owner` -> PayloadTooLarge (413); not an `.npz` darts_core can use ->
-    Unprocessable (422). Either way the partial file is removed and nothing is recorded.
-    """
+
+def _limiter() -> anyio.CapacityLimiter:
+    global _validation_limiter
+    if _validation_limiter is None:
+        _validation_limiter = anyio.CapacityLimiter(VALIDATIONS_AT_ONCE)
+    return _validation_limiter
+
+
+def _check_names(filename: str, name: str | None) -> str:
     filename = Path(filename).name  # never a path: only the last component is kept
     if not filename.lower().endswith(".npz"):
         raise Unprocessable(f"expected a .npz file, got {filename!r}", loc=LOC_FILE)
@@ -113,6 +110,36 @@ async def store_upload(
         raise Unprocessable(f"file name longer than {MAX_FILENAME} characters", loc=LOC_FILE)
     if name is not None and not 1 <= len(name) <= MAX_NAME:
         raise Unprocessable(f"name must have 1 to {MAX_NAME} characters", loc=("body", "name"))
+    for value, loc in ((filename, LOC_FILE), (name or "", ("body", "name"))):
+        if "\x00" in value:
+            raise Unprocessable("must not contain the NUL character", loc=loc, error_type="string_nul")
+    return filename
+
+
+async def store_upload(
+    session: Session,
+    chunks: AsyncIterator[bytes],
+    *,
+    filename: str | None,
+    name: str | None,
+    settings: Settings,
+    owner: str,
+    form: MultipartUpload | None = None,
+    before_validation: Callable[[], None] | None = None,
+) -> Dataset:
+    """Write an uploaded `.npz` to `ARTIFACT_DIR/datasets/{id}.npz` chunk by chunk, validate it, record it
+    as `owner`'s.
+
+    The size caps apply while the bytes arrive: over `settings.max_upload_bytes`, or over what is left
+    of the owner's `settings.max_dataset_bytes_per_owner` -> PayloadTooLarge (413) at once. A multipart
+    upload (`form`) names its file and `name` field as it streams; they are read from `form` once the
+    body is in. The file is then validated off the event loop, with bounded
+    memory (darts_core.data.validate_npz); not an `.npz` darts_core can use -> Unprocessable (422).
+    Either way the partial file is removed and nothing is recorded. `before_validation` (tests,
+    instrumentation) runs in the validation's thread just before it starts.
+    """
+    if filename is not None:
+        _check_names(filename, name)  # a raw upload is refused before a byte is stored
     dataset_id = str(uuid.uuid4())
     directory = datasets_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
@@ -130,9 +157,19 @@ async def store_upload(
                 if size > quota_left:
                     raise PayloadTooLarge(quota_message(settings, used))
                 out.write(chunk)
+        if form is not None:
+            name = name or form.fields.get("name") or None
+            filename = form.filename or "upload.npz"
+        filename = _check_names(filename or "upload.npz", name)
         if size == 0:
             raise Unprocessable("the uploaded file is empty", loc=LOC_FILE)
-        info = await anyio.to_thread.run_sync(_validate_npz, path)
+
+        def validate() -> dict[str, Any]:
+            if before_validation is not None:
+                before_validation()
+            return _validate_npz(path, settings)
+
+        info = await anyio.to_thread.run_sync(validate, limiter=_limiter())
         # Again, with what other uploads of the same owner stored meanwhile.
         used = bytes_used(session, owner)
         if used + size > settings.max_dataset_bytes_per_owner:
@@ -159,15 +196,17 @@ async def store_upload(
     return dataset
 
 
-def _validate_npz(path: Path) -> dict[str, Any]:
+def _validate_npz(path: Path, settings: Settings) -> dict[str, Any]:
     from darts_core.data import DatasetError, validate_npz
 
     try:
-        info = validate_npz(path)
+        info = validate_npz(path, max_values=settings.max_dataset_values, max_classes=settings.max_classes)
     except DatasetError as exc:
+        # darts_core's message names the array and the problem; the file's path is never in it.
         raise Unprocessable(f"invalid dataset: {exc}", loc=LOC_FILE, error_type="invalid_dataset") from exc
-    except Exception as exc:  # a file numpy cannot even open (not a zip, truncated, pickled objects)
-        message = f"invalid dataset: not a readable .npz file ({exc})"
+    except Exception as exc:  # a file numpy cannot even read: the reason stays in the log
+        logger.info("upload %s is not a readable .npz", path.name, exc_info=True)
+        message = "invalid dataset: not a readable .npz file"
         raise Unprocessable(message, loc=LOC_FILE, error_type="invalid_dataset") from exc
     if not isinstance(info, dict):  # darts_core may return a small dataclass
         info = {key: getattr(info, key) for key in INFO_FIELDS}

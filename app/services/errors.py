@@ -35,9 +35,18 @@ class Unprocessable(ServiceError):
 
     status_code = 422
 
-    def __init__(self, message: str, loc: tuple[str | int, ...] = ("body",), error_type: str = "value_error"):
+    def __init__(
+        self,
+        message: str,
+        loc: tuple[str | int, ...] = ("body",),
+        error_type: str = "value_error",
+        ctx: dict[str, Any] | None = None,
+    ):
         # The same shape as FastAPI's own validation errors, so clients parse every 422 alike.
-        super().__init__([{"loc": list(loc), "msg": message, "type": error_type}])
+        error: dict[str, Any] = {"loc": list(loc), "msg": message, "type": error_type}
+        if ctx is not None:
+            error["ctx"] = ctx
+        super().__init__([error])
 
 
 class TooManyRequests(ServiceError):

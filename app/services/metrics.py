@@ -126,6 +126,10 @@ class ServiceMetrics:
             self.registry.register(WorkerHeartbeatCollector(client, settings))
 
 
+# The method label takes these values and "other": a client's made-up method must not add series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class MetricsMiddleware:
     """Counts requests and times them to the start of the response (SSE streams are long by design)."""
 
@@ -147,8 +151,9 @@ class MetricsMiddleware:
                 route = scope.get("route")
                 # The route template, never the raw path: ids would make the label set unbounded.
                 template = getattr(route, "path", None) or "unmatched"
-                self.metrics.latency.labels(scope["method"], template).observe(time.perf_counter() - started)
-                self.metrics.requests.labels(scope["method"], template, str(status_code)).inc()
+                method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+                self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
+                self.metrics.requests.labels(method, template, str(status_code)).inc()
             await send(message)
 
         await self.app(scope, receive, send_and_record)

@@ -24,6 +24,7 @@ from app.lifecycle.status import TERMINAL, Status
 from app.models import Dataset, Search, SearchEpoch
 from app.queue import enqueue_search
 from app.schemas import SearchSpec, UploadedDatasetSpec, default_search_name
+from app.services import admission
 from app.services.errors import Conflict, NotFound, ServiceUnavailable, TooManyRequests, Unprocessable
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
@@ -83,6 +84,7 @@ def create_search(
         if spec.name is None:
             spec = spec.model_copy(update={"name": default_search_name(dataset.name)})
     spec_json = spec.model_dump(mode="json")
+    admission.require_fits(session, spec, settings, owner=owner)
     if _count_active(session, owner) >= settings.max_active_searches_per_owner:
         raise _quota_exceeded(settings)
     search = Search(
@@ -108,6 +110,7 @@ def create_search(
         logger.warning("could not enqueue search %s: %s", search.id, exc)
         session.execute(delete(Search).where(Search.id == search.id))
         session.commit()
+        # The reason stays in the log: exception texts name server paths and addresses.
         raise ServiceUnavailable(
             "the task broker (Redis) is unreachable; the search was not created"
         ) from exc
@@ -182,7 +185,7 @@ def list_epochs(
 def epoch_after_event_id(session: Session, search_id: str, last_event_id: str) -> int:
     """The epoch an SSE `Last-Event-ID` stands for: a stream entry id of one of this search's epochs,
     or an epoch number (the id of epochs that carry no stream id)."""
-    if last_event_id.isdigit() and len(last_event_id) <= 9:
+    if last_event_id.isascii() and last_event_id.isdigit() and len(last_event_id) <= 9:
         return int(last_event_id)
     epoch = session.scalar(
         select(SearchEpoch.epoch).where(

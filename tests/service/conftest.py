@@ -46,6 +46,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -61,7 +62,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import make_engine, make_session_factory, run_migrations, with_search_path
 from app.models import Dataset, Search, SearchEpoch
 from app.services import keys as key_service
-from app.settings import Settings
+from app.settings import LOOPBACK_HOSTS, Settings
 
 BACKEND = os.environ.get("DARTS_TEST_BACKEND", "sqlite")
 # A server named here is used (in a schema / under a key prefix of its own) instead of an embedded one.
@@ -188,6 +189,8 @@ def service_settings(
         artifact_dir=data_dir / "artifacts",
         redis_prefix=prefix,
         max_upload_bytes=256 * 1024,
+        # TestClient sends `Host: testserver`; real servers in the suite are reached on 127.0.0.1.
+        allowed_hosts=[*LOOPBACK_HOSTS, "testserver"],
     )
     try:
         run_migrations(settings)
@@ -397,3 +400,50 @@ def record_epochs(db_session: Session, set_status):
         )
 
     return write
+
+
+class LiveServer:
+    """The API served by uvicorn on a loopback port, in a thread of the test process."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="live-api", daemon=True)
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                pytest.fail("the live API server did not start", pytrace=False)
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def serve(session_factory: sessionmaker[Session]) -> Iterator:
+    """`serve(settings) -> LiveServer`: the API (ingester off) over `settings`, served by uvicorn on a
+    loopback port for real concurrent clients; stopped, and the tables emptied, after the test."""
+    from app.main import create_app
+
+    _empty_tables(session_factory)
+    servers: list[LiveServer] = []
+
+    def start(settings: Settings) -> LiveServer:
+        servers.append(LiveServer(create_app(settings, run_ingester=False)).start())
+        return servers[-1]
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.stop()
+        _empty_tables(session_factory)

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import make_engine, make_session_factory, run_migrations
 from app.models import Search
 from app.redis import EmbeddedRedis
-from app.settings import Settings
+from app.settings import LOOPBACK_HOSTS, Settings
 
 from .conftest import WorkerProcess, tiny_spec, wait_until
 
@@ -116,6 +116,7 @@ def stack(tmp_path: Path) -> Iterator[FaultStack]:
         sweep_interval_seconds=0.5,
         broker_visibility_timeout=60,
         no_auth=True,  # these tests are about faults; keys are tested elsewhere
+        allowed_hosts=[*LOOPBACK_HOSTS, "testserver"],  # TestClient's Host
     )
     run_migrations(settings)
     env = {

@@ -1,0 +1,113 @@
+"""Admission control: estimate what a search needs before it is accepted, and refuse what cannot fit.
+
+The estimate (`darts_core.estimate`) needs the image shape and the class count of the dataset, which
+the spec gives (built-ins, synthetic) or the uploaded dataset's row records. It imports torch, so it is
+imported here only when a search is estimated: the API process loads torch on the first estimate (in a
+worker thread; routes that estimate are plain `def` routes, run in FastAPI's threadpool).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.models import Dataset
+from app.schemas import SearchSpec, UploadedDatasetSpec
+from app.services.errors import Unprocessable
+from app.settings import Settings
+from darts_core.dataset_spec import SyntheticDatasetSpec
+
+# Sizes a caller can lower, in the order they usually matter most (batch first: activations dominate).
+_LOWERABLE: tuple[tuple[str, Callable[[SearchSpec], bool]], ...] = (
+    ("training.batch_size", lambda spec: spec.training.batch_size > 1),
+    ("network.init_channels", lambda spec: spec.network.init_channels > 1),
+    ("network.cells", lambda spec: spec.network.cells > 1),
+    ("search_space.internal_nodes", lambda spec: spec.search_space.internal_nodes > 1),
+    ("training.order", lambda spec: spec.training.order == "second"),
+    ("network.stem_multiplier", lambda spec: spec.network.stem_multiplier > 1),
+)
+
+
+def _data_shape(session: Session, spec: SearchSpec, owner: str) -> dict[str, Any]:
+    """`in_channels`, `image_size`, `num_classes`, `num_samples` of the spec's dataset."""
+    dataset = spec.dataset
+    if isinstance(dataset, UploadedDatasetSpec):
+        row = session.get(Dataset, dataset.id)
+        if row is None or row.owner != owner:  # another owner's dataset is not there for this one
+            raise Unprocessable(
+                f"unknown dataset id {dataset.id!r}: upload it with POST /datasets first",
+                loc=("body", "dataset", "id"),
+                error_type="unknown_dataset",
+            )
+        return {
+            "in_channels": row.channels,
+            "image_size": (row.height, row.width),
+            "num_classes": row.num_classes,
+            "num_samples": row.num_samples,
+        }
+    if isinstance(dataset, SyntheticDatasetSpec):
+        size = dataset.image_size
+        height, width = size if isinstance(size, tuple) else (size, size)
+        return {
+            "in_channels": dataset.channels,
+            "image_size": (height, width),
+            "num_classes": dataset.num_classes,
+            "num_samples": dataset.num_samples,
+        }
+    from darts_core.data import builtin_datasets
+
+    info = next(item for item in builtin_datasets() if item["name"] == dataset.name)
+    channels, height, width = info["shape"]
+    return {
+        "in_channels": channels,
+        "image_size": (height, width),
+        "num_classes": info["num_classes"],
+        "num_samples": info["num_samples"],
+    }
+
+
+def estimate(session: Session, spec: SearchSpec, settings: Settings, *, owner: str) -> dict[str, Any]:
+    """The admission estimate of `spec` against `settings.worker_memory_bytes` (a
+    `SearchEstimatePublic` dict). Blocking (torch, milliseconds to a tenth of a second): call it off the
+    event loop."""
+    from darts_core.config import SearchConfig
+    from darts_core.estimate import estimate_search
+
+    try:
+        config = SearchConfig.from_spec(spec.model_dump(mode="json"))
+    except ValueError as exc:
+        raise Unprocessable(f"the search engine refuses this spec: {exc}", error_type="invalid_spec") from exc
+    result = estimate_search(config, **_data_shape(session, spec, owner))
+    limit = settings.worker_memory_bytes
+    fits = result.peak_bytes <= limit
+    return {
+        "weights": result.weights,
+        "arch_weights": result.arch_weights,
+        "peak_memory_bytes": result.peak_bytes,
+        "step_memory_bytes": result.step_bytes,
+        "dataset_bytes": result.dataset_bytes,
+        "limit_bytes": limit,
+        "fits": fits,
+        "lower": [] if fits else [field for field, lowerable in _LOWERABLE if lowerable(spec)],
+    }
+
+
+def _gib(value: int) -> str:
+    return f"{value / 2**30:.1f} GiB"
+
+
+def require_fits(session: Session, spec: SearchSpec, settings: Settings, *, owner: str) -> dict[str, Any]:
+    """The estimate, or Unprocessable (422) naming the estimate, the limit and the fields to lower."""
+    result = estimate(session, spec, settings, owner=owner)
+    if result["fits"]:
+        return result
+    lower = ", ".join(result["lower"]) or "the dataset's image size"
+    raise Unprocessable(
+        f"this search does not fit a worker: estimated peak memory {result['peak_memory_bytes']} bytes "
+        f"({_gib(result['peak_memory_bytes'])}; {result['weights']} weights) exceeds the limit of "
+        f"{result['limit_bytes']} bytes ({_gib(result['limit_bytes'])}, WORKER_MEMORY_BYTES); lower {lower}",
+        error_type="does_not_fit",
+        ctx={key: result[key] for key in ("weights", "peak_memory_bytes", "limit_bytes", "lower")},
+    )

@@ -1,0 +1,407 @@
+"""What a search needs before it runs: the supernet's exact weight count and the peak memory of one step.
+
+* :func:`count_weights` builds the supernet on torch's ``meta`` device (shapes only: no memory, no
+  arithmetic) and counts its parameters exactly.
+* :func:`estimate_search` adds the peak memory of one bilevel step (:class:`~darts_core.search.DartsSearch`,
+  fp32 on CPU) from a formula over the network's shapes and the batch size:
+
+  - **state**: parameters, their gradients and the optimizer states (SGD momentum for the weights, Adam's
+    two moments for the alphas): ``4 bytes x (3 x weights + 4 x alphas)``;
+  - **saved**: the activations autograd keeps for backward during the largest pass of the step (a pass
+    with weight gradients: the weight step, and for the second order also the passes at ``w`` and
+    ``w'``), summed cell by cell: per mixed edge, :data:`EDGE_VALUES` values per output element of each
+    primitive, plus once per state the ``relu`` (or the state itself) that several primitives read and
+    share, plus the two preprocessing operations and the stem;
+  - **workspace**: what is alive next to it: the two batches, the gradients of one cell's states during
+    backward, and for the second order the two weight-sized tensors ``w'`` and ``v`` of the unrolled step.
+
+  The per-primitive coefficients come from measuring each operation with
+  :func:`torch.autograd.graph.saved_tensors_hooks` (:class:`SavedTensorMeter`); :func:`measure_step`
+  measures a real step the same way, and the tests check the estimate against it on several sizes.
+  On CUDA the worker runs under bf16 autocast, so the fp32 figure is an upper bound there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import weakref
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from darts_core.architect import DartsSearch
+from darts_core.cell import MixedOp, _as_primitives
+from darts_core.config import SearchConfig
+from darts_core.genotype import DARTS_OP_NAMES, num_edges
+from darts_core.networks import SearchNetwork, _is_reduction, _stem
+from darts_core.ops import ReduceChannels2d, ReLUConvBN2d
+
+__all__ = [
+    "EDGE_VALUES",
+    "SearchEstimate",
+    "SavedTensorMeter",
+    "count_weights",
+    "estimate_search",
+    "measure_step",
+]
+
+_FLOAT_BYTES = 4
+
+#: Activation values one primitive of a mixed edge saves for backward, per element of the edge's output
+#: (``N x C x H' x W'``), by stride (measured with :class:`SavedTensorMeter`; the few per-channel
+#: BatchNorm statistics are left out). The input state and its ``relu`` are not counted here: several
+#: primitives share them (see :data:`_READS_RELU` and :data:`_READS_STATE`).
+EDGE_VALUES: dict[str, tuple[float, float]] = {
+    "none": (0.0, 0.0),  # never computed when another primitive is present
+    "max_pool_3x3": (1.0, 1.0),
+    "avg_pool_3x3": (1.0, 1.0),
+    "skip_connect": (0.0, 5.0),  # identity (stride 1) or factorized reduction (stride 2)
+    "sep_conv_3x3": (3.0, 3.0),
+    "sep_conv_5x5": (3.0, 3.0),
+    "dil_conv_3x3": (1.0, 1.0),
+    "dil_conv_5x5": (1.0, 1.0),
+}
+# Primitives whose saved tensors include relu(state) (stride 1, stride 2), or the state itself.
+_READS_RELU = {
+    "skip_connect": (False, True),
+    **{name: (True, True) for name in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")},
+}
+_READS_STATE = {
+    "max_pool_3x3": (True, True),
+    "avg_pool_3x3": (True, True),
+    "skip_connect": (True, False),  # scale * state keeps the state for the gradient of the scale
+}
+
+
+@dataclass(frozen=True)
+class SearchEstimate:
+    """What a search needs. Byte figures are for one worker running fp32 on CPU.
+
+    Attributes:
+        weights: trainable weights of the supernet (architecture parameters excluded).
+        arch_weights: architecture parameters (the two alpha tensors).
+        state_bytes: parameters + gradients + optimizer states.
+        saved_bytes: activations saved for backward, at the largest pass of one bilevel step.
+        workspace_bytes: batches, activation gradients of one cell, second-order weight copies.
+        dataset_bytes: the training images held by the worker (its copy and the device split), 0 when
+            unknown.
+    """
+
+    weights: int
+    arch_weights: int
+    state_bytes: int
+    saved_bytes: int
+    workspace_bytes: int
+    dataset_bytes: int = 0
+
+    @property
+    def step_bytes(self) -> int:
+        """Peak memory of one bilevel step: state + saved activations + workspace."""
+        return self.state_bytes + self.saved_bytes + self.workspace_bytes
+
+    @property
+    def peak_bytes(self) -> int:
+        """What the worker needs at its peak: one step and the dataset."""
+        return self.step_bytes + self.dataset_bytes
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "step_bytes": self.step_bytes, "peak_bytes": self.peak_bytes}
+
+
+@dataclass(frozen=True)
+class _CellShape:
+    """One cell of the supernet as :class:`~darts_core.networks.SearchNetwork` lays it out."""
+
+    in_channels: tuple[int, int]  # channels of s0 and s1
+    in_sizes: tuple[tuple[int, int], tuple[int, int]]  # (H, W) of s0 and s1
+    width: int
+    reduction: bool
+    reduction_prev: bool
+
+
+def _halved(size: int) -> int:
+    return -(-size // 2)
+
+
+def _cell_shapes(
+    image_size: tuple[int, int], init_channels: int, cells: int, internal_nodes: int, stem_multiplier: int
+) -> list[_CellShape]:
+    """The cells of a supernet, with the channel and size bookkeeping of SearchNetwork."""
+    stem_channels = stem_multiplier * init_channels
+    sizes = (image_size, image_size)
+    channels = (stem_channels, stem_channels)
+    width, reduction_prev, shapes = init_channels, False, []
+    for index in range(cells):
+        reduction = _is_reduction(index, cells)
+        if reduction:
+            width *= 2
+        shapes.append(_CellShape(channels, sizes, width, reduction, reduction_prev))
+        out_size = (_halved(sizes[1][0]), _halved(sizes[1][1])) if reduction else sizes[1]
+        sizes = (sizes[1], out_size)
+        channels = (channels[1], internal_nodes * width)
+        reduction_prev = reduction
+    return shapes
+
+
+@functools.lru_cache(maxsize=256)
+def _module_weights(kind: str, *args: object) -> int:
+    """Weights of one part of a cell, built on the meta device (each distinct part once)."""
+    with torch.device("meta"):
+        if kind == "mixed":
+            primitives, channels, stride = args
+            module: nn.Module = MixedOp(_as_primitives(primitives), channels, stride)
+        elif kind == "reduce":
+            module = ReduceChannels2d(*args, affine=False)
+        else:
+            module = ReLUConvBN2d(*args, 1, 1, 0, affine=False)
+    return sum(p.numel() for p in module.parameters())
+
+
+def _cell_weights(shape: _CellShape, internal_nodes: int, primitives: tuple[str, ...]) -> int:
+    """Weights of one search cell (:class:`~darts_core.cell.Cell`): its two preprocessing operations and
+    its mixed edges, which differ only by stride (2 from the inputs of a reduction cell)."""
+    c_pp, c_p = shape.in_channels
+    width = shape.width
+    weights = _module_weights("reduce" if shape.reduction_prev else "relu_conv_bn", c_pp, width)
+    weights += _module_weights("relu_conv_bn", c_p, width)
+    from_inputs = 2 * internal_nodes
+    input_stride = 2 if shape.reduction else 1
+    weights += from_inputs * _module_weights("mixed", primitives, width, input_stride)
+    weights += (num_edges(internal_nodes) - from_inputs) * _module_weights("mixed", primitives, width, 1)
+    return weights
+
+
+@functools.lru_cache(maxsize=256)
+def count_weights(
+    in_channels: int,
+    num_classes: int,
+    *,
+    init_channels: int = 16,
+    cells: int = 8,
+    internal_nodes: int = 4,
+    stem_multiplier: int = 3,
+    primitives: tuple[str, ...] = DARTS_OP_NAMES,
+) -> tuple[int, int]:
+    """``(weights, arch_weights)`` of :class:`~darts_core.networks.SearchNetwork`, exactly.
+
+    Its parts are built on the ``meta`` device (no memory is allocated), each distinct cell shape once:
+    a 64-cell supernet has only a handful of them.
+    """
+    primitives = tuple(primitives)
+    shapes = _cell_shapes((1, 1), init_channels, cells, internal_nodes, stem_multiplier)
+    stem_channels = stem_multiplier * init_channels
+    with torch.device("meta"):
+        stem = _stem(in_channels, stem_channels)
+        classifier = nn.Linear(internal_nodes * shapes[-1].width, num_classes)
+    weights = sum(p.numel() for module in (stem, classifier) for p in module.parameters())
+    weights += sum(_cell_weights(shape, internal_nodes, primitives) for shape in shapes)
+    return weights, 2 * num_edges(internal_nodes) * len(primitives)
+
+
+def _cell_values(primitives: Sequence[str], internal_nodes: int, shape: _CellShape) -> tuple[float, int]:
+    """Saved activation values per sample of one search cell, and the values of its states per sample."""
+    computed = [name for name in primitives if name != "none"]
+    (h0, w0), (h1, w1) = shape.in_sizes
+    c_pp, c_p = shape.in_channels
+    width = shape.width
+    state_area = h1 * w1  # both preprocessed inputs have the previous cell's resolution
+    out_area = _halved(h1) * _halved(w1) if shape.reduction else state_area
+    # Preprocessing: ReLU -> 1x1 conv -> BN keeps relu(input) and the BN input; the factorized
+    # reduction of a state after a reduction cell also keeps a strided copy of its input.
+    values = float(c_p * state_area + width * state_area)
+    values += (2 if shape.reduction_prev else 1) * c_pp * h0 * w0 + width * state_area
+
+    for source in range(1 + internal_nodes):  # every state but the last node feeds edges
+        area = state_area if source < 2 else out_area
+        index = 1 if shape.reduction and source < 2 else 0  # stride 2 or 1
+        outgoing = internal_nodes - max(0, source - 1)  # edges from this state to later nodes
+        values += outgoing * sum(EDGE_VALUES[name][index] for name in computed) * width * out_area
+        if any(_READS_RELU.get(name, (False, False))[index] for name in computed):
+            values += width * area
+        if any(_READS_STATE.get(name, (False, False))[index] for name in computed):
+            values += width * area
+    state_values = 2 * width * state_area + internal_nodes * width * out_area
+    return values, state_values
+
+
+def _saved_values_per_sample(
+    in_channels: int,
+    image_size: tuple[int, int],
+    init_channels: int,
+    cells: int,
+    internal_nodes: int,
+    stem_multiplier: int,
+    primitives: Sequence[str],
+) -> tuple[float, int]:
+    """Saved values per sample of a forward with weight gradients, and the largest cell's state values."""
+    height, width = image_size
+    # The stem keeps the images (conv input) and its BN input.
+    values = float((in_channels + stem_multiplier * init_channels) * height * width)
+    largest_states = 0
+    shapes = _cell_shapes(image_size, init_channels, cells, internal_nodes, stem_multiplier)
+    for shape in shapes:
+        cell, states = _cell_values(primitives, internal_nodes, shape)
+        values += cell
+        largest_states = max(largest_states, states)
+    last = shapes[-1]
+    out_h, out_w = last.in_sizes[1]
+    if last.reduction:
+        out_h, out_w = _halved(out_h), _halved(out_w)
+    # Global pooling keeps the last cell's output; the classifier its pooled input.
+    out_channels = internal_nodes * last.width
+    values += out_channels * out_h * out_w + out_channels
+    return values, largest_states
+
+
+def estimate_search(
+    config: SearchConfig,
+    *,
+    in_channels: int,
+    image_size: tuple[int, int],
+    num_classes: int,
+    num_samples: int | None = None,
+) -> SearchEstimate:
+    """Estimate what the search of ``config`` (a :class:`~darts_core.config.SearchConfig`) needs on data
+    of ``in_channels x image_size`` images in ``num_classes`` classes (``num_samples`` of them when
+    known, for ``dataset_bytes``). Cheap: nothing is allocated but a few cells on the ``meta`` device."""
+    space, network, training = config.search_space, config.network, config.training
+    primitives = tuple(space.primitives)
+    weights, arch = count_weights(
+        in_channels,
+        num_classes,
+        init_channels=network.init_channels,
+        cells=network.cells,
+        internal_nodes=space.internal_nodes,
+        stem_multiplier=network.stem_multiplier,
+        primitives=primitives,
+    )
+    per_sample, largest_states = _saved_values_per_sample(
+        in_channels,
+        tuple(image_size),
+        network.init_channels,
+        network.cells,
+        space.internal_nodes,
+        network.stem_multiplier,
+        primitives,
+    )
+    batch = training.batch_size
+    state = _FLOAT_BYTES * (3 * weights + 4 * arch)
+    saved = math.ceil(_FLOAT_BYTES * batch * per_sample)
+    image_values = in_channels * image_size[0] * image_size[1]
+    workspace = _FLOAT_BYTES * batch * (2 * image_values + largest_states)
+    if training.order == "second":
+        workspace += _FLOAT_BYTES * 2 * weights  # w' and v of the unrolled step
+    dataset = 2 * _FLOAT_BYTES * num_samples * image_values if num_samples else 0
+    return SearchEstimate(weights, arch, state, saved, workspace, dataset)
+
+
+# --------------------------------------------------------------------------------------- measurement
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
+    try:
+        storage = tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError):  # sparse or otherwise storage-less tensors
+        return None
+    return storage.data_ptr(), storage.nbytes()
+
+
+class SavedTensorMeter:
+    """Counts the activation bytes autograd saves for backward (unique storages).
+
+    ``total_bytes``: every storage packed while active (one forward/backward: what its graph holds).
+    ``peak_live_bytes``: the largest sum of packed storages alive at the same time (storages leave the
+    count when the last packed tensor of that storage is freed, i.e. when its graph is released).
+    Storages of ``exclude`` (parameters and buffers) are never counted.
+    """
+
+    def __init__(self, exclude: Sequence[torch.Tensor] = ()):
+        self._excluded = {key for key in map(_storage_key, exclude) if key is not None}
+        self._seen: set[tuple[int, int]] = set()
+        self._live: dict[tuple[int, int], int] = {}
+        self.total_bytes = 0
+        self.live_bytes = 0
+        self.peak_live_bytes = 0
+
+    def _release(self, key: tuple[int, int]) -> None:
+        self._live[key] -= 1
+        if self._live[key] == 0:
+            del self._live[key]
+            self.live_bytes -= key[1]
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if key is None or key in self._excluded or key[1] == 0:
+            return tensor
+        if key not in self._seen:
+            self._seen.add(key)
+            self.total_bytes += key[1]
+        if key not in self._live:
+            self._live[key] = 0
+            self.live_bytes += key[1]
+            self.peak_live_bytes = max(self.peak_live_bytes, self.live_bytes)
+        self._live[key] += 1
+        weakref.finalize(tensor, self._release, key)
+        return tensor
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[SavedTensorMeter]:
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
+            yield self
+
+
+def _tensor_bytes(tensors: Iterator[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def measure_step(
+    config: SearchConfig, *, in_channels: int, image_size: tuple[int, int], num_classes: int, seed: int = 0
+) -> dict[str, int]:
+    """Measure one real bilevel step of ``config`` on CPU (fp32) on random data.
+
+    Returns ``state_bytes`` (parameters, gradients and optimizer states after the step, counted from
+    the tensors) and ``saved_bytes`` (the peak of live saved activations during the second step, when
+    the optimizers have their states; :class:`SavedTensorMeter`). Allocates what the step needs: use
+    small configurations.
+    """
+    space, network_config, training = config.search_space, config.network, config.training
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    network = SearchNetwork(
+        in_channels,
+        num_classes,
+        init_channels=network_config.init_channels,
+        cells=network_config.cells,
+        internal_nodes=space.internal_nodes,
+        stem_multiplier=network_config.stem_multiplier,
+        primitives=list(space.primitives),
+    )
+    search = DartsSearch(network, order=training.order, epochs=1)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.randn(training.batch_size, in_channels, *image_size, generator=generator)
+        labels = torch.randint(0, num_classes, (training.batch_size,), generator=generator)
+        return images, labels
+
+    search.step(batch(), batch())
+    meter = SavedTensorMeter([*network.parameters(), *network.buffers()])
+    with meter.active():
+        search.step(batch(), batch())
+    parameters = list(network.parameters())
+    optimizer_states = [
+        value
+        for optimizer in (search.weight_optimizer, search.arch_optimizer)
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, torch.Tensor) and value.dim() > 0
+    ]
+    state_bytes = (
+        _tensor_bytes(iter(parameters))
+        + _tensor_bytes(p.grad for p in parameters if p.grad is not None)
+        + _tensor_bytes(iter(optimizer_states))
+    )
+    return {"state_bytes": state_bytes, "saved_bytes": meter.peak_live_bytes}

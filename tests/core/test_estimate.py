@@ -1,0 +1,83 @@
+"""darts_core.estimate: the exact weight count and the step-memory formula against a measured step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from darts_core.estimate import count_weights, estimate_search, measure_step
+from darts_core.networks import SearchNetwork
+from darts_core.search import SearchConfig
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        {},
+        {"cells": 1},
+        {"cells": 2, "stem_multiplier": 1, "init_channels": 6},
+        {
+            "cells": 5,
+            "init_channels": 8,
+            "internal_nodes": 3,
+            "primitives": ("none", "max_pool_3x3", "skip_connect"),
+        },
+        {"cells": 7, "internal_nodes": 1, "primitives": ("sep_conv_3x3", "none")},
+    ],
+)
+def test_weight_count_is_the_supernets_exact_count(sizes: dict) -> None:
+    arguments = {**sizes, "primitives": list(sizes["primitives"])} if "primitives" in sizes else sizes
+    with torch.device("meta"):
+        network = SearchNetwork(3, 10, **arguments)
+    expected = sum(p.numel() for p in network.weight_parameters())
+    expected_arch = sum(p.numel() for p in network.arch_parameters())
+    assert count_weights(3, 10, **sizes) == (expected, expected_arch)
+
+
+def test_the_largest_allowed_supernet_is_counted_without_memory() -> None:
+    weights, _ = count_weights(3, 10, cells=64, init_channels=512, internal_nodes=8)
+    assert weights > 10**10  # tens of billions: what admission control must refuse
+
+
+# Three sizes: channels, depth, nodes, primitives and image size all vary.
+MEASURED_SIZES = [
+    ({"network": {"cells": 3, "init_channels": 4}, "search_space": {"internal_nodes": 2}}, 4, (12, 12)),
+    ({"network": {"cells": 5, "init_channels": 8}}, 6, (16, 16)),
+    (
+        {
+            "network": {"cells": 8, "init_channels": 8, "stem_multiplier": 2},
+            "search_space": {
+                "internal_nodes": 3,
+                "primitives": ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_5x5"],
+            },
+        },
+        8,
+        (15, 13),
+    ),
+]
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+@pytest.mark.parametrize(("spec", "batch_size", "image_size"), MEASURED_SIZES)
+def test_step_memory_estimate_is_within_25_percent_of_a_measured_step(
+    spec: dict, batch_size: int, image_size: tuple[int, int], order: str
+) -> None:
+    config = SearchConfig.from_spec({**spec, "training": {"batch_size": batch_size, "order": order}})
+    estimate = estimate_search(config, in_channels=3, image_size=image_size, num_classes=5)
+    measured = measure_step(config, in_channels=3, image_size=image_size, num_classes=5)
+    assert estimate.state_bytes == measured["state_bytes"]
+    estimated = estimate.state_bytes + estimate.saved_bytes
+    actual = measured["state_bytes"] + measured["saved_bytes"]
+    assert abs(estimated - actual) <= 0.25 * actual, (estimated, actual)
+    # The whole step figure adds the batches and the backward workspace on top, never less.
+    assert estimate.step_bytes > estimated
+
+
+def test_the_estimate_grows_with_the_batch_and_counts_the_dataset() -> None:
+    small = SearchConfig.from_spec({"training": {"batch_size": 8}})
+    large = SearchConfig.from_spec({"training": {"batch_size": 64}})
+    first = estimate_search(small, in_channels=1, image_size=(8, 8), num_classes=10, num_samples=1797)
+    second = estimate_search(large, in_channels=1, image_size=(8, 8), num_classes=10)
+    assert second.saved_bytes > 7 * first.saved_bytes
+    assert first.dataset_bytes == 2 * 4 * 1797 * 64 and second.dataset_bytes == 0
+    assert first.peak_bytes == first.step_bytes + first.dataset_bytes

@@ -1,0 +1,82 @@
+"""Admission control against a running API: `POST /searches/estimate` and the 422 of `POST /searches`."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from app.main import create_app
+from app.models import Search
+from app.settings import Settings, physical_memory_bytes
+from darts_core.estimate import count_weights
+
+HUGE = {
+    "dataset": {"name": "digits"},
+    "network": {"cells": 64, "init_channels": 512},
+    "search_space": {"internal_nodes": 8},
+}
+
+
+def test_the_estimate_gives_the_exact_weights_and_creates_nothing(
+    client: TestClient, api_settings: Settings, db_session: Session
+) -> None:
+    response = client.post("/searches/estimate", json={"dataset": {"name": "digits"}})
+    assert response.status_code == 200, response.text
+    estimate = response.json()
+    assert (estimate["weights"], estimate["arch_weights"]) == count_weights(1, 10)
+    assert estimate["limit_bytes"] == api_settings.worker_memory_bytes
+    assert estimate["fits"] is True and estimate["lower"] == []
+    assert estimate["peak_memory_bytes"] == estimate["step_memory_bytes"] + estimate["dataset_bytes"]
+    assert db_session.query(Search).count() == 0
+
+
+def test_the_default_limit_is_most_of_this_machines_memory() -> None:
+    assert Settings().worker_memory_bytes == int(0.8 * physical_memory_bytes())
+
+
+def test_a_search_too_large_for_a_worker_is_422_naming_estimate_limit_and_fields(
+    client: TestClient, db_session: Session
+) -> None:
+    estimate = client.post("/searches/estimate", json=HUGE).json()
+    assert estimate["fits"] is False and estimate["weights"] > 10**10
+    assert estimate["lower"][:3] == ["training.batch_size", "network.init_channels", "network.cells"]
+
+    response = client.post("/searches", json=HUGE)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["type"] == "does_not_fit"
+    assert str(estimate["peak_memory_bytes"]) in error["msg"] and str(estimate["limit_bytes"]) in error["msg"]
+    assert "WORKER_MEMORY_BYTES" in error["msg"] and "lower training.batch_size" in error["msg"]
+    assert error["ctx"]["peak_memory_bytes"] == estimate["peak_memory_bytes"]
+    assert db_session.query(Search).count() == 0
+
+
+def test_the_limit_is_the_setting(
+    api_settings: Settings, client: TestClient, db_session: Session, auth_headers: dict[str, str]
+) -> None:
+    spec = {
+        "dataset": {"name": "synthetic", "num_samples": 64, "image_size": 12},
+        "training": {"batch_size": 8},
+    }
+    peak = client.post("/searches/estimate", json=spec).json()["peak_memory_bytes"]
+    for limit, expected in ((peak - 1, 422), (peak, 201)):
+        settings = api_settings.model_copy(update={"worker_memory_bytes": limit})
+        with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as limited:
+            assert limited.post("/searches/estimate", json=spec).json()["fits"] is (expected == 201)
+            assert limited.post("/searches", json=spec).status_code == expected
+    assert db_session.query(Search).count() == 1
+
+
+def test_an_uploaded_dataset_is_estimated_with_its_own_shape(client: TestClient) -> None:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, x=np.zeros((30, 20, 24, 3), dtype=np.uint8), y=np.arange(30) % 3)
+    dataset_id = client.post("/datasets", files={"file": ("d.npz", buffer.getvalue())}).json()["id"]
+    estimate = client.post("/searches/estimate", json={"dataset": {"id": dataset_id}}).json()
+    assert (estimate["weights"], estimate["arch_weights"]) == count_weights(3, 3)
+    assert estimate["dataset_bytes"] == 2 * 4 * 30 * 3 * 20 * 24
+    unknown = client.post("/searches/estimate", json={"dataset": {"id": "nope"}})
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["type"] == "unknown_dataset"
