@@ -18,12 +18,14 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from app.db import make_engine, make_session_factory
+from app.db_gate import DatabaseGate, DatabaseGateMiddleware
 from app.events.ingester import start_ingester
 from app.queue import create_celery_app
 from app.redis import get_redis
 from app.routes import datasets, docs, health, searches
 from app.services.errors import ServiceError
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
+from app.services.search_feed import OpenStreams, SearchFeeds
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -71,11 +73,16 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.state.redis = get_redis(settings)
     app.state.metrics = ServiceMetrics(app.state.session_factory)
     app.state.sse_poll_seconds = SSE_POLL_SECONDS
+    app.state.db_gate = DatabaseGate(settings.db_pool_size)
+    app.state.search_feeds = SearchFeeds(app.state.session_factory, app.state.db_gate)
+    app.state.open_streams = OpenStreams()
 
     @app.exception_handler(ServiceError)
     async def service_error_handler(_request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
+    # Innermost: the metrics' latency includes the wait at the gate.
+    app.add_middleware(DatabaseGateMiddleware, gate=app.state.db_gate)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(
