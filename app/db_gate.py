@@ -8,12 +8,13 @@ request holds a connection while it waits, in the thread pool's queue, for its s
 60-100 clients every thread ends up blocked in `QueuePool` waiting for a connection, while every
 connection belongs to a request waiting for a thread: nothing moves until the pool's 30 s timeout.
 
-The gate admits at most `DB_POOL_SIZE` HTTP requests at once; the others wait on the event loop, where
+The gate admits at most `DB_POOL_SIZE` HTTP requests at once (less the slots kept for the event
+streams' pollers); the others wait on the event loop, where
 waiting costs neither a thread nor a connection. An admitted request holds at most one connection at a
 time (the auth dependencies close their sessions before the route opens its own), so an admitted
 request never waits for a connection, and a thread is never blocked on the pool. Server-Sent Events
 leave the gate once their response has started: after that they read SQL only through the shared
-poller of `app.services.search_feed`, which takes a slot for each poll.
+poller of `app.services.search_feed`, which takes a slot of its own gate for each poll.
 """
 
 from __future__ import annotations

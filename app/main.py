@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 SSE_POLL_SECONDS = 0.5
+# Database connections kept for the pollers of Server-Sent Events (app.services.search_feed).
+FEED_SLOTS = 2
 
 
 def create_app(settings: Settings | None = None, *, run_ingester: bool | None = None) -> FastAPI:
@@ -73,8 +75,11 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.state.redis = get_redis(settings)
     app.state.metrics = ServiceMetrics(app.state.session_factory)
     app.state.sse_poll_seconds = SSE_POLL_SECONDS
-    app.state.db_gate = DatabaseGate(settings.db_pool_size)
-    app.state.search_feeds = SearchFeeds(app.state.session_factory, app.state.db_gate)
+    # Requests and the event streams' pollers have slots of their own (together: the pool), so a
+    # stream's poll never queues behind a crowd of requests.
+    feed_slots = min(FEED_SLOTS, max(1, settings.db_pool_size // 2))
+    app.state.db_gate = DatabaseGate(max(1, settings.db_pool_size - feed_slots))
+    app.state.search_feeds = SearchFeeds(app.state.session_factory, DatabaseGate(feed_slots))
     app.state.open_streams = OpenStreams()
 
     @app.exception_handler(ServiceError)

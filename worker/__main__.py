@@ -10,7 +10,10 @@ import argparse
 import os
 import socket
 
+from celery import Celery
+
 from app.settings import get_settings
+from app.worker_heartbeat import start_heartbeat
 from worker.celery_app import create_worker_app
 
 
@@ -28,15 +31,25 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["OMP_NUM_THREADS"] = str(options.threads)
     settings = get_settings()
     celery = create_worker_app(settings)
+    hostname = options.hostname or f"darts-{os.getpid()}@{socket.gethostname()}"
+    # /readyz counts the workers whose heartbeat is fresh (app.worker_heartbeat).
+    stop_heartbeat = start_heartbeat(settings, hostname)
+    try:
+        _consume(celery, settings.celery_queue, options.loglevel, hostname)
+    finally:
+        stop_heartbeat.set()
+
+
+def _consume(celery: Celery, queue: str, loglevel: str, hostname: str) -> None:
     celery.worker_main(
         [
             "worker",
             "--pool=solo",
             "--concurrency=1",
             "--prefetch-multiplier=1",
-            f"--queues={settings.celery_queue}",
-            f"--loglevel={options.loglevel.upper()}",
-            f"--hostname={options.hostname or f'darts-{os.getpid()}@{socket.gethostname()}'}",
+            f"--queues={queue}",
+            f"--loglevel={loglevel.upper()}",
+            f"--hostname={hostname}",
             "--without-gossip",
             "--without-mingle",
         ]

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 from app.auth import UNAUTHORIZED_RESPONSE, MetricsAccess
+from app.worker_heartbeat import count_workers
 
 router = APIRouter(tags=["health"])
 
@@ -60,25 +61,40 @@ def _supervised_parts(request: Request) -> dict[str, str]:
     return {part.name: "ok" if part.state == "running" else f"error: {part.state}" for part in parts}
 
 
+def _workers(request: Request) -> dict[str, Any]:
+    """Workers consuming the queue (fresh heartbeats). None consuming does not make the API unready:
+    the API still accepts searches, which wait in the queue; the count says why nothing runs."""
+    settings = request.app.state.settings
+    try:
+        consuming = count_workers(request.app.state.redis, settings.redis_prefix)
+    except Exception as exc:
+        return {"consuming": None, "detail": f"unknown: {type(exc).__name__}: {exc}"}
+    detail = "ok" if consuming else "no worker consuming: searches wait in the queue until one starts"
+    return {"consuming": consuming, "detail": detail}
+
+
 @router.get(
     "/readyz",
     responses={503: {"description": "a dependency (database, Redis, ingester, a supervised part) is down"}},
 )
 async def readyz(request: Request) -> Any:
     """Readiness: the database and Redis answer, the ingester runs, `up`'s children are up. 503 names
-    the part that is not ready."""
+    the part that is not ready. `workers` counts the workers consuming the queue (heartbeats in Redis);
+    none consuming is reported ("no worker consuming") but leaves the API ready: it still takes searches."""
     checks = {
         "database": await run_in_threadpool(_check_database, request),
         "redis": await run_in_threadpool(_check_redis, request),
         **_check_ingester(request),
         **_supervised_parts(request),
     }
+    workers = await run_in_threadpool(_workers, request)
     failing = [name for name, result in checks.items() if result != "ok"]
     if failing:
         return JSONResponse(
-            {"detail": f"not ready: {', '.join(failing)} unreachable", "checks": checks}, status_code=503
+            {"detail": f"not ready: {', '.join(failing)} unreachable", "checks": checks, "workers": workers},
+            status_code=503,
         )
-    return {"status": "ready", "checks": checks}
+    return {"status": "ready", "checks": checks, "workers": workers}
 
 
 @router.get(

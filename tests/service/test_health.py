@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,3 +164,29 @@ def test_rows_made_before_keys_belong_to_the_admin_owner(empty_database: Setting
         command.check(alembic_config(empty_database))
     finally:
         engine.dispose()
+
+
+def test_readyz_counts_the_workers_consuming_and_says_when_there_is_none(service_settings: Settings) -> None:
+    from app.worker_heartbeat import start_heartbeat
+
+    # A prefix of its own: no worker of another test is counted.
+    settings = service_settings.model_copy(update={"redis_prefix": f"{service_settings.redis_prefix}-hb"})
+    with TestClient(create_app(settings, run_ingester=False)) as client:
+        idle = client.get("/readyz")
+        assert idle.status_code == 200  # the API still takes searches; they wait in the queue
+        assert idle.json()["workers"]["consuming"] == 0
+        assert idle.json()["workers"]["detail"].startswith("no worker consuming")
+
+        stop = start_heartbeat(settings, "darts-test@host")  # what `python -m worker` runs
+        try:
+            deadline = time.monotonic() + 30
+            while client.get("/readyz").json()["workers"]["consuming"] != 1:
+                assert time.monotonic() < deadline, "the heartbeat never showed up in /readyz"
+                time.sleep(0.05)
+            assert client.get("/readyz").json()["workers"]["detail"] == "ok"
+        finally:
+            stop.set()
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").json()["workers"]["consuming"] != 0:  # a stopped worker leaves
+            assert time.monotonic() < deadline, "a stopped worker was still counted"
+            time.sleep(0.05)
