@@ -21,10 +21,12 @@ from torch import nn
 from darts_core.genotype import num_edges
 from darts_core.ops import (
     DARTS_PRIMITIVES_2D,
+    EndsInBatchNorm,
     Identity,
     PrimitiveFactory,
     ReduceChannels2d,
     ReLUConvBN2d,
+    StartsWithReLU,
     Zero2d,
     batch_norm_scaled,
 )
@@ -79,7 +81,7 @@ def default_cell_output(node_outputs: Sequence[torch.Tensor], nb_outputs_to_use:
 
 
 def _run_op(op: nn.Module, x: torch.Tensor, x_relu: torch.Tensor | None) -> torch.Tensor:
-    if x_relu is not None and getattr(op, "applies_leading_relu", False):
+    if x_relu is not None and isinstance(op, StartsWithReLU):
         return op.forward_relu_applied(x_relu)
     return op(x)
 
@@ -92,12 +94,11 @@ def _run_op_scaled(
     Same value; autograd then keeps no copy of the BatchNorm output for the product (see
     :func:`~darts_core.ops.batch_norm_scaled`).
     """
-    bn = getattr(op, "final_bn", None)
-    if bn is None:
+    if not isinstance(op, EndsInBatchNorm):
         return scale * _run_op(op, x, x_relu)
-    if x_relu is not None and getattr(op, "applies_leading_relu", False):
-        return batch_norm_scaled(bn, op.forward_relu_applied_before_bn(x_relu), scale)
-    return batch_norm_scaled(bn, op.forward_before_bn(x), scale)
+    if x_relu is not None and isinstance(op, StartsWithReLU):
+        return batch_norm_scaled(op.final_bn, op.forward_relu_applied_before_bn(x_relu), scale)
+    return batch_norm_scaled(op.final_bn, op.forward_before_bn(x), scale)
 
 
 class _ContiguousGradient(torch.autograd.Function):
@@ -122,7 +123,7 @@ class _ContiguousGradient(torch.autograd.Function):
 
 
 def _needs_relu(op: nn.Module) -> bool:
-    return bool(getattr(op, "applies_leading_relu", False))
+    return isinstance(op, StartsWithReLU)
 
 
 class MixedOp(nn.Module):

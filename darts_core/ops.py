@@ -4,15 +4,14 @@ Every operation maps a tensor of shape ``(N, C_in, H, W)`` to ``(N, C_out, H', W
 ``H' = ceil(H / stride)`` and ``W' = ceil(W / stride)`` for the padding used by
 :data:`DARTS_PRIMITIVES_2D`, so even and odd sizes both work.
 
-Operations that start with a ReLU on their input (:class:`ReLUConvBN2d`, :class:`ReduceChannels2d`,
-:class:`DilConv2d`, :class:`SepConv2d`) set the class attribute ``applies_leading_relu = True`` and offer
-``forward_relu_applied(x_relu)``, which takes ``relu(x)`` computed by the caller. A cell computes the
-ReLU of each state once and hands it to every such operation that reads the state; ``forward(x)``
-still applies the ReLU itself, so each operation used alone behaves like the DARTS reference.
-
-Operations that end with a BatchNorm (all but :class:`Identity` and :class:`Zero2d`) expose it as
-``final_bn`` and offer ``forward_before_bn(x)`` (and ``forward_relu_applied_before_bn(x_relu)`` for those
-with a leading ReLU), the output before that BatchNorm. A mixed edge then computes ``w * op(x)`` as
+Operations that end with a BatchNorm (all but :class:`Identity` and :class:`Zero2d`) derive from
+:class:`EndsInBatchNorm`: they expose it as ``final_bn`` and offer ``forward_before_bn(x)``, the output
+before that BatchNorm. Those that also start with a ReLU on their input (:class:`ReLUConvBN2d`,
+:class:`ReduceChannels2d`, :class:`DilConv2d`, :class:`SepConv2d`) derive from :class:`StartsWithReLU`
+and offer ``forward_relu_applied(x_relu)`` and ``forward_relu_applied_before_bn(x_relu)``, which take
+``relu(x)`` computed by the caller. A cell computes the ReLU of each state once and hands it to every
+such operation that reads the state; ``forward(x)`` still applies the ReLU itself, so each operation
+used alone behaves like the DARTS reference. A mixed edge then computes ``w * op(x)`` as
 :func:`batch_norm_scaled` ``(op.final_bn, op.forward_before_bn(x), w)``: the same value, but autograd
 no longer keeps the BatchNorm output for the product (a quarter of the activations of a search step).
 """
@@ -28,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "EndsInBatchNorm",
+    "StartsWithReLU",
     "ReLUConvBN2d",
     "ReduceChannels2d",
     "Identity",
@@ -93,7 +94,51 @@ def batch_norm_scaled(
     )
 
 
-class ReLUConvBN2d(nn.Module):
+class EndsInBatchNorm(nn.Module):
+    """Base of the operations whose output is that of a final BatchNorm2d.
+
+    Subclasses define :attr:`final_bn` and :meth:`forward_before_bn`; then
+    ``forward(x) == final_bn(forward_before_bn(x))``, and a mixed edge can fold its weight into that
+    BatchNorm (:func:`batch_norm_scaled`).
+    """
+
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        """The operation's last layer."""
+        raise NotImplementedError
+
+    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
+        """The input of :attr:`final_bn` for the operation's input ``x``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_bn(self.forward_before_bn(x))
+
+
+class StartsWithReLU(EndsInBatchNorm):
+    """Base of the operations ``ReLU -> ... -> BatchNorm2d``.
+
+    Subclasses define :attr:`final_bn` and :meth:`forward_relu_applied_before_bn`; the other forms
+    follow: :meth:`forward_relu_applied` takes ``relu(x)`` computed by the caller (a cell shares one
+    ReLU per state), ``forward(x)`` applies the ReLU itself.
+    """
+
+    def forward_relu_applied_before_bn(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
+        raise NotImplementedError
+
+    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_relu_applied_before_bn(F.relu(x))
+
+    def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
+        return self.final_bn(self.forward_relu_applied_before_bn(x_relu))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_relu_applied(F.relu(x))
+
+
+class ReLUConvBN2d(StartsWithReLU):
     """ReLU -> Conv2d (no bias) -> BatchNorm2d.
 
     Args:
@@ -107,8 +152,6 @@ class ReLUConvBN2d(nn.Module):
     Shape:
         ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)`` with the usual Conv2d output size.
     """
-
-    applies_leading_relu = True
 
     def __init__(
         self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True
@@ -125,18 +168,9 @@ class ReLUConvBN2d(nn.Module):
         """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
         return self.conv(x_relu)
 
-    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_relu_applied_before_bn(F.relu(x))
-
-    def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
-        return self.bn(self.forward_relu_applied_before_bn(x_relu))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_relu_applied(F.relu(x))
 
 
-class ReduceChannels2d(nn.Module):
+class ReduceChannels2d(StartsWithReLU):
     """Factorized reduction: halves H and W (rounding up) and maps ``C_in`` to ``C_out`` channels.
 
     ReLU, then two 1x1 stride-2 convolutions, the second one on the input shifted by one pixel (zero
@@ -158,8 +192,6 @@ class ReduceChannels2d(nn.Module):
         ``(N, C_in, H, W) -> (N, C_out, ceil(H / 2), ceil(W / 2))``
     """
 
-    applies_leading_relu = True
-
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
         super().__init__()
         if C_out < 2:
@@ -172,13 +204,6 @@ class ReduceChannels2d(nn.Module):
     def final_bn(self) -> nn.BatchNorm2d:
         return self.bn
 
-    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_relu_applied_before_bn(F.relu(x))
-
-    def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
-        return self.bn(self.forward_relu_applied_before_bn(x_relu))
-
     def forward_relu_applied_before_bn(self, x_relu: torch.Tensor) -> torch.Tensor:
         """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
         # The stride-2 samples of the input and of the input shifted by one pixel. The shifted half is
@@ -188,9 +213,6 @@ class ReduceChannels2d(nn.Module):
         odd = x_relu[:, :, 1::2, 1::2]
         odd = F.pad(odd, (0, even.shape[-1] - odd.shape[-1], 0, even.shape[-2] - odd.shape[-2]))
         return torch.cat([self.conv_1(even), self.conv_2(odd)], dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_relu_applied(F.relu(x))
 
 
 class Identity(nn.Module):
@@ -235,7 +257,7 @@ class Zero2d(nn.Module):
         return f"stride={self.stride}"
 
 
-class DilConv2d(nn.Module):
+class DilConv2d(StartsWithReLU):
     """ReLU -> depthwise dilated conv (groups = C_in) -> 1x1 conv -> BatchNorm2d.
 
     Args:
@@ -251,8 +273,6 @@ class DilConv2d(nn.Module):
         ``(N, C_in, H, W) -> (N, C_out, H_out, W_out)``; with ``padding = dilation * (kernel_size - 1) / 2``
         ``H_out = ceil(H / stride)``.
     """
-
-    applies_leading_relu = True
 
     def __init__(
         self,
@@ -289,18 +309,9 @@ class DilConv2d(nn.Module):
         # Recompute the depthwise output in backward rather than keep it (see _DepthwisePointwise).
         return _DepthwisePointwise.apply(x_relu, self.depthwise.weight, self.pointwise.weight, self.depthwise)
 
-    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_relu_applied_before_bn(F.relu(x))
-
-    def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
-        return self.bn(self.forward_relu_applied_before_bn(x_relu))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_relu_applied(F.relu(x))
 
 
-class SepConv2d(nn.Module):
+class SepConv2d(StartsWithReLU):
     """Separable convolution: the :class:`DilConv2d` block twice with dilation 1.
 
     The first block is strided and keeps ``C_in`` channels; the second has stride 1 and maps to
@@ -319,8 +330,6 @@ class SepConv2d(nn.Module):
         ``H_out = ceil(H / stride)``.
     """
 
-    applies_leading_relu = True
-
     def __init__(
         self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True
     ):
@@ -336,18 +345,9 @@ class SepConv2d(nn.Module):
         """The input of :attr:`final_bn` for an input on which ``relu`` was already applied."""
         return self.second.forward_before_bn(self.first.forward_relu_applied(x_relu))
 
-    def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_relu_applied_before_bn(F.relu(x))
-
-    def forward_relu_applied(self, x_relu: torch.Tensor) -> torch.Tensor:
-        """Same as :meth:`forward` for an input on which ``relu`` was already applied."""
-        return self.second(self.first.forward_relu_applied(x_relu))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_relu_applied(F.relu(x))
 
 
-class AvgPoolBN2d(nn.Module):
+class AvgPoolBN2d(EndsInBatchNorm):
     """3x3 average pooling (padding 1, ``count_include_pad=False``) -> BatchNorm2d(C, affine=False).
 
     Shape:
@@ -366,9 +366,6 @@ class AvgPoolBN2d(nn.Module):
     def forward_before_bn(self, x: torch.Tensor) -> torch.Tensor:
         """The input of :attr:`final_bn`."""
         return self.pool(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.pool(x))
 
 
 class _MaxPool3x3(torch.autograd.Function):
@@ -397,7 +394,7 @@ class _MaxPool3x3(torch.autograd.Function):
         return grad_x, None
 
 
-class MaxPoolBN2d(nn.Module):
+class MaxPoolBN2d(EndsInBatchNorm):
     """3x3 max pooling (padding 1) -> BatchNorm2d(C, affine=False).
 
     Shape:
@@ -420,8 +417,6 @@ class MaxPoolBN2d(nn.Module):
         # Recompute the argmax indices in backward rather than keep them (see _MaxPool3x3).
         return _MaxPool3x3.apply(x, self.pool.stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.forward_before_bn(x))
 
 
 class _DepthwisePointwise(torch.autograd.Function):

@@ -54,14 +54,31 @@ def test_cancel_a_queued_search_never_starts_it(
         assert response.json()["status"] == "cancelled"
     finally:
         finish(api, busy_id)
-    # The worker is free again and has had the queued task (revoked, or skipped on seeing the row).
+    # The worker is free again and has had the queued task: it discarded it as revoked, or ran it and
+    # returned at once on seeing the row cancelled (its log names the task either way).
+    task_id = get_search_row_task(stack_settings, queued_id)
     wait_until(lambda: _queue_length(stack_settings) == 0, 30, "the worker to take the cancelled task")
-    time.sleep(1.0)
+    wait_until(lambda: task_id in running_worker.log(), 30, "the worker to have handled the cancelled task")
     search = get_search(api, queued_id)
     assert search["status"] == "cancelled"
     assert search["started_at"] is None and search["epoch"] == 0
     assert [event for _, event in stream_events(stack_settings, queued_id) if event.type == "epoch"] == []
     assert api.get(f"/searches/{queued_id}/epochs").json()["items"] == []
+
+
+def get_search_row_task(settings: Settings, search_id: str) -> str:
+    """The Celery task id the API recorded for `search_id`."""
+    from app.db import make_engine, make_session_factory
+    from app.models import Search
+
+    engine = make_engine(settings)
+    try:
+        with make_session_factory(engine)() as session:
+            search = session.get(Search, search_id)
+            assert search is not None and search.celery_task_id
+            return search.celery_task_id
+    finally:
+        engine.dispose()
 
 
 def _queue_length(settings: Settings) -> int:

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,9 +162,10 @@ def test_up_runs_a_search_and_ctrl_c_leaves_nothing_behind(tmp_path: Path, stack
 
     code = stack.interrupt()
     assert code == 0, stack.log()
-    time.sleep(0.5)
-    leftovers = [process for process in children if process.is_running() and process.status() != "zombie"]
-    assert leftovers == [], [process.cmdline() for process in leftovers]
+    def leftovers() -> list[psutil.Process]:
+        return [process for process in children if process.is_running() and process.status() != "zombie"]
+
+    wait_until(lambda: not leftovers(), 10, "every process of `up` to be gone")
 
     # Next start: the interrupted search is picked up again from its checkpoint.
     again = Stack(tmp_path / "data", stack_env_for_up).start()
