@@ -336,3 +336,81 @@ def test_the_api_process_killed_with_its_ingester_and_a_new_one_started(
         for api in (first, second):
             if api is not None and api.process.poll() is None:
                 api.kill()
+
+
+@pytest.fixture
+def up_env() -> dict[str, str]:
+    """The environment of `darts-service up` on its embedded default (SQLite + its own redis-server)."""
+    drop = ("DATABASE_URL", "REDIS_URL", "REDIS_PREFIX")
+    env = {key: value for key, value in os.environ.items() if key not in drop}
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_up_brings_back_its_killed_redis_server_and_worker_and_the_search_finishes(
+    tmp_path: Path, up_env: dict[str, str], reference: list[dict[str, Any]]
+) -> None:
+    import psutil
+
+    from .test_up import Stack  # `up` driven as a terminal would, as in test_up.py
+
+    stack = Stack(tmp_path / "data", up_env).start()
+
+    def child(marker: str) -> psutil.Process | None:
+        for process in stack.processes()[1:]:
+            try:
+                if marker in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE:
+                    return process
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        response = httpx.post(f"{stack.url}/searches", json=SPEC, headers=stack.headers, timeout=30)
+        assert response.status_code == 201, response.text
+        search_id = response.json()["id"]
+        wait_until(lambda: stack.get(f"/searches/{search_id}")["epoch"] >= 1, 180, "epoch 1", 0.1)
+
+        redis_server = child("redis-server")
+        assert redis_server is not None
+        redis_server.kill()
+        killed_at = time.monotonic()
+        wait_until(lambda: (new := child("redis-server")) is not None and new.pid != redis_server.pid,
+                   60, "`up` to start its redis-server again", 0.1)
+        wait_until(ready, 60, "/readyz to be ready again", 0.1)
+        took = time.monotonic() - killed_at
+        print(f"\nup: redis-server killed -> restarted and /readyz 200 in {took:.1f} s")
+
+        worker = child("-m worker")
+        assert worker is not None
+        status_at_kill = stack.get(f"/searches/{search_id}")["status"]
+        worker.kill()
+        killed_at = time.monotonic()
+        wait_until(lambda: (new := child("-m worker")) is not None and new.pid != worker.pid,
+                   60, "`up` to start its worker again", 0.1)
+        restarted = time.monotonic() - killed_at
+
+        def finished() -> dict[str, Any] | None:
+            try:
+                search = stack.get(f"/searches/{search_id}")
+            except (httpx.HTTPError, AssertionError):
+                return None
+            return search if search["status"] in ("succeeded", "failed", "cancelled") else None
+
+        final = wait_until(finished, 300, "the search to finish", 0.2)
+        print(f"up: worker killed -> a new worker in {restarted:.1f} s; search {status_at_kill} then "
+              f"{final['status']} {time.monotonic() - killed_at:.1f} s after the kill")
+        assert final["status"] == "succeeded", final["error"]
+        records = stack.get(f"/searches/{search_id}/epochs")["items"]
+        assert [record["epoch"] for record in records] == list(range(1, EPOCHS + 1))  # each exactly once
+        for got, want in zip(records, reference, strict=True):
+            for key in COMPARED:
+                assert got[key] == want[key], (got["epoch"], key)
+        assert final["genotype"] == reference[-1]["genotype"]
+    finally:
+        stack.interrupt()
