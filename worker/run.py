@@ -35,6 +35,7 @@ from app.lifecycle.lease import Lease
 from app.lifecycle.start import StartDecision, decide_start, exhausted_message
 from app.lifecycle.status import Status
 from app.lifecycle.sweep import hand_back
+from app.logging_config import bind_log_context
 from app.models import Dataset, Search, SearchEpoch
 from app.redis import get_redis
 from app.settings import Settings
@@ -238,6 +239,8 @@ class SearchRun:
         )
         if not self.lease.acquire():
             return StartDecision.duplicate.value
+        bind_log_context(attempt=self.lease.token)
+        logger.info("search %s: attempt %s started", self.search_id, self.lease.token)
         self.lease.start_heartbeat()
         try:
             return self._run_leased(self.lease)

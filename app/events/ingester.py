@@ -29,16 +29,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.event_metrics import EVENTS_INGESTED, observe_stored
 from app.events.schema import EpochEvent, StatusEvent, parse_event
 from app.lifecycle import sweep
 from app.lifecycle.cancel import cancel_key
 from app.lifecycle.projection import apply_event
+from app.logging_config import bind_log_context, clear_log_context
 from app.queue import create_celery_app, enqueue_search, queued_search_ids
 from app.redis import get_redis
 from app.settings import Settings
@@ -46,13 +47,6 @@ from app.settings import Settings
 logger = logging.getLogger(__name__)
 
 CONSUMER_GROUP = "ingesters"
-
-EVENTS_INGESTED = Counter(
-    "darts_ingester_events_total",
-    "Stream entries handled by the event ingester, by event type and outcome.",
-    ["type", "outcome"],
-)
-
 
 def consumer_name() -> str:
     """A name unique to this process and start: `hostname:pid:random`."""
@@ -202,6 +196,7 @@ class Ingester:
         """
         acked = 0
         for entry_id, fields in entries:
+            clear_log_context()
             raw = fields.get("data")
             if raw is None:
                 self._malformed(entry_id, "the entry has no `data` field")
@@ -213,6 +208,7 @@ class Ingester:
                 self._malformed(entry_id, exc)
                 acked += 1
                 continue
+            bind_log_context(search_id=event.search_id, attempt=event.attempt)
             try:
                 outcome = self._store(event, entry_id)
             except SQLAlchemyError as exc:
@@ -230,11 +226,14 @@ class Ingester:
             counter = {"stored": "stored", "duplicate": "duplicates", "stale": "stale", "fenced": "fenced",
                        "orphan": "orphans"}[outcome]
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
-            if outcome == "orphan":
+            if outcome == "stored":
+                observe_stored(event)
+            elif outcome == "orphan":
                 logger.warning("event %s for unknown search %s dropped", entry_id, event.search_id)
             elif outcome == "fenced":
                 logger.warning("event %s of search %s from a superseded attempt %s discarded",
                                entry_id, event.search_id, event.attempt)
+        clear_log_context()
         return acked
 
     def _store(self, event: EpochEvent | StatusEvent, entry_id: str, attempts: int = 5) -> str:

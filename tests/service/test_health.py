@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +14,6 @@ from sqlalchemy import inspect, text
 from app.db import alembic_config, make_engine, run_migrations, with_search_path
 from app.main import create_app
 from app.settings import Settings
-
-from .conftest import POSTGRES_URL
 
 # Nothing listens on port 1: connections are refused at once.
 DEAD_REDIS_URL = "redis://127.0.0.1:1/0"
@@ -55,8 +52,23 @@ def test_readyz_names_the_database_when_it_is_down(service_settings: Settings) -
     assert response.json()["checks"]["redis"] == "ok"
 
 
-def test_metrics_count_requests_by_route_template_and_searches_by_status(client: TestClient) -> None:
+def _queue_depth(client: TestClient, queue: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "darts_queue_depth" and sample.labels == {"queue": queue}:
+                return sample.value
+    raise AssertionError("no darts_queue_depth sample for " + queue)
+
+
+def test_metrics_count_requests_by_route_template_and_searches_by_status(
+    client: TestClient, api_settings: Settings
+) -> None:
+    # No worker consumes the API tests' queue: the search stays in it.
+    depth = _queue_depth(client, api_settings.celery_queue)
     assert client.post("/searches", json={"dataset": {"name": "digits"}}).status_code == 201
+    assert _queue_depth(client, api_settings.celery_queue) == depth + 1
     client.get("/healthz")
     client.get("/searches/does-not-exist")
     response = client.get("/metrics")
@@ -109,13 +121,16 @@ def test_migrations_match_the_models(service_settings: Settings) -> None:
 
 
 @pytest.fixture
-def empty_database(service_settings: Settings, tmp_path: Path) -> Iterator[Settings]:
+def empty_database(
+    service_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
     """Settings of a second, empty database on the current backend (its own schema on PostgreSQL)."""
     if service_settings.sqlalchemy_url.startswith("sqlite"):
         yield service_settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'empty.db'}"})
         return
     import psycopg
 
+    POSTGRES_URL = request.getfixturevalue("postgres_server_url")  # noqa: N806
     schema = f"darts_test_empty_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as connection:
         connection.execute(f'CREATE SCHEMA "{schema}"')
@@ -167,26 +182,26 @@ def test_rows_made_before_keys_belong_to_the_admin_owner(empty_database: Setting
 
 
 def test_readyz_counts_the_workers_consuming_and_says_when_there_is_none(service_settings: Settings) -> None:
-    from app.worker_heartbeat import start_heartbeat
+    import redis
+
+    from app.worker_heartbeat import heartbeat_key
+    from worker.health import WORKER_KEY_TTL_SECONDS
 
     # A prefix of its own: no worker of another test is counted.
     settings = service_settings.model_copy(update={"redis_prefix": f"{service_settings.redis_prefix}-hb"})
+    key = heartbeat_key(settings.redis_prefix, "darts-test@host")
+    client_redis = redis.Redis.from_url(settings.redis_url or "")
     with TestClient(create_app(settings, run_ingester=False)) as client:
         idle = client.get("/readyz")
         assert idle.status_code == 200  # the API still takes searches; they wait in the queue
         assert idle.json()["workers"]["consuming"] == 0
         assert idle.json()["workers"]["detail"].startswith("no worker consuming")
-
-        stop = start_heartbeat(settings, "darts-test@host")  # what `python -m worker` runs
         try:
-            deadline = time.monotonic() + 30
-            while client.get("/readyz").json()["workers"]["consuming"] != 1:
-                assert time.monotonic() < deadline, "the heartbeat never showed up in /readyz"
-                time.sleep(0.05)
-            assert client.get("/readyz").json()["workers"]["detail"] == "ok"
+            # What a live worker's liveness thread (worker/health.py) writes.
+            client_redis.set(key, "1", ex=WORKER_KEY_TTL_SECONDS)
+            ready = client.get("/readyz").json()["workers"]
+            assert ready == {"consuming": 1, "detail": "ok"}
         finally:
-            stop.set()
-        deadline = time.monotonic() + 30
-        while client.get("/readyz").json()["workers"]["consuming"] != 0:  # a stopped worker leaves
-            assert time.monotonic() < deadline, "a stopped worker was still counted"
-            time.sleep(0.05)
+            client_redis.delete(key)
+            client_redis.close()
+        assert client.get("/readyz").json()["workers"]["consuming"] == 0

@@ -1,7 +1,7 @@
 """Fixtures of the integration tests: a real Celery worker subprocess and the API with its ingester.
 
 Everything runs against the session's isolated stack of tests/service/conftest.py (`service_settings`):
-SQLite + embedded Redis, or PostgreSQL + the machine's Redis (`DARTS_TEST_BACKEND=postgres`).
+SQLite or PostgreSQL (`DARTS_TEST_BACKEND=postgres`), and Redis, as that file describes.
 
 - `stack_settings`: those settings with a short lease (`SEARCH_LEASE_SECONDS=8`), so a killed worker's
   search is handed back within seconds.
@@ -131,13 +131,14 @@ def stack_settings(service_settings: Settings) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack_env(service_env: dict[str, str]) -> dict[str, str]:
+def stack_env(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     # One torch thread: the tiny searches gain nothing from more, and spinning threads on cores shared
     # with the rest of the suite slow everything down.
     return {
         **os.environ,
         **service_env,
         "SEARCH_LEASE_SECONDS": str(LEASE_SECONDS),
+        "WORKER_ALIVE_FILE": str(tmp_path_factory.mktemp("worker-health") / "worker.alive"),
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
     }

@@ -8,10 +8,12 @@ key prefix of its own) and must use them instead.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,9 +35,10 @@ def _free_port() -> int:
 class Stack:
     """`python -m app.cli up` in a process group of its own, as a terminal would run it."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str], *options: str) -> None:
         self.data_dir = data_dir
         self.env = env
+        self.options = list(options)
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir.parent / f"up-{self.port}.log"
@@ -45,7 +48,7 @@ class Stack:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "up", "--port", str(self.port)]
-                + ["--data-dir", str(self.data_dir)],
+                + ["--data-dir", str(self.data_dir), *self.options],
                 env=self.env,
                 cwd=REPO_ROOT,
                 stdout=log,
@@ -242,3 +245,48 @@ def test_up_no_auth_on_loopback_runs_open_as_the_local_admin(tmp_path: Path, sta
         os.killpg(stack.process.pid, signal.SIGKILL)
         raise
     assert stack.interrupt() == 0, stack.log()
+
+
+@pytest.mark.slow
+def test_up_postgres_keeps_the_database_in_an_embedded_postgresql() -> None:
+    """`up --postgres`: the embedded stack on a PostgreSQL server under the data directory (either
+    backend of the suite: it ignores the session's database and Redis)."""
+    # Not under pytest's tmp dir (see `postgres_server_url` in tests/service/conftest.py).
+    tmp_path = Path(tempfile.mkdtemp(prefix="darts-test-up-postgres-"))
+    try:
+        _run_up_postgres(tmp_path)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _run_up_postgres(tmp_path: Path) -> None:
+    import psycopg
+
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("DATABASE_URL", "REDIS_URL", "REDIS_PREFIX")}
+    env["OMP_NUM_THREADS"] = "1"
+    data_dir = tmp_path / "data"
+    stack = Stack(data_dir, env, "--postgres").start()
+    try:
+        children = stack.processes()
+        assert any(Path(process.cmdline()[0]).name == "postgres" for process in children)
+        assert (data_dir / "postgres" / "PG_VERSION").exists()
+        spec = tiny_spec(epochs=1, name="on postgres")
+        created = httpx.post(f"{stack.url}/searches", json=spec, headers=stack.headers, timeout=10)
+        assert created.status_code == 201, created.text
+        # The API wrote it into that PostgreSQL (over its unix socket in the data directory).
+        url = f"postgresql://postgres@/darts?host={data_dir / 'postgres'}"
+        with psycopg.connect(url) as connection:
+            names = connection.execute("SELECT name FROM searches").fetchall()
+        assert names == [("on postgres",)]
+    except BaseException:
+        os.killpg(stack.process.pid, signal.SIGKILL)
+        raise
+    code = stack.interrupt()
+    assert code == 0, stack.log()
+    wait_until(
+        lambda: not [p for p in children if p.is_running() and p.status() != "zombie"],
+        30,
+        "every process of `up --postgres` (PostgreSQL included) to exit",
+        0.2,
+    )
