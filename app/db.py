@@ -61,10 +61,16 @@ def make_engine(settings: Settings) -> Engine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=settings.db_pool_size,
+            max_overflow=0,
+        )
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # No overflow: the API's gate (app.db_gate) admits exactly pool_size requests at once.
+    return create_engine(url, pool_pre_ping=True, pool_size=settings.db_pool_size, max_overflow=0)
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -23,6 +23,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import Scope
 
 from app.db import make_engine, make_session_factory
+from app.db_gate import DatabaseGate, DatabaseGateMiddleware
 from app.events.ingester import start_ingester
 from app.logging_config import RequestContextMiddleware, configure_logging, logging_configured
 from app.middleware import BodyLimitMiddleware, NulMiddleware
@@ -32,6 +33,7 @@ from app.routes import datasets, docs, health, searches
 from app.services.datasets import too_large_message
 from app.services.errors import ServiceError
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
+from app.services.search_feed import OpenStreams, SearchFeeds
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,8 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     template = next((r.path for r in routes if r.path_regex.match(path)), None)
     methods = set().union(*(r.methods for r in routes if r.path == template))
     return sorted(methods)
+# Database connections kept for the pollers of Server-Sent Events (app.services.search_feed).
+FEED_SLOTS = 2
 
 
 def create_app(settings: Settings | None = None, *, run_ingester: bool | None = None) -> FastAPI:
@@ -105,6 +109,12 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.state.redis = get_redis(settings)
     app.state.metrics = ServiceMetrics(app.state.session_factory, app.state.redis, settings)
     app.state.sse_poll_seconds = SSE_POLL_SECONDS
+    # Requests and the event streams' pollers have slots of their own (together: the pool), so a
+    # stream's poll never queues behind a crowd of requests.
+    feed_slots = min(FEED_SLOTS, max(1, settings.db_pool_size // 2))
+    app.state.db_gate = DatabaseGate(max(1, settings.db_pool_size - feed_slots))
+    app.state.search_feeds = SearchFeeds(app.state.session_factory, DatabaseGate(feed_slots))
+    app.state.open_streams = OpenStreams()
 
     @app.exception_handler(ServiceError)
     async def service_error_handler(_request: Request, exc: ServiceError) -> JSONResponse:
@@ -129,6 +139,8 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     # The last added runs first: hosts are checked, the request is counted, then NUL and body sizes.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     app.add_middleware(NulMiddleware)
+    # Innermost: the metrics' latency includes the wait at the gate.
+    app.add_middleware(DatabaseGateMiddleware, gate=app.state.db_gate)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(

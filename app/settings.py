@@ -54,6 +54,19 @@ class Settings(BaseSettings):
     # Celery's Redis transport redelivers an unacknowledged task after this many seconds even while
     # it still runs (celery issue 5935): keep it above the longest search.
     broker_visibility_timeout: int = Field(default=7 * 24 * 3600, ge=1)
+    # The gate (app.db_gate) admits as many requests at once as there are connections, so a request
+    # never waits for a connection inside a thread; keep it at most the 40 threads of anyio's pool.
+    db_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=40,
+        description="Database connections per process, and requests the API serves at once.",
+    )
+    max_sse_streams_per_owner: int = Field(
+        default=32,
+        ge=1,
+        description="Server-Sent Events streams one owner may keep open per API process (429 beyond).",
+    )
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_body_bytes: int = Field(
         default=1024 * 1024, ge=1, description="Largest request body except uploads (413 above it)."

@@ -26,6 +26,7 @@ from typing import Any
 from celery import signals
 
 from app.settings import get_settings
+from app.worker_heartbeat import heartbeat_key
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ WORKER_KEY_TTL_SECONDS = 30
 
 
 def worker_key(prefix: str, hostname: str) -> str:
-    return f"{prefix}:workers:{hostname}"
+    return heartbeat_key(prefix, hostname)
 
 
 class _Liveness:

@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from app.auth import UNAUTHORIZED_RESPONSE, MetricsAccess
 from app.routes.responses import errors
+from app.worker_heartbeat import count_workers
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +67,39 @@ def _supervised_parts(request: Request) -> dict[str, str]:
     return {part.name: "ok" if part.state == "running" else f"error: {part.state}" for part in parts}
 
 
+def _workers(request: Request) -> dict[str, Any]:
+    """Workers consuming the queue (fresh heartbeats). None consuming does not make the API unready:
+    the API still accepts searches, which wait in the queue; the count says why nothing runs."""
+    settings = request.app.state.settings
+    try:
+        consuming = count_workers(request.app.state.redis, settings.redis_prefix)
+    except Exception:
+        logger.warning("could not count the workers", exc_info=True)
+        return {"consuming": None, "detail": "unknown: Redis did not answer"}
+    detail = "ok" if consuming else "no worker consuming: searches wait in the queue until one starts"
+    return {"consuming": consuming, "detail": detail}
+
+
 @router.get("/readyz", responses=errors(503))
 async def readyz(request: Request) -> Any:
     """Readiness: the database and Redis answer, the ingester runs, `up`'s children are up. 503 names
-    the part that is not ready, and only that (exception texts would show addresses and paths)."""
+    the part that is not ready, and only that (exception texts would show addresses and paths).
+    `workers` counts the workers consuming the queue (heartbeats in Redis); none consuming is reported
+    ("no worker consuming") but leaves the API ready: it still takes searches."""
     checks = {
         "database": await run_in_threadpool(_check_database, request),
         "redis": await run_in_threadpool(_check_redis, request),
         **_check_ingester(request),
         **_supervised_parts(request),
     }
+    workers = await run_in_threadpool(_workers, request)
     failing = [name for name, result in checks.items() if result != "ok"]
     if failing:
         return JSONResponse(
-            {"detail": f"not ready: {', '.join(failing)} unreachable", "checks": checks}, status_code=503
+            {"detail": f"not ready: {', '.join(failing)} unreachable", "checks": checks, "workers": workers},
+            status_code=503,
         )
-    return {"status": "ready", "checks": checks}
+    return {"status": "ready", "checks": checks, "workers": workers}
 
 
 @router.get(

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-import anyio
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from app.auth import REQUIRE_OWNER, UNAUTHORIZED_RESPONSE, CurrentOwner, SearchAccess, listed_owner
 from app.db import SessionDep
-from app.lifecycle.status import TERMINAL, Status
+from app.lifecycle.status import Status
 from app.models import Search
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
 from app.routes.responses import errors
-from app.schemas import EpochPublic, Page, SearchEstimatePublic, SearchPublic, SearchSpec, StatusEvent
+from app.schemas import EpochPublic, Page, SearchEstimatePublic, SearchPublic, SearchSpec
 from app.services import admission
 from app.services import searches as search_service
 from app.services.errors import BadRequest
 from app.services.genotype_svg import genotype_svg
+from app.services.search_feed import OpenStreams, SearchFeeds
 
 router = APIRouter(
     prefix="/searches", tags=["searches"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
@@ -181,13 +180,14 @@ def delete_search(
     response_class=EventSourceResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "`epoch` and `status` events"},
-        **errors(404),
+        **errors(404, 429),
     },
 )
 async def search_events(
     search_id: str,
     request: Request,
-    _owner: SearchAccess,
+    owner: SearchAccess,
+    settings: SettingsDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[
         str | None, Query(description="Resume point for clients that cannot send the Last-Event-ID header")
@@ -196,7 +196,8 @@ async def search_events(
     """Server-Sent Events read from SQL: every epoch record in order as an `epoch` event (id: its Redis
     stream entry id, or the epoch number when it has none), and a `status` event first and on every
     change. The stream ends after a terminal status (`succeeded`, `failed`, `cancelled`) has been sent.
-    `Last-Event-ID` (or `?last_event_id=`) resumes after that epoch."""
+    `Last-Event-ID` (or `?last_event_id=`) resumes after that epoch. 429 while the owner has
+    MAX_SSE_STREAMS_PER_OWNER streams open on this API process."""
     factory: sessionmaker[Session] = request.app.state.session_factory
     resume_from = last_event_id_header or last_event_id
 
@@ -209,36 +210,10 @@ async def search_events(
             return search_service.epoch_after_event_id(session, search_id, resume_from)
 
     after = await run_in_threadpool(starting_epoch)
+    streams: OpenStreams = request.app.state.open_streams
+    ticket = streams.open(owner.name, settings.max_sse_streams_per_owner)
+    feeds: SearchFeeds = request.app.state.search_feeds
     poll_seconds: float = request.app.state.sse_poll_seconds
-    return EventSourceResponse(_event_stream(factory, search_id, after, poll_seconds), ping=15)
-
-
-async def _event_stream(
-    factory: sessionmaker[Session], search_id: str, after: int, poll_seconds: float
-) -> AsyncIterator[dict[str, str]]:
-    last_status: StatusEvent | None = None
-
-    def poll(after_epoch: int) -> tuple[StatusEvent | None, list[tuple[str, EpochPublic]]]:
-        with factory() as session:
-            search = session.get(Search, search_id)
-            if search is None:  # deleted while we followed it
-                return None, []
-            # The status is read before the epochs: a terminal status is written after the last
-            # epoch, so once we see it, this same poll also sees every epoch.
-            current = StatusEvent(status=Status(search.status), error=search.error)
-            records = search_service.list_epochs(session, search_id, after=after_epoch)
-            return current, [(r.stream_id or str(r.epoch), EpochPublic.model_validate(r)) for r in records]
-
-    while True:
-        current, records = await run_in_threadpool(poll, after)
-        if current is None:
-            return
-        for event_id, record in records:
-            yield {"event": "epoch", "id": event_id, "data": record.model_dump_json()}
-            after = record.epoch
-        if current != last_status:
-            yield {"event": "status", "data": json.dumps(current.model_dump())}
-            last_status = current
-        if current.status in TERMINAL:
-            return
-        await anyio.sleep(poll_seconds)
+    events = ticket.wrap(feeds.stream(search_id, after, poll_seconds))
+    # The background task closes the ticket of a stream whose generator never ran (client gone first).
+    return EventSourceResponse(events, ping=15, background=BackgroundTask(ticket.close))

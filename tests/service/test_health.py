@@ -190,3 +190,29 @@ def test_rows_made_before_keys_belong_to_the_admin_owner(empty_database: Setting
         command.check(alembic_config(empty_database))
     finally:
         engine.dispose()
+
+
+def test_readyz_counts_the_workers_consuming_and_says_when_there_is_none(service_settings: Settings) -> None:
+    import redis
+
+    from app.worker_heartbeat import heartbeat_key
+    from worker.health import WORKER_KEY_TTL_SECONDS
+
+    # A prefix of its own: no worker of another test is counted.
+    settings = service_settings.model_copy(update={"redis_prefix": f"{service_settings.redis_prefix}-hb"})
+    key = heartbeat_key(settings.redis_prefix, "darts-test@host")
+    client_redis = redis.Redis.from_url(settings.redis_url or "")
+    with TestClient(create_app(settings, run_ingester=False)) as client:
+        idle = client.get("/readyz")
+        assert idle.status_code == 200  # the API still takes searches; they wait in the queue
+        assert idle.json()["workers"]["consuming"] == 0
+        assert idle.json()["workers"]["detail"].startswith("no worker consuming")
+        try:
+            # What a live worker's liveness thread (worker/health.py) writes.
+            client_redis.set(key, "1", ex=WORKER_KEY_TTL_SECONDS)
+            ready = client.get("/readyz").json()["workers"]
+            assert ready == {"consuming": 1, "detail": "ok"}
+        finally:
+            client_redis.delete(key)
+            client_redis.close()
+        assert client.get("/readyz").json()["workers"]["consuming"] == 0

@@ -109,3 +109,42 @@ def test_a_live_search_streams_new_epochs_and_status_changes_until_it_ends(
         ("epoch", 3),
         ("status", "cancelled"),
     ]
+
+
+def test_open_streams_per_owner_are_capped_with_429_and_freed_when_a_stream_ends(
+    fast_client: TestClient, set_status, record_epochs, api_owner: str
+) -> None:
+    app = fast_client.app
+    app.state.settings = app.state.settings.model_copy(update={"max_sse_streams_per_owner": 1})
+    search_id = create(fast_client)
+    set_status(search_id, "running")
+    url = f"/searches/{search_id}/events"
+    with fast_client.stream("GET", url) as first:
+        assert first.status_code == 200
+        events = sse_events(first)
+        assert next(events)["data"] == {"status": "running", "error": None}
+        refused = fast_client.get(url)
+        assert refused.status_code == 429
+        assert "MAX_SSE_STREAMS_PER_OWNER" in refused.json()["detail"]
+        assert int(refused.headers["Retry-After"]) > 0
+        record_epochs(search_id, [1], status="succeeded")
+        # The first stream ends with the terminal status, which frees its place.
+        assert [event["event"] for event in events] == ["epoch", "status"]
+    with fast_client.stream("GET", url) as again:
+        assert again.status_code == 200
+        assert [event["event"] for event in sse_events(again)] == ["epoch", "status"]
+    assert app.state.open_streams.count(api_owner) == 0 and not app.state.search_feeds.followed
+
+
+def test_followers_of_one_search_share_one_feed(fast_client: TestClient, set_status, record_epochs) -> None:
+    search_id = create(fast_client)
+    set_status(search_id, "running")
+    url = f"/searches/{search_id}/events"
+    feeds = fast_client.app.state.search_feeds
+    with fast_client.stream("GET", url) as first, fast_client.stream("GET", url) as second:
+        one, two = sse_events(first), sse_events(second)
+        assert next(one)["event"] == next(two)["event"] == "status"
+        assert feeds.followed == 1  # two streams, one poller
+        record_epochs(search_id, [1, 2], status="succeeded")
+        assert list(one) == list(two)
+    assert feeds.followed == 0

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -30,7 +34,7 @@ from app.models import Search
 from app.redis import EmbeddedRedis
 from app.settings import LOOPBACK_HOSTS, Settings
 
-from .conftest import WorkerProcess, tiny_spec, wait_until
+from .conftest import REPO_ROOT, WorkerProcess, tiny_spec, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -103,6 +107,16 @@ class FaultStack:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[FaultStack]:
+    yield from _stack(tmp_path, run_ingester=True)
+
+
+@pytest.fixture
+def stack_without_ingester(tmp_path: Path) -> Iterator[FaultStack]:
+    """A stack whose in-process API only answers requests: the ingester runs elsewhere (test 4)."""
+    yield from _stack(tmp_path, run_ingester=False)
+
+
+def _stack(tmp_path: Path, *, run_ingester: bool) -> Iterator[FaultStack]:
     from app.main import create_app
 
     redis_server = EmbeddedRedis(tmp_path / "redis").start()
@@ -133,7 +147,7 @@ def stack(tmp_path: Path) -> Iterator[FaultStack]:
     }
     engine = make_engine(settings)
     workers: list[WorkerProcess] = []
-    app = create_app(settings, run_ingester=True)
+    app = create_app(settings, run_ingester=run_ingester)
     try:
         with TestClient(app) as api:
             yield FaultStack(settings, env, redis_server, make_session_factory(engine), api, workers)
@@ -234,3 +248,170 @@ def test_a_search_longer_than_the_visibility_timeout_runs_once(
     assert_same_as_reference(stack, search_id, reference)
     wait_until(lambda: "duplicate" in second.log() or "finished" in second.log(), 30,
                "the second worker to receive the redelivered task")
+
+
+def test_a_truncated_latest_checkpoint_at_resume_falls_back_to_the_previous_one(
+    stack: FaultStack, tmp_path: Path, reference: list[dict[str, Any]]
+) -> None:
+    from app.storage import search_dir
+    from darts_core.checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME
+
+    worker = start_worker(stack, tmp_path)
+    search_id = stack.submit()
+    directory = search_dir(stack.settings, search_id)
+    # Two generations on disk: the latest (epoch >= 2) and the one before it.
+    stack.wait_epoch(search_id, 2)
+    wait_until(lambda: (directory / PREVIOUS_CHECKPOINT_NAME).exists(), 60, "the previous generation")
+    worker.kill()
+    latest = directory / CHECKPOINT_NAME
+    size = latest.stat().st_size
+    with latest.open("r+b") as handle:  # as a crash of the machine mid-write would leave it
+        handle.truncate(size // 3)
+    killed_at = time.monotonic()
+    start_worker(stack, tmp_path)
+    wait_until(lambda: stack.row(search_id).attempts == 2, 60, "the search to be resumed", interval=0.05)
+    print(f"\ntruncated checkpoint.pt: resumed from checkpoint.prev.pt {time.monotonic() - killed_at:.1f} s "
+          f"after the kill (lease {FAULT_LEASE_SECONDS} s, a new worker started)")
+    stack.wait_finished(search_id)
+    assert_same_as_reference(stack, search_id, reference)
+
+
+class ApiProcess:
+    """The API with its ingester as a uvicorn subprocess (so that it can be killed with SIGKILL)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
+             "--host", "127.0.0.1", "--port", str(self.port)],
+            env={**env, "RUN_INGESTER": "true", "NO_AUTH": "true"},
+            cwd=REPO_ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self) -> None:
+        def answers() -> bool:
+            assert self.process.poll() is None, "the API process exited"
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(answers, 60, "the API process to answer", interval=0.1)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.log.close()
+
+
+def test_the_api_process_killed_with_its_ingester_and_a_new_one_started(
+    stack_without_ingester: FaultStack, tmp_path: Path, reference: list[dict[str, Any]]
+) -> None:
+    stack = stack_without_ingester
+    start_worker(stack, tmp_path)
+    first = ApiProcess(stack.env, tmp_path / "api-1.log")
+    second: ApiProcess | None = None
+    try:
+        first.wait_ready()
+        search_id = stack.submit()
+        stack.wait_epoch(search_id, 1)
+        first.kill()
+        down_at = time.monotonic()
+        epoch_at_kill = stack.row(search_id).epoch
+        time.sleep(2.0)  # epochs pile up in the stream, pending for nobody
+        second = ApiProcess(stack.env, tmp_path / "api-2.log")
+        second.wait_ready()
+        started_at = time.monotonic()
+        if epoch_at_kill < EPOCHS:
+            stack.wait_epoch(search_id, epoch_at_kill + 1)
+            print(f"\nAPI killed -> next epoch stored {time.monotonic() - down_at:.1f} s later, "
+                  f"{time.monotonic() - started_at:.1f} s after the new API process answered")
+        stack.wait_finished(search_id)
+        assert_same_as_reference(stack, search_id, reference)
+    finally:
+        for api in (first, second):
+            if api is not None and api.process.poll() is None:
+                api.kill()
+
+
+@pytest.fixture
+def up_env() -> dict[str, str]:
+    """The environment of `darts-service up` on its embedded default (SQLite + its own redis-server)."""
+    drop = ("DATABASE_URL", "REDIS_URL", "REDIS_PREFIX")
+    env = {key: value for key, value in os.environ.items() if key not in drop}
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_up_brings_back_its_killed_redis_server_and_worker_and_the_search_finishes(
+    tmp_path: Path, up_env: dict[str, str], reference: list[dict[str, Any]]
+) -> None:
+    import psutil
+
+    from .test_up import Stack  # `up` driven as a terminal would, as in test_up.py
+
+    stack = Stack(tmp_path / "data", up_env).start()
+
+    def child(marker: str) -> psutil.Process | None:
+        for process in stack.processes()[1:]:
+            try:
+                if marker in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE:
+                    return process
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        response = httpx.post(f"{stack.url}/searches", json=SPEC, headers=stack.headers, timeout=30)
+        assert response.status_code == 201, response.text
+        search_id = response.json()["id"]
+        wait_until(lambda: stack.get(f"/searches/{search_id}")["epoch"] >= 1, 180, "epoch 1", 0.1)
+
+        redis_server = child("redis-server")
+        assert redis_server is not None
+        redis_server.kill()
+        killed_at = time.monotonic()
+        wait_until(lambda: (new := child("redis-server")) is not None and new.pid != redis_server.pid,
+                   60, "`up` to start its redis-server again", 0.1)
+        wait_until(ready, 60, "/readyz to be ready again", 0.1)
+        took = time.monotonic() - killed_at
+        print(f"\nup: redis-server killed -> restarted and /readyz 200 in {took:.1f} s")
+
+        worker = child("-m worker")
+        assert worker is not None
+        status_at_kill = stack.get(f"/searches/{search_id}")["status"]
+        worker.kill()
+        killed_at = time.monotonic()
+        wait_until(lambda: (new := child("-m worker")) is not None and new.pid != worker.pid,
+                   60, "`up` to start its worker again", 0.1)
+        restarted = time.monotonic() - killed_at
+
+        def finished() -> dict[str, Any] | None:
+            try:
+                search = stack.get(f"/searches/{search_id}")
+            except (httpx.HTTPError, AssertionError):
+                return None
+            return search if search["status"] in ("succeeded", "failed", "cancelled") else None
+
+        final = wait_until(finished, 300, "the search to finish", 0.2)
+        print(f"up: worker killed -> a new worker in {restarted:.1f} s; search {status_at_kill} then "
+              f"{final['status']} {time.monotonic() - killed_at:.1f} s after the kill")
+        assert final["status"] == "succeeded", final["error"]
+        records = stack.get(f"/searches/{search_id}/epochs")["items"]
+        assert [record["epoch"] for record in records] == list(range(1, EPOCHS + 1))  # each exactly once
+        for got, want in zip(records, reference, strict=True):
+            for key in COMPARED:
+                assert got[key] == want[key], (got["epoch"], key)
+        assert final["genotype"] == reference[-1]["genotype"]
+    finally:
+        stack.interrupt()

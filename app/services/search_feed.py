@@ -1,0 +1,166 @@
+"""Server-Sent Events of searches: one SQL poller per followed search, shared by all its streams.
+
+A stream used to poll SQL itself every 0.5 s in the thread pool: 50 followers of one search made 100
+queries a second and took threads and connections from the requests. Now the followers of a search
+share a `_Feed`: whichever follower finds it older than the poll interval reads what is new (status,
+then the epochs after the last one seen) under the feed's lock and a database gate slot, and every
+follower sends from that cache. One query per followed search per interval, however many follow it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import anyio
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db_gate import DatabaseGate
+from app.lifecycle.status import TERMINAL, Status
+from app.models import Search
+from app.schemas import EpochPublic, StatusEvent
+from app.services import searches as search_service
+from app.services.errors import TooManyRequests
+
+# When an owner at MAX_SSE_STREAMS_PER_OWNER is told to try again.
+STREAMS_RETRY_AFTER_SECONDS = 5
+
+
+@dataclass
+class _Feed:
+    """What is known of one search: its status and its epochs, in epoch order."""
+
+    status: StatusEvent | None = None
+    epochs: list[int] = field(default_factory=list)
+    records: list[tuple[str, EpochPublic]] = field(default_factory=list)
+    gone: bool = False
+    polled_at: float = -math.inf
+    followers: int = 0
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+    def after(self, epoch: int) -> list[tuple[str, EpochPublic]]:
+        return self.records[bisect.bisect_right(self.epochs, epoch) :]
+
+
+def _poll(
+    factory: sessionmaker[Session], search_id: str, after_epoch: int
+) -> tuple[StatusEvent | None, list[tuple[str, EpochPublic]]]:
+    with factory() as session:
+        search = session.get(Search, search_id)
+        if search is None:  # deleted while followed
+            return None, []
+        # The status is read before the epochs: a terminal status is written after the last epoch,
+        # so once a poll sees it, the same poll sees every epoch.
+        current = StatusEvent(status=Status(search.status), error=search.error)
+        records = search_service.list_epochs(session, search_id, after=after_epoch)
+        return current, [(r.stream_id or str(r.epoch), EpochPublic.model_validate(r)) for r in records]
+
+
+class SearchFeeds:
+    """The feeds of the searches followed through this API process."""
+
+    def __init__(self, factory: sessionmaker[Session], gate: DatabaseGate) -> None:
+        self._factory = factory
+        self._gate = gate
+        self._feeds: dict[str, _Feed] = {}
+
+    @property
+    def followed(self) -> int:
+        """Searches with at least one open stream (one poller each)."""
+        return len(self._feeds)
+
+    async def _refresh(self, search_id: str, feed: _Feed, poll_seconds: float) -> None:
+        async with feed.lock:
+            if anyio.current_time() - feed.polled_at < poll_seconds:
+                return  # another follower has just polled
+            last = feed.epochs[-1] if feed.epochs else 0
+            async with self._gate.slot():
+                current, records = await run_in_threadpool(_poll, self._factory, search_id, last)
+            feed.polled_at = anyio.current_time()
+            if current is None:
+                feed.gone = True
+                return
+            for event_id, record in records:
+                feed.epochs.append(record.epoch)
+                feed.records.append((event_id, record))
+            feed.status = current
+
+    async def stream(self, search_id: str, after: int, poll_seconds: float) -> AsyncIterator[dict[str, str]]:
+        """`epoch` events after epoch `after`, and a `status` event first and on every change; ends after a
+        terminal status, or when the search is deleted."""
+        feed = self._feeds.setdefault(search_id, _Feed())
+        feed.followers += 1
+        try:
+            sent_status: StatusEvent | None = None
+            while True:
+                await self._refresh(search_id, feed, poll_seconds)
+                if feed.gone or feed.status is None:
+                    return
+                current = feed.status
+                for event_id, record in feed.after(after):
+                    yield {"event": "epoch", "id": event_id, "data": record.model_dump_json()}
+                    after = record.epoch
+                if current != sent_status:
+                    yield {"event": "status", "data": json.dumps(current.model_dump())}
+                    sent_status = current
+                if current.status in TERMINAL:
+                    return
+                # Wake when the feed is due again: the first follower up polls, the others read.
+                await anyio.sleep(max(0.0, feed.polled_at + poll_seconds - anyio.current_time()))
+        finally:
+            feed.followers -= 1
+            if feed.followers == 0 and self._feeds.get(search_id) is feed:
+                del self._feeds[search_id]
+
+
+class OpenStreams:
+    """Open event streams per owner in this process, capped (MAX_SSE_STREAMS_PER_OWNER)."""
+
+    def __init__(self) -> None:
+        self._count: dict[str, int] = {}
+
+    def count(self, owner: str) -> int:
+        return self._count.get(owner, 0)
+
+    def open(self, owner: str, limit: int) -> _StreamTicket:
+        """A ticket for one more stream of `owner`; TooManyRequests (429) when `limit` are open."""
+        if self.count(owner) >= limit:
+            raise TooManyRequests(
+                f"you have {limit} event streams open, the most allowed (MAX_SSE_STREAMS_PER_OWNER): "
+                "close one, or poll GET /searches/{id}",
+                retry_after=STREAMS_RETRY_AFTER_SECONDS,
+            )
+        self._count[owner] = self.count(owner) + 1
+        return _StreamTicket(self, owner)
+
+    def _close(self, owner: str) -> None:
+        remaining = self.count(owner) - 1
+        if remaining > 0:
+            self._count[owner] = remaining
+        else:
+            self._count.pop(owner, None)
+
+
+class _StreamTicket:
+    def __init__(self, streams: OpenStreams, owner: str) -> None:
+        self._streams = streams
+        self._owner = owner
+        self._open = True
+
+    def close(self) -> None:
+        """Idempotent: called when the stream ends and again after the response."""
+        if self._open:
+            self._open = False
+            self._streams._close(self._owner)
+
+    async def wrap(self, events: AsyncIterator[dict[str, str]]) -> AsyncIterator[dict[str, str]]:
+        """`events`, closing this ticket when they end or the client goes away."""
+        try:
+            async for event in events:
+                yield event
+        finally:
+            self.close()

@@ -1,0 +1,303 @@
+"""Load: many clients polling, many event streams and a burst of submissions against a running stack.
+
+Loopback only, bounded in count and time. While two searches run (`--searches`), `--clients` clients
+poll `GET /searches/{id}` and `GET /searches/{id}/epochs` back to back for `--duration` seconds,
+`--sse` clients follow `GET /searches/{id}/events`, and `--burst` searches are submitted at once a
+third of the way in (and cancelled right after). Every search this run made is cancelled at the end.
+
+    MAX_ACTIVE_SEARCHES_PER_OWNER=300 MAX_SSE_STREAMS_PER_OWNER=64 \\
+        darts-service up --data-dir /tmp/load &                 # embedded SQLite + Redis
+    python benchmarks/load.py --url http://127.0.0.1:8000 --key "$(cat /tmp/load/admin.key)"
+
+Figures: requests per second, p50/p99/max latency per kind of request, errors (anything but the
+expected status, or no answer within `--timeout`; must be 0), and the lag from an epoch's end in the
+worker (the time of its Redis stream entry, which the SSE event's id carries) to the first poll that
+sees it in `GET /searches/{id}` (p99 at most 250 ms), and to its SSE event. Exit status 1 when there
+are errors. Never run as a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import httpx
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def tiny_spec(name: str, epochs: int) -> dict:
+    """A search of many short epochs: the figures measure the service, not the search."""
+    return {
+        "name": name,
+        "dataset": {"name": "synthetic", "num_samples": 64, "image_size": 8, "num_classes": 2, "channels": 1},
+        "search_space": {
+            "primitives": ["none", "skip_connect", "max_pool_3x3", "sep_conv_3x3"],
+            "internal_nodes": 2,
+        },
+        "network": {"cells": 3, "init_channels": 4, "stem_multiplier": 1},
+        "training": {"epochs": epochs, "batch_size": 16},
+        "resources": {"device": "cpu"},
+    }
+
+
+@dataclass
+class Figures:
+    latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    errors: list[str] = field(default_factory=list)
+    # search id -> epoch -> first time a GET /searches/{id} showed it (epoch >= that epoch)
+    first_seen: dict[str, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
+    # search id -> epoch -> (XADD time, first SSE arrival)
+    sse_seen: dict[str, dict[int, tuple[float, float]]] = field(default_factory=lambda: defaultdict(dict))
+    sse_events: int = 0
+
+    def record(
+        self,
+        kind: str,
+        started: float,
+        response: httpx.Response | None,
+        expected: int,
+        error: str | None = None,
+    ) -> None:
+        self.latencies[kind].append(time.perf_counter() - started)
+        if error is not None:
+            self.errors.append(f"{kind}: {error}")
+        elif response is not None and response.status_code != expected:
+            self.errors.append(f"{kind}: HTTP {response.status_code} {response.text[:200]}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else float("nan")
+
+
+async def request(
+    client: httpx.AsyncClient,
+    figures: Figures,
+    kind: str,
+    method: str,
+    url: str,
+    expected: int,
+    **kwargs: object,
+) -> httpx.Response | None:
+    started = time.perf_counter()
+    try:
+        response = await client.request(method, url, **kwargs)  # type: ignore[arg-type]
+    except httpx.HTTPError as exc:
+        figures.record(kind, started, None, expected, error=f"{type(exc).__name__} {exc}")
+        return None
+    figures.record(kind, started, response, expected)
+    return response
+
+
+async def poller(
+    client: httpx.AsyncClient, figures: Figures, search_ids: list[str], index: int, deadline: float
+) -> None:
+    search_id = search_ids[index % len(search_ids)]
+    while time.monotonic() < deadline:
+        response = await request(client, figures, "GET /searches/{id}", "GET", f"/searches/{search_id}", 200)
+        if response is not None and response.status_code == 200:
+            seen = time.time()
+            epoch = response.json()["epoch"]
+            for e in range(1, epoch + 1):
+                figures.first_seen[search_id].setdefault(e, seen)
+        await request(
+            client, figures, "GET /searches/{id}/epochs", "GET", f"/searches/{search_id}/epochs", 200
+        )
+
+
+async def follower(client: httpx.AsyncClient, figures: Figures, search_id: str, deadline: float) -> None:
+    started = time.perf_counter()
+    try:
+        async with client.stream(
+            "GET", f"/searches/{search_id}/events", timeout=httpx.Timeout(30, read=None)
+        ) as response:
+            figures.record("GET /searches/{id}/events (open)", started, response, 200)
+            if response.status_code != 200:
+                return
+            event: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if time.monotonic() >= deadline:
+                    return
+                if line:
+                    name, _, value = line.partition(":")
+                    event[name] = value.strip()
+                    continue
+                if event.get("event") == "epoch":
+                    figures.sse_events += 1
+                    entry_id = event.get("id", "")
+                    epoch = json.loads(event["data"])["epoch"]
+                    if "-" in entry_id:
+                        xadd = int(entry_id.split("-")[0]) / 1000
+                        figures.sse_seen[search_id].setdefault(epoch, (xadd, time.time()))
+                event = {}
+    except httpx.HTTPError as exc:
+        figures.errors.append(f"events: {type(exc).__name__} {exc}")
+
+
+async def burst(
+    client: httpx.AsyncClient, figures: Figures, count: int, epochs: int, created: list[str]
+) -> float:
+    started = time.perf_counter()
+    responses = await asyncio.gather(
+        *(
+            request(
+                client,
+                figures,
+                "POST /searches (burst)",
+                "POST",
+                "/searches",
+                201,
+                json=tiny_spec(f"load-burst-{i}", epochs),
+            )
+            for i in range(count)
+        )
+    )
+    took = time.perf_counter() - started
+    created.extend(r.json()["id"] for r in responses if r is not None and r.status_code == 201)
+    await asyncio.gather(
+        *(
+            request(
+                client,
+                figures,
+                "POST /searches/{id}/cancel (burst)",
+                "POST",
+                f"/searches/{search_id}/cancel",
+                202,
+            )
+            for search_id in created[len(created) - count :]
+        )
+    )
+    return took
+
+
+async def run(args: argparse.Namespace) -> int:
+    headers = {"Authorization": f"Bearer {args.key}"}
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them: reusing one the
+    # server is closing fails the request, a client-side race, not a server error.
+    limits = httpx.Limits(
+        max_connections=args.clients + args.sse + args.burst + 10,
+        max_keepalive_connections=None,
+        keepalive_expiry=3.0,
+    )
+    figures = Figures()
+    created: list[str] = []
+    async with httpx.AsyncClient(
+        base_url=args.url, headers=headers, limits=limits, timeout=args.timeout
+    ) as client:
+        for i in range(args.searches):
+            response = await client.post("/searches", json=tiny_spec(f"load-{i}", args.epochs))
+            response.raise_for_status()
+            created.append(response.json()["id"])
+        searches = list(created)
+        # Wait for the first to run, so that the load overlaps epochs.
+        wait_until = time.monotonic() + 120
+        while (await client.get(f"/searches/{searches[0]}")).json()["status"] == "queued":
+            if time.monotonic() > wait_until:
+                raise SystemExit("the first search did not start within 120 s: is a worker running?")
+            await asyncio.sleep(0.2)
+        started = time.monotonic()
+        deadline = started + args.duration
+        tasks = [
+            asyncio.create_task(poller(client, figures, searches, i, deadline)) for i in range(args.clients)
+        ]
+        tasks += [
+            asyncio.create_task(follower(client, figures, searches[i % len(searches)], deadline))
+            for i in range(args.sse)
+        ]
+        await asyncio.sleep(args.duration / 3)
+        burst_seconds = await burst(client, figures, args.burst, args.epochs, created)
+        await asyncio.gather(*tasks[: args.clients])
+        for task in tasks[args.clients :]:
+            task.cancel()
+        await asyncio.gather(*tasks[args.clients :], return_exceptions=True)
+        elapsed = time.monotonic() - started
+        for search_id in created:  # leave nothing running; a failure here is an error too
+            response = await request(client, figures, "cleanup", "POST", f"/searches/{search_id}/cancel", 202)
+            if response is not None and response.status_code == 409:  # already finished
+                figures.errors.pop()
+
+    lags: list[float] = []
+    sse_lags: list[float] = []
+    for search_id, epochs in figures.sse_seen.items():
+        for epoch, (xadd, arrived) in epochs.items():
+            sse_lags.append(arrived - xadd)
+            if epoch in figures.first_seen.get(search_id, {}):
+                lags.append(figures.first_seen[search_id][epoch] - xadd)
+
+    polls = sum(
+        len(v)
+        for k, v in figures.latencies.items()
+        if k.startswith("GET /searches/{id}") and "events" not in k
+    )
+    print(
+        f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cores (shared), python "
+        f"{platform.python_version()}, {datetime.now(UTC).isoformat(timespec='seconds')}"
+    )
+    print(
+        f"load: {args.clients} polling clients, {args.sse} SSE followers, {args.searches} searches, "
+        f"burst of {args.burst} POSTs at {args.duration / 3:.0f} s, {elapsed:.0f} s"
+    )
+    print(f"polling: {polls} requests, {polls / elapsed:.0f} req/s")
+    for kind, values in sorted(figures.latencies.items()):
+        print(
+            f"  {kind:38} n={len(values):6}  p50 {percentile(values, 0.5) * 1000:7.1f} ms  "
+            f"p99 {percentile(values, 0.99) * 1000:7.1f} ms  max {max(values) * 1000:7.1f} ms"
+        )
+    print(f"burst: {args.burst} POSTs answered in {burst_seconds:.2f} s")
+    print(f"SSE: {figures.sse_events} epoch events received")
+    if lags:
+        print(
+            f"epoch end -> visible in GET /searches/{{id}}, {len(lags)} epochs: p50 "
+            f"{percentile(lags, 0.5) * 1000:.0f} ms, p99 {percentile(lags, 0.99) * 1000:.0f} ms, "
+            f"max {max(lags) * 1000:.0f} ms"
+        )
+    if sse_lags:
+        print(
+            f"epoch end -> SSE event, {len(sse_lags)} events: p50 {percentile(sse_lags, 0.5) * 1000:.0f} ms, "
+            f"p99 {percentile(sse_lags, 0.99) * 1000:.0f} ms (poll interval 500 ms)"
+        )
+    print(f"errors: {len(figures.errors)}")
+    for error in figures.errors[:20]:
+        print(f"  {error}")
+    return 1 if figures.errors else 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="Base URL of the API (loopback only).")
+    parser.add_argument("--key", default=os.environ.get("DARTS_KEY"), help="API key (default $DARTS_KEY).")
+    parser.add_argument("--clients", type=int, default=100, help="Polling clients (at most 200).")
+    parser.add_argument("--sse", type=int, default=50, help="SSE followers (at most 100).")
+    parser.add_argument("--burst", type=int, default=200, help="Searches submitted at once (at most 300).")
+    parser.add_argument("--searches", type=int, default=2, help="Searches running under the load.")
+    parser.add_argument("--duration", type=float, default=60.0, help="Seconds of polling (at most 300).")
+    parser.add_argument(
+        "--epochs", type=int, default=400, help="Epochs of each search (cancelled at the end)."
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=30.0, help="Seconds before a request counts as an error."
+    )
+    args = parser.parse_args()
+    if urlsplit(args.url).hostname not in LOOPBACK:
+        parser.error(f"--url must be a loopback address, got {args.url}")
+    if not args.key:
+        parser.error("--key (or $DARTS_KEY) is required: `darts-service up` writes <data-dir>/admin.key")
+    if args.clients > 200 or args.sse > 100 or args.burst > 300 or args.duration > 300:
+        parser.error("bounded: --clients <= 200, --sse <= 100, --burst <= 300, --duration <= 300")
+    raise SystemExit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
