@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import time
@@ -30,6 +29,8 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import httpx
+
+from darts_core.sse import SSEParser
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -124,22 +125,18 @@ async def follower(client: httpx.AsyncClient, figures: Figures, search_id: str, 
             figures.record("GET /searches/{id}/events (open)", started, response, 200)
             if response.status_code != 200:
                 return
-            event: dict[str, str] = {}
+            parser = SSEParser()  # darts_core.sse: the one parser of the project
             async for line in response.aiter_lines():
                 if time.monotonic() >= deadline:
                     return
-                if line:
-                    name, _, value = line.partition(":")
-                    event[name] = value.strip()
-                    continue
-                if event.get("event") == "epoch":
+                event = parser.feed(line)
+                if event is not None and event.event == "epoch":
                     figures.sse_events += 1
-                    entry_id = event.get("id", "")
-                    epoch = json.loads(event["data"])["epoch"]
+                    entry_id = event.id or ""
+                    epoch = event.json()["epoch"]
                     if "-" in entry_id:
                         xadd = int(entry_id.split("-")[0]) / 1000
                         figures.sse_seen[search_id].setdefault(epoch, (xadd, time.time()))
-                event = {}
     except httpx.HTTPError as exc:
         figures.errors.append(f"events: {type(exc).__name__} {exc}")
 

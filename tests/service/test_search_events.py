@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from darts_core.sse import iter_sse
+
 from .conftest import epoch_genotype
 
 
 def sse_events(response: httpx.Response) -> Iterator[dict]:
-    """Parse a text/event-stream into {"event", "id", "data"} dicts (comments and pings skipped)."""
-    event: dict = {}
-    for line in response.iter_lines():
-        if not line:
-            if "data" in event:
-                event["data"] = json.loads(event["data"])
-                yield event
-            event = {}
-        elif line.startswith(":"):
-            continue
-        else:
-            field, _, value = line.partition(":")
-            event[field] = value[1:] if value.startswith(" ") else value
+    """The events of a text/event-stream as {"event", "id", "data"} dicts, read with `darts_core.sse`
+    (the client's parser: `id` is the stream's last event id, as a browser keeps it)."""
+    for event in iter_sse(response.iter_lines()):
+        yield {"event": event.event, "id": event.id, "data": event.json()}
 
 
 @pytest.fixture
@@ -49,11 +41,12 @@ def test_a_finished_search_streams_every_epoch_then_its_status_and_ends(
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         events = list(sse_events(response))
+    # The status event carries no id of its own: the stream's last id stays the last epoch's.
     assert [(event["event"], event.get("id")) for event in events] == [
         ("epoch", "1700000000001-0"),
         ("epoch", "1700000000002-0"),
         ("epoch", "1700000000003-0"),
-        ("status", None),
+        ("status", "1700000000003-0"),
     ]
     assert [event["data"]["epoch"] for event in events[:3]] == [1, 2, 3]
     assert events[1]["data"]["genotype"] == epoch_genotype(2)
@@ -68,7 +61,9 @@ def test_resume_after_last_event_id_header_or_query(fast_client: TestClient, rec
 
     with fast_client.stream("GET", url, headers={"Last-Event-ID": "1700000000001-0"}) as response:
         header_resumed = list(sse_events(response))
-    assert [event.get("id") for event in header_resumed] == ["1700000000002-0", "1700000000003-0", None]
+    assert [event.get("id") for event in header_resumed] == [
+        "1700000000002-0", "1700000000003-0", "1700000000003-0"
+    ]
 
     with fast_client.stream("GET", url, params={"last_event_id": "1700000000003-0"}) as response:
         query_resumed = list(sse_events(response))

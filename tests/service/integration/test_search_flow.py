@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import statistics
 import threading
 import time
@@ -16,29 +15,20 @@ from fastapi.testclient import TestClient
 
 from app.events.schema import parse_event
 from app.settings import Settings
+from darts_core.sse import iter_sse
 
 from .conftest import finish, get_search, submit, tiny_spec, wait_for_status, wait_until
 
 
 def read_sse(api: TestClient, path: str, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
-    """Every event of an SSE response (until the server ends it), as {"event", "id", "data"} dicts."""
-    events: list[dict[str, Any]] = []
-    current: dict[str, Any] = {}
+    """Every event of an SSE response (until the server ends it), as {"event", "id", "data"} dicts
+    (`darts_core.sse`, the client's parser: `id` is the stream's last event id, as a browser keeps it)."""
     with api.stream("GET", path, headers=headers or {}) as response:
         assert response.status_code == 200, response.read()
-        for line in response.iter_lines():
-            line = line.rstrip("\r")
-            if not line:
-                if "data" in current:
-                    current["data"] = json.loads(current["data"])
-                    events.append(current)
-                current = {}
-                continue
-            if line.startswith(":"):
-                continue  # ping
-            field, _, value = line.partition(":")
-            current[field] = value[1:] if value.startswith(" ") else value
-    return events
+        return [
+            {"event": event.event, "id": event.id, "data": event.json()}
+            for event in iter_sse(response.iter_lines())
+        ]
 
 
 def stream_events(settings: Settings, search_id: str) -> list[tuple[str, Any]]:
