@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     redis_prefix: str = Field(default="darts", description="Prefix of every Redis key and stream we use.")
     celery_queue: str = "searches"
     search_max_attempts: int = Field(default=3, ge=1)
+    search_time_limit: int | None = Field(
+        default=None,
+        ge=1,
+        description="Wall-clock limit of every search, in seconds (a spec may ask for less with "
+        "resources.time_limit_seconds); past it the search ends failed with 'time limit reached'.",
+    )
     # A worker renews its lease every fifth of this and stops itself after 0.6 of it without a
     # renewal; a dead worker's search is handed back once the lease expires (plus one sweep).
     search_lease_seconds: float = Field(default=10.0, ge=1.0)

@@ -171,6 +171,13 @@ class ResourcesConfig(_Section):
     """``resources``: where the search runs. ``auto`` means CUDA when available, else CPU."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    time_limit_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=30 * 24 * 3600,
+        description="Wall-clock limit of the search (the service's worker enforces it; its SEARCH_TIME_LIMIT "
+        "setting is the most a spec may ask for). Past it the search ends failed, keeping its genotype.",
+    )
 
 
 #: Top-level spec keys that belong to the caller (CLI or service), not to the search itself.

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import make_engine, make_session_factory
 from app.events.publisher import publish_epoch, publish_status
 from app.lifecycle.cancel import cancel_key
-from app.lifecycle.lease import Lease
+from app.lifecycle.lease import Lease, database_now
 from app.lifecycle.start import StartDecision, decide_start, exhausted_message
 from app.lifecycle.status import Status
 from app.lifecycle.sweep import hand_back
@@ -84,14 +84,23 @@ class StopWatch:
     """
 
     def __init__(
-        self, client: redis.Redis, key: str, search_id: str, lease: Lease, factory: sessionmaker[Session]
+        self,
+        client: redis.Redis,
+        key: str,
+        search_id: str,
+        lease: Lease,
+        factory: sessionmaker[Session],
+        *,
+        deadline: float | None = None,
     ) -> None:
         self.client = client
         self.key = key
         self.search_id = search_id
         self.lease = lease
         self.factory = factory
+        self.deadline = deadline  # time.monotonic() past which the search's time limit is reached
         self.cancelled = False
+        self.timed_out = False
         self._next_poll = 0.0
         self._next_sql_poll = 0.0
 
@@ -103,6 +112,9 @@ class StopWatch:
         if self.lease.lost.is_set() or self.shutting_down:
             return True
         now = time.monotonic()
+        if self.deadline is not None and now >= self.deadline:
+            self.timed_out = True
+            return True
         if not self.cancelled and now >= self._next_poll:
             self._next_poll = now + CANCEL_POLL_SECONDS
             try:
@@ -257,10 +269,31 @@ class SearchRun:
         finally:
             self.lease.stop_heartbeat()
 
+    def _time_limit(self) -> int | None:
+        """The search's wall-clock limit: SEARCH_TIME_LIMIT, or the spec's lower one."""
+        with self.factory() as session:
+            spec = session.scalar(select(Search.spec).where(Search.id == self.search_id)) or {}
+        asked = (spec.get("resources") or {}).get("time_limit_seconds")
+        limits = [limit for limit in (self.settings.search_time_limit, asked) if limit]
+        return min(limits) if limits else None
+
+    def _deadline(self) -> float | None:
+        """`time.monotonic()` at which the limit is reached, counting the time earlier attempts ran
+        (from the search's `started_at`, on the database's clock)."""
+        limit = self._time_limit()
+        if limit is None:
+            return None
+        with self.factory() as session:
+            started = session.scalar(select(Search.started_at).where(Search.id == self.search_id))
+            elapsed = (database_now(session) - started).total_seconds() if started else 0.0
+        return time.monotonic() + max(0.0, limit - elapsed)
+
     def _run_leased(self, lease: Lease) -> str:
         self._publish_status(Status.running)
         key = cancel_key(self.settings.redis_prefix, self.search_id)
-        watch = StopWatch(self.client, key, self.search_id, lease, self.factory)
+        watch = StopWatch(
+            self.client, key, self.search_id, lease, self.factory, deadline=self._deadline()
+        )
         outbox = Outbox(
             lambda record: publish_epoch(
                 self.client, self.settings, self.search_id, record, attempt=lease.token
@@ -319,6 +352,15 @@ class SearchRun:
             raise HandedBack(f"worker shutting down; search {self.search_id} requeued")
         if not self._drain(outbox, lease) or not self._wait_stored(outbox, published, lease):
             return "lease lost"
+        if result.stopped and watch.timed_out and not watch.cancelled:
+            limit = self._time_limit()
+            self._publish_status(
+                Status.failed,
+                f"time limit reached: the search ran for its limit of {limit} s "
+                f"({result.epochs_completed} epoch(s) finished; the genotype of the last one is kept)",
+            )
+            lease.finish()
+            return "time limit reached"
         if result.stopped and watch.cancelled:
             self._publish_status(Status.cancelled)
             lease.finish()

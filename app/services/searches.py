@@ -60,6 +60,18 @@ def _quota_exceeded(settings: Settings) -> TooManyRequests:
     )
 
 
+def _require_time_limit_within(spec: SearchSpec, settings: Settings) -> None:
+    """A spec may lower the service's SEARCH_TIME_LIMIT, never raise it (422 naming the field)."""
+    limit, asked = settings.search_time_limit, spec.resources.time_limit_seconds
+    if limit is not None and asked is not None and asked > limit:
+        raise Unprocessable(
+            f"resources.time_limit_seconds ({asked}) exceeds this service's limit of {limit} s "
+            "(SEARCH_TIME_LIMIT): ask for at most that",
+            loc=("body", "resources", "time_limit_seconds"),
+            error_type="time_limit_too_long",
+        )
+
+
 def create_search(
     session: Session, spec: SearchSpec, *, celery: Celery, settings: Settings, owner: str
 ) -> Search:
@@ -83,6 +95,7 @@ def create_search(
             )
         if spec.name is None:
             spec = spec.model_copy(update={"name": default_search_name(dataset.name)})
+    _require_time_limit_within(spec, settings)
     spec_json = spec.model_dump(mode="json")
     admission.require_fits(session, spec, settings, owner=owner)
     if _count_active(session, owner) >= settings.max_active_searches_per_owner:

@@ -508,3 +508,18 @@ def test_a_generated_name_fits_in_200_characters(client: TestClient) -> None:
     assert uploaded.status_code == 201, uploaded.text
     search = create(client, {"dataset": {"id": uploaded.json()["id"]}})
     assert search["name"] == "n" * 193 + " search" and len(search["name"]) == 200
+
+
+def test_a_spec_may_lower_the_services_time_limit_but_not_raise_it(client: TestClient) -> None:
+    app = client.app
+    app.state.settings = app.state.settings.model_copy(update={"search_time_limit": 600})
+    base = {"dataset": {"name": "digits"}, "training": {"epochs": 1}}
+    too_long = client.post("/searches", json={**base, "resources": {"time_limit_seconds": 601}})
+    assert too_long.status_code == 422, too_long.text
+    error = too_long.json()["detail"][0]
+    assert error["loc"] == ["body", "resources", "time_limit_seconds"]
+    assert "SEARCH_TIME_LIMIT" in error["msg"]
+    assert client.get("/searches").json()["items"] == []
+    lower = client.post("/searches", json={**base, "resources": {"time_limit_seconds": 60}})
+    assert lower.status_code == 201, lower.text
+    assert lower.json()["spec"]["resources"]["time_limit_seconds"] == 60
