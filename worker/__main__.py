@@ -13,6 +13,7 @@ import socket
 from app.logging_config import configure_logging, wants_json
 from app.settings import get_settings
 from worker.celery_app import create_worker_app
+from worker.memory_cap import apply_memory_cap
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(options.loglevel, settings.log_format)
     # JSON logs: no start-up banner on stdout either, so every line a collector reads is JSON.
     quiet = ["--quiet"] if wants_json(settings.log_format) else []
+    apply_memory_cap(settings.worker_memory_bytes)
     celery = create_worker_app(settings)
     celery.worker_main(
         [

@@ -40,6 +40,7 @@ from app.models import Dataset, Search, SearchEpoch
 from app.redis import get_redis
 from app.settings import Settings
 from app.storage import dataset_path, search_dir
+from worker.memory_cap import is_out_of_memory
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +183,11 @@ def public_error(exc: BaseException, settings: Settings) -> str:
     """The message a failed search shows: what went wrong, without server paths or a traceback."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # darts_core's CheckpointDiskFull too
         return "disk full: the worker could not write the search's checkpoint"
-    if isinstance(exc, MemoryError):
-        return "out of memory: the worker could not allocate what this search needs"
+    if is_out_of_memory(exc):
+        return (
+            "out of memory: the worker could not allocate what this search needs "
+            "(WORKER_MEMORY_BYTES); lower the batch size, channels or cells"
+        )
     message = f"{type(exc).__name__}: {exc}"
     for secret in {str(settings.artifacts_path), str(settings.data_dir.resolve())}:
         message = message.replace(secret, "<data>")
