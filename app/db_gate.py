@@ -26,6 +26,8 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 EVENT_STREAM = b"text/event-stream"
+# Paths that never touch the database: liveness must answer even while every slot is taken.
+UNGATED_PATHS = frozenset({"/healthz"})
 
 
 class DatabaseGate:
@@ -64,7 +66,7 @@ class DatabaseGateMiddleware:
         self.gate = gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in UNGATED_PATHS:
             await self.app(scope, receive, send)
             return
         semaphore = self.gate.semaphore
