@@ -18,12 +18,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+
+if TYPE_CHECKING:
+    from darts_core.networks import SearchNetwork
 
 __all__ = ["DartsSearch", "StepResult", "Batch"]
 
@@ -140,10 +143,13 @@ class DartsSearch:
         self.channels_last = channels_last
         if channels_last:
             # Module.to keeps the parameter objects (only their data changes) and leaves non-4-D ones.
-            network.to(memory_format=torch.channels_last)
+            # torch's stub for Module.to omits the memory_format keyword the runtime accepts.
+            network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
-        self.alphas: list[Tensor] = list(network.arch_parameters())
-        self.weights: list[Tensor] = list(network.weight_parameters())
+        # The duck-typed supernet's methods, typed as SearchNetwork's (nn.Module's __getattr__ says Tensor).
+        supernet = cast("SearchNetwork", network)
+        self.alphas: list[Tensor] = list(supernet.arch_parameters())
+        self.weights: list[Tensor] = list(supernet.weight_parameters())
         if not self.alphas or not self.weights:
             raise ValueError("network: arch_parameters() and weight_parameters() must both be non-empty")
         alpha_ids = {id(alpha) for alpha in self.alphas}

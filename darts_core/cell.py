@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Self, SupportsIndex, cast
 
 import torch
 import torch.nn.functional as F
@@ -53,14 +53,15 @@ class SpecialParameter(nn.Parameter):
     ``torch.__future__.set_swap_module_params_on_conversion(True)`` is set.
     """
 
-    def __new__(cls, data: torch.Tensor | None = None, requires_grad: bool = True):
+    def __new__(cls, data: torch.Tensor | None = None, requires_grad: bool = True) -> Self:
         return super().__new__(cls, data, requires_grad)
 
-    def __reduce_ex__(self, proto):
+    def __reduce_ex__(self, proto: SupportsIndex) -> tuple[Any, ...]:
         # nn.Parameter pickles itself as a plain Parameter; rebuild the subclass instead.
         return _rebuild_special_parameter, (self.data, self.requires_grad)
 
-    def __repr__(self) -> str:
+    # Like nn.Parameter.__repr__, takes no arguments; torch's stub gives Tensor's keyword-only one.
+    def __repr__(self) -> str:  # type: ignore[override]
         return "SpecialParameter containing:\n" + torch.Tensor.__repr__(self.data)
 
 
@@ -230,6 +231,7 @@ class MixedOp(nn.Module):
         for k in self._computed:
             term = _run_op_scaled(self.ops[k], x, x_relu, per_op[k], pooled)
             out = term if out is None else out + term
+        assert out is not None  # self._computed is not empty, so the loop ran
         return out
 
 
@@ -379,6 +381,7 @@ class Cell(nn.Module):
                 raise ValueError(
                     "weights and genotype are exclusive: a cell built from a genotype has no weights"
                 )
+            assert genotype is not None  # is_fixed means a genotype was given
             genotype = list(genotype)
             if len(genotype) != self.num_edges:
                 raise ValueError(
@@ -405,7 +408,7 @@ class Cell(nn.Module):
             )
             self.weights = self._create_weights(primitives, weights)
             self.edge_weights = self._create_edge_weights(edge_weights) if edge_normalization else None
-            edge_needs_relu = [op.needs_relu for op in self.mixed_ops]
+            edge_needs_relu = [cast(MixedOp, op).needs_relu for op in self.mixed_ops]
         # Whether some edge reading state j needs relu(state j): computed once per forward and shared.
         self._state_needs_relu = [False] * (internal_nodes + 2)
         for (_, source, _), needs in zip(self._edges, edge_needs_relu, strict=True):
@@ -463,6 +466,7 @@ class Cell(nn.Module):
         """
         if self._genotype is not None:
             return list(self._genotype)
+        assert self.weights is not None  # a search cell (no genotype) always has its weights
         best = self.weights.detach().argmax(dim=1).tolist()
         return [self.primitive_names[k] for k in best]
 
@@ -512,12 +516,14 @@ class Cell(nn.Module):
                     term = _run_op(op, states[j], relu_of(j))
                     total = term if total is None else total + term
                 if total is None:
+                    assert first_zero is not None  # every edge of the node was a Zero2d
                     op, j = first_zero
                     total = op(states[j])
                 states.append(total)
             return self.cell_merge_output_fn(states)
 
         alphas = self.weights if weights is None else weights
+        assert alphas is not None  # a search cell (no genotype) always has its weights
         if tuple(alphas.shape) != self.expected_weights_shape:
             raise ValueError(
                 f"weights must have shape {self.expected_weights_shape} (edges, primitives), "
@@ -535,6 +541,7 @@ class Cell(nn.Module):
                 term = self.mixed_ops[edge](states[j], rows[edge], relu_of(j))
                 edge += 1
                 total = term if total is None else total + term
+            assert total is not None  # every node reads at least two states
             states.append(_contiguous_gradient(total))
         return self.cell_merge_output_fn(states)
 
@@ -557,6 +564,7 @@ class Cell(nn.Module):
         betas: list[torch.Tensor] | None = None
         if self.edge_normalization:
             raw = self.edge_weights if edge_weights is None else edge_weights
+            assert raw is not None  # a cell with edge_normalization always has its edge weights
             if tuple(raw.shape) != (self.num_edges,):
                 raise ValueError(f"edge_weights must have shape ({self.num_edges},), got {tuple(raw.shape)}")
             edge_softmaxed = edge_softmax(raw, self.internal_nodes)
@@ -581,7 +589,9 @@ class Cell(nn.Module):
                     layout = torch.channels_last if _is_channels_last(state) else torch.contiguous_format
                     partial[j] = head.contiguous(memory_format=layout)
                     bypass[j, 1] = tail
-            return partial[j]
+            result = partial[j]
+            assert result is not None  # filled just above
+            return result
 
         def relu_of(j: int) -> torch.Tensor | None:
             if partial_relu[j] is None and self._state_needs_relu[j]:
@@ -609,7 +619,10 @@ class Cell(nn.Module):
                         rest = betas[edge] * rest
                     passed = rest if passed is None else passed + rest
                 edge += 1
+            # Every node reads at least two states, so both sums (passed: when k > 1) were taken.
+            assert total is not None
             if k > 1:
+                assert passed is not None
                 pieces = [_contiguous_gradient(total), *passed.chunk(k - 1, dim=1)]
                 total = _interleave(pieces)
             states.append(_contiguous_gradient(total))

@@ -24,7 +24,7 @@ import random
 import secrets
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -155,7 +155,9 @@ def read_history(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
 def rng_state() -> dict[str, Any]:
     """RNG states of Python, NumPy, torch CPU and CUDA as tensors and plain values (safe to load)."""
     version, python_state, gauss = random.getstate()
-    _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = np.random.get_state()
+    # get_state() returns the legacy tuple by default; its stub also allows the dict form.
+    numpy_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
+    _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = numpy_state
     return {
         "python": {"version": version, "state": list(python_state), "gauss": gauss},
         "numpy": {

@@ -27,7 +27,7 @@ import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypedDict
 
 import typer
 from rich.console import Console
@@ -63,6 +63,21 @@ METRICS_NAME = "metrics.jsonl"
 GENOTYPE_JSON_NAME = "genotype.json"
 GENOTYPE_TEXT_NAME = "genotype.txt"
 TRAIN_RESULT_NAME = "train.json"
+
+
+class _TrainSettings(TypedDict):
+    """The train command's options passed on to train_genotype (and recorded in its result file)."""
+
+    epochs: int
+    init_channels: int
+    cells: int
+    batch_size: int
+    lr: float
+    drop_path_prob: float
+    auxiliary: bool
+    cutout: bool
+    seed: int
+    device: str
 
 
 def _fail(message: str) -> typer.Exit:
@@ -194,7 +209,10 @@ def search(
 ) -> None:
     """Run a DARTS search locally, with a progress bar and one line of metrics per epoch."""
     spec = _read_json_object(spec_file, "spec file")
-    overrides = {"training": {"epochs": epochs}, "resources": {"device": device}}
+    overrides: dict[str, dict[str, int | str | None]] = {
+        "training": {"epochs": epochs},
+        "resources": {"device": device},
+    }
     for section, values in overrides.items():
         for key, value in values.items():
             if value is not None:
@@ -361,7 +379,7 @@ def train(
         data = load_dataset(dataset_spec)
     except DatasetError as error:
         raise _fail(f"invalid --dataset: {error}") from None
-    settings = {
+    settings: _TrainSettings = {
         "epochs": epochs,
         "init_channels": init_channels,
         "cells": cells,

@@ -21,8 +21,9 @@ Measured on the 2-core CPU of benchmarks/README.md: see the "Hessian eigenvalue"
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,9 @@ from torch import Tensor, nn
 
 from darts_core.genotype import Genotype
 from darts_core.ops import twice_differentiable
+
+if TYPE_CHECKING:
+    from darts_core.networks import SearchNetwork
 
 __all__ = [
     "PARAMETER_FREE_OPS",
@@ -117,17 +121,19 @@ def mean_alpha_entropy(softmaxed: Mapping[str, Tensor | Sequence[Sequence[float]
 
 def collapse_metrics(network: nn.Module, hessian_eigenvalue: float | None = None) -> CollapseMetrics:
     """The collapse metrics of a :class:`~darts_core.networks.SearchNetwork` now (its genotype and alphas)."""
-    genotype = network.genotype()
+    supernet = cast("SearchNetwork", network)  # nn.Module's __getattr__ would type its methods as Tensor
+    genotype = supernet.genotype()
     return CollapseMetrics(
         skip_connections=skip_count(genotype),
         parameter_free_ops=parameter_free_count(genotype),
-        alpha_entropy=mean_alpha_entropy(network.softmaxed_alphas()),
+        alpha_entropy=mean_alpha_entropy(supernet.softmaxed_alphas()),
         hessian_eigenvalue=hessian_eigenvalue,
     )
 
 
 def _dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    return sum((x * y).sum() for x, y in zip(a, b, strict=True))
+    # The sequences are never empty here, so the sum is a Tensor, not sum()'s start value 0.
+    return cast(Tensor, sum((x * y).sum() for x, y in zip(a, b, strict=True)))
 
 
 def dominant_hessian_eigenvalue(
@@ -163,7 +169,7 @@ def dominant_hessian_eigenvalue(
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     images, labels = batch
-    arch = list(network.arch_parameters())
+    arch = list(cast("SearchNetwork", network).arch_parameters())  # typed as the supernet's method
     alphas = tuple(tensor.detach() for tensor in arch[:2])
     fixed = tuple(tensor.detach() for tensor in arch[2:])
 
@@ -194,7 +200,10 @@ def dominant_hessian_eigenvalue(
         with twice_differentiable(), torch.no_grad():
             # Reverse over reverse: the gradient's graph is built once, then every Hessian-vector product
             # is one backward pass through it (H is symmetric, so the vector-Jacobian product is Hv).
-            _, hessian_vector_product = torch.func.vjp(gradient_of, *alphas)
+            # Without has_aux, vjp returns a pair; its stub also allows the (output, vjp_fn, aux) triple.
+            _, hessian_vector_product = cast(
+                "tuple[Tensor, Callable[..., tuple[Tensor, ...]]]", torch.func.vjp(gradient_of, *alphas)
+            )
             for step in range(1, iterations + 1):
                 count = step
                 product = hessian_vector_product(vector)

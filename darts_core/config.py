@@ -14,7 +14,7 @@ not ``2.5``, not ``"3"``). The upper bounds keep one spec from asking a worker f
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -65,7 +65,7 @@ class SearchSpaceConfig(_Section):
     """``search_space``: the candidate operations (DARTS names, in alpha column order) and nodes per cell."""
 
     primitives: tuple[OpName, ...] = Field(
-        default=DARTS_OP_NAMES, min_length=2, max_length=len(DARTS_OP_NAMES)
+        default=cast("tuple[OpName, ...]", DARTS_OP_NAMES), min_length=2, max_length=len(DARTS_OP_NAMES)
     )
     internal_nodes: _Int = Field(default=4, ge=1, le=8)
     partial_channels: _Int = Field(

@@ -44,7 +44,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -182,7 +182,8 @@ def _float_param(
         return default
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise DatasetError(f"{kind}: {key} must be a number, got {value!r}")
-    if (value <= low if open_low else value < low) or value >= high:
+    number = cast(float, value)  # numbers.Real has no comparison operators in typeshed
+    if (number <= low if open_low else number < low) or number >= high:
         bounds = f"{'(' if open_low else '['}{low}, {high})"
         raise DatasetError(f"{kind}: {key} must lie in {bounds}, got {value!r}")
     return float(value)
@@ -277,12 +278,14 @@ def _load_digits(spec: Mapping[str, Any]) -> ImageDataset:
 
 
 def _image_size_param(spec: Mapping[str, Any]) -> tuple[int, int]:
-    value = spec.get("image_size")
+    value: Any = spec.get("image_size")
     if value is None:
         value = 16
     sizes = list(value) if isinstance(value, (list, tuple)) and len(value) == 2 else [value, value]
     if any(
-        isinstance(s, bool) or not isinstance(s, numbers.Integral) or not 1 <= s <= SYNTHETIC_MAX_IMAGE_SIZE
+        isinstance(s, bool)
+        or not isinstance(s, numbers.Integral)
+        or not 1 <= cast(int, s) <= SYNTHETIC_MAX_IMAGE_SIZE  # Integral has no comparisons in typeshed
         for s in sizes
     ):
         raise DatasetError(

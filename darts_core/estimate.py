@@ -29,6 +29,7 @@ import math
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -150,14 +151,15 @@ def _cell_shapes(
 @functools.lru_cache(maxsize=256)
 def _module_weights(kind: str, *args: object) -> int:
     """Weights of one part of a cell, built on the meta device (each distinct part once)."""
+    # args: untyped to keep one cache for every kind; each kind's callers pass the tuple cast below.
     with torch.device("meta"):
         if kind == "mixed":
-            primitives, channels, stride = args
+            primitives, channels, stride = cast("tuple[Sequence[str], int, int]", args)
             module: nn.Module = MixedOp(_as_primitives(primitives), channels, stride)
         elif kind == "reduce":
-            module = ReduceChannels2d(*args, affine=False)
+            module = ReduceChannels2d(*cast("tuple[int, int]", args), affine=False)
         else:
-            module = ReLUConvBN2d(*args, 1, 1, 0, affine=False)
+            module = ReLUConvBN2d(*cast("tuple[int, int]", args), 1, 1, 0, affine=False)
     return sum(p.numel() for p in module.parameters())
 
 
@@ -281,7 +283,7 @@ def estimate_search(
     )
     per_sample, largest_states = _saved_values_per_sample(
         in_channels,
-        tuple(image_size),
+        cast("tuple[int, int]", tuple(image_size)),  # tuple(): hashable even if a list was passed
         network.init_channels,
         network.cells,
         space.internal_nodes,

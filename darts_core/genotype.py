@@ -26,7 +26,7 @@ import ast
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import InitVar, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -213,6 +213,8 @@ class Genotype:
 
     def to_json(self) -> dict[str, list]:
         """The JSON-ready form: ``{"normal": [[op, index], ...], "normal_concat": [...], ...}``."""
+        # __post_init__ fills both concats, so they are never None on a constructed Genotype.
+        assert self.normal_concat is not None and self.reduce_concat is not None
         return {
             "normal": [[op_name, index] for op_name, index in self.normal],
             "normal_concat": list(self.normal_concat),
@@ -262,6 +264,8 @@ class Genotype:
                 return f"range({values[0]}, {values[-1] + 1})"
             return "[" + ", ".join(str(value) for value in values) + "]"
 
+        # __post_init__ fills both concats, so they are never None on a constructed Genotype.
+        assert self.normal_concat is not None and self.reduce_concat is not None
         return (
             f"Genotype(normal={genes(self.normal)}, normal_concat={concat(self.normal_concat)}, "
             f"reduce={genes(self.reduce)}, reduce_concat={concat(self.reduce_concat)})"
@@ -305,6 +309,7 @@ class Genotype:
         )
         if func_name != "Genotype":
             raise ValueError("text: expected a Genotype(...) expression")
+        assert isinstance(call, ast.Call)  # a function name was found only on an ast.Call
         if len(call.args) > len(_FIELDS):
             raise ValueError(f"text: Genotype takes at most {len(_FIELDS)} fields, got {len(call.args)}")
         values: dict[str, Any] = {}
@@ -320,9 +325,10 @@ class Genotype:
         if missing:
             raise ValueError(f"text: missing Genotype fields {missing}")
         return cls(
-            normal=_parse_genes("normal", values["normal"]),
+            # __post_init__ normalises the parsed lists of pairs into tuples of genes.
+            normal=cast("tuple[Gene, ...]", _parse_genes("normal", values["normal"])),
             normal_concat=_parse_concat("normal_concat", values.get("normal_concat")),
-            reduce=_parse_genes("reduce", values["reduce"]),
+            reduce=cast("tuple[Gene, ...]", _parse_genes("reduce", values["reduce"])),
             reduce_concat=_parse_concat("reduce_concat", values.get("reduce_concat")),
             primitives=primitives,
         )

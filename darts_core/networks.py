@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +183,7 @@ class SearchNetwork(nn.Module):
             )
             self.cells.append(cell)
             reduction_prev = reduction
+            assert cell.out_channels is not None  # known for the default merge (merge_output)
             channels_prev_prev, channels_prev = channels_prev, cell.out_channels
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels_prev, num_classes)
@@ -475,6 +477,7 @@ class GenotypeNetwork(nn.Module):
                 if reduction
                 else (genotype.normal, genotype.normal_concat)
             )
+            assert concat is not None  # Genotype.__post_init__ fills both concats
             cell = GenotypeCell(
                 ops, concat, channels_prev_prev, channels_prev, width, reduction, reduction_prev
             )
@@ -483,7 +486,8 @@ class GenotypeNetwork(nn.Module):
             channels_prev_prev, channels_prev = channels_prev, cell.out_channels
             if index == self.auxiliary_index:
                 auxiliary_channels = channels_prev
-        self.auxiliary_head = AuxiliaryHead(auxiliary_channels, num_classes) if auxiliary else None
+        # auxiliary_index < cells, so auxiliary_channels was set in the loop.
+        self.auxiliary_head = AuxiliaryHead(cast(int, auxiliary_channels), num_classes) if auxiliary else None
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels_prev, num_classes)
 

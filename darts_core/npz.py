@@ -14,7 +14,7 @@ import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 
@@ -138,7 +138,7 @@ def _chunks(path: str | os.PathLike[str], header: ArrayHeader) -> Iterator[np.nd
             remaining -= count
 
 
-def _skip(member: BinaryIO, count: int) -> None:
+def _skip(member: IO[bytes], count: int) -> None:
     while count > 0:
         skipped = len(member.read(min(count, CHUNK_BYTES)))
         if skipped == 0:

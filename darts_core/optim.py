@@ -74,6 +74,7 @@ def create_darts_optimizers_fn(
         optimizer = optimizer_fn(parameters)
         optimizers[name] = optimizer
         if schedulers is not None:
+            assert scheduler_fn is not None  # schedulers is a dict only when scheduler_fn is given
             schedulers[name] = scheduler_fn(optimizer)
     return optimizers, schedulers
 

@@ -194,7 +194,7 @@ def _batches(order: Tensor, batch_size: int, device: torch.device) -> list[Tenso
     return list(order[: count * batch_size].view(count, batch_size).to(device))
 
 
-def _build_network(config: SearchConfig, in_channels: int, num_classes: int) -> nn.Module:
+def _build_network(config: SearchConfig, in_channels: int, num_classes: int) -> SearchNetwork:
     return SearchNetwork(
         in_channels,
         num_classes,
@@ -242,7 +242,7 @@ def _evaluate(
     return loss / images.shape[0], correct / images.shape[0]
 
 
-def _softmaxed_alphas(network: nn.Module) -> dict[str, list[list[float]]]:
+def _softmaxed_alphas(network: SearchNetwork) -> dict[str, list[list[float]]]:
     return {
         kind: weights.detach().float().cpu().tolist() for kind, weights in network.softmaxed_alphas().items()
     }
@@ -436,7 +436,7 @@ def run_search(
     return SearchResult(len(history), False, _last_genotype(history, network), history)
 
 
-def _last_genotype(history: list[EpochResult], network: nn.Module) -> Genotype:
+def _last_genotype(history: list[EpochResult], network: SearchNetwork) -> Genotype:
     return history[-1].genotype if history else network.genotype()
 
 

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +138,7 @@ def _check_dataset(dataset: Any) -> None:
 
 
 def _check_positive(name: str, value: Any, kind: type = int) -> None:
-    if isinstance(value, bool) or not isinstance(value, kind | int) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, kind | int) or not cast(float, value) > 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
 
 
@@ -249,6 +249,7 @@ def train_genotype(
     optimizer = torch.optim.SGD(network.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=lr_min)
     data_order = torch.Generator().manual_seed(seed)
+    autocast: Callable[[], contextlib.AbstractContextManager[object]]
     if target.type == "cuda":
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     else:
