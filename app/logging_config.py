@@ -171,6 +171,9 @@ def configure_logging(
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+        # A dictConfig elsewhere in the process (uvicorn's default log config, with
+        # disable_existing_loggers) may have switched them off: they are ours again.
+        logger.disabled = False
     # Python's warnings (e.g. Celery's about running as root) become records too.
     logging.captureWarnings(True)
 

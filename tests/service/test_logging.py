@@ -47,9 +47,11 @@ def test_every_line_is_json_with_the_context_keys(json_lines: io.StringIO) -> No
 
 
 def test_uvicorn_and_celery_loggers_go_through_the_same_formatter(json_lines: io.StringIO) -> None:
-    # What uvicorn and Celery do when they configure themselves: a handler of their own.
+    # What uvicorn and Celery do when they configure themselves: a handler of their own, and (uvicorn's
+    # dictConfig with disable_existing_loggers, run by any in-process server) loggers switched off.
     for name in ("uvicorn.access", "celery.worker"):
         logging.getLogger(name).addHandler(logging.StreamHandler(io.StringIO()))
+    logging.getLogger("uvicorn.access").disabled = True
     configure_logging("INFO", "json", stream=json_lines)
     bind_log_context(search_id="s-2", attempt=1, request_id="r-1")
     logging.getLogger("uvicorn.access").info("GET /searches 200")
