@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from darts_core.architect import DartsSearch
-from darts_core.cell import MixedOp, _as_primitives
 from darts_core.config import SearchConfig
 from darts_core.genotype import DARTS_OP_NAMES, num_edges
+from darts_core.mixed_op import MixedOp, _as_primitives
 from darts_core.networks import SearchNetwork, _is_reduction, _stem
 from darts_core.ops import ReduceChannels2d, ReLUConvBN2d
 

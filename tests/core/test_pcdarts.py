@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from darts_core import ops
-from darts_core.cell import Cell, SpecialParameter, _interleave, channel_shuffle
+from darts_core.cell import Cell, SpecialParameter
 from darts_core.genotype import derive_genotype, edge_softmax, num_edges
+from darts_core.mixed_op import _interleave, channel_shuffle
 from darts_core.networks import SearchNetwork
 
 PRIMITIVES = list(ops.DARTS_PRIMITIVES_2D)
