@@ -171,9 +171,11 @@ def configure_logging(
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
-        # A dictConfig elsewhere in the process (uvicorn's default log config, with
-        # disable_existing_loggers) may have switched them off: they are ours again.
+        # A dictConfig or a server's log level elsewhere in the process (uvicorn's own config, with
+        # disable_existing_loggers and a level per logger) may have switched them off or raised their
+        # level: they follow the root logger again.
         logger.disabled = False
+        logger.setLevel(logging.NOTSET)
     # Python's warnings (e.g. Celery's about running as root) become records too.
     logging.captureWarnings(True)
 

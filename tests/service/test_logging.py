@@ -52,6 +52,7 @@ def test_uvicorn_and_celery_loggers_go_through_the_same_formatter(json_lines: io
     for name in ("uvicorn.access", "celery.worker"):
         logging.getLogger(name).addHandler(logging.StreamHandler(io.StringIO()))
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # uvicorn's --log-level warning
     configure_logging("INFO", "json", stream=json_lines)
     bind_log_context(search_id="s-2", attempt=1, request_id="r-1")
     logging.getLogger("uvicorn.access").info("GET /searches 200")
