@@ -12,6 +12,7 @@ names are re-exported here, where callers have always found them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -103,44 +104,16 @@ class EpochResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: an :class:`~darts_core.records.EpochRecord` dict (``genotype`` as
         :meth:`Genotype.to_json`)."""
-        return EpochRecord(
-            epoch=self.epoch,
-            train_loss=self.train_loss,
-            train_acc=self.train_acc,
-            valid_loss=self.valid_loss,
-            valid_acc=self.valid_acc,
-            lr=self.lr,
-            seconds=self.seconds,
-            genotype=self.genotype.to_json(),
-            alphas={kind: [list(row) for row in rows] for kind, rows in self.alphas.items()},
-            skip_connections=self.skip_connections,
-            parameter_free_ops=self.parameter_free_ops,
-            alpha_entropy=self.alpha_entropy,
-            hessian_eigenvalue=self.hessian_eigenvalue,
-        ).model_dump()
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        values["genotype"] = self.genotype.to_json()
+        return EpochRecord.model_validate(values).model_dump()
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], primitives: Sequence[str] | None = None) -> EpochResult:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            epoch=int(data["epoch"]),
-            train_loss=float(data["train_loss"]),
-            train_acc=float(data["train_acc"]),
-            valid_loss=float(data["valid_loss"]),
-            valid_acc=float(data["valid_acc"]),
-            lr=float(data["lr"]),
-            seconds=float(data["seconds"]),
-            genotype=Genotype.from_json(data["genotype"], primitives=primitives),
-            alphas={kind: [list(map(float, row)) for row in rows] for kind, rows in data["alphas"].items()},
-            skip_connections=_optional(int, data.get("skip_connections")),
-            parameter_free_ops=_optional(int, data.get("parameter_free_ops")),
-            alpha_entropy=_optional(float, data.get("alpha_entropy")),
-            hessian_eigenvalue=_optional(float, data.get("hessian_eigenvalue")),
-        )
-
-
-def _optional(kind: type, value: Any) -> Any:
-    return None if value is None else kind(value)
+        """Inverse of :meth:`to_dict` (the record is validated by :class:`EpochRecord`)."""
+        values = EpochRecord.model_validate(dict(data)).model_dump()
+        values["genotype"] = Genotype.from_json(values["genotype"], primitives=primitives)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
