@@ -47,15 +47,6 @@ TOLERANCE = 1e-5
 SECOND_ORDER_GRADIENT_TOLERANCE = 5e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster and keeps this test cheap on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _build_pair(cells: int) -> tuple[SearchNetwork, reference.ReferenceNetwork]:
     torch.manual_seed(0)
     network = SearchNetwork(IN_CHANNELS, NUM_CLASSES, init_channels=4, cells=cells, internal_nodes=4)

@@ -34,14 +34,6 @@ TOLERANCE = 1e-5
 SECOND_ORDER_GRADIENT_TOLERANCE = 5e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _build_pair(cells: int) -> tuple[SearchNetwork, pcdarts_reference.PCDartsReferenceNetwork]:
     torch.manual_seed(0)
     network = SearchNetwork(
