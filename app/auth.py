@@ -16,7 +16,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Dataset, Search
+from app.models import Dataset, Search, Study
 from app.routes.responses import errors
 from app.services import keys as key_service
 from app.services.errors import NotFound
@@ -87,6 +87,16 @@ def _require_search_access(search_id: str, request: Request, owner: CurrentOwner
     return owner
 
 
+def _require_study_access(study_id: str, request: Request, owner: CurrentOwner) -> Owner:
+    """404 for a study that does not exist or belongs to someone else."""
+    with _session_factory(request)() as session:
+        study = session.get(Study, study_id)
+        visible = study is not None and may_see(owner, study.owner)
+    if not visible:
+        raise NotFound(f"study {study_id!r} not found")
+    return owner
+
+
 def _require_dataset_access(dataset_id: str, request: Request, owner: CurrentOwner) -> Owner:
     """404 for an uploaded dataset that belongs to someone else; built-ins (any other id) pass through."""
     with _session_factory(request)() as session:
@@ -97,9 +107,11 @@ def _require_dataset_access(dataset_id: str, request: Request, owner: CurrentOwn
     return owner
 
 
-# The owner of a request on /searches/{search_id}... or /datasets/{dataset_id}, once it may see it.
+# The owner of a request on /searches/{search_id}..., /datasets/{dataset_id} or /studies/{study_id}, once
+# it may see it.
 SearchAccess = Annotated[Owner, Depends(_require_search_access)]
 DatasetAccess = Annotated[Owner, Depends(_require_dataset_access)]
+StudyAccess = Annotated[Owner, Depends(_require_study_access)]
 
 # What every protected router declares, so that no route added to it can forget the key.
 UNAUTHORIZED_RESPONSE: dict[int | str, dict[str, Any]] = errors(401)

@@ -29,7 +29,7 @@ from app.logging_config import RequestContextMiddleware, configure_logging, logg
 from app.middleware import BodyLimitMiddleware, NulMiddleware
 from app.queue import create_celery_app
 from app.redis import get_redis
-from app.routes import datasets, docs, health, searches
+from app.routes import datasets, docs, health, searches, studies
 from app.services.datasets import too_large_message
 from app.services.errors import ServiceError
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
@@ -113,7 +113,8 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     # stream's poll never queues behind a crowd of requests.
     feed_slots = min(FEED_SLOTS, max(1, settings.db_pool_size // 2))
     app.state.db_gate = DatabaseGate(max(1, settings.db_pool_size - feed_slots))
-    app.state.search_feeds = SearchFeeds(app.state.session_factory, DatabaseGate(feed_slots))
+    app.state.feed_gate = DatabaseGate(feed_slots)
+    app.state.search_feeds = SearchFeeds(app.state.session_factory, app.state.feed_gate)
     app.state.open_streams = OpenStreams()
 
     @app.exception_handler(ServiceError)
@@ -156,6 +157,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.add_middleware(RequestContextMiddleware)
 
     app.include_router(searches.router)
+    app.include_router(studies.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
     app.include_router(docs.router)

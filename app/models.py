@@ -80,6 +80,8 @@ class Search(Base):
         # An owner's own list, and the count of its active searches (the quota).
         Index("ix_searches_owner_created_at_id", "owner", "created_at", "id"),
         Index("ix_searches_owner_status", "owner", "status"),
+        # One child per (study, stage, seed): creating a stage's children twice creates them once.
+        UniqueConstraint("study_id", "study_stage", "study_seed"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -107,6 +109,10 @@ class Search(Base):
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
+    # Set on the searches a study created (app.services.study_advance): its study, stage and seed.
+    study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+    study_stage: Mapped[str | None] = mapped_column(String(16))
+    study_seed: Mapped[int | None] = mapped_column(Integer)
 
     epoch_records: Mapped[list[SearchEpoch]] = relationship(
         back_populates="search",
@@ -153,6 +159,45 @@ class SearchEpoch(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     search: Mapped[Search] = relationship(back_populates="epoch_records")
+
+
+class Study(Base):
+    """The DARTS paper's protocol as one job: a search per seed, a short training of each found
+    genotype (the selection), and the final training of the best one.
+
+    Its children (searches, trainings) point at it (`study_id`, `study_stage`, `study_seed`); the
+    orchestrator (`app.services.study_advance`) moves it on from their statuses, all read from SQL.
+    """
+
+    __tablename__ = "studies"
+    __table_args__ = (
+        Index("ix_studies_created_at_id", "created_at", "id"),
+        Index("ix_studies_owner_created_at_id", "owner", "created_at", "id"),
+        Index("ix_studies_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(64))  # as Search.owner
+    # The lifecycle's statuses (app.lifecycle.status), and the stage (app.lifecycle.studies.Stage).
+    status: Mapped[str] = mapped_column(String(16), default=Status.queued)
+    stage: Mapped[str] = mapped_column(String(16))
+    # The accepted request: search spec, seeds, selection, final, min_successful_seeds.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    chosen_search_id: Mapped[str | None] = mapped_column(String(36))
+    chosen_seed: Mapped[int | None] = mapped_column(Integer)
+    chosen_genotype: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Why that one: every seed's selection accuracy, side by side.
+    selection: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL
 
 
 class Dataset(Base):

@@ -39,9 +39,12 @@ from app.events.schema import EpochEvent, StatusEvent, parse_event
 from app.lifecycle import sweep
 from app.lifecycle.cancel import cancel_key
 from app.lifecycle.projection import apply_event
+from app.lifecycle.status import TERMINAL
 from app.logging_config import bind_log_context, clear_log_context
+from app.models import Search
 from app.queue import create_celery_app, enqueue_search, queued_search_ids
 from app.redis import get_redis
+from app.services.study_advance import StudyDeps, advance_study, advance_unfinished
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -228,6 +231,8 @@ class Ingester:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
             if outcome == "stored":
                 observe_stored(event)
+                if isinstance(event, StatusEvent) and event.status in TERMINAL:
+                    self._advance_study_of(event.search_id)
             elif outcome == "orphan":
                 logger.warning("event %s for unknown search %s dropped", entry_id, event.search_id)
             elif outcome == "fenced":
@@ -252,6 +257,26 @@ class Ingester:
                 time.sleep(0.05 * attempt)
         raise AssertionError("unreachable")
 
+    # -- Studies ------------------------------------------------------------------------------------
+
+    def _study_deps(self) -> StudyDeps:
+        if self._celery is None:
+            self._celery = create_celery_app(self.settings)
+        return StudyDeps(settings=self.settings, celery=self._celery, redis_client=self.redis)
+
+    def _advance_study_of(self, job_id: str) -> None:
+        """Move the study of a child that has just ended on at once (the sweep would, a little later).
+
+        Best effort: the event is stored already, and a failure here is the next sweep's to repair.
+        """
+        try:
+            with self.session_factory() as session:
+                child = session.get(Search, job_id)
+                if child is not None and child.study_id is not None:
+                    advance_study(session, child.study_id, self._study_deps())
+        except Exception:
+            logger.exception("could not advance the study of %s; the next sweep will", job_id)
+
     # -- The lifecycle's sweeps ----------------------------------------------------------------------
 
     def _enqueue(self, search_id: str) -> str:
@@ -275,6 +300,8 @@ class Ingester:
             enqueue=self._enqueue,
         )
         self.stats.reconciled_searches += len(lost)
+        # Studies move on from SQL alone: whatever a dead process left undone is done here.
+        advance_unfinished(self.session_factory, self._study_deps())
         self._forget_idle_consumers()
 
     def _forget_idle_consumers(self, idle_ms: int = 3_600_000) -> None:

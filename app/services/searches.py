@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -134,6 +135,57 @@ def create_search(
     return search
 
 
+def create_study_search(
+    session: Session,
+    spec: SearchSpec,
+    *,
+    celery: Celery,
+    settings: Settings,
+    owner: str,
+    study_id: str,
+    stage: str,
+    seed: int,
+) -> Search | None:
+    """Insert and enqueue the search of `study_id`'s `stage` for `seed`; None when it exists already.
+
+    The study's orchestrator calls it; the study's request passed admission and the quota when it was
+    accepted, so neither is checked again. The unique (study, stage, seed) makes it idempotent: when
+    two orchestrators create the same child at once, one insert wins. When the broker cannot be reached
+    the row stays `queued` and the reconciler (`app.lifecycle.sweep.reconcile_queue`) sends it later.
+    """
+    search = Search(
+        id=str(uuid.uuid4()),
+        name=spec.name,
+        owner=owner,
+        status=Status.queued,
+        spec=spec.model_dump(mode="json"),
+        dataset_ref=dataset_ref(spec),
+        created_at=utcnow(),
+        epoch=0,
+        epochs=spec.training.epochs,
+        study_id=study_id,
+        study_stage=stage,
+        study_seed=seed,
+    )
+    session.add(search)
+    try:
+        session.commit()
+    except IntegrityError:  # another orchestrator created it first (or the study is gone)
+        session.rollback()
+        return None
+    try:
+        task_id = enqueue_search(celery, search.id, settings)
+    except (BrokerError, redis.RedisError, OSError) as exc:
+        logger.warning(
+            "could not enqueue search %s of study %s (the reconciler will): %s", search.id, study_id, exc
+        )
+        return search
+    session.execute(update(Search).where(Search.id == search.id).values(celery_task_id=task_id))
+    session.commit()
+    search.celery_task_id = task_id
+    return search
+
+
 def list_searches(
     session: Session,
     *,
@@ -213,7 +265,7 @@ def epoch_after_event_id(session: Session, search_id: str, last_event_id: str) -
     return epoch
 
 
-def _raise_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: str) -> None:
+def raise_cancel_flag(redis_client: redis.Redis, settings: Settings, search_id: str) -> None:
     """Raise the Redis flag a running worker polls between batches (`{prefix}:cancel:{id}`, every 0.5 s).
 
     Best effort: the worker also reads the row's `cancel_requested` (every 2 s), so a cancel still
@@ -254,7 +306,7 @@ def cancel_search(
             session,
             search,
             revoke=revoke,
-            raise_flag=lambda target: _raise_cancel_flag(redis_client, settings, target),
+            raise_flag=lambda target: raise_cancel_flag(redis_client, settings, target),
         )
     except lifecycle_cancel.AlreadyFinished as finished:
         raise Conflict(

@@ -61,7 +61,7 @@ def anonymous(app_client) -> TestClient:
 
 def _concrete(path: str) -> str:
     # Any value for a path parameter: the key is checked before anything is looked up.
-    for name in ("search_id", "dataset_id"):
+    for name in ("search_id", "dataset_id", "study_id"):
         path = path.replace("{" + name + "}", "00000000-0000-4000-8000-000000000000")
     assert "{" not in path, f"a path parameter this test does not know: {path}"
     return path
@@ -91,6 +91,7 @@ def test_every_route_but_health_and_the_page_needs_a_key(anonymous: TestClient, 
     assert {"/searches", "/searches/{search_id}/events", "/datasets/{dataset_id}", "/metrics"} <= paths
     assert {"/docs", "/redoc", "/openapi.json"} <= paths
     assert ("DELETE", "/datasets/{dataset_id}") in routes
+    assert {"/studies", "/studies/{study_id}/events", "/studies/{study_id}/cancel"} <= paths
     for method, path in routes:
         for headers, challenge in (
             ({}, "Bearer"),

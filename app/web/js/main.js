@@ -1,12 +1,13 @@
 // The page's entry point: login (the key from `?token=` or pasted), the hash router between the
-// views (#/searches, #/new, #/search/ID), and the header.
+// views (#/searches, #/new, #/search/ID, #/studies, #/study/ID), and the header.
 import { api, auth, setOnUnauthorized } from "./api.js";
 import { showList, leaveList } from "./list.js";
 import { showForm, leaveForm } from "./form.js";
 import { showSearch, leaveSearch } from "./search.js";
+import { showStudies, showStudy, leaveStudies } from "./study.js";
 
 const $ = (id) => document.getElementById(id);
-const views = ["login", "list", "new", "search"];
+const views = ["login", "list", "new", "search", "studies", "study"];
 
 function activate(name) {
   for (const view of views) $(`view-${view}`).hidden = view !== name;
@@ -21,6 +22,7 @@ function leaveAll() {
   leaveList();
   leaveForm();
   leaveSearch();
+  leaveStudies();
 }
 
 export function route() {
@@ -32,7 +34,14 @@ export function route() {
   }
   const hash = location.hash || "#/searches";
   const match = hash.match(/^#\/search\/([^/]+)$/);
-  if (match) {
+  const study = hash.match(/^#\/study\/([^/]+)$/);
+  if (study) {
+    activate("study");
+    showStudy(decodeURIComponent(study[1]));
+  } else if (hash === "#/studies") {
+    activate("studies");
+    showStudies();
+  } else if (match) {
     activate("search");
     showSearch(decodeURIComponent(match[1]));
   } else if (hash === "#/new") {

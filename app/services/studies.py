@@ -1,0 +1,212 @@
+"""Studies: create (validated up front, then advanced), list, read with their stages, cancel, delete.
+
+The orchestration itself is `app.services.study_advance`; status changes are the lifecycle's
+(`app.lifecycle.studies`, `app.lifecycle.cancel`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.lifecycle import studies as lifecycle_studies
+from app.lifecycle.status import TERMINAL, Status
+from app.lifecycle.studies import Stage
+from app.models import Dataset, Search, SearchEpoch, Study
+from app.schemas import UploadedDatasetSpec
+from app.services import admission
+from app.services.errors import Conflict, NotFound, TooManyRequests, Unprocessable
+from app.services.pagination import encode_cursor, older_than
+from app.services.searches import QUOTA_RETRY_AFTER_SECONDS, _require_time_limit_within
+from app.services.study_advance import Child, StudyDeps, advance_study, children
+from app.settings import Settings
+from app.storage import search_dir
+from app.study_schemas import StudySpec
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+
+def _require_own_dataset(session: Session, dataset: Any, owner: str, loc: tuple[str, ...]) -> Dataset | None:
+    if not isinstance(dataset, UploadedDatasetSpec):
+        return None
+    row = session.get(Dataset, dataset.id)
+    if row is None or row.owner != owner:
+        raise Unprocessable(
+            f"unknown dataset id {dataset.id!r}: upload it with POST /datasets first",
+            loc=("body", *loc, "dataset", "id"),
+            error_type="unknown_dataset",
+        )
+    return row
+
+
+def _with_location(error: Unprocessable, prefix: str) -> Unprocessable:
+    """The same 422, its `loc` moved under the study's field (`body.search...`)."""
+    for issue in error.detail:
+        loc = issue["loc"]
+        issue["loc"] = [loc[0], prefix, *loc[1:]] if loc and loc[0] == "body" else [prefix, *loc]
+    return error
+
+
+def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: str) -> Study:
+    """Accept a study owned by `owner` and start it (its searches are created before this returns).
+
+    Everything is checked before anything is created: the uploaded datasets are the owner's, the
+    search fits a worker (admission), its time limit is within the service's, and the owner's quota
+    of active searches leaves room for one search per seed (429 otherwise).
+    """
+    uploaded = _require_own_dataset(session, spec.search.dataset, owner, ("search",))
+    for field, training in (("selection", spec.selection), ("final", spec.final)):
+        if training is not None and training.dataset is not None:
+            _require_own_dataset(session, training.dataset, owner, (field,))
+    search = spec.search
+    if search.name is None and uploaded is not None:
+        search = search.model_copy(update={"name": f"{uploaded.name} search"})
+    try:
+        _require_time_limit_within(search, deps.settings)
+        admission.require_fits(session, search, deps.settings, owner=owner)
+    except Unprocessable as error:
+        raise _with_location(error, "search") from None
+    settings = deps.settings
+    active_query = select(func.count()).where(Search.owner == owner, Search.status.not_in(TERMINAL))
+    active = session.scalar(active_query) or 0
+    if active + len(spec.seeds) > settings.max_active_searches_per_owner:
+        raise TooManyRequests(
+            f"this study runs {len(spec.seeds)} searches at once and you have {active} queued or running, "
+            f"more than the {settings.max_active_searches_per_owner} allowed "
+            "(MAX_ACTIVE_SEARCHES_PER_OWNER): use fewer seeds, or wait for searches to finish",
+            retry_after=QUOTA_RETRY_AFTER_SECONDS,
+        )
+    name = spec.name or f"{search.name} study"
+    accepted = spec.model_copy(
+        update={"name": name, "search": search, "min_successful_seeds": spec.required_successes()}
+    )
+    study = Study(
+        id=str(uuid.uuid4()),
+        name=name,
+        owner=owner,
+        status=Status.queued,
+        stage=Stage.searching,
+        spec=accepted.model_dump(mode="json"),
+        created_at=utcnow(),
+    )
+    session.add(study)
+    session.commit()
+    # The sweep would create the searches too (the study is durable from here on): this saves a wait.
+    advance_study(session, study.id, deps)
+    session.refresh(study)
+    return study
+
+
+def list_studies(
+    session: Session,
+    *,
+    status: str | None = None,
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+    owner: str | None = None,
+) -> tuple[list[Study], str | None]:
+    """Newest first (only `owner`'s when given); one page and the cursor of the next (None: the last)."""
+    query = select(Study).order_by(Study.created_at.desc(), Study.id.desc()).limit(limit + 1)
+    if owner is not None:
+        query = query.where(Study.owner == owner)
+    if status is not None:
+        query = query.where(Study.status == status)
+    if cursor is not None:
+        query = query.where(older_than(Study.created_at, Study.id, cursor))
+    rows = list(session.scalars(query))
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, encode_cursor(rows[-1].created_at, rows[-1].id)
+
+
+def get_study(session: Session, study_id: str) -> Study:
+    study = session.get(Study, study_id)
+    if study is None:
+        raise NotFound(f"study {study_id!r} not found")
+    return study
+
+
+def _child_public(child: Child) -> dict[str, Any]:
+    row = child.row
+    return {
+        "kind": child.kind,
+        "id": row.id,
+        "seed": child.seed,
+        "status": row.status,
+        "epoch": row.epoch,
+        "epochs": row.epochs,
+        "valid_acc": child.valid_acc,
+        "test_accuracy": getattr(row, "test_accuracy", None),
+        "started_at": row.started_at,
+        "finished_at": row.finished_at,
+        "error": row.error,
+    }
+
+
+def _run_seconds(child: Child, now: datetime) -> float:
+    start: datetime | None = child.row.started_at
+    if start is None:
+        return 0.0
+    end: datetime = child.row.finished_at or now
+    return max(0.0, (end - start).total_seconds())
+
+
+def study_detail(session: Session, study_id: str) -> dict[str, Any]:
+    """The study with its stages' children, the selection side by side, and its times (StudyPublic)."""
+    study = get_study(session, study_id)
+    found = children(session, study_id)
+    now = utcnow()
+    by_stage = {stage: [_child_public(c) for c in found if c.stage == stage] for stage in Stage}
+    finals = by_stage[Stage.final]
+    end = study.finished_at or now
+    return {
+        **{key: getattr(study, key) for key in (
+            "id", "name", "owner", "status", "stage", "created_at", "started_at", "finished_at", "error",
+            "chosen_seed", "chosen_search_id", "chosen_genotype", "selection", "spec",
+        )},
+        "stages": {"search": by_stage[Stage.searching], "selection": by_stage[Stage.selecting],
+                   "final": finals[0] if finals else None},
+        "wall_seconds": (end - study.created_at).total_seconds(),
+        "child_seconds": sum(_run_seconds(child, now) for child in found),
+    }
+
+
+def cancel_study(session: Session, study_id: str, *, deps: StudyDeps) -> Study:
+    """Cancel the study and every child (idempotent); Conflict (409) when it had ended otherwise."""
+    get_study(session, study_id)
+    try:
+        lifecycle_studies.request_cancel(session, study_id)
+    except lifecycle_studies.StudyFinished as finished:
+        raise Conflict(
+            f"study {study_id!r} already finished with status {finished.status!r}; it cannot be cancelled"
+        ) from None
+    study = advance_study(session, study_id, deps)
+    assert study is not None
+    return study
+
+
+def delete_study(session: Session, study_id: str, *, settings: Settings) -> None:
+    """Remove a finished study with its children, their epochs and artifacts; Conflict (409) before."""
+    study = get_study(session, study_id)
+    if study.status not in TERMINAL:
+        raise Conflict(
+            f"study {study_id!r} is {study.status}: cancel it and wait until it has finished to delete it"
+        )
+    found = children(session, study_id)
+    if any(not child.finished for child in found):
+        raise Conflict(f"study {study_id!r} still has children running: wait until they have stopped")
+    search_ids = [child.row.id for child in found if child.kind == "search"]
+    session.execute(delete(SearchEpoch).where(SearchEpoch.search_id.in_(search_ids)))
+    session.execute(delete(Search).where(Search.id.in_(search_ids)))
+    session.execute(delete(Study).where(Study.id == study_id))
+    session.commit()
+    for search_id in search_ids:
+        shutil.rmtree(search_dir(settings, search_id), ignore_errors=True)

@@ -1,0 +1,227 @@
+"""The study orchestrator: `advance_study` moves a study on from its children's statuses in SQL.
+
+It holds no state of its own: every call reads the study and its children (searches, trainings) and
+does what is due, so any process may call it any number of times, at once, and after a restart:
+
+- the periodic sweep of every ingester calls it for each unfinished study (`advance_unfinished`);
+- the ingester calls it right after it stored a child's terminal status;
+- `POST /studies` and `POST /studies/{id}/cancel` call it once themselves, so nothing waits a sweep.
+
+Idempotent and safe when concurrent: a child is created at most once (the unique (study, stage, seed)
+of searches and trainings: the insert that loses is rolled back and ignored), and the study's stage and
+status change through conditional updates (`app.lifecycle.studies`) that one caller wins.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.lifecycle import cancel as lifecycle_cancel
+from app.lifecycle import studies as lifecycle_studies
+from app.lifecycle.status import TERMINAL, Status
+from app.lifecycle.studies import Stage
+from app.models import Search, Study
+from app.services import searches as search_service
+from app.settings import Settings
+from app.study_schemas import StudySpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyDeps:
+    """What creating and cancelling children needs: the settings, the task broker, Redis (cancel flags)."""
+
+    settings: Settings
+    celery: Celery
+    redis_client: redis.Redis
+
+
+_WHAT = {Stage.searching: "search", Stage.selecting: "selection training", Stage.final: "final training"}
+
+
+@dataclass
+class Child:
+    """One search or training of a study, as the orchestrator reads it."""
+
+    kind: str  # "search" or "training"
+    row: Any  # the Search or Training row
+    stage: Stage
+    seed: int
+
+    @property
+    def status(self) -> Status:
+        return Status(self.row.status)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+    @property
+    def started_at(self) -> datetime | None:
+        value: datetime | None = self.row.started_at
+        return value
+
+    @property
+    def valid_acc(self) -> float | None:
+        """The selection metric: a training's validation accuracy (a search's best, for searches)."""
+        value = self.row.best_valid_acc if self.kind == "search" else self.row.valid_accuracy
+        return None if value is None else float(value)
+
+    def describe(self) -> str:
+        what = _WHAT.get(self.stage, self.kind)
+        reason = f": {self.row.error}" if self.row.error else ""
+        return f"the {what} of seed {self.seed} ({self.row.id}) {self.status}{reason}"
+
+
+def children(session: Session, study_id: str) -> list[Child]:
+    """Every child of the study, searches first, each stage in seed order."""
+    query = select(Search).where(Search.study_id == study_id).order_by(Search.study_seed)
+    found = [
+        Child("search", row, Stage(str(row.study_stage)), int(row.study_seed or 0))
+        for row in session.scalars(query)
+    ]
+    found.extend(_training_children(session, study_id))
+    return found
+
+
+def _training_children(session: Session, study_id: str) -> list[Child]:
+    return []
+
+
+def _in_stage(found: Sequence[Child], stage: Stage) -> dict[int, Child]:
+    return {child.seed: child for child in found if child.stage == stage}
+
+
+def _cancel_children(session: Session, found: Sequence[Child], deps: StudyDeps) -> None:
+    """Cancel every unfinished child (idempotent: a cancelling one only gets its flag again)."""
+    for child in found:
+        if child.finished:
+            continue
+        try:
+            lifecycle_cancel.cancel(
+                session,
+                child.row,
+                revoke=lambda task_id: search_service.revoke_task(deps.celery, task_id),
+                raise_flag=lambda job_id: search_service.raise_cancel_flag(
+                    deps.redis_client, deps.settings, job_id
+                ),
+            )
+        except lifecycle_cancel.AlreadyFinished:
+            continue
+
+
+def _fail(session: Session, study: Study, found: Sequence[Child], deps: StudyDeps, error: str) -> None:
+    if lifecycle_studies.finish(session, study.id, Status.failed, error=error):
+        logger.warning("study %s failed: %s", study.id, error)
+    _cancel_children(session, found, deps)
+
+
+def _search_spec(spec: StudySpec, study: Study, seed: int) -> Any:
+    training = spec.search.training.model_copy(update={"seed": seed})
+    return spec.search.model_copy(update={"training": training, "name": f"{study.name} · seed {seed}"})
+
+
+def _searching(session: Session, study: Study, spec: StudySpec, deps: StudyDeps) -> bool:
+    """Create the missing searches; once enough ended, move to `selecting`. True when it moved on."""
+    existing = _in_stage(children(session, study.id), Stage.searching)
+    for seed in spec.seeds:
+        if seed not in existing:
+            search_service.create_study_search(
+                session, _search_spec(spec, study, seed), celery=deps.celery, settings=deps.settings,
+                owner=study.owner, study_id=study.id, stage=Stage.searching, seed=seed,
+            )
+    found = children(session, study.id)
+    searches = _in_stage(found, Stage.searching)
+    if _too_many_failed(session, study, spec, found, [searches.get(seed) for seed in spec.seeds], deps):
+        return False
+    if not all(child.finished for child in searches.values()) or len(searches) < len(spec.seeds):
+        return False
+    return lifecycle_studies.move_stage(session, study.id, Stage.searching, Stage.selecting)
+
+
+def _too_many_failed(
+    session: Session, study: Study, spec: StudySpec, found: Sequence[Child],
+    line: Sequence[Child | None], deps: StudyDeps,
+) -> bool:
+    """Fail the study when fewer than `min_successful_seeds` seeds can still get through; True then.
+
+    `line` holds each seed's child in the current stage (None: not created yet, or its seed was lost
+    in an earlier stage).
+    """
+    lost = [c for c in line if c is not None and c.finished and c.status != Status.succeeded]
+    alive = sum(1 for child in line if child is not None) - len(lost)
+    if not lost or alive >= spec.required_successes():
+        return False
+    needed = spec.required_successes()
+    reason = "; ".join(child.describe() for child in lost)
+    _fail(session, study, found, deps, f"{reason} (min_successful_seeds={needed}, {alive} seed(s) left)")
+    return True
+
+
+def _selecting(session: Session, study: Study, spec: StudySpec, deps: StudyDeps) -> bool:
+    raise NotImplementedError("the selection stage needs trainings")
+
+
+def _final(session: Session, study: Study, spec: StudySpec, deps: StudyDeps) -> bool:
+    raise NotImplementedError("the final stage needs trainings")
+
+
+_STAGES: dict[Stage, Callable[[Session, Study, StudySpec, StudyDeps], bool]] = {
+    Stage.searching: _searching,
+    Stage.selecting: _selecting,
+    Stage.final: _final,
+}
+
+
+def advance_study(session: Session, study_id: str, deps: StudyDeps) -> Study | None:
+    """Do whatever is due for the study now (see the module docstring); returns it as it then is.
+
+    None when the study is gone. A terminal study is left as it is.
+    """
+    for _ in range(len(Stage) + 1):  # one stage per round; a round that changes nothing ends it
+        session.expire_all()
+        study = session.get(Study, study_id)
+        if study is None or study.status in TERMINAL:
+            return study
+        found = children(session, study_id)
+        if study.status == Status.queued and any(child.started_at for child in found):
+            lifecycle_studies.mark_running(session, study_id)
+        if study.cancel_requested:
+            _cancel_children(session, found, deps)
+            if all(child.finished for child in children(session, study_id)):
+                lifecycle_studies.finish(session, study_id, Status.cancelled)
+            break
+        spec = StudySpec.model_validate(study.spec)
+        if not _STAGES[Stage(study.stage)](session, study, spec, deps):
+            break
+    session.expire_all()
+    return session.get(Study, study_id)
+
+
+def advance_unfinished(factory: sessionmaker[Session], deps: StudyDeps) -> int:
+    """Advance every unfinished study (the sweep); returns how many were looked at.
+
+    A study whose round fails is logged and left to the next sweep; the others go on.
+    """
+    with factory() as session:
+        ids = list(session.scalars(select(Study.id).where(Study.status.in_(lifecycle_studies.UNFINISHED))))
+    for study_id in ids:
+        try:
+            with factory() as session:
+                advance_study(session, study_id, deps)
+        except OperationalError:
+            raise  # the database is unreachable: the caller's supervision retries the whole sweep
+        except Exception:
+            logger.exception("advancing study %s failed; the next sweep tries again", study_id)
+    return len(ids)

@@ -1,0 +1,78 @@
+"""Server-Sent Events of a study: its stage and status, its children's statuses and their epochs.
+
+One poller per stream, every poll interval: a study has a few followers (its owner's page, a
+`darts studies watch`), unlike a search's feed (`app.services.search_feed`), which shares its polls.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db_gate import DatabaseGate
+from app.lifecycle.status import TERMINAL
+from app.models import SearchEpoch, Study
+from app.schemas import EpochPublic
+from app.services.studies import _child_public
+from app.services.study_advance import children
+
+
+def _poll(factory: sessionmaker[Session], study_id: str, seen: dict[str, int]) -> dict[str, Any] | None:
+    """The study's state, its children, and every epoch after the last one `seen` of each child."""
+    with factory() as session:
+        study = session.get(Study, study_id)
+        if study is None:
+            return None
+        # The study first: once it is terminal, the same poll sees every child's last epoch.
+        state = {"status": study.status, "stage": study.stage, "error": study.error,
+                 "chosen_seed": study.chosen_seed, "chosen_search_id": study.chosen_search_id}
+        found = children(session, study_id)
+        epochs: list[dict[str, Any]] = []
+        for child in found:
+            if child.kind != "search":
+                continue
+            records = session.scalars(
+                select(SearchEpoch)
+                .where(SearchEpoch.search_id == child.row.id, SearchEpoch.epoch > seen.get(child.row.id, 0))
+                .order_by(SearchEpoch.epoch)
+            )
+            for record in records:
+                data = EpochPublic.model_validate(record).model_dump(mode="json", exclude={"alphas"})
+                epochs.append({"kind": child.kind, "id": child.row.id, "seed": child.seed,
+                               "stage": child.stage, "record": data})
+        return {"study": state, "children": [_child_public(child) for child in found], "epochs": epochs}
+
+
+async def study_stream(
+    factory: sessionmaker[Session], gate: DatabaseGate, study_id: str, poll_seconds: float
+) -> AsyncIterator[dict[str, str]]:
+    """`study` events (first, and on every status or stage change), `child` events (a child appeared or
+    changed status) and `epoch` events (each child's epochs, in order); ends after a terminal status."""
+    seen: dict[str, int] = {}
+    sent_children: dict[str, str] = {}
+    sent_study: dict[str, Any] | None = None
+    while True:
+        async with gate.slot():
+            state = await run_in_threadpool(_poll, factory, study_id, dict(seen))
+        if state is None:
+            return
+        for epoch in state["epochs"]:
+            seen[epoch["id"]] = epoch["record"]["epoch"]
+            yield {"event": "epoch", "data": json.dumps(epoch)}
+        for child in state["children"]:
+            text = json.dumps(child, default=str)
+            if sent_children.get(child["id"]) != child["status"]:
+                sent_children[child["id"]] = child["status"]
+                yield {"event": "child", "data": text}
+        if state["study"] != sent_study:
+            sent_study = state["study"]
+            yield {"event": "study", "data": json.dumps(sent_study)}
+        if state["study"]["status"] in TERMINAL:
+            return
+        await anyio.sleep(poll_seconds)
