@@ -15,7 +15,7 @@ EVENTS_INGESTED = Counter(
 )
 # Every series exists from the start (at 0), so a dashboard or an alert on `malformed` or
 # `dead_lettered` sees the series before the first bad entry.
-for _type in ("epoch", "status"):
+for _type in ("epoch", "training_epoch", "status"):
     for _outcome in ("stored", "duplicate", "stale", "fenced", "orphan", "dead_lettered", "error"):
         EVENTS_INGESTED.labels(type=_type, outcome=_outcome)
 EVENTS_INGESTED.labels(type="unknown", outcome="malformed")

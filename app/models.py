@@ -25,7 +25,7 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, declared_attr, mapped_column, relationship
 
 from app.db import utcnow
 from app.lifecycle.status import TERMINAL, Status
@@ -69,20 +69,11 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-class Search(Base):
-    """One architecture search: its accepted spec, its state, and a summary of its last epoch."""
+class LifecycleColumns:
+    """The columns every job the lifecycle drives has (searches, trainings): status, progress, lease.
 
-    __tablename__ = "searches"
-    __table_args__ = (
-        # Newest-first listing and keyset pagination, with and without a status filter.
-        Index("ix_searches_created_at_id", "created_at", "id"),
-        Index("ix_searches_status_created_at_id", "status", "created_at", "id"),
-        # An owner's own list, and the count of its active searches (the quota).
-        Index("ix_searches_owner_created_at_id", "owner", "created_at", "id"),
-        Index("ix_searches_owner_status", "owner", "status"),
-        # One child per (study, stage, seed): creating a stage's children twice creates them once.
-        UniqueConstraint("study_id", "study_stage", "study_seed"),
-    )
+    `app.lifecycle` reads and writes only these, whatever the job's kind (`app.lifecycle.kinds`).
+    """
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -99,20 +90,49 @@ class Search(Base):
     epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     epochs: Mapped[int] = mapped_column(Integer)  # total planned
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    best_valid_acc: Mapped[float | None] = mapped_column(Float)
     genotype: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
-    # Set when the spec's training.early_stop rule ended the search (it then succeeded): the rule's reason.
-    stop_reason: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(default=False, server_default=false())
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
-    # Set on the searches a study created (app.services.study_advance): its study, stage and seed.
-    study_id: Mapped[str | None] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+class StudyChildColumns:
+    """Set on the searches and trainings a study created (`app.services.study_advance`): its study, the
+    stage and the seed. Each table has a unique (study_id, study_stage, study_seed): a stage's child is
+    created once, however many orchestrators try at once."""
+
+    @declared_attr
+    def study_id(cls) -> Mapped[str | None]:
+        return mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
+
     study_stage: Mapped[str | None] = mapped_column(String(16))
     study_seed: Mapped[int | None] = mapped_column(Integer)
+
+
+class Search(LifecycleColumns, StudyChildColumns, Base):
+    """One architecture search: its accepted spec, its state, and a summary of its last epoch."""
+
+    __tablename__ = "searches"
+    __table_args__ = (
+        # Newest-first listing and keyset pagination, with and without a status filter.
+        Index("ix_searches_created_at_id", "created_at", "id"),
+        Index("ix_searches_status_created_at_id", "status", "created_at", "id"),
+        # An owner's own list, and the count of its active searches (the quota).
+        Index("ix_searches_owner_created_at_id", "owner", "created_at", "id"),
+        Index("ix_searches_owner_status", "owner", "status"),
+        UniqueConstraint("study_id", "study_stage", "study_seed"),
+    )
+
+    best_valid_acc: Mapped[float | None] = mapped_column(Float)
+    # Set when the spec's training.early_stop rule ended the search (it then succeeded): the rule's reason.
+    stop_reason: Mapped[str | None] = mapped_column(Text)
 
     epoch_records: Mapped[list[SearchEpoch]] = relationship(
         back_populates="search",
@@ -120,10 +140,6 @@ class Search(Base):
         passive_deletes=True,
         order_by="SearchEpoch.epoch",
     )
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in TERMINAL
 
     @property
     def stopped_early(self) -> bool:
@@ -161,12 +177,69 @@ class SearchEpoch(Base):
     search: Mapped[Search] = relationship(back_populates="epoch_records")
 
 
+class Training(LifecycleColumns, StudyChildColumns, Base):
+    """One retraining of a genotype from scratch (`POST /trainings`): spec, state, final figures.
+
+    `genotype` is the genotype trained (fixed at creation). `search_id`/`search_epoch` name the search
+    it came from, when it came from one (no foreign key: deleting the search keeps the training).
+    The weights live in storage (`app.storage.training_weights_path`), written when it succeeded.
+    """
+
+    __tablename__ = "trainings"
+    __table_args__ = (
+        Index("ix_trainings_created_at_id", "created_at", "id"),
+        Index("ix_trainings_owner_created_at_id", "owner", "created_at", "id"),
+        Index("ix_trainings_owner_status", "owner", "status"),
+        UniqueConstraint("study_id", "study_stage", "study_seed"),
+    )
+
+    search_id: Mapped[str | None] = mapped_column(String(36))
+    search_epoch: Mapped[int | None] = mapped_column(Integer)
+    test_accuracy: Mapped[float | None] = mapped_column(Float)
+    test_loss: Mapped[float | None] = mapped_column(Float)
+    valid_accuracy: Mapped[float | None] = mapped_column(Float)
+    parameters: Mapped[int | None] = mapped_column(BigInteger)
+    multiply_adds: Mapped[int | None] = mapped_column(BigInteger)
+
+    epoch_records: Mapped[list[TrainingEpoch]] = relationship(
+        back_populates="training",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="TrainingEpoch.epoch",
+    )
+
+
+class TrainingEpoch(Base):
+    """One finished epoch of a training (darts_core.train.TrainEpoch), written once by the ingester."""
+
+    __tablename__ = "training_epochs"
+    __table_args__ = (UniqueConstraint("training_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    training_id: Mapped[str] = mapped_column(ForeignKey("trainings.id", ondelete="CASCADE"))
+    epoch: Mapped[int] = mapped_column(Integer)  # 1-based
+    train_loss: Mapped[float] = mapped_column(Float)
+    train_acc: Mapped[float] = mapped_column(Float)
+    # Null when the training holds out no validation split (training.valid_fraction 0).
+    valid_loss: Mapped[float | None] = mapped_column(Float)
+    valid_acc: Mapped[float | None] = mapped_column(Float)
+    test_loss: Mapped[float] = mapped_column(Float)
+    test_acc: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    drop_path_prob: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    stream_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    training: Mapped[Training] = relationship(back_populates="epoch_records")
+
+
 class Study(Base):
     """The DARTS paper's protocol as one job: a search per seed, a short training of each found
     genotype (the selection), and the final training of the best one.
 
-    Its children (searches, trainings) point at it (`study_id`, `study_stage`, `study_seed`); the
-    orchestrator (`app.services.study_advance`) moves it on from their statuses, all read from SQL.
+    Its children (searches, trainings) point at it (`StudyChildColumns`); the orchestrator
+    (`app.services.study_advance`) moves it on from their statuses, all read from SQL.
     """
 
     __tablename__ = "studies"

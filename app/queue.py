@@ -1,5 +1,5 @@
-"""The task queue as the API and the lifecycle see it: sending `run_search` by name, and reading
-which searches have a task message waiting in the broker.
+"""The task queue as the API and the lifecycle see it: sending `run_search` / `run_training` by name,
+and reading which jobs have a task message waiting in the broker.
 
 The workers' Celery application (`worker.celery_app`) is this same configuration plus the task
 itself; nothing here imports the worker or torch, so the API process stays light.
@@ -20,6 +20,7 @@ from app.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 RUN_SEARCH_TASK = "darts.run_search"
+RUN_TRAINING_TASK = "darts.run_training"
 
 
 def broker_url(redis_url: str) -> str:
@@ -61,18 +62,24 @@ def create_celery_app(settings: Settings | None = None, *, include: Iterable[str
     return app
 
 
-def enqueue_search(celery: Celery, search_id: str, settings: Settings | None = None) -> str:
-    """Send `run_search(search_id)` to the searches queue; returns the Celery task id."""
+def enqueue_task(celery: Celery, task: str, job_id: str, settings: Settings | None = None) -> str:
+    """Send `task(job_id)` (RUN_SEARCH_TASK or RUN_TRAINING_TASK) to the jobs queue; returns the Celery
+    task id."""
     settings = settings or get_settings()
-    result = celery.send_task(RUN_SEARCH_TASK, args=[search_id], queue=settings.celery_queue)
+    result = celery.send_task(task, args=[job_id], queue=settings.celery_queue)
     return str(result.id)
 
 
-def _search_id_of(raw: str | bytes) -> str | None:
-    """The search id argument of one serialized kombu message (None for anything else)."""
+def enqueue_search(celery: Celery, search_id: str, settings: Settings | None = None) -> str:
+    """Send `run_search(search_id)` to the jobs queue; returns the Celery task id."""
+    return enqueue_task(celery, RUN_SEARCH_TASK, search_id, settings)
+
+
+def _job_id_of(raw: str | bytes, task: str) -> str | None:
+    """The job id argument of one serialized kombu message of `task` (None for anything else)."""
     try:
         message = json.loads(raw)
-        if message.get("headers", {}).get("task") != RUN_SEARCH_TASK:
+        if message.get("headers", {}).get("task") != task:
             return None
         args = json.loads(base64.b64decode(message["body"]))[0]
         return str(args[0]) if args else None
@@ -80,9 +87,9 @@ def _search_id_of(raw: str | bytes) -> str | None:
         return None
 
 
-def queued_search_ids(client: redis.Redis, settings: Settings) -> set[str]:
-    """Search ids of every `run_search` message in the broker: waiting in the queue, or delivered to a
-    worker and not yet acknowledged (the transport's `unacked` hash)."""
+def queued_search_ids(client: redis.Redis, settings: Settings, task: str = RUN_SEARCH_TASK) -> set[str]:
+    """Job ids of every `task` message (by default `run_search`) in the broker: waiting in the queue, or
+    delivered to a worker and not yet acknowledged (the transport's `unacked` hash)."""
     prefix = celery_key_prefix(settings)
     raw: list[str | bytes] = list(client.lrange(prefix + settings.celery_queue, 0, -1))
     for value in client.hvals(prefix + "unacked"):
@@ -90,4 +97,4 @@ def queued_search_ids(client: redis.Redis, settings: Settings) -> set[str]:
             raw.append(json.dumps(json.loads(value)[0]))  # [message, exchange, routing key]
         except (ValueError, IndexError, TypeError):
             continue
-    return {search_id for item in raw if (search_id := _search_id_of(item)) is not None}
+    return {job_id for item in raw if (job_id := _job_id_of(item, task)) is not None}

@@ -1,4 +1,5 @@
-"""The workers' Celery application: the service's queue configuration plus the `run_search` task.
+"""The workers' Celery application: the service's queue configuration plus the `run_search` and
+`run_training` tasks.
 
 Importing this module must stay cheap and must never import torch: a GPU worker's parent process
 must not initialise CUDA before it forks (the task imports torch when it runs).
@@ -15,7 +16,9 @@ from app.settings import Settings
 def create_worker_app(settings: Settings | None = None) -> Celery:
     # worker.health (liveness file and heartbeat) and worker.logs (our log formatter and context)
     # connect Celery signals when imported: only the worker imports them.
-    return create_celery_app(settings, include=["worker.task", "worker.health", "worker.logs"])
+    return create_celery_app(
+        settings, include=["worker.task", "worker.training_task", "worker.health", "worker.logs"]
+    )
 
 
 def __getattr__(name: str) -> Celery:

@@ -13,7 +13,7 @@ from typing import Any
 from celery import signals
 
 from app.logging_config import bind_log_context, clear_log_context, configure_logging
-from app.queue import RUN_SEARCH_TASK
+from app.queue import RUN_SEARCH_TASK, RUN_TRAINING_TASK
 from app.settings import get_settings
 
 
@@ -25,7 +25,8 @@ def _setup_logging(loglevel: Any = None, **_kwargs: Any) -> None:
 @signals.task_prerun.connect
 def _bind_task(sender: Any = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
     clear_log_context()
-    if getattr(sender, "name", None) == RUN_SEARCH_TASK:
+    if getattr(sender, "name", None) in (RUN_SEARCH_TASK, RUN_TRAINING_TASK):
+        # The job's id (a search's or a training's) goes into the `search_id` log field.
         search_id = (args or [None])[0] if args else (kwargs or {}).get("search_id")
         bind_log_context(search_id=search_id)
 

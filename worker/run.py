@@ -1,438 +1,73 @@
-"""One execution of `run_search` for one search: lease it, run darts_core's loop, publish its events.
-
-What the run writes where:
-
-- Redis Stream `{REDIS_PREFIX}:events` (`app.events.publisher`): `running` when it starts, one event
-  per finished epoch, and `succeeded` / `failed` / `cancelled` at the end, each carrying the lease's
-  fencing token. The ingester projects them onto SQL (`app.lifecycle.projection`).
-- SQL, through `app.lifecycle` only: the lease (acquire, heartbeat, finish) and, on a warm shutdown,
-  the hand-back of the search to the queue.
-
-Redis may be unreachable for any length of time: epochs the run could not publish wait in an outbox
-(they are in the checkpoint's history too) and go out, in order, once Redis answers; the final status
-is retried until it is sent. A run whose lease is lost stops without reporting anything.
-"""
+"""One execution of `run_search` for one search: darts_core's search loop inside `worker.job_run`'s
+lease, heartbeat, outbox and end-of-run machinery (shared with trainings, `worker.training_run`)."""
 
 from __future__ import annotations
 
-import errno
-import logging
-import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import redis
-from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from app.lifecycle.kinds import SEARCH
+from app.models import Search
+from app.storage import search_dir
+from worker.job_run import (
+    HandedBack,
+    JobOutcome,
+    JobRun,
+    Outbox,
+    StopWatch,
+    public_error,
+    resolve_dataset,
+    session_factory,
+    worker_shutting_down,
+)
 
-from app.db import make_engine, make_session_factory
-from app.events.publisher import publish_epoch, publish_status
-from app.lifecycle.cancel import cancel_key
-from app.lifecycle.lease import Lease, database_now
-from app.lifecycle.start import StartDecision, decide_start, exhausted_message
-from app.lifecycle.status import Status
-from app.lifecycle.sweep import hand_back
-from app.logging_config import bind_log_context
-from app.models import Dataset, Search, SearchEpoch
-from app.redis import get_redis
-from app.settings import Settings
-from app.storage import dataset_path, search_dir
-from worker.memory_cap import is_out_of_memory
-
-logger = logging.getLogger(__name__)
-
-# How often the cancel key is read while a search runs (should_stop is polled between batches).
-CANCEL_POLL_SECONDS = 0.5
-SQL_CANCEL_POLL_SECONDS = 2.0
-# Longest pause between two tries to send the final status while Redis is unreachable.
-MAX_PUBLISH_BACKOFF = 5.0
-# Epochs this many behind the newest one must be in SQL already; missing ones were lost on the way
-# (the stream deleted, a Redis restart that lost its last second) and are published again.
-INGEST_LAG_EPOCHS = 2
-# How long the end of a run waits for its epochs to be stored before reporting its final status.
-STORED_WAIT_SECONDS = 300.0
-
-# Set when the worker begins a warm shutdown (Ctrl-C, SIGTERM): the running search stops at its next
-# batch and goes back to the queue, to resume from its checkpoint.
-worker_shutting_down = threading.Event()
-
-_session_factories: dict[str, sessionmaker[Session]] = {}
-_session_factories_lock = threading.Lock()
+__all__ = [
+    "HandedBack", "Outbox", "SearchRun", "StopWatch", "public_error", "resolve_dataset", "session_factory",
+    "worker_shutting_down",
+]
 
 
-class HandedBack(Exception):
-    """The run stopped for a warm shutdown and gave the search back to the queue."""
+class SearchRun(JobRun):
+    """One execution of the task for one search (see `worker.job_run`)."""
 
-
-def session_factory(settings: Settings) -> sessionmaker[Session]:
-    """The worker process's sessionmaker: one engine per database URL, made on first use."""
-    url = settings.sqlalchemy_url
-    with _session_factories_lock:
-        if url not in _session_factories:
-            _session_factories[url] = make_session_factory(make_engine(settings))
-        return _session_factories[url]
-
-
-class StopWatch:
-    """`should_stop` for `run_search`: a cancel request, the worker's shutdown, or a lost lease.
-
-    A cancel request is the Redis key `{prefix}:cancel:{id}` (read at most every 0.5 s) or the row's
-    `cancel_requested` (read every 2 s: it also covers a cancel the API could not flag in Redis).
-    Neither Redis nor the database being unreachable stops the search.
-    """
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        key: str,
-        search_id: str,
-        lease: Lease,
-        factory: sessionmaker[Session],
-        *,
-        deadline: float | None = None,
-    ) -> None:
-        self.client = client
-        self.key = key
-        self.search_id = search_id
-        self.lease = lease
-        self.factory = factory
-        self.deadline = deadline  # time.monotonic() past which the search's time limit is reached
-        self.cancelled = False
-        self.timed_out = False
-        self._next_poll = 0.0
-        self._next_sql_poll = 0.0
+    kind = SEARCH
 
     @property
-    def shutting_down(self) -> bool:
-        return worker_shutting_down.is_set()
+    def search_id(self) -> str:
+        return self.job_id
 
-    def __call__(self) -> bool:
-        if self.lease.lost.is_set() or self.shutting_down:
-            return True
-        now = time.monotonic()
-        if self.deadline is not None and now >= self.deadline:
-            self.timed_out = True
-            return True
-        if not self.cancelled and now >= self._next_poll:
-            self._next_poll = now + CANCEL_POLL_SECONDS
-            try:
-                self.cancelled = bool(self.client.exists(self.key))
-            except redis.RedisError as exc:
-                logger.warning("could not read the cancel flag %s: %s", self.key, exc)
-        if not self.cancelled and now >= self._next_sql_poll:
-            self._next_sql_poll = now + SQL_CANCEL_POLL_SECONDS
-            try:
-                with self.factory() as session:
-                    self.cancelled = bool(
-                        session.scalar(select(Search.cancel_requested).where(Search.id == self.search_id))
-                    )
-            except SQLAlchemyError as exc:
-                logger.warning("could not read cancel_requested of search %s: %s", self.search_id, exc)
-        return self.cancelled
+    def run_job(self, watch: StopWatch, report: Callable[[dict[str, Any]], None]) -> JobOutcome | None:
+        # Imported here, in the task, so a worker's parent process never loads torch or CUDA.
+        from darts_core.checkpoint import read_history
+        from darts_core.data import load_dataset
+        from darts_core.search import SearchConfig, run_search
 
-
-class Outbox:
-    """Events of one run, sent in order; those Redis refused wait until it answers again."""
-
-    def __init__(self, send: Callable[[dict[str, Any]], str]) -> None:
-        self._send = send
-        self._waiting: deque[dict[str, Any]] = deque()
-
-    def __len__(self) -> int:
-        return len(self._waiting)
-
-    def put(self, record: dict[str, Any]) -> None:
-        """Queue `record` behind the waiting ones and send as many as Redis takes now."""
-        self._waiting.append(record)
-        self.flush()
-
-    def flush(self) -> bool:
-        """Send what waits, in order; True when nothing is left."""
-        while self._waiting:
-            try:
-                self._send(self._waiting[0])
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                logger.warning("Redis unreachable (%s); %d event(s) wait to be published", exc, len(self))
-                return False
-            self._waiting.popleft()
-        return True
-
-
-def resolve_dataset(settings: Settings, session: Session, search: Search) -> dict[str, Any]:
-    """The `load_dataset` spec of a search: a built-in's spec as given, or an upload's `.npz` path."""
-    kind, _, ref = search.dataset_ref.partition(":")
-    if kind == "builtin":
-        spec = dict(search.spec.get("dataset") or {"name": ref})
-        spec.setdefault("name", ref)
-        return spec
-    if kind == "upload":
-        dataset = session.get(Dataset, ref)
-        if dataset is None:
-            raise LookupError(f"uploaded dataset {ref} no longer exists")
-        # The upload's split and layout options travel with it; `id` is ours, not load_dataset's.
-        options = {key: value for key, value in (search.spec.get("dataset") or {}).items()
-                   if key != "id" and value is not None}
-        return {**options, "name": "npz", "path": str(dataset_path(settings, dataset.path))}
-    raise ValueError(f"unknown dataset reference {search.dataset_ref!r}")
-
-
-def public_error(exc: BaseException, settings: Settings) -> str:
-    """The message a failed search shows: what went wrong, without server paths or a traceback."""
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # darts_core's CheckpointDiskFull too
-        return "disk full: the worker could not write the search's checkpoint"
-    if is_out_of_memory(exc):
-        return (
-            "out of memory: the worker could not allocate what this search needs "
-            "(WORKER_MEMORY_BYTES); lower the batch size, channels or cells"
-        )
-    message = f"{type(exc).__name__}: {exc}"
-    for secret in {str(settings.artifacts_path), str(settings.data_dir.resolve())}:
-        message = message.replace(secret, "<data>")
-    return message[:2000]
-
-
-class SearchRun:
-    """One execution of the task for one search (see the module docstring)."""
-
-    def __init__(self, settings: Settings, search_id: str) -> None:
-        self.settings = settings
-        self.search_id = search_id
-        self.factory = session_factory(settings)
-        self.client = get_redis(settings)
-        self.lease: Lease | None = None
-
-    @property
-    def token(self) -> int | None:
-        return self.lease.token if self.lease else None
-
-    def _publish_status(
-        self,
-        status: Status,
-        error: str | None = None,
-        *,
-        stop_reason: str | None = None,
-        genotype: dict[str, Any] | None = None,
-    ) -> None:
-        """Send a status event, retrying until Redis takes it (the lease's heartbeat keeps running)."""
-        delay = 0.2
-        while True:
-            try:
-                publish_status(
-                    self.client, self.settings, self.search_id, status, error, attempt=self.token,
-                    stop_reason=stop_reason, genotype=genotype,
-                )
-                return
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if self.lease is not None and self.lease.lost.is_set():
-                    return
-                logger.warning("publishing %s of %s failed (%s); retrying in %.1f s",
-                               status, self.search_id, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_PUBLISH_BACKOFF)
-
-    def _cancel_flag(self) -> bool:
-        try:
-            return bool(self.client.exists(cancel_key(self.settings.redis_prefix, self.search_id)))
-        except redis.RedisError:
-            return False  # the SQL flag is read as well
-
-    def execute(self) -> str:
-        """Run the search if this worker may; returns what happened (the task's result, for logs)."""
         with self.factory() as session:
-            decision = decide_start(
-                session,
-                self.search_id,
-                max_attempts=self.settings.search_max_attempts,
-                cancel_flag=self._cancel_flag(),
-            )
-            attempts = session.scalar(select(Search.attempts).where(Search.id == self.search_id))
-        if decision == StartDecision.cancel:
-            self._publish_status(Status.cancelled)
-        elif decision == StartDecision.exhausted:
-            self._publish_status(
-                Status.failed, exhausted_message(attempts or 0, self.settings.search_max_attempts)
-            )
-        if decision != StartDecision.run:
-            return decision.value
-        self.lease = Lease(
-            self.factory,
-            self.search_id,
-            seconds=self.settings.search_lease_seconds,
-            max_attempts=self.settings.search_max_attempts,
+            search = session.get(Search, self.job_id)
+            if search is None:
+                return None
+            dataset_spec = resolve_dataset(self.settings, session, search)
+            spec = {key: value for key, value in search.spec.items() if key not in ("dataset", "name")}
+        config = SearchConfig.from_spec(spec)
+        dataset = load_dataset(dataset_spec)
+        directory = search_dir(self.settings, self.job_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        for record in read_history(directory):
+            report(record)
+        result = run_search(
+            dataset,
+            config,
+            checkpoint_dir=directory,
+            on_epoch=lambda epoch: report(epoch.to_dict()),
+            should_stop=watch,
         )
-        if not self.lease.acquire():
-            return StartDecision.duplicate.value
-        bind_log_context(attempt=self.lease.token)
-        logger.info("search %s: attempt %s started", self.search_id, self.lease.token)
-        self.lease.start_heartbeat()
-        try:
-            return self._run_leased(self.lease)
-        finally:
-            self.lease.stop_heartbeat()
-
-    def _time_limit(self) -> int | None:
-        """The search's wall-clock limit: SEARCH_TIME_LIMIT, or the spec's lower one."""
-        with self.factory() as session:
-            spec = session.scalar(select(Search.spec).where(Search.id == self.search_id)) or {}
-        asked = (spec.get("resources") or {}).get("time_limit_seconds")
-        limits = [limit for limit in (self.settings.search_time_limit, asked) if limit]
-        return min(limits) if limits else None
-
-    def _deadline(self) -> float | None:
-        """`time.monotonic()` at which the limit is reached, counting the time earlier attempts ran
-        (from the search's `started_at`, on the database's clock)."""
-        limit = self._time_limit()
-        if limit is None:
-            return None
-        with self.factory() as session:
-            started = session.scalar(select(Search.started_at).where(Search.id == self.search_id))
-            elapsed = (database_now(session) - started).total_seconds() if started else 0.0
-        return time.monotonic() + max(0.0, limit - elapsed)
-
-    def _run_leased(self, lease: Lease) -> str:
-        self._publish_status(Status.running)
-        key = cancel_key(self.settings.redis_prefix, self.search_id)
-        watch = StopWatch(
-            self.client, key, self.search_id, lease, self.factory, deadline=self._deadline()
-        )
-        outbox = Outbox(
-            lambda record: publish_epoch(
-                self.client, self.settings, self.search_id, record, attempt=lease.token
-            )
-        )
-        try:
-            # Imported here, in the task, so a worker's parent process never loads torch or CUDA.
-            from darts_core.checkpoint import read_history
-            from darts_core.data import load_dataset
-            from darts_core.search import SearchConfig, run_search
-
-            with self.factory() as session:
-                search = session.get(Search, self.search_id)
-                if search is None:
-                    return StartDecision.missing.value
-                dataset_spec = resolve_dataset(self.settings, session, search)
-                spec = {key: value for key, value in search.spec.items() if key not in ("dataset", "name")}
-            config = SearchConfig.from_spec(spec)
-            dataset = load_dataset(dataset_spec)
-            directory = search_dir(self.settings, self.search_id)
-            directory.mkdir(parents=True, exist_ok=True)
-            # run_search checkpoints an epoch before reporting it: a run that died in between left an
-            # epoch only in the checkpoint, and events of an earlier attempt are fenced off. Report the
-            # checkpoint's epochs again under this attempt (the projection keeps each epoch once).
-            published: dict[int, dict[str, Any]] = {}
-
-            def report(record: dict[str, Any]) -> None:
-                published[record["epoch"]] = record
-                outbox.put(record)
-                self._republish_missing(outbox, published, before=record["epoch"] - INGEST_LAG_EPOCHS)
-
-            for record in read_history(directory):
-                report(record)
-            result = run_search(
-                dataset,
-                config,
-                checkpoint_dir=directory,
-                on_epoch=lambda epoch: report(epoch.to_dict()),
-                should_stop=watch,
-            )
-        except Exception as exc:
-            if lease.lost.is_set():
-                return "lease lost"
-            logger.exception("search %s failed", self.search_id)
-            self._drain(outbox, lease)
-            self._publish_status(Status.failed, public_error(exc, self.settings))
-            lease.finish()
-            return "failed"
-
-        if lease.lost.is_set():
-            return "lease lost"
-        if result.stopped and watch.shutting_down and not watch.cancelled:
-            # Back to the queue: the next worker resumes from the checkpoint of the last finished epoch.
-            # This attempt ended cleanly, so it does not count towards SEARCH_MAX_ATTEMPTS.
-            hand_back(self.factory, self.search_id, lease.owner, lease.token or 0)
-            raise HandedBack(f"worker shutting down; search {self.search_id} requeued")
-        if not self._drain(outbox, lease) or not self._wait_stored(outbox, published, lease):
-            return "lease lost"
-        if result.stopped and watch.timed_out and not watch.cancelled:
-            limit = self._time_limit()
-            self._publish_status(
-                Status.failed,
-                f"time limit reached: the search ran for its limit of {limit} s "
-                f"({result.epochs_completed} epoch(s) finished; the genotype of the last one is kept)",
-            )
-            lease.finish()
-            return "time limit reached"
-        if result.stopped and watch.cancelled:
-            self._publish_status(Status.cancelled)
-            lease.finish()
-            return "cancelled"
+        success: dict[str, Any] = {}
         if result.stopped_early:
             # The early-stop rule ended the search: it succeeded, with the genotype the rule keeps.
-            self._publish_status(
-                Status.succeeded, stop_reason=result.stop_reason, genotype=result.genotype.to_json()
-            )
-        else:
-            self._publish_status(Status.succeeded)
-        lease.finish()
-        return "succeeded"
-
-    def _stored_epochs(self) -> set[int] | None:
-        """The epochs of this search in SQL (None when the database does not answer)."""
-        try:
-            with self.factory() as session:
-                return set(
-                    session.scalars(select(SearchEpoch.epoch).where(SearchEpoch.search_id == self.search_id))
-                )
-        except SQLAlchemyError as exc:
-            logger.warning("could not read the stored epochs of %s: %s", self.search_id, exc)
-            return None
-
-    def _republish_missing(self, outbox: Outbox, published: dict[int, dict[str, Any]], before: int) -> int:
-        """Publish again the epochs up to `before` that SQL still lacks; returns how many."""
-        if before < 1 or len(outbox):
-            return 0
-        stored = self._stored_epochs()
-        if stored is None:
-            return 0
-        missing = sorted(epoch for epoch in published if epoch <= before and epoch not in stored)
-        for epoch in missing:
-            logger.warning("epoch %d of %s was lost on the way; publishing it again", epoch, self.search_id)
-            outbox.put(published[epoch])
-        return len(missing)
-
-    def _wait_stored(self, outbox: Outbox, published: dict[int, dict[str, Any]], lease: Lease) -> bool:
-        """Before the final status: wait until every epoch is in SQL, publishing lost ones again.
-
-        The final status must never overtake an epoch (a finished search's history is complete).
-        Gives up waiting after STORED_WAIT_SECONDS (the epochs stay in the outbox and the checkpoint);
-        False when the lease was lost meanwhile.
-        """
-        deadline = time.monotonic() + STORED_WAIT_SECONDS
-        delay = 0.1
-        while time.monotonic() < deadline:
-            if lease.lost.is_set():
-                return False
-            stored = self._stored_epochs()
-            if stored is not None and set(published) <= stored:
-                return True
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-            if delay == 2.0:
-                self._republish_missing(outbox, published, before=max(published, default=0))
-                self._drain(outbox, lease)
-        logger.error("search %s: epochs %s still not stored; reporting the end anyway", self.search_id,
-                     sorted(set(published) - (self._stored_epochs() or set())))
-        return True
-
-    def _drain(self, outbox: Outbox, lease: Lease) -> bool:
-        """Wait until every epoch is published (Redis may be away for long); False if the lease is lost."""
-        delay = 0.2
-        while not outbox.flush():
-            if lease.lost.is_set():
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, MAX_PUBLISH_BACKOFF)
-        return True
+            success = {"stop_reason": result.stop_reason, "genotype": result.genotype.to_json()}
+        return JobOutcome(
+            stopped=result.stopped,
+            epochs_completed=result.epochs_completed,
+            success=success,
+            kept_note="; the genotype of the last one is kept",
+        )

@@ -18,8 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.queue import RUN_SEARCH_TASK
 from app.settings import get_settings
-from worker.run import HandedBack, SearchRun
-from worker.run import worker_shutting_down as shutting_down_flag
+from worker.job_run import HandedBack
+from worker.job_run import worker_shutting_down as shutting_down_flag
+from worker.run import SearchRun
 
 
 @worker_shutting_down.connect

@@ -35,14 +35,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.event_metrics import EVENTS_INGESTED, observe_stored
-from app.events.schema import EpochEvent, StatusEvent, parse_event
+from app.events.schema import JobEvent, parse_event
 from app.lifecycle import sweep
 from app.lifecycle.cancel import cancel_key
+from app.lifecycle.kinds import KINDS, JobKind
 from app.lifecycle.projection import apply_event
 from app.lifecycle.status import TERMINAL
 from app.logging_config import bind_log_context, clear_log_context
-from app.models import Search
-from app.queue import create_celery_app, enqueue_search, queued_search_ids
+from app.queue import create_celery_app, enqueue_task, queued_search_ids
 from app.redis import get_redis
 from app.services.study_advance import StudyDeps, advance_study, advance_unfinished
 from app.settings import Settings
@@ -181,7 +181,7 @@ class Ingester:
         self.redis.incr(f"{self.stream}:malformed")
         self._ack(entry_id)
 
-    def _dead_letter(self, entry_id: str, raw: str, event: EpochEvent | StatusEvent) -> None:
+    def _dead_letter(self, entry_id: str, raw: str, event: JobEvent) -> None:
         logger.error("event %s was refused %s times; moving it to %s", entry_id, self.max_deliveries,
                      dead_letter_stream(self.settings))
         self.redis.xadd(dead_letter_stream(self.settings), {"data": raw, "entry_id": entry_id}, maxlen=10_000)
@@ -211,7 +211,7 @@ class Ingester:
                 self._malformed(entry_id, exc)
                 acked += 1
                 continue
-            bind_log_context(search_id=event.search_id, attempt=event.attempt)
+            bind_log_context(search_id=event.job_id, attempt=event.attempt)
             try:
                 outcome = self._store(event, entry_id)
             except SQLAlchemyError as exc:
@@ -231,17 +231,17 @@ class Ingester:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
             if outcome == "stored":
                 observe_stored(event)
-                if isinstance(event, StatusEvent) and event.status in TERMINAL:
-                    self._advance_study_of(event.search_id)
+                if event.type == "status" and event.status in TERMINAL:
+                    self._advance_study_of(KINDS[event.kind], event.job_id)
             elif outcome == "orphan":
-                logger.warning("event %s for unknown search %s dropped", entry_id, event.search_id)
+                logger.warning("event %s for unknown %s %s dropped", entry_id, event.kind, event.job_id)
             elif outcome == "fenced":
                 logger.warning("event %s of search %s from a superseded attempt %s discarded",
-                               entry_id, event.search_id, event.attempt)
+                               entry_id, event.job_id, event.attempt)
         clear_log_context()
         return acked
 
-    def _store(self, event: EpochEvent | StatusEvent, entry_id: str, attempts: int = 5) -> str:
+    def _store(self, event: JobEvent, entry_id: str, attempts: int = 5) -> str:
         """`apply_event` in its own transaction, retried a few times on a busy database.
 
         SQLite answers "database is locked" at once when a read transaction must become a write one
@@ -264,14 +264,14 @@ class Ingester:
             self._celery = create_celery_app(self.settings)
         return StudyDeps(settings=self.settings, celery=self._celery, redis_client=self.redis)
 
-    def _advance_study_of(self, job_id: str) -> None:
+    def _advance_study_of(self, kind: JobKind, job_id: str) -> None:
         """Move the study of a child that has just ended on at once (the sweep would, a little later).
 
         Best effort: the event is stored already, and a failure here is the next sweep's to repair.
         """
         try:
             with self.session_factory() as session:
-                child = session.get(Search, job_id)
+                child = session.get(kind.model, job_id)
                 if child is not None and child.study_id is not None:
                     advance_study(session, child.study_id, self._study_deps())
         except Exception:
@@ -279,30 +279,39 @@ class Ingester:
 
     # -- The lifecycle's sweeps ----------------------------------------------------------------------
 
-    def _enqueue(self, search_id: str) -> str:
+    def _enqueue(self, kind: JobKind, job_id: str) -> str:
         if self._celery is None:
             self._celery = create_celery_app(self.settings)
-        return enqueue_search(self._celery, search_id, self.settings)
+        return enqueue_task(self._celery, kind.task, job_id, self.settings)
 
     def sweep(self) -> None:
-        """Hand back searches whose lease expired, re-send tasks the broker lost, forget dead consumers."""
+        """Hand back jobs whose lease expired, re-send tasks the broker lost, forget dead consumers."""
+        for kind in KINDS.values():
+            self._sweep_kind(kind)
+        # Studies move on from SQL alone: whatever a dead process left undone is done here.
+        advance_unfinished(self.session_factory, self._study_deps())
+        self._forget_idle_consumers()
+
+    def _sweep_kind(self, kind: JobKind) -> None:
+        def enqueue(job_id: str) -> str:
+            return self._enqueue(kind, job_id)
+
         result = sweep.requeue_expired(
             self.session_factory,
-            enqueue=self._enqueue,
-            cancel_flag_raised=lambda search_id: bool(
-                self.redis.exists(cancel_key(self.settings.redis_prefix, search_id))
+            enqueue=enqueue,
+            cancel_flag_raised=lambda job_id: bool(
+                self.redis.exists(cancel_key(self.settings.redis_prefix, job_id))
             ),
+            kind=kind,
         )
         self.stats.requeued_searches += len(result.requeued)
         lost = sweep.reconcile_queue(
             self.session_factory,
-            queued_ids=lambda: queued_search_ids(self.redis, self.settings),
-            enqueue=self._enqueue,
+            queued_ids=lambda: queued_search_ids(self.redis, self.settings, kind.task),
+            enqueue=enqueue,
+            kind=kind,
         )
         self.stats.reconciled_searches += len(lost)
-        # Studies move on from SQL alone: whatever a dead process left undone is done here.
-        advance_unfinished(self.session_factory, self._study_deps())
-        self._forget_idle_consumers()
 
     def _forget_idle_consumers(self, idle_ms: int = 3_600_000) -> None:
         """Remove consumers of past processes (no pending entries, idle an hour) from the group."""

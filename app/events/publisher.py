@@ -6,7 +6,7 @@ from typing import Any
 
 import redis
 
-from app.events.schema import EpochEvent, StatusEvent
+from app.events.schema import EpochEvent, JobEvent, StatusEvent, TrainingEpochEvent, TrainingOutcome
 from app.lifecycle.status import Status
 from app.settings import Settings
 
@@ -14,7 +14,7 @@ from app.settings import Settings
 STREAM_MAX_LEN = 100_000
 
 
-def publish(client: redis.Redis, settings: Settings, event: EpochEvent | StatusEvent) -> str:
+def publish(client: redis.Redis, settings: Settings, event: JobEvent) -> str:
     """XADD `event` to the events stream; returns the entry id."""
     entry_id = client.xadd(
         settings.events_stream,
@@ -32,9 +32,16 @@ def publish_epoch(
     record: dict[str, Any],
     *,
     attempt: int | None = None,
+    kind: str = "search",
 ) -> str:
-    """Publish one finished epoch; `record` is `EpochResult.to_dict()`. Returns the stream entry id."""
-    return publish(client, settings, EpochEvent(search_id=search_id, attempt=attempt, **record))
+    """Publish one finished epoch of the job `search_id` of `kind`; `record` is `EpochResult.to_dict()`
+    (a search) or `TrainEpoch.to_dict()` (a training). Returns the stream entry id."""
+    event: JobEvent
+    if kind == "training":
+        event = TrainingEpochEvent(job_id=search_id, attempt=attempt, **record)
+    else:
+        event = EpochEvent(job_id=search_id, attempt=attempt, **record)
+    return publish(client, settings, event)
 
 
 def publish_status(
@@ -47,11 +54,16 @@ def publish_status(
     attempt: int | None = None,
     stop_reason: str | None = None,
     genotype: dict[str, Any] | None = None,
+    kind: str = "search",
+    outcome: TrainingOutcome | None = None,
 ) -> str:
-    """Publish a status change of `search_id` (`stop_reason` and `genotype`: a `succeeded` search that its
-    early-stop rule ended). Returns the stream entry id."""
-    event = StatusEvent(
-        search_id=search_id, status=status, error=error, attempt=attempt, stop_reason=stop_reason,
-        genotype=genotype,
+    """Publish a status change of the job `search_id` of `kind` (`stop_reason` and `genotype`: a
+    `succeeded` search that its early-stop rule ended; `outcome`: a `succeeded` training's figures).
+    Returns the stream entry id."""
+    event = StatusEvent.model_validate(
+        {
+            "job_id": search_id, "kind": kind, "status": status, "error": error, "attempt": attempt,
+            "stop_reason": stop_reason, "genotype": genotype, "outcome": outcome,
+        }
     )
     return publish(client, settings, event)

@@ -1,6 +1,6 @@
-"""The lease: which worker runs a search now, with a fencing token.
+"""The lease: which worker runs a job (a search or a training) now, with a fencing token.
 
-A worker takes a search with one conditional UPDATE (status queued or running, lease free or expired,
+A worker takes a job with one conditional UPDATE (status queued or running, lease free or expired,
 attempts left), which also counts the attempt: `attempts` after the UPDATE is the run's *fencing
 token*. Renewals, releases and every event the run publishes carry it; the projection discards
 events of any other token, so a run that lost its lease (it stalled, the sweep handed the search to
@@ -27,8 +27,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import affected_rows, utcnow
+from app.lifecycle.kinds import SEARCH, JobKind
 from app.lifecycle.status import Status
-from app.models import Search
 
 logger = logging.getLogger(__name__)
 
@@ -45,20 +45,24 @@ def database_now(session: Session) -> datetime:
     return utcnow()
 
 
-def lease_free_or_expired(now: datetime) -> ColumnElement[bool]:
-    """SQL: nobody holds the search's lease, or its holder let it expire before `now`."""
-    return or_(
-        Search.lease_owner.is_(None), Search.lease_expires_at.is_(None), Search.lease_expires_at < now
+def lease_free_or_expired(now: datetime, kind: JobKind = SEARCH) -> ColumnElement[bool]:
+    """SQL: nobody holds the job's lease, or its holder let it expire before `now`."""
+    model = kind.model
+    result: ColumnElement[bool] = or_(
+        model.lease_owner.is_(None), model.lease_expires_at.is_(None), model.lease_expires_at < now
     )
+    return result
 
 
-def lease_held(now: datetime) -> ColumnElement[bool]:
+def lease_held(now: datetime, kind: JobKind = SEARCH) -> ColumnElement[bool]:
     """SQL: some worker holds a lease that has not expired at `now` (the negation of the above)."""
-    return Search.lease_owner.is_not(None) & (Search.lease_expires_at >= now)
+    model = kind.model
+    result: ColumnElement[bool] = model.lease_owner.is_not(None) & (model.lease_expires_at >= now)
+    return result
 
 
 def new_owner_id() -> str:
-    """`hostname:pid:random`: names one run of one process in `searches.lease_owner`."""
+    """`hostname:pid:random`: names one run of one process in a job's `lease_owner`."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -68,7 +72,7 @@ def owner_prefix(pid: int, hostname: str | None = None) -> str:
 
 
 class Lease:
-    """One worker's lease on one search.
+    """One worker's lease on one job (`kind`: a search by default, or a training).
 
     `acquire()` takes it (and sets `token`); `renew()`, `release()` and `finish()` act only while this
     owner and token still hold it. `start_heartbeat()` renews it every `seconds / 5` from a thread and
@@ -77,10 +81,17 @@ class Lease:
     """
 
     def __init__(
-        self, factory: sessionmaker[Session], search_id: str, *, seconds: float, max_attempts: int
+        self,
+        factory: sessionmaker[Session],
+        job_id: str,
+        *,
+        seconds: float,
+        max_attempts: int,
+        kind: JobKind = SEARCH,
     ) -> None:
         self.factory = factory
-        self.search_id = search_id
+        self.job_id = job_id
+        self.kind = kind
         self.seconds = seconds
         self.max_attempts = max_attempts
         self.owner = new_owner_id()
@@ -91,30 +102,31 @@ class Lease:
         self._last_renewal = time.monotonic()
 
     def _mine(self) -> ColumnElement[bool]:
-        return (
-            (Search.id == self.search_id)
-            & (Search.lease_owner == self.owner)
-            & (Search.attempts == self.token)
+        model = self.kind.model
+        mine: ColumnElement[bool] = (
+            (model.id == self.job_id) & (model.lease_owner == self.owner) & (model.attempts == self.token)
         )
+        return mine
 
     def acquire(self) -> bool:
         """Take the lease if it is free or expired and attempts remain; counts one attempt."""
         with self.factory() as session, session.begin():
             now = database_now(session)
+            model = self.kind.model
             taken = session.execute(
-                update(Search)
+                update(model)
                 .where(
-                    Search.id == self.search_id,
-                    Search.status.in_([Status.queued, Status.running]),
-                    lease_free_or_expired(now),
-                    Search.attempts < self.max_attempts,
+                    model.id == self.job_id,
+                    model.status.in_([Status.queued, Status.running]),
+                    lease_free_or_expired(now, self.kind),
+                    model.attempts < self.max_attempts,
                 )
                 .values(
                     lease_owner=self.owner,
                     lease_expires_at=now + timedelta(seconds=self.seconds),
-                    attempts=Search.attempts + 1,
+                    attempts=model.attempts + 1,
                 )
-                .returning(Search.attempts)
+                .returning(model.attempts)
                 .execution_options(synchronize_session=False)
             ).first()
         if taken is None:
@@ -131,7 +143,7 @@ class Lease:
                 values["lease_expires_at"] = database_now(session) + extend_by
             changed = affected_rows(
                 session.execute(
-                    update(Search)
+                    update(self.kind.model)
                     .where(self._mine())
                     .values(**values)
                     .execution_options(synchronize_session=False)
@@ -150,7 +162,7 @@ class Lease:
         """Free the lease now; `give_back_attempt` uncounts this attempt (a clean warm shutdown)."""
         values: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
         if give_back_attempt:
-            values["attempts"] = Search.attempts - 1
+            values["attempts"] = self.kind.model.attempts - 1
         return self._update_mine(**values)
 
     def finish(self) -> bool:
@@ -176,15 +188,20 @@ class Lease:
         while not self._stop.wait(self.renew_interval):
             try:
                 if not self.renew():
-                    logger.error("lease on search %s was taken over; stopping this run", self.search_id)
+                    logger.error(
+                        "lease on %s %s was taken over; stopping this run", self.kind.label, self.job_id
+                    )
                     self.lost.set()
                     return
             except SQLAlchemyError as exc:
                 silent = time.monotonic() - self._last_renewal
-                logger.warning("could not renew the lease on search %s (%s)", self.search_id, exc)
+                logger.warning(
+                    "could not renew the lease on %s %s (%s)", self.kind.label, self.job_id, exc
+                )
                 if silent >= self.give_up_after:
                     logger.error(
-                        "lease on search %s not renewed for %.0f s; stopping this run", self.search_id, silent
+                        "lease on %s %s not renewed for %.0f s; stopping this run",
+                        self.kind.label, self.job_id, silent,
                     )
                     self.lost.set()
                     return
@@ -192,7 +209,7 @@ class Lease:
     def start_heartbeat(self) -> None:
         # In a copy of this context: the heartbeat's log lines carry the run's search id and attempt.
         self._thread = threading.Thread(
-            target=contextvars.copy_context().run, args=(self._heartbeat,), name=f"lease-{self.search_id}",
+            target=contextvars.copy_context().run, args=(self._heartbeat,), name=f"lease-{self.job_id}",
             daemon=True,
         )
         self._thread.start()
@@ -203,6 +220,7 @@ class Lease:
             self._thread.join()
 
 
-def current_token(session: Session, search_id: str) -> int | None:
-    """The fencing token of the search's current attempt (None when the search does not exist)."""
-    return session.scalar(select(Search.attempts).where(Search.id == search_id))
+def current_token(session: Session, job_id: str, kind: JobKind = SEARCH) -> int | None:
+    """The fencing token of the job's current attempt (None when the job does not exist)."""
+    token: int | None = session.scalar(select(kind.model.attempts).where(kind.model.id == job_id))
+    return token

@@ -1,4 +1,4 @@
-"""What a worker does with a task it received: run the search, or why not."""
+"""What a worker does with a task it received: run the job (search or training), or why not."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from enum import StrEnum
 
 from sqlalchemy.orm import Session
 
+from app.lifecycle.kinds import SEARCH, JobKind
 from app.lifecycle.lease import database_now, lease_held
 from app.lifecycle.status import TERMINAL, Status
-from app.models import Search
 
 
 class StartDecision(StrEnum):
@@ -20,9 +20,12 @@ class StartDecision(StrEnum):
     exhausted = "exhausted"  # every attempt was used by workers that died: report `failed`
 
 
-def decide_start(session: Session, search_id: str, *, max_attempts: int, cancel_flag: bool) -> StartDecision:
+def decide_start(
+    session: Session, job_id: str, *, max_attempts: int, cancel_flag: bool, kind: JobKind = SEARCH
+) -> StartDecision:
     """Decide from the row (and the Redis cancel flag the caller read) what a worker should do."""
-    search = session.get(Search, search_id)
+    model = kind.model
+    search = session.get(model, job_id)
     if search is None:
         return StartDecision.missing
     if search.status in TERMINAL:
@@ -30,7 +33,7 @@ def decide_start(session: Session, search_id: str, *, max_attempts: int, cancel_
     if search.status == Status.cancelling or search.cancel_requested or cancel_flag:
         return StartDecision.cancel
     now = database_now(session)
-    if session.query(Search.id).filter(Search.id == search_id, lease_held(now)).first() is not None:
+    if session.query(model.id).filter(model.id == job_id, lease_held(now, kind)).first() is not None:
         return StartDecision.duplicate
     if search.attempts >= max_attempts:
         return StartDecision.exhausted

@@ -17,7 +17,7 @@ from app.models import Search
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
 from app.routes.responses import errors
 from app.schemas import EpochPublic, Page, SearchEstimatePublic, SearchPublic, SearchSpec
-from app.services import admission
+from app.services import admission, jobs
 from app.services import searches as search_service
 from app.services.errors import BadRequest
 from app.services.genotype_svg import genotype_svg
@@ -159,7 +159,7 @@ def cancel_search(
     """Cancel (idempotent): a queued search at once, a running one between two batches. 409 if finished."""
 
     def revoke_after_response(task_id: str) -> None:
-        background_tasks.add_task(search_service.revoke_task, celery, task_id)
+        background_tasks.add_task(jobs.revoke_task, celery, task_id)
 
     return search_service.cancel_search(
         session, search_id, revoke=revoke_after_response, redis_client=redis_client, settings=settings

@@ -1,4 +1,5 @@
-"""Admission control: estimate what a search needs before it is accepted, and refuse what cannot fit.
+"""Admission control: estimate what a search or a training needs before it is accepted, and refuse what
+cannot fit.
 
 The estimate (`darts_core.estimate`) needs the image shape and the class count of the dataset, which
 the spec gives (built-ins, synthetic) or the uploaded dataset's row records. It imports torch, so it is
@@ -14,7 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.models import Dataset
-from app.schemas import SearchSpec, UploadedDatasetSpec
+from app.schemas import DatasetSpec, SearchSpec, TrainingSpec, UploadedDatasetSpec
 from app.services.errors import Unprocessable
 from app.settings import Settings
 from darts_core.dataset_spec import SyntheticDatasetSpec
@@ -30,9 +31,8 @@ _LOWERABLE: tuple[tuple[str, Callable[[SearchSpec], bool]], ...] = (
 )
 
 
-def _data_shape(session: Session, spec: SearchSpec, owner: str) -> dict[str, Any]:
-    """`in_channels`, `image_size`, `num_classes`, `num_samples` of the spec's dataset."""
-    dataset = spec.dataset
+def _data_shape(session: Session, dataset: DatasetSpec, owner: str) -> dict[str, Any]:
+    """`in_channels`, `image_size`, `num_classes`, `num_samples` of a spec's dataset."""
     if isinstance(dataset, UploadedDatasetSpec):
         row = session.get(Dataset, dataset.id)
         if row is None or row.owner != owner:  # another owner's dataset is not there for this one
@@ -79,7 +79,7 @@ def estimate(session: Session, spec: SearchSpec, settings: Settings, *, owner: s
         config = SearchConfig.from_spec(spec.model_dump(mode="json"))
     except ValueError as exc:
         raise Unprocessable(f"the search engine refuses this spec: {exc}", error_type="invalid_spec") from exc
-    result = estimate_search(config, **_data_shape(session, spec, owner))
+    result = estimate_search(config, **_data_shape(session, spec.dataset, owner))
     limit = settings.worker_memory_bytes
     fits = result.peak_bytes <= limit
     return {
@@ -110,4 +110,36 @@ def require_fits(session: Session, spec: SearchSpec, settings: Settings, *, owne
         f"{result['limit_bytes']} bytes ({_gib(result['limit_bytes'])}, WORKER_MEMORY_BYTES); lower {lower}",
         error_type="does_not_fit",
         ctx={key: result[key] for key in ("weights", "peak_memory_bytes", "limit_bytes", "lower")},
+    )
+
+
+def require_training_fits(
+    session: Session, spec: TrainingSpec, genotype: dict[str, Any], settings: Settings, *, owner: str
+) -> None:
+    """Unprocessable (422) when the training of `genotype` by `spec` would not fit a worker (its
+    `darts_core.estimate.estimate_training` peak above WORKER_MEMORY_BYTES); the message names the
+    estimate, the limit and the fields to lower."""
+    from darts_core.estimate import estimate_training
+    from darts_core.genotype import Genotype
+    from darts_core.training_config import TrainingJobConfig
+
+    assert spec.dataset is not None  # create_training has filled it in
+    config = TrainingJobConfig.from_spec(spec.model_dump(mode="json"))
+    shape = _data_shape(session, spec.dataset, owner)
+    result = estimate_training(
+        config,
+        (shape["in_channels"], *shape["image_size"]),
+        shape["num_classes"],
+        Genotype.from_json(genotype),
+    )
+    limit = settings.worker_memory_bytes
+    if result.peak_bytes <= limit:
+        return
+    raise Unprocessable(
+        f"this training does not fit a worker: estimated peak memory {result.peak_bytes} bytes "
+        f"({_gib(result.peak_bytes)}; {result.weights} weights) exceeds the limit of {limit} bytes "
+        f"({_gib(limit)}, WORKER_MEMORY_BYTES); lower training.batch_size, network.init_channels or "
+        "network.cells",
+        error_type="does_not_fit",
+        ctx={"weights": result.weights, "peak_memory_bytes": result.peak_bytes, "limit_bytes": limit},
     )

@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -20,10 +20,9 @@ from app.lifecycle.status import TERMINAL, Status
 from app.lifecycle.studies import Stage
 from app.models import Dataset, Search, SearchEpoch, Study
 from app.schemas import UploadedDatasetSpec
-from app.services import admission
+from app.services import admission, jobs
 from app.services.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from app.services.pagination import encode_cursor, older_than
-from app.services.searches import QUOTA_RETRY_AFTER_SECONDS, _require_time_limit_within
 from app.services.study_advance import Child, StudyDeps, advance_study, children
 from app.settings import Settings
 from app.storage import search_dir
@@ -69,19 +68,19 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
     if search.name is None and uploaded is not None:
         search = search.model_copy(update={"name": f"{uploaded.name} search"})
     try:
-        _require_time_limit_within(search, deps.settings)
+        jobs.require_time_limit_within(search.resources, deps.settings)
         admission.require_fits(session, search, deps.settings, owner=owner)
     except Unprocessable as error:
         raise _with_location(error, "search") from None
     settings = deps.settings
-    active_query = select(func.count()).where(Search.owner == owner, Search.status.not_in(TERMINAL))
-    active = session.scalar(active_query) or 0
+    active = jobs.count_active(session, owner)
     if active + len(spec.seeds) > settings.max_active_searches_per_owner:
         raise TooManyRequests(
-            f"this study runs {len(spec.seeds)} searches at once and you have {active} queued or running, "
+            f"this study runs {len(spec.seeds)} searches at once and you have {active} searches and "
+            "trainings queued or running, "
             f"more than the {settings.max_active_searches_per_owner} allowed "
             "(MAX_ACTIVE_SEARCHES_PER_OWNER): use fewer seeds, or wait for searches to finish",
-            retry_after=QUOTA_RETRY_AFTER_SECONDS,
+            retry_after=jobs.QUOTA_RETRY_AFTER_SECONDS,
         )
     name = spec.name or f"{search.name} study"
     accepted = spec.model_copy(

@@ -30,10 +30,13 @@ from app.lifecycle import cancel as lifecycle_cancel
 from app.lifecycle import studies as lifecycle_studies
 from app.lifecycle.status import TERMINAL, Status
 from app.lifecycle.studies import Stage
-from app.models import Search, Study
+from app.models import Search, Study, Training
+from app.schemas import MAX_SEARCH_NAME, TrainingSpec
+from app.services import jobs, trainings
 from app.services import searches as search_service
+from app.services.errors import ServiceError
 from app.settings import Settings
-from app.study_schemas import StudySpec
+from app.study_schemas import StudySpec, StudyTrainingSpec
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +89,12 @@ class Child:
 
 def children(session: Session, study_id: str) -> list[Child]:
     """Every child of the study, searches first, each stage in seed order."""
-    query = select(Search).where(Search.study_id == study_id).order_by(Search.study_seed)
-    found = [
-        Child("search", row, Stage(str(row.study_stage)), int(row.study_seed or 0))
-        for row in session.scalars(query)
-    ]
-    found.extend(_training_children(session, study_id))
+    searches = session.scalars(select(Search).where(Search.study_id == study_id).order_by(Search.study_seed))
+    found = [Child("search", row, Stage(str(row.study_stage)), int(row.study_seed or 0)) for row in searches]
+    query = select(Training).where(Training.study_id == study_id)
+    for row in session.scalars(query.order_by(Training.study_stage, Training.study_seed)):
+        found.append(Child("training", row, Stage(str(row.study_stage)), int(row.study_seed or 0)))
     return found
-
-
-def _training_children(session: Session, study_id: str) -> list[Child]:
-    return []
 
 
 def _in_stage(found: Sequence[Child], stage: Stage) -> dict[int, Child]:
@@ -112,10 +110,8 @@ def _cancel_children(session: Session, found: Sequence[Child], deps: StudyDeps) 
             lifecycle_cancel.cancel(
                 session,
                 child.row,
-                revoke=lambda task_id: search_service.revoke_task(deps.celery, task_id),
-                raise_flag=lambda job_id: search_service.raise_cancel_flag(
-                    deps.redis_client, deps.settings, job_id
-                ),
+                revoke=lambda task_id: jobs.revoke_task(deps.celery, task_id),
+                raise_flag=lambda job_id: jobs.raise_cancel_flag(deps.redis_client, deps.settings, job_id),
             )
         except lifecycle_cancel.AlreadyFinished:
             continue
@@ -127,9 +123,14 @@ def _fail(session: Session, study: Study, found: Sequence[Child], deps: StudyDep
     _cancel_children(session, found, deps)
 
 
+def _child_name(study: Study, what: str) -> str:
+    suffix = f" · {what}"
+    return f"{study.name[: MAX_SEARCH_NAME - len(suffix)]}{suffix}"
+
+
 def _search_spec(spec: StudySpec, study: Study, seed: int) -> Any:
     training = spec.search.training.model_copy(update={"seed": seed})
-    return spec.search.model_copy(update={"training": training, "name": f"{study.name} · seed {seed}"})
+    return spec.search.model_copy(update={"training": training, "name": _child_name(study, f"seed {seed}")})
 
 
 def _searching(session: Session, study: Study, spec: StudySpec, deps: StudyDeps) -> bool:
@@ -139,7 +140,7 @@ def _searching(session: Session, study: Study, spec: StudySpec, deps: StudyDeps)
         if seed not in existing:
             search_service.create_study_search(
                 session, _search_spec(spec, study, seed), celery=deps.celery, settings=deps.settings,
-                owner=study.owner, study_id=study.id, stage=Stage.searching, seed=seed,
+                owner=study.owner, child=jobs.StudyChild(study.id, Stage.searching, seed),
             )
     found = children(session, study.id)
     searches = _in_stage(found, Stage.searching)
@@ -169,12 +170,95 @@ def _too_many_failed(
     return True
 
 
+def _create_training(
+    session: Session, study: Study, body: StudyTrainingSpec, search_id: str, stage: Stage, seed: int,
+    deps: StudyDeps,
+) -> bool:
+    """Create the training of stage `stage` for `seed` (the genotype of search `search_id`) unless it
+    exists. A training the service refuses (it does not fit a worker, the search is gone) fails the
+    study with the reason; False then."""
+    what = "selection" if stage == Stage.selecting else "final"
+    name = _child_name(study, f"{what} seed {seed}")
+    spec = TrainingSpec.model_validate({**body.model_dump(mode="json"), "search_id": search_id, "name": name})
+    try:
+        training = trainings.new_training(session, spec, settings=deps.settings, owner=study.owner)
+    except ServiceError as refused:
+        detail = refused.detail if isinstance(refused.detail, str) else refused.detail[0]["msg"]
+        _fail(session, study, children(session, study.id), deps,
+              f"the {what} training of seed {seed} could not be created: {detail}")
+        return False
+    jobs.submit_study_child(
+        session, training, jobs.StudyChild(study.id, stage, seed), celery=deps.celery, settings=deps.settings
+    )
+    return True
+
+
+def _choose(line: Sequence[Child]) -> Child:
+    """The best by selection validation accuracy; ties (and trainings without a validation split) go to
+    the lower seed."""
+    def key(child: Child) -> tuple[float, int]:
+        return (-1.0 if child.valid_acc is None else child.valid_acc, -child.seed)
+
+    return max(line, key=key)
+
+
 def _selecting(session: Session, study: Study, spec: StudySpec, deps: StudyDeps) -> bool:
-    raise NotImplementedError("the selection stage needs trainings")
+    """A selection training per found genotype; once enough ended, choose, then `final` (or done)."""
+    searches = _in_stage(children(session, study.id), Stage.searching)
+    found_seeds = [s for s in spec.seeds if s in searches and searches[s].status == Status.succeeded]
+    existing = _in_stage(children(session, study.id), Stage.selecting)
+    for seed in found_seeds:
+        if seed not in existing:
+            search_id = searches[seed].row.id
+            if not _create_training(session, study, spec.selection, search_id, Stage.selecting, seed, deps):
+                return False
+    found = children(session, study.id)
+    selections = _in_stage(found, Stage.selecting)
+    line = [selections.get(seed) for seed in found_seeds]
+    if _too_many_failed(session, study, spec, found, line, deps):
+        return False
+    if any(child is None or not child.finished for child in line):
+        return False
+    chosen = _choose([child for child in line if child is not None and child.status == Status.succeeded])
+    summary = []
+    for seed in spec.seeds:
+        training = selections.get(seed)
+        search = searches.get(seed)
+        summary.append({
+            "seed": seed,
+            "search_id": search.row.id if search else None,
+            "training_id": training.row.id if training else None,
+            "valid_acc": training.valid_acc if training else None,
+            "status": str(training.status if training else search.status if search else Status.queued),
+            "chosen": seed == chosen.seed,
+        })
+    values: dict[str, Any] = {
+        "chosen_seed": chosen.seed,
+        "chosen_search_id": searches[chosen.seed].row.id,
+        "chosen_genotype": chosen.row.genotype,
+        "selection": summary,
+    }
+    if spec.final is None:
+        lifecycle_studies.finish(session, study.id, Status.succeeded, **values)
+        return False
+    return lifecycle_studies.move_stage(session, study.id, Stage.selecting, Stage.final, **values)
 
 
 def _final(session: Session, study: Study, spec: StudySpec, deps: StudyDeps) -> bool:
-    raise NotImplementedError("the final stage needs trainings")
+    """The final training of the chosen genotype; the study ends with it."""
+    assert spec.final is not None and study.chosen_seed is not None and study.chosen_search_id is not None
+    final = _in_stage(children(session, study.id), Stage.final).get(study.chosen_seed)
+    if final is None:
+        seed, search_id = study.chosen_seed, study.chosen_search_id
+        _create_training(session, study, spec.final, search_id, Stage.final, seed, deps)
+        return False
+    if not final.finished:
+        return False
+    if final.status == Status.succeeded:
+        lifecycle_studies.finish(session, study.id, Status.succeeded)
+    else:
+        _fail(session, study, children(session, study.id), deps, final.describe())
+    return False
 
 
 _STAGES: dict[Stage, Callable[[Session, Study, StudySpec, StudyDeps], bool]] = {

@@ -60,7 +60,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory, run_migrations, with_search_path
-from app.models import Dataset, Search, SearchEpoch, Study
+from app.models import Dataset, Search, SearchEpoch, Study, Training, TrainingEpoch
 from app.services import keys as key_service
 from app.settings import LOOPBACK_HOSTS, Settings
 
@@ -229,6 +229,8 @@ def session_factory(service_settings: Settings) -> Iterator[sessionmaker[Session
 
 def _empty_tables(factory: sessionmaker[Session]) -> None:
     with factory() as session:
+        session.execute(delete(TrainingEpoch))
+        session.execute(delete(Training))
         session.execute(delete(SearchEpoch))
         session.execute(delete(Search))
         session.execute(delete(Study))

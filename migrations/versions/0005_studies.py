@@ -1,7 +1,7 @@
-"""studies (the DARTS paper's protocol as one job), and the link of a search to its study
+"""studies (the DARTS paper's protocol as one job), and the link of searches and trainings to theirs
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 Create Date: 2026-11-30
 """
 
@@ -10,12 +10,14 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0005"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 Timestamp = sa.DateTime(timezone=True)
+# The jobs a study creates.
+CHILD_TABLES = ("searches", "trainings")
 
 
 def upgrade() -> None:
@@ -41,26 +43,28 @@ def upgrade() -> None:
     op.create_index("ix_studies_owner_created_at_id", "studies", ["owner", "created_at", "id"])
     op.create_index("ix_studies_created_at_id", "studies", ["created_at", "id"])
     op.create_index("ix_studies_status", "studies", ["status"])
-    with op.batch_alter_table("searches") as batch:
-        batch.add_column(sa.Column("study_id", sa.String(length=36), nullable=True))
-        batch.add_column(sa.Column("study_stage", sa.String(length=16), nullable=True))
-        batch.add_column(sa.Column("study_seed", sa.Integer(), nullable=True))
-        batch.create_foreign_key(
-            op.f("fk_searches_study_id_studies"), "studies", ["study_id"], ["id"], ondelete="CASCADE"
-        )
-        # One search per (study, seed): two orchestrators creating the same child at once, one wins.
-        batch.create_unique_constraint(
-            op.f("uq_searches_study_id_study_stage_study_seed"), ["study_id", "study_stage", "study_seed"]
-        )
+    for table in CHILD_TABLES:
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("study_id", sa.String(length=36), nullable=True))
+            batch.add_column(sa.Column("study_stage", sa.String(length=16), nullable=True))
+            batch.add_column(sa.Column("study_seed", sa.Integer(), nullable=True))
+            batch.create_foreign_key(
+                op.f(f"fk_{table}_study_id_studies"), "studies", ["study_id"], ["id"], ondelete="CASCADE"
+            )
+            # One child per (study, stage, seed): of two orchestrators creating it at once, one wins.
+            batch.create_unique_constraint(
+                op.f(f"uq_{table}_study_id_study_stage_study_seed"), ["study_id", "study_stage", "study_seed"]
+            )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("searches") as batch:
-        batch.drop_constraint(op.f("uq_searches_study_id_study_stage_study_seed"), type_="unique")
-        batch.drop_constraint(op.f("fk_searches_study_id_studies"), type_="foreignkey")
-        batch.drop_column("study_seed")
-        batch.drop_column("study_stage")
-        batch.drop_column("study_id")
+    for table in CHILD_TABLES:
+        with op.batch_alter_table(table) as batch:
+            batch.drop_constraint(op.f(f"uq_{table}_study_id_study_stage_study_seed"), type_="unique")
+            batch.drop_constraint(op.f(f"fk_{table}_study_id_studies"), type_="foreignkey")
+            batch.drop_column("study_seed")
+            batch.drop_column("study_stage")
+            batch.drop_column("study_id")
     op.drop_index("ix_studies_status", table_name="studies")
     op.drop_index("ix_studies_created_at_id", table_name="studies")
     op.drop_index("ix_studies_owner_created_at_id", table_name="studies")

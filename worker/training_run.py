@@ -1,0 +1,76 @@
+"""One execution of `run_training` for one training: `darts_core.training_job.run_training_job` inside
+`worker.job_run`'s lease, heartbeat, outbox and end-of-run machinery (shared with searches).
+
+The training checkpoints every epoch under `ARTIFACT_DIR/trainings/<id>/checkpoint` and a later attempt
+resumes from there, bit-identically; once it succeeded, the trained network's weights are written to
+`ARTIFACT_DIR/trainings/<id>/model.safetensors` before `succeeded` is reported with the final figures.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from app.events.schema import TrainingOutcome
+from app.lifecycle.kinds import TRAINING
+from app.models import Training
+from app.storage import training_checkpoint_dir, training_weights_path
+from worker.job_run import JobOutcome, JobRun, StopWatch, resolve_dataset
+
+
+class TrainingRun(JobRun):
+    """One execution of the task for one training (see `worker.job_run`)."""
+
+    kind = TRAINING
+
+    def run_job(self, watch: StopWatch, report: Callable[[dict[str, Any]], None]) -> JobOutcome | None:
+        # Imported here, in the task, so a worker's parent process never loads torch or CUDA.
+        from darts_core.training_job import TrainingStopped, run_training_job
+        from darts_core.weights import save_trained
+
+        from darts_core.checkpoint import read_history
+        from darts_core.data import load_dataset
+        from darts_core.genotype import Genotype
+        from darts_core.training_config import TrainingJobConfig
+
+        with self.factory() as session:
+            training = session.get(Training, self.job_id)
+            if training is None:
+                return None
+            dataset_spec = resolve_dataset(self.settings, session, training)
+            spec = dict(training.spec)
+            genotype_json = training.genotype
+        if genotype_json is None:
+            raise ValueError("the training has no genotype")
+        config = TrainingJobConfig.from_spec(spec)
+        genotype = Genotype.from_json(genotype_json)
+        dataset = load_dataset(dataset_spec)
+        checkpoint_dir = training_checkpoint_dir(self.settings, self.job_id)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for record in read_history(checkpoint_dir):
+            report(record)
+        try:
+            result = run_training_job(
+                genotype,
+                config,
+                dataset,
+                checkpoint_dir=checkpoint_dir,
+                on_epoch=lambda epoch: report(epoch.to_dict()),
+                should_stop=watch,
+            )
+        except TrainingStopped:
+            return JobOutcome(stopped=True, epochs_completed=len(read_history(checkpoint_dir)))
+        # Written next to the final place and renamed: a reader never sees half a file.
+        weights = training_weights_path(self.settings, self.job_id)
+        partial = weights.with_name(weights.name + ".partial")
+        save_trained(result.network, partial)
+        os.replace(partial, weights)
+        outcome = TrainingOutcome(
+            test_accuracy=result.test_accuracy,
+            test_loss=result.test_loss,
+            valid_accuracy=result.valid_accuracy,
+            parameters=result.parameters,
+            multiply_adds=result.multiply_adds,
+        )
+        return JobOutcome(stopped=False, epochs_completed=len(result.history), success={"outcome": outcome})
