@@ -13,9 +13,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import utcnow
+from app.events.schema import StatusEvent, TrainingOutcome
 from app.lifecycle import studies as lifecycle_studies
+from app.lifecycle.projection import apply_event
 from app.lifecycle.studies import Stage
-from app.models import Search, Study
+from app.models import Search, Study, Training
 from app.queue import create_celery_app
 from app.services.study_advance import StudyDeps, advance_study, advance_unfinished
 from app.settings import Settings
@@ -169,3 +171,127 @@ def test_a_finished_study_cannot_be_cancelled(db_session: Session) -> None:
 
 def deps_factory(session: Session) -> sessionmaker[Session]:
     return sessionmaker(bind=session.get_bind(), expire_on_commit=False, autoflush=False)
+
+
+# ------------------------------------------------------------------------------ selection and final
+
+
+def trainings_of(session: Session, study: Study, stage: str) -> list[Training]:
+    session.expire_all()
+    query = select(Training).where(Training.study_id == study.id, Training.study_stage == stage)
+    return list(session.scalars(query.order_by(Training.study_seed)))
+
+
+def end_training(session: Session, training_id: str, status: str, valid_acc: float | None = None) -> None:
+    """Move a training to `status` with the events its worker would send, through the real projection."""
+    session.expire_all()
+    steps = ["running", status] if session.get(Training, training_id).status == "queued" else [status]
+    for step in steps:
+        outcome = None
+        if step == "succeeded":
+            outcome = TrainingOutcome(
+                test_accuracy=0.9, test_loss=0.3, valid_accuracy=valid_acc, parameters=1000
+            )
+        event = StatusEvent(job_id=training_id, kind="training", status=step, outcome=outcome,
+                            error="diverged" if step == "failed" else None)
+        assert apply_event(session, event, None) == "stored"
+        session.commit()
+
+
+def searched(
+    session: Session, study: Study, deps: StudyDeps, record_epochs, statuses: dict[int, str]
+) -> None:
+    """Advance `study` to its searches, then end each (epochs recorded, so a genotype exists)."""
+    advance_study(session, study.id, deps)
+    for search in searches_of(session, study):
+        record_epochs(search.id, 2, status=statuses.get(search.study_seed, "succeeded"))
+    advance_study(session, study.id, deps)
+
+
+def test_selection_trains_each_genotype_and_picks_the_best_then_the_final(
+    db_session: Session, deps: StudyDeps, record_epochs
+) -> None:
+    study = make_study(db_session, [4, 2, 9], selection={"training": {"epochs": 1}},
+                       final={"training": {"epochs": 3}})
+    searched(db_session, study, deps, record_epochs, {})
+    assert reload(db_session, study).stage == "selecting"
+    selections = trainings_of(db_session, study, "selecting")
+    assert [t.study_seed for t in selections] == [2, 4, 9]
+    searches = {s.study_seed: s for s in searches_of(db_session, study)}
+    assert all(t.search_id == searches[t.study_seed].id and t.epochs == 1 for t in selections)
+    advance_study(db_session, study.id, deps)  # again: nothing more is created
+    assert len(trainings_of(db_session, study, "selecting")) == 3
+
+    by_seed = {t.study_seed: t for t in selections}
+    end_training(db_session, by_seed[2].id, "succeeded", valid_acc=0.80)
+    end_training(db_session, by_seed[4].id, "succeeded", valid_acc=0.91)
+    advance_study(db_session, study.id, deps)
+    assert reload(db_session, study).stage == "selecting"  # seed 9 still trains
+    end_training(db_session, by_seed[9].id, "succeeded", valid_acc=0.91)  # a tie with seed 4
+    advance_study(db_session, study.id, deps)
+
+    after = reload(db_session, study)
+    # Seeds 4 and 9 tie: the lower one wins.
+    assert (after.status, after.stage, after.chosen_seed) == ("running", "final", 4)
+    assert after.chosen_search_id == searches[4].id
+    assert after.chosen_genotype == by_seed[4].genotype
+    assert [(e["seed"], e["valid_acc"], e["chosen"]) for e in after.selection] == [
+        (4, 0.91, True), (2, 0.80, False), (9, 0.91, False)
+    ]
+    (final,) = trainings_of(db_session, study, "final")
+    assert (final.study_seed, final.search_id, final.epochs) == (4, searches[4].id, 3)
+    advance_study(db_session, study.id, deps)
+    assert len(trainings_of(db_session, study, "final")) == 1
+
+    end_training(db_session, final.id, "succeeded", valid_acc=0.95)
+    advance_study(db_session, study.id, deps)
+    after = reload(db_session, study)
+    assert (after.status, after.stage, after.error) == ("succeeded", "done", None)
+
+
+def test_without_a_final_spec_the_study_ends_after_the_selection(
+    db_session: Session, deps: StudyDeps, record_epochs
+) -> None:
+    study = make_study(db_session, [0, 1])
+    searched(db_session, study, deps, record_epochs, {})
+    first, second = trainings_of(db_session, study, "selecting")
+    end_training(db_session, first.id, "succeeded", valid_acc=0.5)
+    end_training(db_session, second.id, "succeeded", valid_acc=0.7)
+    advance_study(db_session, study.id, deps)
+    after = reload(db_session, study)
+    assert (after.status, after.stage, after.chosen_seed) == ("succeeded", "done", 1)
+    assert trainings_of(db_session, study, "final") == []
+
+
+def test_a_seed_lost_in_search_or_selection_counts_against_min_successful_seeds(
+    db_session: Session, deps: StudyDeps, record_epochs
+) -> None:
+    study = make_study(db_session, [0, 1, 2], min_successful_seeds=2)
+    searched(db_session, study, deps, record_epochs, {1: "failed"})
+    after = reload(db_session, study)
+    assert after.stage == "selecting"
+    assert [t.study_seed for t in trainings_of(db_session, study, "selecting")] == [0, 2]  # not the lost seed
+    first, third = trainings_of(db_session, study, "selecting")
+    end_training(db_session, third.id, "failed")
+    advance_study(db_session, study.id, deps)
+    after = reload(db_session, study)
+    assert after.status == "failed"
+    assert f"the selection training of seed 2 ({third.id}) failed: diverged" in after.error
+    assert reload(db_session, study).stage == "done"
+    db_session.expire_all()
+    # The still-queued selection training of seed 0 is cancelled with the study.
+    assert db_session.get(Training, first.id).status == "cancelled"
+
+
+def test_a_failed_final_training_fails_the_study(db_session: Session, deps: StudyDeps, record_epochs) -> None:
+    study = make_study(db_session, [0], final={"training": {"epochs": 2}})
+    searched(db_session, study, deps, record_epochs, {})
+    (selection,) = trainings_of(db_session, study, "selecting")
+    end_training(db_session, selection.id, "succeeded", valid_acc=0.6)
+    advance_study(db_session, study.id, deps)
+    (final,) = trainings_of(db_session, study, "final")
+    end_training(db_session, final.id, "failed")
+    advance_study(db_session, study.id, deps)
+    after = reload(db_session, study)
+    assert after.status == "failed"
+    assert after.error == f"the final training of seed 0 ({final.id}) failed: diverged"
