@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db_gate import DatabaseGate
 from app.lifecycle.status import TERMINAL
-from app.models import SearchEpoch, Study
-from app.schemas import EpochPublic
+from app.models import SearchEpoch, Study, TrainingEpoch
+from app.schemas import EpochPublic, TrainingEpochPublic
 from app.services.studies import _child_public
 from app.services.study_advance import children
 
@@ -35,17 +35,24 @@ def _poll(factory: sessionmaker[Session], study_id: str, seen: dict[str, int]) -
         found = children(session, study_id)
         epochs: list[dict[str, Any]] = []
         for child in found:
-            if child.kind != "search":
-                continue
-            records = session.scalars(
-                select(SearchEpoch)
-                .where(SearchEpoch.search_id == child.row.id, SearchEpoch.epoch > seen.get(child.row.id, 0))
-                .order_by(SearchEpoch.epoch)
-            )
-            for record in records:
-                data = EpochPublic.model_validate(record).model_dump(mode="json", exclude={"alphas"})
-                epochs.append({"kind": child.kind, "id": child.row.id, "seed": child.seed,
-                               "stage": child.stage, "record": data})
+            after = seen.get(child.row.id, 0)
+            data: list[dict[str, Any]]
+            query: Any
+            if child.kind == "search":
+                query = select(SearchEpoch).where(
+                    SearchEpoch.search_id == child.row.id, SearchEpoch.epoch > after
+                )
+                # The alphas are left out: the search's own stream has them, a study's follower needs curves.
+                data = [EpochPublic.model_validate(r).model_dump(mode="json", exclude={"alphas"})
+                        for r in session.scalars(query.order_by(SearchEpoch.epoch))]
+            else:
+                query = select(TrainingEpoch).where(
+                    TrainingEpoch.training_id == child.row.id, TrainingEpoch.epoch > after
+                )
+                data = [TrainingEpochPublic.model_validate(r).model_dump(mode="json")
+                        for r in session.scalars(query.order_by(TrainingEpoch.epoch))]
+            epochs.extend({"kind": child.kind, "id": child.row.id, "seed": child.seed, "stage": child.stage,
+                           "record": record} for record in data)
         return {"study": state, "children": [_child_public(child) for child in found], "epochs": epochs}
 
 
