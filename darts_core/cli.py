@@ -16,7 +16,8 @@ scratch with :func:`~darts_core.train.train_genotype` and writes ``train.json`` 
 status 2 and a message.
 
 The commands that talk to a darts-service server (``login``, ``submit``, ``list``, ``status``,
-``watch``, ``genotype``, ``cancel``, ``upload``) live in :mod:`darts_core.remote`.
+``watch``, ``genotype``, ``cancel``, ``upload``) live in :mod:`darts_core.remote`; ``darts trainings
+submit|watch|weights|list|status|cancel`` (retraining on the server) in :mod:`darts_core.remote_trainings`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from darts_core import remote
+from darts_core import remote, remote_trainings
 from darts_core.checkpoint import has_checkpoint
 from darts_core.config import SearchConfig
 from darts_core.data import DatasetError, builtin_datasets, load_dataset
@@ -461,6 +462,7 @@ def datasets(
 
 
 remote.register(app)
+remote_trainings.register(app)
 
 
 def main() -> None:
