@@ -47,6 +47,12 @@ _EXPORTS: dict[str, str] = {
     "read_history": "checkpoint",
     "train_genotype": "train",
     "TrainResult": "train",
+    "TrainEpoch": "train",
+    "TrainingJobConfig": "training_config",
+    "run_training_job": "training_job",
+    "TrainingStopped": "training_job",
+    "save_trained": "weights",
+    "load_trained": "weights",
     "load_dataset": "data",
     "builtin_datasets": "data",
     "ImageDataset": "data",
@@ -91,4 +97,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports (re-expo
     from darts_core.optim import create_darts_adam_optimizers_fn, create_darts_optimizers_fn
     from darts_core.records import EpochRecord
     from darts_core.search import EpochResult, SearchResult, run_search
-    from darts_core.train import TrainResult, train_genotype
+    from darts_core.train import TrainEpoch, TrainResult, train_genotype
+    from darts_core.training_config import TrainingJobConfig
+    from darts_core.training_job import TrainingStopped, run_training_job
+    from darts_core.weights import load_trained, save_trained

@@ -457,6 +457,10 @@ class GenotypeNetwork(nn.Module):
         if not 0.0 <= float(drop_path_prob) < 1.0:
             raise ValueError(f"drop_path_prob must be in [0, 1), got {drop_path_prob!r}")
         self.genotype = genotype
+        # The constructor arguments, kept so the network can be rebuilt (darts_core.weights).
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.init_channels = init_channels
         self.num_cells = cells
         self.auxiliary = auxiliary
         self.drop_path_prob = float(drop_path_prob)
