@@ -1,12 +1,13 @@
 // The page's entry point: login (the key from `?token=` or pasted), the hash router between the
-// views (#/searches, #/new, #/search/ID), and the header.
+// views (#/searches, #/new, #/search/ID, #/trainings, #/training/ID), and the header.
 import { api, auth, setOnUnauthorized } from "./api.js";
 import { showList, leaveList } from "./list.js";
 import { showForm, leaveForm } from "./form.js";
 import { showSearch, leaveSearch } from "./search.js";
+import { showTraining, showTrainings, leaveTrainings } from "./training.js";
 
 const $ = (id) => document.getElementById(id);
-const views = ["login", "list", "new", "search"];
+const views = ["login", "list", "new", "search", "trainings", "training"];
 
 function activate(name) {
   for (const view of views) $(`view-${view}`).hidden = view !== name;
@@ -21,6 +22,7 @@ function leaveAll() {
   leaveList();
   leaveForm();
   leaveSearch();
+  leaveTrainings();
 }
 
 export function route() {
@@ -32,9 +34,16 @@ export function route() {
   }
   const hash = location.hash || "#/searches";
   const match = hash.match(/^#\/search\/([^/]+)$/);
+  const training = hash.match(/^#\/training\/([^/]+)$/);
   if (match) {
     activate("search");
     showSearch(decodeURIComponent(match[1]));
+  } else if (training) {
+    activate("training");
+    showTraining(decodeURIComponent(training[1]));
+  } else if (hash === "#/trainings") {
+    activate("trainings");
+    showTrainings();
   } else if (hash === "#/new") {
     activate("new");
     showForm();
