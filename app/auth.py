@@ -1,9 +1,10 @@
 """Who may do what: the API key of a request, its owner, and what that owner may see.
 
 Every route but `/healthz`, `/readyz` and the page depends on `CurrentOwner` (directly, or through
-`SearchAccess` / `DatasetAccess`, or `MetricsAccess` / `DocsAccess` which a setting can open):
-`Authorization: Bearer <key>` from `darts-service keys create`, else 401 with `WWW-Authenticate: Bearer`.
-Searches and datasets belong to the key's name; another owner gets 404 for them, an admin sees all.
+`SearchAccess` / `TrainingAccess` / `DatasetAccess`, or `MetricsAccess` / `DocsAccess` which a setting
+can open): `Authorization: Bearer <key>` from `darts-service keys create`, else 401 with
+`WWW-Authenticate: Bearer`. Searches, trainings and datasets belong to the key's name; another owner
+gets 404 for them, an admin sees all.
 With `settings.no_auth` (`darts-service up --no-auth`, loopback only) every request acts as the admin
 owner `local`.
 """
@@ -16,7 +17,7 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.models import Dataset, Search, Study
+from app.models import Dataset, Search, Study, Training
 from app.routes.responses import errors
 from app.services import keys as key_service
 from app.services.errors import NotFound
@@ -97,6 +98,16 @@ def _require_study_access(study_id: str, request: Request, owner: CurrentOwner) 
     return owner
 
 
+def _require_training_access(training_id: str, request: Request, owner: CurrentOwner) -> Owner:
+    """404 for a training that does not exist or belongs to someone else (the same answer: no leak)."""
+    with _session_factory(request)() as session:
+        training = session.get(Training, training_id)
+        visible = training is not None and may_see(owner, training.owner)
+    if not visible:
+        raise NotFound(f"training {training_id!r} not found")
+    return owner
+
+
 def _require_dataset_access(dataset_id: str, request: Request, owner: CurrentOwner) -> Owner:
     """404 for an uploaded dataset that belongs to someone else; built-ins (any other id) pass through."""
     with _session_factory(request)() as session:
@@ -107,9 +118,10 @@ def _require_dataset_access(dataset_id: str, request: Request, owner: CurrentOwn
     return owner
 
 
-# The owner of a request on /searches/{search_id}..., /datasets/{dataset_id} or /studies/{study_id}, once
-# it may see it.
+# The owner of a request on /searches/{search_id}..., /trainings/{training_id}...,
+# /studies/{study_id}... or /datasets/{dataset_id}, once it may see it.
 SearchAccess = Annotated[Owner, Depends(_require_search_access)]
+TrainingAccess = Annotated[Owner, Depends(_require_training_access)]
 DatasetAccess = Annotated[Owner, Depends(_require_dataset_access)]
 StudyAccess = Annotated[Owner, Depends(_require_study_access)]
 

@@ -29,7 +29,7 @@ from app.logging_config import RequestContextMiddleware, configure_logging, logg
 from app.middleware import BodyLimitMiddleware, NulMiddleware
 from app.queue import create_celery_app
 from app.redis import get_redis
-from app.routes import datasets, docs, health, searches, studies
+from app.routes import datasets, docs, health, searches, studies, trainings
 from app.services.datasets import too_large_message
 from app.services.errors import ServiceError
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
 
     app.include_router(searches.router)
     app.include_router(studies.router)
+    app.include_router(trainings.router)
     app.include_router(datasets.router)
     app.include_router(health.router)
     app.include_router(docs.router)

@@ -16,8 +16,10 @@ scratch with :func:`~darts_core.train.train_genotype` and writes ``train.json`` 
 status 2 and a message.
 
 The commands that talk to a darts-service server (``login``, ``submit``, ``list``, ``status``,
-``watch``, ``genotype``, ``cancel``, ``upload``) live in :mod:`darts_core.remote`; ``darts studies ...``
-(a search per seed, selection and final trainings as one server job) in :mod:`darts_core.remote_studies`.
+``watch``, ``genotype``, ``cancel``, ``upload``) live in :mod:`darts_core.remote`; ``darts trainings
+submit|watch|weights|list|status|cancel`` (retraining on the server) in :mod:`darts_core.remote_trainings`;
+``darts studies ...`` (a search per seed, selection and final trainings as one server job) in
+:mod:`darts_core.remote_studies`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from darts_core import remote, remote_studies
+from darts_core import remote, remote_studies, remote_trainings
 from darts_core.checkpoint import has_checkpoint
 from darts_core.config import SearchConfig
 from darts_core.data import DatasetError, builtin_datasets, load_dataset
@@ -463,6 +465,7 @@ def datasets(
 
 remote.register(app)
 remote_studies.register(app)
+remote_trainings.register(app)
 
 
 def main() -> None:

@@ -224,6 +224,64 @@ class DartsClient:
     def delete(self, search_id: str) -> None:
         self.request("DELETE", f"/searches/{search_id}")
 
+    # ------------------------------------------------------------------ trainings
+
+    def submit_training(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/trainings", json=spec)
+
+    def list_trainings(
+        self, *, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        return self._json("GET", "/trainings", params=params)
+
+    def get_training(self, training_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/trainings/{training_id}")
+
+    def training_epochs(self, training_id: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = self._json(
+                "GET", f"/trainings/{training_id}/epochs", params={"cursor": cursor} if cursor else {}
+            )
+            items += page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return items
+
+    def cancel_training(self, training_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/trainings/{training_id}/cancel")
+
+    def delete_training(self, training_id: str) -> None:
+        self.request("DELETE", f"/trainings/{training_id}")
+
+    def download_weights(self, training_id: str, path: Path) -> int:
+        """Stream the trained weights (safetensors) of a succeeded training to `path`; returns the bytes
+        written. Written beside `path` first and renamed, so `path` is never half a file."""
+        route = f"/trainings/{training_id}/weights"
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            with self._http.stream("GET", route) as response:
+                self._raise_for_status("GET", route, response)
+                written = 0
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes():
+                        handle.write(chunk)
+                        written += len(chunk)
+        except httpx.TransportError as error:
+            partial.unlink(missing_ok=True)
+            raise ServiceError(f"cannot reach {self.url}: {error or type(error).__name__}") from None
+        except ServiceError:
+            partial.unlink(missing_ok=True)
+            raise
+        os.replace(partial, path)
+        return written
+
     # ------------------------------------------------------------------ datasets
 
     def datasets(self) -> list[dict[str, Any]]:
@@ -256,13 +314,15 @@ class DartsClient:
 
     # ------------------------------------------------------------------ events
 
-    def events(self, search_id: str, last_event_id: str | None = None) -> Iterator[ServerSentEvent]:
-        """One connection to `/searches/{id}/events`; ends when the server ends it (or it drops:
-        httpx raises then)."""
+    def events(
+        self, search_id: str, last_event_id: str | None = None, *, collection: str = "searches"
+    ) -> Iterator[ServerSentEvent]:
+        """One connection to `/{collection}/{id}/events` (collection: "searches" or "trainings"); ends
+        when the server ends it (or it drops: httpx raises then)."""
         headers = {"Accept": "text/event-stream"}
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
-        path = f"/searches/{search_id}/events"
+        path = f"/{collection}/{search_id}/events"
         timeout = httpx.Timeout(10.0, read=60.0)  # the server pings every 15 s
         with self._http.stream("GET", path, headers=headers, timeout=timeout) as response:
             self._raise_for_status("GET", path, response)
@@ -274,8 +334,10 @@ class DartsClient:
         *,
         reconnect_for: float = 120.0,
         on_reconnect: Callable[[str | None, str], None] | None = None,
+        collection: str = "searches",
     ) -> Iterator[ServerSentEvent]:
-        """Every `epoch` and `status` event of a search until it ends, across dropped connections.
+        """Every `epoch` and `status` event of a search (or, with collection="trainings", a training)
+        until it ends, across dropped connections.
 
         When the stream drops (or ends before a terminal status), reconnects with the last event id
         seen, backing off up to 5 s; gives up with ServiceError after `reconnect_for` seconds without
@@ -287,7 +349,7 @@ class DartsClient:
         while True:
             reason = "the server ended the stream early"
             try:
-                for event in self.events(search_id, last_event_id):
+                for event in self.events(search_id, last_event_id, collection=collection):
                     failing_since, delay = None, 0.2
                     if event.id is not None:
                         last_event_id = event.id

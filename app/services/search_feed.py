@@ -1,4 +1,5 @@
-"""Server-Sent Events of searches: one SQL poller per followed search, shared by all its streams.
+"""Server-Sent Events of searches and trainings: one SQL poller per followed job, shared by all its
+streams.
 
 A stream used to poll SQL itself every 0.5 s in the thread pool: 50 followers of one search made 100
 queries a second and took threads and connections from the requests. Now the followers of a search
@@ -21,10 +22,14 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db_gate import DatabaseGate
 from app.lifecycle.status import TERMINAL, Status
-from app.models import Search
-from app.schemas import EpochPublic, StatusEvent
+from app.models import Search, Training
+from app.schemas import EpochPublic, StatusEvent, TrainingEpochPublic
 from app.services import searches as search_service
+from app.services import trainings as training_service
 from app.services.errors import TooManyRequests
+
+#: An epoch as an SSE `epoch` event carries it (a search's or a training's).
+EpochRecord = EpochPublic | TrainingEpochPublic
 
 # When an owner at MAX_SSE_STREAMS_PER_OWNER is told to try again.
 STREAMS_RETRY_AFTER_SECONDS = 5
@@ -36,50 +41,58 @@ class _Feed:
 
     status: StatusEvent | None = None
     epochs: list[int] = field(default_factory=list)
-    records: list[tuple[str, EpochPublic]] = field(default_factory=list)
+    records: list[tuple[str, EpochRecord]] = field(default_factory=list)
     gone: bool = False
     polled_at: float = -math.inf
     followers: int = 0
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
-    def after(self, epoch: int) -> list[tuple[str, EpochPublic]]:
+    def after(self, epoch: int) -> list[tuple[str, EpochRecord]]:
         return self.records[bisect.bisect_right(self.epochs, epoch) :]
 
 
 def _poll(
-    factory: sessionmaker[Session], search_id: str, after_epoch: int
-) -> tuple[StatusEvent | None, list[tuple[str, EpochPublic]]]:
+    factory: sessionmaker[Session], kind: str, job_id: str, after_epoch: int
+) -> tuple[StatusEvent | None, list[tuple[str, EpochRecord]]]:
     with factory() as session:
-        search = session.get(Search, search_id)
-        if search is None:  # deleted while followed
+        job: Search | Training | None = (
+            session.get(Training, job_id) if kind == "training" else session.get(Search, job_id)
+        )
+        if job is None:  # deleted while followed
             return None, []
         # The status is read before the epochs: a terminal status is written after the last epoch,
         # so once a poll sees it, the same poll sees every epoch.
-        current = StatusEvent(status=Status(search.status), error=search.error)
-        records = search_service.list_epochs(session, search_id, after=after_epoch)
-        return current, [(r.stream_id or str(r.epoch), EpochPublic.model_validate(r)) for r in records]
+        current = StatusEvent(status=Status(job.status), error=job.error)
+        records: list[tuple[str, EpochRecord]]
+        if kind == "training":
+            rows = training_service.list_epochs(session, job_id, after=after_epoch)
+            records = [(r.stream_id or str(r.epoch), TrainingEpochPublic.model_validate(r)) for r in rows]
+        else:
+            found = search_service.list_epochs(session, job_id, after=after_epoch)
+            records = [(r.stream_id or str(r.epoch), EpochPublic.model_validate(r)) for r in found]
+        return current, records
 
 
 class SearchFeeds:
-    """The feeds of the searches followed through this API process."""
+    """The feeds of the jobs (searches, trainings) followed through this API process."""
 
     def __init__(self, factory: sessionmaker[Session], gate: DatabaseGate) -> None:
         self._factory = factory
         self._gate = gate
-        self._feeds: dict[str, _Feed] = {}
+        self._feeds: dict[tuple[str, str], _Feed] = {}
 
     @property
     def followed(self) -> int:
         """Searches with at least one open stream (one poller each)."""
         return len(self._feeds)
 
-    async def _refresh(self, search_id: str, feed: _Feed, poll_seconds: float) -> None:
+    async def _refresh(self, key: tuple[str, str], feed: _Feed, poll_seconds: float) -> None:
         async with feed.lock:
             if anyio.current_time() - feed.polled_at < poll_seconds:
                 return  # another follower has just polled
             last = feed.epochs[-1] if feed.epochs else 0
             async with self._gate.slot():
-                current, records = await run_in_threadpool(_poll, self._factory, search_id, last)
+                current, records = await run_in_threadpool(_poll, self._factory, *key, last)
             feed.polled_at = anyio.current_time()
             if current is None:
                 feed.gone = True
@@ -89,15 +102,18 @@ class SearchFeeds:
                 feed.records.append((event_id, record))
             feed.status = current
 
-    async def stream(self, search_id: str, after: int, poll_seconds: float) -> AsyncIterator[dict[str, str]]:
+    async def stream(
+        self, search_id: str, after: int, poll_seconds: float, kind: str = "search"
+    ) -> AsyncIterator[dict[str, str]]:
         """`epoch` events after epoch `after`, and a `status` event first and on every change; ends after a
-        terminal status, or when the search is deleted."""
-        feed = self._feeds.setdefault(search_id, _Feed())
+        terminal status, or when the job (`kind`: "search" or "training") is deleted."""
+        key = (kind, search_id)
+        feed = self._feeds.setdefault(key, _Feed())
         feed.followers += 1
         try:
             sent_status: StatusEvent | None = None
             while True:
-                await self._refresh(search_id, feed, poll_seconds)
+                await self._refresh(key, feed, poll_seconds)
                 if feed.gone or feed.status is None:
                     return
                 current = feed.status
@@ -113,8 +129,8 @@ class SearchFeeds:
                 await anyio.sleep(max(0.0, feed.polled_at + poll_seconds - anyio.current_time()))
         finally:
             feed.followers -= 1
-            if feed.followers == 0 and self._feeds.get(search_id) is feed:
-                del self._feeds[search_id]
+            if feed.followers == 0 and self._feeds.get(key) is feed:
+                del self._feeds[key]
 
 
 class OpenStreams:

@@ -304,6 +304,27 @@ def client(
         _empty_tables(session_factory)
 
 
+@pytest.fixture
+def app_client(api_settings: Settings, client: TestClient) -> Iterator:
+    """`app_client(**setting_overrides)`: a TestClient without any key, over api_settings with overrides.
+
+    Depends on `client` so that the tables are emptied around the test.
+    """
+    from app.main import create_app
+
+    opened: list[TestClient] = []
+
+    def open_(**overrides) -> TestClient:
+        test_client = TestClient(create_app(api_settings.model_copy(update=overrides), run_ingester=False))
+        test_client.__enter__()
+        opened.append(test_client)
+        return test_client
+
+    yield open_
+    for test_client in opened:
+        test_client.__exit__(None, None, None)
+
+
 GENOTYPE_TEMPLATE = {
     "normal": [["sep_conv_3x3", 0], ["sep_conv_3x3", 1], ["skip_connect", 0], ["sep_conv_3x3", 1],
                ["skip_connect", 0], ["dil_conv_3x3", 2], ["sep_conv_3x3", 0], ["skip_connect", 2]],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import Mount
 
-from app.main import create_app
 from app.models import ApiKey, Dataset
 from app.services import keys as key_service
 from app.settings import Settings
@@ -36,32 +34,13 @@ def npz_bytes(samples: int = 8) -> bytes:
 
 
 @pytest.fixture
-def app_client(api_settings: Settings, client: TestClient) -> Iterator:
-    """`app_client(**setting_overrides)`: a TestClient without any key, over api_settings with overrides.
-
-    Depends on `client` so that the tables are emptied around the test.
-    """
-    opened: list[TestClient] = []
-
-    def open_(**overrides) -> TestClient:
-        test_client = TestClient(create_app(api_settings.model_copy(update=overrides), run_ingester=False))
-        test_client.__enter__()
-        opened.append(test_client)
-        return test_client
-
-    yield open_
-    for test_client in opened:
-        test_client.__exit__(None, None, None)
-
-
-@pytest.fixture
 def anonymous(app_client) -> TestClient:
     return app_client()
 
 
 def _concrete(path: str) -> str:
     # Any value for a path parameter: the key is checked before anything is looked up.
-    for name in ("search_id", "dataset_id", "study_id"):
+    for name in ("search_id", "training_id", "dataset_id", "study_id"):
         path = path.replace("{" + name + "}", "00000000-0000-4000-8000-000000000000")
     assert "{" not in path, f"a path parameter this test does not know: {path}"
     return path
@@ -89,6 +68,10 @@ def test_every_route_but_health_and_the_page_needs_a_key(anonymous: TestClient, 
     paths = {path for _method, path in routes}
     # The list is built from app.routes, so a route added later is checked too; these must be in it.
     assert {"/searches", "/searches/{search_id}/events", "/datasets/{dataset_id}", "/metrics"} <= paths
+    assert {"/trainings", "/trainings/{training_id}", "/trainings/{training_id}/epochs",
+            "/trainings/{training_id}/events", "/trainings/{training_id}/weights",
+            "/trainings/{training_id}/cancel"} <= paths
+    assert ("DELETE", "/trainings/{training_id}") in routes
     assert {"/docs", "/redoc", "/openapi.json"} <= paths
     assert ("DELETE", "/datasets/{dataset_id}") in routes
     assert {"/studies", "/studies/{study_id}/events", "/studies/{study_id}/cancel"} <= paths

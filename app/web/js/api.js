@@ -81,6 +81,13 @@ export async function api(path, { method = "GET", json, signal, accept = "applic
   return accept === "application/json" ? response.json() : response.text();
 }
 
+/** GET a binary resource (the trained weights) with the key, as a Blob; throws ApiError on >= 400. */
+export async function apiBlob(path) {
+  const response = await fetch(path, { headers: auth.headers({ Accept: "application/octet-stream" }) });
+  if (!response.ok) throw await failure(response);
+  return response.blob();
+}
+
 /** POST a file as the raw body (streamed by the server); `onProgress(loaded, total)` as it goes. */
 export function upload(file, { name, onProgress } = {}) {
   return new Promise((resolve, reject) => {

@@ -1,13 +1,15 @@
 // The page's entry point: login (the key from `?token=` or pasted), the hash router between the
-// views (#/searches, #/new, #/search/ID, #/studies, #/study/ID), and the header.
+// views (#/searches, #/new, #/search/ID, #/trainings, #/training/ID, #/studies, #/study/ID), and the
+// header.
 import { api, auth, setOnUnauthorized } from "./api.js";
 import { showList, leaveList } from "./list.js";
 import { showForm, leaveForm } from "./form.js";
 import { showSearch, leaveSearch } from "./search.js";
 import { showStudies, showStudy, leaveStudies } from "./study.js";
+import { showTraining, showTrainings, leaveTrainings } from "./training.js";
 
 const $ = (id) => document.getElementById(id);
-const views = ["login", "list", "new", "search", "studies", "study"];
+const views = ["login", "list", "new", "search", "trainings", "training", "studies", "study"];
 
 function activate(name) {
   for (const view of views) $(`view-${view}`).hidden = view !== name;
@@ -23,6 +25,7 @@ function leaveAll() {
   leaveForm();
   leaveSearch();
   leaveStudies();
+  leaveTrainings();
 }
 
 export function route() {
@@ -35,6 +38,7 @@ export function route() {
   const hash = location.hash || "#/searches";
   const match = hash.match(/^#\/search\/([^/]+)$/);
   const study = hash.match(/^#\/study\/([^/]+)$/);
+  const training = hash.match(/^#\/training\/([^/]+)$/);
   if (study) {
     activate("study");
     showStudy(decodeURIComponent(study[1]));
@@ -44,6 +48,12 @@ export function route() {
   } else if (match) {
     activate("search");
     showSearch(decodeURIComponent(match[1]));
+  } else if (training) {
+    activate("training");
+    showTraining(decodeURIComponent(training[1]));
+  } else if (hash === "#/trainings") {
+    activate("trainings");
+    showTrainings();
   } else if (hash === "#/new") {
     activate("new");
     showForm();

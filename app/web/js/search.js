@@ -1,9 +1,10 @@
 // One search: live status (its SSE stream read with fetch, polling every 2 s when the stream cannot
 // be read), metric charts, alpha heatmaps with an epoch slider, the cells as drawn by the server,
-// the genotype as the DARTS string and as JSON, cancel and delete.
+// the genotype as the DARTS string and as JSON, cancel, delete and "Retrain" (a training of its genotype).
 import { api, readEvents } from "./api.js";
 import { heatmap, lineChart } from "./charts.js";
 import { dartsString, edgeLabels } from "./genotype.js";
+import { retrain } from "./training.js";
 import { $, TERMINAL, copyText, download, duration, element, parseTime, percent, setStatus } from "./util.js";
 
 const POLL_MS = 2000;
@@ -39,6 +40,7 @@ function renderSummary() {
   $("search-error").textContent = search.error ? `Error: ${search.error}` : "";
   $("cancel-search").hidden = TERMINAL.has(search.status) || search.status === "cancelling";
   $("delete-search").hidden = !TERMINAL.has(search.status);
+  $("retrain-search").hidden = search.status !== "succeeded";
 }
 
 function renderGenotype() {
@@ -261,6 +263,14 @@ $("cancel-search").addEventListener("click", async () => {
     renderSummary();
   } catch (error) {
     setStatus(`cancel: ${error.message}`, true);
+  }
+});
+$("retrain-search").addEventListener("click", async () => {
+  if (!current) return;
+  try {
+    await retrain(current.id);
+  } catch (error) {
+    setStatus(`retrain: ${error.message}`, true);
   }
 });
 $("delete-search").addEventListener("click", async () => {

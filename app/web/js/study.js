@@ -56,9 +56,7 @@ export function showStudies() {
 // ------------------------------------------------------------------------------------------ one study
 
 function childRow(stage, child, chosenSeed) {
-  const link = child.kind === "search"
-    ? element("a", { href: `#/search/${encodeURIComponent(child.id)}`, text: child.id.slice(0, 8) })
-    : element("code", { text: child.id.slice(0, 8) });
+  const link = element("a", { href: `#/${child.kind}/${encodeURIComponent(child.id)}`, text: child.id.slice(0, 8) });
   return element(
     "tr",
     { "data-id": child.id, class: stage !== "search" && child.seed === chosenSeed ? "chosen" : null },

@@ -39,7 +39,7 @@ def stream_events(settings: Settings, search_id: str) -> list[tuple[str, Any]]:
     finally:
         client.close()
     events = [(entry_id, parse_event(fields["data"])) for entry_id, fields in entries]
-    return [(entry_id, event) for entry_id, event in events if event.search_id == search_id]
+    return [(entry_id, event) for entry_id, event in events if event.job_id == search_id]
 
 
 def parse_time(value: str) -> datetime:

@@ -1,0 +1,194 @@
+"""`/trainings`: create, list, read, epochs, Server-Sent Events, cancel, delete, weights."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy.orm import Session, sessionmaker
+from sse_starlette.sse import EventSourceResponse
+from starlette.background import BackgroundTask
+
+from app.auth import REQUIRE_OWNER, UNAUTHORIZED_RESPONSE, CurrentOwner, TrainingAccess, listed_owner, may_see
+from app.db import SessionDep
+from app.lifecycle.status import Status
+from app.models import Training
+from app.routes.deps import CeleryDep, RedisDep, SettingsDep
+from app.routes.responses import errors
+from app.schemas import Page, TrainingEpochPublic, TrainingPublic, TrainingSpec
+from app.services import jobs
+from app.services import searches as search_service
+from app.services import trainings as training_service
+from app.services.search_feed import OpenStreams, SearchFeeds
+
+router = APIRouter(
+    prefix="/trainings", tags=["trainings"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
+)
+
+MAX_EPOCHS_PAGE = 1000
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=TrainingPublic,
+    responses=errors(400, 404, 409, 413, 422, 429, 503),
+)
+def create_training(
+    spec: TrainingSpec,
+    session: SessionDep,
+    celery: CeleryDep,
+    settings: SettingsDep,
+    response: Response,
+    owner: CurrentOwner,
+) -> Training:
+    """Queue the retraining of a genotype from scratch, owned by the key's owner.
+
+    Give `genotype` (its JSON form or the DARTS string) and `dataset`, or `search_id` (one of your
+    searches: its final genotype once it succeeded, or with `epoch` that epoch's; the dataset defaults
+    to the search's). 404 for a search that is not yours, 409 when it has no final genotype yet, 422
+    naming the field for bad input or a training too large for a worker, 429 as for searches (the
+    quota counts searches and trainings together)."""
+    training = training_service.create_training(
+        session, spec, celery=celery, settings=settings, owner=owner.name,
+        may_read=lambda search: may_see(owner, search.owner),
+    )
+    response.headers["Location"] = f"/trainings/{training.id}"
+    return training
+
+
+@router.get("", response_model=Page[TrainingPublic], responses=errors(400))
+def list_trainings(
+    session: SessionDep,
+    current: CurrentOwner,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=search_service.MAX_PAGE_SIZE)] = search_service.DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+    owner: Annotated[str | None, Query(max_length=64, description="Admins: only this owner's")] = None,
+) -> dict[str, Any]:
+    """The owner's trainings (an admin's: everyone's), newest first; `next_cursor` as `?cursor=` pages."""
+    items, next_cursor = training_service.list_trainings(
+        session, status=status, limit=limit, cursor=cursor or None, owner=listed_owner(current, owner)
+    )
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.get("/{training_id}", response_model=TrainingPublic, responses=errors(404))
+def get_training(training_id: str, session: SessionDep, _owner: TrainingAccess) -> Training:
+    return training_service.get_training(session, training_id)
+
+
+@router.get("/{training_id}/epochs", response_model=Page[TrainingEpochPublic], responses=errors(400, 404))
+def list_epochs(
+    training_id: str,
+    session: SessionDep,
+    _owner: TrainingAccess,
+    limit: Annotated[int, Query(ge=1, le=MAX_EPOCHS_PAGE)] = MAX_EPOCHS_PAGE,
+    cursor: Annotated[str | None, Query(description="The last epoch seen (a next_cursor)")] = None,
+) -> dict[str, Any]:
+    """Per-epoch metrics (train, validation and test accuracy and loss), in epoch order."""
+    records = training_service.list_epochs(
+        session, training_id, after=jobs.epoch_cursor(cursor), limit=limit + 1
+    )
+    next_cursor = None
+    if len(records) > limit:
+        records = records[:limit]
+        next_cursor = str(records[-1].epoch)
+    return {"items": records, "next_cursor": next_cursor}
+
+
+@router.post(
+    "/{training_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=TrainingPublic,
+    responses=errors(404, 409),
+)
+def cancel_training(
+    training_id: str,
+    session: SessionDep,
+    _owner: TrainingAccess,
+    celery: CeleryDep,
+    redis_client: RedisDep,
+    settings: SettingsDep,
+    background_tasks: BackgroundTasks,
+) -> Training:
+    """Cancel (idempotent): a queued training at once, a running one between two batches. 409 if finished."""
+
+    def revoke_after_response(task_id: str) -> None:
+        background_tasks.add_task(jobs.revoke_task, celery, task_id)
+
+    return training_service.cancel_training(
+        session, training_id, revoke=revoke_after_response, redis_client=redis_client, settings=settings
+    )
+
+
+@router.delete("/{training_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
+def delete_training(
+    training_id: str, session: SessionDep, settings: SettingsDep, _owner: TrainingAccess
+) -> Response:
+    """Remove a finished training, its epochs, checkpoints and weights (409 while it is queued or running)."""
+    training_service.delete_training(session, training_id, settings=settings)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{training_id}/weights",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The trained weights (safetensors); `darts_core.load_trained(path)` loads them",
+        },
+        **errors(404, 409),
+    },
+)
+def get_weights(
+    training_id: str, session: SessionDep, settings: SettingsDep, _owner: TrainingAccess
+) -> FileResponse:
+    """The trained network's weights as a safetensors file (409 until the training has succeeded)."""
+    path = training_service.weights_file(session, training_id, settings=settings)
+    return FileResponse(
+        path, media_type="application/octet-stream", filename=f"training-{training_id}.safetensors"
+    )
+
+
+@router.get(
+    "/{training_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "`epoch` and `status` events"},
+        **errors(404, 429),
+    },
+)
+async def training_events(
+    training_id: str,
+    request: Request,
+    owner: TrainingAccess,
+    settings: SettingsDep,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str | None, Query(description="Resume point for clients that cannot send the Last-Event-ID header")
+    ] = None,
+) -> EventSourceResponse:
+    """Server-Sent Events as for searches: every epoch record in order as an `epoch` event, a `status`
+    event first and on every change; the stream ends after a terminal status. `Last-Event-ID` (or
+    `?last_event_id=`) resumes after that epoch. 429 past MAX_SSE_STREAMS_PER_OWNER open streams."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+    resume_from = last_event_id_header or last_event_id
+
+    def starting_epoch() -> int:
+        with factory() as session:
+            training_service.get_training(session, training_id)
+            if not resume_from:
+                return 0
+            return training_service.epoch_after_event_id(session, training_id, resume_from)
+
+    after = await run_in_threadpool(starting_epoch)
+    streams: OpenStreams = request.app.state.open_streams
+    ticket = streams.open(owner.name, settings.max_sse_streams_per_owner)
+    feeds: SearchFeeds = request.app.state.search_feeds
+    poll_seconds: float = request.app.state.sse_poll_seconds
+    events = ticket.wrap(feeds.stream(training_id, after, poll_seconds, kind="training"))
+    return EventSourceResponse(events, ping=15, background=BackgroundTask(ticket.close))
