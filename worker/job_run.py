@@ -118,7 +118,7 @@ class StopWatch:
         return worker_shutting_down.is_set()
 
     def __call__(self) -> bool:
-        if self.lease.lost.is_set() or self.shutting_down:
+        if self.lease.lost.is_set() or self.lease.overdue() or self.shutting_down:
             return True
         now = time.monotonic()
         if self.deadline is not None and now >= self.deadline:

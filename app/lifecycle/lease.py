@@ -184,6 +184,21 @@ class Lease:
         """Seconds without a successful renewal after which the run stops itself (before expiry)."""
         return self.seconds * 0.6
 
+    def overdue(self) -> bool:
+        """Whether no renewal succeeded for `give_up_after` seconds; sets `lost` when so.
+
+        The run asks this itself between batches, so it stops in time even while the heartbeat thread
+        is stuck in a renewal that has not failed yet (a database that stopped answering mid-query).
+        """
+        if time.monotonic() - self._last_renewal >= self.give_up_after:
+            if not self.lost.is_set():
+                logger.error(
+                    "lease on %s %s not renewed for %.0f s; stopping this run",
+                    self.kind.label, self.job_id, time.monotonic() - self._last_renewal,
+                )
+            self.lost.set()
+        return self.lost.is_set()
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.renew_interval):
             try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
@@ -19,6 +19,7 @@ from app.routes.responses import errors
 from app.schemas import EpochPublic, Page, SearchEstimatePublic, SearchPublic, SearchSpec
 from app.services import admission, jobs
 from app.services import searches as search_service
+from app.services.epoch_pages import EpochJsonCache, epoch_page_json
 from app.services.errors import BadRequest
 from app.services.genotype_svg import genotype_svg
 from app.services.search_feed import OpenStreams, SearchFeeds
@@ -118,14 +119,20 @@ def get_genotype_svg(
     return Response(genotype_svg(genotype), media_type="image/svg+xml")
 
 
+def get_epoch_cache(request: Request) -> EpochJsonCache:
+    cache: EpochJsonCache = request.app.state.epoch_json
+    return cache
+
+
 @router.get("/{search_id}/epochs", response_model=Page[EpochPublic], responses=errors(400, 404))
 def list_epochs(
     search_id: str,
     session: SessionDep,
     _owner: SearchAccess,
+    cache: Annotated[EpochJsonCache, Depends(get_epoch_cache)],
     limit: Annotated[int, Query(ge=1, le=MAX_EPOCHS_PAGE)] = MAX_EPOCHS_PAGE,
     cursor: Annotated[str | None, Query(description="The last epoch seen (a next_cursor)")] = None,
-) -> dict[str, Any]:
+) -> Response:
     """Per-epoch metrics, in epoch order."""
     if not cursor:  # absent or empty: from the start
         after = 0
@@ -133,12 +140,10 @@ def list_epochs(
         after = int(cursor)
     else:
         raise BadRequest(f"invalid cursor {cursor!r}: pass back a next_cursor this API returned")
-    records = search_service.list_epochs(session, search_id, after=after, limit=limit + 1)
-    next_cursor = None
-    if len(records) > limit:
-        records = records[:limit]
-        next_cursor = str(records[-1].epoch)
-    return {"items": records, "next_cursor": next_cursor}
+    # Served as the JSON of Page[EpochPublic] (the declared response_model), built from epochs
+    # serialised once each (app.services.epoch_pages explains why).
+    body = epoch_page_json(session, cache, search_id, after=after, limit=limit)
+    return Response(body, media_type="application/json")
 
 
 @router.post(

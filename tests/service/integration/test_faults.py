@@ -11,6 +11,7 @@ SQLite backend (the PostgreSQL run deselects the `faults` marker).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import make_engine, make_session_factory, run_migrations
+from app.events.ingester import IngesterHandle, start_ingester
 from app.models import Search
 from app.redis import EmbeddedRedis
 from app.settings import LOOPBACK_HOSTS, Settings
@@ -45,15 +47,21 @@ SPEC = tiny_spec(epochs=EPOCHS, samples=512, name="faults")
 COMPARED = ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "genotype", "alphas")
 
 
-@pytest.fixture(scope="module")
-def reference() -> list[dict[str, Any]]:
-    """The epoch records of one uninterrupted run of SPEC (darts_core in this process, one thread)."""
+@functools.cache
+def reference_run() -> list[dict[str, Any]]:
+    """The epoch records of one uninterrupted run of SPEC (darts_core in this process, one thread);
+    run once per session, shared by every fault test module."""
     from darts_core.data import load_dataset
     from darts_core.search import SearchConfig, run_search
 
     spec = {key: value for key, value in SPEC.items() if key not in ("dataset", "name")}
     result = run_search(load_dataset(SPEC["dataset"]), SearchConfig.from_spec(spec))
     return [epoch.to_dict() for epoch in result.history]
+
+
+@pytest.fixture
+def reference() -> list[dict[str, Any]]:
+    return reference_run()
 
 
 @dataclass
@@ -64,6 +72,7 @@ class FaultStack:
     factory: sessionmaker[Session]
     api: TestClient
     workers: list[WorkerProcess]
+    ingester: IngesterHandle | None = None  # one the test started itself (see `_stack`)
 
     def submit(self, spec: dict[str, Any] = SPEC) -> str:
         response = self.api.post("/searches", json=spec)
@@ -116,17 +125,26 @@ def stack_without_ingester(tmp_path: Path) -> Iterator[FaultStack]:
     yield from _stack(tmp_path, run_ingester=False)
 
 
-def _stack(tmp_path: Path, *, run_ingester: bool) -> Iterator[FaultStack]:
+def _stack(
+    tmp_path: Path,
+    *,
+    run_ingester: bool,
+    database_url: str | None = None,
+    ingester_options: dict[str, Any] | None = None,
+    lease_seconds: float = FAULT_LEASE_SECONDS,
+) -> Iterator[FaultStack]:
+    """`database_url`: default a SQLite file. `ingester_options` (Ingester's keyword arguments): the
+    ingester runs in a thread the test starts with them, instead of the API's own."""
     from app.main import create_app
 
     redis_server = EmbeddedRedis(tmp_path / "redis").start()
     settings = Settings(
         data_dir=tmp_path,
-        database_url=f"sqlite:///{tmp_path / 'darts.db'}",
+        database_url=database_url or f"sqlite:///{tmp_path / 'darts.db'}",
         redis_url=redis_server.url,
         artifact_dir=tmp_path / "artifacts",
         redis_prefix=f"faults-{uuid.uuid4().hex[:8]}",
-        search_lease_seconds=FAULT_LEASE_SECONDS,
+        search_lease_seconds=lease_seconds,
         sweep_interval_seconds=0.5,
         broker_visibility_timeout=60,
         no_auth=True,  # these tests are about faults; keys are tested elsewhere
@@ -140,20 +158,24 @@ def _stack(tmp_path: Path, *, run_ingester: bool) -> Iterator[FaultStack]:
         "REDIS_PREFIX": settings.redis_prefix,
         "ARTIFACT_DIR": str(settings.artifacts_path),
         "DATA_DIR": str(tmp_path),
-        "SEARCH_LEASE_SECONDS": str(FAULT_LEASE_SECONDS),
+        "SEARCH_LEASE_SECONDS": str(lease_seconds),
         "BROKER_VISIBILITY_TIMEOUT": "60",
         "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": "1",
     }
     engine = make_engine(settings)
     workers: list[WorkerProcess] = []
-    app = create_app(settings, run_ingester=run_ingester)
+    app = create_app(settings, run_ingester=run_ingester and ingester_options is None)
+    ingester = start_ingester(settings, **ingester_options) if ingester_options is not None else None
     try:
         with TestClient(app) as api:
-            yield FaultStack(settings, env, redis_server, make_session_factory(engine), api, workers)
+            yield FaultStack(settings, env, redis_server, make_session_factory(engine), api, workers,
+                             ingester)
     finally:
         for worker in workers:
             worker.kill()
+        if ingester is not None:
+            ingester.stop()
         engine.dispose()
         redis_server.stop()
 
