@@ -6,6 +6,8 @@
 - `projection`: worker events applied to rows (epochs, status changes), fenced by token.
 - `cancel`: cancelling, at once or between two batches.
 - `sweep`: expired leases handed back, lost task messages re-sent, warm shutdown's hand-back.
+- `studies`: a study's stages, and the conditional updates that move it on (its orchestrator is
+  `app.services.study_advance`).
 
 The API (`app.services`), the ingester (`app.events.ingester`) and the worker (`worker.run`) call
 these and hold no status logic of their own.

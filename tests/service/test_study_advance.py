@@ -295,3 +295,20 @@ def test_a_failed_final_training_fails_the_study(db_session: Session, deps: Stud
     after = reload(db_session, study)
     assert after.status == "failed"
     assert after.error == f"the final training of seed 0 ({final.id}) failed: diverged"
+
+
+def test_deleting_a_finished_study_removes_its_searches_and_trainings(
+    db_session: Session, deps: StudyDeps, record_epochs
+) -> None:
+    from app.services.studies import delete_study
+
+    study = make_study(db_session, [0])
+    searched(db_session, study, deps, record_epochs, {})
+    (selection,) = trainings_of(db_session, study, "selecting")
+    end_training(db_session, selection.id, "succeeded", valid_acc=0.5)
+    advance_study(db_session, study.id, deps)
+    assert reload(db_session, study).status == "succeeded"
+    delete_study(db_session, study.id, settings=deps.settings)
+    db_session.expire_all()
+    assert db_session.get(Study, study.id) is None and db_session.get(Training, selection.id) is None
+    assert db_session.scalar(select(Search.id).where(Search.study_id == study.id)) is None
