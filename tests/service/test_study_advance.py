@@ -312,3 +312,23 @@ def test_deleting_a_finished_study_removes_its_searches_and_trainings(
     db_session.expire_all()
     assert db_session.get(Study, study.id) is None and db_session.get(Training, selection.id) is None
     assert db_session.scalar(select(Search.id).where(Search.study_id == study.id)) is None
+
+
+def test_a_child_created_while_the_study_is_cancelled_is_cancelled_too(
+    db_session: Session, deps: StudyDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import searches as search_service
+
+    study = make_study(db_session, [0, 1])
+    create = search_service.create_study_search
+
+    def cancel_in_between(session: Session, *args, **kwargs):
+        # Another request cancels the study just before this orchestrator inserts its child.
+        lifecycle_studies.request_cancel(session, study.id)
+        return create(session, *args, **kwargs)
+
+    monkeypatch.setattr(search_service, "create_study_search", cancel_in_between)
+    advance_study(db_session, study.id, deps)
+    assert {s.status for s in searches_of(db_session, study)} == {"cancelled"}
+    advance_study(db_session, study.id, deps)
+    assert reload(db_session, study).status == "cancelled"
