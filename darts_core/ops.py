@@ -75,11 +75,13 @@ def recomputes_in_backward(x: torch.Tensor) -> bool:
     """Whether the memory-saving autograd Functions apply to ``x`` now.
 
     Not under autocast (they run the plain kernels in fp32), not without autograd (nothing is kept
-    then), and not inside :func:`twice_differentiable`.
+    then), and not inside :func:`twice_differentiable`. On the ``meta`` device (shapes only, as
+    :func:`darts_core.estimate.estimate_training` runs a network) they apply as on the CPU.
     """
+    device_type = "cpu" if x.device.type == "meta" else x.device.type  # autocast knows no meta
     return (
         torch.is_grad_enabled()
-        and not torch.is_autocast_enabled(x.device.type)
+        and not torch.is_autocast_enabled(device_type)
         and not _TWICE_DIFFERENTIABLE.get()
     )
 

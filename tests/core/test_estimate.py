@@ -1,13 +1,21 @@
-"""darts_core.estimate: the exact weight count and the step-memory formula against a measured step."""
+"""darts_core.estimate: the exact weight count and the step-memory estimates against measured steps."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from darts_core.estimate import count_weights, estimate_search, measure_step
-from darts_core.networks import SearchNetwork
+from darts_core.estimate import (
+    count_weights,
+    estimate_search,
+    estimate_training,
+    measure_step,
+    measure_training_step,
+)
+from darts_core.genotype import DARTS_V2
+from darts_core.networks import GenotypeNetwork, SearchNetwork
 from darts_core.search import SearchConfig
+from darts_core.training_config import TrainingJobConfig
 
 
 @pytest.mark.parametrize(
@@ -81,3 +89,49 @@ def test_the_estimate_grows_with_the_batch_and_counts_the_dataset() -> None:
     assert second.saved_bytes > 7 * first.saved_bytes
     assert first.dataset_bytes == 2 * 4 * 1797 * 64 and second.dataset_bytes == 0
     assert first.peak_bytes == first.step_bytes + first.dataset_bytes
+
+
+# Retraining: three sizes; auxiliary head, drop-path, momentum and image size vary.
+TRAINING_SIZES = [
+    ({"network": {"init_channels": 4, "cells": 3}, "training": {"batch_size": 8}}, (3, 12, 12)),
+    (
+        {"network": {"init_channels": 8, "cells": 5, "auxiliary": True}, "training": {"batch_size": 6}},
+        (1, 16, 16),
+    ),
+    (
+        {"network": {"init_channels": 6, "cells": 8, "drop_path_prob": 0.0},
+         "training": {"batch_size": 4, "momentum": 0.0}},
+        (3, 15, 13),
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("spec", "input_shape"), TRAINING_SIZES)
+def test_training_estimate_is_within_10_percent_of_a_measured_step(spec: dict, input_shape: tuple) -> None:
+    config = TrainingJobConfig.from_spec(spec)
+    estimate = estimate_training(config, input_shape, 5, DARTS_V2)
+    measured = measure_training_step(config, input_shape, 5, DARTS_V2)
+    assert estimate.arch_weights == 0
+    assert estimate.state_bytes == measured["state_bytes"]
+    assert abs(estimate.saved_bytes - measured["saved_bytes"]) <= 0.10 * measured["saved_bytes"], (
+        estimate.saved_bytes, measured["saved_bytes"])  # fmt: skip
+    assert estimate.step_bytes > estimate.state_bytes + estimate.saved_bytes
+
+
+def test_training_estimate_counts_weights_batch_and_dataset() -> None:
+    small = TrainingJobConfig.from_spec({"network": {"auxiliary": True}, "training": {"batch_size": 8}})
+    large = TrainingJobConfig.from_spec({"network": {"auxiliary": True}, "training": {"batch_size": 64}})
+    first = estimate_training(small, (1, 8, 8), 10, DARTS_V2, num_samples=1797)
+    second = estimate_training(large, (1, 8, 8), 10, DARTS_V2)
+    network = GenotypeNetwork(DARTS_V2, 1, 10, init_channels=16, cells=5, auxiliary=True)
+    assert first.weights == second.weights == sum(p.numel() for p in network.parameters())
+    assert second.saved_bytes > 7 * first.saved_bytes
+    assert first.dataset_bytes == 2 * 4 * 1797 * 64 and second.dataset_bytes == 0
+    assert first.peak_bytes == first.step_bytes + first.dataset_bytes
+    # The DARTS CIFAR-10 network is estimated without allocating it (gigabytes of activations).
+    cifar = TrainingJobConfig.from_spec(
+        {"network": {"init_channels": 36, "cells": 20, "auxiliary": True}, "training": {"batch_size": 96}}
+    )
+    assert estimate_training(cifar, (3, 32, 32), 10, DARTS_V2).saved_bytes > 2**32
+    with pytest.raises(ValueError, match="input_shape"):
+        estimate_training(small, (8, 8), 10, DARTS_V2)
