@@ -34,8 +34,9 @@ class SearchesByStatusCollector(Collector):
         self.kind = kind
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        name = f"darts_{self.kind.name}s"
-        gauge = GaugeMetricFamily(name, f"{self.kind.label.capitalize()}s by status", labels=["status"])
+        table = self.kind.model.__tablename__  # "searches", "trainings"
+        name = f"darts_{table}"
+        gauge = GaugeMetricFamily(name, f"{table.capitalize()} by status", labels=["status"])
         try:
             with self.session_factory() as session:
                 counts = count_by_status(session, self.kind)
