@@ -406,8 +406,8 @@ def train(
             "--spec",
             metavar="FILE",
             help='Training spec (JSON, the body of POST /trainings): {"network": {...}, "training": {...}, '
-            '"dataset": ...}; missing fields take the spec defaults. The options below may repeat its '
-            "values but not contradict them.",
+            '"dataset": ...}; missing fields take the spec defaults (10 epochs, valid_fraction 0.1, ...), '
+            "not the options' defaults. The options below may repeat its values but not contradict them.",
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (default 30).")] = None,
