@@ -1,5 +1,6 @@
-"""The search lifecycle: the one place that decides a search's status and who may change it.
+"""The job lifecycle: the one place that decides a search's or a training's status and who may change it.
 
+- `kinds`: the kinds of job (`SEARCH`, `TRAINING`): their tables and tasks; every function takes one.
 - `status`: the statuses and the table of allowed transitions (`can_transition`).
 - `lease`: the worker's lease with its fencing token, and the database clock.
 - `start`: what a worker does with a task (run it, or why not).
