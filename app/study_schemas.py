@@ -41,7 +41,10 @@ class StudySpec(StrictModel):
     name: SearchName | None = Field(default=None, description="Defaults to '<search name> study'.")
     search: SearchSpec
     seeds: list[StudySeed] = Field(
-        min_length=1, max_length=MAX_SEEDS, description="One search per seed (its training.seed)."
+        min_length=1,
+        max_length=MAX_SEEDS,
+        description="One search per seed (its training.seed).",
+        json_schema_extra={"uniqueItems": True},
     )
     selection: StudyTrainingSpec = Field(default_factory=StudyTrainingSpec)
     final: StudyTrainingSpec | None = Field(

@@ -11,7 +11,10 @@ directory; pointed at that directory again, it resumes from the last finished ep
     OUT/genotype.txt     the same in the DARTS reference code's string form
 
 ``darts train GENOTYPE --dataset NAME`` retrains a genotype (``genotype.json`` or ``genotype.txt``) from
-scratch with :func:`~darts_core.train.train_genotype` and writes ``train.json`` with the test accuracy.
+scratch with :func:`~darts_core.training_job.run_training_job` (options, or ``--spec FILE``: the training
+spec of ``POST /trainings``) and writes ``train.json`` (validation and test accuracy, parameters,
+multiply-adds, history) and ``model.safetensors`` (:func:`darts_core.load_trained`); it checkpoints every
+epoch into ``--checkpoint-dir`` (default ``OUT/train-checkpoint``) and resumes from there when run again.
 ``darts datasets`` lists the built-in datasets (and the server's, when logged in). Bad input exits with
 status 2 and a message.
 
@@ -30,7 +33,7 @@ import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -43,7 +46,9 @@ from darts_core.config import SearchConfig
 from darts_core.data import DatasetError, builtin_datasets, load_dataset
 from darts_core.genotype import Genotype
 from darts_core.search import EpochResult, run_search
-from darts_core.train import TrainEpoch, train_genotype
+from darts_core.training_config import TrainingJobConfig
+from darts_core.training_job import TrainEpoch, TrainingStopped, run_training_job
+from darts_core.weights import save_trained
 
 __all__ = ["app", "main"]
 
@@ -66,21 +71,8 @@ METRICS_NAME = "metrics.jsonl"
 GENOTYPE_JSON_NAME = "genotype.json"
 GENOTYPE_TEXT_NAME = "genotype.txt"
 TRAIN_RESULT_NAME = "train.json"
-
-
-class _TrainSettings(TypedDict):
-    """The train command's options passed on to train_genotype (and recorded in its result file)."""
-
-    epochs: int
-    init_channels: int
-    cells: int
-    batch_size: int
-    lr: float
-    drop_path_prob: float
-    auxiliary: bool
-    cutout: bool
-    seed: int
-    device: str
+WEIGHTS_NAME = "model.safetensors"
+TRAIN_CHECKPOINT_NAME = "train-checkpoint"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -342,6 +334,59 @@ def _parse_dataset_option(value: str) -> dict[str, Any]:
     return {"name": value}
 
 
+#: The train command's options: where each lands in the training spec, and its default without --spec.
+_TRAIN_OPTIONS: dict[str, tuple[str, str, object]] = {
+    "epochs": ("training", "epochs", 30),
+    "init_channels": ("network", "init_channels", 16),
+    "cells": ("network", "cells", 5),
+    "batch_size": ("training", "batch_size", 64),
+    "lr": ("training", "lr", 0.025),
+    "drop_path_prob": ("network", "drop_path_prob", 0.2),
+    "auxiliary": ("network", "auxiliary", False),
+    "cutout": ("training", "cutout", False),
+    "seed": ("training", "seed", 0),
+}
+
+
+def _training_spec(spec_file: Path | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The training spec of ``--spec`` (or of the option defaults), with the options given merged in.
+
+    With ``--spec`` an option may repeat the spec's value but not contradict it (what ran must be what
+    the spec file says); without it, options not given take the command's defaults.
+    """
+    if spec_file is None:
+        spec: dict[str, Any] = {}
+        for name, (section, key, default) in _TRAIN_OPTIONS.items():
+            value = default if options[name] is None else options[name]
+            spec.setdefault(section, {})[key] = value
+        return spec
+    spec = _read_json_object(spec_file, "spec file")
+    if "search_id" in spec:
+        raise _fail(f"{spec_file}: search_id needs the service (`darts trainings submit`); locally, "
+                    "give the genotype file")  # fmt: skip
+    try:
+        filled = TrainingJobConfig.from_spec(spec).to_spec()
+    except ValueError as error:
+        raise _fail(f"invalid spec {spec_file}: {error}") from None
+    for name, (section, key, _) in _TRAIN_OPTIONS.items():
+        value = options[name]
+        if value is not None and filled[section][key] != value:
+            option = "--" + name.replace("_", "-")
+            raise _fail(
+                f"{option} {value!r} contradicts {spec_file}: {section}.{key} is {filled[section][key]!r} "
+                "there; change the spec file or leave the option out"
+            )
+    return spec
+
+
+def _format_train_epoch(record: TrainEpoch, epochs: int) -> str:
+    valid = "" if record.valid_acc is None else f"valid acc {record.valid_acc:.4f}  "
+    return (
+        f"epoch {record.epoch:>3}/{epochs}  train loss {record.train_loss:.4f} acc {record.train_acc:.4f}  "
+        f"{valid}test loss {record.test_loss:.4f} acc {record.test_acc:.4f}  {record.seconds:.1f} s"
+    )
+
+
 @app.command()
 def train(
     genotype_file: Annotated[
@@ -352,37 +397,66 @@ def train(
         ),
     ],
     dataset: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Dataset: a built-in name (see `darts datasets`) or a JSON dataset spec such as "
-            '\'{"name": "npz", "path": "data.npz"}\'.',
+            '\'{"name": "npz", "path": "data.npz"}\'. Default: the --spec file\'s dataset, else digits.',
         ),
-    ] = "digits",
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 30,
-    init_channels: Annotated[int, typer.Option(help="Width of the first cells.")] = 16,
-    cells: Annotated[int, typer.Option(help="Number of cells of the network.")] = 5,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
-    lr: Annotated[float, typer.Option(help="Initial SGD learning rate (cosine-annealed to 0).")] = 0.025,
-    drop_path_prob: Annotated[float, typer.Option(help="Final drop-path probability (ramped from 0).")] = 0.2,
+    ] = None,
+    spec_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--spec",
+            metavar="FILE",
+            help='Training spec (JSON, the body of POST /trainings): {"network": {...}, "training": {...}, '
+            '"dataset": ...}; missing fields take the spec defaults (10 epochs, valid_fraction 0.1, ...), '
+            "not the options' defaults. The options below may repeat its values but not contradict them.",
+        ),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (default 30).")] = None,
+    init_channels: Annotated[int | None, typer.Option(help="Width of the first cells (default 16).")] = None,
+    cells: Annotated[int | None, typer.Option(help="Number of cells of the network (default 5).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default 64).")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Initial SGD learning rate, cosine-annealed to 0 (default 0.025).")
+    ] = None,
+    drop_path_prob: Annotated[
+        float | None, typer.Option(help="Final drop-path probability, ramped from 0 (default 0.2).")
+    ] = None,
     auxiliary: Annotated[
-        bool, typer.Option(help="Add the auxiliary head and its loss (weight 0.4).")
-    ] = False,
-    cutout: Annotated[bool, typer.Option(help="Cutout augmentation (half the image side).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of initialisation, data order, drop-path and cutout.")] = 0,
-    device: Annotated[str, typer.Option(help="auto (CUDA when available), cpu or cuda.")] = "auto",
+        bool | None,
+        typer.Option("--auxiliary/--no-auxiliary", help="Add the auxiliary head and its loss (weight 0.4)."),
+    ] = None,
+    cutout: Annotated[
+        bool | None, typer.Option("--cutout/--no-cutout", help="Cutout augmentation (half the image side).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of initialisation, data order, drop-path, cutout (default 0).")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto (CUDA when available), cpu or cuda; overrides the spec's resources.device."),
+    ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Directory for train.json. Default: the genotype file's directory."),
+        typer.Option(
+            "--out",
+            "-o",
+            help="Directory for train.json and model.safetensors. Default: the genotype file's directory.",
+        ),
+    ] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint directory (written after every epoch; a directory that holds a checkpoint of "
+            "the same training is resumed). Default: OUT/train-checkpoint.",
+        ),
     ] = None,
 ) -> None:
-    """Retrain a genotype from scratch and report its test accuracy (written to train.json)."""
+    """Retrain a genotype from scratch; report its validation and test accuracy (train.json) and save the
+    trained network (model.safetensors, loadable with darts_core.load_trained)."""
     genotype = _read_genotype(genotype_file)
-    dataset_spec = _parse_dataset_option(dataset)
-    try:
-        data = load_dataset(dataset_spec)
-    except DatasetError as error:
-        raise _fail(f"invalid --dataset: {error}") from None
-    settings: _TrainSettings = {
+    options = {
         "epochs": epochs,
         "init_channels": init_channels,
         "cells": cells,
@@ -392,43 +466,84 @@ def train(
         "auxiliary": auxiliary,
         "cutout": cutout,
         "seed": seed,
-        "device": device,
     }
-    console.print(f"training {genotype.to_darts()} on {data.name}", highlight=False, soft_wrap=True)
-    with Progress(
-        TextColumn("training"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("training", total=epochs)
+    spec = _training_spec(spec_file, options)
+    if "genotype" in spec and spec["genotype"] != genotype.to_json():
+        raise _fail(f"{spec_file} names another genotype than {genotype_file}")
+    if dataset is not None:
+        dataset_spec = _parse_dataset_option(dataset)
+        if "dataset" in spec and spec["dataset"] != dataset_spec:
+            raise _fail(f"--dataset contradicts the dataset of {spec_file}")
+    else:
+        dataset_spec = spec.get("dataset", {"name": "digits"})
+        if isinstance(dataset_spec, str):
+            dataset_spec = {"name": dataset_spec}
+    try:
+        config = TrainingJobConfig.from_spec(spec)
+    except ValueError as error:
+        raise _fail(f"invalid training option: {error}") from None
+    try:
+        data = load_dataset(dataset_spec)
+    except DatasetError as error:
+        raise _fail(f"invalid --dataset: {error}") from None
+    out = out if out is not None else genotype_file.parent
+    checkpoint_dir = checkpoint_dir if checkpoint_dir is not None else out / TRAIN_CHECKPOINT_NAME
+    total = config.training.epochs
+    resuming = has_checkpoint(checkpoint_dir)
+    console.print(
+        f"{'resuming' if resuming else 'training'} {genotype.to_darts()} on {data.name} "
+        f"(checkpoints: {checkpoint_dir})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar, _stop_on_interrupt() as stop_flag:
+        task = bar.add_task("training", total=total)
 
         def on_epoch(record: TrainEpoch) -> None:
-            bar.console.print(
-                f"epoch {record.epoch:>3}/{epochs}  train loss {record.train_loss:.4f} "
-                f"acc {record.train_acc:.4f}  test loss {record.test_loss:.4f} acc {record.test_acc:.4f}  "
-                f"{record.seconds:.1f} s",
-                highlight=False,
-                soft_wrap=True,
-            )
+            bar.console.print(_format_train_epoch(record, total), highlight=False, soft_wrap=True)
             bar.update(task, completed=record.epoch)
 
         try:
-            result = train_genotype(genotype, data, on_epoch=on_epoch, **settings)
+            result = run_training_job(
+                genotype,
+                config,
+                data,
+                checkpoint_dir=checkpoint_dir,
+                on_epoch=on_epoch,
+                should_stop=lambda: stop_flag[0],
+                device=device,
+            )
+        except TrainingStopped as stopped:
+            errors.print(
+                f"stopped after epoch {stopped.epochs_completed}/{total}; run the same command again to "
+                f"resume ({checkpoint_dir})",
+                highlight=False,
+            )
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
         except ValueError as error:
             raise _fail(str(error)) from None
 
-    out = out if out is not None else genotype_file.parent
     out.mkdir(parents=True, exist_ok=True)
+    save_trained(result.network, out / WEIGHTS_NAME)
+    filled = config.to_spec()
+    settings = {name: filled[section][key] for name, (section, key, _) in _TRAIN_OPTIONS.items()}
+    settings["device"] = device or filled["resources"]["device"]
     _write_json(
         out / TRAIN_RESULT_NAME,
-        {"genotype": genotype.to_json(), "dataset": dataset_spec, "settings": settings, **result.to_dict()},
+        {
+            "genotype": genotype.to_json(),
+            "dataset": dataset_spec,
+            "settings": settings,
+            "spec": filled,
+            **result.to_dict(),
+        },
     )
+    valid = "" if result.valid_accuracy is None else f"valid accuracy {result.valid_accuracy:.4f}, "
     console.print(
-        f"test accuracy {result.test_accuracy:.4f} ({result.parameters:,} parameters, "
-        f"{result.seconds:.1f} s) -> {out / TRAIN_RESULT_NAME}",
+        f"{valid}test accuracy {result.test_accuracy:.4f} ({result.parameters:,} parameters, "
+        f"{result.multiply_adds:,} multiply-adds, {result.seconds:.1f} s) -> {out / TRAIN_RESULT_NAME}, "
+        f"{out / WEIGHTS_NAME}",
         highlight=False,
         soft_wrap=True,
     )

@@ -42,6 +42,7 @@ from darts_core.checkpoint import (
     spec_differences,
     write_checkpoint,
 )
+from darts_core.data import ImageDataset
 from darts_core.genotype import Genotype
 from darts_core.multiply_adds import count_multiply_adds
 from darts_core.networks import GenotypeNetwork
@@ -292,7 +293,7 @@ def _identity(config: TrainingJobConfig, genotype: Genotype, dataset: Any) -> di
     return {"spec": spec, "genotype": genotype.to_json(), "data": data}
 
 
-def _restore(state: Mapping[str, Any], path: Path, identity: Mapping[str, Any]) -> None:
+def _check_same_training(state: Mapping[str, Any], path: Path, identity: Mapping[str, Any]) -> None:
     """Refuse a checkpoint of another training (ValueError naming each differing field)."""
     if state.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"checkpoint {path} is not a training checkpoint (a search's?)")
@@ -311,7 +312,7 @@ def _restore(state: Mapping[str, Any], path: Path, identity: Mapping[str, Any]) 
 def run_training_job(
     genotype: Genotype,
     config: TrainingJobConfig,
-    dataset: Any,
+    dataset: ImageDataset,
     *,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     on_epoch: Callable[[TrainEpoch], None] | None = None,
@@ -403,7 +404,7 @@ def run_training_job(
         loaded = load_checkpoint(checkpoint_dir)
         if loaded is not None:
             state, path = loaded
-            _restore(state, path, identity)
+            _check_same_training(state, path, identity)
             network.load_state_dict(state["network"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])

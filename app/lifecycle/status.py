@@ -1,8 +1,9 @@
-"""The statuses of a search and the transitions between them: the one table every part obeys.
+"""The statuses of a job (a search or a training) and the transitions between them: the one table every
+part obeys.
 
 | from         | to          | who                                                                  |
 |--------------|-------------|----------------------------------------------------------------------|
-| (none)       | queued      | the API (`POST /searches`)                                           |
+| (none)       | queued      | the API (`POST /searches`, `POST /trainings`)                        |
 | queued       | running     | the worker holding the current lease (its `running` event or first epoch) |
 | queued       | cancelled   | cancel of a search no worker holds                                   |
 | queued       | cancelling  | cancel of a search a worker has just leased                          |
@@ -25,7 +26,7 @@ from enum import StrEnum
 
 
 class Status(StrEnum):
-    """What a search is doing now (the `status` of the API and of the `searches` row)."""
+    """What a job is doing now (the `status` of the API and of the `searches` / `trainings` row)."""
 
     queued = "queued"
     running = "running"
@@ -36,7 +37,7 @@ class Status(StrEnum):
 
 
 TERMINAL: frozenset[Status] = frozenset({Status.succeeded, Status.failed, Status.cancelled})
-#: Searches that hold or wait for a worker (what the per-owner quota counts).
+#: Jobs that hold or wait for a worker (what the per-owner quota counts).
 ACTIVE: frozenset[Status] = frozenset({Status.queued, Status.running, Status.cancelling})
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {

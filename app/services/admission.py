@@ -131,6 +131,7 @@ def require_training_fits(
         (shape["in_channels"], *shape["image_size"]),
         shape["num_classes"],
         Genotype.from_json(genotype),
+        num_samples=shape["num_samples"],
     )
     limit = settings.worker_memory_bytes
     if result.peak_bytes <= limit:

@@ -21,8 +21,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.lifecycle import cancel as lifecycle_cancel
-from app.lifecycle.kinds import KINDS, kind_of
-from app.lifecycle.status import TERMINAL
+from app.lifecycle.kinds import KINDS, JobKind, kind_of
+from app.lifecycle.status import TERMINAL, Status
 from app.models import Dataset, LifecycleColumns, StudyChildColumns
 from app.queue import enqueue_task
 from app.services.errors import BadRequest, Conflict, ServiceUnavailable, TooManyRequests, Unprocessable
@@ -45,6 +45,15 @@ def count_active(session: Session, owner: str) -> int:
         query = select(func.count()).where(model.owner == owner, model.status.not_in(TERMINAL))
         total += session.scalar(query) or 0
     return total
+
+
+def count_by_status(session: Session, kind: JobKind) -> dict[str, int]:
+    """How many jobs of `kind` are in each status (every status listed, 0 when none)."""
+    model = kind.model
+    counts = {str(status): 0 for status in Status}
+    for status, count in session.execute(select(model.status, func.count()).group_by(model.status)):
+        counts[str(status)] = int(count)
+    return counts
 
 
 def quota_exceeded(settings: Settings) -> TooManyRequests:

@@ -1,5 +1,5 @@
 """Prometheus metrics of one app: request counts and latency (an ASGI middleware), and what is read
-at scrape time: searches by status (SQL), the queue's depth and the workers' heartbeats (Redis).
+at scrape time: searches and trainings by status (SQL), the queue's depth and the workers' heartbeats (Redis).
 
 Each app gets its own registry, so several apps in one process (the tests) never collide. The
 ingester's metrics are process-wide (app/event_metrics.py); `/metrics` serves both.
@@ -18,25 +18,30 @@ from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.services.searches import count_by_status
+from app.lifecycle.kinds import SEARCH, TRAINING, JobKind
+from app.services.jobs import count_by_status
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 class SearchesByStatusCollector(Collector):
-    """`darts_searches{status=...}`: the number of searches in each status, counted at scrape time."""
+    """`darts_searches{status=...}` (or, with `kind` TRAINING, `darts_trainings{status=...}`): the number
+    of jobs of the kind in each status, counted at scrape time."""
 
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], kind: JobKind = SEARCH) -> None:
         self.session_factory = session_factory
+        self.kind = kind
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily("darts_searches", "Searches by status", labels=["status"])
+        table = self.kind.model.__tablename__  # "searches", "trainings"
+        name = f"darts_{table}"
+        gauge = GaugeMetricFamily(name, f"{table.capitalize()} by status", labels=["status"])
         try:
             with self.session_factory() as session:
-                counts = count_by_status(session)
+                counts = count_by_status(session, self.kind)
         except Exception as exc:  # a scrape must not fail because the database is down
-            logger.warning("darts_searches not collected: %s", exc)
+            logger.warning("%s not collected: %s", name, exc)
             return
         for status, count in counts.items():
             gauge.add_metric([status], count)
@@ -121,6 +126,7 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.registry.register(SearchesByStatusCollector(session_factory))
+        self.registry.register(SearchesByStatusCollector(session_factory, TRAINING))
         if client is not None and settings is not None:
             self.registry.register(QueueDepthCollector(client, settings))
             self.registry.register(WorkerHeartbeatCollector(client, settings))

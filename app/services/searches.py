@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
@@ -194,10 +194,3 @@ def delete_search(session: Session, search_id: str, *, settings: Settings) -> No
     session.execute(delete(Search).where(Search.id == search_id))
     session.commit()
     shutil.rmtree(search_dir(settings, search_id), ignore_errors=True)
-
-
-def count_by_status(session: Session) -> dict[str, int]:
-    counts = {str(status): 0 for status in Status}
-    for status, count in session.execute(select(Search.status, func.count()).group_by(Search.status)):
-        counts[str(status)] = int(count)
-    return counts

@@ -18,14 +18,14 @@ from app.db import utcnow
 from app.lifecycle import studies as lifecycle_studies
 from app.lifecycle.status import TERMINAL, Status
 from app.lifecycle.studies import Stage
-from app.models import Dataset, Search, SearchEpoch, Study
+from app.models import Dataset, Search, SearchEpoch, Study, Training, TrainingEpoch
 from app.schemas import UploadedDatasetSpec
 from app.services import admission, jobs
 from app.services.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from app.services.pagination import encode_cursor, older_than
 from app.services.study_advance import Child, StudyDeps, advance_study, children
 from app.settings import Settings
-from app.storage import search_dir
+from app.storage import search_dir, training_dir
 from app.study_schemas import StudySpec
 
 DEFAULT_PAGE_SIZE = 50
@@ -203,9 +203,14 @@ def delete_study(session: Session, study_id: str, *, settings: Settings) -> None
     if any(not child.finished for child in found):
         raise Conflict(f"study {study_id!r} still has children running: wait until they have stopped")
     search_ids = [child.row.id for child in found if child.kind == "search"]
+    training_ids = [child.row.id for child in found if child.kind == "training"]
+    session.execute(delete(TrainingEpoch).where(TrainingEpoch.training_id.in_(training_ids)))
+    session.execute(delete(Training).where(Training.id.in_(training_ids)))
     session.execute(delete(SearchEpoch).where(SearchEpoch.search_id.in_(search_ids)))
     session.execute(delete(Search).where(Search.id.in_(search_ids)))
     session.execute(delete(Study).where(Study.id == study_id))
     session.commit()
     for search_id in search_ids:
         shutil.rmtree(search_dir(settings, search_id), ignore_errors=True)
+    for training_id in training_ids:
+        shutil.rmtree(training_dir(settings, training_id), ignore_errors=True)

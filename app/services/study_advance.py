@@ -287,7 +287,14 @@ def advance_study(session: Session, study_id: str, deps: StudyDeps) -> Study | N
                 lifecycle_studies.finish(session, study_id, Status.cancelled)
             break
         spec = StudySpec.model_validate(study.spec)
-        if not _STAGES[Stage(study.stage)](session, study, spec, deps):
+        moved_on = _STAGES[Stage(study.stage)](session, study, spec, deps)
+        session.expire_all()
+        now = session.get(Study, study_id)
+        if now is None or now.cancel_requested or now.status in (Status.failed, Status.cancelled):
+            # Stopped by another caller while this one created a child: that child must not run on.
+            _cancel_children(session, children(session, study_id), deps)
+            break
+        if not moved_on:
             break
     session.expire_all()
     return session.get(Study, study_id)

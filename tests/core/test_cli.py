@@ -14,7 +14,11 @@ from typer.testing import CliRunner
 
 from darts_core.checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME
 from darts_core.cli import app
+from darts_core.data import load_dataset
 from darts_core.genotype import Genotype
+from darts_core.training_config import TrainingJobConfig
+from darts_core.training_job import TrainingStopped, run_training_job
+from darts_core.weights import load_trained
 
 DATASET = {"name": "synthetic", "num_samples": 64, "channels": 1, "image_size": 6, "num_classes": 3}
 SPEC = {
@@ -192,6 +196,77 @@ def test_train_rejects_bad_genotypes_and_datasets(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "unknown dataset 'imagenet'" in result.output
     result = runner.invoke(app, ["train", str(tmp_path / "missing.json")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+TRAIN_SPEC = {
+    "dataset": DATASET,
+    "network": {"init_channels": 4, "cells": 2},
+    "training": {"epochs": 2, "batch_size": 16, "valid_fraction": 0.25},
+    "resources": {"device": "cpu"},
+}
+
+
+def _without_seconds(history: list[dict]) -> list[dict]:
+    return [{**record, "seconds": None} for record in history]
+
+
+def test_train_with_a_spec_resumes_and_writes_loadable_weights(tmp_path: Path) -> None:
+    genotype_file = tmp_path / "genotype.json"
+    genotype = Genotype(
+        normal=[("sep_conv_3x3", 0), ("skip_connect", 1)], reduce=[("max_pool_3x3", 0), ("skip_connect", 1)]
+    )
+    genotype_file.write_text(json.dumps(genotype.to_json()))
+    spec_file = _write_spec(tmp_path / "train-spec.json", TRAIN_SPEC)
+
+    # An option may repeat the spec but not contradict it.
+    refused = runner.invoke(app, ["train", str(genotype_file), "--spec", str(spec_file), "--epochs", "3"])
+    assert refused.exit_code == 2
+    assert "--epochs 3 contradicts" in " ".join(refused.output.split())
+    assert not (tmp_path / "train.json").exists()
+
+    whole = tmp_path / "whole"
+    result = runner.invoke(
+        app, ["train", str(genotype_file), "--spec", str(spec_file), "--epochs", "2", "--out", str(whole)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "valid acc" in result.output and "multiply-adds" in result.output
+    written = sorted(path.name for path in whole.iterdir())
+    assert written == ["model.safetensors", "train-checkpoint", "train.json"]
+    report = json.loads((whole / "train.json").read_text())
+    assert report["spec"]["training"]["valid_fraction"] == 0.25 and report["settings"]["epochs"] == 2
+    assert report["dataset"] == DATASET and len(report["history"]) == 2
+    assert report["valid_accuracy"] == report["history"][-1]["valid_acc"] is not None
+    assert report["multiply_adds"] > 0 and report["parameters"] > 0
+    network = load_trained(whole / "model.safetensors")
+    assert network.genotype == genotype
+    assert sum(p.numel() for p in network.parameters()) == report["parameters"]
+
+    # A training stopped after epoch 1 (as Ctrl-C stops it) resumes where it stopped, bit-identically.
+    resumed_out, checkpoints = tmp_path / "resumed", tmp_path / "checkpoints"
+    seen: list = []
+    with pytest.raises(TrainingStopped):
+        run_training_job(
+            genotype, TrainingJobConfig.from_spec(TRAIN_SPEC), load_dataset(DATASET),
+            checkpoint_dir=checkpoints, on_epoch=seen.append, should_stop=lambda: bool(seen),
+        )  # fmt: skip
+    arguments = ["train", str(genotype_file), "--spec", str(spec_file), "--out", str(resumed_out)]
+    result = runner.invoke(app, [*arguments, "--checkpoint-dir", str(checkpoints)])
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output and "epoch   1/2" not in result.output
+    resumed = json.loads((resumed_out / "train.json").read_text())
+    assert _without_seconds(resumed["history"]) == _without_seconds(report["history"])
+    assert resumed["test_accuracy"] == report["test_accuracy"]
+
+    # The checkpoint directory belongs to that training: another seed is refused.
+    result = runner.invoke(app, [*arguments, "--checkpoint-dir", str(checkpoints), "--seed", "0"])
+    assert result.exit_code == 0, result.output  # the spec's own seed: the same training
+    other_spec = {**TRAIN_SPEC, "training": {**TRAIN_SPEC["training"], "seed": 4}}
+    other = _write_spec(tmp_path / "other.json", other_spec)
+    result = runner.invoke(
+        app, ["train", str(genotype_file), "--spec", str(other), "--checkpoint-dir", str(checkpoints)]
+    )
+    assert result.exit_code == 2
+    assert "training.seed (0 in the checkpoint, 4 now)" in " ".join(result.output.split())
 
 
 def test_datasets_and_help() -> None:

@@ -2,7 +2,7 @@
 
 The run uses the repository's `schemathesis.toml` (the same settings `st run` reads from a checkout),
 so this test and a manual `st run <url>/openapi.json --checks all -H "Authorization: Bearer KEY"` give
-the same verdict. Every search the run creates is cancelled afterwards.
+the same verdict. Every search and training the run creates is cancelled afterwards.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.orm import Session
 
-from app.models import Search
+from app.models import Search, Training
 from app.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,9 +42,13 @@ def test_schemathesis_finds_no_failure(
             for search in db_session.query(Search).all():
                 if search.status in ("queued", "running"):
                     assert http.post(f"/searches/{search.id}/cancel").status_code == 202
+            for training in db_session.query(Training).all():
+                if training.status in ("queued", "running"):
+                    assert http.post(f"/trainings/{training.id}/cancel").status_code == 202
     output = completed.stdout + completed.stderr
     summary = [line.strip() for line in output.splitlines() if re.search(r"generated|failures?|passed", line)]
     print("schemathesis:", " | ".join(summary[-3:]))
     assert completed.returncode == 0, output[-20000:]
     db_session.expire_all()
     assert all(search.status not in ("queued", "running") for search in db_session.query(Search).all())
+    assert all(job.status not in ("queued", "running") for job in db_session.query(Training).all())

@@ -85,6 +85,7 @@ def test_metrics_count_requests_by_route_template_and_searches_by_status(
     assert 'darts_http_requests_total{method="POST",route="/searches",status="201"} 1.0' in text
     assert 'darts_searches{status="queued"} 1.0' in text
     assert 'darts_searches{status="running"} 0.0' in text
+    assert 'darts_trainings{status="queued"} 0.0' in text
     assert "process_cpu_seconds_total" in text  # the process-wide registry is served too
 
 

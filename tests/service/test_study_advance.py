@@ -295,3 +295,40 @@ def test_a_failed_final_training_fails_the_study(db_session: Session, deps: Stud
     after = reload(db_session, study)
     assert after.status == "failed"
     assert after.error == f"the final training of seed 0 ({final.id}) failed: diverged"
+
+
+def test_deleting_a_finished_study_removes_its_searches_and_trainings(
+    db_session: Session, deps: StudyDeps, record_epochs
+) -> None:
+    from app.services.studies import delete_study
+
+    study = make_study(db_session, [0])
+    searched(db_session, study, deps, record_epochs, {})
+    (selection,) = trainings_of(db_session, study, "selecting")
+    end_training(db_session, selection.id, "succeeded", valid_acc=0.5)
+    advance_study(db_session, study.id, deps)
+    assert reload(db_session, study).status == "succeeded"
+    delete_study(db_session, study.id, settings=deps.settings)
+    db_session.expire_all()
+    assert db_session.get(Study, study.id) is None and db_session.get(Training, selection.id) is None
+    assert db_session.scalar(select(Search.id).where(Search.study_id == study.id)) is None
+
+
+def test_a_child_created_while_the_study_is_cancelled_is_cancelled_too(
+    db_session: Session, deps: StudyDeps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.services import searches as search_service
+
+    study = make_study(db_session, [0, 1])
+    create = search_service.create_study_search
+
+    def cancel_in_between(session: Session, *args, **kwargs):
+        # Another request cancels the study just before this orchestrator inserts its child.
+        lifecycle_studies.request_cancel(session, study.id)
+        return create(session, *args, **kwargs)
+
+    monkeypatch.setattr(search_service, "create_study_search", cancel_in_between)
+    advance_study(db_session, study.id, deps)
+    assert {s.status for s in searches_of(db_session, study)} == {"cancelled"}
+    advance_study(db_session, study.id, deps)
+    assert reload(db_session, study).status == "cancelled"

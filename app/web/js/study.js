@@ -91,7 +91,7 @@ function renderChart(searches) {
     box.replaceChildren(element("p", { class: "muted", text: "The curves appear after the searches' first epochs." }));
     return;
   }
-  box.replaceChildren(lineChart({ title: "search validation accuracy, per seed", series, yMin: 0, yMax: 1 }));
+  box.replaceChildren(lineChart({ title: "search valid acc", series, yMin: 0, yMax: 1 }));
 }
 
 function render(study) {

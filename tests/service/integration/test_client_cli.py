@@ -236,3 +236,45 @@ def test_overrides_and_follow_give_up_on_a_dead_server(
         pytest.raises(ServiceError, match="could not be resumed"),
     ):
         list(client.follow("x", reconnect_for=0.5))
+
+
+def test_trainings_submit_watch_list_status_weights_and_cancel(
+    live: LiveServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    from darts_core import load_trained
+    from darts_core.genotype import DARTS_V2
+
+    env = env | {"DARTS_URL": live.url, "DARTS_TOKEN": live.key}
+    spec = {
+        "name": "cli training",
+        "genotype": DARTS_V2.to_json(),
+        "dataset": tiny_spec()["dataset"],
+        "network": {"init_channels": 4, "cells": 2},
+        "training": {"epochs": 2, "batch_size": 16},
+        "resources": {"device": "cpu"},
+    }
+    spec_file = tmp_path / "training.json"
+    spec_file.write_text(json.dumps(spec))
+    watched = darts(env, "trainings", "submit", str(spec_file), "--watch")
+    assert "submitted" in watched.stdout and "succeeded" in watched.stdout
+    listed = json.loads(darts(env, "trainings", "list", "--json").stdout)["items"]
+    training = next(item for item in listed if item["name"] == "cli training")
+    status = json.loads(darts(env, "trainings", "status", training["id"], "--json").stdout)
+    assert status["status"] == "succeeded" and status["epoch"] == 2 and status["test_accuracy"] is not None
+    assert "succeeded" in darts(env, "trainings", "status", training["id"]).stdout
+
+    weights = tmp_path / "cli.safetensors"
+    darts(env, "trainings", "weights", training["id"], "-o", str(weights))
+    network = load_trained(weights)
+    assert sum(p.numel() for p in network.parameters()) >= status["parameters"]
+
+    # The genotype source from options; bad input is one line naming the field.
+    line = one_error_line(darts(env, "trainings", "submit", "--dataset", "digits", check=1))
+    assert "HTTP 422" in line and "genotype" in line
+    long_one = json.loads(
+        darts(env, "trainings", "submit", str(spec_file), "--epochs", "500", "--json").stdout
+    )
+    assert long_one["epochs"] == 500
+    assert "cancel" in darts(env, "trainings", "cancel", long_one["id"]).stdout
+    with DartsClient(live.url, live.key) as client:
+        wait_until(lambda: client.get_training(long_one["id"])["status"] == "cancelled", 120, "the cancel")

@@ -304,3 +304,32 @@ def test_the_list_shows_progress_filters_by_status_and_opens_a_search(page: Any,
     page.click("#searches tbody a:text('from the browser')")
     page.locator("#search-status", has_text="succeeded").wait_for()
     page.locator("#genotype-darts").wait_for()
+
+
+def test_retrain_a_succeeded_search_and_follow_the_training_to_its_weights(
+    page: Any, live: LiveServer
+) -> None:
+    with api(live) as client:
+        created = client.post("/searches", json=tiny_spec(epochs=1, name="to retrain"))
+        assert created.status_code == 201, created.text
+        search_id = created.json()["id"]
+        wait_until(
+            lambda: client.get(f"/searches/{search_id}").json()["status"] == "succeeded",
+            180, "the search to succeed", interval=0.2,
+        )
+    log_in(page, live)
+    page.goto(f"/#/search/{search_id}")
+    page.locator("#search-status", has_text="succeeded").wait_for()
+    page.click("#retrain-search")
+    page.locator("#view-training").wait_for(state="visible")
+    assert f"search {search_id}" in page.locator("#training-source").inner_text()
+    page.locator("#training-status", has_text="succeeded").wait_for(timeout=240_000)
+    expect(page.locator("#training-charts svg.chart")).to_have_count(2)
+    assert page.locator("[data-figure='Test accuracy']").inner_text().endswith("%")
+    with page.expect_download() as download:
+        page.click("#download-weights")
+    assert download.value.suggested_filename.endswith(".safetensors")
+    screenshot(page, "training")
+    page.click("#nav a[data-view='trainings']")
+    page.locator("#trainings tbody tr").first.wait_for()
+    assert "to retrain training" in page.locator("#trainings tbody td.name").all_inner_texts()
