@@ -57,35 +57,19 @@ class DatabaseGate:
             yield
 
 
-# Methods that only read (the routes' contract): everything else may write.
-READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-
 class DatabaseGateMiddleware:
     """ASGI middleware: every HTTP request holds a gate slot until it is answered (an event stream:
-    until its response has started).
+    until its response has started)."""
 
-    `write_gate`, when given, is the gate of the requests that may write (any method but GET, HEAD,
-    OPTIONS); reads then never queue behind them. SQLite takes one writer at a time: writers beyond it
-    wait inside SQLite's busy handler, which sleeps in steps of up to 100 ms while holding a
-    connection and a slot. Under issue 10's burst of 200 submissions those waits took every slot and
-    the polls queued behind them for seconds; with one write slot the writers queue here instead, on
-    the event loop, and each runs without contention.
-    """
-
-    def __init__(self, app: ASGIApp, gate: DatabaseGate, write_gate: DatabaseGate | None = None) -> None:
+    def __init__(self, app: ASGIApp, gate: DatabaseGate) -> None:
         self.app = app
         self.gate = gate
-        self.write_gate = write_gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNGATED_PATHS:
             await self.app(scope, receive, send)
             return
-        gate = self.gate
-        if self.write_gate is not None and scope["method"] not in READ_METHODS:
-            gate = self.write_gate
-        semaphore = gate.semaphore
+        semaphore = self.gate.semaphore
         await semaphore.acquire()
         held = True
 

@@ -118,12 +118,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     # Requests and the event streams' pollers have slots of their own (together: the pool), so a
     # stream's poll never queues behind a crowd of requests.
     feed_slots = min(FEED_SLOTS, max(1, settings.db_pool_size // 2))
-    request_slots = max(1, settings.db_pool_size - feed_slots)
-    # SQLite writes one transaction at a time: requests that may write get one slot of their own, so
-    # they queue on the event loop, not in SQLite's busy handler, and reads never wait behind them.
-    write_slots = 1 if engine.dialect.name == "sqlite" and request_slots > 1 else 0
-    app.state.db_gate = DatabaseGate(request_slots - write_slots)
-    app.state.db_write_gate = DatabaseGate(write_slots) if write_slots else None
+    app.state.db_gate = DatabaseGate(max(1, settings.db_pool_size - feed_slots))
     app.state.search_feeds = SearchFeeds(app.state.session_factory, DatabaseGate(feed_slots))
     app.state.open_streams = OpenStreams()
     app.state.epoch_json = EpochJsonCache()
@@ -152,7 +147,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
     app.add_middleware(NulMiddleware)
     # Innermost: the metrics' latency includes the wait at the gate.
-    app.add_middleware(DatabaseGateMiddleware, gate=app.state.db_gate, write_gate=app.state.db_write_gate)
+    app.add_middleware(DatabaseGateMiddleware, gate=app.state.db_gate)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(
