@@ -8,6 +8,7 @@ use, so `create_app()` works before they are up (and `/readyz` says when they ar
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ from app.middleware import BodyLimitMiddleware, NulMiddleware
 from app.queue import create_celery_app
 from app.redis import get_redis
 from app.routes import datasets, docs, health, searches, studies, trainings
+from app.services import admission
 from app.services.datasets import too_large_message
 from app.services.epoch_pages import EpochJsonCache
 from app.services.errors import ServiceError
@@ -83,6 +85,9 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # In the background: the API answers at once; a submission arriving meanwhile waits for the
+        # import (Python's import lock) instead of starting it under load.
+        threading.Thread(target=admission.preload, name="preload-estimate", daemon=True).start()
         app.state.ingester = start_ingester(settings) if run_ingester else None
         try:
             yield

@@ -24,6 +24,7 @@ import os
 import platform
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ import httpx
 from darts_core.sse import SSEParser
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+Connect = Callable[[int], httpx.AsyncClient]  # a new client with that many connections
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -101,9 +103,14 @@ async def request(
 
 
 async def poller(
-    client: httpx.AsyncClient, figures: Figures, search_ids: list[str], index: int, deadline: float
+    connect: Connect, figures: Figures, search_ids: list[str], index: int, deadline: float
 ) -> None:
     search_id = search_ids[index % len(search_ids)]
+    async with connect(1) as client:
+        await _poll(client, figures, search_id, deadline)
+
+
+async def _poll(client: httpx.AsyncClient, figures: Figures, search_id: str, deadline: float) -> None:
     while time.monotonic() < deadline:
         response = await request(client, figures, "GET /searches/{id}", "GET", f"/searches/{search_id}", 200)
         if response is not None and response.status_code == 200:
@@ -116,10 +123,10 @@ async def poller(
         )
 
 
-async def follower(client: httpx.AsyncClient, figures: Figures, search_id: str, deadline: float) -> None:
+async def follower(connect: Connect, figures: Figures, search_id: str, deadline: float) -> None:
     started = time.perf_counter()
     try:
-        async with client.stream(
+        async with connect(1) as client, client.stream(
             "GET", f"/searches/{search_id}/events", timeout=httpx.Timeout(30, read=None)
         ) as response:
             figures.record("GET /searches/{id}/events (open)", started, response, 200)
@@ -141,7 +148,12 @@ async def follower(client: httpx.AsyncClient, figures: Figures, search_id: str, 
         figures.errors.append(f"events: {type(exc).__name__} {exc}")
 
 
-async def burst(
+async def burst(connect: Connect, figures: Figures, count: int, epochs: int, created: list[str]) -> float:
+    async with connect(count) as client:
+        return await _burst(client, figures, count, epochs, created)
+
+
+async def _burst(
     client: httpx.AsyncClient, figures: Figures, count: int, epochs: int, created: list[str]
 ) -> float:
     started = time.perf_counter()
@@ -179,18 +191,21 @@ async def burst(
 
 async def run(args: argparse.Namespace) -> int:
     headers = {"Authorization": f"Bearer {args.key}"}
-    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them: reusing one the
-    # server is closing fails the request, a client-side race, not a server error.
-    limits = httpx.Limits(
-        max_connections=args.clients + args.sse + args.burst + 10,
-        max_keepalive_connections=None,
-        keepalive_expiry=3.0,
-    )
+
+    def connect(connections: int) -> httpx.AsyncClient:
+        # A client (connection pool) per simulated client, as separate programs would have: httpx
+        # scans its whole pool on every request, and one pool of 360 connections made this process
+        # spend most of its CPU there (py-spy), its own queueing counted as the server's latency.
+        # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them: reusing
+        # one the server is closing fails the request, a client-side race, not a server error.
+        limits = httpx.Limits(
+            max_connections=connections, max_keepalive_connections=None, keepalive_expiry=3.0
+        )
+        return httpx.AsyncClient(base_url=args.url, headers=headers, limits=limits, timeout=args.timeout)
+
     figures = Figures()
     created: list[str] = []
-    async with httpx.AsyncClient(
-        base_url=args.url, headers=headers, limits=limits, timeout=args.timeout
-    ) as client:
+    async with connect(10) as client:
         for i in range(args.searches):
             response = await client.post("/searches", json=tiny_spec(f"load-{i}", args.epochs))
             response.raise_for_status()
@@ -205,14 +220,14 @@ async def run(args: argparse.Namespace) -> int:
         started = time.monotonic()
         deadline = started + args.duration
         tasks = [
-            asyncio.create_task(poller(client, figures, searches, i, deadline)) for i in range(args.clients)
+            asyncio.create_task(poller(connect, figures, searches, i, deadline)) for i in range(args.clients)
         ]
         tasks += [
-            asyncio.create_task(follower(client, figures, searches[i % len(searches)], deadline))
+            asyncio.create_task(follower(connect, figures, searches[i % len(searches)], deadline))
             for i in range(args.sse)
         ]
         await asyncio.sleep(args.duration / 3)
-        burst_seconds = await burst(client, figures, args.burst, args.epochs, created)
+        burst_seconds = await burst(connect, figures, args.burst, args.epochs, created)
         await asyncio.gather(*tasks[: args.clients])
         for task in tasks[args.clients :]:
             task.cancel()

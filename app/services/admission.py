@@ -3,8 +3,10 @@ cannot fit.
 
 The estimate (`darts_core.estimate`) needs the image shape and the class count of the dataset, which
 the spec gives (built-ins, synthetic) or the uploaded dataset's row records. It imports torch, so it is
-imported here only when a search is estimated: the API process loads torch on the first estimate (in a
-worker thread; routes that estimate are plain `def` routes, run in FastAPI's threadpool).
+imported here only when a search is estimated, or by `preload()`, which the API calls in a thread of its
+own when it starts: the import takes seconds of the interpreter (most of it holding the GIL), which the
+first submissions would otherwise pay in the middle of serving (issue 10's burst of 200 submissions).
+Processes that never estimate (workers' parents, the CLI) never load torch.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ def _data_shape(session: Session, dataset: DatasetSpec, owner: str) -> dict[str,
         "num_classes": info["num_classes"],
         "num_samples": info["num_samples"],
     }
+
+
+def preload() -> None:
+    """Import what `estimate` needs (torch among it) now, so the first submission does not."""
+    import darts_core.config
+    import darts_core.estimate  # noqa: F401
 
 
 def estimate(session: Session, spec: SearchSpec, settings: Settings, *, owner: str) -> dict[str, Any]:
