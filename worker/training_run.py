@@ -26,13 +26,12 @@ class TrainingRun(JobRun):
 
     def run_job(self, watch: StopWatch, report: Callable[[dict[str, Any]], None]) -> JobOutcome | None:
         # Imported here, in the task, so a worker's parent process never loads torch or CUDA.
-        from darts_core.training_job import TrainingStopped, run_training_job
-        from darts_core.weights import save_trained
-
         from darts_core.checkpoint import read_history
         from darts_core.data import load_dataset
         from darts_core.genotype import Genotype
         from darts_core.training_config import TrainingJobConfig
+        from darts_core.training_job import TrainingStopped, run_training_job
+        from darts_core.weights import save_trained
 
         with self.factory() as session:
             training = session.get(Training, self.job_id)
