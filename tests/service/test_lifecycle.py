@@ -5,6 +5,7 @@ decision."""
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from datetime import timedelta
 
@@ -185,6 +186,21 @@ def test_a_lease_that_cannot_be_renewed_is_given_up_before_it_expires(
         assert lease.lost.wait(5.0)
     finally:
         lease.stop_heartbeat()
+
+
+def test_a_run_finds_its_lease_overdue_even_while_no_heartbeat_runs(
+    db_session: Session, session_factory: sessionmaker[Session]
+) -> None:
+    # The run asks between batches: a heartbeat stuck in a renewal must not keep it going.
+    search = _search(db_session)
+    lease = _lease(session_factory, search, seconds=1.0)
+    assert lease.acquire()
+    assert not lease.overdue() and not lease.lost.is_set()
+    deadline = time.monotonic() + 10
+    while not lease.overdue():
+        assert time.monotonic() < deadline, "the lease never became overdue"
+        time.sleep(0.02)
+    assert lease.lost.is_set()
 
 
 # -- the sweep and the reconciler --------------------------------------------------------------------

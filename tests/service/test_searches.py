@@ -314,6 +314,34 @@ def test_epochs_are_listed_in_order_with_cursor_pages(client: TestClient, record
         assert response.json()["detail"].startswith("invalid cursor")
 
 
+def test_epoch_pages_built_once_still_show_new_epochs_and_no_deleted_search(
+    client: TestClient, record_epochs
+) -> None:
+    search_id = create(client)["id"]
+    record_epochs(search_id, 2)
+    first = client.get(f"/searches/{search_id}/epochs").json()  # epochs 1 and 2 now cached
+    record_epochs(search_id, [3], status="succeeded")
+    again = client.get(f"/searches/{search_id}/epochs").json()
+    assert again["items"][:2] == first["items"]
+    assert [item["epoch"] for item in again["items"]] == [1, 2, 3]
+    assert again["items"][2]["genotype"] == epoch_genotype(3)
+    assert client.delete(f"/searches/{search_id}").status_code == 204
+    assert client.get(f"/searches/{search_id}/epochs").status_code == 404
+
+
+def test_the_epoch_cache_keeps_the_most_recently_read_searches() -> None:
+    from app.services.epoch_pages import EpochJsonCache
+
+    with pytest.raises(ValueError, match="max_searches"):
+        EpochJsonCache(max_searches=0)
+    cache = EpochJsonCache(max_searches=2)
+    cache.put("a", {1: b"{}"})
+    cache.put("b", {2: b"{}"})
+    assert cache.get("a", [1]) == {1: b"{}"}  # read: "b" is now the least recent
+    cache.put("c", {3: b"{}"})
+    assert cache.get("b", [2]) == {} and cache.get("a", [1, 9]) == {1: b"{}"}
+
+
 # ------------------------------------------------------------------------------------------- cancel
 
 

@@ -213,7 +213,7 @@ def test_a_worker_cut_off_from_the_database_stops_and_another_resumes_one_histor
         )
         assert stack.worker_holding(search_id) is other
         print(f"\nworker cut off from the database: it stopped its run {stopped:.1f} s after the cut; "
-              f"the other worker ran the search {time.monotonic() - cut_at:.1f} s after it "
+              f"the other worker ran the search {time.monotonic() - cut_at:.1f} s after the cut "
               f"(lease {FAULT_LEASE_SECONDS} s)")
         # A late event of the superseded attempt (as a cut-off run still reaching Redis would send) is
         # discarded: it never reaches the search's history.
