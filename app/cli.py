@@ -234,11 +234,11 @@ def worker(
         int,
         typer.Option(
             min=0,
-            help="CPU threads of torch in a search (sets OMP_NUM_THREADS); 0 leaves it as it is.",
+            help="CPU threads of torch in a search or training (sets OMP_NUM_THREADS); 0 leaves it as it is.",
         ),
     ] = 0,
 ) -> None:
-    """Run one Celery worker on the searches queue: one search at a time, in this process.
+    """Run one Celery worker on the jobs queue: one search or training at a time, in this process.
 
     Needs REDIS_URL and DATABASE_URL. Runs with --pool=solo (the search runs in this process: no fork,
     so CUDA is safe) and prefetch 1; start one per GPU with CUDA_VISIBLE_DEVICES set.

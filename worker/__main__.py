@@ -1,7 +1,7 @@
-"""`python -m worker`: one Celery worker on the searches queue (what `darts-service worker` runs).
+"""`python -m worker`: one Celery worker on the jobs queue (what `darts-service worker` runs).
 
-One search at a time, in this process (`--pool=solo`: no fork, so CUDA is safe), prefetch 1. Start
-one per GPU with CUDA_VISIBLE_DEVICES set. Needs REDIS_URL and DATABASE_URL.
+One job (a search or a training) at a time, in this process (`--pool=solo`: no fork, so CUDA is
+safe), prefetch 1. Start one per GPU with CUDA_VISIBLE_DEVICES set. Needs REDIS_URL and DATABASE_URL.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hostname", default=None, help="Celery node name (default darts-<pid>@<host>)")
     parser.add_argument(
         "--threads", type=int, default=0,
-        help="CPU threads of torch in a search (sets OMP_NUM_THREADS); 0 leaves it as it is",
+        help="CPU threads of torch in a job (sets OMP_NUM_THREADS); 0 leaves it as it is",
     )
     options = parser.parse_args(argv)
     if options.threads:
