@@ -25,6 +25,9 @@ __all__ = ["TrainingNetworkConfig", "TrainingScheduleConfig", "TrainingJobConfig
 
 _Int = Annotated[int, Strict()]
 _Seed = Annotated[int, Strict(), Field(ge=0, le=2**32 - 1)]
+# Strict: pydantic's lax float takes true/false and numeric strings; a spec's numbers are JSON numbers
+# (an integer is still a number).
+_Float = Annotated[float, Strict()]
 
 
 class TrainingNetworkConfig(_Section):
@@ -33,8 +36,10 @@ class TrainingNetworkConfig(_Section):
     init_channels: _Int = Field(default=16, ge=1, le=512, description="Width of the first cells.")
     cells: _Int = Field(default=5, ge=1, le=64, description="Number of cells (reductions at 1/3 and 2/3).")
     auxiliary: StrictBool = Field(default=False, description="Add the auxiliary head and its loss.")
-    auxiliary_weight: float = Field(default=0.4, ge=0.0, le=10.0, description="Weight of the auxiliary loss.")
-    drop_path_prob: float = Field(
+    auxiliary_weight: _Float = Field(
+        default=0.4, ge=0.0, le=10.0, description="Weight of the auxiliary loss."
+    )
+    drop_path_prob: _Float = Field(
         default=0.2, ge=0.0, lt=1.0, description="Final drop-path probability (ramped linearly from 0)."
     )
 
@@ -44,18 +49,20 @@ class TrainingScheduleConfig(_Section):
 
     epochs: _Int = Field(default=10, ge=1, le=2000)
     batch_size: _Int = Field(default=64, ge=2, le=4096)
-    lr: float = Field(default=0.025, gt=0.0, le=10.0, description="Initial SGD learning rate.")
-    lr_min: float = Field(default=0.0, ge=0.0, description="Learning rate at the end of the cosine schedule.")
-    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
-    weight_decay: float = Field(default=3e-4, ge=0.0, le=1.0)
-    grad_clip: float | None = Field(
+    lr: _Float = Field(default=0.025, gt=0.0, le=10.0, description="Initial SGD learning rate.")
+    lr_min: _Float = Field(
+        default=0.0, ge=0.0, description="Learning rate at the end of the cosine schedule."
+    )
+    momentum: _Float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: _Float = Field(default=3e-4, ge=0.0, le=1.0)
+    grad_clip: _Float | None = Field(
         default=5.0, gt=0.0, description="Maximum gradient norm; null: no clipping."
     )
     cutout: StrictBool = Field(default=False, description="Cutout augmentation (image data).")
     cutout_length: _Int | None = Field(
         default=None, ge=1, le=4096, description="Cutout side in pixels; null: half the image side."
     )
-    valid_fraction: float = Field(
+    valid_fraction: _Float = Field(
         default=0.1,
         ge=0.0,
         lt=1.0,

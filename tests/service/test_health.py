@@ -163,7 +163,7 @@ def test_migrations_build_everything_on_an_empty_database_and_downgrade_to_nothi
         tables = set(inspect(engine).get_table_names())
         assert tables == {
             "alembic_version", "searches", "search_epochs", "datasets", "api_keys",
-            "trainings", "training_epochs",
+            "trainings", "training_epochs", "studies",
         }
         indexes = {index["name"] for index in inspect(engine).get_indexes("searches")}
         assert {"ix_searches_created_at_id", "ix_searches_status_created_at_id"} <= indexes

@@ -53,6 +53,8 @@ def test_create_queues_one_search_per_seed_and_shows_the_stages(
     [
         ({"selection": {"training": {"epochs": 0}}}, ["body", "selection", "training", "epochs"]),
         ({"final": {"network": {"cells": 0}}}, ["body", "final", "network", "cells"]),
+        ({"selection": {"training": {"valid_fraction": False}}},
+         ["body", "selection", "training", "valid_fraction"]),
         ({"search": {"dataset": {"name": "digits"}, "training": {"epochs": 0}}},
          ["body", "search", "training", "epochs"]),
         ({"seeds": [1, 1]}, ["body", "seeds"]),
