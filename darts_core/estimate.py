@@ -19,6 +19,11 @@
   :func:`torch.autograd.graph.saved_tensors_hooks` (:class:`SavedTensorMeter`); :func:`measure_step`
   measures a real step the same way, and the tests check the estimate against it on several sizes.
   On CUDA the worker runs under bf16 autocast, so the fp32 figure is an upper bound there.
+
+PC-DARTS (``search_space.partial_channels`` ``K``, ``edge_normalization``): the mixed edges have
+``width / K`` channels (weights and saved values shrink about ``K`` times), the bypassed channels add
+their max pooling on stride-2 edges and, with edge normalization, ``beta x bypass``; one beta per edge
+joins the architecture parameters.
 """
 
 from __future__ import annotations
