@@ -24,6 +24,11 @@
   supernet, so its saved activations are *measured* rather than modelled: one training-mode forward
   pass (and the loss) runs on the ``meta`` device, where only shapes exist, under
   :class:`SavedTensorMeter`. :func:`measure_training_step` measures a real step for the tests.
+
+PC-DARTS (``search_space.partial_channels`` ``K``, ``edge_normalization``): the mixed edges have
+``width / K`` channels (weights and saved values shrink about ``K`` times), the bypassed channels add
+their max pooling on stride-2 edges and, with edge normalization, ``beta x bypass``; one beta per edge
+joins the architecture parameters.
 """
 
 from __future__ import annotations
@@ -172,17 +177,21 @@ def _module_weights(kind: str, *args: object) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _cell_weights(shape: _CellShape, internal_nodes: int, primitives: tuple[str, ...]) -> int:
+def _cell_weights(
+    shape: _CellShape, internal_nodes: int, primitives: tuple[str, ...], partial_channels: int = 1
+) -> int:
     """Weights of one search cell (:class:`~darts_core.cell.Cell`): its two preprocessing operations and
-    its mixed edges, which differ only by stride (2 from the inputs of a reduction cell)."""
+    its mixed edges, which differ only by stride (2 from the inputs of a reduction cell) and see
+    ``width / partial_channels`` channels."""
     c_pp, c_p = shape.in_channels
     width = shape.width
     weights = _module_weights("reduce" if shape.reduction_prev else "relu_conv_bn", c_pp, width)
     weights += _module_weights("relu_conv_bn", c_p, width)
     from_inputs = 2 * internal_nodes
     input_stride = 2 if shape.reduction else 1
-    weights += from_inputs * _module_weights("mixed", primitives, width, input_stride)
-    weights += (num_edges(internal_nodes) - from_inputs) * _module_weights("mixed", primitives, width, 1)
+    part = width // partial_channels
+    weights += from_inputs * _module_weights("mixed", primitives, part, input_stride)
+    weights += (num_edges(internal_nodes) - from_inputs) * _module_weights("mixed", primitives, part, 1)
     return weights
 
 
@@ -196,11 +205,14 @@ def count_weights(
     internal_nodes: int = 4,
     stem_multiplier: int = 3,
     primitives: tuple[str, ...] = DARTS_OP_NAMES,
+    partial_channels: int = 1,
+    edge_normalization: bool = False,
 ) -> tuple[int, int]:
     """``(weights, arch_weights)`` of :class:`~darts_core.networks.SearchNetwork`, exactly.
 
     Its parts are built on the ``meta`` device (no memory is allocated), each distinct cell shape once:
-    a 64-cell supernet has only a handful of them.
+    a 64-cell supernet has only a handful of them. With PC-DARTS' ``partial_channels`` ``K`` the mixed
+    edges have ``1 / K`` of the channels; ``edge_normalization`` adds one beta per edge and cell kind.
     """
     primitives = tuple(primitives)
     shapes = _cell_shapes((1, 1), init_channels, cells, internal_nodes, stem_multiplier)
@@ -209,12 +221,25 @@ def count_weights(
         stem = _stem(in_channels, stem_channels)
         classifier = nn.Linear(internal_nodes * shapes[-1].width, num_classes)
     weights = sum(p.numel() for module in (stem, classifier) for p in module.parameters())
-    weights += sum(_cell_weights(shape, internal_nodes, primitives) for shape in shapes)
-    return weights, 2 * num_edges(internal_nodes) * len(primitives)
+    weights += sum(_cell_weights(shape, internal_nodes, primitives, partial_channels) for shape in shapes)
+    betas = 2 * num_edges(internal_nodes) if edge_normalization else 0
+    return weights, 2 * num_edges(internal_nodes) * len(primitives) + betas
 
 
-def _cell_values(primitives: Sequence[str], internal_nodes: int, shape: _CellShape) -> tuple[float, int]:
-    """Saved activation values per sample of one search cell, and the values of its states per sample."""
+def _cell_values(
+    primitives: Sequence[str],
+    internal_nodes: int,
+    shape: _CellShape,
+    partial_channels: int = 1,
+    edge_normalization: bool = False,
+) -> tuple[float, int]:
+    """Saved activation values per sample of one search cell, and the values of its states per sample.
+
+    PC-DARTS (``partial_channels`` ``K > 1``): the operations and the state's shared head and ReLU have
+    ``width / K`` channels; the bypassed channels of a stride-2 edge are max-pooled (the pooling keeps
+    the state and int64 indices); with edge normalization, ``beta x bypass`` keeps the bypassed channels
+    (the state itself at stride 1, the pooled ones at stride 2).
+    """
     computed = [name for name in primitives if name != "none"]
     (h0, w0), (h1, w1) = shape.in_sizes
     c_pp, c_p = shape.in_channels
@@ -226,14 +251,21 @@ def _cell_values(primitives: Sequence[str], internal_nodes: int, shape: _CellSha
     values = float(c_p * state_area + width * state_area)
     values += (2 if shape.reduction_prev else 1) * c_pp * h0 * w0 + width * state_area
 
+    part = width // partial_channels
+    bypassed = width - part
     for source in range(1 + internal_nodes):  # every state but the last node feeds edges
         area = state_area if source < 2 else out_area
         index = 1 if shape.reduction and source < 2 else 0  # stride 2 or 1
         outgoing = internal_nodes - max(0, source - 1)  # edges from this state to later nodes
-        values += outgoing * sum(EDGE_VALUES[name][index] for name in computed) * width * out_area
+        values += outgoing * sum(EDGE_VALUES[name][index] for name in computed) * part * out_area
         if any(_READS_RELU.get(name, (False, False))[index] for name in computed):
-            values += width * area
+            values += part * area
         if any(_READS_STATE.get(name, (False, False))[index] for name in computed):
+            values += part * area
+        if bypassed and index == 1:  # the 2x2 max pooling of the bypass: the state and int64 indices
+            values += width * area + 2 * bypassed * out_area
+            values += bypassed * out_area if edge_normalization else 0
+        elif bypassed and edge_normalization:
             values += width * area
     state_values = 2 * width * state_area + internal_nodes * width * out_area
     return values, state_values
@@ -247,6 +279,8 @@ def _saved_values_per_sample(
     internal_nodes: int,
     stem_multiplier: int,
     primitives: Sequence[str],
+    partial_channels: int = 1,
+    edge_normalization: bool = False,
 ) -> tuple[float, int]:
     """Saved values per sample of a forward with weight gradients, and the largest cell's state values."""
     height, width = image_size
@@ -255,7 +289,7 @@ def _saved_values_per_sample(
     largest_states = 0
     shapes = _cell_shapes(image_size, init_channels, cells, internal_nodes, stem_multiplier)
     for shape in shapes:
-        cell, states = _cell_values(primitives, internal_nodes, shape)
+        cell, states = _cell_values(primitives, internal_nodes, shape, partial_channels, edge_normalization)
         values += cell
         largest_states = max(largest_states, states)
     last = shapes[-1]
@@ -289,6 +323,8 @@ def estimate_search(
         internal_nodes=space.internal_nodes,
         stem_multiplier=network.stem_multiplier,
         primitives=primitives,
+        partial_channels=space.partial_channels,
+        edge_normalization=space.edge_normalization,
     )
     per_sample, largest_states = _saved_values_per_sample(
         in_channels,
@@ -298,6 +334,8 @@ def estimate_search(
         space.internal_nodes,
         network.stem_multiplier,
         primitives,
+        space.partial_channels,
+        space.edge_normalization,
     )
     batch = training.batch_size
     state = _FLOAT_BYTES * (3 * weights + 4 * arch)
@@ -392,6 +430,8 @@ def measure_step(
         internal_nodes=space.internal_nodes,
         stem_multiplier=network_config.stem_multiplier,
         primitives=list(space.primitives),
+        partial_channels=space.partial_channels,
+        edge_normalization=space.edge_normalization,
     )
     search = DartsSearch(network, order=training.order, epochs=1)
 

@@ -1,6 +1,7 @@
 // One search: live status (its SSE stream read with fetch, polling every 2 s when the stream cannot
-// be read), metric charts, alpha heatmaps with an epoch slider, the cells as drawn by the server,
-// the genotype as the DARTS string and as JSON, cancel, delete and "Retrain" (a training of its genotype).
+// be read), metric charts, the collapse metrics (charts and a table) and an early stop's reason, alpha
+// heatmaps with an epoch slider, the cells as drawn by the server, the genotype as the DARTS string and
+// as JSON, cancel, delete and "Retrain" (a training of its genotype).
 import { api, readEvents } from "./api.js";
 import { heatmap, lineChart } from "./charts.js";
 import { dartsString, edgeLabels } from "./genotype.js";
@@ -8,7 +9,13 @@ import { retrain } from "./training.js";
 import { $, TERMINAL, copyText, download, duration, element, parseTime, percent, setStatus } from "./util.js";
 
 const POLL_MS = 2000;
-const COLOURS = { train: "#2471a3", valid: "#d35400", lr: "#1e8449" };
+const COLOURS = { train: "#2471a3", valid: "#d35400", lr: "#1e8449", skip: "#8e44ad", free: "#7f8c8d", entropy: "#16a085", hessian: "#c0392b" };
+const COLLAPSE_COLUMNS = [
+  ["skip_connections", "Skip connections", (v) => String(v)],
+  ["parameter_free_ops", "Parameter-free ops", (v) => String(v)],
+  ["alpha_entropy", "Alpha entropy", (v) => v.toFixed(4)],
+  ["hessian_eigenvalue", "Hessian eigenvalue", (v) => v.toPrecision(4)],
+];
 
 let current = null; // { id, search, epochs: Map(epoch -> record), abort, timer, generation }
 let generation = 0;
@@ -38,6 +45,8 @@ function renderSummary() {
   $("search-eta").textContent = eta;
   $("search-error").hidden = !search.error;
   $("search-error").textContent = search.error ? `Error: ${search.error}` : "";
+  $("search-stopped").hidden = !search.stopped_early;
+  $("search-stopped").textContent = search.stopped_early ? `Stopped early: ${search.stop_reason || "early-stop rule"}` : "";
   $("cancel-search").hidden = TERMINAL.has(search.status) || search.status === "cancelling";
   $("delete-search").hidden = !TERMINAL.has(search.status);
   $("retrain-search").hidden = search.status !== "succeeded";
@@ -65,6 +74,33 @@ function renderCharts() {
     lineChart({ title: "Accuracy", yMin: 0, yMax: 1, series: [series("train_acc", "train", COLOURS.train), series("valid_acc", "valid", COLOURS.valid)] }),
     lineChart({ title: "Learning rate", series: [series("lr", "weights", COLOURS.lr)] }),
   );
+}
+
+// The collapse metrics per epoch (null in records written before they existed, and the Hessian's
+// eigenvalue outside the epochs that measure it): charts of what is there, and a table of every epoch.
+function renderCollapse() {
+  const records = [...current.epochs.values()].sort((a, b) => a.epoch - b.epoch);
+  const series = (key, name, colour) => ({
+    name, colour, points: records.filter((r) => Number.isFinite(r[key])).map((r) => [r.epoch, r[key]]),
+  });
+  const charts = [];
+  const counts = [series("skip_connections", "skip connections", COLOURS.skip), series("parameter_free_ops", "parameter-free ops", COLOURS.free)];
+  if (counts.some((s) => s.points.length)) charts.push(lineChart({ title: "Normal cell: skip connections, parameter-free ops", yMin: 0, series: counts }));
+  const entropy = series("alpha_entropy", "entropy", COLOURS.entropy);
+  if (entropy.points.length) charts.push(lineChart({ title: "Mean alpha entropy (nats)", series: [entropy] }));
+  const hessian = series("hessian_eigenvalue", "eigenvalue", COLOURS.hessian);
+  if (hessian.points.length) charts.push(lineChart({ title: "Hessian dominant eigenvalue", series: [hessian] }));
+  $("collapse-charts").replaceChildren(
+    ...(charts.length ? charts : [element("p", { class: "muted", text: "No collapse metrics yet." })]),
+  );
+  const rows = records.map((record) => element(
+    "tr", { "data-epoch": record.epoch },
+    element("td", { "data-label": "Epoch", text: String(record.epoch) }),
+    ...COLLAPSE_COLUMNS.map(([key, label, show]) => element("td", {
+      "data-label": label, "data-key": key, text: Number.isFinite(record[key]) ? show(record[key]) : "—",
+    })),
+  ));
+  $("collapse-table").tBodies[0].replaceChildren(...rows);
 }
 
 function softmaxRows(rows) {
@@ -135,6 +171,7 @@ function renderAll(followLatest = false) {
   renderSummary();
   renderGenotype();
   renderCharts();
+  renderCollapse();
   renderSlider(followLatest);
 }
 
@@ -191,6 +228,8 @@ async function stream(mine) {
         } else if (event.event === "status") {
           current.search.status = data.status;
           current.search.error = data.error;
+          if ("stopped_early" in data) current.search.stopped_early = data.stopped_early;
+          if ("stop_reason" in data) current.search.stop_reason = data.stop_reason;
           renderSummary();
           // The resource has more than the event (finished_at, best_valid_acc): read it again.
           reloadSearch(mine).then(() => alive(mine) && renderAll()).catch(() => {});
@@ -214,6 +253,8 @@ export async function showSearch(id) {
   current = { id, search: null, epochs: new Map(), abort: new AbortController(), timer: null, generation: mine };
   $("search-name").textContent = "";
   $("charts").replaceChildren();
+  $("collapse-charts").replaceChildren();
+  $("collapse-table").tBodies[0].replaceChildren();
   $("heatmaps").replaceChildren();
   $("cells").replaceChildren();
   $("copy-status").textContent = "";

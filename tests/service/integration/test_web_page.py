@@ -3,7 +3,8 @@
 Log in (the `?token=` URL, then a pasted key), upload a dataset, start a search from the form (a bad
 value first: its 422 message appears next to its field), watch it reach `succeeded` with the charts,
 the alpha heatmaps and the cell diagram (no two label boxes intersect, as laid out in the browser),
-copy the DARTS string, cancel another search; no console errors along the way. Screenshots of the
+copy the DARTS string, see the collapse metrics (charts and a table per epoch) and an early-stopped
+search's reason, cancel another search; no console errors along the way. Screenshots of the
 list, the form and a finished search at 1280 and 390 px wide go to `out/screenshots/`.
 """
 
@@ -260,6 +261,19 @@ def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_
     for text, box in zip(label_texts, labels, strict=True):  # each text inside its own box
         assert box["x"] <= text["x"] and text["x"] + text["w"] <= box["x"] + box["w"] + 0.5, (text, box)
 
+    # The collapse metrics: a table row per epoch with the API's figures, and their charts; not stopped.
+    with api(live) as client:
+        epochs = client.get(f"/searches/{search_id}/epochs").json()["items"]
+    expect(page.locator("#collapse-table tbody tr")).to_have_count(3)
+    for record in epochs:
+        row = page.locator(f"#collapse-table tbody tr[data-epoch='{record['epoch']}']")
+        expect(row.locator("td[data-key='skip_connections']")).to_have_text(str(record["skip_connections"]))
+        expect(row.locator("td[data-key='parameter_free_ops']")).to_have_text(str(record["parameter_free_ops"]))
+        expect(row.locator("td[data-key='alpha_entropy']")).to_have_text(f"{record['alpha_entropy']:.4f}")
+        expect(row.locator("td[data-key='hessian_eigenvalue']")).to_have_text("—")  # hessian_every unset
+    expect(page.locator("#collapse-charts svg.chart")).to_have_count(2)  # counts, entropy: no eigenvalue
+    assert page.locator("#search-stopped").is_hidden()
+
     # The DARTS string is on view as text and copies to the clipboard.
     darts = Genotype.from_json(search["genotype"]).to_darts()
     assert page.inner_text("#genotype-darts") == darts
@@ -267,6 +281,35 @@ def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_
     page.locator("#copy-status", has_text="copied").wait_for()
     assert page.evaluate("navigator.clipboard.readText()") == darts
     screenshot(page, "search-succeeded")
+
+
+def test_a_search_stopped_early_shows_the_reason_and_the_eigenvalues(page: Any, live: LiveServer) -> None:
+    # Only skip connections to choose from: the first epoch's normal cell holds 4, so DARTS+ with
+    # max_skip_connections 1 stops the search after it; the eigenvalue is measured every epoch.
+    spec = tiny_spec(epochs=4, name="collapsing")
+    spec["search_space"] = {**spec["search_space"], "primitives": ["none", "skip_connect"]}
+    spec["training"] = {
+        **spec["training"], "early_stop": "darts_plus", "max_skip_connections": 1, "hessian_every": 1
+    }
+    with api(live) as client:
+        created = client.post("/searches", json=spec)
+        assert created.status_code == 201, created.text
+    search_id = created.json()["id"]
+    log_in(page, live)
+    page.goto(f"/#/search/{search_id}")
+    page.locator("#search-status", has_text="succeeded").wait_for(timeout=240_000)
+    with api(live) as client:
+        search = client.get(f"/searches/{search_id}").json()
+        epochs = client.get(f"/searches/{search_id}/epochs").json()["items"]
+    assert search["stopped_early"] and search["stop_reason"] and len(epochs) < 4
+    expect(page.locator("#search-stopped")).to_have_text(f"Stopped early: {search['stop_reason']}")
+    expect(page.locator("#collapse-table tbody tr")).to_have_count(len(epochs))
+    last = page.locator(f"#collapse-table tbody tr[data-epoch='{epochs[-1]['epoch']}']")
+    expect(last.locator("td[data-key='skip_connections']")).to_have_text("4")
+    shown = float(last.locator("td[data-key='hessian_eigenvalue']").inner_text())
+    assert shown == pytest.approx(epochs[-1]["hessian_eigenvalue"], rel=1e-3)
+    expect(page.locator("#collapse-charts svg.chart")).to_have_count(3)  # counts, entropy, eigenvalue
+    screenshot(page, "search-stopped-early")
 
 
 def test_cancel_a_running_search_from_its_page(page: Any, live: LiveServer) -> None:
