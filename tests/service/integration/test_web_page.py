@@ -46,7 +46,9 @@ def live(
     stack_settings: Settings, worker: WorkerProcess, request: pytest.FixtureRequest
 ) -> Iterator[LiveServer]:
     worker.ensure_running()
-    server = LiveServer(stack_settings, client_key(request, "browser")).start()
+    # A key of its own per module: other browser modules reuse this fixture, and key names are unique.
+    name = f"browser-{request.module.__name__.rsplit('.', 1)[-1]}"
+    server = LiveServer(stack_settings, client_key(request, name)).start()
     yield server
     server.stop()
 
