@@ -47,7 +47,7 @@ def live(
 ) -> Iterator[LiveServer]:
     worker.ensure_running()
     # A key of its own per module: other browser modules reuse this fixture, and key names are unique.
-    name = f"browser-{request.module.__name__.rsplit('.', 1)[-1]}"
+    name = "browser-" + request.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
     server = LiveServer(stack_settings, client_key(request, name)).start()
     yield server
     server.stop()
