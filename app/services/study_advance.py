@@ -219,7 +219,15 @@ def _selecting(session: Session, study: Study, spec: StudySpec, deps: StudyDeps)
         return False
     if any(child is None or not child.finished for child in line):
         return False
-    chosen = _choose([child for child in line if child is not None and child.status == Status.succeeded])
+    succeeded = [child for child in line if child is not None and child.status == Status.succeeded]
+    if not succeeded:
+        # Unreachable while min_successful_seeds >= 1 holds, unless children vanished; never raise here
+        # (the sweep would retry it forever and the study never end).
+        reasons = "; ".join(child.describe() for child in line if child is not None)
+        _fail(session, study, found, deps,
+              f"no selection training succeeded, so there is no genotype to choose ({reasons or 'none ran'})")
+        return False
+    chosen = _choose(succeeded)
     summary = []
     for seed in spec.seeds:
         training = selections.get(seed)
