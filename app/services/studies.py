@@ -57,8 +57,8 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
     """Accept a study owned by `owner` and start it (its searches are created before this returns).
 
     Everything is checked before anything is created: the uploaded datasets are the owner's, the
-    search fits a worker (admission), its time limit is within the service's, and the owner's quota
-    of active searches leaves room for one search per seed (429 otherwise).
+    search fits a worker (admission), its time limit and the trainings' are within the service's, and
+    the owner's quota of active searches leaves room for one search per seed (429 otherwise).
     """
     uploaded = _require_own_dataset(session, spec.search.dataset, owner, ("search",))
     for field, training in (("selection", spec.selection), ("final", spec.final)):
@@ -72,6 +72,14 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
         admission.require_fits(session, search, deps.settings, owner=owner)
     except Unprocessable as error:
         raise _with_location(error, "search") from None
+    # The trainings are created stages later: a limit they would be refused for fails the study then.
+    for field, training in (("selection", spec.selection), ("final", spec.final)):
+        if training is None:
+            continue
+        try:
+            jobs.require_time_limit_within(training.resources, deps.settings)
+        except Unprocessable as error:
+            raise _with_location(error, field) from None
     settings = deps.settings
     active = jobs.count_active(session, owner)
     if active + len(spec.seeds) > settings.max_active_searches_per_owner:

@@ -140,3 +140,21 @@ def test_events_follow_the_study_to_its_end(client: TestClient, record_epochs, s
     assert [(e["seed"], e["record"]["epoch"]) for e in epochs] == [(5, 1), (5, 2)]
     assert [data["status"] for kind, data in events if kind == "child"] == ["failed"]
     assert events[-1][0] == "study" and events[-1][1]["status"] in ("failed", "cancelled")
+
+
+@pytest.mark.parametrize("field", ["selection", "final"])
+def test_a_training_time_limit_above_the_service_s_is_refused_up_front(
+    client: TestClient, db_session: Session, field: str
+) -> None:
+    """Checked before anything is created, as for the search: not stages later, failing the study."""
+    client.app.state.settings = client.app.state.settings.model_copy(update={"search_time_limit": 600})
+    body = {**STUDY, field: {"training": {"epochs": 1}, "resources": {"time_limit_seconds": 601}}}
+    response = client.post("/studies", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", field, "resources", "time_limit_seconds"]
+    assert "SEARCH_TIME_LIMIT" in error["msg"]
+    assert client.get("/studies").json()["items"] == []
+    assert db_session.scalar(select(Search.id)) is None
+    body[field]["resources"]["time_limit_seconds"] = 60
+    assert client.post("/studies", json=body).status_code == 201
