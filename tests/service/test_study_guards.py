@@ -7,11 +7,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
+from app.lifecycle import studies as lifecycle_studies
+from app.lifecycle.status import Status
 from app.models import Search, SearchEpoch, Study, Training
-from app.services.study_advance import StudyDeps, advance_study
+from app.services import study_advance
+from app.services.study_advance import StudyDeps, advance_study, children
 
 from .test_studies import STUDY, create
-from .test_study_advance import deps, end_training, make_study, reload, searched, trainings_of
+from .test_study_advance import deps, end_training, make_study, reload, searched, searches_of, trainings_of
 
 __all__ = ["deps"]  # the fixture, imported for the tests below
 
@@ -70,3 +73,24 @@ def test_a_selection_with_nothing_to_choose_fails_the_study(
     after = reload(db_session, study)
     assert (after.status, after.stage) == ("failed", "done")
     assert "no selection training succeeded" in after.error
+
+
+def test_a_study_cancelled_while_it_is_being_failed_ends_cancelled(
+    db_session: Session, deps: StudyDeps, set_status
+) -> None:
+    """The orchestrator read the study before the cancel and goes on to fail it for a lost seed: the
+    cancel wins, and the next round ends the study `cancelled`."""
+    study = make_study(db_session, [0, 1])
+    advance_study(db_session, study.id, deps)
+    first, second = searches_of(db_session, study)
+    set_status(first.id, "failed", error="out of memory")
+    lifecycle_studies.request_cancel(db_session, study.id)  # concurrently, from another request
+    found = children(db_session, study.id)
+    study_advance._fail(db_session, reload(db_session, study), found, deps, "the search of seed 0 failed")
+    assert not lifecycle_studies.finish(db_session, study.id, Status.failed, error="x")
+    after = reload(db_session, study)
+    assert (after.status, after.error) == ("cancelling", None)
+    advance_study(db_session, study.id, deps)
+    after = reload(db_session, study)
+    assert (after.status, after.stage) == ("cancelled", "done")
+    assert {s.status for s in searches_of(db_session, study)} == {"failed", "cancelled"}
