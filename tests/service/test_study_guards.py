@@ -11,10 +11,19 @@ from app.lifecycle import studies as lifecycle_studies
 from app.lifecycle.status import Status
 from app.models import Search, SearchEpoch, Study, Training
 from app.services import study_advance
-from app.services.study_advance import StudyDeps, advance_study, children
+from app.services.study_advance import StudyDeps, advance_study, advance_unfinished, children
 
 from .test_studies import STUDY, create
-from .test_study_advance import deps, end_training, make_study, reload, searched, searches_of, trainings_of
+from .test_study_advance import (
+    deps,
+    deps_factory,
+    end_training,
+    make_study,
+    reload,
+    searched,
+    searches_of,
+    trainings_of,
+)
 
 __all__ = ["deps"]  # the fixture, imported for the tests below
 
@@ -94,3 +103,24 @@ def test_a_study_cancelled_while_it_is_being_failed_ends_cancelled(
     after = reload(db_session, study)
     assert (after.status, after.stage) == ("cancelled", "done")
     assert {s.status for s in searches_of(db_session, study)} == {"failed", "cancelled"}
+
+
+def test_the_sweep_cancels_what_still_runs_of_a_finished_study(
+    db_session: Session, deps: StudyDeps, set_status
+) -> None:
+    """A child inserted just as its study ended, by an orchestrator that died before checking the
+    study again, would run untracked: the sweep's study pass cancels it."""
+    study = make_study(db_session, [0, 1, 2])
+    advance_study(db_session, study.id, deps)
+    first, second, third = searches_of(db_session, study)
+    set_status(first.id, "running")
+    set_status(third.id, "succeeded")
+    # The study ends without its orchestrator cancelling the children (it died in between).
+    assert lifecycle_studies.finish(db_session, study.id, Status.failed, error="lost")
+    other = make_study(db_session, [0])  # an unfinished study's children are left alone
+    advance_study(db_session, other.id, deps)
+    advance_unfinished(deps_factory(db_session), deps)
+    statuses = [s.status for s in searches_of(db_session, study)]
+    assert statuses == ["cancelling", "cancelled", "succeeded"]
+    assert [s.status for s in searches_of(db_session, other)] == ["queued"]
+    assert reload(db_session, study).status == "failed"
