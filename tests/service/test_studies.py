@@ -55,6 +55,9 @@ def test_create_queues_one_search_per_seed_and_shows_the_stages(
         ({"final": {"network": {"cells": 0}}}, ["body", "final", "network", "cells"]),
         ({"selection": {"training": {"valid_fraction": False}}},
          ["body", "selection", "training", "valid_fraction"]),
+        # Selection picks by validation accuracy: without a validation split it would pick blind.
+        ({"selection": {"training": {"valid_fraction": 0.0}}},
+         ["body", "selection", "training", "valid_fraction"]),
         ({"search": {"dataset": {"name": "digits"}, "training": {"epochs": 0}}},
          ["body", "search", "training", "epochs"]),
         ({"seeds": [1, 1]}, ["body", "seeds"]),
