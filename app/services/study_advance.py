@@ -188,6 +188,17 @@ def _create_training(
         _fail(session, study, children(session, study.id), deps,
               f"the {what} training of seed {seed} could not be created: {detail}")
         return False
+    except OperationalError:
+        raise  # the database is unreachable: the sweep tries again
+    except Exception:
+        # Anything else would recur at every sweep and keep the study running forever. The reason
+        # stays in the log (exception texts may name server paths).
+        logger.exception("study %s: creating the %s training of seed %s failed", study.id, what, seed)
+        session.rollback()
+        _fail(session, study, children(session, study.id), deps,
+              f"the {what} training of seed {seed} could not be created: an internal error "
+              "(the service's log has the details)")
+        return False
     jobs.submit_study_child(
         session, training, jobs.StudyChild(study.id, stage, seed), celery=deps.celery, settings=deps.settings
     )

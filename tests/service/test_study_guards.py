@@ -3,6 +3,7 @@ turns out impossible ends `failed` with the reason instead of being retried fore
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Session
 from app.lifecycle import studies as lifecycle_studies
 from app.lifecycle.status import Status
 from app.models import Search, SearchEpoch, Study, Training
-from app.services import study_advance
+from app.services import study_advance, trainings
 from app.services.study_advance import StudyDeps, advance_study, advance_unfinished, children
 
 from .test_studies import STUDY, create
@@ -124,3 +125,20 @@ def test_the_sweep_cancels_what_still_runs_of_a_finished_study(
     assert statuses == ["cancelling", "cancelled", "succeeded"]
     assert [s.status for s in searches_of(db_session, other)] == ["queued"]
     assert reload(db_session, study).status == "failed"
+
+
+def test_an_unexpected_error_creating_a_training_fails_the_study(
+    db_session: Session, deps: StudyDeps, record_epochs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> Training:
+        raise RuntimeError("/srv/secret/path: something broke")
+
+    monkeypatch.setattr(trainings, "new_training", broken)
+    study = make_study(db_session, [0])
+    searched(db_session, study, deps, record_epochs, {})
+    after = reload(db_session, study)
+    assert (after.status, after.stage) == ("failed", "done")
+    assert after.error == (
+        "the selection training of seed 0 could not be created: an internal error "
+        "(the service's log has the details)"
+    )
