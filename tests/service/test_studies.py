@@ -3,6 +3,8 @@ cancel, delete. The children run on no worker here: their statuses are set throu
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -161,3 +163,38 @@ def test_a_training_time_limit_above_the_service_s_is_refused_up_front(
     assert db_session.scalar(select(Search.id)) is None
     body[field]["resources"]["time_limit_seconds"] = 60
     assert client.post("/studies", json=body).status_code == 201
+
+
+def test_two_studies_at_once_never_both_exceed_the_quota(
+    api_settings: Settings, auth_headers: dict[str, str], api_owner: str, db_session: Session,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both requests pass the first count; the other's searches appear before this one creates its own:
+    the count after creating them refuses this study, cancels its searches and removes it."""
+    from app.services import studies as study_service
+
+    real_advance = study_service.advance_study
+    others: list[Search] = []
+
+    def concurrent_request_first(session: Session, study_id: str, deps) -> object:
+        if not others:  # the other request's searches land in between
+            others.extend(
+                Search(id=str(uuid.uuid4()), name="other", owner=api_owner, status="queued",
+                       spec=STUDY["search"], dataset_ref="builtin:digits", epochs=2)
+                for _ in range(2)
+            )
+            session.add_all(others)
+            session.commit()
+        return real_advance(session, study_id, deps)
+
+    monkeypatch.setattr(study_service, "advance_study", concurrent_request_first)
+    settings = api_settings.model_copy(update={"max_active_searches_per_owner": 3})
+    with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as client:
+        response = client.post("/studies", json=STUDY)
+        assert response.status_code == 429, response.text
+        assert "MAX_ACTIVE_SEARCHES_PER_OWNER" in response.json()["detail"]
+        assert client.get("/studies").json()["items"] == []
+    db_session.expire_all()
+    # Its searches were cancelled (still queued) and removed with it; the other request's stay.
+    assert db_session.scalar(select(Search.id).where(Search.study_id.is_not(None))) is None
+    assert len(list(db_session.scalars(select(Search.id)))) == 2
