@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, Strict, ValidationInfo, field_validator
 
 from app.lifecycle.status import Status
 from app.schemas import DatasetSpec, SearchName, SearchSpec, StrictModel
@@ -35,6 +35,25 @@ class StudyTrainingSpec(StrictModel):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
 
+class SelectionSchedule(TrainingScheduleConfig):
+    """`selection.training`: as any training's, but its validation split cannot be empty."""
+
+    valid_fraction: Annotated[float, Strict()] = Field(
+        default=0.1,
+        gt=0.0,
+        lt=1.0,
+        description="Share of the training split held out for validation: the study picks the genotype "
+        "by its accuracy there, so it must be above 0.",
+    )
+
+
+class StudySelectionSpec(StudyTrainingSpec):
+    """`selection`: the short training of each found genotype (the study selects by its validation
+    accuracy)."""
+
+    training: SelectionSchedule = Field(default_factory=SelectionSchedule)
+
+
 class StudySpec(StrictModel):
     """`POST /studies`: a search per seed, a selection training per genotype, then the final training."""
 
@@ -46,7 +65,7 @@ class StudySpec(StrictModel):
         description="One search per seed (its training.seed).",
         json_schema_extra={"uniqueItems": True},
     )
-    selection: StudyTrainingSpec = Field(default_factory=StudyTrainingSpec)
+    selection: StudySelectionSpec = Field(default_factory=StudySelectionSpec)
     final: StudyTrainingSpec | None = Field(
         default=None, description="The full training of the chosen genotype; without it the study ends "
         "after the selection."

@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from darts_core.op_names import DARTS_OP_NAMES, OpName
+from darts_core.op_names import DARTS_OP_NAMES, MAX_INTERNAL_NODES, OpName
 
 __all__ = [
     "SearchSpaceConfig",
@@ -67,7 +67,7 @@ class SearchSpaceConfig(_Section):
     primitives: tuple[OpName, ...] = Field(
         default=cast("tuple[OpName, ...]", DARTS_OP_NAMES), min_length=2, max_length=len(DARTS_OP_NAMES)
     )
-    internal_nodes: _Int = Field(default=4, ge=1, le=8)
+    internal_nodes: _Int = Field(default=4, ge=1, le=MAX_INTERNAL_NODES)
     partial_channels: _Int = Field(
         default=1,
         ge=1,

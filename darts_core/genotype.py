@@ -31,7 +31,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 
-from darts_core.op_names import DARTS_OP_NAMES
+from darts_core.op_names import DARTS_OP_NAMES, MAX_INTERNAL_NODES
 
 __all__ = ["DARTS_OP_NAMES", "Gene", "Genotype", "derive_genotype", "edge_softmax", "num_edges"]
 
@@ -162,11 +162,17 @@ class Genotype:
 
         Raises:
             ValueError: naming the first invalid entry (unknown op, ``none`` chosen, input index out of
-                range for its node, odd or mismatched entry counts, concat index out of range or repeated).
+                range for its node, odd or mismatched entry counts, more than :data:`MAX_INTERNAL_NODES`
+                nodes, concat index out of range or repeated).
         """
         allowed = set(DARTS_OP_NAMES if primitives is None else primitives)
         for kind in _CELL_KINDS:
             genes = getattr(self, kind)
+            if len(genes) > 2 * MAX_INTERNAL_NODES:
+                raise ValueError(
+                    f"{kind}: {len(genes)} entries ({len(genes) // 2} internal nodes); a cell has at most "
+                    f"{MAX_INTERNAL_NODES} internal nodes ({2 * MAX_INTERNAL_NODES} entries)"
+                )
             if len(genes) % 2:
                 raise ValueError(
                     f"{kind}: {len(genes)} entries; expected an even number (two per internal node)"

@@ -1,4 +1,4 @@
-"""The names of the DARTS candidate operations, importable without torch.
+"""The names of the DARTS candidate operations and the bound on a cell's nodes, importable without torch.
 
 The search spec (:mod:`darts_core.config`) validates ``search_space.primitives`` against these names, and
 a process that only validates specs (the service's API) should not pay for importing torch.
@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["DARTS_OP_NAMES", "OpName"]
+__all__ = ["DARTS_OP_NAMES", "MAX_INTERNAL_NODES", "OpName"]
+
+#: Most internal nodes a cell may have: the bound of ``search_space.internal_nodes`` and of any
+#: :class:`~darts_core.genotype.Genotype` (the network's size, and the time to build it, grow with it).
+MAX_INTERNAL_NODES = 8
 
 #: One operation name of the DARTS search space; a JSON schema shows it as an enum.
 OpName = Literal[

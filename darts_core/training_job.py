@@ -53,6 +53,7 @@ __all__ = [
     "TrainEpoch",
     "TrainResult",
     "TrainingStopped",
+    "TrainingDiverged",
     "run_training_job",
     "validation_split",
     "resolve_device",
@@ -158,6 +159,24 @@ class TrainingStopped(Exception):
     def __init__(self, epochs_completed: int) -> None:
         super().__init__(f"training stopped after {epochs_completed} finished epoch(s)")
         self.epochs_completed = epochs_completed
+
+
+class TrainingDiverged(ValueError):
+    """An epoch ended with a non-finite (NaN or infinite) loss: the training cannot recover from it.
+
+    Raised before the epoch is checkpointed or reported, so no diverged epoch is ever recorded.
+
+    Attributes:
+        epoch: the 1-based epoch whose loss was not finite.
+    """
+
+    def __init__(self, epoch: int, losses: Mapping[str, float]) -> None:
+        bad = ", ".join(f"{name} {value}" for name, value in losses.items())
+        super().__init__(
+            f"training diverged at epoch {epoch}: non-finite loss ({bad}); lower training.lr or set "
+            "training.grad_clip"
+        )
+        self.epoch = epoch
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -353,6 +372,8 @@ def run_training_job(
     Raises:
         ValueError: an invalid genotype, dataset or device, or a checkpoint of another training.
         TrainingStopped: ``should_stop`` returned true.
+        TrainingDiverged: an epoch's training, validation or test loss was NaN or infinite (a
+            :class:`ValueError`).
     """
     if not isinstance(genotype, Genotype):
         raise ValueError(f"genotype must be a Genotype, got {type(genotype).__name__}")
@@ -468,6 +489,14 @@ def run_training_job(
             valid_loss=valid_loss,
             valid_acc=valid_acc,
         )
+        # A NaN or infinite loss never recovers; failing here keeps it out of the checkpoint and the
+        # reported metrics (whose stored columns are numbers).
+        losses = {"train_loss": record.train_loss, "valid_loss": valid_loss, "test_loss": record.test_loss}
+        diverged = {
+            name: value for name, value in losses.items() if value is not None and not math.isfinite(value)
+        }
+        if diverged:
+            raise TrainingDiverged(epoch + 1, diverged)
         history.append(record)
         if checkpoint_dir is not None:
             write_checkpoint(

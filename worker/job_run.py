@@ -145,6 +145,14 @@ class StopWatch:
         return self.cancelled
 
 
+class UnpublishableEvent(Exception):
+    """The publisher refused an event for a reason other than Redis (an invalid record, say).
+
+    Retrying cannot help: the run fails with this error. The record is dropped from the outbox first,
+    so what waits behind it can still be sent.
+    """
+
+
 class Outbox:
     """Events of one run, sent in order; those Redis refused wait until it answers again."""
 
@@ -161,13 +169,22 @@ class Outbox:
         self.flush()
 
     def flush(self) -> bool:
-        """Send what waits, in order; True when nothing is left."""
+        """Send what waits, in order; True when nothing is left.
+
+        Raises:
+            UnpublishableEvent: the head record failed for a reason other than Redis (it is dropped).
+        """
         while self._waiting:
             try:
                 self._send(self._waiting[0])
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 logger.warning("Redis unreachable (%s); %d event(s) wait to be published", exc, len(self))
                 return False
+            except Exception as exc:
+                record = self._waiting.popleft()
+                raise UnpublishableEvent(
+                    f"epoch {record.get('epoch')} could not be published: {type(exc).__name__}: {exc}"
+                ) from exc
             self._waiting.popleft()
         return True
 
@@ -344,16 +361,39 @@ class JobRun:
         try:
             outcome = self.run_job(watch, report)
         except Exception as exc:
-            if lease.lost.is_set():
-                return "lease lost"
-            logger.exception("%s %s failed", self.kind.label, self.job_id)
-            self._drain(outbox, lease)
-            self._publish_status(Status.failed, public_error(exc, self.settings, self.kind.label))
-            lease.finish()
-            return "failed"
+            return self._fail(exc, outbox, lease)
         if outcome is None:
             return StartDecision.missing.value
+        try:
+            return self._end(outcome, watch, outbox, published, lease)
+        except UnpublishableEvent as exc:
+            return self._fail(exc, outbox, lease)
 
+    def _fail(self, exc: Exception, outbox: Outbox, lease: Lease) -> str:
+        """End the run `failed` with `exc`'s public message, after publishing the epochs that can be."""
+        if lease.lost.is_set():
+            return "lease lost"
+        logger.exception("%s %s failed", self.kind.label, self.job_id, exc_info=exc)
+        while True:
+            try:
+                self._drain(outbox, lease)
+                break
+            except UnpublishableEvent:
+                # Each raise dropped one record, so this ends; the failure below says what went wrong.
+                logger.exception("%s %s: an epoch could not be published", self.kind.label, self.job_id)
+        self._publish_status(Status.failed, public_error(exc, self.settings, self.kind.label))
+        lease.finish()
+        return "failed"
+
+    def _end(
+        self,
+        outcome: JobOutcome,
+        watch: StopWatch,
+        outbox: Outbox,
+        published: dict[int, dict[str, Any]],
+        lease: Lease,
+    ) -> str:
+        """Report how a run whose loop returned ended (handed back, timed out, cancelled, succeeded)."""
         if lease.lost.is_set():
             return "lease lost"
         if outcome.stopped and watch.shutting_down and not watch.cancelled:

@@ -85,14 +85,15 @@ def finish(
 ) -> bool:
     """End the study with `status` (terminal) and `error`; commits. False when it had ended already.
 
-    `cancelled` only from a study whose cancel was asked; `succeeded` only from one that was not.
+    `cancelled` only from a study whose cancel was asked; `succeeded` and `failed` only from one that
+    was not (a study cancelled while an orchestrator was failing it ends `cancelled`, at its next round).
     """
     if status not in TERMINAL:
         raise ValueError(f"status: a study ends with one of {sorted(TERMINAL)}, not {status!r}")
     query = update(Study).where(Study.id == study_id, Study.status.in_(UNFINISHED))
     if status == Status.cancelled:
         query = query.where(Study.cancel_requested.is_(True))
-    elif status == Status.succeeded:
+    else:
         query = query.where(Study.cancel_requested.is_(False))
     changed = affected_rows(
         session.execute(

@@ -175,7 +175,8 @@ def cancel_search(
 def delete_search(
     search_id: str, session: SessionDep, settings: SettingsDep, _owner: SearchAccess
 ) -> Response:
-    """Remove a finished search, its epochs and its artifacts (409 while it is queued or running)."""
+    """Remove a finished search, its epochs and its artifacts (409 while it is queued or running, or
+    while the study it belongs to has not finished)."""
     search_service.delete_search(session, search_id, settings=settings)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -128,7 +128,8 @@ def cancel_training(
 def delete_training(
     training_id: str, session: SessionDep, settings: SettingsDep, _owner: TrainingAccess
 ) -> Response:
-    """Remove a finished training, its epochs, checkpoints and weights (409 while it is queued or running)."""
+    """Remove a finished training, its epochs, checkpoints and weights (409 while it is queued or running,
+    or while the study it belongs to has not finished)."""
     training_service.delete_training(session, training_id, settings=settings)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from app.lifecycle import cancel as lifecycle_cancel
 from app.lifecycle.kinds import KINDS, JobKind, kind_of
 from app.lifecycle.status import TERMINAL, Status
-from app.models import Dataset, LifecycleColumns, StudyChildColumns
+from app.models import Dataset, LifecycleColumns, Study, StudyChildColumns
 from app.queue import enqueue_task
 from app.services.errors import BadRequest, Conflict, ServiceUnavailable, TooManyRequests, Unprocessable
 from app.settings import Settings
@@ -219,6 +219,21 @@ def require_finished(job: LifecycleColumns) -> None:
         label = kind_of(job).label
         raise Conflict(
             f"{label} {job.id!r} is {job.status}: cancel it and wait until it has finished to delete it"
+        )
+
+
+def require_deletable(session: Session, job: LifecycleColumns) -> None:
+    """`require_finished`, and Conflict (409) while the job belongs to a study that has not finished:
+    the study reads its children to go on (a deleted search would be made again, a seed dropped)."""
+    require_finished(job)
+    study_id = job.study_id if isinstance(job, StudyChildColumns) else None
+    if study_id is None:
+        return
+    study_status = session.scalar(select(Study.status).where(Study.id == study_id))
+    if study_status is not None and study_status not in TERMINAL:
+        raise Conflict(
+            f"{kind_of(job).label} {job.id!r} belongs to study {study_id!r}, which is {study_status}: "
+            "delete it once the study has finished (cancel the study to end it sooner)"
         )
 
 

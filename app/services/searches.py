@@ -188,8 +188,9 @@ def cancel_search(
 
 
 def delete_search(session: Session, search_id: str, *, settings: Settings) -> None:
-    """Remove a finished search, its epochs and its artifacts; Conflict (409) while it may still run."""
-    jobs.require_finished(get_search(session, search_id))
+    """Remove a finished search, its epochs and its artifacts; Conflict (409) while it may still run or
+    its study has not finished."""
+    jobs.require_deletable(session, get_search(session, search_id))
     session.execute(delete(SearchEpoch).where(SearchEpoch.search_id == search_id))
     session.execute(delete(Search).where(Search.id == search_id))
     session.commit()

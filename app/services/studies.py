@@ -57,8 +57,8 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
     """Accept a study owned by `owner` and start it (its searches are created before this returns).
 
     Everything is checked before anything is created: the uploaded datasets are the owner's, the
-    search fits a worker (admission), its time limit is within the service's, and the owner's quota
-    of active searches leaves room for one search per seed (429 otherwise).
+    search fits a worker (admission), its time limit and the trainings' are within the service's, and
+    the owner's quota of active searches leaves room for one search per seed (429 otherwise).
     """
     uploaded = _require_own_dataset(session, spec.search.dataset, owner, ("search",))
     for field, training in (("selection", spec.selection), ("final", spec.final)):
@@ -72,16 +72,18 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
         admission.require_fits(session, search, deps.settings, owner=owner)
     except Unprocessable as error:
         raise _with_location(error, "search") from None
+    # The trainings are created stages later: a limit they would be refused for fails the study then.
+    for field, training in (("selection", spec.selection), ("final", spec.final)):
+        if training is None:
+            continue
+        try:
+            jobs.require_time_limit_within(training.resources, deps.settings)
+        except Unprocessable as error:
+            raise _with_location(error, field) from None
     settings = deps.settings
     active = jobs.count_active(session, owner)
     if active + len(spec.seeds) > settings.max_active_searches_per_owner:
-        raise TooManyRequests(
-            f"this study runs {len(spec.seeds)} searches at once and you have {active} searches and "
-            "trainings queued or running, "
-            f"more than the {settings.max_active_searches_per_owner} allowed "
-            "(MAX_ACTIVE_SEARCHES_PER_OWNER): use fewer seeds, or wait for searches to finish",
-            retry_after=jobs.QUOTA_RETRY_AFTER_SECONDS,
-        )
+        raise _over_quota(len(spec.seeds), active, settings)
     name = spec.name or f"{search.name} study"
     accepted = spec.model_copy(
         update={"name": name, "search": search, "min_successful_seeds": spec.required_successes()}
@@ -99,8 +101,36 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
     session.commit()
     # The sweep would create the searches too (the study is durable from here on): this saves a wait.
     advance_study(session, study.id, deps)
+    # Two requests at once may both have passed the count above: count again with this study's
+    # searches in, as jobs.submit does (both may be refused, never both accepted over the limit).
+    total = jobs.count_active(session, owner)
+    if total > settings.max_active_searches_per_owner:
+        _withdraw(session, study.id, deps)
+        raise _over_quota(len(spec.seeds), max(0, total - len(spec.seeds)), settings)
     session.refresh(study)
     return study
+
+
+def _over_quota(seeds: int, active: int, settings: Settings) -> TooManyRequests:
+    return TooManyRequests(
+        f"this study runs {seeds} searches at once and you have {active} searches and "
+        "trainings queued or running, "
+        f"more than the {settings.max_active_searches_per_owner} allowed "
+        "(MAX_ACTIVE_SEARCHES_PER_OWNER): use fewer seeds, or wait for searches to finish",
+        retry_after=jobs.QUOTA_RETRY_AFTER_SECONDS,
+    )
+
+
+def _withdraw(session: Session, study_id: str, deps: StudyDeps) -> None:
+    """Cancel a study refused after its searches were created, and remove it when nothing of it runs
+    (queued searches are cancelled at once; one a worker started already ends `cancelled` later)."""
+    try:
+        lifecycle_studies.request_cancel(session, study_id)
+    except lifecycle_studies.StudyFinished:
+        pass  # it ended otherwise already (its children were cancelled then)
+    study = advance_study(session, study_id, deps)
+    if study is not None and study.status in TERMINAL:
+        delete_study(session, study_id, settings=deps.settings)
 
 
 def list_studies(

@@ -3,7 +3,8 @@
 It holds no state of its own: every call reads the study and its children (searches, trainings) and
 does what is due, so any process may call it any number of times, at once, and after a restart:
 
-- the periodic sweep of every ingester calls it for each unfinished study (`advance_unfinished`);
+- the periodic sweep of every ingester calls it for each unfinished study (`advance_unfinished`, which
+  also cancels any child still queued or running under a finished study);
 - the ingester calls it right after it stored a child's terminal status;
 - `POST /studies` and `POST /studies/{id}/cancel` call it once themselves, so nothing waits a sweep.
 
@@ -187,6 +188,17 @@ def _create_training(
         _fail(session, study, children(session, study.id), deps,
               f"the {what} training of seed {seed} could not be created: {detail}")
         return False
+    except OperationalError:
+        raise  # the database is unreachable: the sweep tries again
+    except Exception:
+        # Anything else would recur at every sweep and keep the study running forever. The reason
+        # stays in the log (exception texts may name server paths).
+        logger.exception("study %s: creating the %s training of seed %s failed", study.id, what, seed)
+        session.rollback()
+        _fail(session, study, children(session, study.id), deps,
+              f"the {what} training of seed {seed} could not be created: an internal error "
+              "(the service's log has the details)")
+        return False
     jobs.submit_study_child(
         session, training, jobs.StudyChild(study.id, stage, seed), celery=deps.celery, settings=deps.settings
     )
@@ -219,7 +231,15 @@ def _selecting(session: Session, study: Study, spec: StudySpec, deps: StudyDeps)
         return False
     if any(child is None or not child.finished for child in line):
         return False
-    chosen = _choose([child for child in line if child is not None and child.status == Status.succeeded])
+    succeeded = [child for child in line if child is not None and child.status == Status.succeeded]
+    if not succeeded:
+        # Unreachable while min_successful_seeds >= 1 holds, unless children vanished; never raise here
+        # (the sweep would retry it forever and the study never end).
+        reasons = "; ".join(child.describe() for child in line if child is not None)
+        _fail(session, study, found, deps,
+              f"no selection training succeeded, so there is no genotype to choose ({reasons or 'none ran'})")
+        return False
+    chosen = _choose(succeeded)
     summary = []
     for seed in spec.seeds:
         training = selections.get(seed)
@@ -300,11 +320,38 @@ def advance_study(session: Session, study_id: str, deps: StudyDeps) -> Study | N
     return session.get(Study, study_id)
 
 
+def _strays(session: Session) -> list[Child]:
+    """Queued or running children of finished studies: an orchestrator created one just as the study
+    ended, and died before its own check could cancel it (nothing else would)."""
+    finished = select(Study.id).where(Study.status.in_(TERMINAL))
+    running = (Status.queued, Status.running)
+    searches = session.scalars(
+        select(Search).where(Search.study_id.in_(finished), Search.status.in_(running))
+    )
+    trainings = session.scalars(
+        select(Training).where(Training.study_id.in_(finished), Training.status.in_(running))
+    )
+    rows: list[tuple[str, Search | Training]] = [("search", row) for row in searches]
+    rows += [("training", row) for row in trainings]
+    return [Child(kind, row, Stage(str(row.study_stage)), int(row.study_seed or 0)) for kind, row in rows]
+
+
 def advance_unfinished(factory: sessionmaker[Session], deps: StudyDeps) -> int:
-    """Advance every unfinished study (the sweep); returns how many were looked at.
+    """Advance every unfinished study (the sweep), and cancel what still runs of a finished one;
+    returns how many studies were advanced.
 
     A study whose round fails is logged and left to the next sweep; the others go on.
     """
+    try:
+        with factory() as session:
+            strays = _strays(session)
+            if strays:
+                logger.warning("cancelling %d search(es)/training(s) of finished studies", len(strays))
+                _cancel_children(session, strays, deps)
+    except OperationalError:
+        raise
+    except Exception:
+        logger.exception("cancelling the children of finished studies failed; the next sweep tries again")
     with factory() as session:
         ids = list(session.scalars(select(Study.id).where(Study.status.in_(lifecycle_studies.UNFINISHED))))
     for study_id in ids:

@@ -234,8 +234,9 @@ def cancel_training(
 
 
 def delete_training(session: Session, training_id: str, *, settings: Settings) -> None:
-    """Remove a finished training, its epochs, checkpoints and weights; Conflict (409) while it may run."""
-    jobs.require_finished(get_training(session, training_id))
+    """Remove a finished training, its epochs, checkpoints and weights; Conflict (409) while it may run
+    or its study has not finished."""
+    jobs.require_deletable(session, get_training(session, training_id))
     session.execute(delete(TrainingEpoch).where(TrainingEpoch.training_id == training_id))
     session.execute(delete(Training).where(Training.id == training_id))
     session.commit()

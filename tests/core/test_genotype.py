@@ -465,6 +465,27 @@ def test_invalid_genotypes_name_the_entry(kwargs: dict, message: str) -> None:
         )
 
 
+def test_a_cell_has_at_most_eight_internal_nodes() -> None:
+    """MAX_INTERNAL_NODES (the search space's bound) holds for any genotype: building the network of a
+    bigger one is slow enough to tie up the process that checks it."""
+    from darts_core.op_names import MAX_INTERNAL_NODES
+
+    def genes(nodes: int) -> list[tuple[str, int]]:
+        return [("skip_connect", 0), ("sep_conv_3x3", 1)] * nodes
+
+    assert MAX_INTERNAL_NODES == 8
+    assert Genotype(normal=genes(8), reduce=genes(8)).num_nodes == 8
+    message = r"^normal: 18 entries \(9 internal nodes\); a cell has at most 8 internal nodes"
+    with pytest.raises(ValueError, match=message):
+        Genotype(normal=genes(9), reduce=genes(9))
+    with pytest.raises(ValueError, match=r"^reduce: 200 entries \(100 internal nodes\)"):
+        Genotype.from_json(
+            {"normal": [list(gene) for gene in genes(8)], "reduce": [["skip_connect", 0]] * 200}
+        )
+    with pytest.raises(ValueError, match="at most 8 internal nodes"):
+        Genotype.from_darts(f"Genotype(normal={genes(100)}, reduce={genes(100)})")
+
+
 def test_validate_against_a_primitives_list(darts_v2: Genotype) -> None:
     assert darts_v2.validate() is darts_v2
     with pytest.raises(ValueError, match=r"^normal\[0\]: unknown operation 'sep_conv_3x3'"):

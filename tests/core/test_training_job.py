@@ -20,6 +20,7 @@ from darts_core.multiply_adds import count_multiply_adds
 from darts_core.training_config import TrainingJobConfig
 from darts_core.training_job import (
     TrainEpoch,
+    TrainingDiverged,
     TrainingStopped,
     TrainResult,
     run_training_job,
@@ -199,6 +200,26 @@ def test_no_validation_split_gives_none_and_json_safe_records(synthetic: ImageDa
     assert record["train_loss"] is None and record["test_loss"] is None and record["valid_loss"] is None
     back = TrainEpoch.from_dict(record)
     assert math.isnan(back.train_loss) and back.valid_acc is None and back.epoch == 1
+
+
+def test_a_diverging_training_fails_before_recording_the_epoch(
+    tmp_path: Path, synthetic: ImageDataset
+) -> None:
+    """A learning rate far too high makes the loss NaN in the first epoch: a ValueError naming the epoch,
+    with nothing checkpointed or reported (a non-finite loss could not be stored by the service)."""
+    config = TrainingJobConfig.from_spec(
+        {
+            "network": {"init_channels": 4, "cells": 3},
+            "training": {"epochs": 2, "batch_size": 16, "lr": 10.0, "momentum": 0.99, "weight_decay": 0.0,
+                         "grad_clip": None},
+            "resources": {"device": "cpu"},
+        }
+    )
+    reported: list[TrainEpoch] = []
+    with pytest.raises(ValueError, match=r"training diverged at epoch 1: non-finite loss") as caught:
+        run_training_job(SMALL, config, synthetic, checkpoint_dir=tmp_path, on_epoch=reported.append)
+    assert isinstance(caught.value, TrainingDiverged) and caught.value.epoch == 1
+    assert reported == [] and read_history(tmp_path) == []
 
 
 def test_bad_arguments_are_rejected(synthetic: ImageDataset) -> None:

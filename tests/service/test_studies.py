@@ -3,6 +3,8 @@ cancel, delete. The children run on no worker here: their statuses are set throu
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -54,6 +56,9 @@ def test_create_queues_one_search_per_seed_and_shows_the_stages(
         ({"selection": {"training": {"epochs": 0}}}, ["body", "selection", "training", "epochs"]),
         ({"final": {"network": {"cells": 0}}}, ["body", "final", "network", "cells"]),
         ({"selection": {"training": {"valid_fraction": False}}},
+         ["body", "selection", "training", "valid_fraction"]),
+        # Selection picks by validation accuracy: without a validation split it would pick blind.
+        ({"selection": {"training": {"valid_fraction": 0.0}}},
          ["body", "selection", "training", "valid_fraction"]),
         ({"search": {"dataset": {"name": "digits"}, "training": {"epochs": 0}}},
          ["body", "search", "training", "epochs"]),
@@ -140,3 +145,56 @@ def test_events_follow_the_study_to_its_end(client: TestClient, record_epochs, s
     assert [(e["seed"], e["record"]["epoch"]) for e in epochs] == [(5, 1), (5, 2)]
     assert [data["status"] for kind, data in events if kind == "child"] == ["failed"]
     assert events[-1][0] == "study" and events[-1][1]["status"] in ("failed", "cancelled")
+
+
+@pytest.mark.parametrize("field", ["selection", "final"])
+def test_a_training_time_limit_above_the_service_s_is_refused_up_front(
+    client: TestClient, db_session: Session, field: str
+) -> None:
+    """Checked before anything is created, as for the search: not stages later, failing the study."""
+    client.app.state.settings = client.app.state.settings.model_copy(update={"search_time_limit": 600})
+    body = {**STUDY, field: {"training": {"epochs": 1}, "resources": {"time_limit_seconds": 601}}}
+    response = client.post("/studies", json=body)
+    assert response.status_code == 422, response.text
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["body", field, "resources", "time_limit_seconds"]
+    assert "SEARCH_TIME_LIMIT" in error["msg"]
+    assert client.get("/studies").json()["items"] == []
+    assert db_session.scalar(select(Search.id)) is None
+    body[field]["resources"]["time_limit_seconds"] = 60
+    assert client.post("/studies", json=body).status_code == 201
+
+
+def test_two_studies_at_once_never_both_exceed_the_quota(
+    api_settings: Settings, auth_headers: dict[str, str], api_owner: str, db_session: Session,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both requests pass the first count; the other's searches appear before this one creates its own:
+    the count after creating them refuses this study, cancels its searches and removes it."""
+    from app.services import studies as study_service
+
+    real_advance = study_service.advance_study
+    others: list[Search] = []
+
+    def concurrent_request_first(session: Session, study_id: str, deps) -> object:
+        if not others:  # the other request's searches land in between
+            others.extend(
+                Search(id=str(uuid.uuid4()), name="other", owner=api_owner, status="queued",
+                       spec=STUDY["search"], dataset_ref="builtin:digits", epochs=2)
+                for _ in range(2)
+            )
+            session.add_all(others)
+            session.commit()
+        return real_advance(session, study_id, deps)
+
+    monkeypatch.setattr(study_service, "advance_study", concurrent_request_first)
+    settings = api_settings.model_copy(update={"max_active_searches_per_owner": 3})
+    with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as client:
+        response = client.post("/studies", json=STUDY)
+        assert response.status_code == 429, response.text
+        assert "MAX_ACTIVE_SEARCHES_PER_OWNER" in response.json()["detail"]
+        assert client.get("/studies").json()["items"] == []
+    db_session.expire_all()
+    # Its searches were cancelled (still queued) and removed with it; the other request's stay.
+    assert db_session.scalar(select(Search.id).where(Search.study_id.is_not(None))) is None
+    assert len(list(db_session.scalars(select(Search.id)))) == 2

@@ -108,6 +108,12 @@ def test_create_from_a_search_takes_its_final_or_an_epoch_s_genotype_and_its_dat
         ({"genotype": GENOTYPE_TEMPLATE}, ["body", "dataset"], "dataset is required"),
         ({**GENOTYPE_BODY, "genotype": {"normal": [["conv_9x9", 0]]}}, ["body", "genotype"], "invalid"),
         ({**GENOTYPE_BODY, "genotype": "Genotype(normal=[("}, ["body", "genotype"], "invalid genotype"),
+        (  # 100 nodes per cell took 42 s to admit: more than the search space's 8 are refused at once
+            {**GENOTYPE_BODY, "genotype": {"normal": [["skip_connect", 0], ["skip_connect", 1]] * 100,
+                                           "reduce": [["max_pool_3x3", 0], ["skip_connect", 1]] * 100}},
+            ["body", "genotype"],
+            "at most 8 internal nodes",
+        ),
         ({**GENOTYPE_BODY, "training": {"epochs": 0}}, ["body", "training", "epochs"], "greater than"),
         ({**GENOTYPE_BODY, "network": {"cells": "five"}}, ["body", "network", "cells"], "integer"),
         ({**GENOTYPE_BODY, "learning_rate": 1}, ["body", "learning_rate"], "Extra inputs"),
