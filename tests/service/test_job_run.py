@@ -12,6 +12,7 @@ import redis
 from sqlalchemy.orm import Session
 
 from app.events.schema import StatusEvent, parse_event
+from app.logging_config import clear_log_context
 from app.models import Training
 from app.settings import Settings
 from darts_core.genotype import Genotype
@@ -19,6 +20,14 @@ from worker.job_run import JobOutcome, Outbox, StopWatch, UnpublishableEvent
 from worker.training_run import TrainingRun
 
 from .conftest import epoch_genotype
+
+
+@pytest.fixture(autouse=True)
+def _no_log_context_left_behind() -> Any:
+    """A run binds its attempt to the log context of the thread it runs in (a Celery task clears it
+    afterwards, worker.logs); these tests run it in the test thread, so they clear it themselves."""
+    yield
+    clear_log_context()
 
 
 def test_the_outbox_keeps_records_redis_refused_and_drops_an_invalid_one() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -367,10 +368,10 @@ def test_retrain_a_succeeded_search_and_follow_the_training_to_its_weights(
     page.locator("#search-status", has_text="succeeded").wait_for()
     page.click("#retrain-search")
     page.locator("#view-training").wait_for(state="visible")
-    assert f"search {search_id}" in page.locator("#training-source").inner_text()
+    page.locator("#training-source", has_text=f"search {search_id}").wait_for()
     page.locator("#training-status", has_text="succeeded").wait_for(timeout=240_000)
     expect(page.locator("#training-charts svg.chart")).to_have_count(2)
-    assert page.locator("[data-figure='Test accuracy']").inner_text().endswith("%")
+    expect(page.locator("[data-figure='Test accuracy']")).to_have_text(re.compile(r"%$"))
     with page.expect_download() as download:
         page.click("#download-weights")
     assert download.value.suggested_filename.endswith(".safetensors")
