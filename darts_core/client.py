@@ -177,6 +177,26 @@ class DartsClient:
         response = self.request(method, path, **options)
         return None if response.status_code == 204 else response.json()
 
+    def _page(self, path: str, *, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        """One page of a collection (``{"items", "next_cursor"}``), optionally filtered by status."""
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if cursor:
+            params["cursor"] = cursor
+        return self._json("GET", path, params=params)
+
+    def _every_item(self, path: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every item of a paginated collection, following ``next_cursor`` to the last page."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = self._json("GET", path, params=(params or {}) | ({"cursor": cursor} if cursor else {}))
+            items += page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return items
+
     # ------------------------------------------------------------------ searches
 
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -188,27 +208,13 @@ class DartsClient:
     def list_searches(
         self, *, status: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = status
-        if cursor:
-            params["cursor"] = cursor
-        return self._json("GET", "/searches", params=params)
+        return self._page("/searches", status=status, limit=limit, cursor=cursor)
 
     def get_search(self, search_id: str) -> dict[str, Any]:
         return self._json("GET", f"/searches/{search_id}")
 
     def epochs(self, search_id: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while True:
-            page = self._json(
-                "GET", f"/searches/{search_id}/epochs", params={"cursor": cursor} if cursor else {}
-            )
-            items += page["items"]
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return items
+        return self._every_item(f"/searches/{search_id}/epochs")
 
     def genotype(self, search_id: str, epoch: int | None = None) -> dict[str, Any]:
         params = {"epoch": epoch} if epoch else {}
@@ -232,27 +238,13 @@ class DartsClient:
     def list_trainings(
         self, *, status: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = status
-        if cursor:
-            params["cursor"] = cursor
-        return self._json("GET", "/trainings", params=params)
+        return self._page("/trainings", status=status, limit=limit, cursor=cursor)
 
     def get_training(self, training_id: str) -> dict[str, Any]:
         return self._json("GET", f"/trainings/{training_id}")
 
     def training_epochs(self, training_id: str) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while True:
-            page = self._json(
-                "GET", f"/trainings/{training_id}/epochs", params={"cursor": cursor} if cursor else {}
-            )
-            items += page["items"]
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return items
+        return self._every_item(f"/trainings/{training_id}/epochs")
 
     def cancel_training(self, training_id: str) -> dict[str, Any]:
         return self._json("POST", f"/trainings/{training_id}/cancel")
@@ -282,18 +274,26 @@ class DartsClient:
         os.replace(partial, path)
         return written
 
+    # ------------------------------------------------------------------ studies
+
+    def submit_study(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/studies", json=spec)
+
+    def list_studies(
+        self, *, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        return self._page("/studies", status=status, limit=limit, cursor=cursor)
+
+    def get_study(self, study_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/studies/{study_id}")
+
+    def cancel_study(self, study_id: str) -> dict[str, Any]:
+        return self._json("POST", f"/studies/{study_id}/cancel")
+
     # ------------------------------------------------------------------ datasets
 
     def datasets(self) -> list[dict[str, Any]]:
-        items: list[dict[str, Any]] = []
-        cursor: str | None = None
-        while True:
-            params: dict[str, Any] = {"limit": 500} | ({"cursor": cursor} if cursor else {})
-            page = self._json("GET", "/datasets", params=params)
-            items += page["items"]
-            cursor = page.get("next_cursor")
-            if not cursor:
-                return items
+        return self._every_item("/datasets", {"limit": 500})
 
     def upload(
         self, path: Path, *, name: str | None = None, progress: Callable[[int], None] | None = None

@@ -108,7 +108,7 @@ def submit(
     if not isinstance(spec, dict):
         raise _exit(f"spec file {spec_file}: must hold a JSON object", EXIT_BAD_INPUT)
     with _client(url, token) as client:
-        study = client._json("POST", "/studies", json=spec)
+        study = client.submit_study(spec)
         if as_json and not watch_it:
             print_json(study)
             return
@@ -127,11 +127,8 @@ def list_(
     as_json: JsonOption = False,
 ) -> None:
     """List studies, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if status:
-        params["status"] = status
     with _client(url, token) as client:
-        page = client._json("GET", "/studies", params=params)
+        page = client.list_studies(status=status, limit=limit)
     if as_json:
         print_json(page)
     else:
@@ -147,7 +144,7 @@ def status(
 ) -> None:
     """Show one study: its stages and children, the selection side by side, the chosen genotype."""
     with _client(url, token) as client:
-        study = client._json("GET", f"/studies/{study_id}")
+        study = client.get_study(study_id)
     if as_json:
         print_json(study)
     else:
@@ -162,7 +159,7 @@ def cancel(
 ) -> None:
     """Cancel a study and every search and training it runs."""
     with _client(url, token) as client:
-        study = client._json("POST", f"/studies/{study_id}/cancel")
+        study = client.cancel_study(study_id)
     console.print(f"{study['id']}: {study['status']}", highlight=False)
 
 
@@ -210,7 +207,7 @@ def _watch(client: DartsClient, study_id: str, as_json: bool) -> None:
         if event.event == "study":
             final = data["status"]
     if not as_json:
-        _print_study(client._json("GET", f"/studies/{study_id}"))
+        _print_study(client.get_study(study_id))
     if final != "succeeded":
         raise typer.Exit(code=EXIT_SERVER_ERROR)
 
