@@ -17,11 +17,13 @@ from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db_gate import DatabaseGate, run_in_gate
 from app.models import Dataset, Search, Study, Training
 from app.routes.responses import errors
 from app.services import keys as key_service
 from app.services.errors import NotFound
 from app.services.keys import Owner
+from app.services.read_cache import ReadCache
 
 LOCAL_OWNER = Owner(name="local", admin=True)
 
@@ -42,11 +44,13 @@ def _session_factory(request: Request) -> sessionmaker[Session]:
     return factory
 
 
-def get_owner(request: Request, credentials: BearerCredentials) -> Owner:
+async def get_owner(request: Request, credentials: BearerCredentials) -> Owner:
     """The owner of the request's key; 401 without a key, or with an unknown or revoked one.
 
-    A session of its own, closed at once: a request's own session (`SessionDep`) would stay open for as
-    long as a Server-Sent Events stream runs.
+    What a key was found to be is kept for KEY_CACHE_SECONDS (app.services.read_cache): a client
+    polling many times a second costs one lookup per that time. The lookup has a session of its own,
+    closed at once: a request's own session (`SessionDep`) would stay open for as long as a
+    Server-Sent Events stream runs.
     """
     if request.app.state.settings.no_auth:
         return LOCAL_OWNER
@@ -54,8 +58,16 @@ def get_owner(request: Request, credentials: BearerCredentials) -> Owner:
         raise _unauthorized(
             "missing API key: send `Authorization: Bearer <key>` (keys come from `darts-service keys create`)"
         )
-    with _session_factory(request)() as session:
-        owner = key_service.authenticate(session, credentials.credentials)
+    key = credentials.credentials
+    factory = _session_factory(request)
+
+    def look_up() -> Owner | None:
+        with factory() as session:
+            return key_service.authenticate(session, key)
+
+    cache: ReadCache[Owner | None] = request.app.state.key_cache
+    gate: DatabaseGate = request.app.state.key_gate
+    owner = await cache.get(key_service.hash_key(key), lambda: run_in_gate(gate, look_up))
     if owner is None:
         raise _unauthorized("unknown or revoked API key", error="invalid_token")
     return owner
@@ -130,14 +142,14 @@ UNAUTHORIZED_RESPONSE: dict[int | str, dict[str, Any]] = errors(401)
 REQUIRE_OWNER = Depends(get_owner)
 
 
-def _metrics_access(request: Request, credentials: BearerCredentials) -> None:
+async def _metrics_access(request: Request, credentials: BearerCredentials) -> None:
     if not request.app.state.settings.metrics_public:
-        get_owner(request, credentials)
+        await get_owner(request, credentials)
 
 
-def _docs_access(request: Request, credentials: BearerCredentials) -> None:
+async def _docs_access(request: Request, credentials: BearerCredentials) -> None:
     if not request.app.state.settings.docs_public:
-        get_owner(request, credentials)
+        await get_owner(request, credentials)
 
 
 MetricsAccess = Depends(_metrics_access)

@@ -212,15 +212,17 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
 
 
-def _search_id_of(scope: Scope) -> str | None:
-    """The `search_id` path parameter of the route this request will reach, if it has one."""
-    from starlette.routing import Match
+# The paths of the routes that take a `search_id` (`/searches/{search_id}` and what is below it).
+_SEARCH_PATH = re.compile(r"/searches/(?P<search_id>[^/]+)(?P<below>/[^/]+)?")
 
-    app = scope.get("app")
-    router = getattr(app, "router", None)
-    for route in getattr(router, "routes", ()):
-        match, child_scope = route.matches(scope)
-        if match == Match.FULL:
-            value = child_scope.get("path_params", {}).get("search_id")
-            return str(value) if value is not None else None
-    return None
+
+def _search_id_of(scope: Scope) -> str | None:
+    """The `search_id` path parameter of the route this request will reach, if it has one.
+
+    Read off the path (`POST /searches/estimate` is the one path of that shape without an id): matching
+    it against every route, as the router does, cost a tenth of the API's time under many polls.
+    """
+    match = _SEARCH_PATH.fullmatch(scope.get("path", ""))
+    if match is None or (match["below"] is None and match["search_id"] == "estimate"):
+        return None
+    return match["search_id"]

@@ -31,11 +31,13 @@ from app.middleware import BodyLimitMiddleware, NulMiddleware
 from app.queue import create_celery_app
 from app.redis import get_redis
 from app.routes import datasets, docs, health, searches, studies, trainings
+from app.routes.polled import PolledReadMiddleware
 from app.services import admission
 from app.services.datasets import too_large_message
 from app.services.epoch_pages import EpochJsonCache
 from app.services.errors import ServiceError
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
+from app.services.read_cache import ReadCache
 from app.services.search_feed import OpenStreams, SearchFeeds
 from app.settings import Settings, get_settings
 
@@ -67,6 +69,8 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     return sorted(methods)
 # Database connections kept for the pollers of Server-Sent Events (app.services.search_feed).
 FEED_SLOTS = 2
+# Database connections kept for the lookups of API keys (app.auth).
+KEY_SLOTS = 1
 
 
 def create_app(settings: Settings | None = None, *, run_ingester: bool | None = None) -> FastAPI:
@@ -118,11 +122,17 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     # Requests and the event streams' pollers have slots of their own (together: the pool), so a
     # stream's poll never queues behind a crowd of requests.
     feed_slots = min(FEED_SLOTS, max(1, settings.db_pool_size // 2))
-    app.state.db_gate = DatabaseGate(max(1, settings.db_pool_size - feed_slots))
+    app.state.db_gate = DatabaseGate(max(1, settings.db_pool_size - feed_slots - KEY_SLOTS))
     app.state.feed_gate = DatabaseGate(feed_slots)
+    # API keys are looked up under a gate of their own: requests holding every slot of the request gate
+    # may all be waiting for one key's lookup (app.services.read_cache shares it), which must not need
+    # one of their slots.
+    app.state.key_gate = DatabaseGate(KEY_SLOTS)
     app.state.search_feeds = SearchFeeds(app.state.session_factory, app.state.feed_gate)
     app.state.open_streams = OpenStreams()
     app.state.epoch_json = EpochJsonCache()
+    app.state.read_cache = ReadCache(settings.read_cache_seconds)
+    app.state.key_cache = ReadCache(settings.key_cache_seconds)
 
     @app.exception_handler(ServiceError)
     async def service_error_handler(_request: Request, exc: ServiceError) -> JSONResponse:
@@ -149,6 +159,13 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.add_middleware(NulMiddleware)
     # Innermost: the metrics' latency includes the wait at the gate.
     app.add_middleware(DatabaseGateMiddleware, gate=app.state.db_gate)
+    # Polls answered from the caches skip the gate and the framework, but are counted and timed.
+    app.add_middleware(
+        PolledReadMiddleware,
+        read_cache=app.state.read_cache,
+        key_cache=app.state.key_cache,
+        no_auth=settings.no_auth,
+    )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(

@@ -68,6 +68,21 @@ class Settings(BaseSettings):
         le=40,
         description="Database connections per process, and requests the API serves at once.",
     )
+    # app.services.read_cache: what clients poll is answered from memory for this long, not from SQL.
+    read_cache_seconds: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=5.0,
+        description="How long the API keeps the answer of GET /searches/{id}, /trainings/{id} and their "
+        "epoch pages (0: not kept). A write made through the same API process is seen at once.",
+    )
+    key_cache_seconds: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=60.0,
+        description="How long the API keeps what an API key was found to be: a key revoked through "
+        "`darts-service keys revoke` is refused within this time (0: looked up on every request).",
+    )
     max_sse_streams_per_owner: int = Field(
         default=32,
         ge=1,
@@ -124,6 +139,13 @@ class Settings(BaseSettings):
         default=None, description="json or text; unset: text on a terminal, JSON otherwise."
     )
     log_level: str = Field(default="INFO", description="Level of the API's and the ingester's logs.")
+    worker_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="The CPU priority (Unix nice value) a worker runs its jobs at: on a machine it shares "
+        "with the API, training takes the CPU the API leaves. 0 keeps the priority it started with.",
+    )
     worker_alive_file: Path | None = Field(
         default=None, description="A worker touches this file while it consumes (its healthcheck reads it)."
     )

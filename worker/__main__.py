@@ -16,6 +16,14 @@ from worker.celery_app import create_worker_app
 from worker.memory_cap import apply_memory_cap
 
 
+def lower_priority(nice: int) -> None:
+    """Run at Unix nice value `nice` at least: a job is batch work, the API beside it answers people."""
+    if nice and hasattr(os, "getpriority"):
+        current = os.getpriority(os.PRIO_PROCESS, 0)
+        if current < nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__.splitlines()[0])
     parser.add_argument("--loglevel", default="info", help="Celery log level (debug, info, warning)")
@@ -34,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     # JSON logs: no start-up banner on stdout either, so every line a collector reads is JSON.
     quiet = ["--quiet"] if wants_json(settings.log_format) else []
     apply_memory_cap(settings.worker_memory_bytes)
+    lower_priority(settings.worker_nice)
     celery = create_worker_app(settings)
     celery.worker_main(
         [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
@@ -15,12 +15,12 @@ from app.db import SessionDep
 from app.lifecycle.status import Status
 from app.models import Search
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
+from app.routes.polled import MAX_EPOCHS_PAGE, forget, owned_json, read_key
 from app.routes.responses import errors
 from app.schemas import EpochPublic, Page, SearchEstimatePublic, SearchPublic, SearchSpec
-from app.services import admission, jobs
+from app.services import admission, job_json, jobs
 from app.services import searches as search_service
-from app.services.epoch_pages import EpochJsonCache, epoch_page_json
-from app.services.errors import BadRequest
+from app.services.epoch_pages import EpochJsonCache
 from app.services.genotype_svg import genotype_svg
 from app.services.search_feed import OpenStreams, SearchFeeds
 
@@ -28,7 +28,6 @@ router = APIRouter(
     prefix="/searches", tags=["searches"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
 )
 
-MAX_EPOCHS_PAGE = 1000
 MAX_EPOCH = 1000  # training.epochs' upper bound (darts_core.config.TrainingConfig)
 
 
@@ -83,8 +82,15 @@ def list_searches(
 
 
 @router.get("/{search_id}", response_model=SearchPublic, responses=errors(404))
-def get_search(search_id: str, session: SessionDep, _owner: SearchAccess) -> Search:
-    return search_service.get_search(session, search_id)
+async def get_search(search_id: str, request: Request, owner: CurrentOwner) -> Response:
+    """The search; up to READ_CACHE_SECONDS old (a write through this API process is seen at once)."""
+    return await owned_json(
+        request,
+        owner,
+        read_key("searches", search_id),
+        lambda session: job_json.search_json(session, search_id),
+        not_found=f"search {search_id!r} not found",
+    )
 
 
 @router.get("/{search_id}/genotype", responses=errors(404))
@@ -119,31 +125,26 @@ def get_genotype_svg(
     return Response(genotype_svg(genotype), media_type="image/svg+xml")
 
 
-def get_epoch_cache(request: Request) -> EpochJsonCache:
-    cache: EpochJsonCache = request.app.state.epoch_json
-    return cache
-
-
 @router.get("/{search_id}/epochs", response_model=Page[EpochPublic], responses=errors(400, 404))
-def list_epochs(
+async def list_epochs(
     search_id: str,
-    session: SessionDep,
-    _owner: SearchAccess,
-    cache: Annotated[EpochJsonCache, Depends(get_epoch_cache)],
+    request: Request,
+    owner: CurrentOwner,
     limit: Annotated[int, Query(ge=1, le=MAX_EPOCHS_PAGE)] = MAX_EPOCHS_PAGE,
     cursor: Annotated[str | None, Query(description="The last epoch seen (a next_cursor)")] = None,
 ) -> Response:
-    """Per-epoch metrics, in epoch order."""
-    if not cursor:  # absent or empty: from the start
-        after = 0
-    elif cursor.isascii() and cursor.isdigit() and len(cursor) <= 9:
-        after = int(cursor)
-    else:
-        raise BadRequest(f"invalid cursor {cursor!r}: pass back a next_cursor this API returned")
+    """Per-epoch metrics, in epoch order; up to READ_CACHE_SECONDS old."""
+    after = jobs.epoch_cursor(cursor)
+    epoch_json: EpochJsonCache = request.app.state.epoch_json
     # Served as the JSON of Page[EpochPublic] (the declared response_model), built from epochs
     # serialised once each (app.services.epoch_pages explains why).
-    body = epoch_page_json(session, cache, search_id, after=after, limit=limit)
-    return Response(body, media_type="application/json")
+    return await owned_json(
+        request,
+        owner,
+        read_key("searches", search_id, (after, limit)),
+        lambda session: job_json.search_epochs_json(session, epoch_json, search_id, after=after, limit=limit),
+        not_found=f"search {search_id!r} not found",
+    )
 
 
 @router.post(
@@ -160,24 +161,28 @@ def cancel_search(
     redis_client: RedisDep,
     settings: SettingsDep,
     background_tasks: BackgroundTasks,
+    request: Request,
 ) -> Search:
     """Cancel (idempotent): a queued search at once, a running one between two batches. 409 if finished."""
 
     def revoke_after_response(task_id: str) -> None:
         background_tasks.add_task(jobs.revoke_task, celery, task_id)
 
-    return search_service.cancel_search(
+    search = search_service.cancel_search(
         session, search_id, revoke=revoke_after_response, redis_client=redis_client, settings=settings
     )
+    forget(request, search_id)
+    return search
 
 
 @router.delete("/{search_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
 def delete_search(
-    search_id: str, session: SessionDep, settings: SettingsDep, _owner: SearchAccess
+    search_id: str, session: SessionDep, settings: SettingsDep, _owner: SearchAccess, request: Request
 ) -> Response:
     """Remove a finished search, its epochs and its artifacts (409 while it is queued or running, or
     while the study it belongs to has not finished)."""
     search_service.delete_search(session, search_id, settings=settings)
+    forget(request, search_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

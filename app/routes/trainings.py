@@ -16,9 +16,10 @@ from app.db import SessionDep
 from app.lifecycle.status import Status
 from app.models import Training
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
+from app.routes.polled import MAX_EPOCHS_PAGE, forget, owned_json, read_key
 from app.routes.responses import errors
 from app.schemas import Page, TrainingEpochPublic, TrainingPublic, TrainingSpec
-from app.services import jobs
+from app.services import job_json, jobs
 from app.services import searches as search_service
 from app.services import trainings as training_service
 from app.services.search_feed import OpenStreams, SearchFeeds
@@ -27,7 +28,6 @@ router = APIRouter(
     prefix="/trainings", tags=["trainings"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
 )
 
-MAX_EPOCHS_PAGE = 1000
 
 
 @router.post(
@@ -76,27 +76,35 @@ def list_trainings(
 
 
 @router.get("/{training_id}", response_model=TrainingPublic, responses=errors(404))
-def get_training(training_id: str, session: SessionDep, _owner: TrainingAccess) -> Training:
-    return training_service.get_training(session, training_id)
+async def get_training(training_id: str, request: Request, owner: CurrentOwner) -> Response:
+    """The training; up to READ_CACHE_SECONDS old (a write through this API process is seen at once)."""
+    return await owned_json(
+        request,
+        owner,
+        read_key("trainings", training_id),
+        lambda session: job_json.training_json(session, training_id),
+        not_found=f"training {training_id!r} not found",
+    )
 
 
 @router.get("/{training_id}/epochs", response_model=Page[TrainingEpochPublic], responses=errors(400, 404))
-def list_epochs(
+async def list_epochs(
     training_id: str,
-    session: SessionDep,
-    _owner: TrainingAccess,
+    request: Request,
+    owner: CurrentOwner,
     limit: Annotated[int, Query(ge=1, le=MAX_EPOCHS_PAGE)] = MAX_EPOCHS_PAGE,
     cursor: Annotated[str | None, Query(description="The last epoch seen (a next_cursor)")] = None,
-) -> dict[str, Any]:
-    """Per-epoch metrics (train, validation and test accuracy and loss), in epoch order."""
-    records = training_service.list_epochs(
-        session, training_id, after=jobs.epoch_cursor(cursor), limit=limit + 1
+) -> Response:
+    """Per-epoch metrics (train, validation and test accuracy and loss), in epoch order; up to
+    READ_CACHE_SECONDS old."""
+    after = jobs.epoch_cursor(cursor)
+    return await owned_json(
+        request,
+        owner,
+        read_key("trainings", training_id, (after, limit)),
+        lambda session: job_json.training_epochs_json(session, training_id, after=after, limit=limit),
+        not_found=f"training {training_id!r} not found",
     )
-    next_cursor = None
-    if len(records) > limit:
-        records = records[:limit]
-        next_cursor = str(records[-1].epoch)
-    return {"items": records, "next_cursor": next_cursor}
 
 
 @router.post(
@@ -113,24 +121,28 @@ def cancel_training(
     redis_client: RedisDep,
     settings: SettingsDep,
     background_tasks: BackgroundTasks,
+    request: Request,
 ) -> Training:
     """Cancel (idempotent): a queued training at once, a running one between two batches. 409 if finished."""
 
     def revoke_after_response(task_id: str) -> None:
         background_tasks.add_task(jobs.revoke_task, celery, task_id)
 
-    return training_service.cancel_training(
+    training = training_service.cancel_training(
         session, training_id, revoke=revoke_after_response, redis_client=redis_client, settings=settings
     )
+    forget(request, training_id)
+    return training
 
 
 @router.delete("/{training_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
 def delete_training(
-    training_id: str, session: SessionDep, settings: SettingsDep, _owner: TrainingAccess
+    training_id: str, session: SessionDep, settings: SettingsDep, _owner: TrainingAccess, request: Request
 ) -> Response:
     """Remove a finished training, its epochs, checkpoints and weights (409 while it is queued or running,
     or while the study it belongs to has not finished)."""
     training_service.delete_training(session, training_id, settings=settings)
+    forget(request, training_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

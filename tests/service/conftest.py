@@ -282,8 +282,16 @@ def auth_headers(api_key: tuple[str, str]) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def api_settings(service_settings: Settings) -> Settings:
     # The quota test lowers the active-search limit itself; other tests create searches freely.
+    # The in-process API tests write rows straight into the database and read them back through the API
+    # at once, so nothing is kept between requests here; test_read_cache.py tests the caches, and the
+    # integration tests run the real processes with the default settings.
     return service_settings.model_copy(
-        update={"celery_queue": API_TEST_QUEUE, "max_active_searches_per_owner": 1000}
+        update={
+            "celery_queue": API_TEST_QUEUE,
+            "max_active_searches_per_owner": 1000,
+            "read_cache_seconds": 0.0,
+            "key_cache_seconds": 0.0,
+        }
     )
 
 

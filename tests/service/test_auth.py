@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,8 @@ def test_a_revoked_key_is_refused_and_use_is_recorded(
         row = session.query(ApiKey).filter_by(name=name).one()
         assert row.last_used_at is not None and row.key_hash != key and key not in row.key_hash
         key_service.revoke_key(session, name)
+    # Revoked elsewhere than through this API process: refused once KEY_CACHE_SECONDS have passed.
+    time.sleep(anonymous.app.state.settings.key_cache_seconds)  # type: ignore[attr-defined]
     response = anonymous.get("/searches", headers=bearer(key))
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == 'Bearer error="invalid_token"'

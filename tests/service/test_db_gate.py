@@ -26,7 +26,7 @@ def test_a_full_gate_holds_database_requests_but_not_the_liveness_check() -> Non
             async def send(message: object) -> None:
                 return None
 
-            await middleware({"type": "http", "path": path}, receive, send)
+            await middleware({"type": "http", "method": "GET", "path": path}, receive, send)
 
         await gate.semaphore.acquire()  # every slot is taken by work in progress
         async with anyio.create_task_group() as tasks:

@@ -97,12 +97,12 @@ def test_a_request_logs_with_its_request_id_and_search_id(
 def test_the_search_id_of_the_route_is_bound_during_the_request(json_lines: io.StringIO, client) -> None:
     seen: dict[str, str | None] = {}
 
-    @client.app.get("/_probe/searches/{search_id}")
+    @client.app.get("/searches/{search_id}/_probe")
     def probe(search_id: str) -> dict:
         logging.getLogger("darts.test").info("probe")
         return {}
 
-    client.get("/_probe/searches/s-42", headers={"X-Request-ID": "r-42"})
+    client.get("/searches/s-42/_probe", headers={"X-Request-ID": "r-42"})
     probe_line = next(line for line in lines(json_lines) if line["message"] == "probe")
     seen.update(search_id=probe_line["search_id"], request_id=probe_line["request_id"])
     assert seen == {"search_id": "s-42", "request_id": "r-42"}

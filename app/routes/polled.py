@@ -1,0 +1,120 @@
+"""The reads clients poll: a search or a training (`GET /searches/{id}`, `GET /trainings/{id}`) and the
+first page of its epochs (`.../epochs`), answered from the API process's read cache
+(app.services.read_cache) and shown only to an owner who may see them (404 otherwise, the same answer
+as for a job that does not exist).
+
+Two ways in. The routes (`owned_json`) build an answer, keep it and check the owner. Then, while the
+answer and the request's API key are both still kept, `PolledReadMiddleware` gives the same bytes to
+the same kind of request without running the routing, the dependencies and the route: a poll costs a
+dictionary lookup instead of a trip through the framework (most of the API's time under 100 pollers).
+Anything else (another key, a query string, a miss) goes on to the routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from types import SimpleNamespace
+
+from fastapi import Request, Response
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.auth import LOCAL_OWNER, may_see
+from app.db_gate import SELF_GATED, run_with_connection
+from app.services.errors import NotFound
+from app.services.job_json import OwnedJson
+from app.services.keys import Owner, hash_key
+from app.services.read_cache import ReadCache
+
+MAX_EPOCHS_PAGE = 1000  # the largest page of epochs, and the page a request without `?limit=` gets
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+# The route templates, for the metrics' `route` label of the requests answered here.
+_TEMPLATES = {
+    ("searches", False): SimpleNamespace(path="/searches/{search_id}"),
+    ("searches", True): SimpleNamespace(path="/searches/{search_id}/epochs"),
+    ("trainings", False): SimpleNamespace(path="/trainings/{training_id}"),
+    ("trainings", True): SimpleNamespace(path="/trainings/{training_id}/epochs"),
+}
+
+
+def read_key(kind: str, job_id: str, page: tuple[int, int] | None = None) -> tuple[Hashable, ...]:
+    """The cache key of a job (`kind`: "searches" or "trainings") or of its epochs `page` (after, limit)."""
+    return (kind, job_id, page)
+
+
+async def owned_json(
+    request: Request,
+    owner: Owner,
+    key: tuple[Hashable, ...],
+    read: Callable[[Session], OwnedJson],
+    not_found: str,
+) -> Response:
+    """The JSON `read` builds for `key` (a `read_key`), kept READ_CACHE_SECONDS."""
+    factory: sessionmaker[Session] = request.app.state.session_factory
+
+    def build() -> OwnedJson:
+        with factory() as session:
+            return read(session)
+
+    cache: ReadCache[OwnedJson] = request.app.state.read_cache
+    resource_owner, body = await cache.get(key, lambda: run_with_connection(request, build))
+    if not may_see(owner, resource_owner):
+        raise NotFound(not_found)
+    return Response(body, media_type="application/json")
+
+
+def forget(request: Request, *job_ids: str) -> None:
+    """Drop the kept answers about these jobs: a write through this process is seen at once."""
+    cache: ReadCache[OwnedJson] = request.app.state.read_cache
+    ids = set(job_ids)
+    cache.invalidate(lambda key: isinstance(key, tuple) and key[1] in ids)
+
+
+def forget_all(request: Request) -> None:
+    """Drop every kept answer (a write that reaches many jobs: a study's cancel)."""
+    cache: ReadCache[OwnedJson] = request.app.state.read_cache
+    cache.clear()
+
+
+class PolledReadMiddleware:
+    """Answers a polled read from the caches when the routes have just answered the same one."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        read_cache: ReadCache[OwnedJson],
+        key_cache: ReadCache[Owner | None],
+        no_auth: bool,
+    ) -> None:
+        self.app = app
+        self.read_cache = read_cache
+        self.key_cache = key_cache
+        self.no_auth = no_auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("query_string"):
+            match = SELF_GATED.fullmatch(scope["path"])
+            owner = self._owner(scope) if match is not None else None
+            if match is not None and owner is not None:
+                epochs = match["epochs"] is not None
+                key = read_key(match["kind"], match["job_id"], (0, MAX_EPOCHS_PAGE) if epochs else None)
+                kept = self.read_cache.peek(key)
+                if kept is not None and may_see(owner, kept[0]):
+                    scope["route"] = _TEMPLATES[(match["kind"], epochs)]
+                    body = kept[1]
+                    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+                    await send({"type": "http.response.start", "status": 200, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+        await self.app(scope, receive, send)
+
+    def _owner(self, scope: Scope) -> Owner | None:
+        """The request's owner as the key cache knows it now; None sends the request to the routes."""
+        if self.no_auth:
+            return LOCAL_OWNER
+        authorization = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, credentials = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not credentials:
+            return None
+        return self.key_cache.peek(hash_key(credentials))
