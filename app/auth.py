@@ -90,13 +90,26 @@ def may_see(owner: Owner, resource_owner: str) -> bool:
     return owner.admin or resource_owner == owner.name
 
 
+def visible_search(session: Session, owner: Owner, search_id: str) -> Search:
+    """The search, when `owner` may see it; else NotFound (the same answer as for no such search: no leak)."""
+    search = session.get(Search, search_id)
+    if search is None or not may_see(owner, search.owner):
+        raise NotFound(f"search {search_id!r} not found")
+    return search
+
+
+def visible_training(session: Session, owner: Owner, training_id: str) -> Training:
+    """The training, when `owner` may see it; else NotFound (as for no such training)."""
+    training = session.get(Training, training_id)
+    if training is None or not may_see(owner, training.owner):
+        raise NotFound(f"training {training_id!r} not found")
+    return training
+
+
 def _require_search_access(search_id: str, request: Request, owner: CurrentOwner) -> Owner:
     """404 for a search that does not exist or belongs to someone else (the same answer: no leak)."""
     with _session_factory(request)() as session:
-        search = session.get(Search, search_id)
-        visible = search is not None and may_see(owner, search.owner)
-    if not visible:
-        raise NotFound(f"search {search_id!r} not found")
+        visible_search(session, owner, search_id)
     return owner
 
 
@@ -113,10 +126,7 @@ def _require_study_access(study_id: str, request: Request, owner: CurrentOwner) 
 def _require_training_access(training_id: str, request: Request, owner: CurrentOwner) -> Owner:
     """404 for a training that does not exist or belongs to someone else (the same answer: no leak)."""
     with _session_factory(request)() as session:
-        training = session.get(Training, training_id)
-        visible = training is not None and may_see(owner, training.owner)
-    if not visible:
-        raise NotFound(f"training {training_id!r} not found")
+        visible_training(session, owner, training_id)
     return owner
 
 

@@ -10,7 +10,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from app.auth import REQUIRE_OWNER, UNAUTHORIZED_RESPONSE, CurrentOwner, SearchAccess, listed_owner
+from app.auth import (
+    REQUIRE_OWNER,
+    UNAUTHORIZED_RESPONSE,
+    CurrentOwner,
+    SearchAccess,
+    listed_owner,
+    visible_search,
+)
 from app.db import SessionDep
 from app.lifecycle.status import Status
 from app.models import Search
@@ -197,7 +204,7 @@ def delete_search(
 async def search_events(
     search_id: str,
     request: Request,
-    owner: SearchAccess,
+    owner: CurrentOwner,
     settings: SettingsDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[
@@ -213,9 +220,10 @@ async def search_events(
     resume_from = last_event_id_header or last_event_id
 
     def starting_epoch() -> int:
-        # Errors (unknown search, foreign event id) are answered before the stream starts.
+        # Errors (a search not found or not the owner's, a foreign event id) are answered before the
+        # stream starts, in one trip to the thread pool: a crowd of followers opening at once is common.
         with factory() as session:
-            search_service.get_search(session, search_id)
+            visible_search(session, owner, search_id)
             if not resume_from:
                 return 0
             return search_service.epoch_after_event_id(session, search_id, resume_from)

@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from sse_starlette.sse import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from app.auth import REQUIRE_OWNER, UNAUTHORIZED_RESPONSE, CurrentOwner, TrainingAccess, listed_owner, may_see
+from app.auth import (
+    REQUIRE_OWNER,
+    UNAUTHORIZED_RESPONSE,
+    CurrentOwner,
+    TrainingAccess,
+    listed_owner,
+    may_see,
+    visible_training,
+)
 from app.db import SessionDep
 from app.lifecycle.status import Status
 from app.models import Training
@@ -178,7 +186,7 @@ def get_weights(
 async def training_events(
     training_id: str,
     request: Request,
-    owner: TrainingAccess,
+    owner: CurrentOwner,
     settings: SettingsDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[
@@ -192,8 +200,10 @@ async def training_events(
     resume_from = last_event_id_header or last_event_id
 
     def starting_epoch() -> int:
+        # Errors (a training not found or not the owner's, a foreign event id) are answered before the
+        # stream starts, in one trip to the thread pool: a crowd of followers opening at once is common.
         with factory() as session:
-            training_service.get_training(session, training_id)
+            visible_training(session, owner, training_id)
             if not resume_from:
                 return 0
             return training_service.epoch_after_event_id(session, training_id, resume_from)
