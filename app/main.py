@@ -25,13 +25,14 @@ from starlette.types import Scope
 
 from app.db import make_engine, make_session_factory
 from app.db_gate import DatabaseGate, DatabaseGateMiddleware
+from app.events.changes import ChangeListener
 from app.events.ingester import start_ingester
 from app.logging_config import RequestContextMiddleware, configure_logging, logging_configured
 from app.middleware import BodyLimitMiddleware, NulMiddleware
 from app.queue import create_celery_app
 from app.redis import get_redis
 from app.routes import datasets, docs, health, searches, studies, trainings
-from app.routes.polled import PolledReadMiddleware
+from app.routes.polled import PolledReadMiddleware, forget_job
 from app.services import admission
 from app.services.datasets import too_large_message
 from app.services.epoch_pages import EpochJsonCache
@@ -93,9 +94,13 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
         # import (Python's import lock) instead of starting it under load.
         threading.Thread(target=admission.preload, name="preload-estimate", daemon=True).start()
         app.state.ingester = start_ingester(settings) if run_ingester else None
+        read_cache: ReadCache[Any] = app.state.read_cache
+        listener = ChangeListener(app.state.redis, settings, lambda job_id: forget_job(read_cache, job_id))
+        app.state.change_listener = listener.start()
         try:
             yield
         finally:
+            listener.stop()
             if app.state.ingester is not None:
                 app.state.ingester.stop()
             app.state.redis.close()

@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.event_metrics import EVENTS_INGESTED, observe_stored
+from app.events.changes import announce_change
 from app.events.schema import JobEvent, parse_event
 from app.lifecycle import sweep
 from app.lifecycle.cancel import cancel_key
@@ -231,6 +232,7 @@ class Ingester:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
             if outcome == "stored":
                 observe_stored(event)
+                announce_change(self.redis, self.settings, event.job_id)
                 if event.type == "status" and event.status in TERMINAL:
                     self._advance_study_of(KINDS[event.kind], event.job_id)
             elif outcome == "orphan":

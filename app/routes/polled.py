@@ -64,11 +64,14 @@ async def owned_json(
     return Response(body, media_type="application/json")
 
 
-def forget(request: Request, *job_ids: str) -> None:
-    """Drop the kept answers about these jobs: a write through this process is seen at once."""
-    cache: ReadCache[OwnedJson] = request.app.state.read_cache
-    ids = set(job_ids)
-    cache.invalidate(lambda key: isinstance(key, tuple) and key[1] in ids)
+def forget(request: Request, job_id: str) -> None:
+    """Drop the kept answers about this job: a write through this process is seen at once."""
+    forget_job(request.app.state.read_cache, job_id)
+
+
+def forget_job(cache: ReadCache[OwnedJson], job_id: str) -> None:
+    """Drop what `cache` keeps about `job_id` (any thread: the change listener's too)."""
+    cache.invalidate(lambda key: isinstance(key, tuple) and key[1] == job_id)
 
 
 def forget_all(request: Request) -> None:

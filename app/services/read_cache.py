@@ -54,8 +54,8 @@ class ReadCache(Generic[V]):
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, _Entry[V]] = OrderedDict()
-        self._building: dict[Hashable, tuple[asyncio.Future[V], int]] = {}
-        self._generation = 0  # bumped by every invalidation
+        # Builds under way; an invalidation removes its keys' builds, which then answer but do not keep.
+        self._building: dict[Hashable, asyncio.Future[V]] = {}
         self.builds = 0  # how many times a value was built (for tests and figures)
 
     def __len__(self) -> int:
@@ -79,21 +79,20 @@ class ReadCache(Generic[V]):
             pending = self._building.get(key)
             if pending is None:
                 future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-                generation = self._generation
-                self._building[key] = (future, generation)
+                self._building[key] = future
         if pending is not None:
             try:
                 # shield: a waiter that is cancelled (its client went away) does not cancel the build.
-                return await asyncio.shield(pending[0])
+                return await asyncio.shield(pending)
             except asyncio.CancelledError:
-                if not pending[0].cancelled() or _being_cancelled():
+                if not pending.cancelled() or _being_cancelled():
                     raise
                 return await self.get(key, build)  # the building request was cancelled: build here
         try:
             value = await build()
         except BaseException as exc:
             with self._lock:
-                if self._building.get(key, (None, 0))[0] is future:
+                if self._building.get(key) is future:
                     del self._building[key]
             if isinstance(exc, asyncio.CancelledError):
                 future.cancel()
@@ -103,9 +102,10 @@ class ReadCache(Generic[V]):
             raise
         with self._lock:
             self.builds += 1
-            if self._building.get(key, (None, 0))[0] is future:
+            current = self._building.get(key) is future  # not invalidated while it was built
+            if current:
                 del self._building[key]
-            if self.ttl > 0 and generation == self._generation:
+            if self.ttl > 0 and current:
                 self._entries[key] = _Entry(value, self._clock() + self.ttl)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self.max_entries:
@@ -116,7 +116,6 @@ class ReadCache(Generic[V]):
     def invalidate(self, match: Callable[[Hashable], bool]) -> None:
         """Forget every key for which `match(key)` is true, kept or being built (any thread)."""
         with self._lock:
-            self._generation += 1
             for key in [key for key in self._entries if match(key)]:
                 del self._entries[key]
             for key in [key for key in self._building if match(key)]:

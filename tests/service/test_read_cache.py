@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.events.changes import announce_change
 from app.models import ApiKey, Search
 from app.services import keys as key_service
 from app.services.read_cache import ReadCache
@@ -218,3 +219,22 @@ def test_a_key_lookup_does_not_need_a_slot_of_the_request_gate(app_client, make_
         return looked_up, response.status_code
 
     assert asyncio.run(scenario()) == (True, 404)
+
+
+def test_an_announced_change_drops_the_kept_answer(app_client, make_key, session_factory) -> None:
+    """The ingester announces each stored event's job (app.events.changes): the API's kept answer about
+    it goes at once, long before READ_CACHE_SECONDS (a minute here)."""
+    api = app_client(read_cache_seconds=60.0)
+    headers = {"Authorization": f"Bearer {make_key()[1]}"}
+    search_id = api.post("/searches", json=DIGITS, headers=headers).json()["id"]
+    assert api.get(f"/searches/{search_id}", headers=headers).json()["name"] != "renamed"
+    with session_factory() as session:
+        session.get(Search, search_id).name = "renamed"
+        session.commit()
+    listener = api.app.state.change_listener
+    deadline = time.monotonic() + 20
+    while listener.received == 0:  # subscribed once an announcement gets through
+        announce_change(api.app.state.redis, api.app.state.settings, search_id)
+        assert time.monotonic() < deadline, "no announcement reached the API"
+        time.sleep(0.05)
+    assert api.get(f"/searches/{search_id}", headers=headers).json()["name"] == "renamed"

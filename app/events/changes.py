@@ -1,0 +1,80 @@
+"""Announcements that a job's rows changed: the ingester publishes the job's id on a Redis channel
+once an event of it is stored, and each API process drops what its read cache keeps about that job
+(app.services.read_cache), so a new epoch shows in the next poll instead of after READ_CACHE_SECONDS.
+
+Best effort on both sides: Pub/Sub keeps nothing for a listener that is away, so an announcement lost
+(Redis down, a listener reconnecting) only leaves the kept answer to expire, READ_CACHE_SECONDS at most.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import redis
+
+from app.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_SECONDS = (0.5, 1.0, 2.0, 5.0)
+POLL_SECONDS = 0.5  # how long one wait for a message lasts: the most a stopped listener lingers
+
+
+def changes_channel(settings: Settings) -> str:
+    return f"{settings.redis_prefix}:changed"
+
+
+def announce_change(client: redis.Redis, settings: Settings, job_id: str) -> None:
+    """Tell the API processes that `job_id`'s rows changed (never raises: the cache expires anyway)."""
+    try:
+        client.publish(changes_channel(settings), job_id)
+    except redis.RedisError as exc:
+        logger.debug("could not announce a change of %s: %s", job_id, exc)
+
+
+class ChangeListener:
+    """A thread that calls `on_change(job_id)` for every announcement, reconnecting after errors."""
+
+    def __init__(self, client: redis.Redis, settings: Settings, on_change: Callable[[str], None]) -> None:
+        self.client = client
+        self.channel = changes_channel(settings)
+        self.on_change = on_change
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="change-listener", daemon=True)
+        self.received = 0
+
+    def start(self) -> ChangeListener:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the thread to end (within one `POLL_SECONDS`); not waited for: it holds nothing."""
+        self._stop.set()
+
+    def _listen(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(self.channel)
+                failures = 0
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=POLL_SECONDS)
+                    if message is not None and message["type"] == "message":
+                        self.received += 1
+                        data = message["data"]
+                        self.on_change(data.decode() if isinstance(data, bytes) else str(data))
+            except (redis.RedisError, OSError, ValueError) as exc:
+                if self._stop.is_set():
+                    return  # the app closed its Redis client on the way out
+                wait = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
+                failures += 1
+                logger.debug("change listener: %s; reconnecting in %.1f s", exc, wait)
+                self._stop.wait(wait)
+            finally:
+                try:
+                    pubsub.close()
+                except (redis.RedisError, OSError, ValueError):
+                    pass
