@@ -152,10 +152,15 @@ export class SSEParser {
  * Read /searches/{id}/events until the server ends it; `onEvent({event, data, id})` per event.
  * Resolves when the stream ends; rejects when it cannot be read (the caller falls back to polling).
  */
-export async function readEvents(searchId, { lastEventId, signal, onEvent }) {
+export function readEvents(searchId, options) {
+  return readEventStream(`/searches/${encodeURIComponent(searchId)}/events`, options);
+}
+
+/** Read the event stream at `path` (a search's or a training's) as `readEvents` does. */
+export async function readEventStream(path, { lastEventId, signal, onEvent }) {
   const headers = auth.headers({ Accept: "text/event-stream" });
   if (lastEventId) headers["Last-Event-ID"] = lastEventId;
-  const response = await fetch(`/searches/${encodeURIComponent(searchId)}/events`, { headers, signal });
+  const response = await fetch(path, { headers, signal });
   if (!response.ok) throw await failure(response);
   if (!response.body) throw new ApiError(0, "this browser cannot stream a response body");
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();

@@ -1,7 +1,8 @@
 // Trainings: the list (#/trainings) and one training (#/training/ID): status, per-epoch train /
-// valid / test accuracy and loss charts, the final figures and the weights download. Both refresh
-// every 2 s while shown (until the training has ended).
-import { api, apiBlob } from "./api.js";
+// valid / test accuracy and loss charts, the final figures and the weights download. The list
+// refreshes every 2 s; a training follows its event stream (each event: the training and its epochs
+// read again) and polls every 2 s only when the stream cannot be read.
+import { api, apiBlob, readEventStream } from "./api.js";
 import { lineChart } from "./charts.js";
 import { dartsString } from "./genotype.js";
 import { $, TERMINAL, age, element, percent, setStatus } from "./util.js";
@@ -10,11 +11,14 @@ const REFRESH_MS = 2000;
 const COLOURS = { train: "#2471a3", valid: "#d35400", test: "#1e8449" };
 let timer = null;
 let generation = 0;
+let streamAbort = null; // aborts the shown training's event stream
 
 function stop() {
   generation += 1;
   clearTimeout(timer);
   timer = null;
+  streamAbort?.abort();
+  streamAbort = null;
 }
 
 // ------------------------------------------------------------------------------------------- list
@@ -101,32 +105,78 @@ function render(training, records) {
   );
 }
 
-async function refreshTraining(id, mine) {
+/** Read the training and its epochs and show them; true while it may still change. */
+async function load(id, mine) {
   try {
     const training = await api(`/trainings/${encodeURIComponent(id)}`);
     const page = await api(`/trainings/${encodeURIComponent(id)}/epochs?limit=1000`);
-    if (mine !== generation) return;
+    if (mine !== generation) return false;
     shown = training;
     render(training, page.items);
     setStatus(`updated ${new Date().toLocaleTimeString()}`);
-    if (TERMINAL.has(training.status)) return;
+    return !TERMINAL.has(training.status);
   } catch (error) {
-    if (mine !== generation) return;
+    if (mine !== generation) return false;
     setStatus(`error: ${error.message}`, true);
     if (error.status === 404) {
       $("training-name").textContent = "Training not found";
+      return false;
+    }
+    return true;
+  }
+}
+
+function setLive(text) {
+  $("training-live").textContent = text;
+}
+
+async function poll(id, mine) {
+  const running = await load(id, mine);
+  if (mine !== generation) return;
+  setLive(running ? "refreshing every 2 s" : "");
+  if (running) timer = setTimeout(() => poll(id, mine), REFRESH_MS);
+}
+
+async function follow(id, mine) {
+  if (!(await load(id, mine)) || mine !== generation) return;
+  setLive("live");
+  // One read at a time: events arriving meanwhile ask for one more read after it.
+  let reading = null;
+  let again = false;
+  const reread = () => {
+    if (reading) {
+      again = true;
       return;
     }
+    reading = load(id, mine).finally(() => {
+      reading = null;
+      if (again && mine === generation) {
+        again = false;
+        reread();
+      }
+    });
+  };
+  streamAbort = new AbortController();
+  try {
+    await readEventStream(`/trainings/${encodeURIComponent(id)}/events`, {
+      signal: streamAbort.signal,
+      onEvent: () => mine === generation && reread(),
+    });
+  } catch (error) {
+    if (mine !== generation || error.name === "AbortError") return;
   }
-  if (mine === generation) timer = setTimeout(() => refreshTraining(id, mine), REFRESH_MS);
+  // Ended (after a terminal status) or could not be read: read once more, and poll while it runs.
+  await reading;
+  if (mine === generation) poll(id, mine);
 }
 
 export function showTraining(id) {
   stop();
   shown = null;
+  setLive("");
   $("training-name").textContent = "";
   $("training-charts").replaceChildren();
-  refreshTraining(id, generation);
+  follow(id, generation);
 }
 
 export function leaveTrainings() {

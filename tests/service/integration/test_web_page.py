@@ -364,12 +364,18 @@ def test_retrain_a_succeeded_search_and_follow_the_training_to_its_weights(
             180, "the search to succeed", interval=0.2,
         )
     log_in(page, live)
+    streams: list[str] = []
+    page.on("request", lambda request: "/events" in request.url and streams.append(request.url))
     page.goto(f"/#/search/{search_id}")
     page.locator("#search-status", has_text="succeeded").wait_for()
     page.click("#retrain-search")
     page.locator("#view-training").wait_for(state="visible")
     page.locator("#training-source", has_text=f"search {search_id}").wait_for()
     page.locator("#training-status", has_text="succeeded").wait_for(timeout=240_000)
+    # The page followed the training's event stream (it polls only when the stream cannot be read).
+    training_id = page.evaluate("location.hash").split("/")[-1]
+    assert any(url.endswith(f"/trainings/{training_id}/events") for url in streams), streams
+    expect(page.locator("#training-live")).to_have_text("")  # ended: neither live nor polling
     expect(page.locator("#training-charts svg.chart")).to_have_count(2)
     expect(page.locator("[data-figure='Test accuracy']")).to_have_text(re.compile(r"%$"))
     with page.expect_download() as download:
