@@ -59,6 +59,8 @@ async def get_owner(request: Request, credentials: BearerCredentials) -> Owner:
             "missing API key: send `Authorization: Bearer <key>` (keys come from `darts-service keys create`)"
         )
     key = credentials.credentials
+    if not key_service.well_formed(key):  # answered here: never a lookup, never kept
+        raise _unauthorized("unknown or revoked API key", error="invalid_token")
     factory = _session_factory(request)
 
     def look_up() -> Owner | None:

@@ -58,11 +58,19 @@ def worker_command(loglevel: str) -> list[str]:
     return [sys.executable, "-m", "worker", "--loglevel", loglevel]
 
 
-def up_worker_threads() -> int:
-    """Torch threads of the worker `up` starts: every core but one, which the API, the ingester and
-    Redis share (torch's threads wait for each other at every operation, so one descheduled thread
-    stalls them all: on 2 cores under 100 polling clients a 2-thread worker finished 1 epoch a minute)."""
-    return max(1, (os.cpu_count() or 1) - 1)
+def _threads_option(threads: int | None) -> list[str]:
+    return [] if threads is None else ["--threads", str(threads)]
+
+
+def up_worker_threads() -> int | None:
+    """Torch threads of the worker `up` starts: every core this process may run on but one, which the
+    API, the ingester and Redis share (torch's threads wait for each other at every operation, so one
+    descheduled thread stalls them all: on 2 cores under 100 polling clients a 2-thread worker finished
+    1 epoch a minute). None when OMP_NUM_THREADS is set: the user's choice stands."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 def ingester_command(loglevel: str) -> list[str]:
@@ -173,7 +181,7 @@ def up(
         worker = SupervisedProcess(
             "worker",
             lambda: subprocess.Popen(
-                [*worker_command(loglevel), "--threads", str(up_worker_threads())],
+                [*worker_command(loglevel), *_threads_option(up_worker_threads())],
                 env=env,
                 preexec_fn=die_with_parent(),
             ),

@@ -126,8 +126,9 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.state.sse_poll_seconds = SSE_POLL_SECONDS
     # Requests and the event streams' pollers have slots of their own (together: the pool), so a
     # stream's poll never queues behind a crowd of requests.
-    feed_slots = min(FEED_SLOTS, max(1, settings.db_pool_size // 2))
-    app.state.db_gate = DatabaseGate(max(1, settings.db_pool_size - feed_slots - KEY_SLOTS))
+    # The three gates together hold exactly the pool's connections (DB_POOL_SIZE is at least 3).
+    feed_slots = min(FEED_SLOTS, settings.db_pool_size - 1 - KEY_SLOTS)
+    app.state.db_gate = DatabaseGate(settings.db_pool_size - feed_slots - KEY_SLOTS)
     app.state.feed_gate = DatabaseGate(feed_slots)
     # API keys are looked up under a gate of their own: requests holding every slot of the request gate
     # may all be waiting for one key's lookup (app.services.read_cache shares it), which must not need

@@ -44,6 +44,7 @@ class ChangeListener:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="change-listener", daemon=True)
         self.received = 0
+        self.reconnects = 0
 
     def start(self) -> ChangeListener:
         self._thread.start()
@@ -59,6 +60,8 @@ class ChangeListener:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self.channel)
+                if failures:
+                    logger.info("change listener subscribed again after %d failed attempt(s)", failures)
                 failures = 0
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=POLL_SECONDS)
@@ -66,15 +69,17 @@ class ChangeListener:
                         self.received += 1
                         data = message["data"]
                         self.on_change(data.decode() if isinstance(data, bytes) else str(data))
-            except (redis.RedisError, OSError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever it was, listen again: this thread must not die
                 if self._stop.is_set():
                     return  # the app closed its Redis client on the way out
                 wait = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
+                if failures == 0:  # once per outage; kept answers expire meanwhile
+                    logger.warning("change listener lost Redis (%s: %s); retrying", type(exc).__name__, exc)
                 failures += 1
-                logger.debug("change listener: %s; reconnecting in %.1f s", exc, wait)
+                self.reconnects += 1
                 self._stop.wait(wait)
             finally:
                 try:
                     pubsub.close()
-                except (redis.RedisError, OSError, ValueError):
+                except Exception:  # noqa: BLE001 - a connection that is already gone
                     pass

@@ -307,6 +307,8 @@ class Ingester:
             kind=kind,
         )
         self.stats.requeued_searches += len(result.requeued)
+        for job_id in [*result.requeued, *result.cancelled]:
+            announce_change(self.redis, self.settings, job_id)
         lost = sweep.reconcile_queue(
             self.session_factory,
             queued_ids=lambda: queued_search_ids(self.redis, self.settings, kind.task),

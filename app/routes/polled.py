@@ -16,17 +16,21 @@ from collections.abc import Callable, Hashable
 from types import SimpleNamespace
 
 from fastapi import Request, Response
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import LOCAL_OWNER, may_see
 from app.db_gate import SELF_GATED, run_with_connection
+from app.events.changes import announce_change
 from app.services.errors import NotFound
 from app.services.job_json import OwnedJson
 from app.services.keys import Owner, hash_key
 from app.services.read_cache import ReadCache
 
 MAX_EPOCHS_PAGE = 1000  # the largest page of epochs, and the page a request without `?limit=` gets
+FIRST_EPOCHS_PAGE = (0, MAX_EPOCHS_PAGE)  # (after, limit) of the page clients poll
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 # The route templates, for the metrics' `route` label of the requests answered here.
@@ -43,6 +47,11 @@ def read_key(kind: str, job_id: str, page: tuple[int, int] | None = None) -> tup
     return (kind, job_id, page)
 
 
+def is_polled(key: tuple[Hashable, ...]) -> bool:
+    """A job's key, or its first page of epochs (what PolledReadMiddleware serves)."""
+    return key[2] in (None, FIRST_EPOCHS_PAGE)
+
+
 async def owned_json(
     request: Request,
     owner: Owner,
@@ -50,34 +59,37 @@ async def owned_json(
     read: Callable[[Session], OwnedJson],
     not_found: str,
 ) -> Response:
-    """The JSON `read` builds for `key` (a `read_key`), kept READ_CACHE_SECONDS."""
+    """The JSON `read` builds for `key` (a `read_key`), kept READ_CACHE_SECONDS when it is a key clients
+    poll: a job, or the first page of its epochs (`is_polled`); other pages are built each time (the
+    client picks them, and one can be megabytes)."""
     factory: sessionmaker[Session] = request.app.state.session_factory
 
     def build() -> OwnedJson:
         with factory() as session:
             return read(session)
 
-    cache: ReadCache[OwnedJson] = request.app.state.read_cache
-    resource_owner, body = await cache.get(key, lambda: run_with_connection(request, build))
+    if is_polled(key):
+        cache: ReadCache[OwnedJson] = request.app.state.read_cache
+        resource_owner, body = await cache.get(key, lambda: run_with_connection(request, build))
+    else:
+        resource_owner, body = await run_with_connection(request, build)
     if not may_see(owner, resource_owner):
         raise NotFound(not_found)
     return Response(body, media_type="application/json")
 
 
-def forget(request: Request, job_id: str) -> None:
-    """Drop the kept answers about this job: a write through this process is seen at once."""
-    forget_job(request.app.state.read_cache, job_id)
+def forget(request: Request, *job_ids: str) -> None:
+    """After a write through the API: drop what this process keeps about these jobs, and tell the
+    other API processes to (app.events.changes; they would otherwise see it READ_CACHE_SECONDS later)."""
+    for job_id in job_ids:
+        forget_job(request.app.state.read_cache, job_id)
+        announce_change(request.app.state.redis, request.app.state.settings, job_id)
 
 
 def forget_job(cache: ReadCache[OwnedJson], job_id: str) -> None:
     """Drop what `cache` keeps about `job_id` (any thread: the change listener's too)."""
     cache.invalidate(lambda key: isinstance(key, tuple) and key[1] == job_id)
 
-
-def forget_all(request: Request) -> None:
-    """Drop every kept answer (a write that reaches many jobs: a study's cancel)."""
-    cache: ReadCache[OwnedJson] = request.app.state.read_cache
-    cache.clear()
 
 
 class PolledReadMiddleware:
@@ -101,7 +113,7 @@ class PolledReadMiddleware:
             owner = self._owner(scope) if match is not None else None
             if match is not None and owner is not None:
                 epochs = match["epochs"] is not None
-                key = read_key(match["kind"], match["job_id"], (0, MAX_EPOCHS_PAGE) if epochs else None)
+                key = read_key(match["kind"], match["job_id"], FIRST_EPOCHS_PAGE if epochs else None)
                 kept = self.read_cache.peek(key)
                 if kept is not None and may_see(owner, kept[0]):
                     scope["route"] = _TEMPLATES[(match["kind"], epochs)]
@@ -116,8 +128,12 @@ class PolledReadMiddleware:
         """The request's owner as the key cache knows it now; None sends the request to the routes."""
         if self.no_auth:
             return LOCAL_OWNER
-        authorization = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, credentials = authorization.decode("latin-1").partition(" ")
+        # Read as the routes' HTTPBearer reads it (the first header, the same split); a request with
+        # more than one goes to the routes, which answer for the first.
+        authorization = Headers(scope=scope).getlist("authorization")
+        if len(authorization) != 1:
+            return None
+        scheme, credentials = get_authorization_scheme_param(authorization[0])
         if scheme.lower() != "bearer" or not credentials:
             return None
         return self.key_cache.peek(hash_key(credentials))

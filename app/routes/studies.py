@@ -13,7 +13,7 @@ from app.auth import REQUIRE_OWNER, UNAUTHORIZED_RESPONSE, CurrentOwner, StudyAc
 from app.db import SessionDep
 from app.lifecycle.status import Status
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
-from app.routes.polled import forget_all
+from app.routes.polled import forget
 from app.routes.responses import errors
 from app.schemas import Page
 from app.services import studies as study_service
@@ -93,7 +93,7 @@ def cancel_study(
     """Cancel the study and every child (idempotent). 409 when it had already ended otherwise."""
     deps = StudyDeps(settings=settings, celery=celery, redis_client=redis_client)
     study_service.cancel_study(session, study_id, deps=deps)
-    forget_all(request)  # its children
+    forget(request, *study_service.child_ids(session, study_id))
     return study_service.study_detail(session, study_id)
 
 
@@ -102,8 +102,9 @@ def delete_study(
     study_id: str, session: SessionDep, settings: SettingsDep, _owner: StudyAccess, request: Request
 ) -> Response:
     """Remove a finished study with its searches and trainings (409 while any of them may still run)."""
+    deleted = study_service.child_ids(session, study_id)
     study_service.delete_study(session, study_id, settings=settings)
-    forget_all(request)  # its children
+    forget(request, *deleted)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

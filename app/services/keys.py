@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.models import ApiKey
 
+MAX_KEY_LENGTH = 128  # ours are 47 characters; a bootstrap key may be longer
 KEY_PREFIX = "dsk_"  # "darts-service key": tells a leaked key apart from other secrets in a scan
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 # last_used_at is written at most this often per key: not one write per request.
@@ -88,7 +89,7 @@ def store_bootstrap_key(session: Session, key: str) -> bool:
     """
     if (
         not key.startswith(KEY_PREFIX)
-        or not MIN_BOOTSTRAP_KEY_LENGTH <= len(key) <= 128
+        or not MIN_BOOTSTRAP_KEY_LENGTH <= len(key) <= MAX_KEY_LENGTH
         or not key.isprintable()
         or key.strip() != key
     ):
@@ -135,9 +136,14 @@ def is_known(session: Session, key: str) -> bool:
     return session.scalar(select(ApiKey.id).where(ApiKey.key_hash == hash_key(key))) is not None
 
 
+def well_formed(key: str) -> bool:
+    """Whether `key` has the shape of a key this service makes (the only ones worth looking up)."""
+    return key.startswith(KEY_PREFIX) and len(key) <= MAX_KEY_LENGTH
+
+
 def authenticate(session: Session, key: str, *, now: datetime | None = None) -> Owner | None:
     """The owner of a valid, unrevoked `key`; None for anything else. Records when the key was last used."""
-    if not key.startswith(KEY_PREFIX) or len(key) > 128:
+    if not well_formed(key):
         return None
     digest = hash_key(key)
     row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))

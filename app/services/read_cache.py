@@ -8,8 +8,10 @@ those polls on the event loop, without a thread or a connection: SQL is read at 
 `ttl` per key and API process, however many clients poll.
 
 How fresh an answer is: at most `ttl` seconds older than the database (READ_CACHE_SECONDS, default
-0.1 s), and a write made through this API process (cancel, delete, key revocation) drops the keys it
-changes at once. With `ttl` 0 nothing is kept.
+0.1 s); a write made through the API (cancel, delete) and every event the ingester stores drop what is
+kept about their job at once (app.routes.polled, app.events.changes). With `ttl` 0 nothing is kept.
+What is kept is what was built within the last `ttl` (expired entries go on the next insert), at most
+`max_entries` of it.
 
 While one request builds a key's answer, the others asking for it wait for that one build instead of
 starting their own (one SQL read per key at a time). A build that fails (404, a database error) is
@@ -36,7 +38,7 @@ class _Entry(Generic[V]):
 
 
 class ReadCache(Generic[V]):
-    """Values by key for `ttl` seconds, at most `max_entries` of them (least recently used dropped).
+    """Values by key for `ttl` seconds from their build, at most `max_entries` of them (oldest dropped).
 
     `get` runs on the event loop; `invalidate` may be called from any thread (sync routes run in the
     thread pool). A build that began before an invalidation of its key is answered to the requests that
@@ -74,7 +76,6 @@ class ReadCache(Generic[V]):
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and entry.expires > self._clock():
-                self._entries.move_to_end(key)
                 return entry.value
             pending = self._building.get(key)
             if pending is None:
@@ -106,12 +107,24 @@ class ReadCache(Generic[V]):
             if current:
                 del self._building[key]
             if self.ttl > 0 and current:
-                self._entries[key] = _Entry(value, self._clock() + self.ttl)
+                now = self._clock()
+                self._entries[key] = _Entry(value, now + self.ttl)
                 self._entries.move_to_end(key)
+                self._drop_expired(now)
                 while len(self._entries) > self.max_entries:
                     self._entries.popitem(last=False)
         future.set_result(value)
         return value
+
+    def _drop_expired(self, now: float) -> None:
+        # Entries live `ttl` from their build and are never renewed, so the least recently used end also
+        # holds the oldest builds: what is kept is what was built within the last `ttl`, not the most
+        # `max_entries` ever built (an epoch page can be megabytes).
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if oldest.expires > now:
+                return
+            self._entries.popitem(last=False)
 
     def invalidate(self, match: Callable[[Hashable], bool]) -> None:
         """Forget every key for which `match(key)` is true, kept or being built (any thread)."""

@@ -208,6 +208,11 @@ def study_detail(session: Session, study_id: str) -> dict[str, Any]:
     }
 
 
+def child_ids(session: Session, study_id: str) -> list[str]:
+    """The ids of the study's searches and trainings."""
+    return [child.row.id for child in children(session, study_id)]
+
+
 def cancel_study(session: Session, study_id: str, *, deps: StudyDeps) -> Study:
     """Cancel the study and every child (idempotent); Conflict (409) when it had ended otherwise."""
     get_study(session, study_id)

@@ -132,17 +132,23 @@ def test_a_cancelled_builder_hands_the_build_to_a_waiter() -> None:
     assert asyncio.run(scenario()) == "built by the waiter"
 
 
-def test_entries_are_bounded_least_recently_used_first() -> None:
-    cache: ReadCache[int] = ReadCache(10.0, max_entries=2)
+def test_entries_are_bounded_and_expired_ones_dropped_oldest_first() -> None:
+    clock = Clock()
+    cache: ReadCache[int] = ReadCache(1.0, max_entries=2, clock=clock)
+
+    async def put(key: str) -> None:
+        await cache.get(key, lambda: asyncio.sleep(0, result=ord(key)))
 
     async def scenario() -> None:
-        for key in ("a", "b"):
-            await cache.get(key, lambda key=key: asyncio.sleep(0, result=ord(key)))
-        await cache.get("a", lambda: asyncio.sleep(0, result=0))  # a used again: b is the oldest
-        await cache.get("c", lambda: asyncio.sleep(0, result=ord("c")))
+        await put("a")
+        await put("b")
+        await put("c")  # past max_entries: the oldest build goes
+        assert (cache.peek("a"), cache.peek("b"), cache.peek("c")) == (None, ord("b"), ord("c"))
+        clock.now += 2  # both expired, still held until the next insert
+        await put("d")
+        assert len(cache) == 1 and cache.peek("d") == ord("d")
 
     asyncio.run(scenario())
-    assert (cache.peek("a"), cache.peek("b"), cache.peek("c")) == (ord("a"), None, ord("c"))
 
 
 def test_polls_are_answered_from_memory_and_writes_through_the_api_seen_at_once(
@@ -238,3 +244,26 @@ def test_an_announced_change_drops_the_kept_answer(app_client, make_key, session
         assert time.monotonic() < deadline, "no announcement reached the API"
         time.sleep(0.05)
     assert api.get(f"/searches/{search_id}", headers=headers).json()["name"] == "renamed"
+
+
+def test_the_fast_path_reads_the_key_as_the_routes_do(app_client, make_key) -> None:
+    """A kept answer is served only for a request whose one `Authorization` header names a kept key; two
+    headers (a proxy appending its own) go to the routes, which read the first, as HTTPBearer does."""
+    api = app_client(read_cache_seconds=60.0, key_cache_seconds=60.0)
+    key = make_key()[1]
+    search_id = api.post("/searches", json=DIGITS, headers={"Authorization": f"Bearer {key}"}).json()["id"]
+    assert api.get(f"/searches/{search_id}", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    two = [("authorization", "Bearer dsk_not-a-key"), ("authorization", f"Bearer {key}")]
+    response = api.get(f"/searches/{search_id}", headers=httpx_headers(two))
+    assert response.status_code == 401
+    spaced = api.get(f"/searches/{search_id}", headers={"Authorization": f"bearer   {key}  "})
+    assert spaced.status_code == 200  # HTTPBearer's split: scheme case-insensitive, token stripped
+    malformed = api.get(f"/searches/{search_id}", headers={"Authorization": "Bearer " + "x" * 100})
+    assert malformed.status_code == 401
+    assert api.app.state.key_cache.peek(key_service.hash_key("x" * 100)) is None  # never looked up
+
+
+def httpx_headers(pairs: list[tuple[str, str]]) -> object:
+    import httpx
+
+    return httpx.Headers(pairs)
