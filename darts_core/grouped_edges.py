@@ -280,8 +280,11 @@ def grouped_batch_norm(
     first = bns[0]
     channels = first.num_features
     track = first.training and first.track_running_stats and first.num_batches_tracked is not None
-    counts = {int(cast(torch.Tensor, bn.num_batches_tracked)) for bn in bns} if track else set()
-    if first.momentum is None and len(counts) > 1:
+    if (
+        first.momentum is None
+        and track
+        and len({int(cast(torch.Tensor, bn.num_batches_tracked)) for bn in bns}) > 1
+    ):
         # Cumulative averages at different counts have no common momentum: one BatchNorm per block.
         parts = x.split(channels, 1)
         if scales is None:
@@ -292,8 +295,7 @@ def grouped_batch_norm(
         )
     momentum = 0.0 if first.momentum is None else first.momentum
     if track:
-        for bn in bns:
-            bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        torch._foreach_add_([cast(torch.Tensor, bn.num_batches_tracked) for bn in bns], 1)
         if first.momentum is None:
             momentum = 1.0 / float(cast(torch.Tensor, first.num_batches_tracked))
     use_batch_stats = first.training or (first.running_mean is None and first.running_var is None)
@@ -313,11 +315,9 @@ def grouped_batch_norm(
     out = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, first.eps)
     if running_mean is not None and running_var is not None and use_batch_stats and first.training:
         with torch.no_grad():
-            for bn, mean, var in zip(
-                bns, running_mean.split(channels), running_var.split(channels), strict=True
-            ):
-                bn.running_mean.copy_(mean)  # type: ignore[union-attr]
-                bn.running_var.copy_(var)  # type: ignore[union-attr]
+            targets = [cast(torch.Tensor, bn.running_mean) for bn in bns]
+            targets += [cast(torch.Tensor, bn.running_var) for bn in bns]
+            torch._foreach_copy_(targets, [*running_mean.split(channels), *running_var.split(channels)])
     return out
 
 
