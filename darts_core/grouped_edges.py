@@ -71,7 +71,9 @@ class _GroupedDepthwisePointwise(torch.autograd.Function):
     :class:`darts_core.ops._DepthwisePointwise` for ``m`` blocks at once: ``x`` ``(N, C, H, W)`` is
     repeated ``repeat`` times on the channel axis (1: it already holds the ``m`` blocks' channels), the
     depthwise kernel is ``(m x C, 1, k, k)`` and the pointwise one the block-diagonal ``(m x C_out, m x
-    C, 1, 1)``. Backward rebuilds the repetition and the depthwise output rather than keep them.
+    C, 1, 1)``. Backward rebuilds the depthwise output rather than keep it. ``repeated``, when given,
+    is ``repeat(x)`` already computed (without autograd) and shared by the calls that read the same
+    ``x``: it is used and kept for backward instead of being rebuilt in each call's forward and backward.
     """
 
     @staticmethod
@@ -82,21 +84,26 @@ class _GroupedDepthwisePointwise(torch.autograd.Function):
         pointwise: torch.Tensor,
         repeat: int,
         conv: nn.Conv2d,
+        repeated: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        ctx.conv, ctx.repeat = conv, repeat
-        ctx.save_for_backward(x, depthwise, pointwise)
-        return F.conv2d(_depthwise(_repeat_channels(x, repeat), depthwise, conv), pointwise)
+        ctx.conv, ctx.repeat, ctx.shared = conv, repeat, repeated is not None
+        if repeated is None:
+            ctx.save_for_backward(x, depthwise, pointwise)
+            repeated = _repeat_channels(x, repeat)
+        else:
+            ctx.save_for_backward(x, depthwise, pointwise, repeated)
+        return F.conv2d(_depthwise(repeated, depthwise, conv), pointwise)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, depthwise, pointwise = ctx.saved_tensors
+        x, depthwise, pointwise, *shared = ctx.saved_tensors
         conv, repeat = ctx.conv, ctx.repeat
         needs_x, needs_depthwise, needs_pointwise = ctx.needs_input_grad[:3]
         grad_x = grad_depthwise = grad_pointwise = None
         layout = torch.channels_last if _channels_last(grad) else torch.contiguous_format
-        repeated: torch.Tensor | None = None
-        if needs_pointwise or needs_depthwise:
+        repeated: torch.Tensor | None = shared[0] if shared else None
+        if repeated is None and (needs_pointwise or needs_depthwise):
             repeated = _repeat_channels(x, repeat)
         if needs_pointwise:
             assert repeated is not None
@@ -141,7 +148,7 @@ class _GroupedDepthwisePointwise(torch.autograd.Function):
                 )
             if needs_x:
                 grad_x = _sum_channel_copies(grad_repeated, repeat)
-        return grad_x, grad_depthwise, grad_pointwise, None, None
+        return grad_x, grad_depthwise, grad_pointwise, None, None, None
 
 
 def _conv_settings(conv: nn.Conv2d) -> tuple[int, int, int] | None:
@@ -251,14 +258,19 @@ def _depthwise_backward(
             )
     return grad_x, grad_weight
 
-def _grouped_dil_conv(blocks: Sequence[DilConv2d], x_relu: torch.Tensor, repeat: int) -> torch.Tensor:
+def _grouped_dil_conv(
+    blocks: Sequence[DilConv2d], x_relu: torch.Tensor, repeat: int, repeated: torch.Tensor | None = None
+) -> torch.Tensor:
     """The input of the ``m`` blocks' final BatchNorms, ``(N, m x C_out, H', W')``.
 
     ``x_relu``: the shared input (``repeat = m``) or the ``m`` blocks' inputs side by side (``repeat = 1``).
+    ``repeated``: optional ``_repeat_channels(x_relu, repeat)`` computed once without autograd and shared.
     """
     depthwise = torch.cat([block.depthwise.weight for block in blocks])
     pointwise = torch.block_diag(*(block.pointwise.weight.flatten(1) for block in blocks))[:, :, None, None]
-    return _GroupedDepthwisePointwise.apply(x_relu, depthwise, pointwise, repeat, blocks[0].depthwise)
+    return _GroupedDepthwisePointwise.apply(
+        x_relu, depthwise, pointwise, repeat, blocks[0].depthwise, repeated
+    )
 
 
 def grouped_batch_norm(
@@ -438,6 +450,12 @@ def run_edges_of_state(
         pooled = {}
     grouped: torch.Tensor | None = None
     singles: list[torch.Tensor | None] = [None] * count
+    # The ReLU repeated once for all the grouped convolutions reading it (not once per convolution and
+    # again in each one's backward); the repetition is kept for backward, shared.
+    repeated: torch.Tensor | None = None
+    if count > 1 and x_relu is not None:
+        with torch.no_grad():
+            repeated = _repeat_channels(x_relu, count)
     for k in first._computed:
         ops: list[Any] = [mixed.ops[k] for mixed in mixed_ops]  # one type (checked by _groupable)
         scales = weights[:, k]
@@ -445,11 +463,13 @@ def run_edges_of_state(
         term: torch.Tensor
         if isinstance(op, DilConv2d):
             assert x_relu is not None
-            term = grouped_batch_norm([o.bn for o in ops], _grouped_dil_conv(ops, x_relu, count), scales)
+            hidden = _grouped_dil_conv(ops, x_relu, count, repeated)
+            term = grouped_batch_norm([o.bn for o in ops], hidden, scales)
         elif isinstance(op, SepConv2d):
             assert x_relu is not None
             firsts = [o.first for o in ops]
-            middle = grouped_batch_norm([o.bn for o in firsts], _grouped_dil_conv(firsts, x_relu, count))
+            hidden = _grouped_dil_conv(firsts, x_relu, count, repeated)
+            middle = grouped_batch_norm([o.bn for o in firsts], hidden)
             seconds = [o.second for o in ops]
             hidden = _grouped_dil_conv(seconds, F.relu(middle), 1)
             term = grouped_batch_norm([o.bn for o in seconds], hidden, scales)
