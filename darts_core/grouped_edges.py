@@ -8,8 +8,9 @@ operation once for all the ``m`` edges that leave the same state, on ``m x c / K
 
 - a depthwise convolution over the state's ReLU repeated ``m`` times on the channel axis (kernels
   concatenated, ``groups = m x c / K``), then one 1x1 convolution whose weight is the block-diagonal
-  matrix of the ``m`` edges' weights (:class:`_GroupedDepthwisePointwise`; the repetition is not kept
-  for backward, it is rebuilt there, like the depthwise output);
+  matrix of the ``m`` edges' weights (:class:`_GroupedDepthwisePointwise`). The repetition is made once
+  per state for all the grouped convolutions that read it and kept for their backward; the depthwise
+  output is not kept, backward rebuilds it;
 - one BatchNorm over the ``m`` edges' channels, their running statistics concatenated and written back,
   the edges' weights ``alpha x beta`` folded in (:func:`grouped_batch_norm`);
 - the pools are computed once per state already; their BatchNorms run grouped on the pooled tensor
