@@ -454,9 +454,14 @@ def run_edges_of_state(
     # The ReLU repeated once for all the grouped convolutions reading it (not once per convolution and
     # again in each one's backward); the repetition is kept for backward, shared.
     repeated: torch.Tensor | None = None
-    if count > 1 and x_relu is not None:
-        with torch.no_grad():
-            repeated = _repeat_channels(x_relu, count)
+
+    def relu_repeated() -> torch.Tensor | None:
+        nonlocal repeated
+        if repeated is None and count > 1 and x_relu is not None:
+            with torch.no_grad():
+                repeated = _repeat_channels(x_relu, count)
+        return repeated
+
     for k in first._computed:
         ops: list[Any] = [mixed.ops[k] for mixed in mixed_ops]  # one type (checked by _groupable)
         scales = weights[:, k]
@@ -464,12 +469,12 @@ def run_edges_of_state(
         term: torch.Tensor
         if isinstance(op, DilConv2d):
             assert x_relu is not None
-            hidden = _grouped_dil_conv(ops, x_relu, count, repeated)
+            hidden = _grouped_dil_conv(ops, x_relu, count, relu_repeated())
             term = grouped_batch_norm([o.bn for o in ops], hidden, scales)
         elif isinstance(op, SepConv2d):
             assert x_relu is not None
             firsts = [o.first for o in ops]
-            hidden = _grouped_dil_conv(firsts, x_relu, count, repeated)
+            hidden = _grouped_dil_conv(firsts, x_relu, count, relu_repeated())
             middle = grouped_batch_norm([o.bn for o in firsts], hidden)
             seconds = [o.second for o in ops]
             hidden = _grouped_dil_conv(seconds, F.relu(middle), 1)
