@@ -85,6 +85,8 @@ _READS_RELU = {
     "skip_connect": (False, True),
     **{name: (True, True) for name in ("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")},
 }
+#: The operations run as grouped convolutions over a state's repeated ReLU in PC-DARTS mode.
+_GROUPED_CONVOLUTIONS = frozenset(("sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"))
 _READS_STATE = {
     "max_pool_3x3": (True, True),
     "avg_pool_3x3": (True, True),
@@ -238,7 +240,9 @@ def _cell_values(
     PC-DARTS (``partial_channels`` ``K > 1``): the operations and the state's shared head and ReLU have
     ``width / K`` channels; the bypassed channels of a stride-2 edge are max-pooled (the pooling keeps
     the state and int64 indices); with edge normalization, ``beta x bypass`` keeps the bypassed channels
-    (the state itself at stride 1, the pooled ones at stride 2).
+    (the state itself at stride 1, the pooled ones at stride 2). In PC-DARTS mode (``K > 1`` or edge
+    normalization) the edges leaving a state run grouped (:mod:`darts_core.grouped_edges`): the grouped
+    convolutions keep the state's ReLU repeated once per edge.
     """
     computed = [name for name in primitives if name != "none"]
     (h0, w0), (h1, w1) = shape.in_sizes
@@ -260,6 +264,10 @@ def _cell_values(
         values += outgoing * sum(EDGE_VALUES[name][index] for name in computed) * part * out_area
         if any(_READS_RELU.get(name, (False, False))[index] for name in computed):
             values += part * area
+        if (partial_channels > 1 or edge_normalization) and outgoing > 1 and any(
+            name in _GROUPED_CONVOLUTIONS for name in computed
+        ):
+            values += outgoing * part * area
         if any(_READS_STATE.get(name, (False, False))[index] for name in computed):
             values += part * area
         if bypassed and index == 1:  # the 2x2 max pooling of the bypass: the state and int64 indices

@@ -8,8 +8,9 @@ operation once for all the ``m`` edges that leave the same state, on ``m x c / K
 
 - a depthwise convolution over the state's ReLU repeated ``m`` times on the channel axis (kernels
   concatenated, ``groups = m x c / K``), then one 1x1 convolution whose weight is the block-diagonal
-  matrix of the ``m`` edges' weights (:class:`_GroupedDepthwisePointwise`; the repetition is not kept
-  for backward, it is rebuilt there, like the depthwise output);
+  matrix of the ``m`` edges' weights (:class:`_GroupedDepthwisePointwise`). The repetition is made once
+  per state for all the grouped convolutions that read it and kept for their backward; the depthwise
+  output is not kept, backward rebuilds it;
 - one BatchNorm over the ``m`` edges' channels, their running statistics concatenated and written back,
   the edges' weights ``alpha x beta`` folded in (:func:`grouped_batch_norm`);
 - the pools are computed once per state already; their BatchNorms run grouped on the pooled tensor
@@ -71,7 +72,9 @@ class _GroupedDepthwisePointwise(torch.autograd.Function):
     :class:`darts_core.ops._DepthwisePointwise` for ``m`` blocks at once: ``x`` ``(N, C, H, W)`` is
     repeated ``repeat`` times on the channel axis (1: it already holds the ``m`` blocks' channels), the
     depthwise kernel is ``(m x C, 1, k, k)`` and the pointwise one the block-diagonal ``(m x C_out, m x
-    C, 1, 1)``. Backward rebuilds the repetition and the depthwise output rather than keep them.
+    C, 1, 1)``. Backward rebuilds the depthwise output rather than keep it. ``repeated``, when given,
+    is ``repeat(x)`` already computed (without autograd) and shared by the calls that read the same
+    ``x``: it is used and kept for backward instead of being rebuilt in each call's forward and backward.
     """
 
     @staticmethod
@@ -82,21 +85,26 @@ class _GroupedDepthwisePointwise(torch.autograd.Function):
         pointwise: torch.Tensor,
         repeat: int,
         conv: nn.Conv2d,
+        repeated: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        ctx.conv, ctx.repeat = conv, repeat
-        ctx.save_for_backward(x, depthwise, pointwise)
-        return F.conv2d(_depthwise(_repeat_channels(x, repeat), depthwise, conv), pointwise)
+        ctx.conv, ctx.repeat, ctx.shared = conv, repeat, repeated is not None
+        if repeated is None:
+            ctx.save_for_backward(x, depthwise, pointwise)
+            repeated = _repeat_channels(x, repeat)
+        else:
+            ctx.save_for_backward(x, depthwise, pointwise, repeated)
+        return F.conv2d(_depthwise(repeated, depthwise, conv), pointwise)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, depthwise, pointwise = ctx.saved_tensors
+        x, depthwise, pointwise, *shared = ctx.saved_tensors
         conv, repeat = ctx.conv, ctx.repeat
         needs_x, needs_depthwise, needs_pointwise = ctx.needs_input_grad[:3]
         grad_x = grad_depthwise = grad_pointwise = None
         layout = torch.channels_last if _channels_last(grad) else torch.contiguous_format
-        repeated: torch.Tensor | None = None
-        if needs_pointwise or needs_depthwise:
+        repeated: torch.Tensor | None = shared[0] if shared else None
+        if repeated is None and (needs_pointwise or needs_depthwise):
             repeated = _repeat_channels(x, repeat)
         if needs_pointwise:
             assert repeated is not None
@@ -141,7 +149,7 @@ class _GroupedDepthwisePointwise(torch.autograd.Function):
                 )
             if needs_x:
                 grad_x = _sum_channel_copies(grad_repeated, repeat)
-        return grad_x, grad_depthwise, grad_pointwise, None, None
+        return grad_x, grad_depthwise, grad_pointwise, None, None, None
 
 
 def _conv_settings(conv: nn.Conv2d) -> tuple[int, int, int] | None:
@@ -251,14 +259,19 @@ def _depthwise_backward(
             )
     return grad_x, grad_weight
 
-def _grouped_dil_conv(blocks: Sequence[DilConv2d], x_relu: torch.Tensor, repeat: int) -> torch.Tensor:
+def _grouped_dil_conv(
+    blocks: Sequence[DilConv2d], x_relu: torch.Tensor, repeat: int, repeated: torch.Tensor | None = None
+) -> torch.Tensor:
     """The input of the ``m`` blocks' final BatchNorms, ``(N, m x C_out, H', W')``.
 
     ``x_relu``: the shared input (``repeat = m``) or the ``m`` blocks' inputs side by side (``repeat = 1``).
+    ``repeated``: optional ``_repeat_channels(x_relu, repeat)`` computed once without autograd and shared.
     """
     depthwise = torch.cat([block.depthwise.weight for block in blocks])
     pointwise = torch.block_diag(*(block.pointwise.weight.flatten(1) for block in blocks))[:, :, None, None]
-    return _GroupedDepthwisePointwise.apply(x_relu, depthwise, pointwise, repeat, blocks[0].depthwise)
+    return _GroupedDepthwisePointwise.apply(
+        x_relu, depthwise, pointwise, repeat, blocks[0].depthwise, repeated
+    )
 
 
 def grouped_batch_norm(
@@ -280,8 +293,11 @@ def grouped_batch_norm(
     first = bns[0]
     channels = first.num_features
     track = first.training and first.track_running_stats and first.num_batches_tracked is not None
-    counts = {int(cast(torch.Tensor, bn.num_batches_tracked)) for bn in bns} if track else set()
-    if first.momentum is None and len(counts) > 1:
+    if (
+        first.momentum is None
+        and track
+        and len({int(cast(torch.Tensor, bn.num_batches_tracked)) for bn in bns}) > 1
+    ):
         # Cumulative averages at different counts have no common momentum: one BatchNorm per block.
         parts = x.split(channels, 1)
         if scales is None:
@@ -292,8 +308,7 @@ def grouped_batch_norm(
         )
     momentum = 0.0 if first.momentum is None else first.momentum
     if track:
-        for bn in bns:
-            bn.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        torch._foreach_add_([cast(torch.Tensor, bn.num_batches_tracked) for bn in bns], 1)
         if first.momentum is None:
             momentum = 1.0 / float(cast(torch.Tensor, first.num_batches_tracked))
     use_batch_stats = first.training or (first.running_mean is None and first.running_var is None)
@@ -313,11 +328,9 @@ def grouped_batch_norm(
     out = F.batch_norm(x, running_mean, running_var, weight, bias, use_batch_stats, momentum, first.eps)
     if running_mean is not None and running_var is not None and use_batch_stats and first.training:
         with torch.no_grad():
-            for bn, mean, var in zip(
-                bns, running_mean.split(channels), running_var.split(channels), strict=True
-            ):
-                bn.running_mean.copy_(mean)  # type: ignore[union-attr]
-                bn.running_var.copy_(var)  # type: ignore[union-attr]
+            targets = [cast(torch.Tensor, bn.running_mean) for bn in bns]
+            targets += [cast(torch.Tensor, bn.running_var) for bn in bns]
+            torch._foreach_copy_(targets, [*running_mean.split(channels), *running_var.split(channels)])
     return out
 
 
@@ -438,6 +451,17 @@ def run_edges_of_state(
         pooled = {}
     grouped: torch.Tensor | None = None
     singles: list[torch.Tensor | None] = [None] * count
+    # The ReLU repeated once for all the grouped convolutions reading it (not once per convolution and
+    # again in each one's backward); the repetition is kept for backward, shared.
+    repeated: torch.Tensor | None = None
+
+    def relu_repeated() -> torch.Tensor | None:
+        nonlocal repeated
+        if repeated is None and count > 1 and x_relu is not None:
+            with torch.no_grad():
+                repeated = _repeat_channels(x_relu, count)
+        return repeated
+
     for k in first._computed:
         ops: list[Any] = [mixed.ops[k] for mixed in mixed_ops]  # one type (checked by _groupable)
         scales = weights[:, k]
@@ -445,11 +469,13 @@ def run_edges_of_state(
         term: torch.Tensor
         if isinstance(op, DilConv2d):
             assert x_relu is not None
-            term = grouped_batch_norm([o.bn for o in ops], _grouped_dil_conv(ops, x_relu, count), scales)
+            hidden = _grouped_dil_conv(ops, x_relu, count, relu_repeated())
+            term = grouped_batch_norm([o.bn for o in ops], hidden, scales)
         elif isinstance(op, SepConv2d):
             assert x_relu is not None
             firsts = [o.first for o in ops]
-            middle = grouped_batch_norm([o.bn for o in firsts], _grouped_dil_conv(firsts, x_relu, count))
+            hidden = _grouped_dil_conv(firsts, x_relu, count, relu_repeated())
+            middle = grouped_batch_norm([o.bn for o in firsts], hidden)
             seconds = [o.second for o in ops]
             hidden = _grouped_dil_conv(seconds, F.relu(middle), 1)
             term = grouped_batch_norm([o.bn for o in seconds], hidden, scales)
