@@ -11,10 +11,13 @@ owner `local`.
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db_gate import DatabaseGate, run_in_gate
@@ -24,6 +27,8 @@ from app.services import keys as key_service
 from app.services.errors import NotFound
 from app.services.keys import Owner
 from app.services.read_cache import ReadCache
+
+logger = logging.getLogger(__name__)
 
 LOCAL_OWNER = Owner(name="local", admin=True)
 
@@ -65,7 +70,14 @@ async def get_owner(request: Request, credentials: BearerCredentials) -> Owner:
 
     def look_up() -> Owner | None:
         with factory() as session:
-            return key_service.authenticate(session, key)
+            use = key_service.find_key(session, key)
+        if use is not None and use.stale_use_of is not None:
+            # Written by a thread of its own: on SQLite a write can wait seconds for the one write
+            # lock (a burst of submissions), and every request of this key waits for this lookup.
+            threading.Thread(
+                target=_record_use, args=(factory, use.stale_use_of), name="key-last-used", daemon=True
+            ).start()
+        return None if use is None else use.owner
 
     cache: ReadCache[Owner | None] = request.app.state.key_cache
     gate: DatabaseGate = request.app.state.key_gate
@@ -73,6 +85,14 @@ async def get_owner(request: Request, credentials: BearerCredentials) -> Owner:
     if owner is None:
         raise _unauthorized("unknown or revoked API key", error="invalid_token")
     return owner
+
+
+def _record_use(factory: sessionmaker[Session], key_id: int) -> None:
+    try:
+        with factory() as session:
+            key_service.record_use(session, key_id)
+    except SQLAlchemyError as exc:  # a missed `last_used_at` is written on a later use
+        logger.warning("could not record the use of API key %s: %s", key_id, exc)
 
 
 CurrentOwner = Annotated[Owner, Depends(get_owner)]

@@ -72,6 +72,8 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
 FEED_SLOTS = 2
 # Database connections kept for the lookups of API keys (app.auth).
 KEY_SLOTS = 1
+# Database connections kept for building the answers clients poll (app.routes.polled).
+POLL_SLOTS = 1
 
 
 def create_app(settings: Settings | None = None, *, run_ingester: bool | None = None) -> FastAPI:
@@ -126,14 +128,17 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     app.state.sse_poll_seconds = SSE_POLL_SECONDS
     # Requests and the event streams' pollers have slots of their own (together: the pool), so a
     # stream's poll never queues behind a crowd of requests.
-    # The three gates together hold exactly the pool's connections (DB_POOL_SIZE is at least 3).
-    feed_slots = min(FEED_SLOTS, settings.db_pool_size - 1 - KEY_SLOTS)
-    app.state.db_gate = DatabaseGate(settings.db_pool_size - feed_slots - KEY_SLOTS)
+    # The gates together hold exactly the pool's connections (DB_POOL_SIZE is at least 4).
+    feed_slots = min(FEED_SLOTS, settings.db_pool_size - 1 - KEY_SLOTS - POLL_SLOTS)
+    app.state.db_gate = DatabaseGate(settings.db_pool_size - feed_slots - KEY_SLOTS - POLL_SLOTS)
     app.state.feed_gate = DatabaseGate(feed_slots)
     # API keys are looked up under a gate of their own: requests holding every slot of the request gate
     # may all be waiting for one key's lookup (app.services.read_cache shares it), which must not need
     # one of their slots.
     app.state.key_gate = DatabaseGate(KEY_SLOTS)
+    # The builds of what clients poll (app.routes.polled) likewise: behind a burst of 200 submissions
+    # in the request gate's queue, a poll's rebuild waited 2 s, and every follower with it.
+    app.state.poll_gate = DatabaseGate(POLL_SLOTS)
     app.state.search_feeds = SearchFeeds(app.state.session_factory, app.state.feed_gate)
     app.state.open_streams = OpenStreams()
     app.state.epoch_json = EpochJsonCache()

@@ -64,10 +64,11 @@ class Settings(BaseSettings):
     # never waits for a connection inside a thread; keep it at most the 40 threads of anyio's pool.
     db_pool_size: int = Field(
         default=10,
-        ge=3,
+        ge=4,
         le=40,
         description="Database connections per process: the API serves that many requests at once, less 2 "
-        "kept for the event streams' polls and 1 for API key lookups (so at least 3).",
+        "kept for the event streams' polls, 1 for API key lookups and 1 for the answers clients poll "
+        "(so at least 4).",
     )
     # app.services.read_cache: what clients poll is answered from memory for this long, not from SQL.
     read_cache_seconds: float = Field(

@@ -22,7 +22,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import LOCAL_OWNER, may_see
-from app.db_gate import SELF_GATED, run_with_connection
+from app.db_gate import SELF_GATED, DatabaseGate, run_in_gate, run_with_connection
 from app.events.changes import announce_change
 from app.services.errors import NotFound
 from app.services.job_json import OwnedJson
@@ -69,8 +69,10 @@ async def owned_json(
             return read(session)
 
     if is_polled(key):
+        # Built under a gate of its own: never queued behind a crowd of other requests.
         cache: ReadCache[OwnedJson] = request.app.state.read_cache
-        resource_owner, body = await cache.get(key, lambda: run_with_connection(request, build))
+        gate: DatabaseGate = request.app.state.poll_gate
+        resource_owner, body = await cache.get(key, lambda: run_in_gate(gate, build))
     else:
         resource_owner, body = await run_with_connection(request, build)
     if not may_see(owner, resource_owner):

@@ -141,8 +141,16 @@ def well_formed(key: str) -> bool:
     return key.startswith(KEY_PREFIX) and len(key) <= MAX_KEY_LENGTH
 
 
-def authenticate(session: Session, key: str, *, now: datetime | None = None) -> Owner | None:
-    """The owner of a valid, unrevoked `key`; None for anything else. Records when the key was last used."""
+@dataclass(frozen=True)
+class KeyUse:
+    """A valid key's owner, and the row id of the key when its `last_used_at` is due to be written."""
+
+    owner: Owner
+    stale_use_of: int | None
+
+
+def find_key(session: Session, key: str, *, now: datetime | None = None) -> KeyUse | None:
+    """The owner of a valid, unrevoked `key` (None for anything else), without writing anything."""
     if not well_formed(key):
         return None
     digest = hash_key(key)
@@ -150,7 +158,21 @@ def authenticate(session: Session, key: str, *, now: datetime | None = None) -> 
     if row is None or not hmac.compare_digest(row.key_hash, digest) or row.revoked_at is not None:
         return None
     now = now or utcnow()
-    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
-        session.execute(update(ApiKey).where(ApiKey.id == row.id).values(last_used_at=now))
-        session.commit()
-    return Owner(name=row.name, admin=row.admin)
+    stale = row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION
+    return KeyUse(Owner(name=row.name, admin=row.admin), row.id if stale else None)
+
+
+def record_use(session: Session, key_id: int, *, now: datetime | None = None) -> None:
+    """Write when the key `key_id` was last used."""
+    session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now or utcnow()))
+    session.commit()
+
+
+def authenticate(session: Session, key: str, *, now: datetime | None = None) -> Owner | None:
+    """The owner of a valid, unrevoked `key`; None for anything else. Records when the key was last used."""
+    use = find_key(session, key, now=now)
+    if use is None:
+        return None
+    if use.stale_use_of is not None:
+        record_use(session, use.stale_use_of, now=now)
+    return use.owner

@@ -101,9 +101,15 @@ def test_a_revoked_key_is_refused_and_use_is_recorded(
 ) -> None:
     name, key = make_key()
     assert anonymous.get("/searches", headers=bearer(key)).status_code == 200
+    deadline = time.monotonic() + 10  # the use is written by a thread of its own
+    while True:
+        with session_factory() as session:
+            row = session.query(ApiKey).filter_by(name=name).one()
+            if row.last_used_at is not None or time.monotonic() > deadline:
+                break
+        time.sleep(0.05)
+    assert row.last_used_at is not None and row.key_hash != key and key not in row.key_hash
     with session_factory() as session:
-        row = session.query(ApiKey).filter_by(name=name).one()
-        assert row.last_used_at is not None and row.key_hash != key and key not in row.key_hash
         key_service.revoke_key(session, name)
     # Revoked elsewhere than through this API process: refused once KEY_CACHE_SECONDS have passed.
     time.sleep(anonymous.app.state.settings.key_cache_seconds)  # type: ignore[attr-defined]

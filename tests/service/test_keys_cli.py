@@ -54,7 +54,12 @@ def test_keys_round_trip_against_database_url(service_env: dict[str, str], clien
     [row] = [row for row in rows if row.split()[0] == name]
     assert row.split()[-2:] == ["no", "-"]  # admin, revoked
     assert key not in listed.stdout
-    [record] = [r for r in json.loads(keys(env, "list", "--json").stdout) if r["name"] == name]
+    deadline = time.monotonic() + 10  # the API writes the use from a thread of its own
+    while True:
+        [record] = [r for r in json.loads(keys(env, "list", "--json").stdout) if r["name"] == name]
+        if record["last_used_at"] is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert record["admin"] is False and record["revoked_at"] is None
     assert record["last_used_at"] is not None  # the request above
 
