@@ -17,9 +17,10 @@ leave the gate once their response has started: after that they read SQL only th
 poller of `app.services.search_feed`, which takes a slot of its own gate for each poll.
 
 The reads clients poll (`SELF_GATED`: GET of a search or training and of its epochs) are answered from
-memory most of the time (app.services.read_cache), so they do not queue at the gate: they take a slot
-only for the moment they read SQL, through `run_with_connection`. API keys are looked up under a gate
-of their own (`app.state.key_gate`), since requests holding slots may wait for a lookup.
+memory most of the time (app.services.read_cache), so they do not queue at the gate: the answers
+clients poll are built under a gate of their own (`app.state.poll_gate`), other epoch pages take a
+request slot for the moment they read SQL (`run_with_connection`). API keys are looked up under a gate
+of their own too (`app.state.key_gate`), since requests holding slots may wait for a lookup.
 """
 
 from __future__ import annotations
