@@ -22,13 +22,7 @@ from darts_core.collapse import (
 from darts_core.genotype import DARTS_V2, Genotype
 from darts_core.networks import SearchNetwork
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_counts_of_the_normal_cell() -> None:

@@ -14,13 +14,12 @@ from darts_core.mixed_op import MixedOp
 PRIMITIVES = ops.DARTS_PRIMITIVES_2D
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded() -> None:
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

@@ -15,13 +15,12 @@ from darts_core.networks import SearchNetwork
 PRIMITIVES = list(ops.DARTS_PRIMITIVES_2D)
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded() -> None:
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _outputs_and_gradients(

@@ -12,13 +12,7 @@ from darts_core.config import SearchConfig
 from darts_core.data import ImageDataset
 from darts_core.search import EpochResult, run_search
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _skip_friendly_dataset(size: int = 256) -> ImageDataset:

@@ -66,12 +66,7 @@ def toy_search(seed: int, sine_on_a: bool, steps: int = 100, n: int = 64) -> tup
     return cell.get_genotype(), initial, loss_on("valid").item()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_toy_search_picks_the_operation_that_explains_the_data():
