@@ -172,7 +172,9 @@ def test_watch_resumes_with_last_event_id_when_the_stream_is_cut(
     proxy = CuttingProxy(live.port)
     try:
         with DartsClient(live.url, live.key) as client:
-            search_id = client.submit(tiny_spec(epochs=5, samples=256, name="watched"))["id"]
+            # Epochs of 16 steps: still running well after the first epoch event, when the cut comes (with
+            # 4 steps the last four epochs and the end could all reach the client before the cut).
+            search_id = client.submit(tiny_spec(epochs=5, samples=1024, name="watched"))["id"]
         process = subprocess.Popen(
             [
                 sys.executable,
