@@ -10,17 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis
 from celery import shared_task
-from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
-from sqlalchemy.exc import SQLAlchemyError
 
 from app.queue import RUN_SEARCH_TASK
 from app.settings import get_settings
-from worker.job_run import HandedBack
 from worker.job_run import worker_shutting_down as shutting_down_flag
 from worker.run import SearchRun
+from worker.task_options import JOB_TASK_OPTIONS, execute_or_requeue
 
 
 @worker_shutting_down.connect
@@ -28,20 +25,7 @@ def _on_worker_shutting_down(**_: Any) -> None:
     shutting_down_flag.set()
 
 
-@shared_task(
-    name=RUN_SEARCH_TASK,
-    acks_late=True,
-    ignore_result=True,
-    # The database or Redis unreachable before the search could start: try again later rather than
-    # ack the task away (the reconciler would re-send it, but later).
-    autoretry_for=(SQLAlchemyError, redis.ConnectionError, redis.TimeoutError),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=None,
-)
+@shared_task(name=RUN_SEARCH_TASK, **JOB_TASK_OPTIONS)
 def run_search_task(search_id: str) -> str:
     """Run search `search_id` (see worker.run for the lease and the events)."""
-    try:
-        return SearchRun(get_settings(), search_id).execute()
-    except HandedBack as handed_back:
-        raise Reject(str(handed_back), requeue=True) from None
+    return execute_or_requeue(SearchRun(get_settings(), search_id))

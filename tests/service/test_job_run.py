@@ -126,3 +126,17 @@ def test_a_diverging_training_fails_with_the_epoch_it_diverged_at(
     statuses = _statuses(service_settings, training_id)
     assert [event.status for event in statuses] == ["running", "failed"]
     assert "training diverged at epoch 1: non-finite loss" in (statuses[-1].error or "")
+
+
+def test_every_job_kind_s_task_is_acked_late_and_retried_while_the_stores_are_down() -> None:
+    """The search and training tasks share their options (worker.task_options): a job is acked only
+    once it has run, and the database or Redis unreachable before it starts is retried, never dropped."""
+    import redis
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from worker.task import run_search_task
+    from worker.training_task import run_training_task
+
+    for task in (run_search_task, run_training_task):
+        assert (task.acks_late, task.ignore_result, task.max_retries) == (True, True, None), task.name
+        assert set(task.autoretry_for) == {SQLAlchemyError, redis.ConnectionError, redis.TimeoutError}
