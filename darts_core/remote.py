@@ -65,6 +65,17 @@ def _exit(message: str, code: int) -> typer.Exit:
     return typer.Exit(code=code)
 
 
+def read_spec_file(spec_file: Path) -> dict[str, Any]:
+    """The JSON object in `spec_file`; exits with EXIT_BAD_INPUT naming the file when it is not one."""
+    try:
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise _exit(f"spec file {spec_file}: {error}", EXIT_BAD_INPUT) from None
+    if not isinstance(spec, dict):
+        raise _exit(f"spec file {spec_file}: must hold a JSON object", EXIT_BAD_INPUT)
+    return spec
+
+
 def _login(url: str | None, token: str | None) -> Login:
     try:
         login = load_login(url, token)
@@ -184,12 +195,7 @@ def submit(
     as_json: JsonOption = False,
 ) -> None:
     """Submit a search; prints its id (and follows it with --watch)."""
-    try:
-        spec = json.loads(spec_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise _exit(f"spec file {spec_file}: {error}", EXIT_BAD_INPUT) from None
-    if not isinstance(spec, dict):
-        raise _exit(f"spec file {spec_file}: must hold a JSON object", EXIT_BAD_INPUT)
+    spec = read_spec_file(spec_file)
     with _client(url, token) as client:
         search = client.submit(spec)
         if as_json and not watch_it:

@@ -19,7 +19,6 @@ from rich.table import Table
 
 from darts_core.client import TERMINAL_STATUSES, DartsClient, ServiceError
 from darts_core.remote import (
-    EXIT_BAD_INPUT,
     EXIT_SERVER_ERROR,
     JsonOption,
     TokenOption,
@@ -27,12 +26,12 @@ from darts_core.remote import (
     _age,
     _client,
     _duration,
-    _exit,
     _percent,
     console,
     darts_string,
     errors,
     print_json,
+    read_spec_file,
 )
 from darts_core.sse import ServerSentEvent, iter_sse
 
@@ -101,12 +100,7 @@ def submit(
     as_json: JsonOption = False,
 ) -> None:
     """Submit a study; prints its id (and follows it with --watch)."""
-    try:
-        spec = json.loads(spec_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise _exit(f"spec file {spec_file}: {error}", EXIT_BAD_INPUT) from None
-    if not isinstance(spec, dict):
-        raise _exit(f"spec file {spec_file}: must hold a JSON object", EXIT_BAD_INPUT)
+    spec = read_spec_file(spec_file)
     with _client(url, token) as client:
         study = client.submit_study(spec)
         if as_json and not watch_it:

@@ -20,17 +20,16 @@ from rich.table import Table
 
 from darts_core.client import TERMINAL_STATUSES, DartsClient, ServiceError
 from darts_core.remote import (
-    EXIT_BAD_INPUT,
     EXIT_SERVER_ERROR,
     JsonOption,
     TokenOption,
     UrlOption,
     _client,
-    _exit,
     _percent,
     console,
     errors,
     print_json,
+    read_spec_file,
 )
 
 app = typer.Typer(
@@ -69,15 +68,7 @@ def _epoch_table(record: dict[str, Any]) -> Table:
 
 
 def _read_spec(spec_file: Path | None) -> dict[str, Any]:
-    if spec_file is None:
-        return {}
-    try:
-        spec = json.loads(spec_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise _exit(f"spec file {spec_file}: {error}", EXIT_BAD_INPUT) from None
-    if not isinstance(spec, dict):
-        raise _exit(f"spec file {spec_file}: must hold a JSON object", EXIT_BAD_INPUT)
-    return spec
+    return {} if spec_file is None else read_spec_file(spec_file)
 
 
 @app.command()

@@ -281,3 +281,22 @@ def test_datasets_and_help() -> None:
         assert result.exit_code == 0
         for option in options:
             assert option in result.output
+
+
+@pytest.mark.parametrize("command", [["submit"], ["trainings", "submit"], ["studies", "submit"]])
+@pytest.mark.parametrize(("content", "says"), [("[1, 2]", "must hold a JSON object"), ("{oops", "spec file")])
+def test_remote_submit_refuses_a_spec_file_that_is_not_a_json_object_before_any_request(
+    tmp_path: Path, command: list[str], content: str, says: str
+) -> None:
+    """`darts submit`, `darts trainings submit` and `darts studies submit` read the file alike
+    (`darts_core.remote.read_spec_file`): exit 2 naming the file, with no server to reach."""
+    from typer.testing import CliRunner
+
+    from darts_core.cli import app
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(content)
+    arguments = [*command, str(spec), "--url", "http://127.0.0.1:9", "--token", "x"]
+    result = CliRunner().invoke(app, arguments, env={"DARTS_CONFIG_DIR": str(tmp_path / "config")})
+    assert result.exit_code == 2, (arguments, result.output)
+    assert str(spec) in result.output and says in result.output
