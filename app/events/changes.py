@@ -66,9 +66,9 @@ class ChangeListener:
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=POLL_SECONDS)
                     if message is not None and message["type"] == "message":
-                        self.received += 1
                         data = message["data"]
                         self.on_change(data.decode() if isinstance(data, bytes) else str(data))
+                        self.received += 1  # counted once acted on: a waiter sees the cache dropped
             except Exception as exc:  # noqa: BLE001 - whatever it was, listen again: this thread must not die
                 if self._stop.is_set():
                     return  # the app closed its Redis client on the way out

@@ -193,7 +193,7 @@ def test_a_run_finds_its_lease_overdue_even_while_no_heartbeat_runs(
 ) -> None:
     # The run asks between batches: a heartbeat stuck in a renewal must not keep it going.
     search = _search(db_session)
-    lease = _lease(session_factory, search, seconds=1.0)
+    lease = _lease(session_factory, search, seconds=2.0)  # overdue 1.2 s after its last renewal
     assert lease.acquire()
     assert not lease.overdue() and not lease.lost.is_set()
     deadline = time.monotonic() + 10

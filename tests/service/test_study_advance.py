@@ -90,6 +90,7 @@ def test_concurrent_orchestrators_create_each_child_once(
         thread.start()
     for thread in threads:
         thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "an orchestrator hung"
     assert errors == []
     assert [s.study_seed for s in searches_of(db_session, study)] == [0, 1, 2, 3]
 
