@@ -3,8 +3,9 @@ TCP proxy the test controls, to cut connections mid-stream.
 
 - `LiveServer(settings)`: `create_app(settings)` (ingester on) served by uvicorn on a free port, in a
   thread of the test process.
-- `CuttingProxy(port)`: forwards a local port to `port`; `cut()` closes every open connection at once
-  (as a proxy restart or a dropped network does); it records what the clients sent.
+- `CuttingProxy(target)`: forwards a local port to `target` (a TCP port on 127.0.0.1, or a unix socket's
+  path); `cut()` closes every open connection at once (as a proxy restart or a dropped network does),
+  `close()` also refuses new ones (a host that lost its route); it records what the clients sent.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class LiveServer:
 
 
 class CuttingProxy:
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
+    def __init__(self, target: int | str) -> None:
+        self.target = target
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -70,11 +71,22 @@ class CuttingProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            upstream = self._connect_upstream()
             with self._lock:
+                if self._closed:  # closed while this one was being accepted: refused
+                    client.close()
+                    upstream.close()
+                    return
                 self._open += [client, upstream]
             threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
             threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _connect_upstream(self) -> socket.socket:
+        if isinstance(self.target, int):
+            return socket.create_connection(("127.0.0.1", self.target))
+        upstream = socket.socket(socket.AF_UNIX)
+        upstream.connect(self.target)
+        return upstream
 
     def _pipe(self, source: socket.socket, sink: socket.socket, record: bool) -> None:
         try:
@@ -105,7 +117,9 @@ class CuttingProxy:
         return len(sockets)
 
     def close(self) -> None:
-        self._closed = True
+        """Cut every connection and refuse new ones."""
+        with self._lock:
+            self._closed = True
         self.listener.close()
         self.cut()
 

@@ -11,9 +11,7 @@ exactly once, the same per-epoch metrics and genotype as the shared uninterrupte
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from app.events.ingester import CONSUMER_GROUP, dead_letter_stream
 from app.events.publisher import publish_epoch
 
 from .conftest import WorkerProcess, wait_until
+from .live_server import CuttingProxy
 from .test_faults import (
     FAULT_LEASE_SECONDS,
     FaultStack,
@@ -127,69 +126,14 @@ def test_postgres_stopped_longer_than_the_dead_letter_window_loses_nothing(
     assert stack.api.get(f"/searches/{search_id}").status_code == 200
 
 
-class CuttableProxy:
-    """A TCP port on 127.0.0.1 forwarding to a unix socket, until `cut()`: then every connection is
-    closed and new ones are refused, as when a worker's host loses its route to the database."""
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections: list[socket.socket] = []
-        self.lock = threading.Lock()
-        self.cut_off = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return  # cut
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(self.target)
-            with self.lock:
-                if self.cut_off:
-                    client.close()
-                    upstream.close()
-                    return
-                self.connections += [client, upstream]
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                try:
-                    end.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        with self.lock:
-            self.cut_off = True
-            connections, self.connections = self.connections, []
-        self.listener.close()
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            connection.close()
-
-
 def test_a_worker_cut_off_from_the_database_stops_and_another_resumes_one_history(
     pg_stack: FaultStack, postgres: EmbeddedPostgres, tmp_path: Path, reference: list[dict[str, Any]]
 ) -> None:
     stack = pg_stack
     assert stack.ingester is not None
-    proxy = CuttableProxy(str(postgres.socket_dir / ".s.PGSQL.5432"))
+    # Cut with close(): open connections closed and new ones refused, as when the worker's host loses
+    # its route to the database.
+    proxy = CuttingProxy(str(postgres.socket_dir / ".s.PGSQL.5432"))
     try:
         cut_env = {**stack.env, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{proxy.port}/darts"}
         log_dir = tmp_path / "cut-worker"
@@ -200,7 +144,7 @@ def test_a_worker_cut_off_from_the_database_stops_and_another_resumes_one_histor
         stack.wait_epoch(search_id, 1)
         assert stack.worker_holding(search_id) is cut_worker
         other = start_worker(stack, tmp_path)
-        proxy.cut()
+        proxy.close()
         cut_at = time.monotonic()
         wait_until(lambda: "not renewed" in cut_worker.log(), 60, "the cut-off worker to stop its run")
         stopped = time.monotonic() - cut_at
@@ -230,4 +174,4 @@ def test_a_worker_cut_off_from_the_database_stops_and_another_resumes_one_histor
         assert stack.row(search_id).attempts == 2
         assert cut_worker.alive  # it stopped its run, not itself
     finally:
-        proxy.cut()
+        proxy.close()
