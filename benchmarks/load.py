@@ -24,25 +24,53 @@ import asyncio
 import json
 import os
 import platform
-import ssl
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
+import aiohttp
 
 from darts_core.sse import SSEParser
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
-Connect = Callable[[int], httpx.AsyncClient]  # a new client with that many connections
+Connect = Callable[[int], aiohttp.ClientSession]  # a new client with that many connections
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them: reusing one the
+# server is closing fails the request, a client-side race, not a server error.
+KEEPALIVE_SECONDS = 3.0
 
 
-def tiny_spec(name: str, epochs: int) -> dict:
+@dataclass(frozen=True)
+class Reply:
+    """What a request got back: the status and the whole body."""
+
+    status_code: int
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+
+def session(base_url: str, key: str, connections: int, timeout: float) -> aiohttp.ClientSession:
+    """A client (connection pool) with `connections` keep-alive connections, sending the key."""
+    return aiohttp.ClientSession(
+        base_url=base_url,
+        headers={"Authorization": f"Bearer {key}"},
+        connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=KEEPALIVE_SECONDS),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    )
+
+
+def tiny_spec(name: str, epochs: int) -> dict[str, Any]:
     """A search of many short epochs: the figures measure the service, not the search."""
     return {
         "name": name,
@@ -71,7 +99,7 @@ class Figures:
         self,
         kind: str,
         started: float,
-        response: httpx.Response | None,
+        response: Reply | None,
         expected: int,
         error: str | None = None,
     ) -> None:
@@ -88,22 +116,23 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def request(
-    client: httpx.AsyncClient,
+    client: aiohttp.ClientSession,
     figures: Figures,
     kind: str,
     method: str,
     url: str,
     expected: int,
-    **kwargs: object,
-) -> httpx.Response | None:
+    json_body: object = None,
+) -> Reply | None:
     started = time.perf_counter()
     try:
-        response = await client.request(method, url, **kwargs)  # type: ignore[arg-type]
-    except httpx.HTTPError as exc:
+        async with client.request(method, url, json=json_body) as response:
+            reply = Reply(response.status, await response.read())
+    except (aiohttp.ClientError, TimeoutError) as exc:
         figures.record(kind, started, None, expected, error=f"{type(exc).__name__} {exc}")
         return None
-    figures.record(kind, started, response, expected)
-    return response
+    figures.record(kind, started, reply, expected)
+    return reply
 
 
 async def poller(
@@ -114,7 +143,7 @@ async def poller(
         await _poll(client, figures, search_id, deadline)
 
 
-async def _poll(client: httpx.AsyncClient, figures: Figures, search_id: str, deadline: float) -> None:
+async def _poll(client: aiohttp.ClientSession, figures: Figures, search_id: str, deadline: float) -> None:
     while time.monotonic() < deadline:
         response = await request(client, figures, "GET /searches/{id}", "GET", f"/searches/{search_id}", 200)
         if response is not None and response.status_code == 200:
@@ -129,18 +158,20 @@ async def _poll(client: httpx.AsyncClient, figures: Figures, search_id: str, dea
 
 async def follower(connect: Connect, figures: Figures, search_id: str, deadline: float) -> None:
     started = time.perf_counter()
+    stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)  # open for the whole run
     try:
-        async with connect(1) as client, client.stream(
-            "GET", f"/searches/{search_id}/events", timeout=httpx.Timeout(30, read=None)
+        async with connect(1) as client, client.get(
+            f"/searches/{search_id}/events", timeout=stream_timeout
         ) as response:
-            figures.record("GET /searches/{id}/events (open)", started, response, 200)
-            if response.status_code != 200:
+            opened = Reply(response.status, b"" if response.status == 200 else await response.read())
+            figures.record("GET /searches/{id}/events (open)", started, opened, 200)
+            if response.status != 200:
                 return
             parser = SSEParser()  # darts_core.sse: the one parser of the project
-            async for line in response.aiter_lines():
+            async for raw in response.content:  # one line at a time, with its line ending
                 if time.monotonic() >= deadline:
                     return
-                event = parser.feed(line)
+                event = parser.feed(raw.decode())
                 if event is not None and event.event == "epoch":
                     figures.sse_events += 1
                     entry_id = event.id or ""
@@ -148,7 +179,7 @@ async def follower(connect: Connect, figures: Figures, search_id: str, deadline:
                     if "-" in entry_id:
                         xadd = int(entry_id.split("-")[0]) / 1000
                         figures.sse_seen[search_id].setdefault(epoch, (xadd, time.time()))
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         figures.errors.append(f"events: {type(exc).__name__} {exc}")
 
 
@@ -177,11 +208,7 @@ async def burst_child(args: argparse.Namespace) -> int:
     """`--burst-child`: submit and cancel the burst, print the figures as JSON for the parent process."""
     figures = Figures()
     created: list[str] = []
-    limits = httpx.Limits(max_connections=args.burst, keepalive_expiry=3.0)
-    headers = {"Authorization": f"Bearer {args.key}"}
-    async with httpx.AsyncClient(
-        base_url=args.url, headers=headers, limits=limits, timeout=args.timeout
-    ) as client:
+    async with session(args.url, args.key, args.burst, args.timeout) as client:
         took = await _burst(client, figures, args.burst, args.epochs, created)
     report = {"latencies": figures.latencies, "errors": figures.errors, "created": created, "took": took}
     print(json.dumps(report))
@@ -189,7 +216,7 @@ async def burst_child(args: argparse.Namespace) -> int:
 
 
 async def _burst(
-    client: httpx.AsyncClient, figures: Figures, count: int, epochs: int, created: list[str]
+    client: aiohttp.ClientSession, figures: Figures, count: int, epochs: int, created: list[str]
 ) -> float:
     started = time.perf_counter()
     responses = await asyncio.gather(
@@ -201,7 +228,7 @@ async def _burst(
                 "POST",
                 "/searches",
                 201,
-                json=tiny_spec(f"load-burst-{i}", epochs),
+                json_body=tiny_spec(f"load-burst-{i}", epochs),
             )
             for i in range(count)
         )
@@ -225,37 +252,21 @@ async def _burst(
 
 
 async def run(args: argparse.Namespace) -> int:
-    headers = {"Authorization": f"Bearer {args.key}"}
-
-    # One TLS context for every simulated client: httpx builds one per client otherwise, loading the CA
-    # bundle each time (20 ms here), and 150 clients starting at once spent 3 s of this process's CPU
-    # before their first requests, which counted as the server's latency (and as the first epochs' lag).
-    tls = ssl.create_default_context()
-
-    def connect(connections: int) -> httpx.AsyncClient:
-        # A client (connection pool) per simulated client, as separate programs would have: httpx
-        # scans its whole pool on every request, and one pool of 360 connections made this process
-        # spend most of its CPU there (py-spy), its own queueing counted as the server's latency.
-        # Idle connections are dropped before uvicorn's 5 s keep-alive timeout closes them: reusing
-        # one the server is closing fails the request, a client-side race, not a server error.
-        limits = httpx.Limits(
-            max_connections=connections, max_keepalive_connections=None, keepalive_expiry=3.0
-        )
-        return httpx.AsyncClient(
-            base_url=args.url, headers=headers, limits=limits, timeout=args.timeout, verify=tls
-        )
+    def connect(connections: int) -> aiohttp.ClientSession:
+        # A client (connection pool) per simulated client, as separate programs would have.
+        return session(args.url, args.key, connections, args.timeout)
 
     figures = Figures()
     created: list[str] = []
     async with connect(10) as client:
         for i in range(args.searches):
-            response = await client.post("/searches", json=tiny_spec(f"load-{i}", args.epochs))
-            response.raise_for_status()
-            created.append(response.json()["id"])
+            async with client.post("/searches", json=tiny_spec(f"load-{i}", args.epochs)) as submitted:
+                submitted.raise_for_status()
+                created.append((await submitted.json())["id"])
         searches = list(created)
         # Wait for the first to run, so that the load overlaps epochs.
         wait_until = time.monotonic() + 120
-        while (await client.get(f"/searches/{searches[0]}")).json()["status"] == "queued":
+        while await status_of(client, searches[0]) == "queued":
             if time.monotonic() > wait_until:
                 raise SystemExit("the first search did not start within 120 s: is a worker running?")
             await asyncio.sleep(0.2)
@@ -338,6 +349,21 @@ async def run(args: argparse.Namespace) -> int:
     return 1 if figures.errors else 0
 
 
+async def status_of(client: aiohttp.ClientSession, search_id: str) -> str:
+    async with client.get(f"/searches/{search_id}") as response:
+        response.raise_for_status()
+        return str((await response.json())["status"])
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where it is installed (a dependency of the service): it cuts this process's CPU per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -363,7 +389,7 @@ def main() -> None:
         parser.error("--key (or $DARTS_KEY) is required: `darts-service up` writes <data-dir>/admin.key")
     if args.clients > 200 or args.sse > 100 or args.burst > 300 or args.duration > 300:
         parser.error("bounded: --clients <= 200, --sse <= 100, --burst <= 300, --duration <= 300")
-    raise SystemExit(asyncio.run(burst_child(args) if args.burst_child else run(args)))
+    raise SystemExit(run_loop(burst_child(args) if args.burst_child else run(args)))
 
 
 if __name__ == "__main__":
