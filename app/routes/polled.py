@@ -12,7 +12,9 @@ Anything else (another key, a query string, a miss) goes on to the routes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Hashable
+from concurrent.futures import Executor
 from types import SimpleNamespace
 
 from fastapi import Request, Response
@@ -22,7 +24,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import LOCAL_OWNER, may_see
-from app.db_gate import SELF_GATED, DatabaseGate, run_in_gate, run_with_connection
+from app.db_gate import SELF_GATED, run_with_connection
 from app.events.changes import announce_change
 from app.services.errors import NotFound
 from app.services.job_json import OwnedJson
@@ -69,10 +71,12 @@ async def owned_json(
             return read(session)
 
     if is_polled(key):
-        # Built under a gate of its own: never queued behind a crowd of other requests.
+        # Built by threads of their own (POLL_SLOTS): never queued behind a crowd of other requests.
         cache: ReadCache[OwnedJson] = request.app.state.read_cache
-        gate: DatabaseGate = request.app.state.poll_gate
-        resource_owner, body = await cache.get(key, lambda: run_in_gate(gate, build))
+        builder: Executor = request.app.state.poll_builder
+        resource_owner, body = await cache.get(
+            key, lambda: asyncio.get_running_loop().run_in_executor(builder, build), rebuild=build
+        )
     else:
         resource_owner, body = await run_with_connection(request, build)
     if not may_see(owner, resource_owner):
@@ -89,8 +93,17 @@ def forget(request: Request, *job_ids: str) -> None:
 
 
 def forget_job(cache: ReadCache[OwnedJson], job_id: str) -> None:
-    """Drop what `cache` keeps about `job_id` (any thread: the change listener's too)."""
-    cache.invalidate(lambda key: isinstance(key, tuple) and key[1] == job_id)
+    """Drop what `cache` keeps about `job_id` (any thread)."""
+    cache.invalidate(lambda key: _of_job(key, job_id))
+
+
+def renew_job(cache: ReadCache[OwnedJson], job_id: str) -> None:
+    """Build again, in the background, what `cache` keeps about `job_id` (the change listener's thread)."""
+    cache.renew(lambda key: _of_job(key, job_id))
+
+
+def _of_job(key: Hashable, job_id: str) -> bool:
+    return isinstance(key, tuple) and key[1] == job_id
 
 
 

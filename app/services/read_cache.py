@@ -16,25 +16,36 @@ What is kept is what was built within the last `ttl` (expired entries go on the 
 While one request builds a key's answer, the others asking for it wait for that one build instead of
 starting their own (one SQL read per key at a time). A build that fails (404, a database error) is
 not kept: each waiting request gets the same error, and the next request tries again.
+
+Renewed, not dropped, when another process changed the job (`renew`, called by the change listener).
+Dropping the answer sent the next poll through the framework to rebuild it, and under 100 pollers
+every `await` on that path waited a turn of an event loop with a hundred requests ready: an epoch
+showed 70 ms after it was stored at p50, 280 ms at p99. Instead the kept answer's own rebuild runs in
+the background (`renew_in`, a thread outside the event loop) while polls go on getting the answer
+before the change, and the new one replaces it as soon as it is built.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class _Entry(Generic[V]):
     value: V
     expires: float
+    rebuild: Callable[[], V] | None = None  # builds the value again outside the event loop (`renew`)
 
 
 class ReadCache(Generic[V]):
@@ -46,7 +57,16 @@ class ReadCache(Generic[V]):
     a write is never hidden by a read that was already under way.
     """
 
-    def __init__(self, ttl: float, *, max_entries: int = 4096, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        ttl: float,
+        *,
+        max_entries: int = 4096,
+        clock: Callable[[], float] = time.monotonic,
+        renew_in: Callable[[Callable[[], None]], object] | None = None,
+    ):
+        """`renew_in(work)` runs `work` in the background for `renew` (e.g. an executor's `submit`);
+        without it `renew` drops what it matches, as `invalidate` does."""
         if ttl < 0:
             raise ValueError(f"ttl must be at least 0, got {ttl}")
         if max_entries < 1:
@@ -58,7 +78,11 @@ class ReadCache(Generic[V]):
         self._entries: OrderedDict[Hashable, _Entry[V]] = OrderedDict()
         # Builds under way; an invalidation removes its keys' builds, which then answer but do not keep.
         self._building: dict[Hashable, asyncio.Future[V]] = {}
+        # Renewals under way, by key: a renewal keeps its value only while it is still the key's latest.
+        self._renewing: dict[Hashable, object] = {}
+        self._renew_in = renew_in
         self.builds = 0  # how many times a value was built (for tests and figures)
+        self.renewals = 0  # how many renewals were kept
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -71,8 +95,16 @@ class ReadCache(Generic[V]):
                 return entry.value
         return None
 
-    async def get(self, key: Hashable, build: Callable[[], Awaitable[V]]) -> V:
-        """The value of `key`: kept, being built by another request, or built now by `build()`."""
+    async def get(
+        self,
+        key: Hashable,
+        build: Callable[[], Awaitable[V]],
+        rebuild: Callable[[], V] | None = None,
+    ) -> V:
+        """The value of `key`: kept, being built by another request, or built now by `build()`.
+
+        `rebuild()`, if given, builds the same value synchronously in any thread: `renew` uses it.
+        """
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and entry.expires > self._clock():
@@ -106,15 +138,21 @@ class ReadCache(Generic[V]):
             current = self._building.get(key) is future  # not invalidated while it was built
             if current:
                 del self._building[key]
-            if self.ttl > 0 and current:
-                now = self._clock()
-                self._entries[key] = _Entry(value, now + self.ttl)
-                self._entries.move_to_end(key)
-                self._drop_expired(now)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+            if current:
+                self._keep(key, value, rebuild)
         future.set_result(value)
         return value
+
+    def _keep(self, key: Hashable, value: V, rebuild: Callable[[], V] | None) -> None:
+        """Keep `value` for `ttl` from now (the lock held)."""
+        if self.ttl <= 0:
+            return
+        now = self._clock()
+        self._entries[key] = _Entry(value, now + self.ttl, rebuild)
+        self._entries.move_to_end(key)
+        self._drop_expired(now)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
 
     def _drop_expired(self, now: float) -> None:
         # Entries live `ttl` from their build and are never renewed, so the least recently used end also
@@ -127,12 +165,60 @@ class ReadCache(Generic[V]):
             self._entries.popitem(last=False)
 
     def invalidate(self, match: Callable[[Hashable], bool]) -> None:
-        """Forget every key for which `match(key)` is true, kept or being built (any thread)."""
+        """Forget every key for which `match(key)` is true, kept, being built or being renewed (any
+        thread): the next `get` builds it again. For a change whose writer reads next (read your writes)."""
         with self._lock:
             for key in [key for key in self._entries if match(key)]:
                 del self._entries[key]
-            for key in [key for key in self._building if match(key)]:
-                del self._building[key]
+            self._forget_builds(match)
+
+    def _forget_builds(self, match: Callable[[Hashable], bool]) -> None:
+        """Builds and renewals of matching keys under way will answer but not keep (the lock held)."""
+        for key in [key for key in self._building if match(key)]:
+            del self._building[key]
+        for key in [key for key in self._renewing if match(key)]:
+            del self._renewing[key]
+
+    def renew(self, match: Callable[[Hashable], bool]) -> None:
+        """Build every fresh kept value for which `match(key)` is true again, in the background (any thread).
+
+        Until its renewal is built, a key keeps answering the value it had (at most `ttl` old, as ever);
+        then the new value is kept for `ttl`. A key kept without a `rebuild`, or any key without
+        `renew_in`, is forgotten as by `invalidate`; so is one whose rebuild fails. Builds of matching
+        keys already under way when this is called, begun before the change, answer but do not keep.
+        """
+        renewals: list[tuple[Hashable, object, Callable[[], V]]] = []
+        with self._lock:
+            now = self._clock()
+            for key in [key for key in self._entries if match(key)]:
+                entry = self._entries[key]
+                if entry.rebuild is None or self._renew_in is None or entry.expires <= now:
+                    del self._entries[key]
+                else:
+                    renewals.append((key, object(), entry.rebuild))
+            self._forget_builds(match)
+            for key, token, _rebuild in renewals:
+                self._renewing[key] = token
+        for key, token, rebuild in renewals:
+            assert self._renew_in is not None
+            self._renew_in(partial(self._renew_one, key, token, rebuild))
+
+    def _renew_one(self, key: Hashable, token: object, rebuild: Callable[[], V]) -> None:
+        try:
+            value = rebuild()
+        except Exception:  # noqa: BLE001 - the next `get` builds it again and meets the error itself
+            logger.debug("renewal of %r failed; forgotten", key, exc_info=True)
+            with self._lock:
+                if self._renewing.get(key) is token:
+                    del self._renewing[key]
+                    self._entries.pop(key, None)
+            return
+        with self._lock:
+            if self._renewing.get(key) is not token:
+                return  # invalidated or renewed again meanwhile: that one decides
+            del self._renewing[key]
+            self.renewals += 1
+            self._keep(key, value, rebuild)
 
     def clear(self) -> None:
         self.invalidate(lambda _key: True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -151,6 +152,115 @@ def test_entries_are_bounded_and_expired_ones_dropped_oldest_first() -> None:
     asyncio.run(scenario())
 
 
+class Background:
+    """A `renew_in` that holds the work until the test runs it: the moment between a renewal's start
+    and its end, made as long as a test needs."""
+
+    def __init__(self) -> None:
+        self.work: list[Callable[[], None]] = []
+
+    def __call__(self, work: Callable[[], None]) -> None:
+        self.work.append(work)
+
+    def run(self) -> None:
+        work, self.work = self.work, []
+        for item in work:
+            item()
+
+
+def kept(cache: ReadCache[str], key: str, value: str, rebuild: Callable[[], str] | None) -> None:
+    async def build() -> str:
+        return value
+
+    assert asyncio.run(cache.get(key, build, rebuild=rebuild)) == value
+
+
+def test_a_renewal_answers_the_old_value_until_the_new_one_is_built() -> None:
+    clock = Clock()
+    background = Background()
+    cache: ReadCache[str] = ReadCache(1.0, clock=clock, renew_in=background)
+    kept(cache, "k", "epoch 3", rebuild=lambda: "epoch 4")
+    kept(cache, "other", "untouched", rebuild=lambda: "rebuilt by mistake")
+    clock.now += 0.9
+    cache.renew(lambda key: key == "k")
+    assert cache.peek("k") == "epoch 3" and len(background.work) == 1  # polls meanwhile: no miss
+    background.run()
+    assert cache.peek("k") == "epoch 4" and cache.peek("other") == "untouched"
+    assert (cache.builds, cache.renewals) == (2, 1)
+    clock.now += 0.9  # kept for its whole time from the renewal, not from the first build
+    assert cache.peek("k") == "epoch 4"
+    clock.now += 0.2
+    assert cache.peek("k") is None
+
+
+def test_what_cannot_be_renewed_is_forgotten() -> None:
+    """An expired value, a value kept without a rebuild, a cache without `renew_in`, and a rebuild that
+    fails: each is forgotten, so that the next poll builds it again (and meets the error itself)."""
+    clock = Clock()
+    background = Background()
+    cache: ReadCache[str] = ReadCache(1.0, clock=clock, renew_in=background)
+    kept(cache, "no rebuild", "a", rebuild=None)
+    kept(cache, "expired", "b", rebuild=lambda: "never asked")
+    clock.now += 1.5
+    kept(cache, "failing", "c", rebuild=lambda: 1 / 0)  # type: ignore[arg-type, return-value]
+    cache.renew(lambda key: True)
+    assert cache.peek("no rebuild") is None and cache.peek("expired") is None
+    assert cache.peek("failing") == "c" and len(background.work) == 1
+    background.run()
+    assert cache.peek("failing") is None and cache.renewals == 0
+
+    plain: ReadCache[str] = ReadCache(1.0)
+    kept(plain, "k", "a", rebuild=lambda: "b")
+    plain.renew(lambda key: True)
+    assert plain.peek("k") is None
+
+
+def test_an_invalidation_or_a_later_renewal_wins_over_a_renewal_under_way() -> None:
+    """A write through the API (invalidate) during a renewal: the renewal, read maybe before the write,
+    is not kept. Two renewals under way: only the later one's value is kept, whatever order they end in."""
+    background = Background()
+    cache: ReadCache[str] = ReadCache(10.0, renew_in=background)
+    kept(cache, "k", "running", rebuild=lambda: "read before the cancel")
+    cache.renew(lambda key: True)
+    cache.invalidate(lambda key: True)
+    background.run()
+    assert cache.peek("k") is None and cache.renewals == 0
+
+    answers = iter(["second renewal", "first renewal"])
+    kept(cache, "k", "epoch 1", rebuild=lambda: next(answers))
+    cache.renew(lambda key: True)
+    first = background.work.pop()
+    cache.renew(lambda key: True)
+    background.run()  # the later renewal ends first
+    first()
+    assert cache.peek("k") == "second renewal" and cache.renewals == 1
+
+
+def test_a_build_begun_before_a_renewal_is_answered_but_not_kept() -> None:
+    """A poll's build under way when another process announces a change may have read before it: its
+    requests get it, but it is not kept (the next poll builds again)."""
+    background = Background()
+    cache: ReadCache[str] = ReadCache(10.0, renew_in=background)
+
+    async def scenario() -> str:
+        started = asyncio.Event()
+        release = asyncio.Event()
+
+        async def old_read() -> str:
+            started.set()
+            await release.wait()
+            return "epoch 1"
+
+        build = asyncio.create_task(cache.get("k", old_read, rebuild=lambda: "epoch 2"))
+        await started.wait()
+        cache.renew(lambda key: True)
+        release.set()
+        return await build
+
+    assert asyncio.run(scenario()) == "epoch 1"
+    assert cache.peek("k") is None and background.work == []
+
+
 def test_polls_are_answered_from_memory_and_writes_through_the_api_seen_at_once(
     app_client, make_key, session_factory: sessionmaker[Session]
 ) -> None:
@@ -228,9 +338,10 @@ def test_polls_need_no_slot_of_the_request_gate(app_client, make_key) -> None:
     assert api.app.state.key_cache.peek(key_service.hash_key(key)) is not None
 
 
-def test_an_announced_change_drops_the_kept_answer(app_client, make_key, session_factory) -> None:
+def test_an_announced_change_renews_the_kept_answer(app_client, make_key, session_factory) -> None:
     """The ingester announces each stored event's job (app.events.changes): the API's kept answer about
-    it goes at once, long before READ_CACHE_SECONDS (a minute here)."""
+    it is built again in the background at once, long before READ_CACHE_SECONDS (a minute here), and the
+    next poll gets the new one from memory, with no build of its own."""
     api = app_client(read_cache_seconds=60.0)
     headers = {"Authorization": f"Bearer {make_key()[1]}"}
     search_id = api.post("/searches", json=DIGITS, headers=headers).json()["id"]
@@ -238,13 +349,15 @@ def test_an_announced_change_drops_the_kept_answer(app_client, make_key, session
     with session_factory() as session:
         session.get(Search, search_id).name = "renamed"
         session.commit()
-    listener = api.app.state.change_listener
+    cache = api.app.state.read_cache
+    builds = cache.builds
     deadline = time.monotonic() + 20
-    while listener.received == 0:  # subscribed once an announcement gets through
+    while cache.renewals == 0:  # the listener is subscribed once an announcement gets through
         announce_change(api.app.state.redis, api.app.state.settings, search_id)
-        assert time.monotonic() < deadline, "no announcement reached the API"
+        assert time.monotonic() < deadline, "no announcement renewed the kept answer"
         time.sleep(0.05)
     assert api.get(f"/searches/{search_id}", headers=headers).json()["name"] == "renamed"
+    assert cache.builds == builds  # renewed in the background; the poll was answered from memory
 
 
 def test_the_fast_path_reads_the_key_as_the_routes_do(app_client, make_key) -> None:
@@ -268,3 +381,16 @@ def httpx_headers(pairs: list[tuple[str, str]]) -> object:
     import httpx
 
     return httpx.Headers(pairs)
+
+
+def test_the_api_exempts_what_it_imported_from_full_collections(app_client) -> None:
+    """Once the API has imported torch for its estimates, what was alive then is frozen (`gc.freeze`):
+    the collector's full collections, once a second under 100 pollers, no longer traverse 270,000
+    objects (160-175 ms each, the event loop answering nothing meanwhile)."""
+    import gc
+
+    app_client()
+    deadline = time.monotonic() + 60
+    while gc.get_freeze_count() < 100_000:
+        assert time.monotonic() < deadline, f"{gc.get_freeze_count()} objects frozen after 60 s"
+        time.sleep(0.1)
