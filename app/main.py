@@ -7,6 +7,8 @@ use, so `create_app()` works before they are up (and `/readyz` says when they ar
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 import threading
@@ -120,7 +122,15 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
         threading.Thread(target=_preload_then_freeze, name="preload-estimate", daemon=True).start()
         app.state.ingester = start_ingester(settings) if run_ingester else None
         read_cache: ReadCache[Any] = app.state.read_cache
-        listener = ChangeListener(app.state.redis, settings, lambda job_id: renew_job(read_cache, job_id))
+        feeds: SearchFeeds = app.state.search_feeds
+        loop = asyncio.get_running_loop()
+
+        def on_change(job_id: str) -> None:  # in the listener's thread
+            renew_job(read_cache, job_id)
+            with contextlib.suppress(RuntimeError):  # the loop closed: the app is going away
+                loop.call_soon_threadsafe(feeds.announce, job_id)
+
+        listener = ChangeListener(app.state.redis, settings, on_change)
         app.state.change_listener = listener.start()
         try:
             yield

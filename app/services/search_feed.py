@@ -6,6 +6,11 @@ queries a second and took threads and connections from the requests. Now the fol
 share a `_Feed`: whichever follower finds it older than the poll interval reads what is new (status,
 then the epochs after the last one seen) under the feed's lock and a database gate slot, and every
 follower sends from that cache. One query per followed search per interval, however many follow it.
+
+A change announced for a followed job (an epoch the ingester stored: `announce`, from
+app.events.changes) wakes its followers, and the first up polls at once instead of at the end of the
+interval: under issue 10's load an epoch reached SSE followers 310 ms after its end at p50 (the
+interval's half), 630 ms at p99. The interval stays as the pace when announcements are lost.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class _Feed:
     records: list[tuple[str, EpochRecord]] = field(default_factory=list)
     gone: bool = False
     polled_at: float = -math.inf
+    changed: bool = False  # announced since the last poll began: poll again without waiting
+    woken: anyio.Event = field(default_factory=anyio.Event)  # set (and replaced) by each announcement
     followers: int = 0
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -86,10 +93,20 @@ class SearchFeeds:
         """Searches with at least one open stream (one poller each)."""
         return len(self._feeds)
 
+    def announce(self, job_id: str) -> None:
+        """`job_id` changed: wake its followers to poll now (on the event loop)."""
+        for kind in ("search", "training"):
+            feed = self._feeds.get((kind, job_id))
+            if feed is not None:
+                feed.changed = True
+                feed.woken.set()
+                feed.woken = anyio.Event()
+
     async def _refresh(self, key: tuple[str, str], feed: _Feed, poll_seconds: float) -> None:
         async with feed.lock:
-            if anyio.current_time() - feed.polled_at < poll_seconds:
+            if not feed.changed and anyio.current_time() - feed.polled_at < poll_seconds:
                 return  # another follower has just polled
+            feed.changed = False  # an announcement while this poll reads makes the next one poll too
             last = feed.epochs[-1] if feed.epochs else 0
             async with self._gate.slot():
                 current, records = await run_in_threadpool(_poll, self._factory, *key, last)
@@ -125,8 +142,11 @@ class SearchFeeds:
                     sent_status = current
                 if current.status in TERMINAL:
                     return
-                # Wake when the feed is due again: the first follower up polls, the others read.
-                await anyio.sleep(max(0.0, feed.polled_at + poll_seconds - anyio.current_time()))
+                # Wake when the feed is due again or a change is announced: the first follower up
+                # polls, the others read.
+                if not feed.changed:
+                    with anyio.move_on_after(feed.polled_at + poll_seconds - anyio.current_time()):
+                        await feed.woken.wait()
         finally:
             feed.followers -= 1
             if feed.followers == 0 and self._feeds.get(key) is feed:

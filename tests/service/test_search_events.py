@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from app.events.changes import announce_change
 from darts_core.sse import iter_sse
 
 from .conftest import epoch_genotype
@@ -143,3 +146,34 @@ def test_followers_of_one_search_share_one_feed(fast_client: TestClient, set_sta
         record_epochs(search_id, [1, 2], status="succeeded")
         assert list(one) == list(two)
     assert feeds.followed == 0
+
+
+def test_an_announced_change_wakes_the_followers_before_their_poll_is_due(
+    client: TestClient, record_epochs, set_status
+) -> None:
+    """With a poll due only every two minutes, an epoch announced on Redis (as the ingester announces
+    each event it stores) reaches the stream at once: the announcement wakes the feed."""
+    client.app.state.sse_poll_seconds = 120.0
+    search_id = create(client)
+    set_status(search_id, "running")
+    stop = threading.Event()
+
+    def announce_until_stopped() -> None:  # again and again: the listener may not be subscribed yet
+        while not stop.wait(0.2):
+            announce_change(client.app.state.redis, client.app.state.settings, search_id)
+
+    announcer = threading.Thread(target=announce_until_stopped, daemon=True)
+    with client.stream("GET", f"/searches/{search_id}/events") as response:
+        events = sse_events(response)
+        assert next(events)["data"]["status"] == "running"
+        record_epochs(search_id, [1])
+        started = time.monotonic()
+        announcer.start()
+        try:
+            epoch = next(events)
+        finally:
+            stop.set()
+            announcer.join()
+    waited = time.monotonic() - started
+    assert (epoch["event"], epoch["data"]["epoch"]) == ("epoch", 1)
+    assert waited < 60, f"the epoch came after {waited:.0f} s: with the poll, not the announcement"
