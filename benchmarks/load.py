@@ -341,7 +341,8 @@ async def run(args: argparse.Namespace) -> int:
     if sse_lags:
         print(
             f"epoch end -> SSE event, {len(sse_lags)} events: p50 {percentile(sse_lags, 0.5) * 1000:.0f} ms, "
-            f"p99 {percentile(sse_lags, 0.99) * 1000:.0f} ms (woken by change announcements, else polled every 500 ms)"
+            f"p99 {percentile(sse_lags, 0.99) * 1000:.0f} ms "
+            "(woken by change announcements, else polled every 500 ms)"
         )
     print(f"errors: {len(figures.errors)}")
     for error in figures.errors[:20]:
