@@ -15,7 +15,7 @@ from sqlalchemy import select
 from app.models import Search, Study, Training
 
 from .conftest import WorkerProcess, wait_until
-from .test_faults import ApiProcess, FaultStack, _stack, start_worker
+from .test_faults import FAULT_SWEEP_SECONDS, ApiProcess, FaultStack, _stack, start_worker
 from .test_study_flow import SEARCH, TRAINING
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -67,7 +67,7 @@ def study_row(stack: FaultStack, study_id: str) -> Study:
 def test_a_study_completes_through_a_killed_worker_in_each_stage_and_a_killed_api(
     stack: FaultStack, tmp_path: Path
 ) -> None:
-    env = {**stack.env, "SWEEP_INTERVAL_SECONDS": "0.5"}
+    env = {**stack.env, "SWEEP_INTERVAL_SECONDS": str(FAULT_SWEEP_SECONDS)}
     start_worker(stack, tmp_path)
     start_worker(stack, tmp_path)
     api = ApiProcess(env, tmp_path / "api-1.log")
