@@ -18,9 +18,10 @@ poller of `app.services.search_feed`, which takes a slot of its own gate for eac
 
 The reads clients poll (`SELF_GATED`: GET of a search or training and of its epochs) are answered from
 memory most of the time (app.services.read_cache), so they do not queue at the gate: the answers
-clients poll are built under a gate of their own (`app.state.poll_gate`), other epoch pages take a
-request slot for the moment they read SQL (`run_with_connection`). API keys are looked up under a gate
-of their own too (`app.state.key_gate`), since requests holding slots may wait for a lookup.
+clients poll are built by threads of their own (`app.state.poll_builder`, POLL_SLOTS), other epoch
+pages take a request slot for the moment they read SQL (`run_with_connection`). API keys are looked up
+under a gate of their own too (`app.state.key_gate`), since requests holding slots may wait for a
+lookup.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from app.middleware import BodyLimitMiddleware, NulMiddleware
 from app.queue import create_celery_app
 from app.redis import get_redis
 from app.routes import datasets, docs, health, searches, studies, trainings
-from app.routes.polled import PolledReadMiddleware, renew_job
+from app.routes.polled import PolledReadMiddleware, forget_job, renew_job
 from app.services import admission
 from app.services.datasets import too_large_message
 from app.services.epoch_pages import EpochJsonCache
@@ -81,7 +81,8 @@ KEY_SLOTS = 1
 POLL_SLOTS = 1
 
 
-_frozen = threading.Event()
+_freeze_lock = threading.Lock()
+_frozen = False
 
 
 def _preload_then_freeze() -> None:
@@ -94,11 +95,17 @@ def _preload_then_freeze() -> None:
     p99; 10 ms after this). They live as long as the process anyway. Garbage is collected first, so
     that none of it is kept for good (a test process builds many apps).
     """
+    global _frozen
     admission.preload()
-    if not _frozen.is_set():
-        _frozen.set()
-        gc.collect()
-        gc.freeze()
+    with _freeze_lock:
+        if not _frozen:
+            _frozen = True
+            gc.collect()
+            gc.freeze()
+
+
+def _poll_builder() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(POLL_SLOTS, thread_name_prefix="poll-build")
 
 
 def create_app(settings: Settings | None = None, *, run_ingester: bool | None = None) -> FastAPI:
@@ -125,10 +132,15 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
         feeds: SearchFeeds = app.state.search_feeds
         loop = asyncio.get_running_loop()
 
-        def on_change(job_id: str) -> None:  # in the listener's thread
-            renew_job(read_cache, job_id)
-            with contextlib.suppress(RuntimeError):  # the loop closed: the app is going away
-                loop.call_soon_threadsafe(feeds.announce, job_id)
+        def on_change(job_id: str, written: bool) -> None:  # in the listener's thread
+            try:
+                if written:
+                    forget_job(read_cache, job_id)
+                else:
+                    renew_job(read_cache, job_id)
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed: the app is going away
+                    loop.call_soon_threadsafe(feeds.announce, job_id)
 
         listener = ChangeListener(app.state.redis, settings, on_change)
         app.state.change_listener = listener.start()
@@ -137,6 +149,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
         finally:
             listener.stop()
             app.state.poll_builder.shutdown(wait=False, cancel_futures=True)
+            app.state.poll_builder = _poll_builder()  # threads start on first use: for a next lifespan
             if app.state.ingester is not None:
                 app.state.ingester.stop()
             app.state.redis.close()
@@ -173,11 +186,13 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     # The builds of what clients poll (app.routes.polled) likewise: behind a burst of 200 submissions
     # in the request gate's queue, a poll's rebuild waited 2 s, and every follower with it. Threads of
     # their own, not a gate on the event loop: the change listener hands them renewals directly.
-    app.state.poll_builder = ThreadPoolExecutor(POLL_SLOTS, thread_name_prefix="poll-build")
+    app.state.poll_builder = _poll_builder()
     app.state.search_feeds = SearchFeeds(app.state.session_factory, app.state.feed_gate)
     app.state.open_streams = OpenStreams()
     app.state.epoch_json = EpochJsonCache()
-    app.state.read_cache = ReadCache(settings.read_cache_seconds, renew_in=app.state.poll_builder.submit)
+    app.state.read_cache = ReadCache(
+        settings.read_cache_seconds, renew_in=lambda work: app.state.poll_builder.submit(work)
+    )
     app.state.key_cache = ReadCache(settings.key_cache_seconds)
 
     @app.exception_handler(ServiceError)

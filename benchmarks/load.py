@@ -251,6 +251,49 @@ async def _burst(
     return took
 
 
+async def load(
+    args: argparse.Namespace,
+    connect: Connect,
+    client: aiohttp.ClientSession,
+    figures: Figures,
+    created: list[str],
+) -> tuple[float, tuple[float, float], float]:
+    """Submit the searches, then poll, follow and burst. Returns the seconds of load, the burst's
+    window (wall-clock start and end of its POSTs and cancels) and the seconds its POSTs took."""
+    for i in range(args.searches):
+        async with client.post("/searches", json=tiny_spec(f"load-{i}", args.epochs)) as submitted:
+            submitted.raise_for_status()
+            created.append((await submitted.json())["id"])
+    searches = list(created)
+    # Wait for the first to run, so that the load overlaps epochs.
+    wait_until = time.monotonic() + 120
+    while await status_of(client, searches[0]) == "queued":
+        if time.monotonic() > wait_until:
+            raise SystemExit("the first search did not start within 120 s: is a worker running?")
+        await asyncio.sleep(0.2)
+    started = time.monotonic()
+    deadline = started + args.duration
+    pollers = [
+        asyncio.create_task(poller(connect, figures, searches, i, deadline)) for i in range(args.clients)
+    ]
+    followers = [
+        asyncio.create_task(follower(connect, figures, searches[i % len(searches)], deadline))
+        for i in range(args.sse)
+    ]
+    await asyncio.sleep(args.duration / 3)
+    burst_started = time.time()
+    burst_seconds = await burst(args, figures, created)
+    burst_window = (burst_started, time.time())  # the POSTs and their cancels
+    outcomes = await asyncio.gather(*pollers, return_exceptions=True)
+    for task in followers:  # a follower still reading at the deadline waits for its next line
+        task.cancel()
+    outcomes += await asyncio.gather(*followers, return_exceptions=True)
+    for outcome in outcomes:  # a simulated client that died of something unforeseen is an error
+        if isinstance(outcome, BaseException) and not isinstance(outcome, asyncio.CancelledError):
+            figures.errors.append(f"client: {type(outcome).__name__} {outcome}")
+    return time.monotonic() - started, burst_window, burst_seconds
+
+
 async def run(args: argparse.Namespace) -> int:
     def connect(connections: int) -> aiohttp.ClientSession:
         # A client (connection pool) per simulated client, as separate programs would have.
@@ -259,39 +302,15 @@ async def run(args: argparse.Namespace) -> int:
     figures = Figures()
     created: list[str] = []
     async with connect(10) as client:
-        for i in range(args.searches):
-            async with client.post("/searches", json=tiny_spec(f"load-{i}", args.epochs)) as submitted:
-                submitted.raise_for_status()
-                created.append((await submitted.json())["id"])
-        searches = list(created)
-        # Wait for the first to run, so that the load overlaps epochs.
-        wait_until = time.monotonic() + 120
-        while await status_of(client, searches[0]) == "queued":
-            if time.monotonic() > wait_until:
-                raise SystemExit("the first search did not start within 120 s: is a worker running?")
-            await asyncio.sleep(0.2)
-        started = time.monotonic()
-        deadline = started + args.duration
-        tasks = [
-            asyncio.create_task(poller(connect, figures, searches, i, deadline)) for i in range(args.clients)
-        ]
-        tasks += [
-            asyncio.create_task(follower(connect, figures, searches[i % len(searches)], deadline))
-            for i in range(args.sse)
-        ]
-        await asyncio.sleep(args.duration / 3)
-        burst_window = (time.time(), 0.0)
-        burst_seconds = await burst(args, figures, created)
-        burst_window = (burst_window[0], time.time())  # the POSTs and their cancels
-        await asyncio.gather(*tasks[: args.clients])
-        for task in tasks[args.clients :]:
-            task.cancel()
-        await asyncio.gather(*tasks[args.clients :], return_exceptions=True)
-        elapsed = time.monotonic() - started
-        for search_id in created:  # leave nothing running; a failure here is an error too
-            response = await request(client, figures, "cleanup", "POST", f"/searches/{search_id}/cancel", 202)
-            if response is not None and response.status_code == 409:  # already finished
-                figures.errors.pop()
+        try:
+            elapsed, burst_window, burst_seconds = await load(args, connect, client, figures, created)
+        finally:
+            for search_id in created:  # leave nothing running; a failure here is an error too
+                response = await request(
+                    client, figures, "cleanup", "POST", f"/searches/{search_id}/cancel", 202
+                )
+                if response is not None and response.status_code == 409:  # already finished
+                    figures.errors.pop()
 
     lags: list[float] = []
     calm_lags: list[float] = []  # epochs that ended outside the burst's POSTs and cancels

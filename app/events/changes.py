@@ -1,6 +1,11 @@
 """Announcements that a job's rows changed: the ingester publishes the job's id on a Redis channel
-once an event of it is stored, and each API process drops what its read cache keeps about that job
-(app.services.read_cache), so a new epoch shows in the next poll instead of after READ_CACHE_SECONDS.
+once an event of it is stored (and the sweep, once it requeued or cancelled it), and each API process
+renews what its read cache keeps about that job (app.services.read_cache) and wakes the job's event
+streams, so a new epoch shows in the next poll instead of after READ_CACHE_SECONDS.
+
+A write through an API process (a cancel, a delete) is announced as `written`: the other API processes
+then drop what they keep instead of renewing it, so that none of them answers the state before the
+write once the writer has its answer (a renewal would serve it until rebuilt).
 
 Best effort on both sides: Pub/Sub keeps nothing for a listener that is away, so an announcement lost
 (Redis down, a listener reconnecting) only leaves the kept answer to expire, READ_CACHE_SECONDS at most.
@@ -26,18 +31,24 @@ def changes_channel(settings: Settings) -> str:
     return f"{settings.redis_prefix}:changed"
 
 
-def announce_change(client: redis.Redis, settings: Settings, job_id: str) -> None:
-    """Tell the API processes that `job_id`'s rows changed (never raises: the cache expires anyway)."""
+WRITTEN = " written"  # the suffix of an announcement of a write through the API
+
+
+def announce_change(client: redis.Redis, settings: Settings, job_id: str, *, written: bool = False) -> None:
+    """Tell the API processes that `job_id`'s rows changed, `written` through an API process (never
+    raises: the cache expires anyway)."""
     try:
-        client.publish(changes_channel(settings), job_id)
+        client.publish(changes_channel(settings), job_id + WRITTEN if written else job_id)
     except redis.RedisError as exc:
         logger.debug("could not announce a change of %s: %s", job_id, exc)
 
 
 class ChangeListener:
-    """A thread that calls `on_change(job_id)` for every announcement, reconnecting after errors."""
+    """A thread that calls `on_change(job_id, written)` for every announcement, reconnecting after errors."""
 
-    def __init__(self, client: redis.Redis, settings: Settings, on_change: Callable[[str], None]) -> None:
+    def __init__(
+        self, client: redis.Redis, settings: Settings, on_change: Callable[[str, bool], None]
+    ) -> None:
         self.client = client
         self.channel = changes_channel(settings)
         self.on_change = on_change
@@ -67,8 +78,8 @@ class ChangeListener:
                     message = pubsub.get_message(timeout=POLL_SECONDS)
                     if message is not None and message["type"] == "message":
                         data = message["data"]
-                        self.on_change(data.decode() if isinstance(data, bytes) else str(data))
-                        self.received += 1  # counted once acted on: a waiter sees the cache dropped
+                        self._act_on(data.decode() if isinstance(data, bytes) else str(data))
+                        self.received += 1  # counted once acted on (a renewal may still be under way)
             except Exception as exc:  # noqa: BLE001 - whatever it was, listen again: this thread must not die
                 if self._stop.is_set():
                     return  # the app closed its Redis client on the way out
@@ -83,3 +94,11 @@ class ChangeListener:
                     pubsub.close()
                 except Exception:  # noqa: BLE001 - a connection that is already gone
                     pass
+
+    def _act_on(self, message: str) -> None:
+        written = message.endswith(WRITTEN)
+        job_id = message.removesuffix(WRITTEN)
+        try:
+            self.on_change(job_id, written)
+        except Exception:  # not Redis's fault: keep listening without reconnecting
+            logger.exception("acting on the change of %s failed", job_id)

@@ -13,7 +13,8 @@ Anything else (another key, a query string, a miss) goes on to the routes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Hashable
+import contextvars
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
 from types import SimpleNamespace
 
@@ -74,9 +75,12 @@ async def owned_json(
         # Built by threads of their own (POLL_SLOTS): never queued behind a crowd of other requests.
         cache: ReadCache[OwnedJson] = request.app.state.read_cache
         builder: Executor = request.app.state.poll_builder
-        resource_owner, body = await cache.get(
-            key, lambda: asyncio.get_running_loop().run_in_executor(builder, build), rebuild=build
-        )
+
+        def build_here() -> Awaitable[OwnedJson]:
+            # With the request's context (its id in the logs), as the thread pool would.
+            return asyncio.get_running_loop().run_in_executor(builder, contextvars.copy_context().run, build)
+
+        resource_owner, body = await cache.get(key, build_here, rebuild=build)
     else:
         resource_owner, body = await run_with_connection(request, build)
     if not may_see(owner, resource_owner):
@@ -89,7 +93,7 @@ def forget(request: Request, *job_ids: str) -> None:
     other API processes to (app.events.changes; they would otherwise see it READ_CACHE_SECONDS later)."""
     for job_id in job_ids:
         forget_job(request.app.state.read_cache, job_id)
-        announce_change(request.app.state.redis, request.app.state.settings, job_id)
+        announce_change(request.app.state.redis, request.app.state.settings, job_id, written=True)
 
 
 def forget_job(cache: ReadCache[OwnedJson], job_id: str) -> None:

@@ -5,7 +5,8 @@ and a hundred of them made the API spend its time handing each request between t
 thread pool (three sync dependencies and a route, each a hop, all fighting over the GIL) and reading
 the same rows from SQL thousands of times a second. Answers kept for a fraction of a second serve
 those polls on the event loop, without a thread or a connection: SQL is read at most once per
-`ttl` per key and API process, however many clients poll.
+`ttl` per key and API process, however many clients poll, plus once per announced change of a key
+read since it was last built (`renew`).
 
 How fresh an answer is: at most `ttl` seconds older than the database (READ_CACHE_SECONDS, default
 0.1 s); a write made through the API (cancel, delete) and every event the ingester stores drop what is
@@ -46,6 +47,7 @@ class _Entry(Generic[V]):
     value: V
     expires: float
     rebuild: Callable[[], V] | None = None  # builds the value again outside the event loop (`renew`)
+    read: bool = False  # asked for since it was built: only such a value is worth renewing
 
 
 class ReadCache(Generic[V]):
@@ -92,6 +94,7 @@ class ReadCache(Generic[V]):
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and entry.expires > self._clock():
+                entry.read = True
                 return entry.value
         return None
 
@@ -108,6 +111,7 @@ class ReadCache(Generic[V]):
         with self._lock:
             entry = self._entries.get(key)
             if entry is not None and entry.expires > self._clock():
+                entry.read = True
                 return entry.value
             pending = self._building.get(key)
             if pending is None:
@@ -120,7 +124,7 @@ class ReadCache(Generic[V]):
             except asyncio.CancelledError:
                 if not pending.cancelled() or _being_cancelled():
                     raise
-                return await self.get(key, build)  # the building request was cancelled: build here
+                return await self.get(key, build, rebuild)  # the building request was cancelled: build here
         try:
             value = await build()
         except BaseException as exc:
@@ -155,8 +159,8 @@ class ReadCache(Generic[V]):
             self._entries.popitem(last=False)
 
     def _drop_expired(self, now: float) -> None:
-        # Entries live `ttl` from their build and are never renewed, so the least recently used end also
-        # holds the oldest builds: what is kept is what was built within the last `ttl`, not the most
+        # Entries live `ttl` from their build or renewal, and either puts them at the end, so the front
+        # holds the oldest: what is kept is what was built within the last `ttl`, not the most
         # `max_entries` ever built (an epoch page can be megabytes).
         while self._entries:
             oldest = next(iter(self._entries.values()))
@@ -183,16 +187,18 @@ class ReadCache(Generic[V]):
         """Build every fresh kept value for which `match(key)` is true again, in the background (any thread).
 
         Until its renewal is built, a key keeps answering the value it had (at most `ttl` old, as ever);
-        then the new value is kept for `ttl`. A key kept without a `rebuild`, or any key without
-        `renew_in`, is forgotten as by `invalidate`; so is one whose rebuild fails. Builds of matching
-        keys already under way when this is called, begun before the change, answer but do not keep.
+        then the new value is kept for `ttl`. A key nobody asked for since it was built, kept without a
+        `rebuild`, or any key without `renew_in`, is forgotten as by `invalidate` (renewing what nobody
+        reads would read SQL at every change for nothing); so is one whose rebuild fails. Builds of
+        matching keys already under way when this is called, begun before the change, answer but do
+        not keep; so do renewals queued or under way (a queued one that a later one replaced is skipped).
         """
         renewals: list[tuple[Hashable, object, Callable[[], V]]] = []
         with self._lock:
             now = self._clock()
             for key in [key for key in self._entries if match(key)]:
                 entry = self._entries[key]
-                if entry.rebuild is None or self._renew_in is None or entry.expires <= now:
+                if not entry.read or entry.rebuild is None or self._renew_in is None or entry.expires <= now:
                     del self._entries[key]
                 else:
                     renewals.append((key, object(), entry.rebuild))
@@ -204,6 +210,9 @@ class ReadCache(Generic[V]):
             self._renew_in(partial(self._renew_one, key, token, rebuild))
 
     def _renew_one(self, key: Hashable, token: object, rebuild: Callable[[], V]) -> None:
+        with self._lock:
+            if self._renewing.get(key) is not token:
+                return  # replaced by a later renewal (which reads after this one would) or invalidated
         try:
             value = rebuild()
         except Exception:  # noqa: BLE001 - the next `get` builds it again and meets the error itself

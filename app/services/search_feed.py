@@ -5,12 +5,14 @@ A stream used to poll SQL itself every 0.5 s in the thread pool: 50 followers of
 queries a second and took threads and connections from the requests. Now the followers of a search
 share a `_Feed`: whichever follower finds it older than the poll interval reads what is new (status,
 then the epochs after the last one seen) under the feed's lock and a database gate slot, and every
-follower sends from that cache. One query per followed search per interval, however many follow it.
+follower sends from that cache. One query per followed search per interval and per announced change
+(at most one at a time), however many follow it.
 
 A change announced for a followed job (an epoch the ingester stored: `announce`, from
 app.events.changes) wakes its followers, and the first up polls at once instead of at the end of the
 interval: under issue 10's load an epoch reached SSE followers 310 ms after its end at p50 (the
-interval's half), 630 ms at p99. The interval stays as the pace when announcements are lost.
+interval's half), 630 ms at p99. The interval stays as the pace when announcements are lost. (A study's
+stream, app.services.study_feed, polls on its own at the interval.)
 """
 
 from __future__ import annotations
@@ -80,6 +82,11 @@ def _poll(
         return current, records
 
 
+def _wake(feed: _Feed) -> None:
+    feed.woken.set()
+    feed.woken = anyio.Event()
+
+
 class SearchFeeds:
     """The feeds of the jobs (searches, trainings) followed through this API process."""
 
@@ -99,8 +106,7 @@ class SearchFeeds:
             feed = self._feeds.get((kind, job_id))
             if feed is not None:
                 feed.changed = True
-                feed.woken.set()
-                feed.woken = anyio.Event()
+                _wake(feed)
 
     async def _refresh(self, key: tuple[str, str], feed: _Feed, poll_seconds: float) -> None:
         async with feed.lock:
@@ -117,7 +123,10 @@ class SearchFeeds:
             for event_id, record in records:
                 feed.epochs.append(record.epoch)
                 feed.records.append((event_id, record))
+            news = bool(records) or current != feed.status
             feed.status = current
+            if news:  # followers that went to wait while this poll read: send it now
+                _wake(feed)
 
     async def stream(
         self, search_id: str, after: int, poll_seconds: float, kind: str = "search"
@@ -142,9 +151,10 @@ class SearchFeeds:
                     sent_status = current
                 if current.status in TERMINAL:
                     return
-                # Wake when the feed is due again or a change is announced: the first follower up
-                # polls, the others read.
-                if not feed.changed:
+                # Wait until the feed is due again, a change is announced, or another follower's poll
+                # brought news (it may have while this one was sending): the first up polls, the
+                # others read.
+                if not feed.changed and not feed.after(after) and feed.status == sent_status:
                     with anyio.move_on_after(feed.polled_at + poll_seconds - anyio.current_time()):
                         await feed.woken.wait()
         finally:

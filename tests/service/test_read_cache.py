@@ -168,11 +168,17 @@ class Background:
             item()
 
 
-def kept(cache: ReadCache[str], key: str, value: str, rebuild: Callable[[], str] | None) -> None:
+def kept(
+    cache: ReadCache[str], key: str, value: str, rebuild: Callable[[], str] | None, *, polled: bool = True
+) -> None:
+    """`value` built for `key` and kept; then read by a poll, unless `polled` is false."""
+
     async def build() -> str:
         return value
 
     assert asyncio.run(cache.get(key, build, rebuild=rebuild)) == value
+    if polled:
+        assert cache.peek(key) == value
 
 
 def test_a_renewal_answers_the_old_value_until_the_new_one_is_built() -> None:
@@ -194,18 +200,21 @@ def test_a_renewal_answers_the_old_value_until_the_new_one_is_built() -> None:
 
 
 def test_what_cannot_be_renewed_is_forgotten() -> None:
-    """An expired value, a value kept without a rebuild, a cache without `renew_in`, and a rebuild that
-    fails: each is forgotten, so that the next poll builds it again (and meets the error itself)."""
+    """A value nobody asked for since it was built, an expired value, a value kept without a rebuild, a
+    cache without `renew_in`, and a rebuild that fails: each is forgotten, so that the next poll builds
+    it again (and meets the error itself), and nothing nobody reads is read from SQL at every change."""
     clock = Clock()
     background = Background()
-    cache: ReadCache[str] = ReadCache(1.0, clock=clock, renew_in=background)
-    kept(cache, "no rebuild", "a", rebuild=None)
+    cache: ReadCache[str] = ReadCache(1.0, max_entries=10, clock=clock, renew_in=background)
     kept(cache, "expired", "b", rebuild=lambda: "never asked")
-    clock.now += 1.5
+    clock.now += 0.6
+    kept(cache, "not polled", "a", rebuild=lambda: "never asked", polled=False)
+    kept(cache, "no rebuild", "a", rebuild=None)
     kept(cache, "failing", "c", rebuild=lambda: 1 / 0)  # type: ignore[arg-type, return-value]
+    clock.now += 0.5  # "expired" is past its second, still held (nothing was inserted since)
+    assert len(cache) == 4
     cache.renew(lambda key: True)
-    assert cache.peek("no rebuild") is None and cache.peek("expired") is None
-    assert cache.peek("failing") == "c" and len(background.work) == 1
+    assert len(cache) == 1 and cache.peek("failing") == "c" and len(background.work) == 1
     background.run()
     assert cache.peek("failing") is None and cache.renewals == 0
 
@@ -226,14 +235,19 @@ def test_an_invalidation_or_a_later_renewal_wins_over_a_renewal_under_way() -> N
     background.run()
     assert cache.peek("k") is None and cache.renewals == 0
 
-    answers = iter(["second renewal", "first renewal"])
-    kept(cache, "k", "epoch 1", rebuild=lambda: next(answers))
+    reads: list[str] = []
+
+    def rebuild() -> str:
+        reads.append("read")
+        return f"renewal {len(reads)}"
+
+    kept(cache, "k", "epoch 1", rebuild=rebuild)
     cache.renew(lambda key: True)
     first = background.work.pop()
     cache.renew(lambda key: True)
     background.run()  # the later renewal ends first
-    first()
-    assert cache.peek("k") == "second renewal" and cache.renewals == 1
+    first()  # the earlier one, queued until now: skipped without reading
+    assert cache.peek("k") == "renewal 1" and cache.renewals == 1 and reads == ["read"]
 
 
 def test_a_build_begun_before_a_renewal_is_answered_but_not_kept() -> None:
@@ -345,7 +359,8 @@ def test_an_announced_change_renews_the_kept_answer(app_client, make_key, sessio
     api = app_client(read_cache_seconds=60.0)
     headers = {"Authorization": f"Bearer {make_key()[1]}"}
     search_id = api.post("/searches", json=DIGITS, headers=headers).json()["id"]
-    assert api.get(f"/searches/{search_id}", headers=headers).json()["name"] != "renamed"
+    for _ in range(2):  # built, then read from memory: a kept answer clients poll
+        assert api.get(f"/searches/{search_id}", headers=headers).json()["name"] != "renamed"
     with session_factory() as session:
         session.get(Search, search_id).name = "renamed"
         session.commit()
@@ -358,6 +373,30 @@ def test_an_announced_change_renews_the_kept_answer(app_client, make_key, sessio
         time.sleep(0.05)
     assert api.get(f"/searches/{search_id}", headers=headers).json()["name"] == "renamed"
     assert cache.builds == builds  # renewed in the background; the poll was answered from memory
+
+
+def test_an_announced_write_through_another_api_process_drops_the_kept_answer(
+    app_client, make_key, session_factory
+) -> None:
+    """A cancel or delete in another API process is announced as written: this one drops what it keeps
+    (a renewal would answer the state before the write until it is rebuilt), and the next poll builds."""
+    api = app_client(read_cache_seconds=60.0)
+    headers = {"Authorization": f"Bearer {make_key()[1]}"}
+    search_id = api.post("/searches", json=DIGITS, headers=headers).json()["id"]
+    for _ in range(2):  # built, then read from memory
+        assert api.get(f"/searches/{search_id}", headers=headers).json()["status"] == "queued"
+    with session_factory() as session:  # the other process's cancel
+        session.get(Search, search_id).status = "cancelled"
+        session.commit()
+    cache = api.app.state.read_cache
+    listener = api.app.state.change_listener
+    deadline = time.monotonic() + 20
+    while cache.peek(("searches", search_id, None)) is not None:
+        announce_change(api.app.state.redis, api.app.state.settings, search_id, written=True)
+        assert time.monotonic() < deadline, "no announcement of the write reached the API"
+        time.sleep(0.05)
+    assert listener.received >= 1 and cache.renewals == 0
+    assert api.get(f"/searches/{search_id}", headers=headers).json()["status"] == "cancelled"
 
 
 def test_the_fast_path_reads_the_key_as_the_routes_do(app_client, make_key) -> None:

@@ -151,9 +151,9 @@ def test_followers_of_one_search_share_one_feed(fast_client: TestClient, set_sta
 def test_an_announced_change_wakes_the_followers_before_their_poll_is_due(
     client: TestClient, record_epochs, set_status
 ) -> None:
-    """With a poll due only every two minutes, an epoch announced on Redis (as the ingester announces
-    each event it stores) reaches the stream at once: the announcement wakes the feed."""
-    client.app.state.sse_poll_seconds = 120.0
+    """With a poll due only every 40 s, an epoch announced on Redis (as the ingester announces each event
+    it stores) reaches the stream at once: the announcement wakes the feed."""
+    client.app.state.sse_poll_seconds = 40.0
     search_id = create(client)
     set_status(search_id, "running")
     stop = threading.Event()
@@ -176,4 +176,4 @@ def test_an_announced_change_wakes_the_followers_before_their_poll_is_due(
             announcer.join()
     waited = time.monotonic() - started
     assert (epoch["event"], epoch["data"]["epoch"]) == ("epoch", 1)
-    assert waited < 60, f"the epoch came after {waited:.0f} s: with the poll, not the announcement"
+    assert waited < 20, f"the epoch came after {waited:.0f} s: with the poll, not the announcement"
