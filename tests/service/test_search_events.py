@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -177,3 +178,50 @@ def test_an_announced_change_wakes_the_followers_before_their_poll_is_due(
     waited = time.monotonic() - started
     assert (epoch["event"], epoch["data"]["epoch"]) == ("epoch", 1)
     assert waited < 20, f"the epoch came after {waited:.0f} s: with the poll, not the announcement"
+
+
+def test_a_poll_that_brings_news_wakes_the_followers_already_waiting(monkeypatch) -> None:
+    """A follower that went to wait while another was polling must not sleep out the interval: the poll
+    that brought an epoch wakes it (here a follower waits with the next poll a minute away, and another
+    follower's poll finds the epoch)."""
+    import math
+    from dataclasses import dataclass
+
+    from app.db_gate import DatabaseGate
+    from app.lifecycle.status import Status
+    from app.schemas import StatusEvent
+    from app.services import search_feed
+
+    @dataclass
+    class Epoch:  # what a feed needs of a record
+        epoch: int
+
+        def model_dump_json(self) -> str:
+            return f'{{"epoch": {self.epoch}}}'
+
+    stored: list[tuple[str, Epoch]] = []
+
+    def poll(_factory, _kind, _job_id, after_epoch):
+        news = [(entry_id, e) for entry_id, e in stored if e.epoch > after_epoch]
+        return StatusEvent(status=Status.running, error=None), news
+
+    monkeypatch.setattr(search_feed, "_poll", poll)
+    feeds = search_feed.SearchFeeds(None, DatabaseGate(1))  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[dict, dict]:
+        waiting = feeds.stream("s1", 0, poll_seconds=60)
+        assert (await anext(waiting))["event"] == "status"
+        next_event = asyncio.ensure_future(anext(waiting))
+        await asyncio.sleep(0.1)
+        assert not next_event.done()  # nothing new, the next poll a minute away
+        stored.append(("1-0", Epoch(1)))
+        feeds._feeds[("search", "s1")].polled_at = -math.inf  # due for the next follower up
+        other = feeds.stream("s1", 0, poll_seconds=60)
+        polled = await anext(other)  # this follower's poll finds epoch 1
+        woken = await asyncio.wait_for(next_event, 10)
+        await waiting.aclose()
+        await other.aclose()
+        return polled, woken
+
+    polled, woken = asyncio.run(scenario())
+    assert polled == woken == {"event": "epoch", "id": "1-0", "data": '{"epoch": 1}'}
