@@ -110,7 +110,9 @@ def test_a_build_begun_before_an_invalidation_is_answered_but_not_kept() -> None
 
 
 def test_a_cancelled_builder_hands_the_build_to_a_waiter() -> None:
-    cache: ReadCache[str] = ReadCache(10.0)
+    """The waiter builds with its own `build` and keeps its `rebuild` with the value (renewable)."""
+    background = Background()
+    cache: ReadCache[str] = ReadCache(10.0, renew_in=background)
 
     async def scenario() -> str:
         started = asyncio.Event()
@@ -125,12 +127,16 @@ def test_a_cancelled_builder_hands_the_build_to_a_waiter() -> None:
 
         builder = asyncio.create_task(cache.get("k", slow))
         await started.wait()
-        waiter = asyncio.create_task(cache.get("k", quick))
+        waiter = asyncio.create_task(cache.get("k", quick, rebuild=lambda: "renewed"))
         await asyncio.sleep(0)
         builder.cancel()
         return await asyncio.wait_for(waiter, 5)
 
     assert asyncio.run(scenario()) == "built by the waiter"
+    assert cache.peek("k") == "built by the waiter"
+    cache.renew(lambda key: True)
+    background.run()
+    assert cache.peek("k") == "renewed"
 
 
 def test_entries_are_bounded_and_expired_ones_dropped_oldest_first() -> None:
