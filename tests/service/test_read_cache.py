@@ -439,3 +439,33 @@ def test_the_api_exempts_what_it_imported_from_full_collections(app_client) -> N
     while gc.get_freeze_count() < 100_000:
         assert time.monotonic() < deadline, f"{gc.get_freeze_count()} objects frozen after 60 s"
         time.sleep(0.1)
+
+
+def test_the_change_listener_outlives_a_failing_action_and_reads_written_changes(app_client) -> None:
+    """An action that raises (a bug, not Redis) is logged, and the listener goes on without dropping its
+    subscription: the next announcement, of a write, arrives marked as one."""
+    from app.events.changes import ChangeListener
+
+    api = app_client()
+    seen: list[tuple[str, bool]] = []
+
+    def on_change(job_id: str, written: bool) -> None:
+        seen.append((job_id, written))
+        if job_id == "poison":
+            raise RuntimeError("a bug in the action")
+
+    redis_client, settings = api.app.state.redis, api.app.state.settings
+    listener = ChangeListener(redis_client, settings, on_change).start()
+    try:
+        deadline = time.monotonic() + 20
+        while ("poison", False) not in seen:  # subscribed once an announcement gets through
+            announce_change(redis_client, settings, "poison")
+            assert time.monotonic() < deadline, "no announcement reached the listener"
+            time.sleep(0.05)
+        announce_change(redis_client, settings, "next", written=True)
+        while ("next", True) not in seen:
+            assert time.monotonic() < deadline, f"the next announcement never came: {seen}"
+            time.sleep(0.05)
+        assert listener.reconnects == 0
+    finally:
+        listener.stop()
