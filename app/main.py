@@ -82,7 +82,6 @@ POLL_SLOTS = 1
 
 
 _freeze_lock = threading.Lock()
-_frozen = False
 
 
 def _preload_then_freeze() -> None:
@@ -95,11 +94,9 @@ def _preload_then_freeze() -> None:
     p99; 10 ms after this). They live as long as the process anyway. Garbage is collected first, so
     that none of it is kept for good (a test process builds many apps).
     """
-    global _frozen
     admission.preload()
     with _freeze_lock:
-        if not _frozen:
-            _frozen = True
+        if gc.get_freeze_count() == 0:  # not frozen yet in this process
             gc.collect()
             gc.freeze()
 
