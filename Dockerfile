@@ -19,19 +19,24 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 
-# DL3013 (unpinned pip install): torch is pinned, through TORCH_SPEC, which hadolint cannot read.
+# Every version comes from requirements.lock (`make lock` writes it), as in `make install`. torch
+# alone comes from the chosen index, without its dependencies: those come from the lock below.
+# DL3013 (unpinned pip install): pip, setuptools and torch are pinned, by the lock and TORCH_SPEC,
+# which hadolint cannot read.
+WORKDIR /srv/darts
+COPY requirements.lock ./
 # hadolint ignore=DL3013
 RUN python -m venv /opt/venv \
-    && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
+    && pip install --no-cache-dir --constraint requirements.lock --upgrade pip setuptools \
+    && pip install --no-cache-dir --no-deps --index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"
 
 # Dependencies only (empty packages stand in for the code), so editing the code does not reinstall
 # them. An editable install: app/db.py finds the Alembic migrations next to the package, and the
 # runtime stage puts the code at the same path.
-WORKDIR /srv/darts
 COPY pyproject.toml README.md ./
 RUN mkdir darts_core app worker \
     && touch darts_core/__init__.py app/__init__.py worker/__init__.py \
-    && pip install --no-cache-dir -e . \
+    && pip install --no-cache-dir --constraint requirements.lock --no-build-isolation -e . \
     && rm -rf darts_core app worker
 
 # --- runtime: the virtualenv and the code, run as an unprivileged user ---------------------------

@@ -4,20 +4,39 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every version an install takes, pip's and setuptools' included: `make lock` writes it anew.
+LOCK := requirements.lock
+PIP_FLAGS := --quiet --disable-pip-version-check --constraint $(LOCK)
 
-.PHONY: install test lint demo demo-local pcdarts-digits bench clean
+.PHONY: install lock test lint demo demo-local pcdarts-digits bench clean
 
+# pip and setuptools from the lock too: the project is built with them (no build isolation), so the
+# build itself does not depend on the day it runs.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip setuptools
 
 # torch first and pinned: letting pip resolve a bare `torch` would pull a multi-GB CUDA build.
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
+	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install $(PIP_FLAGS) --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The lock anew: a fresh virtualenv takes the newest versions that pyproject.toml admits (torch as
+# TORCH_SPEC), and what it installed is written down. Run `make test` after it, then commit the lock.
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip setuptools
+	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(LOCK_VENV)/bin/pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[dev]'
+	{ echo "# Written by \`make lock\` on $$(date -u +%F) with Python $$($(LOCK_VENV)/bin/python -c 'import platform; print(platform.python_version())'):"; \
+	  echo "# the versions every install takes (make install, the Dockerfile: pip --constraint)."; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude-editable | sed -E 's/^torch==.*/$(TORCH_SPEC)/'; } > $(LOCK)
+	rm -rf $(LOCK_VENV)
 
 lint: install
 	$(BIN)/ruff check .
@@ -51,4 +70,4 @@ bench: install
 	$(BIN)/python benchmarks/search_step.py --quick
 
 clean:
-	rm -rf $(VENV) .darts .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .darts .pytest_cache .ruff_cache

@@ -268,7 +268,8 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck_and_torch_by_buil
     assert re.search(r'^ARG TORCH_INDEX_URL=', dockerfile, flags=re.MULTILINE)
     assert '--index-url "${TORCH_INDEX_URL}" "${TORCH_SPEC}"' in dockerfile
     # torch first, pinned, then the package: pip never resolves a CUDA torch by itself.
-    assert dockerfile.index('"${TORCH_SPEC}"') < dockerfile.index("pip install --no-cache-dir -e .")
+    package_install = "pip install --no-cache-dir --constraint requirements.lock --no-build-isolation -e ."
+    assert dockerfile.index('"${TORCH_SPEC}"') < dockerfile.index(package_install)
     assert re.search(r"^ENV [^#]*LOG_FORMAT=json", final, flags=re.MULTILINE | re.DOTALL)
 
 

@@ -68,7 +68,7 @@ class ChangeListener:
     def _listen(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(self.channel)
                 if failures:
