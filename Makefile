@@ -58,12 +58,12 @@ demo: install
 
 # The library alone, no service: a local search on digits, then retraining of its genotype.
 demo-local: install
-	$(BIN)/python -m darts_core.demo
+	$(BIN)/python -m darts_core.cli.demo
 
 # PC-DARTS on digits (slow, outside `make test`): K=4 with edge normalization, then the genotype
 # retrained; fails below 0.90 supernet valid accuracy or 0.95 retrained test accuracy.
 pcdarts-digits: install
-	$(BIN)/python -m darts_core.demo --partial-channels 4 --edge-normalization --epochs 10 \
+	$(BIN)/python -m darts_core.cli.demo --partial-channels 4 --edge-normalization --epochs 10 \
 		--train-epochs 20 --min-valid-acc 0.90 --min-test-acc 0.95
 
 bench: install

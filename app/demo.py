@@ -46,7 +46,7 @@ def _free_port() -> int:
 
 def _sse_events(client: httpx.Client, path: str) -> Iterator[tuple[str, Any]]:
     """Yield (event, data) pairs of an SSE response until the server ends it."""
-    from darts_core.sse import iter_sse  # the one SSE parser (the `darts` client's)
+    from darts_core.client.sse import iter_sse  # the one SSE parser (the `darts` client's)
 
     with client.stream("GET", path, timeout=httpx.Timeout(10.0, read=None)) as response:
         response.raise_for_status()

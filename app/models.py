@@ -164,7 +164,7 @@ class SearchEpoch(Base):
     seconds: Mapped[float] = mapped_column(Float)
     genotype: Mapped[dict[str, Any]] = mapped_column(JSON)
     alphas: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    # Collapse metrics (darts_core.collapse); null for epochs recorded before they existed, and the
+    # Collapse metrics (darts_core.search.collapse); null for epochs recorded before they existed, and the
     # eigenvalue in the epochs that did not measure it.
     skip_connections: Mapped[int | None] = mapped_column(Integer)
     parameter_free_ops: Mapped[int | None] = mapped_column(Integer)
@@ -210,7 +210,7 @@ class Training(LifecycleColumns, StudyChildColumns, Base):
 
 
 class TrainingEpoch(Base):
-    """One finished epoch of a training (darts_core.train.TrainEpoch), written once by the ingester."""
+    """One finished epoch of a training (darts_core.train.job.TrainEpoch), written once by the ingester."""
 
     __tablename__ = "training_epochs"
     __table_args__ = (UniqueConstraint("training_id", "epoch"),)

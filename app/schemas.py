@@ -1,10 +1,10 @@
 """Pydantic schemas of the REST API (separate from the SQL models in app/models.py).
 
-The search spec is defined once, in darts_core (`darts_core.config`, `darts_core.dataset_spec`): `SearchSpec`
-composes those models with what only the service knows (uploaded datasets, the search's name), so the
-API, the worker (`SearchConfig.from_spec`) and the library's `darts search` read the same fields,
-defaults and bounds. Unknown fields are rejected everywhere; `SearchSpec.model_dump()` is the spec as
-accepted, every default filled in. Nothing here imports torch.
+The search spec is defined once, in darts_core (`darts_core.spec.search_spec`,
+`darts_core.spec.dataset_spec`): `SearchSpec` composes those models with what only the service knows
+(uploaded datasets, the search's name), so the API, the worker (`SearchConfig.from_spec`) and the library's
+`darts search` read the same fields, defaults and bounds. Unknown fields are rejected everywhere;
+`SearchSpec.model_dump()` is the spec as accepted, every default filled in. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from pydantic import (
 )
 
 from app.lifecycle.status import Status
-from darts_core.config import (
+from darts_core.spec.dataset_spec import DigitsDatasetSpec, SplitSeed, SyntheticDatasetSpec, TestFraction
+from darts_core.spec.op_names import DARTS_OP_NAMES
+from darts_core.spec.records import EpochRecord
+from darts_core.spec.search_spec import (
     NetworkConfig,
     ResourcesConfig,
     SearchSpaceConfig,
     TrainingConfig,
     reject_nul,
 )
-from darts_core.dataset_spec import DigitsDatasetSpec, SplitSeed, SyntheticDatasetSpec, TestFraction
-from darts_core.op_names import DARTS_OP_NAMES
-from darts_core.records import EpochRecord
-from darts_core.training_config import TrainingNetworkConfig, TrainingScheduleConfig
+from darts_core.spec.training_spec import TrainingNetworkConfig, TrainingScheduleConfig
 
 # The API validates primitive names against the library's list: one source for the search space.
 DARTS_PRIMITIVES: tuple[str, ...] = DARTS_OP_NAMES
@@ -183,7 +183,7 @@ class SearchEstimatePublic(StrictModel):
 
 
 class EpochPublic(EpochRecord):
-    """An epoch record (darts_core.records.EpochRecord, which names the fields) as the API serves it."""
+    """An epoch record (darts_core.spec.records.EpochRecord, which names the fields) as the API serves it."""
 
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 
@@ -224,7 +224,7 @@ class DatasetPublic(StrictModel):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Trainings: a genotype retrained from scratch (the spec's sections are darts_core.training_config's)
+# Trainings: a genotype retrained from scratch (the spec's sections are darts_core.spec.training_spec's)
 
 #: A genotype in its JSON form (`normal`, `normal_concat`, `reduce`, `reduce_concat`) or the DARTS string
 #: ("Genotype(normal=[('sep_conv_3x3', 0), ...], ...)"); at most this many characters for the string.
@@ -288,7 +288,7 @@ class TrainingPublic(StrictModel):
 
 
 class TrainingEpochPublic(StrictModel):
-    """One finished training epoch (the fields of darts_core.train.TrainEpoch)."""
+    """One finished training epoch (the fields of darts_core.train.job.TrainEpoch)."""
 
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 

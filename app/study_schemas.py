@@ -2,7 +2,7 @@
 
 A study request names a search spec, the seeds to run it with, the short training of each found
 genotype (`selection`) and optionally the full training of the best one (`final`). The training
-bodies are darts_core's training sections (`darts_core.training_config`): the same fields, defaults
+bodies are darts_core's training sections (`darts_core.spec.training_spec`): the same fields, defaults
 and bounds as `POST /trainings`, without a genotype source (the study supplies it). Every child's spec
 is validated here, before anything is created, so a bad one is a 422 naming its field
 (`selection.training.epochs`).
@@ -17,8 +17,8 @@ from pydantic import ConfigDict, Field, Strict, ValidationInfo, field_validator
 
 from app.lifecycle.status import Status
 from app.schemas import DatasetSpec, SearchName, SearchSpec, StrictModel
-from darts_core.config import ResourcesConfig
-from darts_core.training_config import TrainingNetworkConfig, TrainingScheduleConfig
+from darts_core.spec.search_spec import ResourcesConfig
+from darts_core.spec.training_spec import TrainingNetworkConfig, TrainingScheduleConfig
 
 #: The most seeds one study may run (each is one search, all queued at once).
 MAX_SEEDS = 16

@@ -1,4 +1,4 @@
-"""Cost of the dominant Hessian eigenvalue (darts_core.collapse) against one first-order search step.
+"""Cost of the dominant Hessian eigenvalue (darts_core.search.collapse) against one first-order search step.
 
 Builds a SearchNetwork, takes one first-order DartsSearch step (timed), then times
 ``dominant_hessian_eigenvalue`` with one power iteration and with ``--iterations`` (process CPU time),
@@ -21,9 +21,9 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from darts_core.architect import DartsSearch  # noqa: E402
-from darts_core.collapse import dominant_hessian_eigenvalue  # noqa: E402
-from darts_core.networks import SearchNetwork  # noqa: E402
+from darts_core.nn.networks import SearchNetwork  # noqa: E402
+from darts_core.search.bilevel import DartsSearch  # noqa: E402
+from darts_core.search.collapse import dominant_hessian_eigenvalue  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

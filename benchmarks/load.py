@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from darts_core.sse import SSEParser
+from darts_core.client.sse import SSEParser
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 Connect = Callable[[int], aiohttp.ClientSession]  # a new client with that many connections
@@ -167,7 +167,7 @@ async def follower(connect: Connect, figures: Figures, search_id: str, deadline:
             figures.record("GET /searches/{id}/events (open)", started, opened, 200)
             if response.status != 200:
                 return
-            parser = SSEParser()  # darts_core.sse: the one parser of the project
+            parser = SSEParser()  # darts_core.client.sse: the one parser of the project
             async for raw in response.content:  # one line at a time, with its line ending
                 if time.monotonic() >= deadline:
                     return

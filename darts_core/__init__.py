@@ -6,8 +6,8 @@ The names of the ``trw.arch`` API come first, so ``import darts_core as arch`` w
     cell = arch.Cell(arch.DARTS_PRIMITIVES_2D, cpp=16, cp=16, c=16, is_reduction=False,
                      is_reduction_prev=False)
 
-The names are imported on first use (PEP 562): ``import darts_core.config`` (the search spec) does not
-import torch, so a process that only validates specs never pays for it.
+The names are imported on first use (PEP 562): ``import darts_core.spec`` (the specs) does not import
+torch, so a process that only validates specs never pays for it.
 """
 
 from __future__ import annotations
@@ -18,45 +18,45 @@ from typing import TYPE_CHECKING, Any
 # Public name -> the submodule that defines it.
 _EXPORTS: dict[str, str] = {
     # The trw.arch API (seed names).
-    "ReLUConvBN2d": "ops",
-    "ReduceChannels2d": "ops",
-    "Identity": "ops",
-    "Zero2d": "ops",
-    "DilConv2d": "ops",
-    "SepConv2d": "ops",
-    "Cell": "cell",
-    "default_cell_output": "cell",
-    "SpecialParameter": "cell",
-    "create_darts_optimizers_fn": "optim",
-    "create_darts_adam_optimizers_fn": "optim",
+    "ReLUConvBN2d": "nn.ops",
+    "ReduceChannels2d": "nn.ops",
+    "Identity": "nn.ops",
+    "Zero2d": "nn.ops",
+    "DilConv2d": "nn.ops",
+    "SepConv2d": "nn.ops",
+    "Cell": "nn.cell",
+    "default_cell_output": "nn.cell",
+    "SpecialParameter": "nn.cell",
+    "create_darts_optimizers_fn": "search.optimizers",
+    "create_darts_adam_optimizers_fn": "search.optimizers",
     # Additions.
-    "DARTS_PRIMITIVES_2D": "ops",
-    "DARTS_OP_NAMES": "op_names",
-    "MixedOp": "cell",
+    "DARTS_PRIMITIVES_2D": "nn.ops",
+    "DARTS_OP_NAMES": "spec.op_names",
+    "MixedOp": "nn.mixed_op",
     # Search engine.
-    "Genotype": "genotype",
-    "derive_genotype": "genotype",
-    "SearchNetwork": "networks",
-    "GenotypeNetwork": "networks",
-    "DartsSearch": "architect",
-    "SearchConfig": "config",
-    "EpochRecord": "records",
-    "EpochResult": "search",
-    "SearchResult": "search",
-    "run_search": "search",
+    "Genotype": "spec.genotype",
+    "derive_genotype": "search.derive",
+    "SearchNetwork": "nn.networks",
+    "GenotypeNetwork": "nn.networks",
+    "DartsSearch": "search.bilevel",
+    "SearchConfig": "spec.search_spec",
+    "EpochRecord": "spec.records",
+    "EpochResult": "search.loop",
+    "SearchResult": "search.loop",
+    "run_search": "search.loop",
     "read_history": "checkpoint",
-    "train_genotype": "train",
-    "TrainResult": "train",
-    "TrainEpoch": "train",
-    "TrainingJobConfig": "training_config",
-    "run_training_job": "training_job",
-    "TrainingStopped": "training_job",
-    "save_trained": "weights",
-    "load_trained": "weights",
-    "load_dataset": "data",
-    "builtin_datasets": "data",
-    "ImageDataset": "data",
-    "DatasetError": "data",
+    "train_genotype": "train.train_genotype",
+    "TrainResult": "train.job",
+    "TrainEpoch": "train.job",
+    "TrainingJobConfig": "spec.training_spec",
+    "run_training_job": "train.job",
+    "TrainingStopped": "train.job",
+    "save_trained": "train.weights",
+    "load_trained": "train.weights",
+    "load_dataset": "data.registry",
+    "builtin_datasets": "spec.dataset_spec",
+    "ImageDataset": "data.registry",
+    "DatasetError": "data.registry",
 }
 
 __all__ = list(_EXPORTS)
@@ -77,15 +77,11 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports (re-exports, hence F401)
     # ruff: noqa: F401
-    from darts_core.architect import DartsSearch
-    from darts_core.cell import Cell, MixedOp, SpecialParameter, default_cell_output
     from darts_core.checkpoint import read_history
-    from darts_core.config import SearchConfig
-    from darts_core.data import DatasetError, ImageDataset, builtin_datasets, load_dataset
-    from darts_core.genotype import Genotype, derive_genotype
-    from darts_core.networks import GenotypeNetwork, SearchNetwork
-    from darts_core.op_names import DARTS_OP_NAMES
-    from darts_core.ops import (
+    from darts_core.data.registry import DatasetError, ImageDataset, load_dataset
+    from darts_core.nn.cell import Cell, MixedOp, SpecialParameter, default_cell_output
+    from darts_core.nn.networks import GenotypeNetwork, SearchNetwork
+    from darts_core.nn.ops import (
         DARTS_PRIMITIVES_2D,
         DilConv2d,
         Identity,
@@ -94,10 +90,16 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports (re-expo
         SepConv2d,
         Zero2d,
     )
-    from darts_core.optim import create_darts_adam_optimizers_fn, create_darts_optimizers_fn
-    from darts_core.records import EpochRecord
-    from darts_core.search import EpochResult, SearchResult, run_search
-    from darts_core.train import TrainEpoch, TrainResult, train_genotype
-    from darts_core.training_config import TrainingJobConfig
-    from darts_core.training_job import TrainingStopped, run_training_job
-    from darts_core.weights import load_trained, save_trained
+    from darts_core.search.bilevel import DartsSearch
+    from darts_core.search.derive import derive_genotype
+    from darts_core.search.loop import EpochResult, SearchResult, run_search
+    from darts_core.search.optimizers import create_darts_adam_optimizers_fn, create_darts_optimizers_fn
+    from darts_core.spec.dataset_spec import builtin_datasets
+    from darts_core.spec.genotype import Genotype
+    from darts_core.spec.op_names import DARTS_OP_NAMES
+    from darts_core.spec.records import EpochRecord
+    from darts_core.spec.search_spec import SearchConfig
+    from darts_core.spec.training_spec import TrainingJobConfig
+    from darts_core.train.job import TrainingStopped, run_training_job
+    from darts_core.train.train_genotype import TrainEpoch, TrainResult, train_genotype
+    from darts_core.train.weights import load_trained, save_trained

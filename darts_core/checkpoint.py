@@ -5,10 +5,10 @@ A checkpoint directory holds ``checkpoint.pt`` (the latest finished epoch) and `
 
 * ``format``: :data:`CHECKPOINT_FORMAT`;
 * ``epoch``: the last finished epoch;
-* ``spec``: :meth:`darts_core.config.SearchConfig.to_spec` of the search that wrote it;
-* ``search``: :meth:`darts_core.architect.DartsSearch.state_dict`;
+* ``spec``: :meth:`darts_core.spec.search_spec.SearchConfig.to_spec` of the search that wrote it;
+* ``search``: :meth:`darts_core.search.bilevel.DartsSearch.state_dict`;
 * ``rng``: Python, NumPy, torch and CUDA RNG states as tensors and plain values;
-* ``history``: one :class:`darts_core.records.EpochRecord` dict per finished epoch.
+* ``history``: one :class:`darts_core.spec.records.EpochRecord` dict per finished epoch.
 
 A writer dies at any point without harm: the new generation is written to a temporary file of its own
 (pid and a random suffix, so two writers never share one), flushed to disk, and only then renamed in.
@@ -142,7 +142,7 @@ def load_checkpoint(
 
 
 def read_history(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The epoch records (:class:`~darts_core.records.EpochRecord` dicts) of ``directory``'s checkpoint.
+    """The epoch records (:class:`~darts_core.spec.records.EpochRecord` dicts) of ``directory``'s checkpoint.
 
     ``[]`` when the directory holds no checkpoint. Reads the same generation a resumed search would.
     """

@@ -2,8 +2,9 @@
 
 * :func:`count_weights` builds the supernet on torch's ``meta`` device (shapes only: no memory, no
   arithmetic) and counts its parameters exactly.
-* :func:`estimate_search` adds the peak memory of one bilevel step (:class:`~darts_core.search.DartsSearch`,
-  fp32 on CPU) from a formula over the network's shapes and the batch size:
+* :func:`estimate_search` adds the peak memory of one bilevel step
+  (:class:`~darts_core.search.bilevel.DartsSearch`, fp32 on CPU) from a formula over the network's shapes
+  and the batch size:
 
   - **state**: parameters, their gradients and the optimizer states (SGD momentum for the weights, Adam's
     two moments for the alphas): ``4 bytes x (3 x weights + 4 x alphas)``;
@@ -20,7 +21,7 @@
   measures a real step the same way, and the tests check the estimate against it on several sizes.
   On CUDA the worker runs under bf16 autocast, so the fp32 figure is an upper bound there.
 * :func:`estimate_training` gives the same figures for a retraining
-  (:func:`~darts_core.training_job.run_training_job`): its network is discrete and small next to a
+  (:func:`~darts_core.train.job.run_training_job`): its network is discrete and small next to a
   supernet, so its saved activations are *measured* rather than modelled: one training-mode forward
   pass (and the loss) runs on the ``meta`` device, where only shapes exist, under
   :class:`SavedTensorMeter`. :func:`measure_training_step` measures a real step for the tests.
@@ -45,13 +46,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from darts_core.architect import DartsSearch
-from darts_core.config import SearchConfig
-from darts_core.genotype import DARTS_OP_NAMES, Genotype, num_edges
-from darts_core.mixed_op import MixedOp, _as_primitives
-from darts_core.networks import GenotypeCell, GenotypeNetwork, SearchNetwork, _is_reduction, _stem
-from darts_core.ops import ReduceChannels2d, ReLUConvBN2d
-from darts_core.training_config import TrainingJobConfig
+from darts_core.nn.mixed_op import MixedOp, _as_primitives
+from darts_core.nn.networks import GenotypeCell, GenotypeNetwork, SearchNetwork, _is_reduction, _stem
+from darts_core.nn.ops import ReduceChannels2d, ReLUConvBN2d
+from darts_core.search.bilevel import DartsSearch
+from darts_core.spec.genotype import DARTS_OP_NAMES, Genotype, num_edges
+from darts_core.spec.search_spec import SearchConfig
+from darts_core.spec.training_spec import TrainingJobConfig
 
 __all__ = [
     "EDGE_VALUES",
@@ -131,7 +132,7 @@ class SearchEstimate:
 
 @dataclass(frozen=True)
 class _CellShape:
-    """One cell of the supernet as :class:`~darts_core.networks.SearchNetwork` lays it out."""
+    """One cell of the supernet as :class:`~darts_core.nn.networks.SearchNetwork` lays it out."""
 
     in_channels: tuple[int, int]  # channels of s0 and s1
     in_sizes: tuple[tuple[int, int], tuple[int, int]]  # (H, W) of s0 and s1
@@ -182,7 +183,7 @@ def _module_weights(kind: str, *args: object) -> int:
 def _cell_weights(
     shape: _CellShape, internal_nodes: int, primitives: tuple[str, ...], partial_channels: int = 1
 ) -> int:
-    """Weights of one search cell (:class:`~darts_core.cell.Cell`): its two preprocessing operations and
+    """Weights of one search cell (:class:`~darts_core.nn.cell.Cell`): its two preprocessing operations and
     its mixed edges, which differ only by stride (2 from the inputs of a reduction cell) and see
     ``width / partial_channels`` channels."""
     c_pp, c_p = shape.in_channels
@@ -210,7 +211,7 @@ def count_weights(
     partial_channels: int = 1,
     edge_normalization: bool = False,
 ) -> tuple[int, int]:
-    """``(weights, arch_weights)`` of :class:`~darts_core.networks.SearchNetwork`, exactly.
+    """``(weights, arch_weights)`` of :class:`~darts_core.nn.networks.SearchNetwork`, exactly.
 
     Its parts are built on the ``meta`` device (no memory is allocated), each distinct cell shape once:
     a 64-cell supernet has only a handful of them. With PC-DARTS' ``partial_channels`` ``K`` the mixed
@@ -241,7 +242,7 @@ def _cell_values(
     ``width / K`` channels; the bypassed channels of a stride-2 edge are max-pooled (the pooling keeps
     the state and int64 indices); with edge normalization, ``beta x bypass`` keeps the bypassed channels
     (the state itself at stride 1, the pooled ones at stride 2). In PC-DARTS mode (``K > 1`` or edge
-    normalization) the edges leaving a state run grouped (:mod:`darts_core.grouped_edges`): the grouped
+    normalization) the edges leaving a state run grouped (:mod:`darts_core.nn.grouped_edges`): the grouped
     convolutions keep the state's ReLU repeated once per edge.
     """
     computed = [name for name in primitives if name != "none"]
@@ -318,8 +319,8 @@ def estimate_search(
     num_classes: int,
     num_samples: int | None = None,
 ) -> SearchEstimate:
-    """Estimate what the search of ``config`` (a :class:`~darts_core.config.SearchConfig`) needs on data
-    of ``in_channels x image_size`` images in ``num_classes`` classes (``num_samples`` of them when
+    """Estimate what the search of ``config`` (a :class:`~darts_core.spec.search_spec.SearchConfig`) needs
+    on data of ``in_channels x image_size`` images in ``num_classes`` classes (``num_samples`` of them when
     known, for ``dataset_bytes``). Cheap: nothing is allocated but a few cells on the ``meta`` device."""
     space, network, training = config.search_space, config.network, config.training
     primitives = tuple(space.primitives)

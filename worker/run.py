@@ -39,8 +39,8 @@ class SearchRun(JobRun):
     def run_job(self, watch: StopWatch, report: Callable[[dict[str, Any]], None]) -> JobOutcome | None:
         # Imported here, in the task, so a worker's parent process never loads torch or CUDA.
         from darts_core.checkpoint import read_history
-        from darts_core.data import load_dataset
-        from darts_core.search import SearchConfig, run_search
+        from darts_core.data.registry import load_dataset
+        from darts_core.search.loop import SearchConfig, run_search
 
         with self.factory() as session:
             search = session.get(Search, self.job_id)

@@ -1,4 +1,4 @@
-"""One execution of `run_training` for one training: `darts_core.training_job.run_training_job` inside
+"""One execution of `run_training` for one training: `darts_core.train.job.run_training_job` inside
 `worker.job_run`'s lease, heartbeat, outbox and end-of-run machinery (shared with searches).
 
 The training checkpoints every epoch under `ARTIFACT_DIR/trainings/<id>/checkpoint` and a later attempt
@@ -27,11 +27,11 @@ class TrainingRun(JobRun):
     def run_job(self, watch: StopWatch, report: Callable[[dict[str, Any]], None]) -> JobOutcome | None:
         # Imported here, in the task, so a worker's parent process never loads torch or CUDA.
         from darts_core.checkpoint import read_history
-        from darts_core.data import load_dataset
-        from darts_core.genotype import Genotype
-        from darts_core.training_config import TrainingJobConfig
-        from darts_core.training_job import TrainingStopped, run_training_job
-        from darts_core.weights import save_trained
+        from darts_core.data.registry import load_dataset
+        from darts_core.spec.genotype import Genotype
+        from darts_core.spec.training_spec import TrainingJobConfig
+        from darts_core.train.job import TrainingStopped, run_training_job
+        from darts_core.train.weights import save_trained
 
         with self.factory() as session:
             training = session.get(Training, self.job_id)

@@ -18,7 +18,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, TypeAdapter
 
 from app.db import utcnow
 from app.lifecycle.status import Status
-from darts_core.records import EpochRecord
+from darts_core.spec.records import EpochRecord
 
 # The scalar fields of an epoch record (what a search row keeps of its last epoch).
 EPOCH_METRICS = tuple(name for name in EpochRecord.model_fields if name not in ("genotype", "alphas"))
@@ -56,7 +56,7 @@ class EpochEvent(_EventBase, EpochRecord):
 
 
 class TrainingEpochRecord(BaseModel):
-    """One finished training epoch: the fields of `darts_core.train.TrainEpoch` (`to_dict()`)."""
+    """One finished training epoch: the fields of `darts_core.train.job.TrainEpoch` (`to_dict()`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -88,7 +88,7 @@ class TrainingEpochEvent(_EventBase, TrainingEpochRecord):
 
 
 class TrainingOutcome(BaseModel):
-    """The final figures of a training that succeeded (`darts_core.training_job.TrainResult`)."""
+    """The final figures of a training that succeeded (`darts_core.train.job.TrainResult`)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -35,7 +35,7 @@ router = APIRouter(
     prefix="/searches", tags=["searches"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
 )
 
-MAX_EPOCH = 1000  # training.epochs' upper bound (darts_core.config.TrainingConfig)
+MAX_EPOCH = 1000  # training.epochs' upper bound (darts_core.spec.search_spec.TrainingConfig)
 
 
 @router.post(

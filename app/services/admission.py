@@ -20,7 +20,7 @@ from app.models import Dataset
 from app.schemas import DatasetSpec, SearchSpec, TrainingSpec, UploadedDatasetSpec
 from app.services.errors import Unprocessable
 from app.settings import Settings
-from darts_core.dataset_spec import SyntheticDatasetSpec
+from darts_core.spec.dataset_spec import SyntheticDatasetSpec, builtin_datasets
 
 # Sizes a caller can lower, in the order they usually matter most (batch first: activations dominate).
 _LOWERABLE: tuple[tuple[str, Callable[[SearchSpec], bool]], ...] = (
@@ -58,8 +58,6 @@ def _data_shape(session: Session, dataset: DatasetSpec, owner: str) -> dict[str,
             "num_classes": dataset.num_classes,
             "num_samples": dataset.num_samples,
         }
-    from darts_core.data import builtin_datasets
-
     info = next(item for item in builtin_datasets() if item["name"] == dataset.name)
     channels, height, width = info["shape"]
     return {
@@ -72,7 +70,6 @@ def _data_shape(session: Session, dataset: DatasetSpec, owner: str) -> dict[str,
 
 def preload() -> None:
     """Import what `estimate` needs (torch among it) now, so the first submission does not."""
-    import darts_core.config
     import darts_core.estimate  # noqa: F401
 
 
@@ -80,8 +77,8 @@ def estimate(session: Session, spec: SearchSpec, settings: Settings, *, owner: s
     """The admission estimate of `spec` against `settings.worker_memory_bytes` (a
     `SearchEstimatePublic` dict). Blocking (torch, milliseconds to a tenth of a second): call it off the
     event loop."""
-    from darts_core.config import SearchConfig
     from darts_core.estimate import estimate_search
+    from darts_core.spec.search_spec import SearchConfig
 
     try:
         config = SearchConfig.from_spec(spec.model_dump(mode="json"))
@@ -128,8 +125,8 @@ def require_training_fits(
     `darts_core.estimate.estimate_training` peak above WORKER_MEMORY_BYTES); the message names the
     estimate, the limit and the fields to lower."""
     from darts_core.estimate import estimate_training
-    from darts_core.genotype import Genotype
-    from darts_core.training_config import TrainingJobConfig
+    from darts_core.spec.genotype import Genotype
+    from darts_core.spec.training_spec import TrainingJobConfig
 
     assert spec.dataset is not None  # create_training has filled it in
     config = TrainingJobConfig.from_spec(spec.model_dump(mode="json"))

@@ -20,6 +20,7 @@ from app.services.multipart import MultipartUpload
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
 from app.storage import datasets_dir
+from darts_core.spec.dataset_spec import builtin_datasets as core_builtin_datasets
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +35,7 @@ SERVICE_BUILTINS = ("digits", "synthetic")
 
 
 def builtin_datasets() -> list[dict[str, Any]]:
-    """The darts_core datasets a spec can name (darts_core is imported lazily: it imports torch)."""
-    from darts_core.data import builtin_datasets as core_builtin_datasets
-
+    """The darts_core datasets a spec can name."""
     return [info for info in core_builtin_datasets() if info["name"] in SERVICE_BUILTINS]
 
 
@@ -92,7 +91,7 @@ def bytes_used(session: Session, owner: str) -> int:
 
 
 _validation_limiter: anyio.CapacityLimiter | None = None
-VALIDATIONS_AT_ONCE = 4  # each holds at most a few chunks (darts_core.npz.CHUNK_BYTES) in memory
+VALIDATIONS_AT_ONCE = 4  # each holds at most a few chunks (darts_core.data.npz.CHUNK_BYTES) in memory
 
 
 def _limiter() -> anyio.CapacityLimiter:
@@ -134,7 +133,7 @@ async def store_upload(
     of the owner's `settings.max_dataset_bytes_per_owner` -> PayloadTooLarge (413) at once. A multipart
     upload (`form`) names its file and `name` field as it streams; they are read from `form` once the
     body is in. The file is then validated off the event loop, with bounded
-    memory (darts_core.data.validate_npz); not an `.npz` darts_core can use -> Unprocessable (422).
+    memory (darts_core.data.registry.validate_npz); not an `.npz` darts_core can use -> Unprocessable (422).
     Either way the partial file is removed and nothing is recorded. `before_validation` (tests,
     instrumentation) runs in the validation's thread just before it starts.
     """
@@ -197,7 +196,7 @@ async def store_upload(
 
 
 def _validate_npz(path: Path, settings: Settings) -> dict[str, Any]:
-    from darts_core.data import DatasetError, validate_npz
+    from darts_core.data.registry import DatasetError, validate_npz
 
     try:
         info = validate_npz(path, max_values=settings.max_dataset_values, max_classes=settings.max_classes)

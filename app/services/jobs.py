@@ -27,7 +27,7 @@ from app.models import Dataset, LifecycleColumns, Study, StudyChildColumns
 from app.queue import enqueue_task
 from app.services.errors import BadRequest, Conflict, ServiceUnavailable, TooManyRequests, Unprocessable
 from app.settings import Settings
-from darts_core.config import ResourcesConfig
+from darts_core.spec.search_spec import ResourcesConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""darts_core.cell: MixedOp, Cell, default_cell_output and SpecialParameter."""
+"""darts_core.nn.cell: MixedOp, Cell, default_cell_output and SpecialParameter."""
 
 import copy
 import functools
@@ -11,7 +11,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import darts_core as arch
-from darts_core.cell import MixedOp
+from darts_core.nn.cell import MixedOp
 
 PRIMS = arch.DARTS_PRIMITIVES_2D
 

@@ -20,9 +20,9 @@ from darts_core.checkpoint import (
     read_history,
     write_checkpoint,
 )
-from darts_core.config import SearchConfig
-from darts_core.data import load_dataset
-from darts_core.search import run_search
+from darts_core.data.registry import load_dataset
+from darts_core.search.loop import run_search
+from darts_core.spec.search_spec import SearchConfig
 
 
 def _state(epoch: int) -> dict:

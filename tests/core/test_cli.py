@@ -13,12 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from darts_core.checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME
-from darts_core.cli import app
-from darts_core.data import load_dataset
-from darts_core.genotype import Genotype
-from darts_core.training_config import TrainingJobConfig
-from darts_core.training_job import TrainingStopped, run_training_job
-from darts_core.weights import load_trained
+from darts_core.cli.main import app
+from darts_core.data.registry import load_dataset
+from darts_core.spec.genotype import Genotype
+from darts_core.spec.training_spec import TrainingJobConfig
+from darts_core.train.job import TrainingStopped, run_training_job
+from darts_core.train.weights import load_trained
 
 DATASET = {"name": "synthetic", "num_samples": 64, "channels": 1, "image_size": 6, "num_classes": 3}
 SPEC = {
@@ -289,10 +289,10 @@ def test_remote_submit_refuses_a_spec_file_that_is_not_a_json_object_before_any_
     tmp_path: Path, command: list[str], content: str, says: str
 ) -> None:
     """`darts submit`, `darts trainings submit` and `darts studies submit` read the file alike
-    (`darts_core.remote.read_spec_file`): exit 2 naming the file, with no server to reach."""
+    (`darts_core.client.searches.read_spec_file`): exit 2 naming the file, with no server to reach."""
     from typer.testing import CliRunner
 
-    from darts_core.cli import app
+    from darts_core.cli.main import app
 
     spec = tmp_path / "spec.json"
     spec.write_text(content)

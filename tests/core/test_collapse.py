@@ -1,4 +1,4 @@
-"""darts_core.collapse: collapse metrics, the Hessian's dominant eigenvalue, the early-stop rules."""
+"""darts_core.search.collapse: collapse metrics, the Hessian's dominant eigenvalue, the early-stop rules."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from darts_core import ops
-from darts_core.collapse import (
+from darts_core.nn import recompute
+from darts_core.nn.networks import SearchNetwork
+from darts_core.search.collapse import (
     CollapseMetrics,
     collapse_metrics,
     darts_plus_rule,
@@ -19,8 +20,7 @@ from darts_core.collapse import (
     parameter_free_count,
     skip_count,
 )
-from darts_core.genotype import DARTS_V2, Genotype
-from darts_core.networks import SearchNetwork
+from darts_core.spec.genotype import DARTS_V2, Genotype
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,7 +84,7 @@ def _dense_dominant_eigenvalue(network: SearchNetwork, batch: tuple[torch.Tensor
         alphas = (flat[:split].view(shapes[0]), flat[split:].view(shapes[1]))
         return F.cross_entropy(network(images, alphas=(*alphas, *arch[2:])), labels)
 
-    with ops.twice_differentiable():
+    with recompute.twice_differentiable():
         hessian = torch.autograd.functional.hessian(loss, torch.cat([a.reshape(-1) for a in arch[:2]]))
     eigenvalues = torch.linalg.eigvalsh((hessian + hessian.T) / 2)
     return eigenvalues[eigenvalues.abs().argmax()].item()

@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from darts_core.data import DatasetError, ImageDataset, builtin_datasets, load_dataset, validate_npz
+from darts_core.data.registry import DatasetError, ImageDataset, load_dataset, validate_npz
+from darts_core.spec.dataset_spec import builtin_datasets
 
 
 def _assert_well_formed(ds: ImageDataset, channels: int, size: tuple[int, int], num_classes: int) -> None:

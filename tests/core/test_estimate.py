@@ -12,10 +12,10 @@ from darts_core.estimate import (
     measure_step,
     measure_training_step,
 )
-from darts_core.genotype import DARTS_V2
-from darts_core.networks import GenotypeNetwork, SearchNetwork
-from darts_core.search import SearchConfig
-from darts_core.training_config import TrainingJobConfig
+from darts_core.nn.networks import GenotypeNetwork, SearchNetwork
+from darts_core.search.loop import SearchConfig
+from darts_core.spec.genotype import DARTS_V2
+from darts_core.spec.training_spec import TrainingJobConfig
 
 
 @pytest.mark.parametrize(

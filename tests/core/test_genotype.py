@@ -9,7 +9,8 @@ import pickle
 import pytest
 import torch
 
-from darts_core.genotype import DARTS_OP_NAMES, DARTS_V2, Genotype, derive_genotype, num_edges
+from darts_core.search.derive import derive_genotype
+from darts_core.spec.genotype import DARTS_OP_NAMES, DARTS_V2, Genotype, num_edges
 
 PRIMITIVES = list(DARTS_OP_NAMES)
 OP = {name: index for index, name in enumerate(PRIMITIVES)}
@@ -468,7 +469,7 @@ def test_invalid_genotypes_name_the_entry(kwargs: dict, message: str) -> None:
 def test_a_cell_has_at_most_eight_internal_nodes() -> None:
     """MAX_INTERNAL_NODES (the search space's bound) holds for any genotype: building the network of a
     bigger one is slow enough to tie up the process that checks it."""
-    from darts_core.op_names import MAX_INTERNAL_NODES
+    from darts_core.spec.op_names import MAX_INTERNAL_NODES
 
     def genes(nodes: int) -> list[tuple[str, int]]:
         return [("skip_connect", 0), ("sep_conv_3x3", 1)] * nodes

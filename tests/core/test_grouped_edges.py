@@ -1,4 +1,4 @@
-"""darts_core.grouped_edges: the edges of one state run grouped give each edge's MixedOp output."""
+"""darts_core.nn.grouped_edges: the edges of one state run grouped give each edge's MixedOp output."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from darts_core import ops
-from darts_core.grouped_edges import run_edges_of_state
-from darts_core.mixed_op import MixedOp
+from darts_core.nn import ops
+from darts_core.nn.grouped_edges import run_edges_of_state
+from darts_core.nn.mixed_op import MixedOp
 
 PRIMITIVES = ops.DARTS_PRIMITIVES_2D
 

@@ -1,4 +1,4 @@
-"""darts_core.npz: headers checked before values, values checked in bounded chunks."""
+"""darts_core.data.npz: headers checked before values, values checked in bounded chunks."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import write_npz_of_zeros
 
-from darts_core.data import DatasetError, load_dataset, validate_npz
-from darts_core.npz import NpzError, check_npz, read_headers
+from darts_core.data.npz import NpzError, check_npz, read_headers
+from darts_core.data.registry import DatasetError, load_dataset, validate_npz
 
 BOMB_SHAPE = (10000, 3, 128, 128)  # 491,520,000 uint8 values: 0.5 GB inflated, 0.5 MB deflated
 
@@ -40,7 +40,7 @@ def test_a_zip_bomb_is_refused_from_its_header_without_inflating_it(zip_bomb: Pa
     # Measured in a fresh process: refusing it costs no memory (inflated, x alone is 469 MiB).
     script = (
         "import resource, sys, json\n"
-        "import darts_core.npz as npz\n"
+        "import darts_core.data.npz as npz\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "try:\n"
         "    npz.check_npz(sys.argv[1], max_values=2**28, max_classes=1000)\n"

@@ -1,4 +1,4 @@
-"""darts_core.ops: shapes, parameter counts, semantics and gradients of the DARTS primitives."""
+"""darts_core.nn.ops: shapes, parameter counts, semantics and gradients of the DARTS primitives."""
 
 import copy
 import math
@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import darts_core as arch
-from darts_core.ops import AvgPoolBN2d, MaxPoolBN2d, batch_norm_scaled
+from darts_core.nn import ops
+from darts_core.nn.ops import AvgPoolBN2d, MaxPoolBN2d, batch_norm_scaled
 
 DARTS_ORDER = [
     "none",
@@ -237,7 +238,7 @@ def test_max_pool_then_bn():
     ids=lambda op: type(op).__name__,
 )
 def test_forward_relu_applied_matches_forward(op):
-    assert isinstance(op, arch.ops.StartsWithReLU)
+    assert isinstance(op, ops.StartsWithReLU)
     x = torch.randn(2, 4, 7, 7)
     torch.testing.assert_close(op.forward_relu_applied(F.relu(x)), op(x), rtol=0, atol=0)
 
@@ -268,9 +269,9 @@ def test_ops_do_not_modify_their_input():
 def test_final_bn_of_forward_before_bn_is_forward(name):
     op = arch.DARTS_PRIMITIVES_2D[name](4, 2, False)
     x = torch.randn(2, 4, 7, 7)
-    assert isinstance(op, arch.ops.EndsInBatchNorm), f"{name} with stride 2 should end with a BatchNorm"
+    assert isinstance(op, ops.EndsInBatchNorm), f"{name} with stride 2 should end with a BatchNorm"
     torch.testing.assert_close(op.final_bn(op.forward_before_bn(x)), op(x), rtol=0, atol=0)
-    if isinstance(op, arch.ops.StartsWithReLU):
+    if isinstance(op, ops.StartsWithReLU):
         before = op.forward_relu_applied_before_bn(F.relu(x))
         torch.testing.assert_close(op.final_bn(before), op(x), rtol=0, atol=0)
 

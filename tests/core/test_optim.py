@@ -1,4 +1,4 @@
-"""darts_core.optim: the split of parameters between the architecture and the weight optimizers."""
+"""darts_core.search.optimizers: the parameters split between the architecture and weight optimizers."""
 
 import pytest
 import torch

@@ -6,11 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from darts_core import ops
-from darts_core.cell import Cell, SpecialParameter
-from darts_core.genotype import derive_genotype, edge_softmax, num_edges
-from darts_core.mixed_op import _interleave, channel_shuffle
-from darts_core.networks import SearchNetwork
+from darts_core.nn import ops, recompute
+from darts_core.nn.cell import Cell, SpecialParameter
+from darts_core.nn.edge_weights import edge_softmax
+from darts_core.nn.mixed_op import _interleave, channel_shuffle
+from darts_core.nn.networks import SearchNetwork
+from darts_core.search.derive import derive_genotype
+from darts_core.spec.genotype import num_edges
 
 PRIMITIVES = list(ops.DARTS_PRIMITIVES_2D)
 
@@ -256,7 +258,7 @@ def test_fixed_cells_refuse_the_pc_darts_options() -> None:
 def test_twice_differentiable_gives_the_same_values() -> None:
     network = SearchNetwork(3, 5, init_channels=8, cells=3, partial_channels=4, edge_normalization=True)
     out, grads = _outputs_and_gradients(network, channels_last=True)
-    with ops.twice_differentiable():
+    with recompute.twice_differentiable():
         out_plain, grads_plain = _outputs_and_gradients(network, channels_last=True)
     assert (out - out_plain).abs().max().item() < 1e-6
     assert all((a - b).abs().max().item() < 1e-5 for a, b in zip(grads, grads_plain, strict=True))

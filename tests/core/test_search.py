@@ -13,16 +13,17 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from darts_core.checkpoint import PREVIOUS_CHECKPOINT_NAME, read_history
-from darts_core.data import load_dataset
-from darts_core.genotype import DARTS_OP_NAMES, Genotype, derive_genotype, num_edges
-from darts_core.records import EpochRecord
-from darts_core.search import (
+from darts_core.data.registry import load_dataset
+from darts_core.search.derive import derive_genotype
+from darts_core.search.loop import (
     CHECKPOINT_NAME,
     DartsSearch,
     EpochResult,
     SearchConfig,
     run_search,
 )
+from darts_core.spec.genotype import DARTS_OP_NAMES, Genotype, num_edges
+from darts_core.spec.records import EpochRecord
 
 # --------------------------------------------------------------------------------------------- helpers
 
@@ -32,7 +33,7 @@ TINY_PRIMITIVES = ("none", "sep_conv_3x3", "avg_pool_3x3", "skip_connect")
 class _Subsampled(nn.Module):
     """`module` on every second pixel: a stride-2 1x1 convolution written without oneDNN's strided
     1x1 kernel, whose channels_last backward with fewer than 8 channels corrupts the heap (see
-    darts_core.ops.ReduceChannels2d)."""
+    darts_core.nn.ops.ReduceChannels2d)."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()

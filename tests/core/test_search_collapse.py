@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from darts_core.collapse import skip_count
-from darts_core.config import SearchConfig
-from darts_core.data import ImageDataset
-from darts_core.search import EpochResult, run_search
+from darts_core.data.registry import ImageDataset
+from darts_core.search.collapse import skip_count
+from darts_core.search.loop import EpochResult, run_search
+from darts_core.spec.search_spec import SearchConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

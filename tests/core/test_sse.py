@@ -1,8 +1,8 @@
-"""darts_core.sse: the text/event-stream parser the client, the demo and the tests share."""
+"""darts_core.client.sse: the text/event-stream parser the client, the demo and the tests share."""
 
 from __future__ import annotations
 
-from darts_core.sse import ServerSentEvent, SSEParser, iter_sse
+from darts_core.client.sse import ServerSentEvent, SSEParser, iter_sse
 
 
 def test_events_fields_comments_and_sticky_ids() -> None:

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from darts_core.data import ImageDataset, load_dataset
-from darts_core.genotype import DARTS_V2, Genotype
-from darts_core.networks import GenotypeNetwork
-from darts_core.train import TrainEpoch, apply_cutout, resolve_device, train_genotype
+from darts_core.data.registry import ImageDataset, load_dataset
+from darts_core.nn.networks import GenotypeNetwork
+from darts_core.spec.genotype import DARTS_V2, Genotype
+from darts_core.train.train_genotype import TrainEpoch, apply_cutout, resolve_device, train_genotype
 
 SMALL = Genotype(
     normal=[("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 0)],

@@ -12,13 +12,12 @@ import pytest
 import torch
 
 import darts_core
-from darts_core import training_job
 from darts_core.checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, read_history, write_checkpoint
-from darts_core.data import ImageDataset, load_dataset
-from darts_core.genotype import DARTS_V2, Genotype
-from darts_core.multiply_adds import count_multiply_adds
-from darts_core.training_config import TrainingJobConfig
-from darts_core.training_job import (
+from darts_core.data.registry import ImageDataset, load_dataset
+from darts_core.spec.genotype import DARTS_V2, Genotype
+from darts_core.spec.training_spec import TrainingJobConfig
+from darts_core.train import job as training_job
+from darts_core.train.job import (
     TrainEpoch,
     TrainingDiverged,
     TrainingStopped,
@@ -26,6 +25,7 @@ from darts_core.training_job import (
     run_training_job,
     validation_split,
 )
+from darts_core.train.multiply_adds import count_multiply_adds
 
 SMALL = Genotype(
     normal=[("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 0)],

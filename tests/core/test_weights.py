@@ -1,4 +1,4 @@
-"""darts_core.weights (save_trained / load_trained) and darts_core.multiply_adds."""
+"""darts_core.train.weights (save_trained / load_trained) and darts_core.train.multiply_adds."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import darts_core
-from darts_core.genotype import DARTS_V2, Genotype
-from darts_core.multiply_adds import count_multiply_adds
-from darts_core.networks import GenotypeNetwork
-from darts_core.weights import WEIGHTS_FORMAT, load_trained, save_trained
+from darts_core.nn.networks import GenotypeNetwork
+from darts_core.spec.genotype import DARTS_V2, Genotype
+from darts_core.train.multiply_adds import count_multiply_adds
+from darts_core.train.weights import WEIGHTS_FORMAT, load_trained, save_trained
 
 SMALL = Genotype(
     normal=[("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 0)],

@@ -167,7 +167,7 @@ def test_a_search_on_an_uploaded_dataset(client: TestClient, db_session: Session
 def test_the_worker_loads_an_upload_with_the_split_and_layout_of_the_spec(
     client: TestClient, api_settings: Settings, db_session: Session
 ) -> None:
-    from darts_core.data import load_dataset
+    from darts_core.data.registry import load_dataset
     from worker.run import resolve_dataset
 
     dataset_id = client.post("/datasets", files={"file": ("mine.npz", small_images(40, 4))}).json()["id"]

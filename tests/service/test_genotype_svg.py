@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ElementTree
 import pytest
 
 from app.services.genotype_svg import Box, genotype_svg
-from darts_core.genotype import DARTS_OP_NAMES
+from darts_core.spec.genotype import DARTS_OP_NAMES
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -15,7 +15,7 @@ from app.events.schema import StatusEvent, parse_event
 from app.logging_config import clear_log_context
 from app.models import Training
 from app.settings import Settings
-from darts_core.genotype import Genotype
+from darts_core.spec.genotype import Genotype
 from worker.job_run import JobOutcome, Outbox, StopWatch, UnpublishableEvent
 from worker.training_run import TrainingRun
 

@@ -12,13 +12,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.events.changes import announce_change
-from darts_core.sse import iter_sse
+from darts_core.client.sse import iter_sse
 
 from .conftest import epoch_genotype
 
 
 def sse_events(response: httpx.Response) -> Iterator[dict]:
-    """The events of a text/event-stream as {"event", "id", "data"} dicts, read with `darts_core.sse`
+    """The events of a text/event-stream as {"event", "id", "data"} dicts, read with `darts_core.client.sse`
     (the client's parser: `id` is the stream's last event id, as a browser keeps it)."""
     for event in iter_sse(response.iter_lines()):
         yield {"event": event.event, "id": event.id, "data": event.json()}

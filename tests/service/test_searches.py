@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.main import create_app
 from app.models import Search, SearchEpoch
 from app.settings import Settings
-from darts_core.op_names import DARTS_OP_NAMES
+from darts_core.spec.op_names import DARTS_OP_NAMES
 
 from .conftest import epoch_genotype
 from .test_datasets import small_images
@@ -470,7 +470,7 @@ def test_delete_removes_a_finished_search_its_epochs_and_artifacts(
 
 def test_the_accepted_spec_is_what_the_search_engine_reads(client: TestClient) -> None:
     """The worker runs `SearchConfig.from_spec(spec)`: same sections, names and defaults."""
-    from darts_core.search import SearchConfig
+    from darts_core.search.loop import SearchConfig
 
     defaults = create(client)["spec"]
     engine_view = SearchConfig.from_spec(defaults).to_spec()

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.main import create_app
 from app.models import Search
 from app.settings import Settings
-from darts_core.sse import iter_sse
+from darts_core.client.sse import iter_sse
 
 STUDY = {
     "search": {"dataset": {"name": "digits"}, "training": {"epochs": 2}},

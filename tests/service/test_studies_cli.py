@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.settings import Settings
-from darts_core.cli import app
+from darts_core.cli.main import app
 
 STUDY = {
     "name": "cli study",

@@ -75,7 +75,7 @@ def test_create_from_a_genotype_fills_every_default_and_queues_a_run_training_ta
 
 
 def test_the_darts_string_form_of_a_genotype_is_accepted(client: TestClient) -> None:
-    from darts_core.genotype import DARTS_V2
+    from darts_core.spec.genotype import DARTS_V2
 
     training = create(client, {"genotype": DARTS_V2.to_darts(), "dataset": {"name": "digits"}})
     assert training["genotype"] == DARTS_V2.to_json()

@@ -2,7 +2,7 @@
 
 Commands run through typer's runner with the environment a user would have, the login in a config
 directory of the test's own (DARTS_CONFIG_DIR); `darts watch` runs as a real subprocess
-(`python -m darts_core.cli`) and follows a search through a proxy that cuts every connection after the
+(`python -m darts_core.cli.main`) and follows a search through a proxy that cuts every connection after the
 first epoch: the client reconnects with Last-Event-ID and prints every epoch exactly once.
 """
 
@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from app.settings import Settings
-from darts_core.client import DartsClient, ServiceError, load_login, split_login_url
-from darts_core.genotype import Genotype
+from darts_core.client.http import DartsClient, ServiceError, load_login, split_login_url
+from darts_core.spec.genotype import Genotype
 
 from .conftest import REPO_ROOT, WorkerProcess, tiny_spec, wait_until
 from .live_server import CuttingProxy, LiveServer, client_key
@@ -63,7 +63,7 @@ def darts(env: dict[str, str], *args: str, check: int | None = 0, input: str | N
     paying torch's import again); `watch` below runs as a real subprocess."""
     from typer.testing import CliRunner
 
-    from darts_core.cli import app
+    from darts_core.cli.main import app
 
     # The live server in this process configured logging (app.logging_config); a real `darts` process
     # has no handler for httpx's request log, so keep it out of the output here too.
@@ -147,6 +147,40 @@ def test_login_then_submit_list_status_genotype_and_upload(
     assert f"datasets on {live.url}" in table and "zeros" in table
 
 
+#: A `darts` process in which `import torch` fails: a remote command that needed torch exits non-zero.
+_DARTS_WITHOUT_TORCH = (
+    "import sys; sys.modules['torch'] = None; "
+    "from darts_core.cli.main import main; sys.argv[0] = 'darts'; main()"
+)
+
+
+def darts_without_torch(env: dict[str, str], *args: str) -> Run:
+    """`darts ARGS` as a real process that cannot import torch; asserts it succeeded."""
+    result = subprocess.run(
+        [sys.executable, "-c", _DARTS_WITHOUT_TORCH, *args],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, f"darts {' '.join(args)} -> {result.returncode}\n{result.stderr}"
+    return Run(result.returncode, result.stdout, result.stderr)
+
+
+def test_the_remote_commands_run_without_torch(live: LiveServer, env: dict[str, str]) -> None:
+    with DartsClient(live.url, live.key) as client:
+        search_id = client.submit(tiny_spec(epochs=1, name="no torch"))["id"]
+        wait_until(lambda: client.get_search(search_id)["status"] == "succeeded", 180, "the search")
+    login = ("--url", live.url, "--token", live.key)
+    assert "Usage" in darts_without_torch(env, "--help").stdout
+    listed = json.loads(darts_without_torch(env, "list", "--json", *login).stdout)
+    assert search_id in [item["id"] for item in listed["items"]]
+    assert json.loads(darts_without_torch(env, "status", search_id, "--json", *login).stdout)["epoch"] == 1
+    watched = darts_without_torch(env, "watch", search_id, "--json", *login).stdout.splitlines()
+    assert json.loads(watched[-1])["data"]["status"] == "succeeded"
+    assert Genotype.from_json(json.loads(darts_without_torch(env, "genotype", search_id, *login).stdout))
+    assert json.loads(darts_without_torch(env, "datasets", "--json", *login).stdout)["server"]
+    darts_without_torch(env, "trainings", "list", "--json", *login)
+    darts_without_torch(env, "studies", "list", "--json", *login)
+
+
 def test_cancel_and_server_errors_are_one_line_and_non_zero(live: LiveServer, env: dict[str, str]) -> None:
     env = env | {"DARTS_URL": live.url, "DARTS_TOKEN": live.key}  # no stored login: the environment is enough
     with DartsClient(live.url, live.key) as client:
@@ -179,7 +213,7 @@ def test_watch_resumes_with_last_event_id_when_the_stream_is_cut(
             [
                 sys.executable,
                 "-m",
-                "darts_core.cli",
+                "darts_core.cli.main",
                 "watch",
                 search_id,
                 "--json",
@@ -249,7 +283,7 @@ def test_trainings_submit_watch_list_status_weights_and_cancel(
     live: LiveServer, env: dict[str, str], tmp_path: Path
 ) -> None:
     from darts_core import load_trained
-    from darts_core.genotype import DARTS_V2
+    from darts_core.spec.genotype import DARTS_V2
 
     env = env | {"DARTS_URL": live.url, "DARTS_TOKEN": live.key}
     spec = {

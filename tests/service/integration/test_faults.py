@@ -57,8 +57,8 @@ COMPARED = ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "genotyp
 def reference_run() -> list[dict[str, Any]]:
     """The epoch records of one uninterrupted run of SPEC (darts_core in this process, one thread);
     run once per session, shared by every fault test module."""
-    from darts_core.data import load_dataset
-    from darts_core.search import SearchConfig, run_search
+    from darts_core.data.registry import load_dataset
+    from darts_core.search.loop import SearchConfig, run_search
 
     spec = {key: value for key, value in SPEC.items() if key not in ("dataset", "name")}
     result = run_search(load_dataset(SPEC["dataset"]), SearchConfig.from_spec(spec))

@@ -15,14 +15,15 @@ from fastapi.testclient import TestClient
 
 from app.events.schema import parse_event
 from app.settings import Settings
-from darts_core.sse import iter_sse
+from darts_core.client.sse import iter_sse
 
 from .conftest import finish, get_search, submit, tiny_spec, wait_for_status, wait_until
 
 
 def read_sse(api: TestClient, path: str, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Every event of an SSE response (until the server ends it), as {"event", "id", "data"} dicts
-    (`darts_core.sse`, the client's parser: `id` is the stream's last event id, as a browser keeps it)."""
+    (`darts_core.client.sse`, the client's parser: `id` is the stream's last event id, as a browser
+    keeps it)."""
     with api.stream("GET", path, headers=headers or {}) as response:
         assert response.status_code == 200, response.read()
         return [

@@ -35,11 +35,11 @@ COMPARED = (
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict[str, Any]], Path]:
     """One uninterrupted run of BODY with darts_core in this process (one thread): epochs, weights."""
-    from darts_core.data import load_dataset
-    from darts_core.genotype import DARTS_V2
-    from darts_core.training_config import TrainingJobConfig
-    from darts_core.training_job import run_training_job
-    from darts_core.weights import save_trained
+    from darts_core.data.registry import load_dataset
+    from darts_core.spec.genotype import DARTS_V2
+    from darts_core.spec.training_spec import TrainingJobConfig
+    from darts_core.train.job import run_training_job
+    from darts_core.train.weights import save_trained
 
     result = run_training_job(DARTS_V2, TrainingJobConfig.from_spec(BODY), load_dataset(BODY["dataset"]))
     path = tmp_path_factory.mktemp("reference") / "model.safetensors"
@@ -60,7 +60,7 @@ def test_a_training_s_worker_killed_mid_run_resumes_bit_identical(
     import torch
 
     from darts_core import load_trained
-    from darts_core.genotype import DARTS_V2
+    from darts_core.spec.genotype import DARTS_V2
 
     records, reference_weights = reference
     start_worker(stack, tmp_path)

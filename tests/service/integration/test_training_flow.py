@@ -39,8 +39,8 @@ def test_darts_v2_on_digits_from_the_service_reaches_097_and_its_weights_load(
     api: TestClient, running_worker, tmp_path: Path
 ) -> None:
     from darts_core import load_trained
-    from darts_core.data import load_dataset
-    from darts_core.genotype import DARTS_V2
+    from darts_core.data.registry import load_dataset
+    from darts_core.spec.genotype import DARTS_V2
 
     # The defaults (TrainingJobConfig): 10 epochs, 16 channels, 5 cells; only the device is pinned.
     body = {"genotype": DARTS_V2.to_darts(), "dataset": {"name": "digits"}, "resources": {"device": "cpu"}}

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from app.settings import Settings
-from darts_core.genotype import Genotype
+from darts_core.spec.genotype import Genotype
 
 from .conftest import REPO_ROOT, WorkerProcess, tiny_spec, wait_until
 from .live_server import LiveServer, client_key

@@ -1,0 +1,56 @@
+"""The epoch record: what one finished search epoch reports, defined once (torch-free).
+
+:meth:`darts_core.search.loop.EpochResult.to_dict` produces it, the checkpoint keeps a list of them, and the
+service's wire event and API model extend it, so its fields are named in this one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["EpochRecord"]
+
+
+class EpochRecord(BaseModel):
+    """One finished epoch of a search, JSON-ready.
+
+    ``train_*`` are means over the epoch's weight steps (train mode); ``valid_*`` come from one eval-mode
+    pass over the whole search-valid split after the epoch's last step. ``lr`` is the weight learning
+    rate used during the epoch, ``seconds`` its wall time. ``genotype`` is the DARTS JSON form
+    (:meth:`darts_core.spec.genotype.Genotype.to_json`); ``alphas`` the softmaxed architecture weights,
+    ``{"normal": rows, "reduce": rows}``, one row per edge and one column per primitive.
+
+    The collapse metrics (:mod:`darts_core.search.collapse`): ``skip_connections`` and ``parameter_free_ops``
+    of the derived normal cell, ``alpha_entropy`` (mean entropy of the softmaxed alpha rows, nats) and
+    ``hessian_eigenvalue`` (only in the epochs ``training.hessian_every`` measures it). ``None`` in
+    records written before they existed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epoch: int = Field(ge=1, description="1-based epoch number")
+    train_loss: float
+    train_acc: float
+    valid_loss: float
+    valid_acc: float
+    lr: float
+    seconds: float
+    genotype: dict[str, Any] = Field(description="The genotype derived after this epoch (DARTS format)")
+    alphas: dict[str, list[list[float]]] = Field(
+        description="Softmaxed alphas: {'normal': rows, 'reduce': rows}"
+    )
+    skip_connections: int | None = Field(
+        default=None, ge=0, description="Skip connections in the derived normal cell"
+    )
+    parameter_free_ops: int | None = Field(
+        default=None, ge=0, description="Parameter-free operations (skip, pools) in the derived normal cell"
+    )
+    alpha_entropy: float | None = Field(
+        default=None, description="Mean entropy of the softmaxed alpha rows (nats)"
+    )
+    hessian_eigenvalue: float | None = Field(
+        default=None,
+        description="Dominant eigenvalue of the validation loss's Hessian w.r.t. the alphas (when measured)",
+    )

@@ -1,0 +1,531 @@
+"""The resumable retraining loop: :func:`run_training_job` and what it reports.
+
+:func:`run_training_job` trains :class:`~darts_core.nn.networks.GenotypeNetwork` of a genotype from scratch
+as the DARTS evaluation does, holds out a stratified validation split of the training data (the metric a
+study selects by), tests on the held-out test split after every epoch, and writes a checkpoint after each
+epoch from which a restarted training continues bit-identically (on CPU) to one that was never
+interrupted. :func:`darts_core.train.train_genotype` is a thin wrapper over it.
+
+The checkpoint files are :mod:`darts_core.checkpoint`'s (two generations, atomic writes, a corrupt latest
+file passed over); a training checkpoint holds:
+
+* ``format``, ``kind`` (``"training"``), ``epoch`` (the last finished one);
+* ``spec``: :meth:`TrainingJobConfig.to_spec` without ``resources`` (a training may resume on another
+  device), ``genotype`` (:meth:`Genotype.to_json`) and ``data`` (image shape, classes, training samples);
+* ``network``, ``optimizer``, ``scheduler``: the state dicts;
+* ``rng``: :func:`~darts_core.checkpoint.rng_state` (the global torch RNG drives drop-path and cutout)
+  and ``data_order``: the state of the generator of the per-epoch data order;
+* ``history``: one :meth:`TrainEpoch.to_dict` per finished epoch (what
+  :func:`~darts_core.checkpoint.read_history` returns).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from darts_core.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    spec_differences,
+    write_checkpoint,
+)
+from darts_core.data.registry import ImageDataset
+from darts_core.nn.networks import GenotypeNetwork
+from darts_core.nn.ops import DARTS_PRIMITIVES_2D
+from darts_core.spec.genotype import Genotype
+from darts_core.spec.training_spec import TrainingJobConfig
+from darts_core.train.multiply_adds import count_multiply_adds
+
+__all__ = [
+    "TrainEpoch",
+    "TrainResult",
+    "TrainingStopped",
+    "TrainingDiverged",
+    "run_training_job",
+    "validation_split",
+    "resolve_device",
+    "apply_cutout",
+    "CHECKPOINT_KIND",
+    "VALIDATION_SPLIT_SEED",
+]
+
+#: ``kind`` of a training checkpoint (a search checkpoint has none).
+CHECKPOINT_KIND = "training"
+#: Seed of the validation split: a constant, never ``training.seed``, so trainings of any seed and any
+#: genotype on the same data are compared on the same validation examples.
+VALIDATION_SPLIT_SEED = 0
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class TrainEpoch:
+    """Metrics of one finished training epoch (``epoch`` is 1-based).
+
+    ``train_*`` are means over the epoch's batches (train mode, drop-path and cutout on); ``valid_*``
+    (``None`` without a validation split) and ``test_*`` come from eval-mode passes after the epoch.
+    ``lr`` and ``drop_path_prob`` are those used during the epoch, ``seconds`` its wall time.
+    """
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    test_loss: float
+    test_acc: float
+    lr: float
+    drop_path_prob: float
+    seconds: float
+    valid_loss: float | None = None
+    valid_acc: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: a diverged (NaN or infinite) metric becomes ``None``."""
+        return {
+            key: _finite_or_none(value) if isinstance(value, float) else value
+            for key, value in asdict(self).items()
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainEpoch:
+        """Inverse of :meth:`to_dict` (``None`` metrics come back as NaN, the optional ones as ``None``)."""
+        names = {item.name for item in fields(cls)}
+        values = {key: value for key, value in data.items() if key in names}
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "drop_path_prob", "seconds"):
+            if values.get(key) is None:
+                values[key] = math.nan
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`run_training_job` (and :func:`~darts_core.train.train_genotype`).
+
+    Attributes:
+        test_accuracy: accuracy on ``dataset.x_test`` after the last epoch, in [0, 1].
+        test_loss: mean cross-entropy on the test split after the last epoch.
+        history: one :class:`TrainEpoch` per epoch (restored ones included).
+        parameters: parameter count of the network without its auxiliary head (as DARTS reports it).
+        seconds: wall-clock time of this call (a resumed training counts only its own part).
+        network: the trained network (in eval mode, on the training device).
+        valid_accuracy: validation accuracy after the last epoch; ``None`` without a validation split.
+        multiply_adds: multiply-adds of one forward pass of one sample, without the auxiliary head
+            (:func:`~darts_core.train.multiply_adds.count_multiply_adds`).
+    """
+
+    test_accuracy: float
+    test_loss: float
+    history: list[TrainEpoch]
+    parameters: int
+    seconds: float
+    network: GenotypeNetwork = field(repr=False)
+    valid_accuracy: float | None = None
+    multiply_adds: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the network)."""
+        return {
+            "test_accuracy": _finite_or_none(self.test_accuracy),
+            "test_loss": _finite_or_none(self.test_loss),
+            "valid_accuracy": _finite_or_none(self.valid_accuracy),
+            "parameters": self.parameters,
+            "multiply_adds": self.multiply_adds,
+            "seconds": self.seconds,
+            "history": [epoch.to_dict() for epoch in self.history],
+        }
+
+
+class TrainingStopped(Exception):
+    """``should_stop`` ended the training between two batches; nothing of the unfinished epoch was kept.
+
+    Attributes:
+        epochs_completed: finished (and, with a checkpoint directory, checkpointed) epochs.
+    """
+
+    def __init__(self, epochs_completed: int) -> None:
+        super().__init__(f"training stopped after {epochs_completed} finished epoch(s)")
+        self.epochs_completed = epochs_completed
+
+
+class TrainingDiverged(ValueError):
+    """An epoch ended with a non-finite (NaN or infinite) loss: the training cannot recover from it.
+
+    Raised before the epoch is checkpointed or reported, so no diverged epoch is ever recorded.
+
+    Attributes:
+        epoch: the 1-based epoch whose loss was not finite.
+    """
+
+    def __init__(self, epoch: int, losses: Mapping[str, float]) -> None:
+        bad = ", ".join(f"{name} {value}" for name, value in losses.items())
+        super().__init__(
+            f"training diverged at epoch {epoch}: non-finite loss ({bad}); lower training.lr or set "
+            "training.grad_clip"
+        )
+        self.epoch = epoch
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given.
+
+    Raises:
+        ValueError: an unknown device string, or CUDA asked for but not available.
+    """
+    if isinstance(device, torch.device):
+        resolved = device
+    elif device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            resolved = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]', got {device!r}") from error
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]', got {device!r}")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
+    return resolved
+
+
+def apply_cutout(images: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
+    """Cutout (DeVries & Taylor, 2017): zeroes one ``length`` x ``length`` square per image.
+
+    The square's centre is uniform over the image and the square is clipped at the borders, as in the
+    DARTS training code. Shapes: N x C x H x W -> the same (a new tensor).
+    """
+    n, _, height, width = images.shape
+    centre_y = torch.randint(height, (n, 1, 1), generator=generator, device=images.device)
+    centre_x = torch.randint(width, (n, 1, 1), generator=generator, device=images.device)
+    rows = torch.arange(height, device=images.device).view(1, height, 1)
+    cols = torch.arange(width, device=images.device).view(1, 1, width)
+    half = length // 2
+    inside = (
+        (rows >= centre_y - half)
+        & (rows < centre_y + half)
+        & (cols >= centre_x - half)
+        & (cols < centre_x + half)
+    )
+    return images * (~inside).unsqueeze(1).to(images.dtype)
+
+
+def validation_split(labels: Tensor, valid_fraction: float) -> tuple[Tensor, Tensor]:
+    """Stratified ``(train_indices, valid_indices)`` of a training split with labels ``labels`` (N).
+
+    Each class gives ``round(valid_fraction * its size)`` of its samples (at least one stays in
+    training), chosen by one permutation seeded with :data:`VALIDATION_SPLIT_SEED`: the split depends
+    on the labels alone, never on a training's seed. Both index tensors are sorted; with
+    ``valid_fraction=0`` the training indices are ``arange(N)``.
+
+    Raises:
+        ValueError: a fraction outside [0, 1), or a positive one that leaves no validation sample.
+    """
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction!r}")
+    labels = labels.cpu()
+    if valid_fraction == 0.0:
+        return torch.arange(labels.numel()), torch.zeros(0, dtype=torch.long)
+    generator = torch.Generator().manual_seed(VALIDATION_SPLIT_SEED)
+    permutation = torch.randperm(labels.numel(), generator=generator)
+    shuffled = labels[permutation]
+    chosen = []
+    for label in torch.unique(labels).tolist():
+        members = permutation[shuffled == label]
+        count = min(math.floor(valid_fraction * members.numel() + 0.5), members.numel() - 1)
+        chosen.append(members[:count])
+    valid = torch.sort(torch.cat(chosen)).values
+    if valid.numel() == 0:
+        raise ValueError(
+            f"training.valid_fraction {valid_fraction:g} leaves no validation sample in "
+            f"{labels.numel()} training samples; raise it or set it to 0"
+        )
+    in_valid = torch.zeros(labels.numel(), dtype=torch.bool)
+    in_valid[valid] = True
+    return torch.nonzero(~in_valid).flatten(), valid
+
+
+def _check_dataset(dataset: Any) -> None:
+    for name in ("x_train", "y_train", "x_test", "y_test", "num_classes", "in_channels"):
+        if not hasattr(dataset, name):
+            raise ValueError(f"dataset: missing attribute {name!r} (expected an ImageDataset)")
+    for split in ("train", "test"):
+        x, y = getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}")
+        if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != dataset.in_channels:
+            raise ValueError(
+                f"dataset.x_{split}: expected a tensor N x {dataset.in_channels} x H x W, "
+                f"got {tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+            )
+        if not isinstance(y, Tensor) or y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"dataset.y_{split}: expected {x.shape[0]} labels, one per image")
+        if x.shape[0] == 0:
+            raise ValueError(f"dataset.x_{split}: no samples")
+
+
+def _evaluate(
+    network: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    batch_size: int,
+    autocast: Callable[[], contextlib.AbstractContextManager[object]],
+    should_stop: Callable[[], bool] | None,
+) -> tuple[float, float] | None:
+    """Mean cross-entropy and accuracy of ``network`` (eval mode) on x: N x C x H x W, y: N.
+
+    None when ``should_stop`` returned true before a batch.
+    """
+    network.eval()
+    total_loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            if should_stop is not None and should_stop():
+                return None
+            images, labels = x[start : start + batch_size], y[start : start + batch_size]
+            with autocast():
+                logits = network(images)
+            total_loss += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+            correct += int((logits.argmax(dim=1) == labels).sum().item())
+    return total_loss / x.shape[0], correct / x.shape[0]
+
+
+def _identity(config: TrainingJobConfig, genotype: Genotype, dataset: Any) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: ``spec`` (bar resources), ``genotype`` and ``data``."""
+    spec = config.to_spec()
+    del spec["resources"]  # a training may resume on another device
+    data = {
+        "image_shape": list(dataset.x_train.shape[1:]),
+        "num_classes": int(dataset.num_classes),
+        "train_samples": int(dataset.x_train.shape[0]),
+    }
+    return {"spec": spec, "genotype": genotype.to_json(), "data": data}
+
+
+def _check_same_training(state: Mapping[str, Any], path: Path, identity: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint of another training (ValueError naming each differing field)."""
+    if state.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(f"checkpoint {path} is not a training checkpoint (a search's?)")
+    saved_spec = dict(state.get("spec") or {})
+    with contextlib.suppress(ValueError):
+        # Fields added since the checkpoint was written take their defaults (same training, older spec).
+        saved_spec = TrainingJobConfig.from_spec(saved_spec).to_spec()
+        del saved_spec["resources"]
+    saved = {**saved_spec, "genotype": state.get("genotype"), "data": state.get("data")}
+    current = {**identity["spec"], "genotype": identity["genotype"], "data": identity["data"]}
+    differences = list(spec_differences(saved, current))
+    if differences:
+        raise ValueError(f"checkpoint {path} was written by a different training: {'; '.join(differences)}")
+
+
+def run_training_job(
+    genotype: Genotype,
+    config: TrainingJobConfig,
+    dataset: ImageDataset,
+    *,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    on_epoch: Callable[[TrainEpoch], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    device: str | torch.device | None = None,
+) -> TrainResult:
+    """Train a :class:`~darts_core.nn.networks.GenotypeNetwork` of ``genotype`` from scratch; validate, test.
+
+    As the DARTS evaluation: SGD with momentum and weight decay, cosine annealing of the learning rate
+    from ``training.lr`` to ``training.lr_min`` over the epochs (stepped per epoch), gradient-norm
+    clipping, drop-path probability ``network.drop_path_prob * epoch / epochs`` in epoch ``epoch``
+    (0-based), with ``network.auxiliary`` the loss ``ce(logits) + auxiliary_weight * ce(aux_logits)``,
+    and cutout with ``training.cutout``; bf16 autocast on CUDA.
+
+    The training split loses a stratified validation split of ``training.valid_fraction``
+    (:func:`validation_split`: the same examples whatever the seed). After every epoch the network is
+    evaluated on it and on ``dataset.x_test`` (never trained on). ``training.seed`` seeds the
+    initialisation, the data order, drop-path and cutout (through ``torch.manual_seed``, so it also sets
+    the caller's global torch RNG).
+
+    Args:
+        genotype: the architecture to train.
+        config: the validated training spec.
+        dataset: an :class:`~darts_core.data.registry.ImageDataset` (``x_train`` float32 N x C x H x W,
+            ``y_train`` int64 N, ``x_test``, ``y_test``, ``num_classes``, ``in_channels``).
+        checkpoint_dir: when given, a checkpoint is written there after every finished epoch, and a
+            directory that holds one is resumed after its last finished epoch; it must come from the
+            same spec (``resources`` may differ), genotype and data. A full disk raises
+            :class:`~darts_core.checkpoint.CheckpointDiskFull`.
+        on_epoch: called with the :class:`TrainEpoch` of every epoch run, after its checkpoint.
+        should_stop: polled before every batch (training and evaluation); when it returns true,
+            :class:`TrainingStopped` is raised and the unfinished epoch leaves no trace.
+        device: overrides ``config.resources.device`` (anything :func:`resolve_device` accepts).
+
+    Returns:
+        a :class:`TrainResult`.
+
+    Raises:
+        ValueError: an invalid genotype, dataset or device, or a checkpoint of another training.
+        TrainingStopped: ``should_stop`` returned true.
+        TrainingDiverged: an epoch's training, validation or test loss was NaN or infinite (a
+            :class:`ValueError`).
+    """
+    if not isinstance(genotype, Genotype):
+        raise ValueError(f"genotype must be a Genotype, got {type(genotype).__name__}")
+    if not isinstance(config, TrainingJobConfig):
+        raise ValueError(f"config must be a TrainingJobConfig, got {type(config).__name__}")
+    genotype.validate(list(DARTS_PRIMITIVES_2D))  # before any side effect such as seeding
+    _check_dataset(dataset)
+    target = resolve_device(config.resources.device if device is None else device)
+    net_config, training = config.network, config.training
+    train_indices, valid_indices = validation_split(dataset.y_train, training.valid_fraction)
+    identity = _identity(config, genotype, dataset)
+
+    torch.manual_seed(training.seed)
+    network = GenotypeNetwork(
+        genotype,
+        dataset.in_channels,
+        dataset.num_classes,
+        init_channels=net_config.init_channels,
+        cells=net_config.cells,
+        auxiliary=net_config.auxiliary,
+    ).to(target)
+    parameters = sum(
+        p.numel() for name, p in network.named_parameters() if not name.startswith("auxiliary_head.")
+    )
+    optimizer = torch.optim.SGD(
+        network.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=training.epochs, eta_min=training.lr_min
+    )
+    data_order = torch.Generator().manual_seed(training.seed)
+    autocast: Callable[[], contextlib.AbstractContextManager[object]]
+    if target.type == "cuda":
+        autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
+    else:
+        autocast = contextlib.nullcontext
+    # Each split lives on the device once; batches are gathered from it by index.
+    x_train = dataset.x_train[train_indices].to(target)
+    y_train = dataset.y_train[train_indices].to(target)
+    x_valid = dataset.x_train[valid_indices].to(target)
+    y_valid = dataset.y_train[valid_indices].to(target)
+    x_test, y_test = dataset.x_test.to(target), dataset.y_test.to(target)
+    length = training.cutout_length or max(1, min(x_train.shape[-2:]) // 2)
+    num_train, batch_size, epochs = x_train.shape[0], training.batch_size, training.epochs
+
+    history: list[TrainEpoch] = []
+    if checkpoint_dir is not None:
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        loaded = load_checkpoint(checkpoint_dir)
+        if loaded is not None:
+            state, path = loaded
+            _check_same_training(state, path, identity)
+            network.load_state_dict(state["network"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            data_order.set_state(state["data_order"].cpu())
+            history = [TrainEpoch.from_dict(item) for item in state["history"]]
+
+    started = time.perf_counter()
+    for epoch in range(len(history), epochs):
+        epoch_started = time.perf_counter()
+        current_lr = optimizer.param_groups[0]["lr"]
+        network.drop_path_prob = net_config.drop_path_prob * epoch / epochs
+        network.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        order = torch.randperm(num_train, generator=data_order)
+        for start in range(0, num_train, batch_size):
+            if should_stop is not None and should_stop():
+                raise TrainingStopped(len(history))
+            batch = order[start : start + batch_size].to(target)
+            if batch.numel() < 2:
+                continue  # BatchNorm needs more than one sample per channel in training mode
+            images, labels = x_train[batch], y_train[batch]
+            if training.cutout:
+                images = apply_cutout(images, length)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                output = network(images)
+            if isinstance(output, tuple):
+                logits, aux_logits = output
+                loss = F.cross_entropy(logits.float(), labels)
+                loss = loss + net_config.auxiliary_weight * F.cross_entropy(aux_logits.float(), labels)
+            else:
+                logits = output
+                loss = F.cross_entropy(logits.float(), labels)
+            loss.backward()
+            if training.grad_clip is not None:
+                nn.utils.clip_grad_norm_(network.parameters(), training.grad_clip)
+            optimizer.step()
+            loss_sum += loss.item() * labels.shape[0]
+            correct += int((logits.argmax(dim=1) == labels).sum().item())
+            seen += labels.shape[0]
+        scheduler.step()
+        valid_loss = valid_acc = None
+        if valid_indices.numel():
+            valid = _evaluate(network, x_valid, y_valid, 2 * batch_size, autocast, should_stop)
+            if valid is None:
+                raise TrainingStopped(len(history))
+            valid_loss, valid_acc = valid
+        test = _evaluate(network, x_test, y_test, 2 * batch_size, autocast, should_stop)
+        if test is None:
+            raise TrainingStopped(len(history))
+        record = TrainEpoch(
+            epoch=epoch + 1,
+            train_loss=loss_sum / max(seen, 1),
+            train_acc=correct / max(seen, 1),
+            test_loss=test[0],
+            test_acc=test[1],
+            lr=current_lr,
+            drop_path_prob=network.drop_path_prob,
+            seconds=time.perf_counter() - epoch_started,
+            valid_loss=valid_loss,
+            valid_acc=valid_acc,
+        )
+        # A NaN or infinite loss never recovers; failing here keeps it out of the checkpoint and the
+        # reported metrics (whose stored columns are numbers).
+        losses = {"train_loss": record.train_loss, "valid_loss": valid_loss, "test_loss": record.test_loss}
+        diverged = {
+            name: value for name, value in losses.items() if value is not None and not math.isfinite(value)
+        }
+        if diverged:
+            raise TrainingDiverged(epoch + 1, diverged)
+        history.append(record)
+        if checkpoint_dir is not None:
+            write_checkpoint(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "kind": CHECKPOINT_KIND,
+                    "epoch": epoch + 1,
+                    **identity,
+                    "network": network.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "data_order": data_order.get_state(),
+                    "history": [item.to_dict() for item in history],
+                },
+                checkpoint_dir,
+            )
+        if on_epoch is not None:
+            on_epoch(record)
+    network.eval()
+    last = history[-1]
+    return TrainResult(
+        test_accuracy=last.test_acc,
+        test_loss=last.test_loss,
+        history=history,
+        parameters=parameters,
+        seconds=time.perf_counter() - started,
+        network=network,
+        valid_accuracy=last.valid_acc,
+        multiply_adds=count_multiply_adds(network, tuple(dataset.x_train.shape[1:])),
+    )
+
