@@ -210,7 +210,8 @@ class Training(LifecycleColumns, StudyChildColumns, Base):
 
 
 class TrainingEpoch(Base):
-    """One finished epoch of a training (darts_core.train.job.TrainEpoch), written once by the ingester."""
+    """One finished epoch of a training (darts_core.train.records.TrainEpoch), written once by the
+    ingester."""
 
     __tablename__ = "training_epochs"
     __table_args__ = (UniqueConstraint("training_id", "epoch"),)

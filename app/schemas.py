@@ -288,7 +288,7 @@ class TrainingPublic(StrictModel):
 
 
 class TrainingEpochPublic(StrictModel):
-    """One finished training epoch (the fields of darts_core.train.job.TrainEpoch)."""
+    """One finished training epoch (the fields of darts_core.train.records.TrainEpoch)."""
 
     model_config = ConfigDict(extra="forbid", from_attributes=True)
 

@@ -21,7 +21,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(_REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(_REPO_ROOT))
 
-from darts_core.nn.networks import SearchNetwork  # noqa: E402
+from darts_core.nn.search_network import SearchNetwork  # noqa: E402
 from darts_core.search.bilevel import DartsSearch  # noqa: E402
 from darts_core.search.collapse import dominant_hessian_eigenvalue  # noqa: E402
 

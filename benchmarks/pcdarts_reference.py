@@ -18,7 +18,7 @@ of the DARTS reference operations of ``benchmarks/reference.py``:
   copy per step and the finite-difference Hessian-vector product) is
   :class:`benchmarks.reference.ReferenceSearch`.
 
-Parameters and buffers are registered in the order :class:`darts_core.nn.networks.SearchNetwork` (built
+Parameters and buffers are registered in the order :class:`darts_core.nn.search_network.SearchNetwork` (built
 with ``partial_channels=K, edge_normalization=True``) registers them, so
 :func:`benchmarks.reference.load_from_search_network` copies a darts_core network into this one.
 """

@@ -17,7 +17,7 @@ It is written from scratch to follow the computation of the reference implementa
   corrects the alpha gradient with the finite-difference Hessian-vector product (two more forward and
   backward passes on the original model).
 
-Parameters and buffers are registered in the same order as :class:`darts_core.nn.networks.SearchNetwork`
+Parameters and buffers are registered in the same order as :class:`darts_core.nn.search_network.SearchNetwork`
 registers its weights, so :func:`load_from_search_network` can copy a darts_core network into a
 reference network (by order, checking every shape) and both start from the same state.
 """

@@ -55,7 +55,7 @@ if str(_REPO_ROOT) not in sys.path:
 
 from benchmarks import pcdarts_reference, reference  # noqa: E402
 from darts_core.estimate import SavedTensorMeter  # noqa: E402  (one definition, shared with admission)
-from darts_core.nn.networks import SearchNetwork  # noqa: E402
+from darts_core.nn.search_network import SearchNetwork  # noqa: E402
 from darts_core.search.loop import DartsSearch  # noqa: E402
 
 #: ``darts_core_cl``: darts_core with the network and the images in channels_last memory format (a

@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "SepConv2d": "nn.ops",
     "Cell": "nn.cell",
     "default_cell_output": "nn.cell",
-    "SpecialParameter": "nn.cell",
+    "SpecialParameter": "nn.special_parameter",
     "create_darts_optimizers_fn": "search.optimizers",
     "create_darts_adam_optimizers_fn": "search.optimizers",
     # Additions.
@@ -46,11 +46,11 @@ _EXPORTS: dict[str, str] = {
     "run_search": "search.loop",
     "read_history": "checkpoint",
     "train_genotype": "train.train_genotype",
-    "TrainResult": "train.job",
-    "TrainEpoch": "train.job",
+    "TrainResult": "train.records",
+    "TrainEpoch": "train.records",
     "TrainingJobConfig": "spec.training_spec",
     "run_training_job": "train.job",
-    "TrainingStopped": "train.job",
+    "TrainingStopped": "train.records",
     "save_trained": "train.weights",
     "load_trained": "train.weights",
     "load_dataset": "data.registry",
@@ -79,8 +79,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports (re-expo
     # ruff: noqa: F401
     from darts_core.checkpoint import read_history
     from darts_core.data.registry import DatasetError, ImageDataset, load_dataset
-    from darts_core.nn.cell import Cell, MixedOp, SpecialParameter, default_cell_output
-    from darts_core.nn.networks import GenotypeNetwork, SearchNetwork
+    from darts_core.nn.cell import Cell, default_cell_output
+    from darts_core.nn.genotype_network import GenotypeNetwork
+    from darts_core.nn.mixed_op import MixedOp
     from darts_core.nn.ops import (
         DARTS_PRIMITIVES_2D,
         DilConv2d,
@@ -90,6 +91,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports (re-expo
         SepConv2d,
         Zero2d,
     )
+    from darts_core.nn.search_network import SearchNetwork
+    from darts_core.nn.special_parameter import SpecialParameter
     from darts_core.search.bilevel import DartsSearch
     from darts_core.search.derive import derive_genotype
     from darts_core.search.loop import EpochResult, SearchResult, run_search
@@ -100,6 +103,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports (re-expo
     from darts_core.spec.records import EpochRecord
     from darts_core.spec.search_spec import SearchConfig
     from darts_core.spec.training_spec import TrainingJobConfig
-    from darts_core.train.job import TrainingStopped, run_training_job
-    from darts_core.train.train_genotype import TrainEpoch, TrainResult, train_genotype
+    from darts_core.train.job import run_training_job
+    from darts_core.train.records import TrainEpoch, TrainingStopped, TrainResult
+    from darts_core.train.train_genotype import train_genotype
     from darts_core.train.weights import load_trained, save_trained

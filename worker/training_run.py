@@ -30,7 +30,8 @@ class TrainingRun(JobRun):
         from darts_core.data.registry import load_dataset
         from darts_core.spec.genotype import Genotype
         from darts_core.spec.training_spec import TrainingJobConfig
-        from darts_core.train.job import TrainingStopped, run_training_job
+        from darts_core.train.job import run_training_job
+        from darts_core.train.records import TrainingStopped
         from darts_core.train.weights import save_trained
 
         with self.factory() as session:

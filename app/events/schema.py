@@ -56,7 +56,7 @@ class EpochEvent(_EventBase, EpochRecord):
 
 
 class TrainingEpochRecord(BaseModel):
-    """One finished training epoch: the fields of `darts_core.train.job.TrainEpoch` (`to_dict()`)."""
+    """One finished training epoch: the fields of `darts_core.train.records.TrainEpoch` (`to_dict()`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -88,7 +88,7 @@ class TrainingEpochEvent(_EventBase, TrainingEpochRecord):
 
 
 class TrainingOutcome(BaseModel):
-    """The final figures of a training that succeeded (`darts_core.train.job.TrainResult`)."""
+    """The final figures of a training that succeeded (`darts_core.train.records.TrainResult`)."""
 
     model_config = ConfigDict(extra="forbid")
 

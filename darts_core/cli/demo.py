@@ -20,7 +20,8 @@ import torch
 
 from darts_core.data.registry import load_dataset
 from darts_core.search.loop import EpochResult, SearchConfig, run_search
-from darts_core.train.train_genotype import TrainEpoch, train_genotype
+from darts_core.train.records import TrainEpoch
+from darts_core.train.train_genotype import train_genotype
 
 #: The demo's search: a 5-cell, 8-channel supernet over all eight DARTS operations, first order.
 #: Measured on a busy 2-core CPU with 10 search epochs: supernet valid accuracy 0.886 after epoch 2,

@@ -31,7 +31,7 @@ from darts_core.spec.genotype import Genotype
 from darts_core.spec.training_spec import TrainingJobConfig
 
 if TYPE_CHECKING:
-    from darts_core.train.job import TrainEpoch
+    from darts_core.train.records import TrainEpoch
 
 __all__ = ["train"]
 
@@ -229,7 +229,8 @@ def train(
         raise fail(f"invalid training option: {error}") from None
     from darts_core.checkpoint import has_checkpoint
     from darts_core.data.registry import DatasetError, load_dataset
-    from darts_core.train.job import TrainingStopped, run_training_job
+    from darts_core.train.job import run_training_job
+    from darts_core.train.records import TrainingStopped
     from darts_core.train.weights import save_trained
 
     try:

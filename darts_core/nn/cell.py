@@ -6,13 +6,20 @@ sums one edge from every earlier state (the two inputs, then the nodes before it
 a node, by source state. During search every edge is a :class:`MixedOp` weighted by the softmax of the
 cell's architecture weights (a :class:`SpecialParameter` of shape ``(num_edges, len(primitives))``);
 a cell built from a genotype has one fixed operation per edge.
+
+Why one class serves the search cell, the fixed cell and the partial-channel (PC-DARTS) cell: it is the
+``trw.arch`` seed's ``Cell``, whose one constructor takes ``genotype=`` for the fixed form and whose
+users build either from the same arguments, so the three share the preprocessing, the edge numbering
+and the merge of the nodes, and differ only in what runs on an edge. The network retraining builds
+(:class:`~darts_core.nn.genotype_network.GenotypeCell`) is the DARTS evaluation cell instead: two edges
+per node, drop-path, bare pools; a ``Cell(genotype=...)`` keeps every edge of the search graph.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Self, SupportsIndex, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +35,6 @@ from darts_core.nn.mixed_op import (
     _is_channels_last,
     _needs_relu,
     _run_op,
-    channel_shuffle,
 )
 from darts_core.nn.ops import (
     Identity,
@@ -37,37 +43,10 @@ from darts_core.nn.ops import (
     ReLUConvBN2d,
     Zero2d,
 )
+from darts_core.nn.special_parameter import SpecialParameter
 from darts_core.spec.genotype import num_edges
 
-__all__ = ["SpecialParameter", "MixedOp", "Cell", "default_cell_output", "channel_shuffle"]
-
-
-def _rebuild_special_parameter(data: torch.Tensor, requires_grad: bool) -> SpecialParameter:
-    return SpecialParameter(data, requires_grad)
-
-
-class SpecialParameter(nn.Parameter):
-    """Tag a parameter as special, such as the DARTS architecture weights.
-
-    Special parameters are handled differently depending on the phase: the architecture step optimizes
-    only them, the weight step only the other parameters (see
-    :func:`darts_core.search.optimizers.create_darts_optimizers_fn`). The type survives ``copy.deepcopy``,
-    ``Module.to()``, a ``state_dict`` round trip and ``torch.save``/``torch.load`` of a whole module
-    (``torch.load(..., weights_only=False)``). ``Module.to()`` keeps parameter objects for dtype and
-    CPU/CUDA moves; torch itself rebuilds plain Parameters for ``.to("meta")`` or when
-    ``torch.__future__.set_swap_module_params_on_conversion(True)`` is set.
-    """
-
-    def __new__(cls, data: torch.Tensor | None = None, requires_grad: bool = True) -> Self:
-        return super().__new__(cls, data, requires_grad)
-
-    def __reduce_ex__(self, proto: SupportsIndex) -> tuple[Any, ...]:
-        # nn.Parameter pickles itself as a plain Parameter; rebuild the subclass instead.
-        return _rebuild_special_parameter, (self.data, self.requires_grad)
-
-    # Like nn.Parameter.__repr__, takes no arguments; torch's stub gives Tensor's keyword-only one.
-    def __repr__(self) -> str:  # type: ignore[override]
-        return "SpecialParameter containing:\n" + torch.Tensor.__repr__(self.data)
+__all__ = ["Cell", "default_cell_output"]
 
 
 def default_cell_output(node_outputs: Sequence[torch.Tensor], nb_outputs_to_use: int = 4) -> torch.Tensor:

@@ -4,13 +4,13 @@
 weights, Adam for the architecture weights ``alphas``) and performs one bilevel step of the paper
 (Liu, Simonyan, Yang, ICLR 2019) per call of :meth:`DartsSearch.step`, first or second order.
 
-The network handed to :class:`DartsSearch` must offer what :class:`~darts_core.nn.networks.SearchNetwork`
-offers: ``arch_parameters()`` (the two alpha tensors, normal then reduce, then with PC-DARTS edge
-normalization the two betas), ``weight_parameters()`` (everything else that is trained), ``genotype()``,
-``softmaxed_alphas()`` and ``forward(x, alphas=None)`` returning logits of shape ``(N, num_classes)``,
-where ``alphas`` (as many tensors as ``arch_parameters()``) replaces the network's own for that call.
-Every architecture parameter (betas included) is optimised by Adam, saved in :meth:`DartsSearch.state_dict`
-and differentiated by the second-order step like the alphas.
+The network handed to :class:`DartsSearch` must offer what
+:class:`~darts_core.nn.search_network.SearchNetwork` offers: ``arch_parameters()`` (the two alpha tensors,
+normal then reduce, then with PC-DARTS edge normalization the two betas), ``weight_parameters()``
+(everything else that is trained), ``genotype()``, ``softmaxed_alphas()`` and ``forward(x, alphas=None)``
+returning logits of shape ``(N, num_classes)``, where ``alphas`` (as many tensors as ``arch_parameters()``)
+replaces the network's own for that call. Every architecture parameter (betas included) is optimised by
+Adam, saved in :meth:`DartsSearch.state_dict` and differentiated by the second-order step like the alphas.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 if TYPE_CHECKING:
-    from darts_core.nn.networks import SearchNetwork
+    from darts_core.nn.search_network import SearchNetwork
 
 __all__ = ["DartsSearch", "StepResult", "Batch"]
 

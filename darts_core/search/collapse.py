@@ -33,7 +33,7 @@ from darts_core.nn.recompute import twice_differentiable
 from darts_core.spec.genotype import Genotype
 
 if TYPE_CHECKING:
-    from darts_core.nn.networks import SearchNetwork
+    from darts_core.nn.search_network import SearchNetwork
 
 __all__ = [
     "PARAMETER_FREE_OPS",
@@ -108,7 +108,7 @@ def mean_alpha_entropy(softmaxed: Mapping[str, Tensor | Sequence[Sequence[float]
 
     Args:
         softmaxed: ``{"normal": (edges, primitives), "reduce": ...}``, rows summing to 1 (tensors or
-            nested lists, as :meth:`~darts_core.nn.networks.SearchNetwork.softmaxed_alphas` or the epoch
+            nested lists, as :meth:`~darts_core.nn.search_network.SearchNetwork.softmaxed_alphas` or the epoch
             record give them).
     """
     tensors = [torch.as_tensor(value, dtype=torch.float64) for value in softmaxed.values()]
@@ -120,7 +120,7 @@ def mean_alpha_entropy(softmaxed: Mapping[str, Tensor | Sequence[Sequence[float]
 
 
 def collapse_metrics(network: nn.Module, hessian_eigenvalue: float | None = None) -> CollapseMetrics:
-    """The collapse metrics of a :class:`~darts_core.nn.networks.SearchNetwork` now (genotype, alphas)."""
+    """The collapse metrics of a :class:`~darts_core.nn.search_network.SearchNetwork` now."""
     supernet = cast("SearchNetwork", network)  # nn.Module's __getattr__ would type its methods as Tensor
     genotype = supernet.genotype()
     return CollapseMetrics(
@@ -156,7 +156,7 @@ def dominant_hessian_eigenvalue(
     updated, and no ``.grad`` is touched.
 
     Args:
-        network: a :class:`~darts_core.nn.networks.SearchNetwork` (``forward(x, alphas=...)``,
+        network: a :class:`~darts_core.nn.search_network.SearchNetwork` (``forward(x, alphas=...)``,
             ``arch_parameters()``).
         batch: ``(images (N, C, H, W), labels (N,))``: keep it fixed from epoch to epoch so that the
             values are comparable.

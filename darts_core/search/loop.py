@@ -37,7 +37,8 @@ from darts_core.checkpoint import (
     spec_differences,
     write_checkpoint,
 )
-from darts_core.nn.networks import SearchNetwork
+from darts_core.device import resolve_device
+from darts_core.nn.search_network import SearchNetwork
 from darts_core.search.bilevel import DartsSearch, StepResult
 from darts_core.search.collapse import (
     CollapseMetrics,
@@ -59,7 +60,6 @@ from darts_core.spec.search_spec import (
     SearchSpaceConfig,
     TrainingConfig,
 )
-from darts_core.train.train_genotype import resolve_device
 
 __all__ = [
     "DartsSearch",

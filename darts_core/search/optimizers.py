@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from darts_core.nn.cell import SpecialParameter
+from darts_core.nn.special_parameter import SpecialParameter
 
 __all__ = ["create_darts_optimizers_fn", "create_darts_adam_optimizers_fn"]
 

@@ -31,7 +31,7 @@ _Float = Annotated[float, Strict()]
 
 
 class TrainingNetworkConfig(_Section):
-    """``network``: the size of the :class:`~darts_core.nn.networks.GenotypeNetwork` trained."""
+    """``network``: the size of the :class:`~darts_core.nn.genotype_network.GenotypeNetwork` trained."""
 
     init_channels: _Int = Field(default=16, ge=1, le=512, description="Width of the first cells.")
     cells: _Int = Field(default=5, ge=1, le=64, description="Number of cells (reductions at 1/3 and 2/3).")

@@ -1,9 +1,9 @@
 """The resumable retraining loop: :func:`run_training_job` and what it reports.
 
-:func:`run_training_job` trains :class:`~darts_core.nn.networks.GenotypeNetwork` of a genotype from scratch
-as the DARTS evaluation does, holds out a stratified validation split of the training data (the metric a
-study selects by), tests on the held-out test split after every epoch, and writes a checkpoint after each
-epoch from which a restarted training continues bit-identically (on CPU) to one that was never
+:func:`run_training_job` trains :class:`~darts_core.nn.genotype_network.GenotypeNetwork` of a genotype from
+scratch as the DARTS evaluation does, holds out a stratified validation split of the training data (the
+metric a study selects by), tests on the held-out test split after every epoch, and writes a checkpoint
+after each epoch from which a restarted training continues bit-identically (on CPU) to one that was never
 interrupted. :func:`darts_core.train.train_genotype` is a thin wrapper over it.
 
 The checkpoint files are :mod:`darts_core.checkpoint`'s (two generations, atomic writes, a corrupt latest
@@ -26,7 +26,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +43,17 @@ from darts_core.checkpoint import (
     write_checkpoint,
 )
 from darts_core.data.registry import ImageDataset
-from darts_core.nn.networks import GenotypeNetwork
+from darts_core.device import resolve_device
+from darts_core.nn.genotype_network import GenotypeNetwork
 from darts_core.nn.ops import DARTS_PRIMITIVES_2D
 from darts_core.spec.genotype import Genotype
 from darts_core.spec.training_spec import TrainingJobConfig
 from darts_core.train.multiply_adds import count_multiply_adds
+from darts_core.train.records import TrainEpoch, TrainingDiverged, TrainingStopped, TrainResult
 
 __all__ = [
-    "TrainEpoch",
-    "TrainResult",
-    "TrainingStopped",
-    "TrainingDiverged",
     "run_training_job",
     "validation_split",
-    "resolve_device",
     "apply_cutout",
     "CHECKPOINT_KIND",
     "VALIDATION_SPLIT_SEED",
@@ -67,138 +64,6 @@ CHECKPOINT_KIND = "training"
 #: Seed of the validation split: a constant, never ``training.seed``, so trainings of any seed and any
 #: genotype on the same data are compared on the same validation examples.
 VALIDATION_SPLIT_SEED = 0
-
-
-def _finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-@dataclass(frozen=True)
-class TrainEpoch:
-    """Metrics of one finished training epoch (``epoch`` is 1-based).
-
-    ``train_*`` are means over the epoch's batches (train mode, drop-path and cutout on); ``valid_*``
-    (``None`` without a validation split) and ``test_*`` come from eval-mode passes after the epoch.
-    ``lr`` and ``drop_path_prob`` are those used during the epoch, ``seconds`` its wall time.
-    """
-
-    epoch: int
-    train_loss: float
-    train_acc: float
-    test_loss: float
-    test_acc: float
-    lr: float
-    drop_path_prob: float
-    seconds: float
-    valid_loss: float | None = None
-    valid_acc: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: a diverged (NaN or infinite) metric becomes ``None``."""
-        return {
-            key: _finite_or_none(value) if isinstance(value, float) else value
-            for key, value in asdict(self).items()
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainEpoch:
-        """Inverse of :meth:`to_dict` (``None`` metrics come back as NaN, the optional ones as ``None``)."""
-        names = {item.name for item in fields(cls)}
-        values = {key: value for key, value in data.items() if key in names}
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr", "drop_path_prob", "seconds"):
-            if values.get(key) is None:
-                values[key] = math.nan
-        return cls(**values)
-
-
-@dataclass
-class TrainResult:
-    """Outcome of :func:`run_training_job` (and :func:`~darts_core.train.train_genotype`).
-
-    Attributes:
-        test_accuracy: accuracy on ``dataset.x_test`` after the last epoch, in [0, 1].
-        test_loss: mean cross-entropy on the test split after the last epoch.
-        history: one :class:`TrainEpoch` per epoch (restored ones included).
-        parameters: parameter count of the network without its auxiliary head (as DARTS reports it).
-        seconds: wall-clock time of this call (a resumed training counts only its own part).
-        network: the trained network (in eval mode, on the training device).
-        valid_accuracy: validation accuracy after the last epoch; ``None`` without a validation split.
-        multiply_adds: multiply-adds of one forward pass of one sample, without the auxiliary head
-            (:func:`~darts_core.train.multiply_adds.count_multiply_adds`).
-    """
-
-    test_accuracy: float
-    test_loss: float
-    history: list[TrainEpoch]
-    parameters: int
-    seconds: float
-    network: GenotypeNetwork = field(repr=False)
-    valid_accuracy: float | None = None
-    multiply_adds: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (without the network)."""
-        return {
-            "test_accuracy": _finite_or_none(self.test_accuracy),
-            "test_loss": _finite_or_none(self.test_loss),
-            "valid_accuracy": _finite_or_none(self.valid_accuracy),
-            "parameters": self.parameters,
-            "multiply_adds": self.multiply_adds,
-            "seconds": self.seconds,
-            "history": [epoch.to_dict() for epoch in self.history],
-        }
-
-
-class TrainingStopped(Exception):
-    """``should_stop`` ended the training between two batches; nothing of the unfinished epoch was kept.
-
-    Attributes:
-        epochs_completed: finished (and, with a checkpoint directory, checkpointed) epochs.
-    """
-
-    def __init__(self, epochs_completed: int) -> None:
-        super().__init__(f"training stopped after {epochs_completed} finished epoch(s)")
-        self.epochs_completed = epochs_completed
-
-
-class TrainingDiverged(ValueError):
-    """An epoch ended with a non-finite (NaN or infinite) loss: the training cannot recover from it.
-
-    Raised before the epoch is checkpointed or reported, so no diverged epoch is ever recorded.
-
-    Attributes:
-        epoch: the 1-based epoch whose loss was not finite.
-    """
-
-    def __init__(self, epoch: int, losses: Mapping[str, float]) -> None:
-        bad = ", ".join(f"{name} {value}" for name, value in losses.items())
-        super().__init__(
-            f"training diverged at epoch {epoch}: non-finite loss ({bad}); lower training.lr or set "
-            "training.grad_clip"
-        )
-        self.epoch = epoch
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"`` as given.
-
-    Raises:
-        ValueError: an unknown device string, or CUDA asked for but not available.
-    """
-    if isinstance(device, torch.device):
-        resolved = device
-    elif device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            resolved = torch.device(device)
-        except (RuntimeError, TypeError) as error:
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]', got {device!r}") from error
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:index]', got {device!r}")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: CUDA is not available on this machine")
-    return resolved
 
 
 def apply_cutout(images: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
@@ -328,6 +193,165 @@ def _check_same_training(state: Mapping[str, Any], path: Path, identity: Mapping
         raise ValueError(f"checkpoint {path} was written by a different training: {'; '.join(differences)}")
 
 
+_Autocast = Callable[[], contextlib.AbstractContextManager[object]]
+
+
+@dataclass
+class _Splits:
+    """The three splits on the training device, each moved there once; batches are gathered by index."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_valid: Tensor
+    y_valid: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+    @classmethod
+    def on_device(cls, dataset: ImageDataset, valid_fraction: float, target: torch.device) -> _Splits:
+        train, valid = validation_split(dataset.y_train, valid_fraction)
+        return cls(
+            x_train=dataset.x_train[train].to(target),
+            y_train=dataset.y_train[train].to(target),
+            x_valid=dataset.x_train[valid].to(target),
+            y_valid=dataset.y_train[valid].to(target),
+            x_test=dataset.x_test.to(target),
+            y_test=dataset.y_test.to(target),
+        )
+
+
+@dataclass
+class _Trainer:
+    """The network and everything a checkpoint restores with it."""
+
+    network: GenotypeNetwork
+    optimizer: torch.optim.SGD
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
+    data_order: torch.Generator
+
+    @classmethod
+    def build(
+        cls, genotype: Genotype, config: TrainingJobConfig, dataset: ImageDataset, target: torch.device
+    ) -> _Trainer:
+        """Seeded with ``training.seed`` first, so the initialisation depends on nothing else."""
+        net_config, training = config.network, config.training
+        torch.manual_seed(training.seed)
+        network = GenotypeNetwork(
+            genotype,
+            dataset.in_channels,
+            dataset.num_classes,
+            init_channels=net_config.init_channels,
+            cells=net_config.cells,
+            auxiliary=net_config.auxiliary,
+        ).to(target)
+        optimizer = torch.optim.SGD(
+            network.parameters(),
+            lr=training.lr,
+            momentum=training.momentum,
+            weight_decay=training.weight_decay,
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=training.epochs, eta_min=training.lr_min
+        )
+        return cls(network, optimizer, scheduler, torch.Generator().manual_seed(training.seed))
+
+    def resume(self, checkpoint_dir: str | os.PathLike[str], identity: Mapping[str, Any]) -> list[TrainEpoch]:
+        """Restore the latest checkpoint of this same training, if any; the finished epochs' records."""
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        loaded = load_checkpoint(checkpoint_dir)
+        if loaded is None:
+            return []
+        state, path = loaded
+        _check_same_training(state, path, identity)
+        self.network.load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.data_order.set_state(state["data_order"].cpu())
+        return [TrainEpoch.from_dict(item) for item in state["history"]]
+
+    def save(
+        self,
+        checkpoint_dir: str | os.PathLike[str],
+        identity: Mapping[str, Any],
+        history: list[TrainEpoch],
+    ) -> None:
+        write_checkpoint(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "kind": CHECKPOINT_KIND,
+                "epoch": len(history),
+                **identity,
+                "network": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(),
+                "data_order": self.data_order.get_state(),
+                "history": [item.to_dict() for item in history],
+            },
+            checkpoint_dir,
+        )
+
+    def train_epoch(
+        self,
+        splits: _Splits,
+        config: TrainingJobConfig,
+        autocast: _Autocast,
+        stop: Callable[[], None],
+    ) -> tuple[float, float]:
+        """One pass over the training split in a fresh order: mean loss and accuracy."""
+        network, optimizer, training = self.network, self.optimizer, config.training
+        target = splits.x_train.device
+        length = training.cutout_length or max(1, min(splits.x_train.shape[-2:]) // 2)
+        num_train, batch_size = splits.x_train.shape[0], training.batch_size
+        network.train()
+        loss_sum, correct, seen = 0.0, 0, 0
+        order = torch.randperm(num_train, generator=self.data_order)
+        for start in range(0, num_train, batch_size):
+            stop()
+            batch = order[start : start + batch_size].to(target)
+            if batch.numel() < 2:
+                continue  # BatchNorm needs more than one sample per channel in training mode
+            images, labels = splits.x_train[batch], splits.y_train[batch]
+            if training.cutout:
+                images = apply_cutout(images, length)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                output = network(images)
+            logits, loss = _loss(output, labels, config.network.auxiliary_weight)
+            loss.backward()
+            if training.grad_clip is not None:
+                nn.utils.clip_grad_norm_(network.parameters(), training.grad_clip)
+            optimizer.step()
+            loss_sum += loss.item() * labels.shape[0]
+            correct += int((logits.argmax(dim=1) == labels).sum().item())
+            seen += labels.shape[0]
+        self.scheduler.step()
+        return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+
+def _loss(
+    output: Tensor | tuple[Tensor, Tensor], labels: Tensor, auxiliary_weight: float
+) -> tuple[Tensor, Tensor]:
+    """The logits and the loss of a training forward: with the auxiliary head, ``ce + weight x ce_aux``."""
+    if isinstance(output, tuple):
+        logits, aux_logits = output
+        loss = F.cross_entropy(logits.float(), labels)
+        return logits, loss + auxiliary_weight * F.cross_entropy(aux_logits.float(), labels)
+    return output, F.cross_entropy(output.float(), labels)
+
+
+def _check_finite(record: TrainEpoch) -> None:
+    """A NaN or infinite loss never recovers; failing here keeps it out of the checkpoint and the
+    reported metrics (whose stored columns are numbers)."""
+    losses = {"train_loss": record.train_loss, "valid_loss": record.valid_loss, "test_loss": record.test_loss}
+    diverged = {
+        name: value for name, value in losses.items() if value is not None and not math.isfinite(value)
+    }
+    if diverged:
+        raise TrainingDiverged(record.epoch, diverged)
+
+
 def run_training_job(
     genotype: Genotype,
     config: TrainingJobConfig,
@@ -338,7 +362,8 @@ def run_training_job(
     should_stop: Callable[[], bool] | None = None,
     device: str | torch.device | None = None,
 ) -> TrainResult:
-    """Train a :class:`~darts_core.nn.networks.GenotypeNetwork` of ``genotype`` from scratch; validate, test.
+    """Train a :class:`~darts_core.nn.genotype_network.GenotypeNetwork` of ``genotype`` from scratch;
+    validate, test.
 
     As the DARTS evaluation: SGD with momentum and weight decay, cosine annealing of the learning rate
     from ``training.lr`` to ``training.lr_min`` over the epochs (stepped per epoch), gradient-norm
@@ -382,138 +407,54 @@ def run_training_job(
     genotype.validate(list(DARTS_PRIMITIVES_2D))  # before any side effect such as seeding
     _check_dataset(dataset)
     target = resolve_device(config.resources.device if device is None else device)
-    net_config, training = config.network, config.training
-    train_indices, valid_indices = validation_split(dataset.y_train, training.valid_fraction)
+    splits = _Splits.on_device(dataset, config.training.valid_fraction, target)
     identity = _identity(config, genotype, dataset)
-
-    torch.manual_seed(training.seed)
-    network = GenotypeNetwork(
-        genotype,
-        dataset.in_channels,
-        dataset.num_classes,
-        init_channels=net_config.init_channels,
-        cells=net_config.cells,
-        auxiliary=net_config.auxiliary,
-    ).to(target)
-    parameters = sum(
-        p.numel() for name, p in network.named_parameters() if not name.startswith("auxiliary_head.")
-    )
-    optimizer = torch.optim.SGD(
-        network.parameters(), lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=training.epochs, eta_min=training.lr_min
-    )
-    data_order = torch.Generator().manual_seed(training.seed)
-    autocast: Callable[[], contextlib.AbstractContextManager[object]]
+    trainer = _Trainer.build(genotype, config, dataset, target)
+    network = trainer.network
+    autocast: _Autocast
     if target.type == "cuda":
         autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)  # noqa: E731
     else:
         autocast = contextlib.nullcontext
-    # Each split lives on the device once; batches are gathered from it by index.
-    x_train = dataset.x_train[train_indices].to(target)
-    y_train = dataset.y_train[train_indices].to(target)
-    x_valid = dataset.x_train[valid_indices].to(target)
-    y_valid = dataset.y_train[valid_indices].to(target)
-    x_test, y_test = dataset.x_test.to(target), dataset.y_test.to(target)
-    length = training.cutout_length or max(1, min(x_train.shape[-2:]) // 2)
-    num_train, batch_size, epochs = x_train.shape[0], training.batch_size, training.epochs
+    history = trainer.resume(checkpoint_dir, identity) if checkpoint_dir is not None else []
 
-    history: list[TrainEpoch] = []
-    if checkpoint_dir is not None:
-        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
-        loaded = load_checkpoint(checkpoint_dir)
-        if loaded is not None:
-            state, path = loaded
-            _check_same_training(state, path, identity)
-            network.load_state_dict(state["network"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            data_order.set_state(state["data_order"].cpu())
-            history = [TrainEpoch.from_dict(item) for item in state["history"]]
+    def stop() -> None:
+        if should_stop is not None and should_stop():
+            raise TrainingStopped(len(history))
+
+    def evaluate(x: Tensor, y: Tensor) -> tuple[float, float]:
+        result = _evaluate(network, x, y, 2 * config.training.batch_size, autocast, should_stop)
+        if result is None:
+            raise TrainingStopped(len(history))
+        return result
 
     started = time.perf_counter()
+    epochs = config.training.epochs
     for epoch in range(len(history), epochs):
         epoch_started = time.perf_counter()
-        current_lr = optimizer.param_groups[0]["lr"]
-        network.drop_path_prob = net_config.drop_path_prob * epoch / epochs
-        network.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        order = torch.randperm(num_train, generator=data_order)
-        for start in range(0, num_train, batch_size):
-            if should_stop is not None and should_stop():
-                raise TrainingStopped(len(history))
-            batch = order[start : start + batch_size].to(target)
-            if batch.numel() < 2:
-                continue  # BatchNorm needs more than one sample per channel in training mode
-            images, labels = x_train[batch], y_train[batch]
-            if training.cutout:
-                images = apply_cutout(images, length)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast():
-                output = network(images)
-            if isinstance(output, tuple):
-                logits, aux_logits = output
-                loss = F.cross_entropy(logits.float(), labels)
-                loss = loss + net_config.auxiliary_weight * F.cross_entropy(aux_logits.float(), labels)
-            else:
-                logits = output
-                loss = F.cross_entropy(logits.float(), labels)
-            loss.backward()
-            if training.grad_clip is not None:
-                nn.utils.clip_grad_norm_(network.parameters(), training.grad_clip)
-            optimizer.step()
-            loss_sum += loss.item() * labels.shape[0]
-            correct += int((logits.argmax(dim=1) == labels).sum().item())
-            seen += labels.shape[0]
-        scheduler.step()
+        current_lr = trainer.optimizer.param_groups[0]["lr"]
+        network.drop_path_prob = config.network.drop_path_prob * epoch / epochs
+        train_loss, train_acc = trainer.train_epoch(splits, config, autocast, stop)
         valid_loss = valid_acc = None
-        if valid_indices.numel():
-            valid = _evaluate(network, x_valid, y_valid, 2 * batch_size, autocast, should_stop)
-            if valid is None:
-                raise TrainingStopped(len(history))
-            valid_loss, valid_acc = valid
-        test = _evaluate(network, x_test, y_test, 2 * batch_size, autocast, should_stop)
-        if test is None:
-            raise TrainingStopped(len(history))
+        if splits.y_valid.numel():
+            valid_loss, valid_acc = evaluate(splits.x_valid, splits.y_valid)
+        test_loss, test_acc = evaluate(splits.x_test, splits.y_test)
         record = TrainEpoch(
             epoch=epoch + 1,
-            train_loss=loss_sum / max(seen, 1),
-            train_acc=correct / max(seen, 1),
-            test_loss=test[0],
-            test_acc=test[1],
+            train_loss=train_loss,
+            train_acc=train_acc,
+            test_loss=test_loss,
+            test_acc=test_acc,
             lr=current_lr,
             drop_path_prob=network.drop_path_prob,
             seconds=time.perf_counter() - epoch_started,
             valid_loss=valid_loss,
             valid_acc=valid_acc,
         )
-        # A NaN or infinite loss never recovers; failing here keeps it out of the checkpoint and the
-        # reported metrics (whose stored columns are numbers).
-        losses = {"train_loss": record.train_loss, "valid_loss": valid_loss, "test_loss": record.test_loss}
-        diverged = {
-            name: value for name, value in losses.items() if value is not None and not math.isfinite(value)
-        }
-        if diverged:
-            raise TrainingDiverged(epoch + 1, diverged)
+        _check_finite(record)
         history.append(record)
         if checkpoint_dir is not None:
-            write_checkpoint(
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "kind": CHECKPOINT_KIND,
-                    "epoch": epoch + 1,
-                    **identity,
-                    "network": network.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(),
-                    "data_order": data_order.get_state(),
-                    "history": [item.to_dict() for item in history],
-                },
-                checkpoint_dir,
-            )
+            trainer.save(checkpoint_dir, identity, history)
         if on_epoch is not None:
             on_epoch(record)
     network.eval()
@@ -522,10 +463,11 @@ def run_training_job(
         test_accuracy=last.test_acc,
         test_loss=last.test_loss,
         history=history,
-        parameters=parameters,
+        parameters=sum(
+            p.numel() for name, p in network.named_parameters() if not name.startswith("auxiliary_head.")
+        ),
         seconds=time.perf_counter() - started,
         network=network,
         valid_accuracy=last.valid_acc,
         multiply_adds=count_multiply_adds(network, tuple(dataset.x_train.shape[1:])),
     )
-

@@ -28,8 +28,8 @@ def count_multiply_adds(network: nn.Module, input_shape: Sequence[int]) -> int:
     groups x kernel area``) and :class:`~torch.nn.Linear` (``output elements x in_features``) that
     actually runs; biases, BatchNorm, pooling, activations and additions are not counted (the usual
     "multi-adds" convention). In eval mode the auxiliary head of a
-    :class:`~darts_core.nn.networks.GenotypeNetwork` does not run, so it is left out, and drop-path is off.
-    A module called twice counts twice.
+    :class:`~darts_core.nn.genotype_network.GenotypeNetwork` does not run, so it is left out, and drop-path
+    is off. A module called twice counts twice.
 
     Args:
         network: the network (left in the mode it was in; its parameters are not changed).

@@ -1,7 +1,7 @@
 """Retraining a genotype from scratch and measuring its test accuracy (the DARTS evaluation protocol).
 
 :func:`train_genotype` is the keyword-argument form of :func:`~darts_core.train.job.run_training_job`
-(one training loop for both): it trains a :class:`~darts_core.nn.networks.GenotypeNetwork` on
+(one training loop for both): it trains a :class:`~darts_core.nn.genotype_network.GenotypeNetwork` on
 ``dataset.x_train`` with SGD (momentum, weight decay, cosine learning rate, gradient clipping),
 drop-path ramped linearly over the epochs, an optional auxiliary loss and cutout, and evaluates it on
 ``dataset.x_test`` after every epoch. The defaults (10 epochs, 16 channels, 5 cells, batch 64) suit
@@ -19,15 +19,10 @@ import torch
 
 from darts_core.spec.genotype import Genotype
 from darts_core.spec.training_spec import TrainingJobConfig
-from darts_core.train.job import (
-    TrainEpoch,
-    TrainResult,
-    apply_cutout,
-    resolve_device,
-    run_training_job,
-)
+from darts_core.train.job import run_training_job
+from darts_core.train.records import TrainEpoch, TrainResult
 
-__all__ = ["TrainEpoch", "TrainResult", "train_genotype", "resolve_device", "apply_cutout"]
+__all__ = ["train_genotype"]
 
 
 def train_genotype(
@@ -53,7 +48,7 @@ def train_genotype(
     on_epoch: Callable[[TrainEpoch], None] | None = None,
     valid_fraction: float = 0.0,
 ) -> TrainResult:
-    """Train :class:`~darts_core.nn.networks.GenotypeNetwork` of ``genotype`` from scratch; test it.
+    """Train :class:`~darts_core.nn.genotype_network.GenotypeNetwork` of ``genotype`` from scratch; test it.
 
     As the DARTS evaluation: SGD with momentum and weight decay, cosine annealing of the learning rate
     from ``lr`` to ``lr_min`` over ``epochs`` (stepped per epoch), gradient-norm clipping, drop-path

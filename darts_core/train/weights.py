@@ -9,8 +9,8 @@ to build::
     genotype         the genotype, Genotype.to_json() as JSON text
     network          {"in_channels", "num_classes", "init_channels", "cells", "auxiliary"} as JSON text
 
-so ``darts_core.load_trained(path)`` returns the :class:`~darts_core.nn.networks.GenotypeNetwork` with its
-weights, ready for inference.
+so ``darts_core.load_trained(path)`` returns the :class:`~darts_core.nn.genotype_network.GenotypeNetwork`
+with its weights, ready for inference.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from darts_core.nn.networks import GenotypeNetwork
+from darts_core.nn.genotype_network import GenotypeNetwork
 from darts_core.spec.genotype import Genotype
 
 __all__ = ["WEIGHTS_FORMAT", "WEIGHTS_FORMAT_VERSION", "save_trained", "load_trained"]
@@ -43,7 +43,7 @@ def save_trained(network: GenotypeNetwork, path: str | os.PathLike[str]) -> None
     reader sees the old file or the whole new one, never a part.
 
     Raises:
-        ValueError: ``network`` is not a :class:`~darts_core.nn.networks.GenotypeNetwork`.
+        ValueError: ``network`` is not a :class:`~darts_core.nn.genotype_network.GenotypeNetwork`.
         OSError: the file cannot be written (nothing at ``path`` changed).
     """
     if not isinstance(network, GenotypeNetwork):
@@ -90,7 +90,7 @@ def _metadata(path: Path) -> dict[str, str]:
 
 
 def load_trained(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> GenotypeNetwork:
-    """Rebuild the :class:`~darts_core.nn.networks.GenotypeNetwork` saved by :func:`save_trained`.
+    """Rebuild the :class:`~darts_core.nn.genotype_network.GenotypeNetwork` saved by :func:`save_trained`.
 
     The weights are loaded strictly (every tensor of the network, nothing else); the network is in eval
     mode on ``map_location``.

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from darts_core.nn.networks import SearchNetwork
+from darts_core.nn.search_network import SearchNetwork
 from darts_core.search.loop import DartsSearch
 
 _REFERENCE_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "reference.py"

@@ -11,7 +11,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 import darts_core as arch
-from darts_core.nn.cell import MixedOp
+from darts_core.nn.mixed_op import MixedOp
 
 PRIMS = arch.DARTS_PRIMITIVES_2D
 

@@ -17,7 +17,8 @@ from darts_core.cli.main import app
 from darts_core.data.registry import load_dataset
 from darts_core.spec.genotype import Genotype
 from darts_core.spec.training_spec import TrainingJobConfig
-from darts_core.train.job import TrainingStopped, run_training_job
+from darts_core.train.job import run_training_job
+from darts_core.train.records import TrainingStopped
 from darts_core.train.weights import load_trained
 
 DATASET = {"name": "synthetic", "num_samples": 64, "channels": 1, "image_size": 6, "num_classes": 3}

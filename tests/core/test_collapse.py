@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from darts_core.nn import recompute
-from darts_core.nn.networks import SearchNetwork
+from darts_core.nn.search_network import SearchNetwork
 from darts_core.search.collapse import (
     CollapseMetrics,
     collapse_metrics,

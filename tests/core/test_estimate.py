@@ -12,7 +12,8 @@ from darts_core.estimate import (
     measure_step,
     measure_training_step,
 )
-from darts_core.nn.networks import GenotypeNetwork, SearchNetwork
+from darts_core.nn.genotype_network import GenotypeNetwork
+from darts_core.nn.search_network import SearchNetwork
 from darts_core.search.loop import SearchConfig
 from darts_core.spec.genotype import DARTS_V2
 from darts_core.spec.training_spec import TrainingJobConfig

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from darts_core.nn.cell import SpecialParameter
-from darts_core.nn.networks import AuxiliaryHead, GenotypeNetwork, SearchNetwork, drop_path
+from darts_core.nn.genotype_network import AuxiliaryHead, GenotypeNetwork, drop_path
 from darts_core.nn.ops import Identity, ReduceChannels2d, SepConv2d
+from darts_core.nn.search_network import SearchNetwork
+from darts_core.nn.special_parameter import SpecialParameter
 from darts_core.spec.genotype import DARTS_OP_NAMES, DARTS_V2, Genotype
 
 # Parameter counts printed by the DARTS reference code (quark0/darts, `param size = ...MB` in its logs,

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from darts_core.nn import ops, recompute
-from darts_core.nn.cell import Cell, SpecialParameter
+from darts_core.nn.cell import Cell
 from darts_core.nn.edge_weights import edge_softmax
 from darts_core.nn.mixed_op import _interleave, channel_shuffle
-from darts_core.nn.networks import SearchNetwork
+from darts_core.nn.search_network import SearchNetwork
+from darts_core.nn.special_parameter import SpecialParameter
 from darts_core.search.derive import derive_genotype
 from darts_core.spec.genotype import num_edges
 

@@ -24,7 +24,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from benchmarks import pcdarts_reference, reference  # noqa: E402
-from darts_core.nn.networks import SearchNetwork  # noqa: E402
+from darts_core.nn.search_network import SearchNetwork  # noqa: E402
 from darts_core.search.loop import DartsSearch  # noqa: E402
 
 IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE, BATCH, K = 3, 5, 8, 4, 4
@@ -115,7 +115,7 @@ def test_step_matches_the_reference(order: str) -> None:
 
 
 def test_reference_shuffle_is_darts_core_shuffle() -> None:
-    from darts_core.nn.cell import channel_shuffle
+    from darts_core.nn.mixed_op import channel_shuffle
 
     x = torch.randn(2, 12, 3, 3)
     assert torch.equal(channel_shuffle(x, 4), pcdarts_reference.shuffle_channels(x, 4))

@@ -8,9 +8,12 @@ import pytest
 import torch
 
 from darts_core.data.registry import ImageDataset, load_dataset
-from darts_core.nn.networks import GenotypeNetwork
+from darts_core.device import resolve_device
+from darts_core.nn.genotype_network import GenotypeNetwork
 from darts_core.spec.genotype import DARTS_V2, Genotype
-from darts_core.train.train_genotype import TrainEpoch, apply_cutout, resolve_device, train_genotype
+from darts_core.train.job import apply_cutout
+from darts_core.train.records import TrainEpoch
+from darts_core.train.train_genotype import train_genotype
 
 SMALL = Genotype(
     normal=[("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 0)],

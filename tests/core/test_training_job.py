@@ -17,15 +17,9 @@ from darts_core.data.registry import ImageDataset, load_dataset
 from darts_core.spec.genotype import DARTS_V2, Genotype
 from darts_core.spec.training_spec import TrainingJobConfig
 from darts_core.train import job as training_job
-from darts_core.train.job import (
-    TrainEpoch,
-    TrainingDiverged,
-    TrainingStopped,
-    TrainResult,
-    run_training_job,
-    validation_split,
-)
+from darts_core.train.job import run_training_job, validation_split
 from darts_core.train.multiply_adds import count_multiply_adds
+from darts_core.train.records import TrainEpoch, TrainingDiverged, TrainingStopped, TrainResult
 
 SMALL = Genotype(
     normal=[("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_3x3", 2), ("avg_pool_3x3", 0)],

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import darts_core
-from darts_core.nn.networks import GenotypeNetwork
+from darts_core.nn.genotype_network import GenotypeNetwork
 from darts_core.spec.genotype import DARTS_V2, Genotype
 from darts_core.train.multiply_adds import count_multiply_adds
 from darts_core.train.weights import WEIGHTS_FORMAT, load_trained, save_trained
