@@ -36,8 +36,8 @@ _EXPORTS: dict[str, str] = {
     # Search engine.
     "Genotype": "spec.genotype",
     "derive_genotype": "search.derive",
-    "SearchNetwork": "nn.networks",
-    "GenotypeNetwork": "nn.networks",
+    "SearchNetwork": "nn.search_network",
+    "GenotypeNetwork": "nn.genotype_network",
     "DartsSearch": "search.bilevel",
     "SearchConfig": "spec.search_spec",
     "EpochRecord": "spec.records",
