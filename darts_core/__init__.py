@@ -53,6 +53,9 @@ _EXPORTS: dict[str, str] = {
     "TrainingStopped": "train.records",
     "save_trained": "train.weights",
     "load_trained": "train.weights",
+    "export_onnx": "train.export",
+    "export_torchscript": "train.export",
+    "read_export_metadata": "train.export",
     "load_dataset": "data.registry",
     "builtin_datasets": "spec.dataset_spec",
     "ImageDataset": "data.registry",
@@ -103,6 +106,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the eager imports (re-expo
     from darts_core.spec.records import EpochRecord
     from darts_core.spec.search_spec import SearchConfig
     from darts_core.spec.training_spec import TrainingJobConfig
+    from darts_core.train.export import export_onnx, export_torchscript, read_export_metadata
     from darts_core.train.job import run_training_job
     from darts_core.train.records import TrainEpoch, TrainingStopped, TrainResult
     from darts_core.train.train_genotype import train_genotype

@@ -8,6 +8,9 @@ to build::
     format_version   "1"
     genotype         the genotype, Genotype.to_json() as JSON text
     network          {"in_channels", "num_classes", "init_channels", "cells", "auxiliary"} as JSON text
+    data             (when the trainer gave it) {"input_shape": [C, H, W], "class_names", "mean", "std"}
+                     as JSON text: what :func:`darts_core.train.export.export_trained` writes into an
+                     exported file
 
 so ``darts_core.load_trained(path)`` returns the :class:`~darts_core.nn.genotype_network.GenotypeNetwork`
 with its weights, ready for inference.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +32,7 @@ import torch
 from darts_core.nn.genotype_network import GenotypeNetwork
 from darts_core.spec.genotype import Genotype
 
-__all__ = ["WEIGHTS_FORMAT", "WEIGHTS_FORMAT_VERSION", "save_trained", "load_trained"]
+__all__ = ["WEIGHTS_FORMAT", "WEIGHTS_FORMAT_VERSION", "save_trained", "load_trained", "read_trained_data"]
 
 #: ``format`` metadata of a trained-weights file.
 WEIGHTS_FORMAT = "darts_core.trained"
@@ -36,18 +40,41 @@ WEIGHTS_FORMAT = "darts_core.trained"
 WEIGHTS_FORMAT_VERSION = 1
 
 
-def save_trained(network: GenotypeNetwork, path: str | os.PathLike[str]) -> None:
+def save_trained(
+    network: GenotypeNetwork,
+    path: str | os.PathLike[str],
+    *,
+    input_shape: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> None:
     """Write ``network``'s weights and what rebuilds it to the safetensors file ``path``, atomically.
+
+    ``input_shape`` (``(C, H, W)`` of the training images), ``class_names`` and the normalisation
+    ``mean`` / ``std`` the network was trained with are kept as the ``data`` metadata when
+    ``input_shape`` is given, for an export from the file alone.
 
     The file is written next to ``path`` under a temporary name, flushed to disk and renamed in: a
     reader sees the old file or the whole new one, never a part.
 
     Raises:
-        ValueError: ``network`` is not a :class:`~darts_core.nn.genotype_network.GenotypeNetwork`.
+        ValueError: ``network`` is not a :class:`~darts_core.nn.genotype_network.GenotypeNetwork`, or a
+            data argument does not fit it (named in the message).
         OSError: the file cannot be written (nothing at ``path`` changed).
     """
     if not isinstance(network, GenotypeNetwork):
         raise ValueError(f"network must be a GenotypeNetwork, got {type(network).__name__}")
+    data: dict[str, Any] | None = None
+    if input_shape is not None:
+        from darts_core.train.export import export_metadata  # checks the arguments as an export does
+
+        checked = export_metadata(
+            network, input_shape=input_shape, class_names=class_names, mean=mean, std=std
+        )
+        data = {key: json.loads(checked[key]) for key in ("input_shape", "class_names", "mean", "std")}
+    elif class_names is not None or mean is not None or std is not None:
+        raise ValueError("input_shape is needed with class_names, mean or std")
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in network.state_dict().items()}
     metadata = {
         "format": WEIGHTS_FORMAT,
@@ -63,12 +90,14 @@ def save_trained(network: GenotypeNetwork, path: str | os.PathLike[str]) -> None
             }
         ),
     }
-    data = safetensors.torch.save(tensors, metadata=metadata)
+    if data is not None:
+        metadata["data"] = json.dumps(data)
+    payload = safetensors.torch.save(tensors, metadata=metadata)
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(data)
+            handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -132,3 +161,24 @@ def load_trained(path: str | os.PathLike[str], map_location: str | torch.device 
     except RuntimeError as error:
         raise ValueError(f"{path}: the weights do not fit the network: {error}") from error
     return network.to(map_location).eval()
+
+
+def read_trained_data(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``data`` metadata of a trained-weights file: ``input_shape`` ([C, H, W]), ``class_names``,
+    ``mean``, ``std`` (None when unknown); ``{}`` for a file saved without it.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a trained-weights file, or unreadable ``data``.
+    """
+    path = Path(path)
+    raw = _metadata(path).get("data")
+    if raw is None:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as error:
+        raise ValueError(f"{path}: invalid data metadata: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: invalid data metadata (not an object)")
+    return data
