@@ -3,7 +3,8 @@
 The genotype is ``genotype.json`` or ``genotype.txt``; the settings are the training spec of
 ``POST /trainings`` (``--spec FILE``) with the options merged in, and the spec's defaults where neither
 says. It writes ``train.json`` (validation and test accuracy, parameters, multiply-adds, history) and
-``model.safetensors`` (:func:`darts_core.load_trained`), checkpoints every epoch into
+``model.safetensors`` (:func:`darts_core.load_trained`; with ``--export onnx|torchscript`` also
+``model.onnx`` / ``model.pt``, which run without darts_core), checkpoints every epoch into
 ``--checkpoint-dir`` (default ``OUT/train-checkpoint``) and resumes from there when run again.
 
 torch is imported when the command runs, not when the module is.
@@ -12,6 +13,7 @@ torch is imported when the command runs, not when the module is.
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -38,6 +40,14 @@ __all__ = ["train"]
 TRAIN_RESULT_NAME = "train.json"
 WEIGHTS_NAME = "model.safetensors"
 TRAIN_CHECKPOINT_NAME = "train-checkpoint"
+#: ``--export`` format -> the file written beside model.safetensors (darts_core.train.export.EXPORT_FORMATS;
+#: repeated here so that registering the command imports no torch).
+EXPORT_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+    torchscript = "torchscript"
 
 
 def _read_genotype(path: Path) -> Genotype:
@@ -197,6 +207,14 @@ def train(
             "the same training is resumed). Default: OUT/train-checkpoint.",
         ),
     ] = None,
+    export: Annotated[
+        ExportFormat | None,
+        typer.Option(
+            help="Also write the trained network as model.onnx (onnxruntime) or model.pt (TorchScript, "
+            "torch.jit.load): files that run without darts_core and carry the input shape, the "
+            "normalisation and the genotype.",
+        ),
+    ] = None,
 ) -> None:
     """Retrain a genotype from scratch; report its validation and test accuracy (train.json) and save the
     trained network (model.safetensors, loadable with darts_core.load_trained)."""
@@ -229,6 +247,7 @@ def train(
         raise fail(f"invalid training option: {error}") from None
     from darts_core.checkpoint import has_checkpoint
     from darts_core.data.registry import DatasetError, load_dataset
+    from darts_core.train.export import export_trained
     from darts_core.train.job import run_training_job
     from darts_core.train.records import TrainingStopped
     from darts_core.train.weights import save_trained
@@ -276,7 +295,18 @@ def train(
             raise fail(str(error)) from None
 
     out.mkdir(parents=True, exist_ok=True)
-    save_trained(result.network, out / WEIGHTS_NAME)
+    height, width = data.image_size
+    save_trained(
+        result.network,
+        out / WEIGHTS_NAME,
+        input_shape=(data.in_channels, height, width),
+        mean=data.channel_mean or None,
+        std=data.channel_std or None,
+    )
+    written = [out / WEIGHTS_NAME]
+    if export is not None:
+        written.append(out / EXPORT_NAMES[export.value])
+        export_trained(out / WEIGHTS_NAME, written[-1], format=export.value)
     filled = config.to_spec()
     settings = {name: filled[section][key] for name, (section, key) in _TRAIN_OPTIONS.items()}
     settings["device"] = device or filled["resources"]["device"]
@@ -294,7 +324,7 @@ def train(
     console.print(
         f"{valid}test accuracy {result.test_accuracy:.4f} ({result.parameters:,} parameters, "
         f"{result.multiply_adds:,} multiply-adds, {result.seconds:.1f} s) -> {out / TRAIN_RESULT_NAME}, "
-        f"{out / WEIGHTS_NAME}",
+        f"{', '.join(str(path) for path in written)}",
         highlight=False,
         soft_wrap=True,
     )

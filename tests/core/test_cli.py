@@ -17,6 +17,7 @@ from darts_core.cli.main import app
 from darts_core.data.registry import load_dataset
 from darts_core.spec.genotype import Genotype
 from darts_core.spec.training_spec import TrainingJobConfig
+from darts_core.train.export import read_export_metadata
 from darts_core.train.job import run_training_job
 from darts_core.train.records import TrainingStopped
 from darts_core.train.weights import load_trained
@@ -227,12 +228,17 @@ def test_train_with_a_spec_resumes_and_writes_loadable_weights(tmp_path: Path) -
 
     whole = tmp_path / "whole"
     result = runner.invoke(
-        app, ["train", str(genotype_file), "--spec", str(spec_file), "--epochs", "2", "--out", str(whole)]
+        app,
+        ["train", str(genotype_file), "--spec", str(spec_file), "--epochs", "2", "--out", str(whole)]
+        + ["--export", "onnx"],
     )
     assert result.exit_code == 0, result.output
     assert "valid acc" in result.output and "multiply-adds" in result.output
     written = sorted(path.name for path in whole.iterdir())
-    assert written == ["model.safetensors", "train-checkpoint", "train.json"]
+    assert written == ["model.onnx", "model.safetensors", "train-checkpoint", "train.json"]
+    exported = read_export_metadata(whole / "model.onnx")  # what the dataset says the images are
+    assert exported["input_shape"] == [1, 6, 6] and len(exported["mean"]) == len(exported["std"]) == 1
+    assert exported["class_names"] == ["0", "1", "2"] and exported["genotype"] == genotype.to_json()
     report = json.loads((whole / "train.json").read_text())
     assert report["spec"]["training"]["valid_fraction"] == 0.25 and report["settings"]["epochs"] == 2
     assert report["dataset"] == DATASET and len(report["history"]) == 2
