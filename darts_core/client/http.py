@@ -255,7 +255,15 @@ class DartsClient:
     def download_weights(self, training_id: str, path: Path) -> int:
         """Stream the trained weights (safetensors) of a succeeded training to `path`; returns the bytes
         written. Written beside `path` first and renamed, so `path` is never half a file."""
-        route = f"/trainings/{training_id}/weights"
+        return self._download(f"/trainings/{training_id}/weights", path)
+
+    def download_model(self, training_id: str, format: str, path: Path) -> int:
+        """As `download_weights`, the server's export of the trained network: `format` "onnx"
+        (`model.onnx`) or "torchscript" (`model.pt`)."""
+        name = {"onnx": "model.onnx", "torchscript": "model.pt"}[format]
+        return self._download(f"/trainings/{training_id}/{name}", path)
+
+    def _download(self, route: str, path: Path) -> int:
         partial = path.with_name(f".{path.name}.partial")
         try:
             with self._http.stream("GET", route) as response:

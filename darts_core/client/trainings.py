@@ -3,13 +3,15 @@
 ``submit`` takes a training spec file (what ``POST /trainings`` takes) and/or the options that fill its
 genotype source (``--search-id`` with ``--epoch``, or ``--genotype``); ``watch`` follows the training's
 event stream; ``weights`` downloads the trained network (safetensors, ``darts_core.load_trained``
-reads it). Same login, errors and exit codes as the search commands (:mod:`darts_core.client.searches`).
+reads it); ``export`` downloads it as ONNX or TorchScript, files that run without darts_core.
+Same login, errors and exit codes as the search commands (:mod:`darts_core.client.searches`).
 Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,7 +36,7 @@ from darts_core.client.searches import (
 
 app = typer.Typer(
     name="trainings",
-    help="Retrain genotypes on the server: submit, watch, weights, list, status, cancel.",
+    help="Retrain genotypes on the server: submit, watch, weights, export, list, status, cancel.",
     no_args_is_help=True,
 )
 
@@ -185,6 +187,36 @@ def weights(
     with _client(url, token) as client:
         size = client.download_weights(training_id, out)
     errors.print(f"wrote {out} ({size} bytes)", highlight=False)
+
+
+_EXPORT_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+
+
+class ExportFormat(StrEnum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@app.command()
+def export(
+    training_id: Annotated[str, typer.Argument(metavar="ID")],
+    format: Annotated[
+        ExportFormat,
+        typer.Option("--format", "-f", help="onnx (onnxruntime) or torchscript (torch.jit.load)."),
+    ] = ExportFormat.onnx,
+    out: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Where to write the file. Default: model.onnx or model.pt."),
+    ] = None,
+    url: UrlOption = None,
+    token: TokenOption = None,
+) -> None:
+    """Download a succeeded training's network as ONNX or TorchScript: a file that runs without darts_core
+    and carries its input shape, class names, normalisation (mean, std) and genotype as metadata."""
+    path = out if out is not None else Path(_EXPORT_NAMES[format.value])
+    with _client(url, token) as client:
+        size = client.download_model(training_id, format.value, path)
+    errors.print(f"wrote {path} ({size} bytes)", highlight=False)
 
 
 def _watch(client: DartsClient, training_id: str, as_json: bool) -> None:
