@@ -28,6 +28,7 @@ from darts_core.spec.dataset_spec import DigitsDatasetSpec, SplitSeed, Synthetic
 from darts_core.spec.op_names import DARTS_OP_NAMES
 from darts_core.spec.records import EpochRecord
 from darts_core.spec.search_spec import (
+    ConstraintsConfig,
     NetworkConfig,
     ResourcesConfig,
     SearchSpaceConfig,
@@ -121,6 +122,7 @@ class SearchSpec(StrictModel):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
 
     @model_validator(mode="after")
     def _default_name(self) -> SearchSpec:

@@ -204,7 +204,7 @@ class ConstraintsConfig(_Section):
 
     max_parameters: _Int | None = Field(default=None, ge=1, le=10**12)
     max_multiply_adds: _Int | None = Field(default=None, ge=1, le=10**15)
-    penalty_weight: float = Field(
+    penalty_weight: Annotated[float, Strict()] = Field(
         default=1.0,
         ge=0.0,
         le=1000.0,
