@@ -14,7 +14,7 @@ waiting costs neither a thread nor a connection. An admitted request holds at mo
 time (the auth dependencies close their sessions before the route opens its own), so an admitted
 request never waits for a connection, and a thread is never blocked on the pool. Server-Sent Events
 leave the gate once their response has started: after that they read SQL only through the shared
-poller of `app.services.search_feed`, which takes a slot of its own gate for each poll.
+poller of `app.services.job_feed`, which takes a slot of its own gate for each poll.
 
 The reads clients poll (`SELF_GATED`: GET of a search or training and of its epochs) are answered from
 memory most of the time (app.services.read_cache), so they do not queue at the gate: the answers

@@ -41,9 +41,9 @@ from app.services import admission
 from app.services.datasets import too_large_message
 from app.services.epoch_pages import EpochJsonCache
 from app.services.errors import ServiceError
+from app.services.job_feed import JobFeeds, OpenStreams
 from app.services.metrics import MetricsMiddleware, ServiceMetrics
 from app.services.read_cache import ReadCache
-from app.services.search_feed import OpenStreams, SearchFeeds
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     template = next((r.path for r in routes if r.path_regex.match(path)), None)
     methods = set().union(*(r.methods for r in routes if r.path == template))
     return sorted(methods)
-# Database connections kept for the pollers of Server-Sent Events (app.services.search_feed).
+# Database connections kept for the pollers of Server-Sent Events (app.services.job_feed).
 FEED_SLOTS = 2
 # Database connections kept for the lookups of API keys (app.auth).
 KEY_SLOTS = 1
@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
         threading.Thread(target=_preload_then_freeze, name="preload-estimate", daemon=True).start()
         app.state.ingester = start_ingester(settings) if run_ingester else None
         read_cache: ReadCache[Any] = app.state.read_cache
-        feeds: SearchFeeds = app.state.search_feeds
+        feeds: JobFeeds = app.state.job_feeds
         loop = asyncio.get_running_loop()
 
         def on_change(job_id: str, written: bool) -> None:  # in the listener's thread
@@ -184,7 +184,7 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     # in the request gate's queue, a poll's rebuild waited 2 s, and every follower with it. Threads of
     # their own, not a gate on the event loop: the change listener hands them renewals directly.
     app.state.poll_builder = _poll_builder()
-    app.state.search_feeds = SearchFeeds(app.state.session_factory, app.state.feed_gate)
+    app.state.job_feeds = JobFeeds(app.state.session_factory, app.state.feed_gate)
     app.state.open_streams = OpenStreams()
     app.state.epoch_json = EpochJsonCache()
     app.state.read_cache = ReadCache(

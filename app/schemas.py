@@ -193,8 +193,9 @@ class EpochPublic(EpochRecord):
     created_at: datetime
 
 
-class StatusEvent(StrictModel):
-    """The data of an SSE `status` event."""
+class StatusPayload(StrictModel):
+    """The data of the `status` event of a search's or a training's Server-Sent Events (not the workers'
+    `app.events.schema.StatusEvent`, which the ingester reads from the Redis stream)."""
 
     status: Status
     error: str | None

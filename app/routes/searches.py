@@ -29,7 +29,7 @@ from app.services import admission, job_json, jobs
 from app.services import searches as search_service
 from app.services.epoch_pages import EpochJsonCache
 from app.services.genotype_svg import genotype_svg
-from app.services.search_feed import OpenStreams, SearchFeeds
+from app.services.job_feed import JobFeeds, OpenStreams
 
 router = APIRouter(
     prefix="/searches", tags=["searches"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
@@ -242,7 +242,7 @@ async def search_events(
     after = await run_in_threadpool(starting_epoch)
     streams: OpenStreams = request.app.state.open_streams
     ticket = streams.open(owner.name, settings.max_sse_streams_per_owner)
-    feeds: SearchFeeds = request.app.state.search_feeds
+    feeds: JobFeeds = request.app.state.job_feeds
     poll_seconds: float = request.app.state.sse_poll_seconds
     events = ticket.wrap(feeds.stream(search_id, after, poll_seconds))
     # The background task closes the ticket of a stream whose generator never ran (client gone first).

@@ -17,7 +17,7 @@ from app.routes.polled import forget
 from app.routes.responses import errors
 from app.schemas import Page
 from app.services import studies as study_service
-from app.services.search_feed import OpenStreams
+from app.services.job_feed import OpenStreams
 from app.services.study_advance import StudyDeps
 from app.services.study_feed import study_stream
 from app.study_schemas import StudyPublic, StudySpec, StudySummaryPublic
