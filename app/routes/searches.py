@@ -24,7 +24,8 @@ from app.lifecycle.status import Status
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
 from app.routes.polled import MAX_EPOCHS_PAGE, forget, owned_json, read_key
 from app.routes.responses import errors
-from app.schemas import EpochPublic, Page, SearchEstimatePublic, SearchPublic, SearchSpec
+from app.schemas.common import Page
+from app.schemas.searches import EpochPublic, SearchEstimatePublic, SearchPublic, SearchSpec
 from app.services import admission, job_json, jobs
 from app.services import searches as search_service
 from app.services.epoch_pages import EpochJsonCache

@@ -26,7 +26,8 @@ from app.lifecycle.status import Status
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
 from app.routes.polled import MAX_EPOCHS_PAGE, forget, owned_json, read_key
 from app.routes.responses import errors
-from app.schemas import Page, TrainingEpochPublic, TrainingPublic, TrainingSpec
+from app.schemas.common import Page
+from app.schemas.trainings import TrainingEpochPublic, TrainingPublic, TrainingSpec
 from app.services import job_json, jobs
 from app.services import searches as search_service
 from app.services import trainings as training_service

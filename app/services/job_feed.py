@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db_gate import DatabaseGate
 from app.lifecycle.status import TERMINAL, Status
 from app.models import Search, Training
-from app.schemas import EpochPublic, StatusPayload, TrainingEpochPublic
+from app.schemas.searches import EpochPublic, StatusPayload
+from app.schemas.trainings import TrainingEpochPublic
 from app.services import searches as search_service
 from app.services import trainings as training_service
 from app.services.errors import TooManyRequests

@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db_gate import DatabaseGate
 from app.lifecycle.status import TERMINAL
 from app.models import SearchEpoch, Study, TrainingEpoch
-from app.schemas import EpochPublic, TrainingEpochPublic
+from app.schemas.searches import EpochPublic
+from app.schemas.trainings import TrainingEpochPublic
 from app.services.studies import _child_public
 from app.services.study_advance import children
 

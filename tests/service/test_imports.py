@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
+SCHEMAS = ["app.schemas.searches", "app.schemas.trainings", "app.schemas.studies", "app.schemas.datasets"]
 
-@pytest.mark.parametrize("module", ["app.schemas", "app.main", "darts_core.config", "darts_core"])
+
+@pytest.mark.parametrize("module", [*SCHEMAS, "app.main", "darts_core.config", "darts_core"])
 def test_importing_does_not_import_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -189,7 +189,7 @@ def test_a_poll_that_brings_news_wakes_the_followers_already_waiting(monkeypatch
 
     from app.db_gate import DatabaseGate
     from app.lifecycle.status import Status
-    from app.schemas import StatusPayload
+    from app.schemas.searches import StatusPayload
     from app.services import job_feed
 
     @dataclass
