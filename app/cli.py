@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli_keys import is_loopback, keys_cli
+from app.commands.keys import is_loopback, keys_cli
 from app.settings import get_settings
 from app.stack.processes import worker_command
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from app.cli_keys import ADMIN_KEY_FILE
+from app.commands.keys import ADMIN_KEY_FILE
 from app.stack.processes import die_with_parent
 
 # Small enough for a few minutes on 2 CPU cores, big enough to learn digits.

@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from app.cli_keys import ensure_admin_key, login_url
+from app.commands.keys import ensure_admin_key, login_url
 from app.settings import Settings, get_settings
 from app.stack.embedded_postgres import EmbeddedPostgres
 from app.stack.embedded_redis import EmbeddedRedis
