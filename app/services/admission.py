@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.models import Dataset
-from app.schemas import DatasetSpec, SearchSpec, TrainingSpec, UploadedDatasetSpec
+from app.schemas.searches import DatasetSpec, SearchSpec, UploadedDatasetSpec
+from app.schemas.trainings import TrainingSpec
 from app.services.errors import Unprocessable
 from app.settings import Settings
 from darts_core.spec.dataset_spec import SyntheticDatasetSpec, builtin_datasets

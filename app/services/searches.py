@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.lifecycle.status import Status
 from app.models import Search, SearchEpoch
-from app.schemas import SearchSpec, UploadedDatasetSpec, default_search_name
+from app.schemas.searches import SearchSpec, UploadedDatasetSpec, default_search_name
 from app.services import admission, jobs
 from app.services.errors import NotFound, Unprocessable
 from app.services.pagination import encode_cursor, older_than
