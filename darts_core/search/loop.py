@@ -39,6 +39,7 @@ from darts_core.checkpoint import (
 )
 from darts_core.device import resolve_device
 from darts_core.nn.search_network import SearchNetwork
+from darts_core.precision import resolve_autocast
 from darts_core.search.bilevel import DartsSearch, StepResult
 from darts_core.search.collapse import (
     CollapseMetrics,
@@ -290,7 +291,8 @@ def run_search(
     when it has fewer batches), one :meth:`DartsSearch.step` per pair. Everything is seeded from
     ``training.seed`` (this sets the global ``random``, NumPy and torch seeds); on CPU, a resumed search
     ends bit-identical to an uninterrupted one.
-    ``resources.device="auto"`` uses CUDA when present, with bf16 autocast (fp32 parameters) on CUDA.
+    ``resources.device="auto"`` uses CUDA when present; ``resources.precision="auto"`` runs the weight
+    step under bf16 autocast (fp32 parameters) on CUDA, in fp32 on CPU; the architecture step is fp32.
 
     Every epoch records the collapse metrics of :mod:`darts_core.search.collapse`; every
     ``training.hessian_every`` epochs also the dominant eigenvalue of the Hessian of the loss with
@@ -302,7 +304,7 @@ def run_search(
     """
     training = config.training
     device = resolve_device(config.resources.device)
-    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    autocast_dtype = resolve_autocast(config.resources.precision, device)
 
     x_all, y_all = dataset.x_train, dataset.y_train
     train_indices, valid_indices = _split_indices(len(y_all), training.train_portion, training.seed)

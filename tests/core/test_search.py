@@ -344,7 +344,7 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
             "eigenvalue_threshold": 1.3,
             "hessian_every": None,
         },
-        "resources": {"device": "auto", "time_limit_seconds": None},
+        "resources": {"device": "auto", "precision": "auto", "time_limit_seconds": None},
     }
     assert SearchConfig.from_spec(json.loads(json.dumps(spec))) == config
     assert isinstance(SearchConfig.from_spec({"training": {"weight_lr": 1}}).training.weight_lr, float)
