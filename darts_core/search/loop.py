@@ -404,7 +404,7 @@ def run_search(
                     "epoch": epoch,
                     "spec": config.to_spec(),
                     "search": search.state_dict(),
-                    "rng": rng_state(),
+                    "rng": rng_state(device),
                     "history": [item.to_dict() for item in history],
                 },
                 checkpoint_dir,
@@ -420,6 +420,10 @@ def run_search(
 
 def _last_genotype(history: list[EpochResult], network: SearchNetwork) -> Genotype:
     return history[-1].genotype if history else network.genotype()
+
+
+def _device_of(search: DartsSearch) -> torch.device:
+    return search.weights[0].device
 
 
 def _restore(
@@ -438,6 +442,6 @@ def _restore(
             f"checkpoint {path} was written by a different search spec: {'; '.join(differences)}"
         )
     search.load_state_dict(state["search"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"], _device_of(search))
     primitives = config.search_space.primitives
     return [EpochResult.from_dict(item, primitives=primitives) for item in state["history"]]

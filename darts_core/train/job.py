@@ -259,6 +259,10 @@ class _Trainer:
         )
         return cls(network, optimizer, scheduler, torch.Generator().manual_seed(training.seed))
 
+    @property
+    def _device(self) -> torch.device:
+        return next(self.network.parameters()).device
+
     def resume(self, checkpoint_dir: str | os.PathLike[str], identity: Mapping[str, Any]) -> list[TrainEpoch]:
         """Restore the latest checkpoint of this same training, if any; the finished epochs' records."""
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
@@ -270,7 +274,7 @@ class _Trainer:
         self.network.load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self._device)
         self.data_order.set_state(state["data_order"].cpu())
         return [TrainEpoch.from_dict(item) for item in state["history"]]
 
@@ -289,7 +293,7 @@ class _Trainer:
                 "network": self.network.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "rng": rng_state(),
+                "rng": rng_state(self._device),
                 "data_order": self.data_order.get_state(),
                 "history": [item.to_dict() for item in history],
             },
