@@ -16,7 +16,7 @@ Adam, saved in :meth:`DartsSearch.state_dict` and differentiated by the second-o
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -95,6 +95,9 @@ class DartsSearch:
             forward at ``w'`` must see the ``xi``-step that made it; and the train pass at ``w`` that
             gives ``w'`` moved the gradient by 61 % under bf16 on its own. Without autocast the
             architecture step runs in exact fp32 (TF32 off) too.
+        arch_penalty: ``penalty(arch_parameters) -> 0-d tensor`` added to the architecture loss (its
+            gradient added to the alphas' in either order; it does not depend on the weights), e.g. a
+            search budget's (:func:`darts_core.search.budget.budget_penalty`).
         channels_last: put the network's 4-D weights (here, once) and every 4-D image batch (at each
             step; a no-op for batches already so) in ``torch.channels_last`` memory format. Same math,
             other rounding: on CPU depthwise convolutions run about 3x faster and max pooling 3.7x,
@@ -140,6 +143,7 @@ class DartsSearch:
         autocast_dtype: torch.dtype | None = None,
         arch_autocast: bool = False,
         channels_last: bool = True,
+        arch_penalty: Callable[[Sequence[Tensor]], Tensor] | None = None,
     ) -> None:
         if order not in ("first", "second"):
             raise ValueError(f"order must be 'first' or 'second', got {order!r}")
@@ -149,6 +153,7 @@ class DartsSearch:
             raise ValueError(f"grad_clip must be > 0, got {grad_clip!r}")
         self.network = network
         self.order = order
+        self.arch_penalty = arch_penalty
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
@@ -308,6 +313,9 @@ class DartsSearch:
 
     def _architecture_step(self, train_batch: Batch, valid_batch: Batch) -> tuple[Tensor, Tensor]:
         grads, valid_loss, valid_acc = self._arch_grads(train_batch, valid_batch)
+        if self.arch_penalty is not None:
+            penalty_grads = _grad(self.arch_penalty(self.alphas), self.alphas)
+            grads = [grad + penalty_grad for grad, penalty_grad in zip(grads, penalty_grads, strict=True)]
         self.arch_optimizer.zero_grad(set_to_none=True)
         for alpha, grad in zip(self.alphas, grads, strict=True):
             alpha.grad = grad

@@ -41,6 +41,7 @@ from darts_core.device import resolve_device
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.precision import resolve_autocast
 from darts_core.search.bilevel import DartsSearch, StepResult
+from darts_core.search.budget import Budget, CostTable, budget_penalty, cost_table_for, repair_genotype
 from darts_core.search.collapse import (
     CollapseMetrics,
     EarlyStop,
@@ -98,6 +99,7 @@ class EpochResult:
     parameter_free_ops: int | None = None
     alpha_entropy: float | None = None
     hessian_eigenvalue: float | None = None
+    cost: dict[str, float] | None = None
 
     def collapse(self) -> CollapseMetrics:
         """The epoch's collapse metrics (computed from the genotype and alphas when not recorded)."""
@@ -318,7 +320,9 @@ def run_search(
 
     _seed_everything(training.seed)
     network = _build_network(config, dataset.in_channels, dataset.num_classes).to(device)
-    initial_genotype = network.genotype()  # what DARTS+ keeps when it stops after the first epoch
+    budget = _SearchBudget.of(config, dataset) if config.constraints.active else None
+    derive = budget.genotype if budget is not None else _plain_genotype
+    initial_genotype = derive(network)  # what DARTS+ keeps when it stops after the first epoch
     search = DartsSearch(
         network,
         order=training.order,
@@ -332,6 +336,7 @@ def run_search(
         epochs=training.epochs,
         autocast_dtype=autocast_dtype,
         channels_last=channels_last,
+        arch_penalty=budget.penalty if budget is not None else None,
     )
 
     # The data lives on the device once, in the network's memory format; batches are gathered by index
@@ -363,7 +368,7 @@ def run_search(
         sums = torch.zeros(4, device=device)
         for step, train_batch in enumerate(train_batches):
             if should_stop is not None and should_stop():
-                return SearchResult(len(history), True, _last_genotype(history, network), history)
+                return SearchResult(len(history), True, _last_genotype(history, network, derive), history)
             valid_batch = valid_batches[step % len(valid_batches)]
             stats = search.step(
                 (x_train[train_batch], y_train[train_batch]), (x_valid[valid_batch], y_valid[valid_batch])
@@ -375,7 +380,7 @@ def run_search(
         train_loss, train_acc = (sums[:2] / len(train_batches)).tolist()
         evaluated = _evaluate(network, x_valid, y_valid, 2 * training.batch_size, autocast_dtype, should_stop)
         if evaluated is None:
-            return SearchResult(len(history), True, _last_genotype(history, network), history)
+            return SearchResult(len(history), True, _last_genotype(history, network, derive), history)
         valid_loss, valid_acc = evaluated
         eigenvalue = None
         if training.hessian_every is not None and epoch % training.hessian_every == 0:
@@ -389,12 +394,13 @@ def run_search(
             valid_acc=valid_acc,
             lr=lr,
             seconds=time.perf_counter() - started,
-            genotype=network.genotype(),
+            genotype=(genotype := derive(network)),
             alphas=_softmaxed_alphas(network),
             skip_connections=metrics.skip_connections,
             parameter_free_ops=metrics.parameter_free_ops,
             alpha_entropy=metrics.alpha_entropy,
             hessian_eigenvalue=metrics.hessian_eigenvalue,
+            cost=budget.report(network, genotype) if budget is not None else None,
         )
         history.append(result)
         if checkpoint_dir is not None:
@@ -415,11 +421,65 @@ def run_search(
         if decision is not None:
             return _stopped_early(decision, history, initial_genotype)
 
-    return SearchResult(len(history), False, _last_genotype(history, network), history)
+    return SearchResult(len(history), False, _last_genotype(history, network, derive), history)
 
 
-def _last_genotype(history: list[EpochResult], network: SearchNetwork) -> Genotype:
-    return history[-1].genotype if history else network.genotype()
+def _last_genotype(
+    history: list[EpochResult], network: SearchNetwork, derive: Callable[[SearchNetwork], Genotype]
+) -> Genotype:
+    return history[-1].genotype if history else derive(network)
+
+
+def _plain_genotype(network: SearchNetwork) -> Genotype:
+    return network.genotype()
+
+
+@dataclass(frozen=True)
+class _SearchBudget:
+    """A search's ``constraints``: the penalty of its architecture step and the genotypes that fit."""
+
+    table: CostTable
+    budget: Budget
+    weight: float
+
+    @classmethod
+    def of(cls, config: SearchConfig, dataset: Any) -> _SearchBudget:
+        """Raises ValueError (naming the field) when not even the cheapest genotype fits."""
+        table = cost_table_for(config, tuple(dataset.x_train.shape[1:]), dataset.num_classes)
+        budget = Budget.of(config.constraints)
+        table.check_feasible(budget)
+        return cls(table, budget, config.constraints.penalty_weight)
+
+    def penalty(self, alphas: Sequence[Tensor]) -> Tensor:
+        return budget_penalty(self.table, self.budget, self.weight, alphas)
+
+    def genotype(self, network: SearchNetwork) -> Genotype:
+        """The DARTS genotype of the alphas, repaired to fit the budget when it does not."""
+        betas = {}
+        if network.betas_normal is not None and network.betas_reduce is not None:
+            betas = {
+                "betas_normal": network.betas_normal.detach(),
+                "betas_reduce": network.betas_reduce.detach(),
+            }
+        return repair_genotype(
+            network.genotype(),
+            self.table,
+            self.budget,
+            network.alphas_normal.detach(),
+            network.alphas_reduce.detach(),
+            **betas,
+        )
+
+    def report(self, network: SearchNetwork, genotype: Genotype) -> dict[str, float]:
+        parameters, multiply_adds = self.table.cost(genotype)
+        with torch.no_grad():
+            expected = self.table.expected(network.alphas_normal.double(), network.alphas_reduce.double())
+        return {
+            "parameters": round(parameters),
+            "multiply_adds": round(multiply_adds),
+            "expected_parameters": float(expected[0]),
+            "expected_multiply_adds": float(expected[1]),
+        }
 
 
 def _device_of(search: DartsSearch) -> torch.device:

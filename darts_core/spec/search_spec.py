@@ -35,6 +35,8 @@ __all__ = [
     "NetworkConfig",
     "TrainingConfig",
     "ResourcesConfig",
+    "ConstraintsConfig",
+    "ConstraintsNetworkConfig",
     "SearchConfig",
     "NoNulStr",
     "reject_nul",
@@ -190,6 +192,37 @@ class ResourcesConfig(_Section):
 _CALLER_KEYS = ("name", "dataset")
 
 
+class ConstraintsNetworkConfig(_Section):
+    """``constraints.network``: the network the budget is counted on (``null``: the training spec's
+    default, as ``POST /trainings`` would build it)."""
+
+    cells: _Int | None = Field(default=None, ge=1, le=64)
+    init_channels: _Int | None = Field(default=None, ge=1, le=512)
+    auxiliary: StrictBool | None = Field(
+        default=None, description="Accepted for fidelity: the auxiliary head is never counted."
+    )
+
+
+class ConstraintsConfig(_Section):
+    """``constraints``: a parameter and/or multiply-add budget for the genotype the search returns,
+    counted on the network trained from it exactly as a training reports ``parameters`` and
+    ``multiply_adds`` (:mod:`darts_core.search.budget`)."""
+
+    max_parameters: _Int | None = Field(default=None, ge=1, le=10**12)
+    max_multiply_adds: _Int | None = Field(default=None, ge=1, le=10**15)
+    penalty_weight: Annotated[float, Strict()] = Field(
+        default=1.0,
+        ge=0.0,
+        le=1000.0,
+        description="Weight of the hinge on the expected cost's relative excess in the architecture loss",
+    )
+    network: ConstraintsNetworkConfig = Field(default_factory=ConstraintsNetworkConfig)
+
+    @property
+    def active(self) -> bool:
+        return self.max_parameters is not None or self.max_multiply_adds is not None
+
+
 class SearchConfig(_Section):
     """A validated search spec: the spec without ``name`` and ``dataset``.
 
@@ -203,6 +236,7 @@ class SearchConfig(_Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
 
     @model_validator(mode="after")
     def _partial_channels_divide_the_width(self) -> SearchConfig:

@@ -45,11 +45,11 @@ from darts_core.checkpoint import (
 from darts_core.data.registry import ImageDataset
 from darts_core.device import resolve_device
 from darts_core.nn.genotype_network import GenotypeNetwork
+from darts_core.nn.multiply_adds import count_multiply_adds
 from darts_core.nn.ops import DARTS_PRIMITIVES_2D
 from darts_core.precision import resolve_autocast
 from darts_core.spec.genotype import Genotype
 from darts_core.spec.training_spec import TrainingJobConfig
-from darts_core.train.multiply_adds import count_multiply_adds
 from darts_core.train.records import TrainEpoch, TrainingDiverged, TrainingStopped, TrainResult
 
 __all__ = [

@@ -134,7 +134,7 @@ def test_every_job_kind_s_task_is_acked_late_and_retried_while_the_stores_are_do
     import redis
     from sqlalchemy.exc import SQLAlchemyError
 
-    from worker.task import run_search_task
+    from worker.search_task import run_search_task
     from worker.training_task import run_training_task
 
     for task in (run_search_task, run_training_task):

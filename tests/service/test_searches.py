@@ -303,7 +303,7 @@ def test_epochs_are_listed_in_order_with_cursor_pages(client: TestClient, record
     first = everything["items"][0]
     assert set(first) == {
         "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype",
-        "alphas", "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue",
+        "alphas", "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue", "cost",
         "created_at",
     }
     assert first["train_loss"] == 2.0 and first["genotype"] == epoch_genotype(1)
