@@ -39,6 +39,7 @@ from darts_core.checkpoint import (
 )
 from darts_core.device import resolve_device
 from darts_core.nn.search_network import SearchNetwork
+from darts_core.precision import resolve_autocast
 from darts_core.search.bilevel import DartsSearch, StepResult
 from darts_core.search.budget import Budget, CostTable, budget_penalty, cost_table_for, repair_genotype
 from darts_core.search.collapse import (
@@ -292,7 +293,8 @@ def run_search(
     when it has fewer batches), one :meth:`DartsSearch.step` per pair. Everything is seeded from
     ``training.seed`` (this sets the global ``random``, NumPy and torch seeds); on CPU, a resumed search
     ends bit-identical to an uninterrupted one.
-    ``resources.device="auto"`` uses CUDA when present, with bf16 autocast (fp32 parameters) on CUDA.
+    ``resources.device="auto"`` uses CUDA when present; ``resources.precision="auto"`` runs the weight
+    step under bf16 autocast (fp32 parameters) on CUDA, in fp32 on CPU; the architecture step is fp32.
 
     Every epoch records the collapse metrics of :mod:`darts_core.search.collapse`; every
     ``training.hessian_every`` epochs also the dominant eigenvalue of the Hessian of the loss with
@@ -304,7 +306,7 @@ def run_search(
     """
     training = config.training
     device = resolve_device(config.resources.device)
-    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    autocast_dtype = resolve_autocast(config.resources.precision, device)
 
     x_all, y_all = dataset.x_train, dataset.y_train
     train_indices, valid_indices = _split_indices(len(y_all), training.train_portion, training.seed)
@@ -408,7 +410,7 @@ def run_search(
                     "epoch": epoch,
                     "spec": config.to_spec(),
                     "search": search.state_dict(),
-                    "rng": rng_state(),
+                    "rng": rng_state(device),
                     "history": [item.to_dict() for item in history],
                 },
                 checkpoint_dir,
@@ -480,6 +482,10 @@ class _SearchBudget:
         }
 
 
+def _device_of(search: DartsSearch) -> torch.device:
+    return search.weights[0].device
+
+
 def _restore(
     state: Mapping[str, Any], path: Path, search: DartsSearch, config: SearchConfig
 ) -> list[EpochResult]:
@@ -496,6 +502,6 @@ def _restore(
             f"checkpoint {path} was written by a different search spec: {'; '.join(differences)}"
         )
     search.load_state_dict(state["search"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"], _device_of(search))
     primitives = config.search_space.primitives
     return [EpochResult.from_dict(item, primitives=primitives) for item in state["history"]]

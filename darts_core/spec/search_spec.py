@@ -173,6 +173,12 @@ class ResourcesConfig(_Section):
     """``resources``: where the search runs. ``auto`` means CUDA when available, else CPU."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="Forward precision of the weight step: bf16 autocast (fp32 parameters and optimizer "
+        "states) or plain fp32; auto = the measured default of the device (bf16 on CUDA, fp32 on CPU). "
+        "The architecture step runs in fp32 either way (benchmarks/README.md).",
+    )
     time_limit_seconds: int | None = Field(
         default=None,
         ge=1,
