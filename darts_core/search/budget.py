@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -42,7 +43,10 @@ from darts_core.spec.genotype import _NONE, Gene, Genotype, num_edges
 from darts_core.spec.search_spec import ConstraintsConfig, SearchConfig
 from darts_core.spec.training_spec import TrainingNetworkConfig
 
-__all__ = ["Budget", "CostTable", "budget_penalty", "cost_table_for", "repair_genotype"]
+if TYPE_CHECKING:
+    from darts_core.nn.search_network import SearchNetwork
+
+__all__ = ["Budget", "CostTable", "SearchBudget", "budget_penalty", "cost_table_for", "repair_genotype"]
 
 _KINDS = ("normal", "reduce")
 #: The two costs, in the order of a cost tensor's last axis.
@@ -343,3 +347,52 @@ def cost_table_for(config: SearchConfig, input_shape: Sequence[int], num_classes
         init_channels=chosen.init_channels if chosen.init_channels is not None else defaults.init_channels,
         cells=chosen.cells if chosen.cells is not None else defaults.cells,
     )
+
+
+@dataclass(frozen=True)
+class SearchBudget:
+    """A search's ``constraints`` as :func:`~darts_core.search.loop.run_search` uses them: the penalty of
+    its architecture step, the genotypes that fit, and what each epoch reports."""
+
+    table: CostTable
+    budget: Budget
+    weight: float
+
+    @classmethod
+    def of(cls, config: SearchConfig, dataset: Any) -> SearchBudget:
+        """Raises ValueError (naming the field) when not even the cheapest genotype fits."""
+        table = cost_table_for(config, tuple(dataset.x_train.shape[1:]), dataset.num_classes)
+        budget = Budget.of(config.constraints)
+        table.check_feasible(budget)
+        return cls(table, budget, config.constraints.penalty_weight)
+
+    def penalty(self, alphas: Sequence[Tensor]) -> Tensor:
+        return budget_penalty(self.table, self.budget, self.weight, alphas)
+
+    def genotype(self, network: SearchNetwork) -> Genotype:
+        """The DARTS genotype of the alphas, repaired to fit the budget when it does not."""
+        betas = {}
+        if network.betas_normal is not None and network.betas_reduce is not None:
+            betas = {
+                "betas_normal": network.betas_normal.detach(),
+                "betas_reduce": network.betas_reduce.detach(),
+            }
+        return repair_genotype(
+            network.genotype(),
+            self.table,
+            self.budget,
+            network.alphas_normal.detach(),
+            network.alphas_reduce.detach(),
+            **betas,
+        )
+
+    def report(self, network: SearchNetwork, genotype: Genotype) -> dict[str, float]:
+        parameters, multiply_adds = self.table.cost(genotype)
+        with torch.no_grad():
+            expected = self.table.expected(network.alphas_normal.double(), network.alphas_reduce.double())
+        return {
+            "parameters": round(parameters),
+            "multiply_adds": round(multiply_adds),
+            "expected_parameters": float(expected[0]),
+            "expected_multiply_adds": float(expected[1]),
+        }

@@ -41,7 +41,7 @@ from darts_core.device import resolve_device
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.precision import resolve_autocast
 from darts_core.search.bilevel import DartsSearch, StepResult
-from darts_core.search.budget import Budget, CostTable, budget_penalty, cost_table_for, repair_genotype
+from darts_core.search.budget import SearchBudget
 from darts_core.search.collapse import (
     CollapseMetrics,
     EarlyStop,
@@ -320,7 +320,7 @@ def run_search(
 
     _seed_everything(training.seed)
     network = _build_network(config, dataset.in_channels, dataset.num_classes).to(device)
-    budget = _SearchBudget.of(config, dataset) if config.constraints.active else None
+    budget = SearchBudget.of(config, dataset) if config.constraints.active else None
     derive = budget.genotype if budget is not None else _plain_genotype
     initial_genotype = derive(network)  # what DARTS+ keeps when it stops after the first epoch
     search = DartsSearch(
@@ -432,54 +432,6 @@ def _last_genotype(
 
 def _plain_genotype(network: SearchNetwork) -> Genotype:
     return network.genotype()
-
-
-@dataclass(frozen=True)
-class _SearchBudget:
-    """A search's ``constraints``: the penalty of its architecture step and the genotypes that fit."""
-
-    table: CostTable
-    budget: Budget
-    weight: float
-
-    @classmethod
-    def of(cls, config: SearchConfig, dataset: Any) -> _SearchBudget:
-        """Raises ValueError (naming the field) when not even the cheapest genotype fits."""
-        table = cost_table_for(config, tuple(dataset.x_train.shape[1:]), dataset.num_classes)
-        budget = Budget.of(config.constraints)
-        table.check_feasible(budget)
-        return cls(table, budget, config.constraints.penalty_weight)
-
-    def penalty(self, alphas: Sequence[Tensor]) -> Tensor:
-        return budget_penalty(self.table, self.budget, self.weight, alphas)
-
-    def genotype(self, network: SearchNetwork) -> Genotype:
-        """The DARTS genotype of the alphas, repaired to fit the budget when it does not."""
-        betas = {}
-        if network.betas_normal is not None and network.betas_reduce is not None:
-            betas = {
-                "betas_normal": network.betas_normal.detach(),
-                "betas_reduce": network.betas_reduce.detach(),
-            }
-        return repair_genotype(
-            network.genotype(),
-            self.table,
-            self.budget,
-            network.alphas_normal.detach(),
-            network.alphas_reduce.detach(),
-            **betas,
-        )
-
-    def report(self, network: SearchNetwork, genotype: Genotype) -> dict[str, float]:
-        parameters, multiply_adds = self.table.cost(genotype)
-        with torch.no_grad():
-            expected = self.table.expected(network.alphas_normal.double(), network.alphas_reduce.double())
-        return {
-            "parameters": round(parameters),
-            "multiply_adds": round(multiply_adds),
-            "expected_parameters": float(expected[0]),
-            "expected_multiply_adds": float(expected[1]),
-        }
 
 
 def _device_of(search: DartsSearch) -> torch.device:

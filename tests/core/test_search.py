@@ -348,7 +348,7 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
         "constraints": {
             "max_parameters": None,
             "max_multiply_adds": None,
-            "penalty_weight": 1.0,
+            "penalty_weight": 0.3,
             "network": {"cells": None, "init_channels": None, "auxiliary": None},
         },
     }
