@@ -54,7 +54,7 @@ test: install lint
 # The product: `darts-service up` (embedded SQLite + Redis, a worker, the API), a digits search
 # submitted over REST and followed to its genotype, then the stack stopped.
 demo: install
-	$(BIN)/python -m app.demo
+	$(BIN)/python -m app.stack.demo
 
 # The library alone, no service: a local search on digits, then retraining of its genotype.
 demo-local: install

@@ -6,26 +6,19 @@ part each (what docker-compose and other deployments use).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from app.cli_keys import ensure_admin_key, is_loopback, keys_cli, login_url
-from app.processes import die_with_parent
-from app.settings import Settings, get_settings
-from app.supervisor import SupervisedProcess
-
-if TYPE_CHECKING:
-    from app.redis import EmbeddedRedis
+from app.commands.keys import is_loopback, keys_cli
+from app.settings import get_settings
+from app.stack.processes import worker_command
 
 logger = logging.getLogger("darts_service")
 
@@ -37,11 +30,6 @@ cli = typer.Typer(
 )
 cli.add_typer(keys_cli)
 
-# How long `up` waits for the worker to stop after Ctrl-C: a running search stops at its next batch
-# and is handed back to the queue (it resumes from its checkpoint on the next start).
-WORKER_STOP_SECONDS = 60.0
-
-
 def _configure_logging(level: str) -> None:
     """Our formatter for every logger of this process (LOG_FORMAT: json, text, or by terminal)."""
     from app.logging_config import configure_logging
@@ -51,31 +39,6 @@ def _configure_logging(level: str) -> None:
 
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def worker_command(loglevel: str) -> list[str]:
-    """The command line of one worker process (`python -m worker`)."""
-    return [sys.executable, "-m", "worker", "--loglevel", loglevel]
-
-
-def _threads_option(threads: int | None) -> list[str]:
-    return [] if threads is None else ["--threads", str(threads)]
-
-
-def up_worker_threads() -> int | None:
-    """Torch threads of the worker `up` starts: every core this process may run on but one, which the
-    API, the ingester and Redis share (torch's threads wait for each other at every operation, so one
-    descheduled thread stalls them all: on 2 cores under 100 polling clients a 2-thread worker finished
-    1 epoch a minute). None when OMP_NUM_THREADS is set: the user's choice stands."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - 1)
-
-
-def ingester_command(loglevel: str) -> list[str]:
-    """The command line of `up`'s ingester process (`darts-service ingest`)."""
-    return [sys.executable, "-m", "app.cli", "ingest", "--loglevel", loglevel]
 
 
 @cli.command()
@@ -113,15 +76,7 @@ def up(
     API keys: the first start on DATA_DIR creates an admin key, writes it to DATA_DIR/admin.key (mode
     0600) and every start prints the page's login URL with it (`?token=`).
     """
-    import uvicorn
-
-    from app.db import make_engine, make_session_factory, run_migrations
-    from app.embedded_postgres import EmbeddedPostgres
-    from app.events.ingester import drain_events
-    from app.lifecycle.lease import owner_prefix
-    from app.lifecycle.sweep import release_leases_of
-    from app.main import create_app
-    from app.redis import EmbeddedRedis
+    from app.stack.local import LocalStack
 
     if no_auth and not is_loopback(host):
         message = f"error: --no-auth is refused on host {host!r}: only a loopback address may run open"
@@ -130,107 +85,20 @@ def up(
     _configure_logging(loglevel)
     if postgres and os.environ.get("DATABASE_URL"):
         raise typer.BadParameter("DATABASE_URL is set: unset it to use --postgres", param_hint="--postgres")
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(
+        host=host, port=port, data_dir=data_dir, loglevel=loglevel, postgres=postgres, no_auth=no_auth,
+        say=typer.echo,
+    )
+    stack.prepare_data_dir()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-
-    env = dict(os.environ)
-    env["DATA_DIR"] = str(data_dir)
-    if not env.get("DATABASE_URL") and not postgres:
-        env["DATABASE_URL"] = f"sqlite:///{data_dir / 'darts.db'}"
-    embedded_postgres: EmbeddedPostgres | None = None
-    redis_server: SupervisedProcess | None = None
-    worker: SupervisedProcess | None = None
-    ingester: SupervisedProcess | None = None
     try:
-        if postgres:
-            # Like the embedded Redis: a session of its own, stopped last, dies with us.
-            embedded_postgres = EmbeddedPostgres(
-                data_dir / "postgres", new_session=True, preexec_fn=die_with_parent()
-            )
-            embedded_postgres.start()
-            env["DATABASE_URL"] = embedded_postgres.url
-        if not env.get("REDIS_URL"):
-            # Its own process group: Ctrl-C must not stop Redis before the worker has handed its
-            # search back to the queue. It is stopped last, below (or dies with us: die_with_parent).
-            # Restarted when it dies; its append-only file keeps the queue and the events.
-            embedded = EmbeddedRedis(data_dir / "redis", new_session=True, preexec_fn=die_with_parent())
-            redis_server = SupervisedProcess(
-                "redis-server", lambda: _started(embedded), stop_timeout=10.0
-            ).start()
-            env["REDIS_URL"] = embedded.url
-        os.environ.update(env)
-        get_settings.cache_clear()
-        settings = Settings().with_bind_host(host)
-        logger.info("database %s%s", settings.sqlalchemy_url, " (embedded)" if embedded_postgres else "")
-        logger.info("redis %s%s", settings.redis_url, " (embedded)" if redis_server else "")
-        run_migrations(settings)
-        # Before the API answers anything: admin.key exists by the time the first request is served.
-        key = None if no_auth else ensure_admin_key(settings, data_dir)
-        settings = settings.model_copy(update={"no_auth": no_auth})
-        open_note = " (open: --no-auth)" if no_auth else ""
-        typer.echo(f"darts-service: log in at {login_url(host, port, key)}{open_note}")
-        leases = make_session_factory(make_engine(settings))
-
-        def worker_died(pid: int, _code: int) -> None:
-            # Its searches need not wait for their leases to expire: hand them back now.
-            released = release_leases_of(leases, owner_prefix(pid))
-            if released:
-                logger.warning("released %d lease(s) of the dead worker (pid %s)", released, pid)
-
-        worker = SupervisedProcess(
-            "worker",
-            lambda: subprocess.Popen(
-                [*worker_command(loglevel), *_threads_option(up_worker_threads())],
-                env=env,
-                preexec_fn=die_with_parent(),
-            ),
-            on_exit=worker_died,
-            stop_timeout=WORKER_STOP_SECONDS,
-        ).start()
-        # Its own process, not a thread of the API's: storing events and sweeping leases never
-        # compete with requests for the API's interpreter (issue 10's load), and the API answering
-        # is not what keeps SQL current.
-        ingester = SupervisedProcess(
-            "ingester",
-            lambda: subprocess.Popen(ingester_command(loglevel), env=env, preexec_fn=die_with_parent()),
-            stop_timeout=10.0,
-        ).start()
-        app = create_app(settings, run_ingester=False)
-        app.state.supervised = [part for part in (redis_server, worker, ingester) if part is not None]
-        # log_config=None: uvicorn's loggers keep ours (configured above) instead of its own handlers.
-        server = uvicorn.Server(
-            uvicorn.Config(app, host=host, port=port, log_level=loglevel.lower(), log_config=None)
-        )
-        server.run()  # returns on Ctrl-C / SIGTERM (and re-raises the signal afterwards)
-        if not server.started:
+        stack.start()
+        if not stack.serve():
             raise typer.Exit(code=1)
     except KeyboardInterrupt:
         pass
     finally:
-        # Signals during the cleanup would cut it short; the stack is already going down.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        # The ingester first (Ctrl-C reached it too: it must not be restarted meanwhile).
-        if ingester is not None:
-            ingester.stop()
-        if worker is not None:
-            worker.stop()
-            # Store what the worker said while stopping.
-            with contextlib.suppress(Exception):
-                drain_events(Settings())
-        if redis_server is not None:
-            redis_server.stop()
-        if embedded_postgres is not None:
-            embedded_postgres.stop()
-        logger.info("darts-service stopped")
-
-
-def _started(embedded: EmbeddedRedis) -> subprocess.Popen[bytes]:
-    """Start (or start again) the embedded Redis server and return its process."""
-    process = embedded.start().process
-    assert process is not None
-    return process
+        stack.stop()
 
 
 @cli.command()

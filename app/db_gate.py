@@ -14,7 +14,7 @@ waiting costs neither a thread nor a connection. An admitted request holds at mo
 time (the auth dependencies close their sessions before the route opens its own), so an admitted
 request never waits for a connection, and a thread is never blocked on the pool. Server-Sent Events
 leave the gate once their response has started: after that they read SQL only through the shared
-poller of `app.services.search_feed`, which takes a slot of its own gate for each poll.
+poller of `app.services.job_feed`, which takes a slot of its own gate for each poll.
 
 The reads clients poll (`SELF_GATED`: GET of a search or training and of its epochs) are answered from
 memory most of the time (app.services.read_cache), so they do not queue at the gate: the answers
@@ -35,13 +35,9 @@ import anyio
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.requests import Request
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 T = TypeVar("T")
 
-EVENT_STREAM = b"text/event-stream"
-# Paths that never touch the database: liveness must answer even while every slot is taken.
-UNGATED_PATHS = frozenset({"/healthz"})
 # GETs whose routes take a slot themselves, only while they read SQL (`run_with_connection`).
 SELF_GATED = re.compile(r"/(?P<kind>searches|trainings)/(?P<job_id>[^/]+)(?P<epochs>/epochs)?")
 # Set in a request's scope while it holds a slot of the request gate.
@@ -75,45 +71,6 @@ class DatabaseGate:
             yield
 
 
-class DatabaseGateMiddleware:
-    """ASGI middleware: every HTTP request holds a gate slot until it is answered (an event stream:
-    until its response has started)."""
-
-    def __init__(self, app: ASGIApp, gate: DatabaseGate) -> None:
-        self.app = app
-        self.gate = gate
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNGATED_PATHS or _self_gated(scope):
-            await self.app(scope, receive, send)
-            return
-        semaphore = self.gate.semaphore
-        await semaphore.acquire()
-        held = True
-
-        def release() -> None:
-            nonlocal held
-            if held:
-                held = False
-                scope[HOLDS_SLOT] = False
-                semaphore.release()
-
-        async def gated_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and _is_event_stream(message):
-                release()
-            await send(message)
-
-        scope[HOLDS_SLOT] = True
-        try:
-            await self.app(scope, receive, gated_send)
-        finally:
-            release()
-
-
-def _self_gated(scope: Scope) -> bool:
-    return scope["method"] == "GET" and SELF_GATED.fullmatch(scope["path"]) is not None
-
-
 async def run_with_connection(request: Request, work: Callable[[], T]) -> T:
     """`work()` (which may use one database connection) in the thread pool, inside a slot of the
     request gate: the request's own when it holds one, else one taken for the time of `work`."""
@@ -145,10 +102,3 @@ async def run_in_gate(gate: DatabaseGate, work: Callable[[], T]) -> T:
     """`work()` in the thread pool, inside a slot of `gate`."""
     async with gate.slot():
         return await run_in_threadpool(work)
-
-
-def _is_event_stream(message: Message) -> bool:
-    for name, value in message.get("headers", []):
-        if name.lower() == b"content-type":
-            return bool(value.startswith(EVENT_STREAM))
-    return False

@@ -1,7 +1,7 @@
 """Logging of every darts-service process (API, ingester, worker): one formatter, one context.
 
 Every line carries the search id, the attempt and the request id it belongs to (null when none does):
-they live in context variables that the request middleware (`RequestContextMiddleware`), the ingester
+they live in context variables that the request middleware (`app.http.request_context`), the ingester
 (per event) and the worker (per task) set, and a filter copies them onto each record, whoever logs
 it: our modules, uvicorn, Celery, SQLAlchemy.
 
@@ -14,15 +14,11 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import re
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 search_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("search_id", default=None)
 attempt_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("attempt", default=None)
@@ -178,51 +174,3 @@ def configure_logging(
         logger.setLevel(logging.NOTSET)
     # Python's warnings (e.g. Celery's about running as root) become records too.
     logging.captureWarnings(True)
-
-
-# --- the request id --------------------------------------------------------------------------------
-
-REQUEST_ID_HEADER = "x-request-id"
-# A client's own id is kept when it is short and plain (it goes into every log line); else we make one.
-_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-class RequestContextMiddleware:
-    """Gives each HTTP request an id (the client's `X-Request-ID` when sane, else a new one), binds it
-    and the route's `search_id` path parameter to the log context while the request runs, and
-    returns the id in the response's `X-Request-ID` header."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        request_id = given if _CLIENT_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                message = {**message, "headers": [*headers, (b"x-request-id", request_id.encode())]}
-            await send(message)
-
-        with log_context(request_id=request_id, search_id=_search_id_of(scope), attempt=None):
-            await self.app(scope, receive, send_with_id)
-
-
-# The paths of the routes that take a `search_id` (`/searches/{search_id}` and what is below it).
-_SEARCH_PATH = re.compile(r"/searches/(?P<search_id>[^/]+)(?P<below>/[^/]+)?")
-
-
-def _search_id_of(scope: Scope) -> str | None:
-    """The `search_id` path parameter of the route this request will reach, if it has one.
-
-    Read off the path (`POST /searches/estimate` is the one path of that shape without an id): matching
-    it against every route, as the router does, cost a tenth of the API's time under many polls.
-    """
-    match = _SEARCH_PATH.fullmatch(scope.get("path", ""))
-    if match is None or (match["below"] is None and match["search_id"] == "estimate"):
-        return None
-    return match["search_id"]

@@ -20,30 +20,26 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
-from starlette.types import Scope
 
 from app.db import make_engine, make_session_factory
-from app.db_gate import DatabaseGate, DatabaseGateMiddleware
+from app.db_gate import DatabaseGate
 from app.events.changes import ChangeListener
 from app.events.ingester import start_ingester
-from app.logging_config import RequestContextMiddleware, configure_logging, logging_configured
-from app.middleware import BodyLimitMiddleware, NulMiddleware
+from app.http.install import install_middleware
+from app.logging_config import configure_logging, logging_configured
 from app.queue import create_celery_app
 from app.redis import get_redis
 from app.routes import datasets, docs, health, searches, studies, trainings
-from app.routes.polled import PolledReadMiddleware, forget_job, renew_job
+from app.routes.polled import forget_job, renew_job
 from app.services import admission
-from app.services.datasets import too_large_message
 from app.services.epoch_pages import EpochJsonCache
 from app.services.errors import ServiceError
-from app.services.metrics import MetricsMiddleware, ServiceMetrics
+from app.services.job_feed import JobFeeds, OpenStreams
+from app.services.metrics import ServiceMetrics
 from app.services.read_cache import ReadCache
-from app.services.search_feed import OpenStreams, SearchFeeds
 from app.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -55,8 +51,6 @@ PAGE_CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-# Multipart framing around an upload's file (boundaries, part headers, a name field).
-UPLOAD_FRAMING_BYTES = 64 * 1024
 
 
 def _flat_routes(routes: list[Any]) -> Iterator[Any]:
@@ -72,7 +66,7 @@ def _allowed_methods(app: FastAPI, path: str) -> list[str]:
     template = next((r.path for r in routes if r.path_regex.match(path)), None)
     methods = set().union(*(r.methods for r in routes if r.path == template))
     return sorted(methods)
-# Database connections kept for the pollers of Server-Sent Events (app.services.search_feed).
+# Database connections kept for the pollers of Server-Sent Events (app.services.job_feed).
 FEED_SLOTS = 2
 # Database connections kept for the lookups of API keys (app.auth).
 KEY_SLOTS = 1
@@ -105,65 +99,48 @@ def _poll_builder() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(POLL_SLOTS, thread_name_prefix="poll-build")
 
 
-def create_app(settings: Settings | None = None, *, run_ingester: bool | None = None) -> FastAPI:
-    """The API over `settings` (default: the environment).
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """What runs while the app serves: the preload, the ingester (when `run_ingester`) and the change
+    listener; on the way out everything the app holds is stopped or closed."""
+    settings: Settings = app.state.settings
+    # In the background: the API answers at once; a submission arriving meanwhile waits for the
+    # import (Python's import lock) instead of starting it under load.
+    threading.Thread(target=_preload_then_freeze, name="preload-estimate", daemon=True).start()
+    app.state.ingester = start_ingester(settings) if app.state.run_ingester else None
+    read_cache: ReadCache[Any] = app.state.read_cache
+    feeds: JobFeeds = app.state.job_feeds
+    loop = asyncio.get_running_loop()
 
-    `run_ingester` (default: the RUN_INGESTER setting) starts the Redis-stream -> SQL event ingester,
-    with the lifecycle's sweeps, in a thread of this process and stops it on shutdown.
-    """
-    settings = settings or get_settings()
-    if not logging_configured():
-        # Run by `uvicorn --factory` (the image): uvicorn's loggers join ours. `darts-service up` and
-        # the other commands have configured logging before.
-        configure_logging(settings.log_level, settings.log_format)
-    if run_ingester is None:
-        run_ingester = settings.run_ingester
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # In the background: the API answers at once; a submission arriving meanwhile waits for the
-        # import (Python's import lock) instead of starting it under load.
-        threading.Thread(target=_preload_then_freeze, name="preload-estimate", daemon=True).start()
-        app.state.ingester = start_ingester(settings) if run_ingester else None
-        read_cache: ReadCache[Any] = app.state.read_cache
-        feeds: SearchFeeds = app.state.search_feeds
-        loop = asyncio.get_running_loop()
-
-        def on_change(job_id: str, written: bool) -> None:  # in the listener's thread
-            try:
-                if written:
-                    forget_job(read_cache, job_id)
-                else:
-                    renew_job(read_cache, job_id)
-            finally:
-                with contextlib.suppress(RuntimeError):  # the loop closed: the app is going away
-                    loop.call_soon_threadsafe(feeds.announce, job_id)
-
-        listener = ChangeListener(app.state.redis, settings, on_change)
-        app.state.change_listener = listener.start()
+    def on_change(job_id: str, written: bool) -> None:  # in the listener's thread
         try:
-            yield
+            if written:
+                forget_job(read_cache, job_id)
+            else:
+                renew_job(read_cache, job_id)
         finally:
-            listener.stop()
-            app.state.poll_builder.shutdown(wait=False, cancel_futures=True)
-            app.state.poll_builder = _poll_builder()  # threads start on first use: for a next lifespan
-            if app.state.ingester is not None:
-                app.state.ingester.stop()
-            app.state.redis.close()
-            app.state.engine.dispose()
+            with contextlib.suppress(RuntimeError):  # the loop closed: the app is going away
+                loop.call_soon_threadsafe(feeds.announce, job_id)
 
-    app = FastAPI(
-        title="darts-service",
-        version="1",
-        summary="Neural architecture search (DARTS) as a service",
-        lifespan=lifespan,
-        # app.routes.docs serves these behind the API key (unless DOCS_PUBLIC).
-        openapi_url=None,
-        docs_url=None,
-        redoc_url=None,
-    )
+    listener = ChangeListener(app.state.redis, settings, on_change)
+    app.state.change_listener = listener.start()
+    try:
+        yield
+    finally:
+        listener.stop()
+        app.state.poll_builder.shutdown(wait=False, cancel_futures=True)
+        app.state.poll_builder = _poll_builder()  # threads start on first use: for a next lifespan
+        if app.state.ingester is not None:
+            app.state.ingester.stop()
+        app.state.redis.close()
+        app.state.engine.dispose()
+
+
+def wire_state(app: FastAPI, settings: Settings, *, run_ingester: bool) -> None:
+    """What the routes, the middleware and the lifespan share, on `app.state`. Connects to nothing."""
     engine = make_engine(settings)
     app.state.settings = settings
+    app.state.run_ingester = run_ingester
     app.state.engine = engine
     app.state.session_factory = make_session_factory(engine)
     app.state.celery = create_celery_app(settings)
@@ -184,13 +161,17 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
     # in the request gate's queue, a poll's rebuild waited 2 s, and every follower with it. Threads of
     # their own, not a gate on the event loop: the change listener hands them renewals directly.
     app.state.poll_builder = _poll_builder()
-    app.state.search_feeds = SearchFeeds(app.state.session_factory, app.state.feed_gate)
+    app.state.job_feeds = JobFeeds(app.state.session_factory, app.state.feed_gate)
     app.state.open_streams = OpenStreams()
     app.state.epoch_json = EpochJsonCache()
     app.state.read_cache = ReadCache(
         settings.read_cache_seconds, renew_in=lambda work: app.state.poll_builder.submit(work)
     )
     app.state.key_cache = ReadCache(settings.key_cache_seconds)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """`ServiceError`s as `{"detail": ...}` with their status; a 405 naming every allowed method."""
 
     @app.exception_handler(ServiceError)
     async def service_error_handler(_request: Request, exc: ServiceError) -> JSONResponse:
@@ -205,39 +186,9 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
             exc = StarletteHTTPException(405, detail=exc.detail, headers=headers)
         return await http_exception_handler(request, exc)
 
-    def body_limit(scope: Scope) -> tuple[int, str]:
-        if scope["path"].rstrip("/") == "/datasets":
-            # The upload route caps the file itself while it streams; this bounds the whole body.
-            return settings.max_upload_bytes + UPLOAD_FRAMING_BYTES, too_large_message(settings)
-        limit = settings.max_body_bytes
-        return limit, f"request body larger than the limit of {limit} bytes (MAX_BODY_BYTES)"
 
-    # The last added runs first: hosts are checked, the request is counted, then NUL and body sizes.
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
-    app.add_middleware(NulMiddleware)
-    # Innermost: the metrics' latency includes the wait at the gate.
-    app.add_middleware(DatabaseGateMiddleware, gate=app.state.db_gate)
-    # Polls answered from the caches skip the gate and the framework, but are counted and timed.
-    app.add_middleware(
-        PolledReadMiddleware,
-        read_cache=app.state.read_cache,
-        key_cache=app.state.key_cache,
-        no_auth=settings.no_auth,
-    )
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["*"],
-            allow_headers=["*"],
-            expose_headers=["Location"],
-        )
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.allowed_hosts)
-
-    # Added last, so it runs first: every line logged while a request is served carries its id.
-    app.add_middleware(RequestContextMiddleware)
-
+def add_routes(app: FastAPI) -> None:
+    """The API's routers, the page and its static files."""
     app.include_router(searches.router)
     app.include_router(studies.router)
     app.include_router(trainings.router)
@@ -252,4 +203,33 @@ def create_app(settings: Settings | None = None, *, run_ingester: bool | None = 
         )
 
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+
+
+def create_app(settings: Settings | None = None, *, run_ingester: bool | None = None) -> FastAPI:
+    """The API over `settings` (default: the environment).
+
+    `run_ingester` (default: the RUN_INGESTER setting) starts the Redis-stream -> SQL event ingester,
+    with the lifecycle's sweeps, in a thread of this process and stops it on shutdown.
+    """
+    settings = settings or get_settings()
+    if not logging_configured():
+        # Run by `uvicorn --factory` (the image): uvicorn's loggers join ours. `darts-service up` and
+        # the other commands have configured logging before.
+        configure_logging(settings.log_level, settings.log_format)
+    if run_ingester is None:
+        run_ingester = settings.run_ingester
+    app = FastAPI(
+        title="darts-service",
+        version="1",
+        summary="Neural architecture search (DARTS) as a service",
+        lifespan=lifespan,
+        # app.routes.docs serves these behind the API key (unless DOCS_PUBLIC).
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    wire_state(app, settings, run_ingester=run_ingester)
+    add_error_handlers(app)
+    install_middleware(app, settings)
+    add_routes(app)
     return app

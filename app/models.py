@@ -170,6 +170,9 @@ class SearchEpoch(Base):
     parameter_free_ops: Mapped[int | None] = mapped_column(Integer)
     alpha_entropy: Mapped[float | None] = mapped_column(Float)
     hessian_eigenvalue: Mapped[float | None] = mapped_column(Float)
+    # The genotype's cost against the search's constraints (darts_core.spec.records.EpochCost); null in
+    # searches without constraints.
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The Redis Stream entry id the epoch came from ("1700000000000-0"); the SSE event id.
     stream_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from app.redis import EmbeddedRedis
+from app.stack.embedded_redis import EmbeddedRedis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SPEC: dict[str, Any] = {

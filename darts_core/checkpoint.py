@@ -7,7 +7,7 @@ A checkpoint directory holds ``checkpoint.pt`` (the latest finished epoch) and `
 * ``epoch``: the last finished epoch;
 * ``spec``: :meth:`darts_core.spec.search_spec.SearchConfig.to_spec` of the search that wrote it;
 * ``search``: :meth:`darts_core.search.bilevel.DartsSearch.state_dict`;
-* ``rng``: Python, NumPy, torch and CUDA RNG states as tensors and plain values;
+* ``rng``: Python, NumPy, torch and (for a CUDA run) its device's RNG states as tensors and plain values;
 * ``history``: one :class:`darts_core.spec.records.EpochRecord` dict per finished epoch.
 
 A writer dies at any point without harm: the new generation is written to a temporary file of its own
@@ -28,6 +28,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import Tensor
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -152,12 +153,22 @@ def read_history(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return [dict(record) for record in loaded[0].get("history") or []]
 
 
-def rng_state() -> dict[str, Any]:
-    """RNG states of Python, NumPy, torch CPU and CUDA as tensors and plain values (safe to load)."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """RNG states of Python, NumPy, torch CPU and the run's CUDA device as tensors and plain values.
+
+    ``cuda`` holds the generator of ``device`` only, when it is a CUDA device:
+    ``{"index": i, "state": ByteTensor}``; ``{}`` otherwise. (Before issue 22 it was the list of every
+    visible GPU's state, even for CPU runs, which made a context on each GPU and could not be restored
+    on a machine with fewer; :func:`set_rng_state` still reads that form.)
+    """
     version, python_state, gauss = random.getstate()
     # get_state() returns the legacy tuple by default; its stub also allows the dict form.
     numpy_state = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     _, numpy_keys, numpy_pos, numpy_has_gauss, numpy_gauss = numpy_state
+    cuda: dict[str, Any] = {}
+    if device is not None and device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        cuda = {"index": index, "state": torch.cuda.get_rng_state(index)}
     return {
         "python": {"version": version, "state": list(python_state), "gauss": gauss},
         "numpy": {
@@ -167,20 +178,43 @@ def rng_state() -> dict[str, Any]:
             "gauss": float(numpy_gauss),
         },
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": cuda,
     }
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restore what :func:`rng_state` returned."""
+def _saved_cuda_state(saved: Any, index: int) -> Tensor | None:
+    """The CUDA generator state of a checkpoint's ``rng["cuda"]`` for a run on GPU ``index`` (None: none).
+
+    New form ``{"index", "state"}``: its one state. The old form, one state per GPU visible when it was
+    written: that of GPU ``index`` when it had one, else the first (the old form never recorded which GPU
+    the run used).
+    """
+    if isinstance(saved, Mapping):
+        state = saved.get("state")
+        return state if isinstance(state, Tensor) else None
+    if isinstance(saved, list | tuple) and saved and all(isinstance(item, Tensor) for item in saved):
+        return saved[index] if index < len(saved) else saved[0]
+    return None
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device | None = None) -> None:
+    """Restore what :func:`rng_state` returned (or its older form) for a run on ``device``.
+
+    The saved CUDA state goes to ``device``'s generator when that is a CUDA device (whichever index it
+    had when saved: a resumed run may land on another GPU or another machine); on CPU it is ignored, and a
+    checkpoint without one leaves the CUDA generator as seeded.
+    """
     python = state["python"]
     random.setstate((python["version"], tuple(python["state"]), python["gauss"]))
     numpy = state["numpy"]
     keys = numpy["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, numpy["pos"], numpy["has_gauss"], numpy["gauss"]))
     torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([item.cpu() for item in state["cuda"]])
+    if device is not None and device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        cuda_state = _saved_cuda_state(state.get("cuda"), index)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
 def spec_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> Iterator[str]:

@@ -17,7 +17,7 @@ def create_worker_app(settings: Settings | None = None) -> Celery:
     # worker.health (liveness file and heartbeat) and worker.logs (our log formatter and context)
     # connect Celery signals when imported: only the worker imports them.
     return create_celery_app(
-        settings, include=["worker.task", "worker.training_task", "worker.health", "worker.logs"]
+        settings, include=["worker.search_task", "worker.training_task", "worker.health", "worker.logs"]
     )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -207,10 +208,38 @@ def resolve_dataset(settings: Settings, session: Session, job: LifecycleColumns)
     raise ValueError(f"unknown dataset reference {job.dataset_ref!r}")
 
 
-def public_error(exc: BaseException, settings: Settings, label: str = "search") -> str:
-    """The message a failed job shows: what went wrong, without server paths or a traceback."""
+def is_gpu_out_of_memory(exc: BaseException) -> bool:
+    """`torch.cuda.OutOfMemoryError`, told by class (this module never imports torch itself)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def _device_memory() -> str:
+    """The total memory of the CUDA device the worker uses, as text ("unknown" when torch cannot say)."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is not None and torch.cuda.is_available():
+            properties = torch.cuda.get_device_properties(torch.cuda.current_device())
+            return f"{int(properties.total_memory)} bytes ({properties.name})"
+    except Exception:  # noqa: BLE001 - a broken device must not hide the failure being reported
+        pass
+    return "unknown"
+
+
+def public_error(
+    exc: BaseException, settings: Settings, label: str = "search", *, estimate_bytes: int | None = None
+) -> str:
+    """The message a failed job shows: what went wrong, without server paths or a traceback.
+
+    `estimate_bytes`: the admission estimate of the job's peak memory, named by a GPU out-of-memory."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # darts_core's CheckpointDiskFull too
         return f"disk full: the worker could not write the {label}'s checkpoint"
+    if is_gpu_out_of_memory(exc):
+        estimate = "unknown" if estimate_bytes is None else f"{estimate_bytes} bytes"
+        return (
+            f"out of GPU memory: this {label} needs more than the device has (estimated peak {estimate}, "
+            f"device memory {_device_memory()}); lower the batch size, channels or cells"
+        )
     if is_out_of_memory(exc):
         return (
             f"out of memory: the worker could not allocate what this {label} needs "
@@ -238,6 +267,9 @@ class JobRun:
     """One execution of the task for one job; subclasses define `kind` and `run_job`."""
 
     kind: JobKind = SEARCH
+    #: The admission estimate of the job's peak memory, set by `run_job` once it knows the data (a GPU
+    #: out-of-memory names it).
+    estimate_bytes: int | None = None
 
     def __init__(self, settings: Settings, job_id: str) -> None:
         self.settings = settings
@@ -381,7 +413,8 @@ class JobRun:
             except UnpublishableEvent:
                 # Each raise dropped one record, so this ends; the failure below says what went wrong.
                 logger.exception("%s %s: an epoch could not be published", self.kind.label, self.job_id)
-        self._publish_status(Status.failed, public_error(exc, self.settings, self.kind.label))
+        message = public_error(exc, self.settings, self.kind.label, estimate_bytes=self.estimate_bytes)
+        self._publish_status(Status.failed, message)
         lease.finish()
         return "failed"
 

@@ -1,8 +1,8 @@
 """What the Celery tasks of every job kind share: their options, and a run that gives its job back.
 
-Both tasks (`worker.task`, `worker.training_task`) run one job in this process, acked late. The database
-or Redis unreachable before the job could start is retried later rather than acked away (the reconciler
-would re-send it, but later).
+Both tasks (`worker.search_task`, `worker.training_task`) run one job in this process, acked late. The
+database or Redis unreachable before the job could start is retried later rather than acked away (the
+reconciler would re-send it, but later).
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ class TrainingRun(JobRun):
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         for record in read_history(checkpoint_dir):
             report(record)
+        self.estimate_bytes = _training_estimate(config, dataset, genotype)
         try:
             result = run_training_job(
                 genotype,
@@ -74,3 +75,16 @@ class TrainingRun(JobRun):
             multiply_adds=result.multiply_adds,
         )
         return JobOutcome(stopped=False, epochs_completed=len(result.history), success={"outcome": outcome})
+
+
+def _training_estimate(config: Any, dataset: Any, genotype: Any) -> int | None:
+    """The admission estimate's peak bytes of the training on `dataset` (None when it cannot be made)."""
+    from darts_core.estimate import estimate_training
+
+    try:
+        return estimate_training(
+            config, tuple(dataset.x_train.shape[1:]), dataset.num_classes, genotype,
+            num_samples=len(dataset.y_train),
+        ).peak_bytes
+    except Exception:  # noqa: BLE001 - only a failure's message uses it
+        return None

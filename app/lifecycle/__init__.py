@@ -10,6 +10,6 @@
 - `studies`: a study's stages, and the conditional updates that move it on (its orchestrator is
   `app.services.study_advance`).
 
-The API (`app.services`), the ingester (`app.events.ingester`) and the worker (`worker.run`) call
+The API (`app.services`), the ingester (`app.events.ingester`) and the worker (`worker.search_run`) call
 these and hold no status logic of their own.
 """

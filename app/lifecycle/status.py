@@ -55,23 +55,25 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 
 class InvalidTransition(ValueError):
-    """A status change the table above does not allow."""
+    """A status change the table above does not allow, naming the kind of job (`JobKind.name`: "search",
+    "training"; "job" when the caller does not say) it was asked of."""
 
-    def __init__(self, current: str, target: str) -> None:
-        super().__init__(f"a search cannot go from {str(current)!r} to {str(target)!r}")
+    def __init__(self, current: str, target: str, kind: str = "job") -> None:
+        super().__init__(f"a {kind} cannot go from {str(current)!r} to {str(target)!r}")
         self.current = current
         self.target = target
+        self.kind = kind
 
 
 def can_transition(current: str, target: str) -> bool:
-    """Whether a search in status `current` may move to `target` (both status names)."""
+    """Whether a job in status `current` may move to `target` (both status names)."""
     return Status(target) in TRANSITIONS[Status(current)]
 
 
-def check_transition(current: str, target: str) -> None:
-    """Raise InvalidTransition unless `current -> target` is in the table."""
+def check_transition(current: str, target: str, kind: str = "job") -> None:
+    """Raise InvalidTransition (naming `kind`) unless `current -> target` is in the table."""
     if not can_transition(current, target):
-        raise InvalidTransition(current, target)
+        raise InvalidTransition(current, target, kind)
 
 
 def sources_of(target: Status) -> list[Status]:

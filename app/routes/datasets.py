@@ -10,7 +10,8 @@ from app.auth import REQUIRE_OWNER, UNAUTHORIZED_RESPONSE, CurrentOwner, Dataset
 from app.db import SessionDep
 from app.routes.deps import SettingsDep
 from app.routes.responses import errors
-from app.schemas import DatasetPublic, Page
+from app.schemas.common import Page
+from app.schemas.datasets import DatasetPublic
 from app.services import datasets as dataset_service
 from app.services.errors import Unprocessable
 from app.services.multipart import MultipartUpload

@@ -4,7 +4,7 @@ first page of its epochs (`.../epochs`), answered from the API process's read ca
 as for a job that does not exist).
 
 Two ways in. The routes (`owned_json`) build an answer, keep it and check the owner. Then, while the
-answer and the request's API key are both still kept, `PolledReadMiddleware` gives the same bytes to
+answer and the request's API key are both still kept, `app.http.polled_read` gives the same bytes to
 the same kind of request without running the routing, the dependencies and the route: a poll costs a
 dictionary lookup instead of a trip through the framework (most of the API's time under 100 pollers).
 Anything else (another key, a query string, a miss) goes on to the routes.
@@ -16,34 +16,20 @@ import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import Executor
-from types import SimpleNamespace
 
 from fastapi import Request, Response
-from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth import LOCAL_OWNER, may_see
-from app.db_gate import SELF_GATED, run_with_connection
+from app.auth import may_see
+from app.db_gate import run_with_connection
 from app.events.changes import announce_change
 from app.services.errors import NotFound
 from app.services.job_json import OwnedJson
-from app.services.keys import Owner, hash_key
+from app.services.keys import Owner
 from app.services.read_cache import ReadCache
 
 MAX_EPOCHS_PAGE = 1000  # the largest page of epochs, and the page a request without `?limit=` gets
 FIRST_EPOCHS_PAGE = (0, MAX_EPOCHS_PAGE)  # (after, limit) of the page clients poll
-JSON_HEADERS = [(b"content-type", b"application/json")]
-
-# The route templates, for the metrics' `route` label of the requests answered here.
-_TEMPLATES = {
-    ("searches", False): SimpleNamespace(path="/searches/{search_id}"),
-    ("searches", True): SimpleNamespace(path="/searches/{search_id}/epochs"),
-    ("trainings", False): SimpleNamespace(path="/trainings/{training_id}"),
-    ("trainings", True): SimpleNamespace(path="/trainings/{training_id}/epochs"),
-}
-
 
 def read_key(kind: str, job_id: str, page: tuple[int, int] | None = None) -> tuple[Hashable, ...]:
     """The cache key of a job (`kind`: "searches" or "trainings") or of its epochs `page` (after, limit)."""
@@ -108,51 +94,3 @@ def renew_job(cache: ReadCache[OwnedJson], job_id: str) -> None:
 
 def _of_job(key: Hashable, job_id: str) -> bool:
     return isinstance(key, tuple) and key[1] == job_id
-
-
-
-class PolledReadMiddleware:
-    """Answers a polled read from the caches when the routes have just answered the same one."""
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        read_cache: ReadCache[OwnedJson],
-        key_cache: ReadCache[Owner | None],
-        no_auth: bool,
-    ) -> None:
-        self.app = app
-        self.read_cache = read_cache
-        self.key_cache = key_cache
-        self.no_auth = no_auth
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and not scope.get("query_string"):
-            match = SELF_GATED.fullmatch(scope["path"])
-            owner = self._owner(scope) if match is not None else None
-            if match is not None and owner is not None:
-                epochs = match["epochs"] is not None
-                key = read_key(match["kind"], match["job_id"], FIRST_EPOCHS_PAGE if epochs else None)
-                kept = self.read_cache.peek(key)
-                if kept is not None and may_see(owner, kept[0]):
-                    scope["route"] = _TEMPLATES[(match["kind"], epochs)]
-                    body = kept[1]
-                    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-                    await send({"type": "http.response.start", "status": 200, "headers": headers})
-                    await send({"type": "http.response.body", "body": body})
-                    return
-        await self.app(scope, receive, send)
-
-    def _owner(self, scope: Scope) -> Owner | None:
-        """The request's owner as the key cache knows it now; None sends the request to the routes."""
-        if self.no_auth:
-            return LOCAL_OWNER
-        # Read as the routes' HTTPBearer reads it (the first header, the same split); a request with
-        # more than one goes to the routes, which answer for the first.
-        authorization = Headers(scope=scope).getlist("authorization")
-        if len(authorization) != 1:
-            return None
-        scheme, credentials = get_authorization_scheme_param(authorization[0])
-        if scheme.lower() != "bearer" or not credentials:
-            return None
-        return self.key_cache.peek(hash_key(credentials))

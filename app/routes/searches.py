@@ -24,12 +24,13 @@ from app.lifecycle.status import Status
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
 from app.routes.polled import MAX_EPOCHS_PAGE, forget, owned_json, read_key
 from app.routes.responses import errors
-from app.schemas import EpochPublic, Page, SearchEstimatePublic, SearchPublic, SearchSpec
+from app.schemas.common import Page
+from app.schemas.searches import EpochPublic, SearchEstimatePublic, SearchPublic, SearchSpec
 from app.services import admission, job_json, jobs
 from app.services import searches as search_service
 from app.services.epoch_pages import EpochJsonCache
 from app.services.genotype_svg import genotype_svg
-from app.services.search_feed import OpenStreams, SearchFeeds
+from app.services.job_feed import JobFeeds, OpenStreams
 
 router = APIRouter(
     prefix="/searches", tags=["searches"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
@@ -242,7 +243,7 @@ async def search_events(
     after = await run_in_threadpool(starting_epoch)
     streams: OpenStreams = request.app.state.open_streams
     ticket = streams.open(owner.name, settings.max_sse_streams_per_owner)
-    feeds: SearchFeeds = request.app.state.search_feeds
+    feeds: JobFeeds = request.app.state.job_feeds
     poll_seconds: float = request.app.state.sse_poll_seconds
     events = ticket.wrap(feeds.stream(search_id, after, poll_seconds))
     # The background task closes the ticket of a stream whose generator never ran (client gone first).

@@ -15,12 +15,12 @@ from app.lifecycle.status import Status
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
 from app.routes.polled import forget
 from app.routes.responses import errors
-from app.schemas import Page
+from app.schemas.common import Page
+from app.schemas.studies import StudyPublic, StudySpec, StudySummaryPublic
 from app.services import studies as study_service
-from app.services.search_feed import OpenStreams
+from app.services.job_feed import OpenStreams
 from app.services.study_advance import StudyDeps
 from app.services.study_feed import study_stream
-from app.study_schemas import StudyPublic, StudySpec, StudySummaryPublic
 
 router = APIRouter(
     prefix="/studies", tags=["studies"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE

@@ -26,11 +26,12 @@ from app.lifecycle.status import Status
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
 from app.routes.polled import MAX_EPOCHS_PAGE, forget, owned_json, read_key
 from app.routes.responses import errors
-from app.schemas import Page, TrainingEpochPublic, TrainingPublic, TrainingSpec
+from app.schemas.common import Page
+from app.schemas.trainings import TrainingEpochPublic, TrainingPublic, TrainingSpec
 from app.services import job_json, jobs
 from app.services import searches as search_service
 from app.services import trainings as training_service
-from app.services.search_feed import OpenStreams, SearchFeeds
+from app.services.job_feed import JobFeeds, OpenStreams
 
 router = APIRouter(
     prefix="/trainings", tags=["trainings"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
@@ -220,7 +221,7 @@ async def training_events(
     after = await run_in_threadpool(starting_epoch)
     streams: OpenStreams = request.app.state.open_streams
     ticket = streams.open(owner.name, settings.max_sse_streams_per_owner)
-    feeds: SearchFeeds = request.app.state.search_feeds
+    feeds: JobFeeds = request.app.state.job_feeds
     poll_seconds: float = request.app.state.sse_poll_seconds
     events = ticket.wrap(feeds.stream(training_id, after, poll_seconds, kind="training"))
     return EventSourceResponse(events, ping=15, background=BackgroundTask(ticket.close))

@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.models import Dataset
-from app.schemas import DatasetSpec, SearchSpec, TrainingSpec, UploadedDatasetSpec
+from app.schemas.searches import DatasetSpec, SearchSpec, UploadedDatasetSpec
+from app.schemas.trainings import TrainingSpec
 from app.services.errors import Unprocessable
 from app.settings import Settings
 from darts_core.spec.dataset_spec import SyntheticDatasetSpec, builtin_datasets
@@ -149,3 +150,24 @@ def require_training_fits(
         error_type="does_not_fit",
         ctx={"weights": result.weights, "peak_memory_bytes": result.peak_bytes, "limit_bytes": limit},
     )
+
+
+def require_budget_feasible(session: Session, spec: SearchSpec, *, owner: str) -> None:
+    """Unprocessable (422) naming `constraints.max_parameters` (or `max_multiply_adds`) and the least
+    value that could be met, when not even the cheapest genotype of the search space fits the budget.
+    Blocking (torch, about a second for the cost table): call it off the event loop."""
+    if not spec.constraints.active:
+        return
+    from darts_core.search.budget import Budget, cost_table_for
+    from darts_core.spec.search_spec import SearchConfig
+
+    config = SearchConfig.from_spec(spec.model_dump(mode="json"))
+    shape = _data_shape(session, spec.dataset, owner)
+    table = cost_table_for(config, (shape["in_channels"], *shape["image_size"]), shape["num_classes"])
+    try:
+        table.check_feasible(Budget.of(config.constraints))
+    except ValueError as exc:
+        field = str(exc).split(":", 1)[0]  # "constraints.max_parameters" or "constraints"
+        raise Unprocessable(
+            str(exc), loc=("body", *field.split(".")), error_type="budget_infeasible"
+        ) from exc

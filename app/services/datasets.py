@@ -30,7 +30,7 @@ MAX_NAME = 200  # the columns' sizes (app.models.Dataset)
 MAX_FILENAME = 255
 
 
-# The built-ins a search spec may name (app.schemas); darts_core's cifar10 needs a server-side path.
+# The built-ins a search spec may name (app.schemas.searches); darts_core's cifar10 needs a server-side path.
 SERVICE_BUILTINS = ("digits", "synthetic")
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.models import SearchEpoch
-from app.schemas import EpochPublic
+from app.schemas.searches import EpochPublic
 from app.services.searches import get_search
 
 _EPOCH_JSON = TypeAdapter(EpochPublic)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pydantic import TypeAdapter
 from sqlalchemy.orm import Session
 
-from app.schemas import Page, SearchPublic, TrainingEpochPublic, TrainingPublic
+from app.schemas.common import Page
+from app.schemas.searches import SearchPublic
+from app.schemas.trainings import TrainingEpochPublic, TrainingPublic
 from app.services import searches as search_service
 from app.services import trainings as training_service
 from app.services.epoch_pages import EpochJsonCache, epoch_page_json

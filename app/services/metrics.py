@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app: request counts and latency (an ASGI middleware), and what is read
+"""Prometheus metrics of one app: request counts and latency (recorded by app.http.metrics), and what is read
 at scrape time: searches and trainings by status (SQL), the queue's depth and the workers' heartbeats (Redis).
 
 Each app gets its own registry, so several apps in one process (the tests) never collide. The
@@ -8,7 +8,6 @@ ingester's metrics are process-wide (app/event_metrics.py); `/metrics` serves bo
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 import redis
@@ -16,7 +15,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.lifecycle.kinds import SEARCH, TRAINING, JobKind
 from app.services.jobs import count_by_status
@@ -130,36 +128,3 @@ class ServiceMetrics:
         if client is not None and settings is not None:
             self.registry.register(QueueDepthCollector(client, settings))
             self.registry.register(WorkerHeartbeatCollector(client, settings))
-
-
-# The method label takes these values and "other": a client's made-up method must not add series.
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-
-class MetricsMiddleware:
-    """Counts requests and times them to the start of the response (SSE streams are long by design)."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status_code = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status_code
-            if message["type"] == "http.response.start":
-                status_code = message["status"]
-                route = scope.get("route")
-                # The route template, never the raw path: ids would make the label set unbounded.
-                template = getattr(route, "path", None) or "unmatched"
-                method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
-                self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
-                self.metrics.requests.labels(method, template, str(status_code)).inc()
-            await send(message)
-
-        await self.app(scope, receive, send_and_record)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.lifecycle.status import Status
 from app.models import Search, SearchEpoch
-from app.schemas import SearchSpec, UploadedDatasetSpec, default_search_name
+from app.schemas.searches import SearchSpec, UploadedDatasetSpec, default_search_name
 from app.services import admission, jobs
 from app.services.errors import NotFound, Unprocessable
 from app.services.pagination import encode_cursor, older_than
@@ -44,7 +44,8 @@ def create_search(
 ) -> Search:
     """Insert a `queued` search owned by `owner` and send its task to the broker (`jobs.submit`: the
     per-owner quota, 429; the broker unreachable, 503). An uploaded dataset must be the owner's own (422
-    otherwise); the spec must fit a worker (admission control, 422)."""
+    otherwise); the spec must fit a worker (admission control, 422) and its budget be one some genotype
+    meets (422)."""
     if isinstance(spec.dataset, UploadedDatasetSpec):
         dataset = jobs.owned_upload(session, spec.dataset.id, owner)
         if spec.name is None:
@@ -52,6 +53,7 @@ def create_search(
     jobs.require_time_limit_within(spec.resources, settings)
     spec_json = spec.model_dump(mode="json")
     admission.require_fits(session, spec, settings, owner=owner)
+    admission.require_budget_feasible(session, spec, owner=owner)
     search = Search(
         id=str(uuid.uuid4()),
         name=spec.name,

@@ -19,14 +19,14 @@ from app.lifecycle import studies as lifecycle_studies
 from app.lifecycle.status import TERMINAL, Status
 from app.lifecycle.studies import Stage
 from app.models import Dataset, Search, SearchEpoch, Study, Training, TrainingEpoch
-from app.schemas import UploadedDatasetSpec
+from app.schemas.searches import UploadedDatasetSpec
+from app.schemas.studies import StudySpec
 from app.services import admission, jobs
 from app.services.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from app.services.pagination import encode_cursor, older_than
 from app.services.study_advance import Child, StudyDeps, advance_study, children
 from app.settings import Settings
 from app.storage import search_dir, training_dir
-from app.study_schemas import StudySpec
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

@@ -32,12 +32,13 @@ from app.lifecycle import studies as lifecycle_studies
 from app.lifecycle.status import TERMINAL, Status
 from app.lifecycle.studies import Stage
 from app.models import Search, Study, Training
-from app.schemas import MAX_SEARCH_NAME, TrainingSpec
+from app.schemas.common import MAX_SEARCH_NAME
+from app.schemas.studies import StudySpec, StudyTrainingSpec
+from app.schemas.trainings import TrainingSpec
 from app.services import jobs, trainings
 from app.services import searches as search_service
 from app.services.errors import ServiceError
 from app.settings import Settings
-from app.study_schemas import StudySpec, StudyTrainingSpec
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Server-Sent Events of a study: its stage and status, its children's statuses and their epochs.
 
 One poller per stream, every poll interval: a study has a few followers (its owner's page, a
-`darts studies watch`), unlike a search's feed (`app.services.search_feed`), which shares its polls.
+`darts studies watch`), unlike a search's feed (`app.services.job_feed`), which shares its polls.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db_gate import DatabaseGate
 from app.lifecycle.status import TERMINAL
 from app.models import SearchEpoch, Study, TrainingEpoch
-from app.schemas import EpochPublic, TrainingEpochPublic
+from app.schemas.searches import EpochPublic
+from app.schemas.trainings import TrainingEpochPublic
 from app.services.studies import _child_public
 from app.services.study_advance import children
 

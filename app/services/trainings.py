@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.lifecycle.status import Status
 from app.models import Search, SearchEpoch, Training, TrainingEpoch
-from app.schemas import MAX_SEARCH_NAME, TrainingSpec, UploadedDatasetSpec
+from app.schemas.common import MAX_SEARCH_NAME
+from app.schemas.searches import UploadedDatasetSpec
+from app.schemas.trainings import TrainingSpec
 from app.services import admission, jobs
 from app.services.errors import Conflict, NotFound, Unprocessable
 from app.services.pagination import encode_cursor, older_than

@@ -16,7 +16,7 @@ Adam, saved in :meth:`DartsSearch.state_dict` and differentiated by the second-o
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+
+from darts_core.precision import exact_fp32
 
 if TYPE_CHECKING:
     from darts_core.nn.search_network import SearchNetwork
@@ -81,8 +83,21 @@ class DartsSearch:
         arch_lr, arch_betas, arch_weight_decay: Adam settings of the architecture weights.
         grad_clip: maximum global 2-norm of the weight gradient in the weight step.
         epochs: length of the cosine schedule (:meth:`end_epoch` is called once per epoch).
-        autocast_dtype: when set (e.g. ``torch.bfloat16`` on CUDA), forwards run under
+        autocast_dtype: when set (e.g. ``torch.bfloat16`` on CUDA), the weight step's forwards run under
             ``torch.autocast`` with that dtype; parameters, gradients and optimizer states stay fp32.
+        arch_autocast: also run the first-order architecture step's forward under autocast. Off by
+            default: on the measurement of benchmarks/README.md ("Precision of the architecture step")
+            a bf16 architecture step moves the alpha gradient by about 20 %. The second-order
+            architecture step always runs in exact fp32 (no autocast, no TF32,
+            :func:`~darts_core.precision.exact_fp32`), whatever this says: ``eps * v`` is about 1e-5 of
+            a weight, below bf16's and TF32's spacing, so rounded forwards at ``w+-`` would see
+            ``w+ == w-`` and the finite difference would be rounding noise times ``xi / (2 eps)``; the
+            forward at ``w'`` must see the ``xi``-step that made it; and the train pass at ``w`` that
+            gives ``w'`` moved the gradient by 61 % under bf16 on its own. Without autocast the
+            architecture step runs in exact fp32 (TF32 off) too.
+        arch_penalty: ``penalty(arch_parameters) -> 0-d tensor`` added to the architecture loss (its
+            gradient added to the alphas' in either order; it does not depend on the weights), e.g. a
+            search budget's (:func:`darts_core.search.budget.budget_penalty`).
         channels_last: put the network's 4-D weights (here, once) and every 4-D image batch (at each
             step; a no-op for batches already so) in ``torch.channels_last`` memory format. Same math,
             other rounding: on CPU depthwise convolutions run about 3x faster and max pooling 3.7x,
@@ -126,7 +141,9 @@ class DartsSearch:
         epochs: int = 50,
         *,
         autocast_dtype: torch.dtype | None = None,
+        arch_autocast: bool = False,
         channels_last: bool = True,
+        arch_penalty: Callable[[Sequence[Tensor]], Tensor] | None = None,
     ) -> None:
         if order not in ("first", "second"):
             raise ValueError(f"order must be 'first' or 'second', got {order!r}")
@@ -136,10 +153,12 @@ class DartsSearch:
             raise ValueError(f"grad_clip must be > 0, got {grad_clip!r}")
         self.network = network
         self.order = order
+        self.arch_penalty = arch_penalty
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
         self.autocast_dtype = autocast_dtype
+        self.arch_autocast = arch_autocast
         self.channels_last = channels_last
         if channels_last:
             # Module.to keeps the parameter objects (only their data changes) and leaves non-4-D ones.
@@ -236,17 +255,27 @@ class DartsSearch:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, labels
 
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+    def _autocast(self, device: torch.device, exact: bool) -> contextlib.AbstractContextManager:
+        if exact:
+            return exact_fp32(device)
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=self.autocast_dtype)
 
     def _loss(
-        self, batch: Batch, alphas: Sequence[Tensor], weights: Sequence[Tensor] | None = None
+        self,
+        batch: Batch,
+        alphas: Sequence[Tensor],
+        weights: Sequence[Tensor] | None = None,
+        *,
+        exact: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """Cross-entropy and logits of ``batch`` at ``alphas`` and, when given, substituted ``weights``."""
+        """Cross-entropy and logits of ``batch`` at ``alphas`` and, when given, substituted ``weights``.
+
+        ``exact``: in IEEE fp32 (no autocast, no TF32) whatever ``autocast_dtype`` says.
+        """
         images, labels = batch
-        with self._autocast(images.device):
+        with self._autocast(images.device, exact):
             if weights is None:
                 logits = self.network(images, alphas=tuple(alphas))
             else:
@@ -277,8 +306,16 @@ class DartsSearch:
             with torch.no_grad():
                 torch._foreach_copy_(buffers, saved)
 
+    @property
+    def _arch_exact(self) -> bool:
+        """The architecture step's passes at the real weights in exact fp32 (see ``arch_autocast``)."""
+        return not (self.arch_autocast and self.autocast_dtype is not None)
+
     def _architecture_step(self, train_batch: Batch, valid_batch: Batch) -> tuple[Tensor, Tensor]:
         grads, valid_loss, valid_acc = self._arch_grads(train_batch, valid_batch)
+        if self.arch_penalty is not None:
+            penalty_grads = _grad(self.arch_penalty(self.alphas), self.alphas)
+            grads = [grad + penalty_grad for grad, penalty_grad in zip(grads, penalty_grads, strict=True)]
         self.arch_optimizer.zero_grad(set_to_none=True)
         for alpha, grad in zip(self.alphas, grads, strict=True):
             alpha.grad = grad
@@ -288,7 +325,7 @@ class DartsSearch:
     def _arch_grads(self, train_batch: Batch, valid_batch: Batch) -> tuple[list[Tensor], Tensor, Tensor]:
         if self.order == "first":
             with self._weights_frozen():
-                loss, logits = self._loss(valid_batch, self.alphas)
+                loss, logits = self._loss(valid_batch, self.alphas, exact=self._arch_exact)
                 grads = list(_grad(loss, self.alphas))
         else:
             grads, loss, logits = self._unrolled_arch_grads(train_batch, valid_batch)
@@ -303,7 +340,9 @@ class DartsSearch:
         # w' = w - xi * (momentum * m + dL_train/dw + weight_decay * w), at the real weights and buffers.
         # The per-weight arithmetic runs as torch._foreach_* calls (one call per list instead of one per
         # weight: the network has about 1,400 weights); on CPU they loop over the very same kernels.
-        train_loss, _ = self._loss(train_batch, fixed_alphas)
+        # Exact fp32 like every pass below: under bf16 autocast this one pass alone moved the alpha
+        # gradient by 61 % (benchmarks/README.md, "Precision of the architecture step").
+        train_loss, _ = self._loss(train_batch, fixed_alphas, exact=True)
         train_grads = _grad(train_loss, self.weights)
         with torch.no_grad():
             decay = torch._foreach_mul(self.weights, self.weight_decay)
@@ -326,7 +365,7 @@ class DartsSearch:
 
         with self._buffers_preserved():
             # dL_val(w', alpha) with respect to alpha and w'.
-            valid_loss, valid_logits = self._loss(valid_batch, self.alphas, weights=unrolled)
+            valid_loss, valid_logits = self._loss(valid_batch, self.alphas, weights=unrolled, exact=True)
             all_grads = _grad(valid_loss, [*self.alphas, *unrolled])
             direct = all_grads[: len(self.alphas)]
             vector = all_grads[len(self.alphas) :]
@@ -344,7 +383,7 @@ class DartsSearch:
                 with torch.no_grad():
                     shifted = shift(self.weights, step)
                 finite_differences.append(
-                    _grad(self._loss(train_batch, self.alphas, weights=shifted)[0], self.alphas)
+                    _grad(self._loss(train_batch, self.alphas, weights=shifted, exact=True)[0], self.alphas)
                 )
                 del shifted
         grads_plus, grads_minus = finite_differences

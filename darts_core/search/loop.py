@@ -39,7 +39,9 @@ from darts_core.checkpoint import (
 )
 from darts_core.device import resolve_device
 from darts_core.nn.search_network import SearchNetwork
+from darts_core.precision import resolve_autocast
 from darts_core.search.bilevel import DartsSearch, StepResult
+from darts_core.search.budget import SearchBudget
 from darts_core.search.collapse import (
     CollapseMetrics,
     EarlyStop,
@@ -97,6 +99,7 @@ class EpochResult:
     parameter_free_ops: int | None = None
     alpha_entropy: float | None = None
     hessian_eigenvalue: float | None = None
+    cost: dict[str, float] | None = None
 
     def collapse(self) -> CollapseMetrics:
         """The epoch's collapse metrics (computed from the genotype and alphas when not recorded)."""
@@ -290,7 +293,8 @@ def run_search(
     when it has fewer batches), one :meth:`DartsSearch.step` per pair. Everything is seeded from
     ``training.seed`` (this sets the global ``random``, NumPy and torch seeds); on CPU, a resumed search
     ends bit-identical to an uninterrupted one.
-    ``resources.device="auto"`` uses CUDA when present, with bf16 autocast (fp32 parameters) on CUDA.
+    ``resources.device="auto"`` uses CUDA when present; ``resources.precision="auto"`` runs the weight
+    step under bf16 autocast (fp32 parameters) on CUDA, in fp32 on CPU; the architecture step is fp32.
 
     Every epoch records the collapse metrics of :mod:`darts_core.search.collapse`; every
     ``training.hessian_every`` epochs also the dominant eigenvalue of the Hessian of the loss with
@@ -302,7 +306,7 @@ def run_search(
     """
     training = config.training
     device = resolve_device(config.resources.device)
-    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+    autocast_dtype = resolve_autocast(config.resources.precision, device)
 
     x_all, y_all = dataset.x_train, dataset.y_train
     train_indices, valid_indices = _split_indices(len(y_all), training.train_portion, training.seed)
@@ -316,7 +320,9 @@ def run_search(
 
     _seed_everything(training.seed)
     network = _build_network(config, dataset.in_channels, dataset.num_classes).to(device)
-    initial_genotype = network.genotype()  # what DARTS+ keeps when it stops after the first epoch
+    budget = SearchBudget.of(config, dataset) if config.constraints.active else None
+    derive = budget.genotype if budget is not None else _plain_genotype
+    initial_genotype = derive(network)  # what DARTS+ keeps when it stops after the first epoch
     search = DartsSearch(
         network,
         order=training.order,
@@ -330,6 +336,7 @@ def run_search(
         epochs=training.epochs,
         autocast_dtype=autocast_dtype,
         channels_last=channels_last,
+        arch_penalty=budget.penalty if budget is not None else None,
     )
 
     # The data lives on the device once, in the network's memory format; batches are gathered by index
@@ -361,7 +368,7 @@ def run_search(
         sums = torch.zeros(4, device=device)
         for step, train_batch in enumerate(train_batches):
             if should_stop is not None and should_stop():
-                return SearchResult(len(history), True, _last_genotype(history, network), history)
+                return SearchResult(len(history), True, _last_genotype(history, network, derive), history)
             valid_batch = valid_batches[step % len(valid_batches)]
             stats = search.step(
                 (x_train[train_batch], y_train[train_batch]), (x_valid[valid_batch], y_valid[valid_batch])
@@ -373,7 +380,7 @@ def run_search(
         train_loss, train_acc = (sums[:2] / len(train_batches)).tolist()
         evaluated = _evaluate(network, x_valid, y_valid, 2 * training.batch_size, autocast_dtype, should_stop)
         if evaluated is None:
-            return SearchResult(len(history), True, _last_genotype(history, network), history)
+            return SearchResult(len(history), True, _last_genotype(history, network, derive), history)
         valid_loss, valid_acc = evaluated
         eigenvalue = None
         if training.hessian_every is not None and epoch % training.hessian_every == 0:
@@ -387,12 +394,13 @@ def run_search(
             valid_acc=valid_acc,
             lr=lr,
             seconds=time.perf_counter() - started,
-            genotype=network.genotype(),
+            genotype=(genotype := derive(network)),
             alphas=_softmaxed_alphas(network),
             skip_connections=metrics.skip_connections,
             parameter_free_ops=metrics.parameter_free_ops,
             alpha_entropy=metrics.alpha_entropy,
             hessian_eigenvalue=metrics.hessian_eigenvalue,
+            cost=budget.report(network, genotype) if budget is not None else None,
         )
         history.append(result)
         if checkpoint_dir is not None:
@@ -402,7 +410,7 @@ def run_search(
                     "epoch": epoch,
                     "spec": config.to_spec(),
                     "search": search.state_dict(),
-                    "rng": rng_state(),
+                    "rng": rng_state(device),
                     "history": [item.to_dict() for item in history],
                 },
                 checkpoint_dir,
@@ -413,11 +421,21 @@ def run_search(
         if decision is not None:
             return _stopped_early(decision, history, initial_genotype)
 
-    return SearchResult(len(history), False, _last_genotype(history, network), history)
+    return SearchResult(len(history), False, _last_genotype(history, network, derive), history)
 
 
-def _last_genotype(history: list[EpochResult], network: SearchNetwork) -> Genotype:
-    return history[-1].genotype if history else network.genotype()
+def _last_genotype(
+    history: list[EpochResult], network: SearchNetwork, derive: Callable[[SearchNetwork], Genotype]
+) -> Genotype:
+    return history[-1].genotype if history else derive(network)
+
+
+def _plain_genotype(network: SearchNetwork) -> Genotype:
+    return network.genotype()
+
+
+def _device_of(search: DartsSearch) -> torch.device:
+    return search.weights[0].device
 
 
 def _restore(
@@ -436,6 +454,6 @@ def _restore(
             f"checkpoint {path} was written by a different search spec: {'; '.join(differences)}"
         )
     search.load_state_dict(state["search"])
-    set_rng_state(state["rng"])
+    set_rng_state(state["rng"], _device_of(search))
     primitives = config.search_space.primitives
     return [EpochResult.from_dict(item, primitives=primitives) for item in state["history"]]

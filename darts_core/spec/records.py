@@ -10,7 +10,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["EpochRecord"]
+__all__ = ["EpochCost", "EpochRecord"]
+
+
+class EpochCost(BaseModel):
+    """What the epoch's genotype costs against a search's ``constraints``: exactly, on the network that
+    will be trained from it, and in expectation under the alphas (what the penalty sees)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: int = Field(ge=0, description="Parameters of the derived genotype's network")
+    multiply_adds: int = Field(ge=0, description="Multiply-adds of one forward of one image")
+    expected_parameters: float = Field(description="Expected parameters under the softmaxed alphas")
+    expected_multiply_adds: float = Field(description="Expected multiply-adds under the softmaxed alphas")
 
 
 class EpochRecord(BaseModel):
@@ -24,8 +36,9 @@ class EpochRecord(BaseModel):
 
     The collapse metrics (:mod:`darts_core.search.collapse`): ``skip_connections`` and ``parameter_free_ops``
     of the derived normal cell, ``alpha_entropy`` (mean entropy of the softmaxed alpha rows, nats) and
-    ``hessian_eigenvalue`` (only in the epochs ``training.hessian_every`` measures it). ``None`` in
-    records written before they existed.
+    ``hessian_eigenvalue`` (only in the epochs ``training.hessian_every`` measures it). ``cost``: the
+    derived genotype's parameters and multiply-adds and their expectations, in searches with
+    ``constraints``. ``None`` in records written before they existed.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -53,4 +66,7 @@ class EpochRecord(BaseModel):
     hessian_eigenvalue: float | None = Field(
         default=None,
         description="Dominant eigenvalue of the validation loss's Hessian w.r.t. the alphas (when measured)",
+    )
+    cost: EpochCost | None = Field(
+        default=None, description="The genotype's cost, in searches with constraints (else null)"
     )

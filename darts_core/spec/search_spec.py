@@ -35,6 +35,8 @@ __all__ = [
     "NetworkConfig",
     "TrainingConfig",
     "ResourcesConfig",
+    "ConstraintsConfig",
+    "ConstraintsNetworkConfig",
     "SearchConfig",
     "NoNulStr",
     "reject_nul",
@@ -171,6 +173,12 @@ class ResourcesConfig(_Section):
     """``resources``: where the search runs. ``auto`` means CUDA when available, else CPU."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description="Forward precision of the weight step: bf16 autocast (fp32 parameters and optimizer "
+        "states) or plain fp32; auto = the measured default of the device (bf16 on CUDA, fp32 on CPU). "
+        "The architecture step runs in fp32 either way (benchmarks/README.md).",
+    )
     time_limit_seconds: int | None = Field(
         default=None,
         ge=1,
@@ -182,6 +190,39 @@ class ResourcesConfig(_Section):
 
 #: Top-level spec keys that belong to the caller (CLI or service), not to the search itself.
 _CALLER_KEYS = ("name", "dataset")
+
+
+class ConstraintsNetworkConfig(_Section):
+    """``constraints.network``: the network the budget is counted on (``null``: the training spec's
+    default, as ``POST /trainings`` would build it)."""
+
+    cells: _Int | None = Field(default=None, ge=1, le=64)
+    init_channels: _Int | None = Field(default=None, ge=1, le=512)
+    auxiliary: StrictBool | None = Field(
+        default=None, description="Accepted for fidelity: the auxiliary head is never counted."
+    )
+
+
+class ConstraintsConfig(_Section):
+    """``constraints``: a parameter and/or multiply-add budget for the genotype the search returns,
+    counted on the network trained from it exactly as a training reports ``parameters`` and
+    ``multiply_adds`` (:mod:`darts_core.search.budget`)."""
+
+    max_parameters: _Int | None = Field(default=None, ge=1, le=10**12)
+    max_multiply_adds: _Int | None = Field(default=None, ge=1, le=10**15)
+    # 0.3 by measurement (benchmarks/README.md, digits): from 1 on the penalty drives the genotype onto
+    # the cheapest one (all parameter-free) while the expected cost still lags; 0 to 0.3 use the budget.
+    penalty_weight: Annotated[float, Strict()] = Field(
+        default=0.3,
+        ge=0.0,
+        le=1000.0,
+        description="Weight of the hinge on the expected cost's relative excess in the architecture loss",
+    )
+    network: ConstraintsNetworkConfig = Field(default_factory=ConstraintsNetworkConfig)
+
+    @property
+    def active(self) -> bool:
+        return self.max_parameters is not None or self.max_multiply_adds is not None
 
 
 class SearchConfig(_Section):
@@ -197,6 +238,7 @@ class SearchConfig(_Section):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
 
     @model_validator(mode="after")
     def _partial_channels_divide_the_width(self) -> SearchConfig:

@@ -68,7 +68,7 @@ class TrainResult:
         network: the trained network (in eval mode, on the training device).
         valid_accuracy: validation accuracy after the last epoch; ``None`` without a validation split.
         multiply_adds: multiply-adds of one forward pass of one sample, without the auxiliary head
-            (:func:`~darts_core.train.multiply_adds.count_multiply_adds`).
+            (:func:`~darts_core.nn.multiply_adds.count_multiply_adds`).
     """
 
     test_accuracy: float

@@ -130,3 +130,86 @@ def test_temporary_files_are_unique_per_writer(tmp_path: Path, monkeypatch) -> N
     assert all(
         name.startswith(f".{CHECKPOINT_NAME}.{os.getpid()}.") and name.endswith(".tmp") for name in names
     )
+
+
+class _FakeCuda:
+    """torch.cuda's RNG functions on ``count`` simulated GPUs (each generator state a small ByteTensor)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+        self.states = {index: torch.full((8,), index + 1, dtype=torch.uint8) for index in range(count)}
+        self.calls: list[str] = []
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        monkeypatch.setattr(torch.cuda, "get_rng_state", self.get)
+        monkeypatch.setattr(torch.cuda, "set_rng_state", self.set)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", self.get_all)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", self.set_all)
+
+    def _index(self, device: int | str | torch.device) -> int:
+        index = torch.device(device).index if not isinstance(device, int) else device
+        if index is None or index not in self.states:
+            raise IndexError(f"no GPU {device!r}")  # what torch raises beyond device_count
+        return index
+
+    def get(self, device: int | str | torch.device = "cuda") -> torch.Tensor:
+        self.calls.append(f"get {device}")
+        return self.states[self._index(device)].clone()
+
+    def set(self, state: torch.Tensor, device: int | str | torch.device = "cuda") -> None:
+        self.calls.append(f"set {device}")
+        self.states[self._index(device)] = state.clone()
+
+    def get_all(self) -> list[torch.Tensor]:
+        self.calls.append("get_all")
+        return [self.states[index].clone() for index in sorted(self.states)]
+
+    def set_all(self, states: list[torch.Tensor]) -> None:
+        self.calls.append("set_all")
+        for index, state in enumerate(states):
+            self.set(state, index)
+
+
+def test_a_cpu_run_saves_no_gpu_state_and_touches_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    gpus = _FakeCuda(monkeypatch, 2)
+    state = ckpt.rng_state(torch.device("cpu"))
+    assert state["cuda"] == {}
+    ckpt.set_rng_state(state, torch.device("cpu"))
+    assert gpus.calls == []
+
+
+def test_a_gpu_run_saves_its_device_only_and_resumes_where_there_are_fewer_gpus(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    writer = _FakeCuda(monkeypatch, 2)
+    writer.states[1] = torch.arange(8, dtype=torch.uint8)
+    ckpt.write_checkpoint({"format": 1, "rng": ckpt.rng_state(torch.device("cuda:1"))}, tmp_path)
+    assert writer.calls == ["get 1"]
+    loaded = ckpt.load_checkpoint(tmp_path)
+    assert loaded is not None
+    saved = loaded[0]["rng"]
+    assert saved["cuda"]["index"] == 1
+    # One GPU: the state goes to the GPU the run now uses.
+    reader = _FakeCuda(monkeypatch, 1)
+    ckpt.set_rng_state(saved, torch.device("cuda"))
+    assert torch.equal(reader.states[0], torch.arange(8, dtype=torch.uint8))
+    # No GPU: the same checkpoint resumes on CPU, the GPU state ignored.
+    nothing = _FakeCuda(monkeypatch, 0)
+    ckpt.set_rng_state(saved, torch.device("cpu"))
+    ckpt.set_rng_state(saved)
+    assert nothing.calls == []
+
+
+def test_old_checkpoints_with_every_gpus_state_still_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    _FakeCuda(monkeypatch, 2)
+    old = ckpt.rng_state(torch.device("cpu"))
+    old["cuda"] = [torch.full((8,), 7, dtype=torch.uint8), torch.full((8,), 9, dtype=torch.uint8)]
+    one = _FakeCuda(monkeypatch, 1)
+    ckpt.set_rng_state(old, torch.device("cuda:0"))  # before: set_rng_state_all -> IndexError on GPU 1
+    assert torch.equal(one.states[0], old["cuda"][0])
+    two = _FakeCuda(monkeypatch, 2)
+    ckpt.set_rng_state(old, torch.device("cuda:1"))
+    assert torch.equal(two.states[1], old["cuda"][1])
+    ckpt.set_rng_state({**old, "cuda": []}, torch.device("cuda:0"))  # a CPU run's old checkpoint
+    ckpt.set_rng_state(old, torch.device("cpu"))
+    assert "set_all" not in one.calls + two.calls

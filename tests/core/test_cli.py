@@ -62,7 +62,7 @@ def test_search_writes_every_output_then_train_retrains_the_genotype(tmp_path: P
     assert [record["epoch"] for record in records] == [1, 2]
     assert set(records[0]) == {
         "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype", "alphas",
-        "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue",
+        "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue", "cost",
     }  # fmt: skip
     genotype = Genotype.from_json((out / "genotype.json").read_text())
     assert Genotype.from_darts((out / "genotype.txt").read_text().strip()) == genotype
@@ -70,7 +70,7 @@ def test_search_writes_every_output_then_train_retrains_the_genotype(tmp_path: P
     filled = json.loads((out / "spec.json").read_text())
     assert filled["name"] == "tiny" and filled["dataset"] == DATASET
     assert filled["training"]["epochs"] == 2 and filled["training"]["weight_lr"] == 0.025
-    assert filled["resources"] == {"device": "cpu", "time_limit_seconds": None}
+    assert filled["resources"] == {"device": "cpu", "precision": "auto", "time_limit_seconds": None}
 
     # The directory now belongs to this spec: another one is refused and nothing is touched.
     before = (out / "metrics.jsonl").read_text()

@@ -344,7 +344,13 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
             "eigenvalue_threshold": 1.3,
             "hessian_every": None,
         },
-        "resources": {"device": "auto", "time_limit_seconds": None},
+        "resources": {"device": "auto", "precision": "auto", "time_limit_seconds": None},
+        "constraints": {
+            "max_parameters": None,
+            "max_multiply_adds": None,
+            "penalty_weight": 0.3,
+            "network": {"cells": None, "init_channels": None, "auxiliary": None},
+        },
     }
     assert SearchConfig.from_spec(json.loads(json.dumps(spec))) == config
     assert isinstance(SearchConfig.from_spec({"training": {"weight_lr": 1}}).training.weight_lr, float)
@@ -460,7 +466,7 @@ def test_on_epoch_payload_and_checkpoint(tiny_dataset, tmp_path) -> None:
     payload = reported[0].to_dict()
     assert list(payload) == [
         "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype", "alphas",
-        "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue",
+        "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue", "cost",
     ]  # fmt: skip
     assert json.loads(json.dumps(payload)) == payload
     assert payload["lr"] == pytest.approx(0.025) and reported[1].lr < reported[0].lr  # cosine over 2 epochs

@@ -14,11 +14,11 @@ import torch
 import darts_core
 from darts_core.checkpoint import CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME, read_history, write_checkpoint
 from darts_core.data.registry import ImageDataset, load_dataset
+from darts_core.nn.multiply_adds import count_multiply_adds
 from darts_core.spec.genotype import DARTS_V2, Genotype
 from darts_core.spec.training_spec import TrainingJobConfig
 from darts_core.train import job as training_job
 from darts_core.train.job import run_training_job, validation_split
-from darts_core.train.multiply_adds import count_multiply_adds
 from darts_core.train.records import TrainEpoch, TrainingDiverged, TrainingStopped, TrainResult
 
 SMALL = Genotype(

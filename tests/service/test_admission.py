@@ -80,3 +80,26 @@ def test_an_uploaded_dataset_is_estimated_with_its_own_shape(client: TestClient)
     assert estimate["dataset_bytes"] == 2 * 4 * 30 * 3 * 20 * 24
     unknown = client.post("/searches/estimate", json={"dataset": {"id": "nope"}})
     assert unknown.status_code == 422 and unknown.json()["detail"][0]["type"] == "unknown_dataset"
+
+
+def test_a_budget_no_genotype_can_meet_is_422_naming_the_field_and_the_minimum(
+    client: TestClient, db_session: Session
+) -> None:
+    from darts_core.search.budget import cost_table_for
+    from darts_core.spec.search_spec import SearchConfig
+
+    spec = {"dataset": {"name": "digits"}, "constraints": {"max_parameters": 1000}}
+    table = cost_table_for(SearchConfig.from_spec(spec), (1, 8, 8), 10)
+    minimum = round(table.cost(table.cheapest())[0])
+    response = client.post("/searches", json=spec)
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["type"] == "budget_infeasible"
+    assert error["loc"] == ["body", "constraints", "max_parameters"]
+    assert f"at least {minimum}" in error["msg"]
+    assert db_session.query(Search).count() == 0
+    spec["constraints"]["max_parameters"] = minimum
+    assert client.post("/searches", json=spec).status_code == 201
+    spec["constraints"] = {"max_multiply_adds": 0}
+    [error] = client.post("/searches", json=spec).json()["detail"]
+    assert error["loc"][-2:] == ["constraints", "max_multiply_adds"]  # pydantic's own bound: >= 1

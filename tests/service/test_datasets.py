@@ -168,7 +168,7 @@ def test_the_worker_loads_an_upload_with_the_split_and_layout_of_the_spec(
     client: TestClient, api_settings: Settings, db_session: Session
 ) -> None:
     from darts_core.data.registry import load_dataset
-    from worker.run import resolve_dataset
+    from worker.search_run import resolve_dataset
 
     dataset_id = client.post("/datasets", files={"file": ("mine.npz", small_images(40, 4))}).json()["id"]
     spec = {"dataset": {"id": dataset_id, "layout": "NHWC", "test_fraction": 0.5, "seed": 3}}

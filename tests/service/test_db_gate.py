@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import anyio
 
-from app.db_gate import DatabaseGate, DatabaseGateMiddleware
+from app.db_gate import DatabaseGate
+from app.http.db_gate import DatabaseGateMiddleware
 
 
 def test_a_full_gate_holds_database_requests_but_not_the_liveness_check() -> None:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+SCHEMAS = ["app.schemas.searches", "app.schemas.trainings", "app.schemas.studies", "app.schemas.datasets"]
+
 TORCH_FREE = [
-    "app.schemas",
+    *SCHEMAS,
     "app.main",
     "darts_core",
     "darts_core.spec",

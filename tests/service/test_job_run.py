@@ -134,9 +134,31 @@ def test_every_job_kind_s_task_is_acked_late_and_retried_while_the_stores_are_do
     import redis
     from sqlalchemy.exc import SQLAlchemyError
 
-    from worker.task import run_search_task
+    from worker.search_task import run_search_task
     from worker.training_task import run_training_task
 
     for task in (run_search_task, run_training_task):
         assert (task.acks_late, task.ignore_result, task.max_retries) == (True, True, None), task.name
         assert set(task.autoretry_for) == {SQLAlchemyError, redis.ConnectionError, redis.TimeoutError}
+
+
+def test_a_cuda_out_of_memory_fails_the_run_once_with_the_estimate_and_the_device_memory(
+    service_settings: Settings, db_session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import darts_core.train.job as job
+
+    def out_of_memory(*args: Any, **kwargs: Any) -> Any:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(job._Trainer, "train_epoch", out_of_memory)
+    training_id = _training(db_session, SPEC)
+    assert TrainingRun(service_settings, training_id).execute() == "failed"
+    statuses = _statuses(service_settings, training_id)
+    assert [event.status for event in statuses] == ["running", "failed"]  # no retry
+    error = statuses[-1].error or ""
+    assert error.startswith("out of GPU memory: ")
+    assert "estimated peak " in error and "estimated peak unknown" not in error
+    assert "device memory unknown" in error  # no CUDA here: said, not guessed
+    assert "WORKER_MEMORY_BYTES" not in error

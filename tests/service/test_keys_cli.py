@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.cli_keys import ensure_admin_key
+from app.commands.keys import ensure_admin_key
 from app.db import make_engine, make_session_factory, run_migrations
 from app.services import keys as key_service
 from app.settings import Settings

@@ -65,6 +65,13 @@ def test_the_table_has_no_way_out_of_a_terminal_status() -> None:
             check_transition(terminal, other)
 
 
+def test_a_refused_transition_names_the_kind_of_job() -> None:
+    with pytest.raises(InvalidTransition, match="^a training cannot go from 'succeeded' to 'running'$"):
+        check_transition(Status.succeeded, Status.running, "training")
+    with pytest.raises(InvalidTransition, match="^a job cannot go"):
+        check_transition(Status.succeeded, Status.running)
+
+
 @pytest.mark.parametrize(("current", "target"), list(itertools.product(Status, Status)))
 def test_the_projection_applies_exactly_the_allowed_status_changes(
     db_session: Session, current: Status, target: Status

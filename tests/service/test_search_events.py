@@ -132,14 +132,14 @@ def test_open_streams_per_owner_are_capped_with_429_and_freed_when_a_stream_ends
     with fast_client.stream("GET", url) as again:
         assert again.status_code == 200
         assert [event["event"] for event in sse_events(again)] == ["epoch", "status"]
-    assert app.state.open_streams.count(api_owner) == 0 and not app.state.search_feeds.followed
+    assert app.state.open_streams.count(api_owner) == 0 and not app.state.job_feeds.followed
 
 
 def test_followers_of_one_search_share_one_feed(fast_client: TestClient, set_status, record_epochs) -> None:
     search_id = create(fast_client)
     set_status(search_id, "running")
     url = f"/searches/{search_id}/events"
-    feeds = fast_client.app.state.search_feeds
+    feeds = fast_client.app.state.job_feeds
     with fast_client.stream("GET", url) as first, fast_client.stream("GET", url) as second:
         one, two = sse_events(first), sse_events(second)
         assert next(one)["event"] == next(two)["event"] == "status"
@@ -189,8 +189,8 @@ def test_a_poll_that_brings_news_wakes_the_followers_already_waiting(monkeypatch
 
     from app.db_gate import DatabaseGate
     from app.lifecycle.status import Status
-    from app.schemas import StatusEvent
-    from app.services import search_feed
+    from app.schemas.searches import StatusPayload
+    from app.services import job_feed
 
     @dataclass
     class Epoch:  # what a feed needs of a record
@@ -203,10 +203,10 @@ def test_a_poll_that_brings_news_wakes_the_followers_already_waiting(monkeypatch
 
     def poll(_factory, _kind, _job_id, after_epoch):
         news = [(entry_id, e) for entry_id, e in stored if e.epoch > after_epoch]
-        return StatusEvent(status=Status.running, error=None), news
+        return StatusPayload(status=Status.running, error=None), news
 
-    monkeypatch.setattr(search_feed, "_poll", poll)
-    feeds = search_feed.SearchFeeds(None, DatabaseGate(1))  # type: ignore[arg-type]
+    monkeypatch.setattr(job_feed, "_poll", poll)
+    feeds = job_feed.JobFeeds(None, DatabaseGate(1))  # type: ignore[arg-type]
 
     async def scenario() -> tuple[dict, dict]:
         waiting = feeds.stream("s1", 0, poll_seconds=60)

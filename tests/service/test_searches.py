@@ -75,7 +75,7 @@ def test_create_returns_the_resource_with_defaults_and_queues_a_task(
         "max_skip_connections": 2, "eigenvalue_window": 5, "eigenvalue_threshold": 1.3, "hessian_every": None,
     }
     assert search["stopped_early"] is False and search["stop_reason"] is None
-    assert spec["resources"] == {"device": "auto", "time_limit_seconds": None}
+    assert spec["resources"] == {"device": "auto", "precision": "auto", "time_limit_seconds": None}
     assert client.get(f"/searches/{search['id']}").json() == search
 
     # The task is on the broker: one new message naming the task, carrying the search id.
@@ -111,7 +111,7 @@ def test_create_keeps_the_given_values(client: TestClient) -> None:
     }
     assert echoed["network"] == {"cells": 3, "init_channels": 4, "stem_multiplier": 3}
     assert echoed["training"]["order"] == "second" and echoed["training"]["seed"] == 7
-    assert echoed["resources"] == {"device": "cpu", "time_limit_seconds": None}
+    assert echoed["resources"] == {"device": "cpu", "precision": "auto", "time_limit_seconds": None}
 
 
 def _error_messages(response) -> str:
@@ -167,6 +167,10 @@ def _error_messages(response) -> str:
             "num_samples (10) must be at least 2 x num_classes (6)",
         ),
         ({**DIGITS, "resources": {"device": "tpu"}}, "device: Input should be 'auto', 'cpu' or 'cuda'"),
+        (
+            {**DIGITS, "resources": {"precision": "fp16"}},
+            "resources.precision: Input should be 'auto', 'fp32' or 'bf16'",
+        ),
     ],
 )
 def test_create_rejects_bad_specs_with_a_message(client: TestClient, spec: dict, expected: str) -> None:
@@ -299,7 +303,7 @@ def test_epochs_are_listed_in_order_with_cursor_pages(client: TestClient, record
     first = everything["items"][0]
     assert set(first) == {
         "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype",
-        "alphas", "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue",
+        "alphas", "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue", "cost",
         "created_at",
     }
     assert first["train_loss"] == 2.0 and first["genotype"] == epoch_genotype(1)

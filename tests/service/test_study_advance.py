@@ -19,9 +19,9 @@ from app.lifecycle.projection import apply_event
 from app.lifecycle.studies import Stage
 from app.models import Search, Study, Training
 from app.queue import create_celery_app
+from app.schemas.studies import StudySpec
 from app.services.study_advance import StudyDeps, advance_study, advance_unfinished
 from app.settings import Settings
-from app.study_schemas import StudySpec
 
 SEARCH = {"dataset": {"name": "digits"}, "training": {"epochs": 2}}
 

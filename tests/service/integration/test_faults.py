@@ -33,8 +33,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import make_engine, make_session_factory, run_migrations
 from app.events.ingester import IngesterHandle, start_ingester
 from app.models import Search
-from app.redis import EmbeddedRedis
 from app.settings import LOOPBACK_HOSTS, Settings
+from app.stack.embedded_redis import EmbeddedRedis
 
 from .conftest import REPO_ROOT, WorkerProcess, tiny_spec, wait_until
 

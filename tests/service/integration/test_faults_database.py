@@ -2,7 +2,7 @@
 window (fault 3), and one worker cut off from the database while another takes its search over
 (fault 6).
 
-Each test owns an embedded PostgreSQL (`app.embedded_postgres.EmbeddedPostgres`, restarted in a
+Each test owns an embedded PostgreSQL (`app.stack.embedded_postgres.EmbeddedPostgres`, restarted in a
 fraction of a second on the same socket) besides the stack of test_faults.py, so these tests run in the
 suite's first (SQLite) pass like the other fault tests. They assert what those do: every epoch stored
 exactly once, the same per-epoch metrics and genotype as the shared uninterrupted reference run.
@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import redis
 
-from app.embedded_postgres import EmbeddedPostgres
 from app.events.ingester import CONSUMER_GROUP, dead_letter_stream
 from app.events.publisher import publish_epoch
+from app.stack.embedded_postgres import EmbeddedPostgres
 
 from .conftest import WorkerProcess, wait_until
 from .live_server import CuttingProxy

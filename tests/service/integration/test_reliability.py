@@ -22,7 +22,7 @@ from app.models import Search, SearchEpoch
 from app.queue import create_celery_app, enqueue_search
 from app.settings import Settings
 from app.storage import search_dir
-from worker.run import SearchRun
+from worker.search_run import SearchRun
 
 from .conftest import (
     REPO_ROOT,

@@ -10,56 +10,29 @@ The search spec is defined once, in darts_core (`darts_core.spec.search_spec`,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
-    StringConstraints,
     Tag,
     model_validator,
 )
 
 from app.lifecycle.status import Status
+from app.schemas.common import MAX_SEARCH_NAME, SearchName, StrictModel, UploadId
 from darts_core.spec.dataset_spec import DigitsDatasetSpec, SplitSeed, SyntheticDatasetSpec, TestFraction
-from darts_core.spec.op_names import DARTS_OP_NAMES
 from darts_core.spec.records import EpochRecord
 from darts_core.spec.search_spec import (
+    ConstraintsConfig,
     NetworkConfig,
     ResourcesConfig,
     SearchSpaceConfig,
     TrainingConfig,
-    reject_nul,
 )
-from darts_core.spec.training_spec import TrainingNetworkConfig, TrainingScheduleConfig
 
-# The API validates primitive names against the library's list: one source for the search space.
-DARTS_PRIMITIVES: tuple[str, ...] = DARTS_OP_NAMES
-
-ItemT = TypeVar("ItemT")
-
-
-#: The longest search name, the generated default ('<dataset name> search') included.
-MAX_SEARCH_NAME = 200
-
-
-# Free text from clients: 1 to N characters (checked first, so the message says "characters"), no NUL.
-SearchName = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_SEARCH_NAME), AfterValidator(reject_nul)
-]
-UploadId = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(reject_nul)]
-
-
-class StrictModel(BaseModel):
-    """Base of every schema: unknown fields are an error, never silently dropped."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-# ---------------------------------------------------------------------------------------------------
 # The search spec: darts_core's models plus what only the service knows
 
 # cifar10 and npz are not offered as such: they read paths on the server, which a client has no business
@@ -121,6 +94,7 @@ class SearchSpec(StrictModel):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
 
     @model_validator(mode="after")
     def _default_name(self) -> SearchSpec:
@@ -128,17 +102,6 @@ class SearchSpec(StrictModel):
         if self.name is None and not isinstance(self.dataset, UploadedDatasetSpec):
             self.name = default_search_name(self.dataset.name)
         return self
-
-
-# ---------------------------------------------------------------------------------------------------
-# Resources
-
-
-class Page(StrictModel, Generic[ItemT]):
-    """One page of a list; pass `next_cursor` back as `?cursor=` for the next (null on the last)."""
-
-    items: list[ItemT]
-    next_cursor: str | None = None
 
 
 class SearchPublic(StrictModel):
@@ -193,113 +156,10 @@ class EpochPublic(EpochRecord):
     created_at: datetime
 
 
-class StatusEvent(StrictModel):
-    """The data of an SSE `status` event."""
+class StatusPayload(StrictModel):
+    """The data of the `status` event of a search's or a training's Server-Sent Events (not the workers'
+    `app.events.schema.StatusEvent`, which the ingester reads from the Redis stream)."""
 
     status: Status
     error: str | None
 
-
-class DatasetPublic(StrictModel):
-    """A dataset the searches can use: built in (`kind` "builtin", id = its name) or uploaded."""
-
-    model_config = ConfigDict(extra="forbid", from_attributes=True)
-
-    id: str
-    kind: Literal["builtin", "upload"]
-    name: str
-    description: str | None = None
-    filename: str | None = None
-    owner: str | None = Field(default=None, description="Uploads: the name of the API key that uploaded it.")
-    num_samples: int | None = None
-    num_classes: int | None = None
-    channels: int | None = None
-    height: int | None = None
-    width: int | None = None
-    size_bytes: int | None = None
-    created_at: datetime | None = None
-    parameters: dict[str, Any] | None = Field(
-        default=None, description="Built-ins: the spec parameters they take, with their defaults"
-    )
-
-
-# ---------------------------------------------------------------------------------------------------
-# Trainings: a genotype retrained from scratch (the spec's sections are darts_core.spec.training_spec's)
-
-#: A genotype in its JSON form (`normal`, `normal_concat`, `reduce`, `reduce_concat`) or the DARTS string
-#: ("Genotype(normal=[('sep_conv_3x3', 0), ...], ...)"); at most this many characters for the string.
-MAX_GENOTYPE_TEXT = 20_000
-GenotypeText = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_GENOTYPE_TEXT), AfterValidator(reject_nul)
-]
-JobId = Annotated[str, StringConstraints(min_length=1, max_length=36), AfterValidator(reject_nul)]
-
-
-class TrainingSpec(StrictModel):
-    """A training as `POST /trainings` accepts it: the genotype source (`genotype`, or `search_id` with
-    an optional `epoch`) and, with defaults, the rest."""
-
-    name: SearchName | None = Field(default=None, description="Defaults to '<genotype source> training'.")
-    genotype: dict[str, Any] | GenotypeText | None = Field(
-        default=None,
-        description="The genotype to train: its JSON form or the DARTS string. Or give search_id.",
-    )
-    search_id: JobId | None = Field(
-        default=None, description="Train the genotype of this (own) search: its final one, or `epoch`'s."
-    )
-    epoch: int | None = Field(
-        default=None, ge=1, le=1000, description="With search_id: the genotype derived after this epoch."
-    )
-    dataset: DatasetSpec | None = Field(
-        default=None, description="Required with genotype; defaults to the search's with search_id."
-    )
-    network: TrainingNetworkConfig = Field(default_factory=TrainingNetworkConfig)
-    training: TrainingScheduleConfig = Field(default_factory=TrainingScheduleConfig)
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-
-
-class TrainingPublic(StrictModel):
-    model_config = ConfigDict(extra="forbid", from_attributes=True)
-
-    id: str
-    name: str
-    owner: str = Field(description="The name of the API key that created it.")
-    status: Status
-    spec: dict[str, Any] = Field(description="The spec as accepted, every default filled in.")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    epoch: int = Field(description="The last finished epoch (1-based); 0 before the first.")
-    epochs: int = Field(description="Epochs planned in total.")
-    metrics: dict[str, Any] | None = Field(description="The last epoch's metrics.")
-    genotype: dict[str, Any] = Field(description="The genotype trained (DARTS JSON form).")
-    search_id: str | None = Field(description="The search the genotype came from, if any.")
-    search_epoch: int | None = Field(
-        description="The search epoch whose genotype it is; null: the final one."
-    )
-    test_accuracy: float | None = Field(description="Held-out test accuracy after the last epoch.")
-    test_loss: float | None
-    valid_accuracy: float | None = Field(
-        description="Validation accuracy after the last epoch (null without a validation split)."
-    )
-    parameters: int | None = Field(description="Weights of the network (auxiliary head excluded).")
-    multiply_adds: int | None = Field(description="Multiply-adds of one forward pass of one image.")
-    error: str | None
-
-
-class TrainingEpochPublic(StrictModel):
-    """One finished training epoch (the fields of darts_core.train.records.TrainEpoch)."""
-
-    model_config = ConfigDict(extra="forbid", from_attributes=True)
-
-    epoch: int
-    train_loss: float
-    train_acc: float
-    valid_loss: float | None
-    valid_acc: float | None
-    test_loss: float
-    test_acc: float
-    lr: float
-    drop_path_prob: float
-    seconds: float
-    created_at: datetime

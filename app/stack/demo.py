@@ -1,4 +1,4 @@
-"""`python -m app.demo` (`make demo`): a real DARTS search through the whole service.
+"""`python -m app.stack.demo` (`make demo`): a real DARTS search through the whole service.
 
 Starts `darts-service up` on a free port with its data under `.darts/demo`, submits a search on the
 built-in `digits` dataset through the REST API with the stack's admin key (`.darts/demo/admin.key`,
@@ -24,8 +24,8 @@ from typing import Any
 
 import httpx
 
-from app.cli_keys import ADMIN_KEY_FILE
-from app.processes import die_with_parent
+from app.commands.keys import ADMIN_KEY_FILE
+from app.stack.processes import die_with_parent
 
 # Small enough for a few minutes on 2 CPU cores, big enough to learn digits.
 DEMO_SPEC: dict[str, Any] = {
@@ -177,7 +177,7 @@ def _parse(value: str) -> datetime:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m app.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m app.stack.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=Path(".darts/demo"), help="stack data directory")
     parser.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
     parser.add_argument("--epochs", type=int, default=DEMO_SPEC["training"]["epochs"], help="search epochs")

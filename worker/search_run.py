@@ -54,6 +54,7 @@ class SearchRun(JobRun):
         directory.mkdir(parents=True, exist_ok=True)
         for record in read_history(directory):
             report(record)
+        self.estimate_bytes = _search_estimate(config, dataset)
         result = run_search(
             dataset,
             config,
@@ -71,3 +72,16 @@ class SearchRun(JobRun):
             success=success,
             kept_note="; the genotype of the last one is kept",
         )
+
+
+def _search_estimate(config: Any, dataset: Any) -> int | None:
+    """The admission estimate's peak bytes of the search on `dataset` (None when it cannot be made)."""
+    from darts_core.estimate import estimate_search
+
+    try:
+        return estimate_search(
+            config, in_channels=dataset.in_channels, image_size=tuple(dataset.image_size),
+            num_classes=dataset.num_classes, num_samples=len(dataset.y_train),
+        ).peak_bytes
+    except Exception:  # noqa: BLE001 - only a failure's message uses it
+        return None

@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db_gate import DatabaseGate
 from app.lifecycle.status import TERMINAL, Status
 from app.models import Search, Training
-from app.schemas import EpochPublic, StatusEvent, TrainingEpochPublic
+from app.schemas.searches import EpochPublic, StatusPayload
+from app.schemas.trainings import TrainingEpochPublic
 from app.services import searches as search_service
 from app.services import trainings as training_service
 from app.services.errors import TooManyRequests
@@ -46,7 +47,7 @@ STREAMS_RETRY_AFTER_SECONDS = 5
 class _Feed:
     """What is known of one search: its status and its epochs, in epoch order."""
 
-    status: StatusEvent | None = None
+    status: StatusPayload | None = None
     epochs: list[int] = field(default_factory=list)
     records: list[tuple[str, EpochRecord]] = field(default_factory=list)
     gone: bool = False
@@ -62,7 +63,7 @@ class _Feed:
 
 def _poll(
     factory: sessionmaker[Session], kind: str, job_id: str, after_epoch: int
-) -> tuple[StatusEvent | None, list[tuple[str, EpochRecord]]]:
+) -> tuple[StatusPayload | None, list[tuple[str, EpochRecord]]]:
     with factory() as session:
         job: Search | Training | None = (
             session.get(Training, job_id) if kind == "training" else session.get(Search, job_id)
@@ -71,7 +72,7 @@ def _poll(
             return None, []
         # The status is read before the epochs: a terminal status is written after the last epoch,
         # so once a poll sees it, the same poll sees every epoch.
-        current = StatusEvent(status=Status(job.status), error=job.error)
+        current = StatusPayload(status=Status(job.status), error=job.error)
         records: list[tuple[str, EpochRecord]]
         if kind == "training":
             rows = training_service.list_epochs(session, job_id, after=after_epoch)
@@ -87,7 +88,7 @@ def _wake(feed: _Feed) -> None:
     feed.woken = anyio.Event()
 
 
-class SearchFeeds:
+class JobFeeds:
     """The feeds of the jobs (searches, trainings) followed through this API process."""
 
     def __init__(self, factory: sessionmaker[Session], gate: DatabaseGate) -> None:
@@ -137,7 +138,7 @@ class SearchFeeds:
         feed = self._feeds.setdefault(key, _Feed())
         feed.followers += 1
         try:
-            sent_status: StatusEvent | None = None
+            sent_status: StatusPayload | None = None
             while True:
                 await self._refresh(key, feed, poll_seconds)
                 if feed.gone or feed.status is None:

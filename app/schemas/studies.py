@@ -1,4 +1,5 @@
-"""Pydantic schemas of `/studies` (the search spec and the shared bases are `app.schemas`').
+"""Pydantic schemas of `/studies` (the search spec is `app.schemas.searches`', the shared bases
+`app.schemas.common`'s).
 
 A study request names a search spec, the seeds to run it with, the short training of each found
 genotype (`selection`) and optionally the full training of the best one (`final`). The training
@@ -16,7 +17,8 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, Field, Strict, ValidationInfo, field_validator
 
 from app.lifecycle.status import Status
-from app.schemas import DatasetSpec, SearchName, SearchSpec, StrictModel
+from app.schemas.common import SearchName, StrictModel
+from app.schemas.searches import DatasetSpec, SearchSpec
 from darts_core.spec.search_spec import ResourcesConfig
 from darts_core.spec.training_spec import TrainingNetworkConfig, TrainingScheduleConfig
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from app.processes import stop_process
+from app.stack.processes import stop_process
 
 logger = logging.getLogger(__name__)
 

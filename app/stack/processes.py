@@ -1,6 +1,7 @@
 """Child processes of the one-machine stack: tying their life to ours, and stopping them.
 
-Shared by `darts-service up` (its Redis server and worker), `python -m app.demo` and the tests.
+Shared by `darts-service up` (its Redis server and worker), `python -m app.stack.demo` and the tests;
+the command lines of the service's own processes (`darts-service worker` execs the worker's too).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import ctypes
 import logging
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
@@ -59,3 +61,13 @@ def stop_process(
             process.kill()
             process.wait()
     return process.returncode
+
+
+def worker_command(loglevel: str) -> list[str]:
+    """The command line of one worker process (`python -m worker`)."""
+    return [sys.executable, "-m", "worker", "--loglevel", loglevel]
+
+
+def ingester_command(loglevel: str) -> list[str]:
+    """The command line of `up`'s ingester process (`darts-service ingest`)."""
+    return [sys.executable, "-m", "app.cli", "ingest", "--loglevel", loglevel]

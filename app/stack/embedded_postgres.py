@@ -6,8 +6,8 @@ it exactly as to a production server, only the URL differs.
 
 The wheel's own `get_server()` starts the server with `pg_ctl`, which detaches it: a caller killed
 with SIGKILL leaves it running. We take only the binaries (and the wheel's helpers for running them as
-root) and start `postgres` in the foreground as our child, like `app.redis.EmbeddedRedis`, so `stop()`
-can wait for it and `preexec_fn` can tie its life to ours.
+root) and start `postgres` in the foreground as our child, like `app.stack.embedded_redis.EmbeddedRedis`,
+so `stop()` can wait for it and `preexec_fn` can tie its life to ours.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class EmbeddedPostgres:
     connections and creates `database` if it is missing. Data persists across starts.
     `settings` are extra server settings (`-c name=value`). `durable=False` (the tests) skips every
     fsync, in `initdb` and in the server: faster, and a crash of the machine may lose the cluster.
-    `new_session` and `preexec_fn` are as in `app.redis.EmbeddedRedis`.
+    `new_session` and `preexec_fn` are as in `app.stack.embedded_redis.EmbeddedRedis`.
 
     >>> server = EmbeddedPostgres(Path(".darts/postgres")).start()
     >>> server.url

@@ -1,4 +1,4 @@
-"""The Celery task `darts.run_search(search_id)`: a thin shell around `worker.run.SearchRun`.
+"""The Celery task `darts.run_search(search_id)`: a thin shell around `worker.search_run.SearchRun`.
 
 A worker runs one search at a time (`--pool=solo`, `--concurrency=1`, prefetch 1, `acks_late`). A
 second copy of the task (the Redis transport redelivers unacknowledged tasks after the visibility
@@ -16,7 +16,7 @@ from celery.signals import worker_shutting_down
 from app.queue import RUN_SEARCH_TASK
 from app.settings import get_settings
 from worker.job_run import worker_shutting_down as shutting_down_flag
-from worker.run import SearchRun
+from worker.search_run import SearchRun
 from worker.task_options import JOB_TASK_OPTIONS, execute_or_requeue
 
 
@@ -27,5 +27,5 @@ def _on_worker_shutting_down(**_: Any) -> None:
 
 @shared_task(name=RUN_SEARCH_TASK, **JOB_TASK_OPTIONS)
 def run_search_task(search_id: str) -> str:
-    """Run search `search_id` (see worker.run for the lease and the events)."""
+    """Run search `search_id` (see worker.search_run for the lease and the events)."""
     return execute_or_requeue(SearchRun(get_settings(), search_id))
