@@ -31,7 +31,6 @@ import io
 import json
 import math
 import os
-import secrets
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ import torch
 
 from darts_core.nn.genotype_network import GenotypeNetwork
 from darts_core.nn.recompute import twice_differentiable
+from darts_core.train.weights import write_bytes_atomically
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -176,18 +176,6 @@ def _tracing() -> Iterator[None]:
         yield
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def export_onnx(
     network: GenotypeNetwork,
     path: str | os.PathLike[str],
@@ -231,7 +219,7 @@ def export_onnx(
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    _write_atomically(Path(path), proto.SerializeToString())
+    write_bytes_atomically(Path(path), proto.SerializeToString())
     return metadata
 
 
@@ -256,7 +244,7 @@ def export_torchscript(
     with _tracing():
         traced = torch.jit.trace(model, (example,), check_trace=False)
         torch.jit.save(traced, buffer, _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata)})
-    _write_atomically(Path(path), buffer.getvalue())
+    write_bytes_atomically(Path(path), buffer.getvalue())
     return metadata
 
 

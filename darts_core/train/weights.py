@@ -93,11 +93,16 @@ def save_trained(
     if data is not None:
         metadata["data"] = json.dumps(data)
     payload = safetensors.torch.save(tensors, metadata=metadata)
-    path = Path(path)
+    write_bytes_atomically(Path(path), payload)
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` whole or not at all: a temporary file beside it, synced, then renamed
+    (a crash mid-way leaves the previous file, if any, and no temporary behind)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temporary, "wb") as handle:
-            handle.write(payload)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
