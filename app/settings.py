@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         default=2**28, ge=1, description="Largest x of an uploaded .npz, in values (N x C x H x W)."
     )
     max_classes: int = Field(default=1000, ge=2, description="Largest label of an upload, plus one.")
+    export_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0.0,
+        description="Longest build of a training's model.onnx or model.pt (GET /trainings/{id}/model.onnx, "
+        "/model.pt) before it is given up with a 500.",
+    )
     worker_memory_bytes: int = Field(
         default_factory=_default_worker_memory,
         ge=1,

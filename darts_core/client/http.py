@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 
 from darts_core.client.sse import ServerSentEvent, SSEParser, iter_sse
+from darts_core.spec.artifacts import EXPORT_FILES
 
 __all__ = [
     "DartsClient",
@@ -260,8 +261,7 @@ class DartsClient:
     def download_model(self, training_id: str, format: str, path: Path) -> int:
         """As `download_weights`, the server's export of the trained network: `format` "onnx"
         (`model.onnx`) or "torchscript" (`model.pt`)."""
-        name = {"onnx": "model.onnx", "torchscript": "model.pt"}[format]
-        return self._download(f"/trainings/{training_id}/{name}", path)
+        return self._download(f"/trainings/{training_id}/{EXPORT_FILES[format]}", path)
 
     def _download(self, route: str, path: Path) -> int:
         partial = path.with_name(f".{path.name}.partial")

@@ -133,6 +133,16 @@ class ImageDataset:
         """Image height and width ``(H, W)``."""
         return int(self.x_train.shape[2]), int(self.x_train.shape[3])
 
+    def image_metadata(self) -> dict[str, Any]:
+        """What a trained network needs to be fed these images, as keyword arguments of
+        :func:`~darts_core.train.weights.save_trained`: ``input_shape`` ``(C, H, W)``, ``mean`` and ``std``
+        (None when the images are not normalised per channel)."""
+        return {
+            "input_shape": (self.in_channels, *self.image_size),
+            "mean": self.channel_mean or None,
+            "std": self.channel_std or None,
+        }
+
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary (no tensors)."""
         height, width = self.image_size

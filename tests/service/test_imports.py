@@ -21,6 +21,7 @@ TORCH_FREE = [
     "darts_core.spec.genotype",
     "darts_core.spec.records",
     "darts_core.spec.op_names",
+    "darts_core.spec.artifacts",
     "darts_core.client",
     "darts_core.client.http",
     "darts_core.client.sse",

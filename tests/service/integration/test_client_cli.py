@@ -308,6 +308,7 @@ def test_trainings_submit_watch_list_status_weights_and_cancel(
     darts(env, "trainings", "weights", training["id"], "-o", str(weights))
     network = load_trained(weights)
     assert sum(p.numel() for p in network.parameters()) >= status["parameters"]
+    _check_exports(env, training["id"], network, tmp_path)
 
     # The genotype source from options; bad input is one line naming the field.
     line = one_error_line(darts(env, "trainings", "submit", "--dataset", "digits", check=1))
@@ -319,3 +320,30 @@ def test_trainings_submit_watch_list_status_weights_and_cancel(
     assert "cancel" in darts(env, "trainings", "cancel", long_one["id"]).stdout
     with DartsClient(live.url, live.key) as client:
         wait_until(lambda: client.get_training(long_one["id"])["status"] == "cancelled", 120, "the cancel")
+
+
+def _check_exports(env: dict[str, str], training_id: str, network: Any, tmp_path: Path) -> None:
+    """`darts trainings export` in both formats: files that give the trained network's logits and carry
+    the dataset's input shape and normalisation (the worker records them in the weights)."""
+    import onnxruntime
+    import torch
+
+    from darts_core.data.registry import load_dataset
+    from darts_core.train.export import read_export_metadata
+
+    dataset = load_dataset(tiny_spec()["dataset"])
+    batch = dataset.x_test[:7]
+    with torch.no_grad():
+        expected = network.eval()(batch)  # logits only: eval mode has no auxiliary head
+    onnx_file, script_file = tmp_path / "cli.onnx", tmp_path / "cli.pt"
+    assert "wrote" in darts(env, "trainings", "export", training_id, "-o", str(onnx_file)).stderr
+    darts(env, "trainings", "export", training_id, "--format", "torchscript", "-o", str(script_file))
+    for path in (onnx_file, script_file):
+        meta = read_export_metadata(path)
+        assert meta["input_shape"] == [dataset.in_channels, *dataset.image_size], path
+        assert meta["mean"] == pytest.approx(list(dataset.channel_mean)), path
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(None, {"input": batch.numpy()})
+    assert np.abs(onnx_logits - expected.numpy()).max() <= 1e-4
+    scripted = torch.jit.load(str(script_file))
+    torch.testing.assert_close(scripted(batch), expected, atol=1e-4, rtol=0)

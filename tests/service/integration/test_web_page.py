@@ -381,6 +381,13 @@ def test_retrain_a_succeeded_search_and_follow_the_training_to_its_weights(
     with page.expect_download() as download:
         page.click("#download-weights")
     assert download.value.suggested_filename.endswith(".safetensors")
+    with page.expect_download(timeout=120_000) as download:
+        page.click("#download-onnx")  # built by the server now, in a process of its own
+    assert download.value.suggested_filename.endswith(".onnx")
+    import onnx
+
+    model = onnx.load_model_from_string(download.value.path().read_bytes())
+    assert {prop.key: prop.value for prop in model.metadata_props}["format"] == "darts_core.export"
     screenshot(page, "training")
     page.click("#nav a[data-view='trainings']")
     page.locator("#trainings tbody tr").first.wait_for()
