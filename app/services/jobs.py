@@ -129,11 +129,12 @@ def submit(session: Session, job: JobT, *, celery: Celery, settings: Settings) -
 
 @dataclass(frozen=True)
 class StudyChild:
-    """Which child of which study a job is: its study, stage and seed (`StudyChildColumns`)."""
+    """Which child of which study a job is: its study, stage, arm and seed (`StudyChildColumns`)."""
 
     study_id: str
     stage: str
     seed: int
+    arm: str = "0"
 
 
 def submit_study_child(
@@ -142,7 +143,7 @@ def submit_study_child(
     """Insert `job` as the study's `child` and send its task; None when that child exists already.
 
     The study's orchestrator calls it. The study passed the quota and admission when it was accepted,
-    so neither is checked again. The unique (study_id, study_stage, study_seed) of each kind's table
+    so neither is checked again. The unique (study_id, study_stage, study_arm, study_seed) of each table
     makes it idempotent: of two orchestrators creating the same child at once, one insert wins. When
     the broker cannot be reached the row stays `queued` and the reconciler
     (`app.lifecycle.sweep.reconcile_queue`) sends its task later: the study is not failed for it.
@@ -150,6 +151,7 @@ def submit_study_child(
     assert isinstance(job, StudyChildColumns)
     kind = kind_of(job)
     job.study_id, job.study_stage, job.study_seed = child.study_id, child.stage, child.seed
+    job.study_arm = child.arm
     session.add(job)
     try:
         session.commit()

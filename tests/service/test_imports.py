@@ -22,6 +22,7 @@ TORCH_FREE = [
     "darts_core.spec.records",
     "darts_core.spec.op_names",
     "darts_core.spec.artifacts",
+    "darts_core.spec.random_genotype",
     "darts_core.client",
     "darts_core.client.http",
     "darts_core.client.sse",

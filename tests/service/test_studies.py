@@ -198,3 +198,20 @@ def test_two_studies_at_once_never_both_exceed_the_quota(
     # Its searches were cancelled (still queued) and removed with it; the other request's stay.
     assert db_session.scalar(select(Search.id).where(Search.study_id.is_not(None))) is None
     assert len(list(db_session.scalars(select(Search.id)))) == 2
+
+
+def test_methods_and_the_random_baseline_are_validated_naming_the_field(client: TestClient) -> None:
+    base = {"search": {"dataset": {"name": "digits"}}, "seeds": [0]}
+    for body, field in (
+        ({**base, "random_baseline": -1}, ["body", "random_baseline"]),
+        ({**base, "random_baseline": 33}, ["body", "random_baseline"]),
+        ({**base, "random_baseline": "2"}, ["body", "random_baseline"]),
+        ({**base, "methods": []}, ["body", "methods"]),
+        ({**base, "methods": [{"name": "no-such-method"}]}, ["body", "methods"]),
+    ):
+        response = client.post("/studies", json=body)
+        assert response.status_code == 422, body
+        assert response.json()["detail"][0]["loc"] == field, response.json()
+    refused = client.post("/studies", json={**base, "methods": [{"name": "no-such-method"}]})
+    assert "methods[0]" in refused.json()["detail"][0]["msg"]
+    assert client.get("/studies").json()["items"] == []  # nothing was created
