@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         description="How long the API keeps the answer of GET /searches/{id}, /trainings/{id} and their "
         "epoch pages (0: not kept). A write made through the same API process is seen at once.",
     )
+    read_cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="The most bytes of answers the API keeps at once (READ_CACHE_SECONDS): a page of "
+        "1000 epochs can be megabytes; an answer larger than this is built for each request.",
+    )
     key_cache_seconds: float = Field(
         default=1.0,
         ge=0.0,
