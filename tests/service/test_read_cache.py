@@ -546,7 +546,9 @@ def test_not_modified_compares_entity_tags_weakly_in_lists_and_repeated_headers(
     assert not not_modified(headers("abc"), '"abc"')  # unquoted: not an entity tag
 
 
-def test_every_epochs_page_is_kept_with_the_same_body_and_an_etag(app_client, make_key, record_epochs) -> None:
+def test_every_epochs_page_is_kept_with_the_same_body_and_an_etag(
+    app_client, make_key, record_epochs
+) -> None:
     """`/epochs?limit=2` (and with a cursor) kept like the first page: served from memory with the very
     bytes the route builds when nothing is kept, an ETag on each answer, and 304 without a body for an
     If-None-Match naming it, from memory and from the route alike; a changed page gets a new tag."""
