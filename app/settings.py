@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         description="Memory one worker may use; searches estimated above it are refused (422). "
         "Default: 80 % of this machine's physical memory (set it to the workers' machine's).",
     )
+    worker_gpu_memory_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="GPU memory one worker has, for CUDA jobs while no GPU worker is up (otherwise the "
+        "GPU memory the workers report is used). Unset: such jobs are compared with WORKER_MEMORY_BYTES.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=lambda: list(LOOPBACK_HOSTS),
         description="Host headers the API answers (TrustedHostMiddleware); `darts-service up` adds the "
