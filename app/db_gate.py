@@ -17,9 +17,9 @@ leave the gate once their response has started: after that they read SQL only th
 poller of `app.services.job_feed`, which takes a slot of its own gate for each poll.
 
 The reads clients poll (`SELF_GATED`: GET of a search or training and of its epochs) are answered from
-memory most of the time (app.services.read_cache), so they do not queue at the gate: the answers
-clients poll are built by threads of their own (`app.state.poll_builder`, POLL_SLOTS), other epoch
-pages take a request slot for the moment they read SQL (`run_with_connection`). API keys are looked up
+memory most of the time (app.services.read_cache), so they do not queue at the gate: their answers,
+every page of epochs included, are built by threads of their own (`app.state.poll_builder`,
+POLL_SLOTS). API keys are looked up
 under a gate of their own too (`app.state.key_gate`), since requests holding slots may wait for a
 lookup.
 """
@@ -38,7 +38,7 @@ from starlette.requests import Request
 
 T = TypeVar("T")
 
-# GETs whose routes take a slot themselves, only while they read SQL (`run_with_connection`).
+# GETs whose routes read SQL outside the request gate (app.routes.polled builds them in POLL_SLOTS).
 SELF_GATED = re.compile(r"/(?P<kind>searches|trainings)/(?P<job_id>[^/]+)(?P<epochs>/epochs)?")
 # Set in a request's scope while it holds a slot of the request gate.
 HOLDS_SLOT = "darts.db_gate_slot"

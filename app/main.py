@@ -165,7 +165,10 @@ def wire_state(app: FastAPI, settings: Settings, *, run_ingester: bool) -> None:
     app.state.open_streams = OpenStreams()
     app.state.epoch_json = EpochJsonCache()
     app.state.read_cache = ReadCache(
-        settings.read_cache_seconds, renew_in=lambda work: app.state.poll_builder.submit(work)
+        settings.read_cache_seconds,
+        renew_in=lambda work: app.state.poll_builder.submit(work),
+        weigh=lambda answer: len(answer.body),
+        max_weight=settings.read_cache_max_bytes,
     )
     app.state.key_cache = ReadCache(settings.key_cache_seconds)
 

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         description="How long the API keeps the answer of GET /searches/{id}, /trainings/{id} and their "
         "epoch pages (0: not kept). A write made through the same API process is seen at once.",
     )
+    read_cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="The most bytes of answers the API keeps at once (READ_CACHE_SECONDS): a page of "
+        "1000 epochs can be megabytes; an answer larger than this is built for each request.",
+    )
     key_cache_seconds: float = Field(
         default=1.0,
         ge=0.0,
@@ -109,6 +115,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Memory one worker may use; searches estimated above it are refused (422). "
         "Default: 80 % of this machine's physical memory (set it to the workers' machine's).",
+    )
+    worker_gpu_memory_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="GPU memory one worker has, for CUDA jobs while no GPU worker is up (otherwise the "
+        "GPU memory the workers report is used). Unset: such jobs are compared with WORKER_MEMORY_BYTES.",
     )
     allowed_hosts: list[str] = Field(
         default_factory=lambda: list(LOOPBACK_HOSTS),

@@ -136,14 +136,28 @@ async def request(
 
 
 async def poller(
-    connect: Connect, figures: Figures, search_ids: list[str], index: int, deadline: float
+    connect: Connect,
+    figures: Figures,
+    search_ids: list[str],
+    index: int,
+    deadline: float,
+    epochs_limit: int | None = None,
 ) -> None:
     search_id = search_ids[index % len(search_ids)]
     async with connect(1) as client:
-        await _poll(client, figures, search_id, deadline)
+        await _poll(client, figures, search_id, deadline, epochs_limit)
 
 
-async def _poll(client: aiohttp.ClientSession, figures: Figures, search_id: str, deadline: float) -> None:
+async def _poll(
+    client: aiohttp.ClientSession,
+    figures: Figures,
+    search_id: str,
+    deadline: float,
+    epochs_limit: int | None = None,
+) -> None:
+    """`GET /searches/{id}` and its epochs (`?limit=epochs_limit` when given) back to back."""
+    query = "" if epochs_limit is None else f"?limit={epochs_limit}"
+    kind = "GET /searches/{id}/epochs" + query.replace(str(epochs_limit), "N")
     while time.monotonic() < deadline:
         response = await request(client, figures, "GET /searches/{id}", "GET", f"/searches/{search_id}", 200)
         if response is not None and response.status_code == 200:
@@ -151,9 +165,7 @@ async def _poll(client: aiohttp.ClientSession, figures: Figures, search_id: str,
             epoch = response.json()["epoch"]
             for e in range(1, epoch + 1):
                 figures.first_seen[search_id].setdefault(e, seen)
-        await request(
-            client, figures, "GET /searches/{id}/epochs", "GET", f"/searches/{search_id}/epochs", 200
-        )
+        await request(client, figures, kind, "GET", f"/searches/{search_id}/epochs{query}", 200)
 
 
 async def follower(connect: Connect, figures: Figures, search_id: str, deadline: float) -> None:
@@ -274,7 +286,8 @@ async def load(
     started = time.monotonic()
     deadline = started + args.duration
     pollers = [
-        asyncio.create_task(poller(connect, figures, searches, i, deadline)) for i in range(args.clients)
+        asyncio.create_task(poller(connect, figures, searches, i, deadline, args.epochs_limit))
+        for i in range(args.clients)
     ]
     followers = [
         asyncio.create_task(follower(connect, figures, searches[i % len(searches)], deadline))
@@ -401,12 +414,20 @@ def main() -> None:
     parser.add_argument(
         "--timeout", type=float, default=30.0, help="Seconds before a request counts as an error."
     )
+    parser.add_argument(
+        "--epochs-limit",
+        type=int,
+        default=None,
+        help="Poll `/epochs?limit=N` instead of `/epochs` (1 to 1000; default: no query string).",
+    )
     parser.add_argument("--burst-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if urlsplit(args.url).hostname not in LOOPBACK:
         parser.error(f"--url must be a loopback address, got {args.url}")
     if not args.key:
         parser.error("--key (or $DARTS_KEY) is required: `darts-service up` writes <data-dir>/admin.key")
+    if args.epochs_limit is not None and not 1 <= args.epochs_limit <= 1000:
+        parser.error(f"--epochs-limit must be 1 to 1000, got {args.epochs_limit}")
     if args.clients > 200 or args.sse > 100 or args.burst > 300 or args.duration > 300:
         parser.error("bounded: --clients <= 200, --sse <= 100, --burst <= 300, --duration <= 300")
     raise SystemExit(run_loop(burst_child(args) if args.burst_child else run(args)))

@@ -37,6 +37,7 @@ __all__ = [
     "CheckpointDiskFull",
     "write_checkpoint",
     "load_checkpoint",
+    "load_optimizer_state",
     "has_checkpoint",
     "read_history",
     "rng_state",
@@ -119,6 +120,27 @@ def _read(path: Path, map_location: Any) -> dict[str, Any]:
             f"checkpoint {path} is not a darts_core search checkpoint (format {CHECKPOINT_FORMAT})"
         )
     return state
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: Mapping[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)``, each ``step`` tensor then placed as the optimizer keeps it.
+
+    Adam and its kind keep ``step`` as a float32 scalar on the CPU unless the group is ``capturable``
+    or ``fused`` (then on the parameter's device), and ``load_state_dict`` leaves it where the
+    checkpoint was mapped: read with ``map_location`` onto a GPU, it stayed there, and every step synced
+    the device once per parameter to read it. Other state (moments) goes to the parameter's device as
+    ``load_state_dict`` puts it.
+    """
+    optimizer.load_state_dict(dict(state))
+    for group in optimizer.param_groups:
+        on_device = bool(group.get("capturable")) or bool(group.get("fused"))
+        for parameter in group["params"]:
+            step = optimizer.state.get(parameter, {}).get("step")
+            if not isinstance(step, Tensor):
+                continue
+            device = parameter.device if on_device else torch.device("cpu")
+            if step.device != device or step.dtype != torch.float32:
+                optimizer.state[parameter]["step"] = step.to(device=device, dtype=torch.float32)
 
 
 def load_checkpoint(

@@ -56,9 +56,17 @@ def missing_tool(message: str) -> None:
 
 def test_compose_has_the_designed_services() -> None:
     assert set(services()) == {"postgres", "redis", "migrate", "api", "worker"}
-    # api, worker and migrate are one image with different commands.
-    images = {services()[name]["image"] for name in ("api", "worker", "migrate")}
+    # api and migrate are one image with different commands; the workers' is the same Dockerfile with a
+    # CUDA torch by default.
+    images = {services()[name]["image"] for name in ("api", "migrate")}
     assert images == {"darts-service:latest"}
+    assert services()["worker"]["image"] == "darts-service-gpu:latest"
+    for name in ("api", "migrate", "worker"):
+        assert services()[name]["build"]["context"] == "."
+    cpu = services()["api"]["build"]["args"]["TORCH_INDEX_URL"]
+    gpu = services()["worker"]["build"]["args"]["TORCH_INDEX_URL"]
+    assert cpu == "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+    assert re.fullmatch(r"\$\{GPU_TORCH_INDEX_URL:-https://download\.pytorch\.org/whl/cu\d+\}", gpu), gpu
 
 
 def test_compose_services_share_settings_and_artifacts() -> None:
@@ -249,7 +257,8 @@ def _seconds(duration: str) -> float:
 def test_worker_has_one_gpu_a_checkpoint_grace_period_and_a_consuming_healthcheck() -> None:
     worker = services()["worker"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    # Its own GPU by id, not `count: 1` (with which `--scale worker=N` may put every replica on GPU 0).
+    assert devices == [{"driver": "nvidia", "device_ids": ["${WORKER_GPU:-0}"], "capabilities": ["gpu"]}]
     assert worker["command"] == ["darts-service", "worker"]  # --pool=solo, one search at a time
     assert _seconds(worker["stop_grace_period"]) >= 120
     assert worker["healthcheck"]["test"][:4] == ["CMD", "python", "-m", "worker.health"]
@@ -283,3 +292,28 @@ def test_dockerfile_copies_every_package_and_dockerignore_keeps_the_rest_out() -
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in ("tests", ".venv", ".darts", ".env", ".git", "benchmarks"):
         assert entry in ignored, entry
+
+
+def test_every_gpu_worker_names_a_gpu_of_its_own_and_the_commented_second_one_would_too() -> None:
+    """One service per GPU, each with `device_ids` of one device, no two alike; the `worker-1` example
+    the file carries in comments, uncommented, is such a service too (docs/deployment.md shows it)."""
+    text = COMPOSE_FILE.read_text()
+    example = re.search(r"^  # worker-1:\n(?:  #.*\n)+", text, flags=re.MULTILINE)
+    assert example is not None
+    uncommented = re.sub(r"^  # ", "  ", example.group(0), flags=re.MULTILINE)
+    extended = yaml.safe_load(text.replace(example.group(0), uncommented))["services"]
+    for variant in (services(), extended):
+        gpus = {}
+        for name, service in variant.items():
+            for device in service.get("deploy", {}).get("resources", {}).get("reservations", {}).get(
+                "devices", []
+            ):
+                assert "count" not in device and len(device["device_ids"]) == 1, name
+                gpus[name] = device["device_ids"][0]
+        assert len(set(gpus.values())) == len(gpus) >= 1, gpus
+        for name in gpus:
+            assert variant[name]["image"] == "darts-service-gpu:latest"
+            assert variant[name]["command"] == ["darts-service", "worker"]
+    assert set(extended) - set(services()) == {"worker-1"}
+    docs = (ROOT / "docs" / "deployment.md").read_text()
+    assert "device_ids" in docs and "--scale worker" in docs  # the how, and the warning

@@ -8,7 +8,9 @@ alive, a thread of the worker
 - touches `WORKER_ALIVE_FILE` (when set; the compose healthcheck is `python -m worker.health`, which
   fails once the file is older than `--max-age` seconds), and
 - writes `{REDIS_PREFIX}:workers:<hostname>` in Redis with a short TTL (the API's `/metrics` reports the
-  workers whose heartbeat is there).
+  workers whose heartbeat is there), its value naming the worker's device and, on a GPU, its total
+  memory (`probe_device`, once at start, in a child process: this process must not initialise CUDA
+  before its task does, and imports no torch until then). Admission compares CUDA jobs with it.
 
 Celery imports this module in the worker only (the app's `include`), which connects the signals.
 """
@@ -26,7 +28,7 @@ from typing import Any
 from celery import signals
 
 from app.settings import get_settings
-from app.worker_heartbeat import heartbeat_key
+from app.worker_heartbeat import WorkerDevice, decode_heartbeat, encode_heartbeat, heartbeat_key
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +39,38 @@ STALL_SECONDS = 30.0
 WORKER_KEY_TTL_SECONDS = 30
 
 
+PROBE_SECONDS = 120.0
+# Run by `probe_device` in a child interpreter: the device torch would give a job of this worker
+# ("auto": CUDA_VISIBLE_DEVICES' first GPU when there is one), as `encode_heartbeat`'s JSON.
+_PROBE = """
+import json, torch
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    print(json.dumps({"device": "cuda", "name": p.name, "memory_bytes": p.total_memory}))
+else:
+    print(json.dumps({"device": "cpu"}))
+"""
+
+
 def worker_key(prefix: str, hostname: str) -> str:
     return heartbeat_key(prefix, hostname)
+
+
+def probe_device(hostname: str, timeout: float = PROBE_SECONDS) -> WorkerDevice:
+    """This worker's device (CUDA's first visible GPU and its total memory, else the CPU), asked of torch
+    in a child process; "unknown" when the child fails or takes longer than `timeout` seconds."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout, check=True
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        logger.warning("could not tell this worker's device: %s", exc)
+        return WorkerDevice(hostname, "unknown")
+    device = decode_heartbeat(hostname, done.stdout.strip().splitlines()[-1] if done.stdout.strip() else None)
+    logger.info("worker device: %s", device)
+    return device
 
 
 class _Liveness:
@@ -48,9 +80,13 @@ class _Liveness:
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
         self.hostname = "worker"
+        self.device: WorkerDevice | None = None
 
     def alive(self) -> bool:
         return self.tasks_running > 0 or time.monotonic() - self.last_loop_beat < STALL_SECONDS
+
+    def _probe(self) -> None:
+        self.device = probe_device(self.hostname)
 
     def run(self) -> None:
         settings = get_settings()
@@ -58,6 +94,8 @@ class _Liveness:
 
         client = get_redis(settings)
         key = worker_key(settings.redis_prefix, self.hostname)
+        # The probe imports torch (seconds): the beats go on meanwhile, with the device unknown.
+        threading.Thread(target=self._probe, name="worker-device-probe", daemon=True).start()
         try:
             while not self.stop.wait(BEAT_SECONDS):
                 if not self.alive():
@@ -66,7 +104,8 @@ class _Liveness:
                 if settings.worker_alive_file is not None:
                     settings.worker_alive_file.touch()
                 try:
-                    client.set(key, f"{time.time():.3f}", ex=WORKER_KEY_TTL_SECONDS)
+                    device = self.device or WorkerDevice(self.hostname, "unknown")
+                    client.set(key, encode_heartbeat(time.time(), device), ex=WORKER_KEY_TTL_SECONDS)
                 except Exception as exc:  # Redis down: the file still says we are alive
                     logger.warning("worker heartbeat not written to Redis: %s", exc)
         finally:

@@ -22,7 +22,7 @@ from app.db import SessionDep
 from app.db_gate import run_with_session
 from app.lifecycle.status import Status
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
-from app.routes.polled import MAX_EPOCHS_PAGE, forget, owned_json, read_key
+from app.routes.polled import MAX_EPOCHS_PAGE, NOT_MODIFIED_RESPONSE, forget, owned_json, read_key
 from app.routes.responses import errors
 from app.schemas.common import Page
 from app.schemas.searches import EpochPublic, SearchEstimatePublic, SearchPublic, SearchSpec
@@ -96,7 +96,11 @@ def list_searches(
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/{search_id}", response_model=SearchPublic, responses=errors(404))
+@router.get(
+    "/{search_id}",
+    response_model=SearchPublic,
+    responses={**errors(404), **NOT_MODIFIED_RESPONSE},
+)
 async def get_search(search_id: str, request: Request, owner: CurrentOwner) -> Response:
     """The search; up to READ_CACHE_SECONDS old (a write through this API process is seen at once)."""
     return await owned_json(
@@ -140,7 +144,11 @@ def get_genotype_svg(
     return Response(genotype_svg(genotype), media_type="image/svg+xml")
 
 
-@router.get("/{search_id}/epochs", response_model=Page[EpochPublic], responses=errors(400, 404))
+@router.get(
+    "/{search_id}/epochs",
+    response_model=Page[EpochPublic],
+    responses={**errors(400, 404), **NOT_MODIFIED_RESPONSE},
+)
 async def list_epochs(
     search_id: str,
     request: Request,

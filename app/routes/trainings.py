@@ -25,7 +25,7 @@ from app.db import SessionDep
 from app.db_gate import run_with_session
 from app.lifecycle.status import Status
 from app.routes.deps import CeleryDep, RedisDep, SettingsDep
-from app.routes.polled import MAX_EPOCHS_PAGE, forget, owned_json, read_key
+from app.routes.polled import MAX_EPOCHS_PAGE, NOT_MODIFIED_RESPONSE, forget, owned_json, read_key
 from app.routes.responses import errors
 from app.schemas.common import Page
 from app.schemas.trainings import TrainingEpochPublic, TrainingPublic, TrainingSpec
@@ -92,7 +92,11 @@ def list_trainings(
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/{training_id}", response_model=TrainingPublic, responses=errors(404))
+@router.get(
+    "/{training_id}",
+    response_model=TrainingPublic,
+    responses={**errors(404), **NOT_MODIFIED_RESPONSE},
+)
 async def get_training(training_id: str, request: Request, owner: CurrentOwner) -> Response:
     """The training; up to READ_CACHE_SECONDS old (a write through this API process is seen at once)."""
     return await owned_json(
@@ -104,7 +108,11 @@ async def get_training(training_id: str, request: Request, owner: CurrentOwner) 
     )
 
 
-@router.get("/{training_id}/epochs", response_model=Page[TrainingEpochPublic], responses=errors(400, 404))
+@router.get(
+    "/{training_id}/epochs",
+    response_model=Page[TrainingEpochPublic],
+    responses={**errors(400, 404), **NOT_MODIFIED_RESPONSE},
+)
 async def list_epochs(
     training_id: str,
     request: Request,

@@ -140,7 +140,12 @@ class SearchEstimatePublic(StrictModel):
         description="One bilevel step: weights, gradients, optimizer states, saved activations, workspace."
     )
     dataset_bytes: int = Field(description="The training images the worker holds (float32, two copies).")
-    limit_bytes: int = Field(description="WORKER_MEMORY_BYTES: what a worker may use.")
+    limit_bytes: int = Field(
+        description="What a worker that can take the job may use: WORKER_MEMORY_BYTES for a CPU job; for "
+        "a CUDA job the GPU memory its workers report (or WORKER_GPU_MEMORY_BYTES while none is up)."
+    )
+    limit_device: Literal["cpu", "cuda"] = Field(description="The device whose memory `limit_bytes` is.")
+    limit_source: str = Field(description="Where `limit_bytes` comes from (a setting or a worker's GPU).")
     fits: bool = Field(description="Whether POST /searches would accept this spec's size.")
     lower: list[str] = Field(description="When it does not fit: the spec fields to lower, most useful first.")
 

@@ -12,7 +12,8 @@ How fresh an answer is: at most `ttl` seconds older than the database (READ_CACH
 0.1 s); a write made through the API (cancel, delete) and every event the ingester stores drop what is
 kept about their job at once (app.routes.polled, app.events.changes). With `ttl` 0 nothing is kept.
 What is kept is what was built within the last `ttl` (expired entries go on the next insert), at most
-`max_entries` of it.
+`max_entries` of it and, with a `weigh`, at most `max_weight` (e.g. bytes) of it: any page of epochs a
+client asks for is kept (one can be megabytes), so the bound is on the size, not only the count.
 
 While one request builds a key's answer, the others asking for it wait for that one build instead of
 starting their own (one SQL read per key at a time). A build that fails (404, a database error) is
@@ -48,10 +49,13 @@ class _Entry(Generic[V]):
     expires: float
     rebuild: Callable[[], V] | None = None  # builds the value again outside the event loop (`renew`)
     read: bool = False  # asked for since it was built: only such a value is worth renewing
+    weight: int = 0  # its `weigh` (0 without one)
 
 
 class ReadCache(Generic[V]):
-    """Values by key for `ttl` seconds from their build, at most `max_entries` of them (oldest dropped).
+    """Values by key for `ttl` seconds from their build, at most `max_entries` of them and at most
+    `max_weight` of their `weigh(value)` together (oldest dropped; a value heavier than `max_weight`
+    alone is answered but not kept).
 
     `get` runs on the event loop; `invalidate` may be called from any thread (sync routes run in the
     thread pool). A build that began before an invalidation of its key is answered to the requests that
@@ -66,15 +70,25 @@ class ReadCache(Generic[V]):
         max_entries: int = 4096,
         clock: Callable[[], float] = time.monotonic,
         renew_in: Callable[[Callable[[], None]], object] | None = None,
+        weigh: Callable[[V], int] | None = None,
+        max_weight: int | None = None,
     ):
         """`renew_in(work)` runs `work` in the background for `renew` (e.g. an executor's `submit`);
-        without it `renew` drops what it matches, as `invalidate` does."""
+        without it `renew` drops what it matches, as `invalidate` does. `weigh` and `max_weight` go
+        together (a value's size, e.g. its bytes, and the most of it kept at once)."""
         if ttl < 0:
             raise ValueError(f"ttl must be at least 0, got {ttl}")
         if max_entries < 1:
             raise ValueError(f"max_entries must be at least 1, got {max_entries}")
+        if (weigh is None) != (max_weight is None):
+            raise ValueError("weigh and max_weight go together: pass both or neither")
+        if max_weight is not None and max_weight < 0:
+            raise ValueError(f"max_weight must be at least 0, got {max_weight}")
         self.ttl = ttl
         self.max_entries = max_entries
+        self._weigh = weigh
+        self.max_weight = max_weight
+        self.weight = 0  # the weight of what is kept now
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[Hashable, _Entry[V]] = OrderedDict()
@@ -151,29 +165,41 @@ class ReadCache(Generic[V]):
         """Keep `value` for `ttl` from now (the lock held)."""
         if self.ttl <= 0:
             return
+        weight = 0 if self._weigh is None else self._weigh(value)
+        self._remove(key)
+        if self.max_weight is not None and weight > self.max_weight:
+            return  # too heavy to keep at all
         now = self._clock()
-        self._entries[key] = _Entry(value, now + self.ttl, rebuild)
-        self._entries.move_to_end(key)
+        self._entries[key] = _Entry(value, now + self.ttl, rebuild, weight=weight)
+        self.weight += weight
         self._drop_expired(now)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        while len(self._entries) > self.max_entries or (
+            self.max_weight is not None and self.weight > self.max_weight
+        ):
+            self._remove(next(iter(self._entries)))
+
+    def _remove(self, key: Hashable) -> None:
+        """Forget the kept value of `key`, if any (the lock held)."""
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.weight -= entry.weight
 
     def _drop_expired(self, now: float) -> None:
         # Entries live `ttl` from their build or renewal, and either puts them at the end, so the front
         # holds the oldest: what is kept is what was built within the last `ttl`, not the most
         # `max_entries` ever built (an epoch page can be megabytes).
         while self._entries:
-            oldest = next(iter(self._entries.values()))
+            key, oldest = next(iter(self._entries.items()))
             if oldest.expires > now:
                 return
-            self._entries.popitem(last=False)
+            self._remove(key)
 
     def invalidate(self, match: Callable[[Hashable], bool]) -> None:
         """Forget every key for which `match(key)` is true, kept, being built or being renewed (any
         thread): the next `get` builds it again. For a change whose writer reads next (read your writes)."""
         with self._lock:
             for key in [key for key in self._entries if match(key)]:
-                del self._entries[key]
+                self._remove(key)
             self._forget_builds(match)
 
     def _forget_builds(self, match: Callable[[Hashable], bool]) -> None:
@@ -199,7 +225,7 @@ class ReadCache(Generic[V]):
             for key in [key for key in self._entries if match(key)]:
                 entry = self._entries[key]
                 if not entry.read or entry.rebuild is None or self._renew_in is None or entry.expires <= now:
-                    del self._entries[key]
+                    self._remove(key)
                 else:
                     renewals.append((key, object(), entry.rebuild))
             self._forget_builds(match)
@@ -220,7 +246,7 @@ class ReadCache(Generic[V]):
             with self._lock:
                 if self._renewing.get(key) is token:
                     del self._renewing[key]
-                    self._entries.pop(key, None)
+                    self._remove(key)
             return
         with self._lock:
             if self._renewing.get(key) is not token:

@@ -32,11 +32,13 @@ their max pooling on stride-2 edges and, with edge normalization, ``beta x bypas
 joins the architecture parameters.
 """
 
-from darts_core.estimate.meter import SavedTensorMeter, measure_step
+from darts_core.estimate.meter import AllocationMeter, SavedTensorMeter, measure_hessian, measure_step
 from darts_core.estimate.search import EDGE_VALUES, SearchEstimate, count_weights, estimate_search
 from darts_core.estimate.training import estimate_training, measure_training_step
 
 __all__ = [
+    "AllocationMeter",
+    "measure_hessian",
     "EDGE_VALUES",
     "SearchEstimate",
     "SavedTensorMeter",

@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.search.bilevel import DartsSearch
 from darts_core.spec.search_spec import SearchConfig
 
-__all__ = ["SavedTensorMeter", "measure_step"]
+__all__ = ["AllocationMeter", "SavedTensorMeter", "measure_hessian", "measure_step"]
 
 
 def _storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
@@ -69,14 +72,90 @@ class SavedTensorMeter:
             yield self
 
 
+class AllocationMeter(TorchDispatchMode):
+    """The peak bytes of the tensors operations create while it is active and that are still alive
+    (unique storages; what existed before is not counted). Slow (a Python call per operation): for
+    measurements on small configurations. ``peak_bytes`` after the ``with`` block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._references: dict[tuple[int, int], int] = {}
+        self.live_bytes = 0
+        self.peak_bytes = 0
+
+    def _release(self, key: tuple[int, int]) -> None:
+        self._references[key] -= 1
+        if self._references[key] == 0:
+            del self._references[key]
+            self.live_bytes -= key[1]
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            key = _storage_key(tensor) if isinstance(tensor, torch.Tensor) else None
+            if key is None or key[0] == 0:
+                continue
+            if key not in self._references:
+                self._references[key] = 0
+                self.live_bytes += key[1]
+                self.peak_bytes = max(self.peak_bytes, self.live_bytes)
+            self._references[key] += 1
+            weakref.finalize(tensor, self._release, key)
+        return out
+
+
+def measure_hessian(
+    config: SearchConfig,
+    *,
+    in_channels: int,
+    image_size: tuple[int, int],
+    num_classes: int,
+    seed: int = 0,
+    iterations: int = 1,
+) -> int:
+    """The peak bytes the Hessian-eigenvalue pass allocates (:class:`AllocationMeter`) on CPU for a
+    supernet of ``config`` and a random batch of ``training.batch_size`` images, as the search runs it
+    between epochs (the state it finds is not counted). Slow: use small configurations."""
+    from darts_core.search.collapse import dominant_hessian_eigenvalue
+
+    space, network_config, training = config.search_space, config.network, config.training
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    network = SearchNetwork(
+        in_channels,
+        num_classes,
+        init_channels=network_config.init_channels,
+        cells=network_config.cells,
+        internal_nodes=space.internal_nodes,
+        stem_multiplier=network_config.stem_multiplier,
+        primitives=list(space.primitives),
+        partial_channels=space.partial_channels,
+        edge_normalization=space.edge_normalization,
+    )
+    images = torch.randn(training.batch_size, in_channels, *image_size, generator=generator)
+    labels = torch.randint(0, num_classes, (training.batch_size,), generator=generator)
+    with AllocationMeter() as meter:
+        dominant_hessian_eigenvalue(network, (images, labels), iterations=iterations, seed=seed)
+    return meter.peak_bytes
+
+
 def _tensor_bytes(tensors: Iterator[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def measure_step(
-    config: SearchConfig, *, in_channels: int, image_size: tuple[int, int], num_classes: int, seed: int = 0
+    config: SearchConfig,
+    *,
+    in_channels: int,
+    image_size: tuple[int, int],
+    num_classes: int,
+    seed: int = 0,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, int]:
-    """Measure one real bilevel step of ``config`` on CPU (fp32) on random data.
+    """Measure one real bilevel step of ``config`` on CPU (fp32, or under ``autocast_dtype`` autocast:
+    the path a GPU takes, its recomputing Functions off) on random data.
 
     Returns ``state_bytes`` (parameters, gradients and optimizer states after the step, counted from
     the tensors) and ``saved_bytes`` (the peak of live saved activations during the second step, when
@@ -97,7 +176,7 @@ def measure_step(
         partial_channels=space.partial_channels,
         edge_normalization=space.edge_normalization,
     )
-    search = DartsSearch(network, order=training.order, epochs=1)
+    search = DartsSearch(network, order=training.order, epochs=1, autocast_dtype=autocast_dtype)
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.randn(training.batch_size, in_channels, *image_size, generator=generator)

@@ -20,6 +20,14 @@ from darts_core.spec.search_spec import SearchConfig
 __all__ = ["EDGE_VALUES", "SearchEstimate", "count_weights", "estimate_search"]
 
 _FLOAT_BYTES = 4
+#: What the Hessian-eigenvalue pass (``training.hessian_every``, :mod:`darts_core.search.collapse`) allocates
+#: at its peak, in units of the step's saved activations (``saved_bytes``): its forward keeps what the
+#: recomputing Functions would not (they are off there), its gradient's graph is kept for the
+#: double-backward passes, and each pass adds its own gradients. Measured with
+#: :class:`~darts_core.estimate.meter.AllocationMeter` on CPU: 1.73x (3 cells, 4 channels, 2 nodes, batch
+#: 4, 8x8), 2.35x (3 cells, 4 channels, 4 nodes, batch 4, 8x8), 2.75x (5 cells, 8 channels, batch 8, 16x16);
+#: rounded up (benchmarks/README.md).
+HESSIAN_SAVED_FACTOR = 3.0
 
 #: Activation values one primitive of a mixed edge saves for backward, per element of the edge's output
 #: (``N x C x H' x W'``), by stride (measured with :class:`SavedTensorMeter`; the few per-channel
@@ -51,7 +59,10 @@ _READS_STATE = {
 
 @dataclass(frozen=True)
 class SearchEstimate:
-    """What a search needs. Byte figures are for one worker running fp32 on CPU.
+    """What a search needs. Byte figures are for one worker running fp32 on CPU; under bf16 autocast
+    (``resources.precision``, the default on CUDA) the recomputing autograd Functions are off and the
+    convolutions keep bf16 outputs, which measured 0.94x the fp32 figure's saved activations on CPU
+    (``tests/core/test_estimate.py`` holds both paths to the same 25 %), so the same figures stand.
 
     Attributes:
         weights: trainable weights of the supernet (architecture parameters excluded).
@@ -61,6 +72,8 @@ class SearchEstimate:
         workspace_bytes: batches, activation gradients of one cell, second-order weight copies.
         dataset_bytes: the training images held by the worker (its copy and the device split), 0 when
             unknown.
+        hessian_bytes: what the Hessian-eigenvalue pass allocates on top of the state (0 without
+            ``training.hessian_every``); it runs between epochs, not during a step.
     """
 
     weights: int
@@ -69,6 +82,7 @@ class SearchEstimate:
     saved_bytes: int
     workspace_bytes: int
     dataset_bytes: int = 0
+    hessian_bytes: int = 0
 
     @property
     def step_bytes(self) -> int:
@@ -77,8 +91,9 @@ class SearchEstimate:
 
     @property
     def peak_bytes(self) -> int:
-        """What the worker needs at its peak: one step and the dataset."""
-        return self.step_bytes + self.dataset_bytes
+        """What the worker needs at its peak: one step or the Hessian pass, whichever is larger, and the
+        dataset."""
+        return max(self.step_bytes, self.state_bytes + self.hessian_bytes) + self.dataset_bytes
 
     def to_dict(self) -> dict[str, int]:
         return {**asdict(self), "step_bytes": self.step_bytes, "peak_bytes": self.peak_bytes}
@@ -308,7 +323,10 @@ def estimate_search(
     if training.order == "second":
         workspace += _FLOAT_BYTES * 2 * weights  # w' and v of the unrolled step
     dataset = 2 * _FLOAT_BYTES * num_samples * image_values if num_samples else 0
-    return SearchEstimate(weights, arch, state, saved, workspace, dataset)
+    hessian = 0
+    if training.hessian_every is not None:  # on a batch of `batch_size` validation images
+        hessian = math.ceil(HESSIAN_SAVED_FACTOR * saved) + _FLOAT_BYTES * batch * image_values
+    return SearchEstimate(weights, arch, state, saved, workspace, dataset, hessian)
 
 
 # --------------------------------------------------------------------------------------- measurement

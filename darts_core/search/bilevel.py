@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from darts_core.checkpoint import load_optimizer_state
 from darts_core.precision import exact_fp32
 
 if TYPE_CHECKING:
@@ -242,8 +243,8 @@ class DartsSearch:
         with torch.no_grad():
             for alpha, saved in zip(self.alphas, state["alphas"], strict=True):
                 alpha.copy_(saved)
-        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
-        self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+        load_optimizer_state(self.weight_optimizer, state["weight_optimizer"])
+        load_optimizer_state(self.arch_optimizer, state["arch_optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
     # ------------------------------------------------------------------ internals

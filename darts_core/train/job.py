@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from darts_core.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
+    load_optimizer_state,
     rng_state,
     set_rng_state,
     spec_differences,
@@ -272,7 +273,7 @@ class _Trainer:
         state, path = loaded
         _check_same_training(state, path, identity)
         self.network.load_state_dict(state["network"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], self._device)
         self.data_order.set_state(state["data_order"].cpu())

@@ -213,3 +213,53 @@ def test_old_checkpoints_with_every_gpus_state_still_load(monkeypatch: pytest.Mo
     ckpt.set_rng_state({**old, "cuda": []}, torch.device("cuda:0"))  # a CPU run's old checkpoint
     ckpt.set_rng_state(old, torch.device("cpu"))
     assert "set_all" not in one.calls + two.calls
+
+
+def _steps(optimizer: torch.optim.Optimizer) -> list[tuple[torch.device, torch.dtype, float]]:
+    return [
+        (state["step"].device, state["step"].dtype, float(state["step"]))
+        for state in optimizer.state.values()
+        if isinstance(state.get("step"), torch.Tensor)
+    ]
+
+
+def test_adams_steps_end_up_where_a_fresh_optimizer_keeps_them_after_a_resume() -> None:
+    """Read with `map_location` onto a GPU, a checkpoint's Adam `step` scalars stayed on the GPU after
+    `load_state_dict` (one sync per architecture tensor per step). Simulated on CPU by steps saved in
+    another form (float64, as `map_location` moved them elsewhere): the loaded state's steps are those
+    of a fresh optimizer after the same step (CPU float32 scalars), the moments on the parameters' device,
+    and a capturable optimizer's steps stay on its parameters' device."""
+    from darts_core.nn.search_network import SearchNetwork
+    from darts_core.search.bilevel import DartsSearch
+
+    torch.manual_seed(0)
+
+    def search() -> DartsSearch:
+        network = SearchNetwork(3, 4, init_channels=4, cells=2, internal_nodes=2, primitives=["skip_connect"])
+        return DartsSearch(network, order="first", epochs=1)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))
+
+    fresh = search()
+    fresh.step(batch(), batch())
+    expected = _steps(fresh.arch_optimizer)
+    assert expected and all(step == (torch.device("cpu"), torch.float32, 1.0) for step in expected)
+    state = fresh.state_dict()
+    for saved in state["arch_optimizer"]["state"].values():
+        saved["step"] = saved["step"].to(torch.float64)
+    resumed = search()
+    resumed.load_state_dict(state)
+    assert _steps(resumed.arch_optimizer) == expected
+    for parameter in resumed.alphas:
+        assert resumed.arch_optimizer.state[parameter]["exp_avg"].device == parameter.device
+
+    parameter = torch.nn.Parameter(torch.zeros(3))
+    capturable = torch.optim.Adam([parameter], capturable=True)  # its step() needs a GPU: a saved state
+    moments = {"exp_avg": torch.zeros(3), "exp_avg_sq": torch.zeros(3)}
+    saved_state = {
+        "state": {0: {"step": torch.tensor(1.0, dtype=torch.float64), **moments}},
+        "param_groups": capturable.state_dict()["param_groups"],
+    }
+    ckpt.load_optimizer_state(capturable, saved_state)
+    assert _steps(capturable) == [(parameter.device, torch.float32, 1.0)]

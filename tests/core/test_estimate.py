@@ -9,6 +9,7 @@ from darts_core.estimate import (
     count_weights,
     estimate_search,
     estimate_training,
+    measure_hessian,
     measure_step,
     measure_training_step,
 )
@@ -177,3 +178,38 @@ def test_training_estimate_counts_weights_batch_and_dataset() -> None:
     assert estimate_training(cifar, (3, 32, 32), 10, DARTS_V2).saved_bytes > 2**32
     with pytest.raises(ValueError, match="input_shape"):
         estimate_training(small, (8, 8), 10, DARTS_V2)
+
+
+@pytest.mark.parametrize(("spec", "batch_size", "image_size"), MEASURED_SIZES[:2])
+def test_the_estimate_holds_for_the_autocast_path_too(
+    spec: dict, batch_size: int, image_size: tuple[int, int]
+) -> None:
+    """Under bf16 autocast (the CUDA default) the recomputing Functions are off (max-pool indices and
+    depthwise outputs kept) and the convolutions keep bf16: measured on CPU's autocast, the same figure
+    holds within the same 25 %."""
+    config = SearchConfig.from_spec({**spec, "training": {"batch_size": batch_size}})
+    estimate = estimate_search(config, in_channels=3, image_size=image_size, num_classes=5)
+    measured = measure_step(
+        config, in_channels=3, image_size=image_size, num_classes=5, autocast_dtype=torch.bfloat16
+    )
+    assert estimate.state_bytes == measured["state_bytes"]
+    estimated = estimate.state_bytes + estimate.saved_bytes
+    actual = measured["state_bytes"] + measured["saved_bytes"]
+    assert abs(estimated - actual) <= 0.25 * actual, (estimated, actual)
+
+
+def test_the_hessian_pass_is_estimated_and_covers_its_measured_peak() -> None:
+    """`training.hessian_every` adds the eigenvalue pass (recomputation off, the gradient's graph kept for
+    double backward): its estimate is at least what the pass allocates at its peak, measured on CPU,
+    and it can be the search's peak."""
+    spec = {"network": {"cells": 3, "init_channels": 4}, "search_space": {"internal_nodes": 2}}
+    plain = SearchConfig.from_spec({**spec, "training": {"batch_size": 4}})
+    config = SearchConfig.from_spec({**spec, "training": {"batch_size": 4, "hessian_every": 1}})
+    without = estimate_search(plain, in_channels=3, image_size=(8, 8), num_classes=5)
+    estimate = estimate_search(config, in_channels=3, image_size=(8, 8), num_classes=5)
+    assert without.hessian_bytes == 0 and without.peak_bytes == without.step_bytes
+    measured = measure_hessian(config, in_channels=3, image_size=(8, 8), num_classes=5)
+    assert measured > estimate.saved_bytes  # more than a step keeps: the pass matters
+    assert estimate.hessian_bytes >= measured, (estimate.hessian_bytes, measured)
+    assert estimate.peak_bytes == max(estimate.step_bytes, estimate.state_bytes + estimate.hessian_bytes)
+    assert estimate.peak_bytes > without.peak_bytes

@@ -103,3 +103,83 @@ def test_a_budget_no_genotype_can_meet_is_422_naming_the_field_and_the_minimum(
     spec["constraints"] = {"max_multiply_adds": 0}
     [error] = client.post("/searches", json=spec).json()["detail"]
     assert error["loc"][-2:] == ["constraints", "max_multiply_adds"]  # pydantic's own bound: >= 1
+
+
+SMALL = {
+    "dataset": {"name": "synthetic", "num_samples": 64, "image_size": 12},
+    "training": {"batch_size": 8},
+}
+
+
+def _with_device(device: str) -> dict:
+    return {**SMALL, "resources": {"device": device}}
+
+
+def test_a_cuda_job_is_admitted_by_the_gpu_memory_its_workers_report(
+    api_settings: Settings, auth_headers: dict[str, str], client: TestClient, db_session: Session
+) -> None:
+    """A GPU worker's heartbeat (as worker/health.py writes it) names its GPU and total memory: a `cuda`
+    job, and an `auto` one while such a worker is up, is compared with the smallest GPU less the CUDA
+    context's margin, and the 422 names that GPU memory; a `cpu` job still with WORKER_MEMORY_BYTES."""
+    import redis
+
+    from app.services.admission import CUDA_CONTEXT_BYTES
+    from app.worker_heartbeat import WorkerDevice, encode_heartbeat, heartbeat_key
+
+    settings = api_settings.model_copy(update={"redis_prefix": f"{api_settings.redis_prefix}-gpu"})
+    peak = client.post("/searches/estimate", json=_with_device("cuda")).json()["peak_memory_bytes"]
+    small_gpu = peak + CUDA_CONTEXT_BYTES - 1  # one byte short
+    beats = {
+        "gpu-small@host": WorkerDevice("gpu-small@host", "cuda", "Fake GPU", small_gpu),
+        "gpu-big@host": WorkerDevice("gpu-big@host", "cuda", "Fake GPU", 80 * 2**30),
+        "cpu@host": WorkerDevice("cpu@host", "cpu"),
+    }
+    store = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        for hostname, device in beats.items():
+            store.set(heartbeat_key(settings.redis_prefix, hostname), encode_heartbeat(1.0, device), ex=60)
+        store.set(heartbeat_key(settings.redis_prefix, "old@host"), "1700000000.000", ex=60)  # no device
+        with TestClient(create_app(settings, run_ingester=False), headers=auth_headers) as api:
+            for device in ("cuda", "auto"):
+                estimate = api.post("/searches/estimate", json=_with_device(device)).json()
+                assert estimate["limit_bytes"] == small_gpu - CUDA_CONTEXT_BYTES == peak - 1
+                assert estimate["limit_device"] == "cuda" and estimate["fits"] is False
+                assert "'gpu-small@host'" in estimate["limit_source"]
+                refused = api.post("/searches", json=_with_device(device))
+                assert refused.status_code == 422
+                [error] = refused.json()["detail"]
+                assert error["type"] == "does_not_fit"
+                assert "GPU memory of worker 'gpu-small@host'" in error["msg"]
+                assert "WORKER_MEMORY_BYTES" not in error["msg"] and str(peak - 1) in error["msg"]
+            on_cpu = api.post("/searches/estimate", json=_with_device("cpu")).json()
+            assert (on_cpu["limit_bytes"], on_cpu["limit_device"]) == (settings.worker_memory_bytes, "cpu")
+            assert on_cpu["limit_source"] == "WORKER_MEMORY_BYTES"
+            store.delete(heartbeat_key(settings.redis_prefix, "gpu-small@host"))  # that worker went away
+            assert api.post("/searches", json=_with_device("cuda")).status_code == 201
+    finally:
+        for hostname in (*beats, "old@host"):
+            store.delete(heartbeat_key(settings.redis_prefix, hostname))
+        store.close()
+    assert db_session.query(Search).count() == 1
+
+
+def test_with_no_gpu_worker_up_a_cuda_job_is_compared_with_worker_gpu_memory_bytes(
+    api_settings: Settings, auth_headers: dict[str, str], client: TestClient
+) -> None:
+    settings = api_settings.model_copy(update={"redis_prefix": f"{api_settings.redis_prefix}-nogpu"})
+    peak = client.post("/searches/estimate", json=SMALL).json()["peak_memory_bytes"]
+    unset = create_app(settings, run_ingester=False)
+    with TestClient(unset, headers=auth_headers) as api:
+        cuda = api.post("/searches/estimate", json=_with_device("cuda")).json()
+        assert (cuda["limit_bytes"], cuda["limit_device"]) == (settings.worker_memory_bytes, "cuda")
+        assert "WORKER_GPU_MEMORY_BYTES is unset" in cuda["limit_source"]
+        assert api.post("/searches/estimate", json=SMALL).json()["limit_device"] == "cpu"  # auto, no GPU
+    gpu_set = settings.model_copy(update={"worker_gpu_memory_bytes": peak - 1})
+    with TestClient(create_app(gpu_set, run_ingester=False), headers=auth_headers) as api:
+        for device in ("cuda", "auto"):
+            refused = api.post("/searches", json=_with_device(device))
+            assert refused.status_code == 422
+            [error] = refused.json()["detail"]
+            assert "WORKER_GPU_MEMORY_BYTES (GPU memory; no GPU worker is up)" in error["msg"]
+            assert error["ctx"]["limit_bytes"] == peak - 1 and error["ctx"]["limit_device"] == "cuda"
+        assert api.post("/searches/estimate", json=_with_device("cpu")).json()["fits"] is True

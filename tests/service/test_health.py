@@ -220,3 +220,17 @@ def test_readyz_counts_the_workers_consuming_and_says_when_there_is_none(service
             client_redis.delete(key)
             client_redis.close()
         assert client.get("/readyz").json()["workers"]["consuming"] == 0
+
+
+def test_a_heartbeat_names_the_workers_device_and_anything_else_reads_as_unknown() -> None:
+    from app.worker_heartbeat import WorkerDevice, decode_heartbeat, encode_heartbeat
+    from worker.health import probe_device
+
+    gpu = WorkerDevice("w@h", "cuda", "NVIDIA H100 80GB HBM3", 85_000_000_000)
+    assert decode_heartbeat("w@h", encode_heartbeat(12.5, gpu)) == gpu
+    for value in (None, "1", "1700000000.000", "[]", '{"device": "tpu"}', "{"):
+        assert decode_heartbeat("w@h", value) == WorkerDevice("w@h", "unknown")
+    bad_memory = decode_heartbeat("w@h", '{"device": "cuda", "memory_bytes": true, "name": 3}')
+    assert bad_memory == WorkerDevice("w@h", "cuda", None, None)
+    # This machine has no GPU: the probe (a child interpreter importing torch) says so.
+    assert probe_device("w@h") == WorkerDevice("w@h", "cpu")

@@ -17,6 +17,8 @@ from app.models import ApiKey, Search
 from app.services import keys as key_service
 from app.services.read_cache import ReadCache
 
+from .conftest import GENOTYPE_TEMPLATE
+
 DIGITS = {"dataset": {"name": "digits"}}
 
 
@@ -33,6 +35,10 @@ def test_bad_arguments_are_refused() -> None:
         ReadCache(-1.0)
     with pytest.raises(ValueError, match="max_entries"):
         ReadCache(1.0, max_entries=0)
+    with pytest.raises(ValueError, match="weigh and max_weight"):
+        ReadCache(1.0, max_weight=10)
+    with pytest.raises(ValueError, match="max_weight"):
+        ReadCache(1.0, weigh=len, max_weight=-1)
 
 
 def test_a_key_is_built_once_for_all_who_ask_at_once_and_kept_for_its_time() -> None:
@@ -156,6 +162,32 @@ def test_entries_are_bounded_and_expired_ones_dropped_oldest_first() -> None:
         assert len(cache) == 1 and cache.peek("d") == ord("d")
 
     asyncio.run(scenario())
+
+
+def test_what_is_kept_weighs_at_most_max_weight_and_a_heavier_value_is_not_kept() -> None:
+    """Pages of epochs are kept whatever page a client asks for, so the bound is on their bytes: the
+    oldest go until what is kept fits, a value heavier than the whole budget is answered but not kept,
+    and a key built again or dropped counts only its latest value."""
+    cache: ReadCache[bytes] = ReadCache(60.0, weigh=len, max_weight=10)
+
+    def put(key: str, value: bytes) -> bytes:
+        async def build() -> bytes:
+            return value
+
+        return asyncio.run(cache.get(key, build))
+
+    put("a", b"aaaa")
+    put("b", b"bbbb")
+    assert cache.weight == 8
+    put("c", b"cccc")  # 12 > 10: the oldest goes
+    assert (cache.peek("a"), cache.peek("b"), cache.peek("c")) == (None, b"bbbb", b"cccc")
+    assert cache.weight == 8
+    assert put("huge", b"x" * 11) == b"x" * 11  # answered ...
+    assert cache.peek("huge") is None and cache.weight == 8  # ... not kept, nothing else dropped
+    cache.invalidate(lambda key: key == "b")
+    assert cache.weight == 4
+    cache.clear()
+    assert cache.weight == 0 and len(cache) == 0
 
 
 class Background:
@@ -469,3 +501,106 @@ def test_the_change_listener_outlives_a_failing_action_and_reads_written_changes
         assert listener.reconnects == 0
     finally:
         listener.stop()
+
+
+@pytest.mark.parametrize(
+    ("query", "page"),
+    [
+        ("", (0, 1000)),
+        ("limit=100", (0, 100)),
+        ("cursor=7&limit=2", (7, 2)),
+        ("cursor=", (0, 1000)),
+        ("limit=1000", (0, 1000)),
+        ("limit=1001", None),  # the route's 422
+        ("limit=0", None),
+        ("limit=010", None),  # not plainly decimal: the route reads it
+        ("limit=1&limit=2", None),  # twice
+        ("limit", None),
+        ("cursor=x", None),  # the route's 400
+        ("cursor=1234567890", None),
+        ("limit=%31", None),
+        ("other=1", None),
+    ],
+)
+def test_the_fast_path_reads_only_plain_epoch_page_queries(query: str, page: tuple[int, int] | None) -> None:
+    from app.routes.polled import epochs_page_of
+
+    assert epochs_page_of(query) == page
+
+
+def test_not_modified_compares_entity_tags_weakly_in_lists_and_repeated_headers() -> None:
+    from starlette.datastructures import Headers
+
+    from app.routes.polled import not_modified
+
+    def headers(*values: str) -> Headers:
+        return Headers(raw=[(b"if-none-match", value.encode()) for value in values])
+
+    assert not_modified(headers('"abc"'), '"abc"')
+    assert not_modified(headers('W/"abc"'), '"abc"')
+    assert not_modified(headers('"x", "abc"'), '"abc"')
+    assert not_modified(headers('"x"', '"abc"'), '"abc"')
+    assert not_modified(headers("*"), '"abc"')
+    assert not not_modified(headers('"abd"'), '"abc"')
+    assert not not_modified(headers(), '"abc"')
+    assert not not_modified(headers("abc"), '"abc"')  # unquoted: not an entity tag
+
+
+def test_every_epochs_page_is_kept_with_the_same_body_and_an_etag(
+    app_client, make_key, record_epochs
+) -> None:
+    """`/epochs?limit=2` (and with a cursor) kept like the first page: served from memory with the very
+    bytes the route builds when nothing is kept, an ETag on each answer, and 304 without a body for an
+    If-None-Match naming it, from memory and from the route alike; a changed page gets a new tag."""
+    headers = {"Authorization": f"Bearer {make_key()[1]}"}
+    uncached = app_client(read_cache_seconds=0.0)
+    search_id = uncached.post("/searches", json=DIGITS, headers=headers).json()["id"]
+    record_epochs(search_id, 3)
+    kept_api = app_client(read_cache_seconds=60.0, key_cache_seconds=60.0)
+    cache = kept_api.app.state.read_cache
+    for query in ("?limit=2", "?cursor=2&limit=2", "?cursor=1", ""):
+        path = f"/searches/{search_id}/epochs{query}"
+        built = uncached.get(path, headers=headers)
+        assert built.status_code == 200 and built.headers["etag"].startswith('"')
+        first = kept_api.get(path, headers=headers)  # built by the route and kept
+        builds = cache.builds
+        again = kept_api.get(path, headers=headers)  # from memory (the middleware)
+        assert cache.builds == builds
+        assert first.content == again.content == built.content
+        assert first.headers["etag"] == again.headers["etag"] == built.headers["etag"]
+        assert again.headers["content-type"] == "application/json"
+        for api in (kept_api, uncached):  # from memory, then from the route
+            same = api.get(path, headers={**headers, "If-None-Match": built.headers["etag"]})
+            assert same.status_code == 304 and same.content == b""
+            assert same.headers["etag"] == built.headers["etag"]
+            stale = api.get(path, headers={**headers, "If-None-Match": '"not-this-one"'})
+            assert stale.status_code == 200 and stale.content == built.content
+    page = uncached.get(f"/searches/{search_id}/epochs?limit=2", headers=headers).json()
+    assert [item["epoch"] for item in page["items"]] == [1, 2] and page["next_cursor"] == "2"
+    whole = uncached.get(f"/searches/{search_id}/epochs?cursor=1", headers=headers)
+    record_epochs(search_id, [4])
+    grown = uncached.get(f"/searches/{search_id}/epochs?cursor=1", headers=headers)
+    assert [item["epoch"] for item in grown.json()["items"]] == [2, 3, 4]
+    assert grown.headers["etag"] != whole.headers["etag"]
+    refreshed = uncached.get(
+        f"/searches/{search_id}/epochs?cursor=1", headers={**headers, "If-None-Match": whole.headers["etag"]}
+    )
+    assert refreshed.status_code == 200 and refreshed.content == grown.content
+    other = {"Authorization": f"Bearer {make_key()[1]}"}
+    hidden = kept_api.get(
+        f"/searches/{search_id}/epochs?limit=2", headers={**other, "If-None-Match": "*"}
+    )
+    assert hidden.status_code == 404  # another owner learns nothing, not even a 304
+
+
+def test_a_training_and_its_epochs_pages_have_etags_too(app_client, make_key) -> None:
+    headers = {"Authorization": f"Bearer {make_key()[1]}"}
+    api = app_client(read_cache_seconds=60.0, key_cache_seconds=60.0)
+    body = {"genotype": GENOTYPE_TEMPLATE, **DIGITS, "training": {"epochs": 2}}
+    training_id = api.post("/trainings", json=body, headers=headers).json()["id"]
+    for path in (f"/trainings/{training_id}", f"/trainings/{training_id}/epochs?limit=5"):
+        answers = [api.get(path, headers=headers) for _ in range(2)]  # route, then memory
+        assert answers[0].content == answers[1].content
+        assert answers[0].headers["etag"] == answers[1].headers["etag"]
+        same = api.get(path, headers={**headers, "If-None-Match": answers[0].headers["etag"]})
+        assert same.status_code == 304 and same.content == b""
