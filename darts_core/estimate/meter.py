@@ -10,6 +10,7 @@ import torch
 
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.search.bilevel import DartsSearch
+from darts_core.search.methods import method_for
 from darts_core.spec.search_spec import SearchConfig
 
 __all__ = ["SavedTensorMeter", "measure_step"]
@@ -97,7 +98,7 @@ def measure_step(
         partial_channels=space.partial_channels,
         edge_normalization=space.edge_normalization,
     )
-    search = DartsSearch(network, order=training.order, epochs=1)
+    search = DartsSearch(network, order=training.order, epochs=1, method=method_for(config.method))
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.randn(training.batch_size, in_channels, *image_size, generator=generator)
