@@ -53,6 +53,7 @@ from darts_core.search.collapse import (
     parameter_free_count,
     skip_count,
 )
+from darts_core.search.methods import method_for
 from darts_core.spec.genotype import Genotype
 from darts_core.spec.records import EpochRecord
 from darts_core.spec.search_spec import (
@@ -199,8 +200,11 @@ def _evaluate(
     batch_size: int,
     autocast_dtype: torch.dtype | None,
     should_stop: Callable[[], bool] | None,
+    mixing: Any = None,
 ) -> tuple[float, float] | None:
-    """Mean cross-entropy and accuracy of the network in eval mode over a whole split (None: stopped)."""
+    """Mean cross-entropy and accuracy of the network in eval mode over a whole split (None: stopped).
+
+    ``mixing``: the search method's eval-mode operation weights (``None``: the softmaxed alphas)."""
     network.eval()
     total_loss = torch.zeros((), device=images.device)
     total_correct = torch.zeros((), device=images.device)
@@ -216,7 +220,7 @@ def _evaluate(
                 else contextlib.nullcontext()
             )
             with context:
-                logits = network(x)
+                logits = network(x) if mixing is None else network(x, mixing=mixing)
             total_loss += F.cross_entropy(logits.float(), y, reduction="sum")
             total_correct += (logits.argmax(dim=1) == y).sum()
     finally:
@@ -246,9 +250,7 @@ def _stopped_early(
     decision: EarlyStop, history: list[EpochResult], initial_genotype: Genotype
 ) -> SearchResult:
     kept = history[decision.keep_epoch - 1].genotype if decision.keep_epoch >= 1 else initial_genotype
-    return SearchResult(
-        len(history), False, kept, history, stopped_early=True, stop_reason=decision.reason
-    )
+    return SearchResult(len(history), False, kept, history, stopped_early=True, stop_reason=decision.reason)
 
 
 def _comparable_spec(config: SearchConfig) -> dict[str, Any]:
@@ -323,6 +325,7 @@ def run_search(
     budget = SearchBudget.of(config, dataset) if config.constraints.active else None
     derive = budget.genotype if budget is not None else _plain_genotype
     initial_genotype = derive(network)  # what DARTS+ keeps when it stops after the first epoch
+    method = method_for(config.method)
     search = DartsSearch(
         network,
         order=training.order,
@@ -337,6 +340,7 @@ def run_search(
         autocast_dtype=autocast_dtype,
         channels_last=channels_last,
         arch_penalty=budget.penalty if budget is not None else None,
+        method=method,
     )
 
     # The data lives on the device once, in the network's memory format; batches are gathered by index
@@ -361,6 +365,7 @@ def run_search(
     for epoch in range(len(history) + 1, training.epochs + 1):
         started = time.perf_counter()
         lr = search.lr
+        method.start_epoch(epoch, training.epochs)
         train_order = _epoch_permutation(len(y_train), training.seed, epoch, 0)
         valid_order = _epoch_permutation(len(y_valid), training.seed, epoch, 1)
         train_batches = _batches(train_order, training.batch_size, device)
@@ -378,7 +383,15 @@ def run_search(
                 progress(epoch, step + 1, len(train_batches))
         search.end_epoch()
         train_loss, train_acc = (sums[:2] / len(train_batches)).tolist()
-        evaluated = _evaluate(network, x_valid, y_valid, 2 * training.batch_size, autocast_dtype, should_stop)
+        evaluated = _evaluate(
+            network,
+            x_valid,
+            y_valid,
+            2 * training.batch_size,
+            autocast_dtype,
+            should_stop,
+            method.eval_mixing(network.arch_parameters()),
+        )
         if evaluated is None:
             return SearchResult(len(history), True, _last_genotype(history, network, derive), history)
         valid_loss, valid_acc = evaluated
