@@ -178,7 +178,11 @@ def measure_step(
         edge_normalization=space.edge_normalization,
     )
     search = DartsSearch(
-        network, order=training.order, epochs=1, autocast_dtype=autocast_dtype, method=method_for(config.method)
+        network,
+        order=training.order,
+        epochs=1,
+        autocast_dtype=autocast_dtype,
+        method=method_for(config.method),
     )
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
