@@ -21,6 +21,7 @@ from app.lifecycle.status import Status
 from app.schemas.common import SearchName, StrictModel
 from app.schemas.searches import DatasetSpec, SearchSpec
 from darts_core.spec.genotype import Genotype
+from darts_core.spec.method_spec import MethodConfig
 from darts_core.spec.random_genotype import random_genotype
 from darts_core.spec.search_spec import ResourcesConfig
 from darts_core.spec.training_spec import TrainingNetworkConfig, TrainingScheduleConfig
@@ -96,7 +97,7 @@ class StudySpec(StrictModel):
         description="How many seeds of each method must get through search and selection for the study "
         "to go on (default: all of them).",
     )
-    methods: list[dict[str, Any]] | None = Field(
+    methods: list[MethodConfig] | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_METHODS,
@@ -131,8 +132,8 @@ class StudySpec(StrictModel):
     @field_validator("methods")
     @classmethod
     def _each_method_makes_a_search(
-        cls, methods: list[dict[str, Any]] | None, info: ValidationInfo
-    ) -> list[dict[str, Any]] | None:
+        cls, methods: list[MethodConfig] | None, info: ValidationInfo
+    ) -> list[MethodConfig] | None:
         search = info.data.get("search")
         if methods is None or search is None:
             return methods
@@ -151,9 +152,9 @@ class StudySpec(StrictModel):
     def method_arms(self) -> list[StudyArm]:
         """The methods compared, in order: each runs a search per seed."""
         if self.methods is None:
-            return [StudyArm("0", _method_name(self.search), self.search)]
+            return [StudyArm("0", self.search.method.name, self.search)]
         return [
-            StudyArm(str(index), str(method.get("name", "darts")), _with_method(self.search, method))
+            StudyArm(str(index), method.name, _with_method(self.search, method))
             for index, method in enumerate(self.methods)
         ]
 
@@ -172,15 +173,11 @@ class StudySpec(StrictModel):
         ]
 
 
-def _with_method(search: SearchSpec, method: dict[str, Any]) -> SearchSpec:
-    """The search with its `method` section replaced (validated as `POST /searches` would)."""
-    return SearchSpec.model_validate({**search.model_dump(mode="json"), "method": method})
-
-
-def _method_name(search: SearchSpec) -> str:
-    """The name of the method a search runs ("darts" for a spec without a method section)."""
-    method = getattr(search, "method", None)
-    return str(getattr(method, "name", "darts"))
+def _with_method(search: SearchSpec, method: MethodConfig) -> SearchSpec:
+    """The search with its `method` section replaced (validated as `POST /searches` would: a method
+    that does not compose with the search's other sections is refused there)."""
+    section = method.model_dump(mode="json")
+    return SearchSpec.model_validate({**search.model_dump(mode="json"), "method": section})
 
 
 class StudyChildPublic(StrictModel):

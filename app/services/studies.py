@@ -46,11 +46,11 @@ def _require_own_dataset(session: Session, dataset: Any, owner: str, loc: tuple[
     return row
 
 
-def _with_location(error: Unprocessable, prefix: str) -> Unprocessable:
-    """The same 422, its `loc` moved under the study's field (`body.search...`)."""
+def _with_location(error: Unprocessable, *prefix: str | int) -> Unprocessable:
+    """The same 422, its `loc` moved under the study's field (`body.search...`, `body.methods.1...`)."""
     for issue in error.detail:
         loc = issue["loc"]
-        issue["loc"] = [loc[0], prefix, *loc[1:]] if loc and loc[0] == "body" else [prefix, *loc]
+        issue["loc"] = [loc[0], *prefix, *loc[1:]] if loc and loc[0] == "body" else [*prefix, *loc]
     return error
 
 
@@ -78,7 +78,7 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
         try:
             admission.require_fits(session, arm.search, deps.settings, owner=owner)
         except Unprocessable as error:  # a method of its own memory (GDAS computes one op per edge...)
-            raise _with_location(error, f"methods.{index}") from None
+            raise _with_location(error, "methods", index) from None
     # The trainings are created stages later: a limit they would be refused for fails the study then.
     for field, training in (("selection", spec.selection), ("final", spec.final)):
         if training is None:
