@@ -49,8 +49,10 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from darts_core.data.cifar10 import read_cifar_batch
+from darts_core.data.folder import FolderError, read_image_folder
 from darts_core.data.npz import (
     LAYOUTS,
     NPZ_MAX_CLASSES,
@@ -69,7 +71,9 @@ from darts_core.spec.dataset_spec import (
     SYNTHETIC_MAX_SAMPLES,
     SYNTHETIC_MAX_VALUES,
     DatasetError,
+    FolderDatasetSpec,
 )
+from darts_core.spec.search_spec import format_validation_error
 
 __all__ = [
     "DatasetError",
@@ -93,6 +97,8 @@ class ImageDataset:
         num_classes: number of classes.
         channel_mean: per-channel mean subtracted (of the unnormalised training images).
         channel_std: per-channel standard deviation divided by.
+        class_names: the name of each label (``class_names[i]`` names label ``i``); empty when the
+            dataset does not name its classes.
     """
 
     name: str
@@ -103,6 +109,7 @@ class ImageDataset:
     num_classes: int
     channel_mean: tuple[float, ...] = ()
     channel_std: tuple[float, ...] = ()
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -122,6 +129,10 @@ class ImageDataset:
             )
         if self.x_train.shape[0] == 0:
             raise DatasetError("x_train: no training samples")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise DatasetError(
+                f"class_names: {len(self.class_names)} names for {self.num_classes} classes"
+            )
 
     @property
     def in_channels(self) -> int:
@@ -147,6 +158,7 @@ class ImageDataset:
             "num_samples": int(self.x_train.shape[0] + self.x_test.shape[0]),
             "channel_mean": list(self.channel_mean),
             "channel_std": list(self.channel_std),
+            "class_names": list(self.class_names) or None,
         }
 
 
@@ -239,6 +251,7 @@ def _build(
     x_test: np.ndarray,
     y_test: np.ndarray,
     num_classes: int,
+    class_names: tuple[str, ...] = (),
 ) -> ImageDataset:
     xt, xv, mean, std = _normalise(x_train, x_test)
     return ImageDataset(
@@ -250,14 +263,21 @@ def _build(
         num_classes=num_classes,
         channel_mean=mean,
         channel_std=std,
+        class_names=class_names,
     )
 
 
 def _split_and_build(
-    name: str, x: np.ndarray, y: np.ndarray, num_classes: int, test_fraction: float, seed: int
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    test_fraction: float,
+    seed: int,
+    class_names: tuple[str, ...] = (),
 ) -> ImageDataset:
     train, test = _stratified_split(y, test_fraction, seed, name)
-    return _build(name, x[train], y[train], x[test], y[test], num_classes)
+    return _build(name, x[train], y[train], x[test], y[test], num_classes, class_names)
 
 
 # ---------------------------------------------------------------------------------------------- digits
@@ -341,10 +361,20 @@ def _npz_file(path: Any, layout: str | None) -> Path:
     return file
 
 
-def _read_npz(
-    path: Any, layout: str | None = None, num_classes: int | None = None
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read and check an ``.npz`` file; returns float32 ``N x C x H x W`` images, int64 labels, summary.
+@dataclass(frozen=True)
+class _NpzArrays:
+    """An ``.npz`` dataset's arrays as stored (``N x C x H x W``) and its summary."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    summary: dict[str, Any]
+
+
+def _read_npz(path: Any, layout: str | None = None, num_classes: int | None = None) -> _NpzArrays:
+    """Read and check an ``.npz`` file: images ``N x C x H x W`` as stored (uint8 or float), int64 labels,
+    the file's own test part when it has one, and the summary.
 
     Everything is checked (headers, then values in bounded chunks: :func:`darts_core.data.npz.check_npz`)
     before the arrays are loaded.
@@ -352,31 +382,40 @@ def _read_npz(
     file = _npz_file(path, layout)
     max_classes = max(NPZ_MAX_CLASSES, num_classes or 0)
     try:
-        x_header, _, found_classes = check_npz(file, max_values=NPZ_MAX_VALUES, max_classes=max_classes)
+        contents = check_npz(file, max_values=NPZ_MAX_VALUES, max_classes=max_classes)
+        found_classes = contents.num_classes
         if num_classes is not None and found_classes > num_classes:
-            raise DatasetError(f"y: label {found_classes - 1} out of range for num_classes={num_classes}")
+            raise DatasetError(
+                f"{contents.y.name}: label {found_classes - 1} out of range for num_classes={num_classes}"
+            )
         with np.load(file, allow_pickle=False) as archive:
-            x, y = archive["x"], archive["y"]
-        images, used_layout = to_nchw(x, layout)
+            x, y = archive[contents.x.name], archive[contents.y.name]
+            images, used_layout = to_nchw(x, layout)
+            test = None
+            if contents.x_test is not None and contents.y_test is not None:
+                test = (to_nchw(archive["x_test"], used_layout)[0], archive[contents.y_test.name])
     except NpzError as error:
         raise DatasetError(str(error)) from error
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
         raise DatasetError(f"npz: cannot read {file.name}: {error}") from error
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            images = images.astype(np.float32)  # finite after this cast: checked by check_npz
     summary = {
-        "num_samples": int(images.shape[0]),
+        "num_samples": int(images.shape[0]) + (0 if test is None else int(test[0].shape[0])),
+        "num_test": 0 if test is None else int(test[0].shape[0]),
         "num_classes": int(num_classes or found_classes),
+        "class_names": contents.class_names,
         "channels": int(images.shape[1]),
         "height": int(images.shape[2]),
         "width": int(images.shape[3]),
         "layout": used_layout,
-        "dtype": str(x_header.dtype),
+        "dtype": str(contents.x.dtype),
     }
-    return images, y.astype(np.int64), summary
+    return _NpzArrays(
+        images,
+        y.astype(np.int64),
+        None if test is None else test[0],
+        None if test is None else test[1].astype(np.int64),
+        summary,
+    )
 
 
 def validate_npz(
@@ -404,13 +443,55 @@ def validate_npz(
         raise DatasetError(str(error)) from error
 
 
+def _as_float(images: np.ndarray) -> np.ndarray:
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        return images.astype(np.float32)  # finite after this cast: checked by check_npz
+
+
 def _load_npz(spec: Mapping[str, Any]) -> ImageDataset:
     if "path" not in spec:
         raise DatasetError("npz: missing 'path'")
     num_classes = _optional_int_param(spec, "npz", "num_classes", 2)
     test_fraction, seed = _split_params(spec, "npz")
-    images, labels, summary = _read_npz(spec["path"], spec.get("layout"), num_classes)
-    return _split_and_build("npz", images, labels, summary["num_classes"], test_fraction, seed)
+    arrays = _read_npz(spec["path"], spec.get("layout"), num_classes)
+    classes = int(arrays.summary["num_classes"])
+    names = tuple(arrays.summary["class_names"] or ())
+    if arrays.x_test is not None and arrays.y_test is not None:  # the file's own split, used as given
+        return _build(
+            "npz", _as_float(arrays.x_train), arrays.y_train, _as_float(arrays.x_test), arrays.y_test,
+            classes, names,
+        )
+    return _split_and_build(
+        "npz", _as_float(arrays.x_train), arrays.y_train, classes, test_fraction, seed, names
+    )
+
+
+# ---------------------------------------------------------------------------------------------- folder
+
+
+def _load_folder(spec: Mapping[str, Any]) -> ImageDataset:
+    try:
+        params = FolderDatasetSpec.model_validate(dict(spec))
+    except ValidationError as error:
+        raise DatasetError(f"folder: {format_validation_error(error)}") from None
+    try:
+        folder = read_image_folder(
+            params.path, image_size=params.image_size, channels=params.channels, resize=params.resize
+        )
+    except FolderError as error:
+        raise DatasetError(f"folder: {error}") from error
+    names = tuple(folder.class_names)
+    if folder.x_test is not None and folder.y_test is not None:  # the folder's own split, used as given
+        return _build(
+            "folder", _as_float(folder.x_train), folder.y_train, _as_float(folder.x_test), folder.y_test,
+            len(names), names,
+        )
+    return _split_and_build(
+        "folder", _as_float(folder.x_train), folder.y_train, len(names), params.test_fraction, params.seed,
+        names,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- cifar10
@@ -463,6 +544,7 @@ _LOADERS = {
         {"num_samples", "channels", "image_size", "num_classes", "noise", "test_fraction", "seed"},
     ),
     "npz": (_load_npz, {"path", "layout", "num_classes", "test_fraction", "seed"}),
+    "folder": (_load_folder, set(FolderDatasetSpec.model_fields) - {"name"}),
     "cifar10": (_load_cifar10, {"root", "limit", "test_limit"}),
 }
 

@@ -150,7 +150,9 @@ def test_npz_nchw_uint8_scaled_and_split(tmp_path: Path) -> None:
     summary = validate_npz(path)
     assert summary == {
         "num_samples": 30,
+        "num_test": 0,
         "num_classes": 3,
+        "class_names": None,
         "channels": 3,
         "height": 6,
         "width": 5,
@@ -385,7 +387,8 @@ def test_cifar10_errors(tmp_path: Path) -> None:
     [
         (
             {"name": "imagenet"},
-            r"unknown dataset 'imagenet'; expected one of \['cifar10', 'digits', 'npz', 'synthetic'\]",
+            r"unknown dataset 'imagenet'; expected one of "
+            r"\['cifar10', 'digits', 'folder', 'npz', 'synthetic'\]",
         ),
         ({}, r"unknown dataset None"),
         ("digits", r"spec: expected a mapping"),
