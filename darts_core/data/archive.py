@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-__all__ = ["ARCHIVE_SUFFIXES", "ArchiveError", "archive_suffix", "extract_archive", "is_ignored"]
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "ArchiveError",
+    "ArchiveTooLarge",
+    "archive_suffix",
+    "extract_archive",
+    "is_ignored",
+]
 
 #: The file names an archive upload may have (lower case).
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
@@ -32,6 +39,10 @@ _UTF8_FLAG = 0x800  # zip general purpose bit 11: the name is UTF-8
 
 class ArchiveError(ValueError):
     """The archive cannot be extracted safely; the message names the member and the problem."""
+
+
+class ArchiveTooLarge(ArchiveError):
+    """The archive has more members than ``max_files`` or inflates past ``max_bytes``."""
 
 
 def archive_suffix(filename: str) -> str | None:
@@ -94,7 +105,7 @@ def _zip_name(info: zipfile.ZipInfo) -> str:
 def _zip_members(archive: zipfile.ZipFile, max_files: int) -> list[_Member]:
     infos = archive.infolist()
     if len(infos) > max_files:
-        raise ArchiveError(f"archive has {len(infos)} members, more than the limit of {max_files}")
+        raise ArchiveTooLarge(f"archive has {len(infos)} members, more than the limit of {max_files}")
     members = []
     for info in infos:
         name = _zip_name(info)
@@ -118,7 +129,7 @@ def _tar_members(archive: tarfile.TarFile, max_files: int, max_bytes: int) -> li
     total = 0
     while (info := _next_tar_member(archive, members)) is not None:
         if len(members) >= max_files:
-            raise ArchiveError(f"archive has more than the limit of {max_files} members")
+            raise ArchiveTooLarge(f"archive has more than the limit of {max_files} members")
         parts = _safe_parts(info.name)
         if info.issym():
             raise ArchiveError(f"member {info.name!r}: symbolic link (to {info.linkname!r})")
@@ -130,7 +141,7 @@ def _tar_members(archive: tarfile.TarFile, max_files: int, max_bytes: int) -> li
             raise ArchiveError(f"member {info.name!r}: not a regular file or folder")
         total += info.size if info.isreg() else 0
         if total > max_bytes:
-            raise ArchiveError(_too_large(max_bytes, info.name))
+            raise ArchiveTooLarge(_too_large(max_bytes, info.name))
         members.append(_Member(parts, info.isdir(), info.size if info.isreg() else 0, info))
     return members
 
@@ -155,7 +166,7 @@ def _check_tree(members: list[_Member], max_bytes: int) -> None:
     for member in members:
         total += member.size
         if total > max_bytes:
-            raise ArchiveError(_too_large(max_bytes, member.name))
+            raise ArchiveTooLarge(_too_large(max_bytes, member.name))
         if member.is_dir:
             if member.parts in files:
                 raise ArchiveError(f"member {member.name!r}: both a file and a folder")
@@ -181,7 +192,7 @@ def _copy(source: IO[bytes], target: Path, member: _Member, budget: int) -> int:
                     f"member {member.name!r}: inflates past the {member.size} bytes its header announces"
                 )
             if written > budget:
-                raise ArchiveError(_too_large(budget, member.name))
+                raise ArchiveTooLarge(_too_large(budget, member.name))
             out.write(chunk)
     if written != member.size:
         raise ArchiveError(f"member {member.name!r}: truncated ({written} of {member.size} bytes)")
