@@ -5,7 +5,8 @@ Every member is checked before a byte is written: its name (UTF-8, relative, no 
 number (``max_files``) and the total uncompressed size their headers announce (``max_bytes``). The
 bytes are counted again while they are copied, since a header can lie: a member that inflates past
 what its header said, or past ``max_bytes`` in all, stops the extraction. On any error the destination
-is removed, so nothing is left behind. Standard library only (no numpy, no torch).
+is removed, so nothing is left behind. :func:`tar_stream` goes the other way for the client: a folder
+packed as a tar on the fly. Standard library only (no numpy, no torch).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ __all__ = [
     "ArchiveTooLarge",
     "archive_suffix",
     "extract_archive",
+    "folder_files",
     "is_ignored",
+    "tar_size",
+    "tar_stream",
 ]
 
 #: The file names an archive upload may have (lower case).
@@ -303,3 +307,60 @@ def _unwrapped(root: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return root
+
+
+class _Chunks:
+    """A write-only file that keeps what it is given until it is drained (tarfile's stream target)."""
+
+    def __init__(self) -> None:
+        self.pending: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.pending.append(bytes(data))
+        return len(data)
+
+    def drain(self) -> Iterator[bytes]:
+        pending, self.pending = self.pending, []
+        yield from pending
+
+
+def folder_files(directory: str | os.PathLike[str]) -> tuple[list[Path], list[Path]]:
+    """The regular files below ``directory`` that :func:`tar_stream` packs, sorted, and the entries it
+    leaves out (symbolic links, devices, ...). Hidden files and folders are neither: they are ignored."""
+    files: list[Path] = []
+    left_out: list[Path] = []
+    top = Path(directory)
+    for current, dirs, names in os.walk(top):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for entry in [*(Path(current) / d for d in dirs), *(Path(current) / n for n in sorted(names))]:
+            if entry.name.startswith(".") or not entry.is_symlink() and entry.is_dir():
+                continue
+            (files if entry.is_file() and not entry.is_symlink() else left_out).append(entry)
+    return files, left_out
+
+
+def tar_size(files: list[Path], top: Path) -> int:
+    """About the bytes :func:`tar_stream` yields for ``files`` (headers, padded data, end blocks)."""
+    size = 2 * tarfile.BLOCKSIZE
+    for path in files:
+        name_blocks = 0 if len(path.relative_to(top.parent).as_posix()) < 100 else 3  # a pax header
+        size += (1 + name_blocks) * tarfile.BLOCKSIZE + -(-path.stat().st_size // tarfile.BLOCKSIZE) * 512
+    return -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
+
+
+def tar_stream(directory: str | os.PathLike[str], files: list[Path] | None = None) -> Iterator[bytes]:
+    """``directory`` as an uncompressed tar, produced piece by piece as it is read (no temporary file):
+    its regular files (``files``, by default :func:`folder_files`'), under a top folder of its name."""
+    top = Path(directory)
+    if files is None:
+        files, _ = folder_files(top)
+    sink = _Chunks()
+    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        for path in files:
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(top.parent).as_posix())
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with path.open("rb") as handle:
+                tar.addfile(info, handle)
+            yield from sink.drain()
+    yield from sink.drain()
