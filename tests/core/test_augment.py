@@ -94,7 +94,10 @@ def test_defaults_by_dataset() -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [({"crop_padding": -1}, "training.augmentation.crop_padding"), ({"horizontal_flip": 1}, "horizontal_flip")],
+    [
+        ({"crop_padding": -1}, "training.augmentation.crop_padding"),
+        ({"horizontal_flip": 1}, "horizontal_flip"),
+    ],
 )
 def test_the_spec_fields_are_bounded_and_named(value: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -192,7 +195,9 @@ def test_search_augments_the_weight_batches_only(
     assert evaluated and max(evaluated) < 100
 
 
-def test_training_resume_with_augmentation_is_bit_identical(tmp_path: Path, folder_dataset: ImageDataset) -> None:
+def test_training_resume_with_augmentation_is_bit_identical(
+    tmp_path: Path, folder_dataset: ImageDataset
+) -> None:
     config = _training_config()
     straight = run_training_job(GENOTYPE, config, folder_dataset)
     seen: list[TrainEpoch] = []
