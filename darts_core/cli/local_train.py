@@ -295,14 +295,7 @@ def train(
             raise fail(str(error)) from None
 
     out.mkdir(parents=True, exist_ok=True)
-    height, width = data.image_size
-    save_trained(
-        result.network,
-        out / WEIGHTS_NAME,
-        input_shape=(data.in_channels, height, width),
-        mean=data.channel_mean or None,
-        std=data.channel_std or None,
-    )
+    save_trained(result.network, out / WEIGHTS_NAME, **data.weights_metadata())
     written = [out / WEIGHTS_NAME]
     if export is not None:
         written.append(out / EXPORT_NAMES[export.value])

@@ -286,3 +286,54 @@ def test_image_folder_counts_are_per_class() -> None:
         class_names=["a", "b"],
     )
     assert folder.class_counts == {"a": 1, "b": 3} and folder.num_samples == 4
+
+
+def test_a_folder_dataset_costs_its_pixels_and_is_normalised_per_batch(tmp_path: Path) -> None:
+    import torch
+
+    from darts_core.data.device_images import DeviceImages, dataset_images_on_device
+
+    root = _classes(tmp_path / "d", {"a": 6, "b": 6})
+    dataset = load_dataset({"name": "folder", "path": str(root), "test_fraction": 0.25})
+    assert dataset.x_train.dtype == torch.uint8
+    assert dataset.x_train.element_size() * dataset.x_train.nelement() == 8 * 3 * 8 * 8  # one byte a value
+    images = dataset_images_on_device(dataset, dataset.x_train, torch.device("cpu"))
+    assert isinstance(images, DeviceImages) and images.shape == dataset.x_train.shape
+    pixels = dataset.x_train[[2, 0]].double() / 255.0
+    mean = torch.tensor(dataset.channel_mean, dtype=torch.float64).view(1, -1, 1, 1)
+    std = torch.tensor(dataset.channel_std, dtype=torch.float64).view(1, -1, 1, 1)
+    expected = ((pixels - mean) / std).float()
+    torch.testing.assert_close(images[torch.tensor([2, 0])], expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(dataset.normalize(dataset.x_train[[2, 0]]), expected, atol=1e-5, rtol=0)
+    # The statistics are those of the training pixels scaled to [0, 1].
+    scaled = dataset.x_train.double() / 255.0
+    torch.testing.assert_close(
+        torch.tensor(dataset.channel_mean, dtype=torch.float64), scaled.mean(dim=(0, 2, 3)), atol=1e-9, rtol=0
+    )
+
+
+def test_a_folder_trains_and_its_weights_name_the_classes(tmp_path: Path) -> None:
+    from darts_core.spec.genotype import Genotype
+    from darts_core.spec.training_spec import TrainingJobConfig
+    from darts_core.train.job import run_training_job
+    from darts_core.train.weights import read_trained_data, save_trained
+
+    root = _classes(tmp_path / "d", {"cat": 8, "dog": 8})
+    dataset = load_dataset({"name": "folder", "path": str(root), "test_fraction": 0.25})
+    genotype = Genotype(
+        normal=[("sep_conv_3x3", 0), ("skip_connect", 1), ("avg_pool_3x3", 0), ("skip_connect", 2)],
+        reduce=[("max_pool_3x3", 0), ("skip_connect", 1), ("max_pool_3x3", 1), ("skip_connect", 2)],
+    )
+    config = TrainingJobConfig.from_spec(
+        {
+            "network": {"init_channels": 4, "cells": 2},
+            "training": {"epochs": 1, "batch_size": 4, "valid_fraction": 0.0},
+            "resources": {"device": "cpu"},
+        }
+    )
+    result = run_training_job(genotype, config, dataset)
+    assert 0.0 <= result.test_accuracy <= 1.0
+    save_trained(result.network, tmp_path / "model.safetensors", **dataset.weights_metadata())
+    data = read_trained_data(tmp_path / "model.safetensors")
+    assert data["class_names"] == ["cat", "dog"]
+    assert data["input_shape"] == [3, 8, 8]
