@@ -83,6 +83,9 @@ class LifecycleColumns:
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # What the worker loads: "builtin:<name>" or "upload:<dataset id>".
     dataset_ref: Mapped[str] = mapped_column(String(200))
+    # The dataset's class names when it names them (an image-folder upload): label i is class_names[i].
+    # Copied when the job is created, so they outlive the dataset.
+    class_names: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -282,7 +285,8 @@ class Study(Base):
 
 
 class Dataset(Base):
-    """An uploaded `.npz` dataset, stored at `path` and validated when it arrived."""
+    """An uploaded dataset (an `.npz`, or an archive of an image folder decoded into one), stored at `path`
+    and validated when it arrived."""
 
     __tablename__ = "datasets"
     __table_args__ = (
@@ -302,6 +306,9 @@ class Dataset(Base):
     width: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Label i is class_names[i]; null for an .npz without names. Images per class (archives).
+    class_names: Mapped[list[str] | None] = mapped_column(JSON)
+    class_counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
 
 
 class ApiKey(Base):

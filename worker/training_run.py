@@ -64,7 +64,7 @@ class TrainingRun(JobRun):
         # Atomic (a reader never sees half a file), and with the input shape and normalisation that
         # the exports (GET /trainings/{id}/model.onnx, model.pt) carry.
         save_trained(
-            result.network, training_weights_path(self.settings, self.job_id), **dataset.image_metadata()
+            result.network, training_weights_path(self.settings, self.job_id), **dataset.weights_metadata()
         )
         outcome = TrainingOutcome(
             test_accuracy=result.test_accuracy,

@@ -130,6 +130,9 @@ class SearchPublic(StrictModel):
         default=False, description="True when the spec's training.early_stop rule ended the search."
     )
     stop_reason: str | None = Field(default=None, description="Why the early-stop rule stopped it.")
+    class_names: list[str] | None = Field(
+        default=None, description="The dataset's class names (label i is class_names[i]), when it names them."
+    )
 
 
 class SearchEstimatePublic(StrictModel):

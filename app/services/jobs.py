@@ -89,6 +89,13 @@ def owned_upload(session: Session, dataset_id: str, owner: str) -> Dataset:
     return dataset
 
 
+def class_names_of(session: Session, dataset_ref: str) -> list[str] | None:
+    """The class names of the dataset a job loads (`dataset_ref`): an upload's, when it names them."""
+    kind, _, ref = dataset_ref.partition(":")
+    dataset = session.get(Dataset, ref) if kind == "upload" else None
+    return None if dataset is None else dataset.class_names
+
+
 def submit(session: Session, job: JobT, *, celery: Celery, settings: Settings) -> JobT:
     """Insert the `queued` row `job` (search or training) and send its task to the broker.
 

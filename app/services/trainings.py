@@ -143,6 +143,7 @@ def new_training(
         status=Status.queued,
         spec=spec_json,
         dataset_ref=ref,
+        class_names=jobs.class_names_of(session, ref),
         created_at=utcnow(),
         epoch=0,
         epochs=spec.training.epochs,

@@ -286,7 +286,7 @@ def train(
             raise fail(str(error)) from None
 
     out.mkdir(parents=True, exist_ok=True)
-    save_trained(result.network, out / WEIGHTS_FILE, **data.image_metadata())
+    save_trained(result.network, out / WEIGHTS_FILE, **data.weights_metadata())
     written = [out / WEIGHTS_FILE]
     if export is not None:
         written.append(out / export.file_name)

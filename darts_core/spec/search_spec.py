@@ -32,6 +32,7 @@ from darts_core.spec.method_spec import SOFTMAX_METHODS, DartsMethod, MethodConf
 from darts_core.spec.op_names import DARTS_OP_NAMES, MAX_INTERNAL_NODES, OpName
 
 __all__ = [
+    "AugmentationConfig",
     "SearchSpaceConfig",
     "NetworkConfig",
     "TrainingConfig",
@@ -99,6 +100,22 @@ class NetworkConfig(_Section):
     stem_multiplier: _Int = Field(default=3, ge=1, le=16)
 
 
+class AugmentationConfig(_Section):
+    """``augmentation``: the DARTS training augmentation (:mod:`darts_core.data.augment`), batched on
+    the device. ``null`` fields take the dataset's default: on for ``cifar10`` and image folders (crop
+    padding 4 at 32 x 32, scaled with the image side; flip), off for ``digits`` and ``synthetic``."""
+
+    crop_padding: _Int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="Zero padding of the random crop, in pixels (0: no crop); null: the dataset's default",
+    )
+    horizontal_flip: StrictBool | None = Field(
+        default=None, description="Random horizontal flip; null: the dataset's default"
+    )
+
+
 class TrainingConfig(_Section):
     """``training``: schedule, optimizers, data split and seed of the search."""
 
@@ -134,6 +151,11 @@ class TrainingConfig(_Section):
         ge=1,
         le=1000,
         description="Compute the dominant Hessian eigenvalue every this many epochs (null: never)",
+    )
+    augmentation: AugmentationConfig = Field(
+        default_factory=AugmentationConfig,
+        description="Random crop and flip of the weight-step batches (never of the architecture step's "
+        "or the evaluation's)",
     )
 
     @field_validator(

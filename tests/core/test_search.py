@@ -344,6 +344,7 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
             "eigenvalue_window": 5,
             "eigenvalue_threshold": 1.3,
             "hessian_every": None,
+            "augmentation": {"crop_padding": None, "horizontal_flip": None},
         },
         "resources": {"device": "auto", "precision": "auto", "time_limit_seconds": None},
         "constraints": {

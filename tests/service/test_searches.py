@@ -75,23 +75,11 @@ def test_create_returns_the_resource_with_defaults_and_queues_a_task(
     }
     assert spec["network"] == {"cells": 8, "init_channels": 16, "stem_multiplier": 3}
     assert spec["training"] == {
-        "epochs": 3,
-        "batch_size": 64,
-        "train_portion": 0.5,
-        "order": "first",
-        "weight_lr": 0.025,
-        "weight_lr_min": 0.001,
-        "momentum": 0.9,
-        "weight_decay": 3e-4,
-        "arch_lr": 3e-4,
-        "arch_weight_decay": 1e-3,
-        "grad_clip": 5.0,
-        "seed": 0,
-        "early_stop": None,
-        "max_skip_connections": 2,
-        "eigenvalue_window": 5,
-        "eigenvalue_threshold": 1.3,
-        "hessian_every": None,
+        "epochs": 3, "batch_size": 64, "train_portion": 0.5, "order": "first", "weight_lr": 0.025,
+        "weight_lr_min": 0.001, "momentum": 0.9, "weight_decay": 3e-4, "arch_lr": 3e-4,
+        "arch_weight_decay": 1e-3, "grad_clip": 5.0, "seed": 0, "early_stop": None,
+        "max_skip_connections": 2, "eigenvalue_window": 5, "eigenvalue_threshold": 1.3, "hessian_every": None,
+        "augmentation": {"crop_padding": None, "horizontal_flip": None},
     }
     assert search["stopped_early"] is False and search["stop_reason"] is None
     assert spec["resources"] == {"device": "auto", "precision": "auto", "time_limit_seconds": None}

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -145,6 +146,42 @@ def test_login_then_submit_list_status_genotype_and_upload(
     assert uploaded["id"] in [item["id"] for item in listing["server"]]
     table = darts(env, "datasets").stdout
     assert f"datasets on {live.url}" in table and "zeros" in table
+
+
+def test_upload_a_folder_packed_on_the_fly_and_an_archive(
+    live: LiveServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`darts upload DIR` streams a tar made as it is read (no temporary file); `darts upload ARCHIVE`
+    sends the file; `darts datasets` names the classes."""
+    from PIL import Image
+
+    folder = tmp_path / "pets"
+    for label, colour in (("cat", 30), ("dog", 200)):
+        (folder / label).mkdir(parents=True)
+        for index in range(3):
+            Image.new("L", (6, 6), color=colour + index).save(folder / label / f"{index}.png")
+    (folder / ".DS_Store").write_bytes(b"x")
+    (folder / "cat" / "link.png").symlink_to(folder / "cat" / "0.png")
+    darts(env, "login", f"{live.url}/?token={live.key}")
+
+    packed = darts(env, "upload", str(folder))
+    assert "classes: cat 3, dog 3" in packed.stdout and "left out 1 links" in packed.stderr
+    shutil.make_archive(str(tmp_path / "pets-archive"), "gztar", root_dir=tmp_path, base_dir="pets")
+    with_link = darts(env, "upload", str(tmp_path / "pets-archive.tar.gz"), check=None)
+    assert with_link.returncode != 0 and "'pets/cat/link.png': symbolic link" in with_link.stderr
+    (folder / "cat" / "link.png").unlink()
+    before = {path.name for path in tmp_path.iterdir()}
+    shutil.make_archive(str(tmp_path / "pets-archive"), "gztar", root_dir=tmp_path, base_dir="pets")
+    sent = json.loads(
+        darts(env, "upload", str(tmp_path / "pets-archive.tar.gz"), "--image-size", "4", "--json").stdout
+    )
+    assert sent["class_names"] == ["cat", "dog"] and (sent["channels"], sent["height"]) == (1, 4)
+    assert {path.name for path in tmp_path.iterdir()} == before  # the client wrote no file
+    listing = json.loads(darts(env, "datasets", "--json").stdout)
+    assert [item["class_names"] for item in listing["server"] if item["id"] == sent["id"]] == [["cat", "dog"]]
+    assert "cat, dog" in darts(env, "datasets").stdout
+    refused = darts(env, "upload", str(tmp_path / "pets-archive.tar.gz"), "--channels", "2", check=None)
+    assert refused.returncode != 0 and "--channels" in refused.stderr
 
 
 #: A `darts` process in which `import torch` fails: a remote command that needed torch exits non-zero.
