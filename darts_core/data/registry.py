@@ -17,6 +17,13 @@ Nothing here downloads. :func:`load_dataset` dispatches on ``spec["name"]``:
     Parameters: ``path``, ``layout`` (``"NCHW"`` or ``"NHWC"``; guessed when absent, see below),
     ``num_classes`` (max label + 1), ``test_fraction`` (0.2), ``seed`` (0). Read with
     ``allow_pickle=False``.
+    The file may hold its own split instead: ``x_train``, ``y_train``, ``x_test``, ``y_test`` (used as
+    given; ``test_fraction`` and ``seed`` then do nothing), and ``class_names`` (one string per label).
+``folder``
+    A folder of images, one sub-folder per class (:func:`darts_core.data.folder.read_image_folder`).
+    Parameters (:class:`~darts_core.spec.dataset_spec.FolderDatasetSpec`): ``path``, ``image_size``,
+    ``channels``, ``resize``, ``test_fraction`` (0.2), ``seed`` (0); a ``train``/``test`` split in the
+    folder is used as given.
 ``cifar10``
     A local CIFAR-10 directory in its python format (``data_batch_1`` .. ``data_batch_5`` and
     ``test_batch``, as in ``cifar-10-batches-py``). Parameters: ``root`` (that directory, or its parent),
@@ -30,7 +37,8 @@ Every dataset is split into a training part (what the search uses; it splits it 
 architecture halves) and a held-out test part the search never sees. The ``digits``, ``synthetic`` and
 ``npz`` splits are stratified by class and deterministic for a seed; both parts are shuffled
 (deterministically), so a file sorted by class never yields one-class halves. Images are normalised per
-channel with the training part's mean and standard deviation.
+channel with the training part's mean and standard deviation: float images when loaded, uint8 images
+(``folder``, uint8 ``npz``, ``cifar10``; kept as uint8) on the device batch by batch.
 
 All errors are :class:`DatasetError` (a ``ValueError``) with a message naming the problem.
 """

@@ -30,6 +30,7 @@ TORCH_FREE = [
     "darts_core.cli.main",
     "darts_core.data.npz",
     "darts_core.data.cifar10",
+    "darts_core.data.folder",
 ]
 
 
