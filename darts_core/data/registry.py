@@ -518,20 +518,33 @@ def _load_npz(spec: Mapping[str, Any]) -> ImageDataset:
     num_classes = _optional_int_param(spec, "npz", "num_classes", 2)
     test_fraction, seed = _split_params(spec, "npz")
     arrays = _read_npz(spec["path"], spec.get("layout"), num_classes)
-    classes = int(arrays.summary["num_classes"])
     names = tuple(arrays.summary["class_names"] or ())
-    if arrays.x_test is not None and arrays.y_test is not None:  # the file's own split, used as given
+    return _given_or_split(
+        "npz",
+        (arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test),
+        int(arrays.summary["num_classes"]),
+        names,
+        test_fraction,
+        seed,
+    )
+
+
+def _given_or_split(
+    name: str,
+    parts: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
+    num_classes: int,
+    class_names: tuple[str, ...],
+    test_fraction: float,
+    seed: int,
+) -> ImageDataset:
+    """The data's own train/test split when it has one (used as given), else the stratified split."""
+    x_train, y_train, x_test, y_test = parts
+    if x_test is not None and y_test is not None:
         return _build(
-            "npz",
-            _as_float(arrays.x_train),
-            arrays.y_train,
-            _as_float(arrays.x_test),
-            arrays.y_test,
-            classes,
-            names,
+            name, _as_float(x_train), y_train, _as_float(x_test), y_test, num_classes, class_names
         )
     return _split_and_build(
-        "npz", _as_float(arrays.x_train), arrays.y_train, classes, test_fraction, seed, names
+        name, _as_float(x_train), y_train, num_classes, test_fraction, seed, class_names
     )
 
 
@@ -550,24 +563,13 @@ def _load_folder(spec: Mapping[str, Any]) -> ImageDataset:
     except FolderError as error:
         raise DatasetError(f"folder: {error}") from error
     names = tuple(folder.class_names)
-    if folder.x_test is not None and folder.y_test is not None:  # the folder's own split, used as given
-        return _build(
-            "folder",
-            _as_float(folder.x_train),
-            folder.y_train,
-            _as_float(folder.x_test),
-            folder.y_test,
-            len(names),
-            names,
-        )
-    return _split_and_build(
+    return _given_or_split(
         "folder",
-        _as_float(folder.x_train),
-        folder.y_train,
+        (folder.x_train, folder.y_train, folder.x_test, folder.y_test),
         len(names),
+        names,
         params.test_fraction,
         params.seed,
-        names,
     )
 
 
