@@ -31,6 +31,7 @@ TORCH_FREE = [
     "darts_core.data.npz",
     "darts_core.data.archive",
     "darts_core.data.cifar10",
+    "darts_core.data.folder",
 ]
 
 
