@@ -58,10 +58,11 @@ class RandomCropFlip:
         columns = torch.arange(width, device=device)
         columns = torch.where(flip[:, None], width - 1 - columns, columns) + dx[:, None]  # B x W
         padded = F.pad(images, (pad, pad, pad, pad)) if pad else images
-        index = torch.arange(batch, device=device)[:, None, None]
-        # padded[b, :, rows[b, i], columns[b, j]] for every b, i, j: B x H x W x C, back to B x C x H x W
-        gathered = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], columns[:, None, :]]
-        return gathered.permute(0, 3, 1, 2).contiguous(memory_format=_memory_format(images))
+        channels = images.shape[1]
+        # Two gathers (rows, then columns): out[b, c, i, j] = padded[b, c, rows[b, i], columns[b, j]].
+        picked = padded.gather(2, rows.view(batch, 1, height, 1).expand(-1, channels, -1, padded.shape[3]))
+        gathered = picked.gather(3, columns.view(batch, 1, 1, width).expand(-1, channels, height, -1))
+        return gathered.contiguous(memory_format=_memory_format(images))
 
 
 def _memory_format(images: Tensor) -> torch.memory_format:

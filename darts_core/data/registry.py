@@ -17,6 +17,13 @@ Nothing here downloads. :func:`load_dataset` dispatches on ``spec["name"]``:
     Parameters: ``path``, ``layout`` (``"NCHW"`` or ``"NHWC"``; guessed when absent, see below),
     ``num_classes`` (max label + 1), ``test_fraction`` (0.2), ``seed`` (0). Read with
     ``allow_pickle=False``.
+    The file may hold its own split instead: ``x_train``, ``y_train``, ``x_test``, ``y_test`` (used as
+    given; ``test_fraction`` and ``seed`` then do nothing), and ``class_names`` (one string per label).
+``folder``
+    A folder of images, one sub-folder per class (:func:`darts_core.data.folder.read_image_folder`).
+    Parameters (:class:`~darts_core.spec.dataset_spec.FolderDatasetSpec`): ``path``, ``image_size``,
+    ``channels``, ``resize``, ``test_fraction`` (0.2), ``seed`` (0); a ``train``/``test`` split in the
+    folder is used as given.
 ``cifar10``
     A local CIFAR-10 directory in its python format (``data_batch_1`` .. ``data_batch_5`` and
     ``test_batch``, as in ``cifar-10-batches-py``). Parameters: ``root`` (that directory, or its parent),
@@ -30,7 +37,8 @@ Every dataset is split into a training part (what the search uses; it splits it 
 architecture halves) and a held-out test part the search never sees. The ``digits``, ``synthetic`` and
 ``npz`` splits are stratified by class and deterministic for a seed; both parts are shuffled
 (deterministically), so a file sorted by class never yields one-class halves. Images are normalised per
-channel with the training part's mean and standard deviation.
+channel with the training part's mean and standard deviation: float images when loaded, uint8 images
+(``folder``, uint8 ``npz``, ``cifar10``; kept as uint8) on the device batch by batch.
 
 All errors are :class:`DatasetError` (a ``ValueError``) with a message naming the problem.
 """
@@ -510,20 +518,33 @@ def _load_npz(spec: Mapping[str, Any]) -> ImageDataset:
     num_classes = _optional_int_param(spec, "npz", "num_classes", 2)
     test_fraction, seed = _split_params(spec, "npz")
     arrays = _read_npz(spec["path"], spec.get("layout"), num_classes)
-    classes = int(arrays.summary["num_classes"])
     names = tuple(arrays.summary["class_names"] or ())
-    if arrays.x_test is not None and arrays.y_test is not None:  # the file's own split, used as given
+    return _given_or_split(
+        "npz",
+        (arrays.x_train, arrays.y_train, arrays.x_test, arrays.y_test),
+        int(arrays.summary["num_classes"]),
+        names,
+        test_fraction,
+        seed,
+    )
+
+
+def _given_or_split(
+    name: str,
+    parts: tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None],
+    num_classes: int,
+    class_names: tuple[str, ...],
+    test_fraction: float,
+    seed: int,
+) -> ImageDataset:
+    """The data's own train/test split when it has one (used as given), else the stratified split."""
+    x_train, y_train, x_test, y_test = parts
+    if x_test is not None and y_test is not None:
         return _build(
-            "npz",
-            _as_float(arrays.x_train),
-            arrays.y_train,
-            _as_float(arrays.x_test),
-            arrays.y_test,
-            classes,
-            names,
+            name, _as_float(x_train), y_train, _as_float(x_test), y_test, num_classes, class_names
         )
     return _split_and_build(
-        "npz", _as_float(arrays.x_train), arrays.y_train, classes, test_fraction, seed, names
+        name, _as_float(x_train), y_train, num_classes, test_fraction, seed, class_names
     )
 
 
@@ -542,24 +563,13 @@ def _load_folder(spec: Mapping[str, Any]) -> ImageDataset:
     except FolderError as error:
         raise DatasetError(f"folder: {error}") from error
     names = tuple(folder.class_names)
-    if folder.x_test is not None and folder.y_test is not None:  # the folder's own split, used as given
-        return _build(
-            "folder",
-            _as_float(folder.x_train),
-            folder.y_train,
-            _as_float(folder.x_test),
-            folder.y_test,
-            len(names),
-            names,
-        )
-    return _split_and_build(
+    return _given_or_split(
         "folder",
-        _as_float(folder.x_train),
-        folder.y_train,
+        (folder.x_train, folder.y_train, folder.x_test, folder.y_test),
         len(names),
+        names,
         params.test_fraction,
         params.seed,
-        names,
     )
 
 

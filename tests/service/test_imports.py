@@ -23,6 +23,7 @@ TORCH_FREE = [
     "darts_core.spec.op_names",
     "darts_core.spec.artifacts",
     "darts_core.spec.random_genotype",
+    "darts_core.spec.method_spec",
     "darts_core.client",
     "darts_core.client.http",
     "darts_core.client.sse",
@@ -33,6 +34,7 @@ TORCH_FREE = [
     "darts_core.data.npz",
     "darts_core.data.archive",
     "darts_core.data.cifar10",
+    "darts_core.data.folder",
 ]
 
 

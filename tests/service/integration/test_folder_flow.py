@@ -45,12 +45,19 @@ def cifar_shaped_tar_gz() -> bytes:
     return buffer.getvalue()
 
 
-def finished(api: TestClient, collection: str, job_id: str) -> dict[str, Any]:
+def run_to_success(api: TestClient, collection: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """POST `spec` to `/{collection}` and wait for the job to succeed; its final resource."""
+    created = api.post(f"/{collection}", json=spec)
+    assert created.status_code == 201, created.text
+    job_id = created.json()["id"]
+
     def done() -> dict[str, Any] | None:
         job = api.get(f"/{collection}/{job_id}").json()
         return job if job["status"] in ("succeeded", "failed", "cancelled") else None
 
-    return wait_until(done, 300, f"{collection} {job_id} to finish", interval=0.2)
+    job = wait_until(done, 300, f"{collection} {job_id} to finish", interval=0.2)
+    assert job["status"] == "succeeded", job["error"]
+    return job
 
 
 def test_a_cifar_shaped_folder_is_uploaded_searched_and_retrained(
@@ -91,10 +98,7 @@ def test_a_cifar_shaped_folder_is_uploaded_searched_and_retrained(
         "training": {"epochs": 1, "batch_size": 64},
         "resources": {"device": "cpu"},
     }
-    created = api.post("/searches", json=spec)
-    assert created.status_code == 201, created.text
-    search = finished(api, "searches", created.json()["id"])
-    assert search["status"] == "succeeded", search["error"]
+    search = run_to_success(api, "searches", spec)
     assert search["class_names"] == names and search["genotype"] is not None
 
     training_spec = {
@@ -103,10 +107,7 @@ def test_a_cifar_shaped_folder_is_uploaded_searched_and_retrained(
         "training": {"epochs": 1, "batch_size": 64},
         "resources": {"device": "cpu"},
     }
-    created = api.post("/trainings", json=training_spec)
-    assert created.status_code == 201, created.text
-    training = finished(api, "trainings", created.json()["id"])
-    assert training["status"] == "succeeded", training["error"]
+    training = run_to_success(api, "trainings", training_spec)
     assert training["class_names"] == names and training["test_accuracy"] is not None
     print(f"\nfolder flow: search valid {search['best_valid_acc']}, test {training['test_accuracy']}")
 
