@@ -337,6 +337,7 @@ def run_search(
         autocast_dtype=autocast_dtype,
         channels_last=channels_last,
         arch_penalty=budget.penalty if budget is not None else None,
+        compile=config.resources.compile == "torch.compile",
     )
 
     # The data lives on the device once, in the network's memory format; batches are gathered by index
