@@ -344,7 +344,7 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
             "eigenvalue_threshold": 1.3,
             "hessian_every": None,
         },
-        "resources": {"device": "auto", "precision": "auto", "time_limit_seconds": None},
+        "resources": {"device": "auto", "precision": "auto", "compile": "off", "time_limit_seconds": None},
         "constraints": {
             "max_parameters": None,
             "max_multiply_adds": None,
