@@ -75,7 +75,9 @@ def test_create_returns_the_resource_with_defaults_and_queues_a_task(
         "max_skip_connections": 2, "eigenvalue_window": 5, "eigenvalue_threshold": 1.3, "hessian_every": None,
     }
     assert search["stopped_early"] is False and search["stop_reason"] is None
-    assert spec["resources"] == {"device": "auto", "precision": "auto", "compile": "off", "time_limit_seconds": None}
+    assert spec["resources"] == {
+        "device": "auto", "precision": "auto", "compile": "off", "time_limit_seconds": None
+    }
     assert client.get(f"/searches/{search['id']}").json() == search
 
     # The task is on the broker: one new message naming the task, carrying the search id.
@@ -111,7 +113,9 @@ def test_create_keeps_the_given_values(client: TestClient) -> None:
     }
     assert echoed["network"] == {"cells": 3, "init_channels": 4, "stem_multiplier": 3}
     assert echoed["training"]["order"] == "second" and echoed["training"]["seed"] == 7
-    assert echoed["resources"] == {"device": "cpu", "precision": "auto", "compile": "off", "time_limit_seconds": None}
+    assert echoed["resources"] == {
+        "device": "cpu", "precision": "auto", "compile": "off", "time_limit_seconds": None
+    }
 
 
 def _error_messages(response) -> str:
