@@ -83,6 +83,9 @@ class LifecycleColumns:
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # What the worker loads: "builtin:<name>" or "upload:<dataset id>".
     dataset_ref: Mapped[str] = mapped_column(String(200))
+    # The dataset's class names when it names them (an image-folder upload): label i is class_names[i].
+    # Copied when the job is created, so they outlive the dataset.
+    class_names: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -105,14 +108,16 @@ class LifecycleColumns:
 
 class StudyChildColumns:
     """Set on the searches and trainings a study created (`app.services.study_advance`): its study, the
-    stage and the seed. Each table has a unique (study_id, study_stage, study_seed): a stage's child is
-    created once, however many orchestrators try at once."""
+    stage, the arm (`app.schemas.studies.StudyArm`: a method's index, or `random`) and the seed (a
+    random genotype's index in the random arm). Each table has a unique (study_id, study_stage,
+    study_arm, study_seed): a child is created once, however many orchestrators try at once."""
 
     @declared_attr
     def study_id(cls) -> Mapped[str | None]:
         return mapped_column(ForeignKey("studies.id", ondelete="CASCADE"))
 
     study_stage: Mapped[str | None] = mapped_column(String(16))
+    study_arm: Mapped[str] = mapped_column(String(16), default="0", server_default="0")
     study_seed: Mapped[int | None] = mapped_column(Integer)
 
 
@@ -127,7 +132,7 @@ class Search(LifecycleColumns, StudyChildColumns, Base):
         # An owner's own list, and the count of its active searches (the quota).
         Index("ix_searches_owner_created_at_id", "owner", "created_at", "id"),
         Index("ix_searches_owner_status", "owner", "status"),
-        UniqueConstraint("study_id", "study_stage", "study_seed"),
+        UniqueConstraint("study_id", "study_stage", "study_arm", "study_seed"),
     )
 
     best_valid_acc: Mapped[float | None] = mapped_column(Float)
@@ -193,7 +198,7 @@ class Training(LifecycleColumns, StudyChildColumns, Base):
         Index("ix_trainings_created_at_id", "created_at", "id"),
         Index("ix_trainings_owner_created_at_id", "owner", "created_at", "id"),
         Index("ix_trainings_owner_status", "owner", "status"),
-        UniqueConstraint("study_id", "study_stage", "study_seed"),
+        UniqueConstraint("study_id", "study_stage", "study_arm", "study_seed"),
     )
 
     search_id: Mapped[str | None] = mapped_column(String(36))
@@ -263,6 +268,8 @@ class Study(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     chosen_search_id: Mapped[str | None] = mapped_column(String(36))
     chosen_seed: Mapped[int | None] = mapped_column(Integer)
+    # The arm of the chosen genotype: a method's index, or "random" (then chosen_search_id is None).
+    chosen_arm: Mapped[str | None] = mapped_column(String(16))
     chosen_genotype: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Why that one: every seed's selection accuracy, side by side.
     selection: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
@@ -278,7 +285,8 @@ class Study(Base):
 
 
 class Dataset(Base):
-    """An uploaded `.npz` dataset, stored at `path` and validated when it arrived."""
+    """An uploaded dataset (an `.npz`, or an archive of an image folder decoded into one), stored at `path`
+    and validated when it arrived."""
 
     __tablename__ = "datasets"
     __table_args__ = (
@@ -298,6 +306,9 @@ class Dataset(Base):
     width: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Label i is class_names[i]; null for an .npz without names. Images per class (archives).
+    class_names: Mapped[list[str] | None] = mapped_column(JSON)
+    class_counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
 
 
 class ApiKey(Base):

@@ -103,7 +103,24 @@ class Settings(BaseSettings):
     max_dataset_values: int = Field(
         default=2**28, ge=1, description="Largest x of an uploaded .npz, in values (N x C x H x W)."
     )
-    max_classes: int = Field(default=1000, ge=2, description="Largest label of an upload, plus one.")
+    max_classes: int = Field(
+        default=1000, ge=2, description="Largest label of an upload, plus one; most classes of an archive."
+    )
+    max_dataset_files: int = Field(
+        default=100_000, ge=1, description="Most members (files and folders) of an uploaded archive."
+    )
+    max_dataset_uncompressed_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1,
+        description="Most bytes an uploaded archive may inflate to (from its headers, and counted while "
+        "it is extracted).",
+    )
+    export_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0.0,
+        description="Longest build of a training's model.onnx or model.pt (GET /trainings/{id}/model.onnx, "
+        "/model.pt) before it is given up with a 500.",
+    )
     worker_memory_bytes: int = Field(
         default_factory=_default_worker_memory,
         ge=1,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.settings import Settings
+from darts_core.spec.artifacts import WEIGHTS_FILE
 
 
 def search_dir(settings: Settings, search_id: str) -> Path:
@@ -32,7 +33,7 @@ def training_checkpoint_dir(settings: Settings, training_id: str) -> Path:
 def training_weights_path(settings: Settings, training_id: str) -> Path:
     """The trained network's weights (safetensors, `darts_core.load_trained` reads them), written once the
     training succeeded: `ARTIFACT_DIR/trainings/<id>/model.safetensors`."""
-    return training_dir(settings, training_id) / "model.safetensors"
+    return training_dir(settings, training_id) / WEIGHTS_FILE
 
 
 def datasets_dir(settings: Settings) -> Path:

@@ -57,15 +57,25 @@ from benchmarks import pcdarts_reference, reference  # noqa: E402
 from darts_core.estimate import SavedTensorMeter  # noqa: E402  (one definition, shared with admission)
 from darts_core.nn.search_network import SearchNetwork  # noqa: E402
 from darts_core.search.loop import DartsSearch  # noqa: E402
+from darts_core.search.methods import Gdas  # noqa: E402
 
 #: ``darts_core_cl``: darts_core with the network and the images in channels_last memory format (a
 #: proposal measured from the outside: nothing in darts_core changes).
-IMPLEMENTATIONS = ("reference", "darts_core", "darts_core_cl", "pcdarts_reference", "pcdarts_core")
+#: ``gdas_core``: darts_core with the GDAS method (one sampled operation per edge, first order only).
+IMPLEMENTATIONS = (
+    "reference",
+    "darts_core",
+    "darts_core_cl",
+    "pcdarts_reference",
+    "pcdarts_core",
+    "gdas_core",
+)
 #: Which baselines each darts_core variant is compared with, in the table.
 _BASELINES = {
     "darts_core": ("reference",),
     "darts_core_cl": ("reference",),
     "pcdarts_core": ("pcdarts_reference", "reference"),
+    "gdas_core": ("darts_core", "reference"),
 }
 IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE = 3, 10, 32
 EPOCH_IMAGES = 25_000  # the reference search splits CIFAR-10's 50,000 training images in two halves
@@ -128,23 +138,39 @@ def _build(case: dict[str, Any], device: torch.device) -> tuple[Callable, torch.
     pcdarts = case["impl"].startswith("pcdarts")
     k = case.get("partial_channels", 4) if pcdarts else 1
     network = SearchNetwork(
-        IN_CHANNELS, NUM_CLASSES, init_channels=case["channels"], cells=case["cells"], internal_nodes=4,
-        partial_channels=k, edge_normalization=pcdarts,
+        IN_CHANNELS,
+        NUM_CLASSES,
+        init_channels=case["channels"],
+        cells=case["cells"],
+        internal_nodes=4,
+        partial_channels=k,
+        edge_normalization=pcdarts,
     ).to(device)
-    if case["impl"] in ("darts_core", "darts_core_cl", "pcdarts_core"):
+    if case["impl"] in ("darts_core", "darts_core_cl", "pcdarts_core", "gdas_core"):
         autocast_dtype = torch.bfloat16 if case["dtype"] == "bf16" else None
         if case["impl"] == "darts_core_cl":
             network = network.to(memory_format=torch.channels_last)
-        return DartsSearch(network, order=case["order"], autocast_dtype=autocast_dtype).step, network
+        method = Gdas() if case["impl"] == "gdas_core" else None
+        search = DartsSearch(network, order=case["order"], autocast_dtype=autocast_dtype, method=method)
+        return search.step, network
 
     if pcdarts:
         baseline: torch.nn.Module = pcdarts_reference.PCDartsReferenceNetwork(
-            IN_CHANNELS, NUM_CLASSES, init_channels=case["channels"], cells=case["cells"], steps=4, k=k,
+            IN_CHANNELS,
+            NUM_CLASSES,
+            init_channels=case["channels"],
+            cells=case["cells"],
+            steps=4,
+            k=k,
             device=device,
         )
     else:
         baseline = reference.ReferenceNetwork(
-            IN_CHANNELS, NUM_CLASSES, init_channels=case["channels"], cells=case["cells"], steps=4,
+            IN_CHANNELS,
+            NUM_CLASSES,
+            init_channels=case["channels"],
+            cells=case["cells"],
+            steps=4,
             device=device,
         )
     reference.load_from_search_network(baseline, network)
@@ -342,14 +368,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64], help="default: 16 64")
     parser.add_argument("--orders", nargs="+", choices=["first", "second"], default=["first", "second"])
     parser.add_argument(
-        "--dtypes", nargs="+", choices=["fp32", "bf16"], default=None,
+        "--dtypes",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        default=None,
         help="default: fp32 on CPU, fp32 and bf16 on CUDA (bf16 = autocast, fp32 parameters)",
     )
     parser.add_argument(
-        "--impls", nargs="+", choices=IMPLEMENTATIONS, default=["reference", "darts_core"],
+        "--impls",
+        nargs="+",
+        choices=IMPLEMENTATIONS,
+        default=["reference", "darts_core"],
         help="implementations to run (default: reference darts_core; darts_core_cl = darts_core in "
         "channels_last memory format; pcdarts_reference, pcdarts_core = PC-DARTS with K = "
-        "--partial-channels and edge normalization)",
+        "--partial-channels and edge normalization; gdas_core = darts_core with the GDAS method, first "
+        "order only)",
     )
     parser.add_argument(
         "--partial-channels", type=int, default=4, metavar="K", help="K of the PC-DARTS cases (default 4)"
@@ -366,13 +399,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cells", type=int, default=8, help="cells (default 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help="a fast look (a few minutes on a 2-core CPU): batch 16 only, 1 timed step on CPU (3 after "
         "1 warm-up on CUDA); overrides those options",
     )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="save the results as JSON")
     parser.add_argument(
-        "--profile", type=int, default=0, metavar="ROWS",
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROWS",
         help="also profile one more step of every case and print its ROWS most expensive operators",
     )
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run one case, print it
@@ -407,11 +444,22 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch_sizes:
             for dtype in dtypes:
                 for impl in args.impls:
+                    if impl == "gdas_core" and order == "second":
+                        continue  # GDAS is first order
                     case = {
-                        "impl": impl, "order": order, "batch": batch, "dtype": dtype, "device": args.device,
-                        "threads": args.threads, "warmup": args.warmup, "repeats": args.repeats,
-                        "channels": args.channels, "cells": args.cells, "seed": args.seed,
-                        "profile": args.profile, "partial_channels": args.partial_channels,
+                        "impl": impl,
+                        "order": order,
+                        "batch": batch,
+                        "dtype": dtype,
+                        "device": args.device,
+                        "threads": args.threads,
+                        "warmup": args.warmup,
+                        "repeats": args.repeats,
+                        "channels": args.channels,
+                        "cells": args.cells,
+                        "seed": args.seed,
+                        "profile": args.profile,
+                        "partial_channels": args.partial_channels,
                     }
                     result = _run_case_in_subprocess(case)
                     print(_progress_line(result), file=sys.stderr, flush=True)

@@ -8,7 +8,6 @@ resumes from there, bit-identically; once it succeeded, the trained network's we
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -62,11 +61,11 @@ class TrainingRun(JobRun):
             )
         except TrainingStopped:
             return JobOutcome(stopped=True, epochs_completed=len(read_history(checkpoint_dir)))
-        # Written next to the final place and renamed: a reader never sees half a file.
-        weights = training_weights_path(self.settings, self.job_id)
-        partial = weights.with_name(weights.name + ".partial")
-        save_trained(result.network, partial)
-        os.replace(partial, weights)
+        # Atomic (a reader never sees half a file), and with the input shape and normalisation that
+        # the exports (GET /trainings/{id}/model.onnx, model.pt) carry.
+        save_trained(
+            result.network, training_weights_path(self.settings, self.job_id), **dataset.weights_metadata()
+        )
         outcome = TrainingOutcome(
             test_accuracy=result.test_accuracy,
             test_loss=result.test_loss,

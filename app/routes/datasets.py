@@ -1,4 +1,5 @@
-"""`/datasets`: upload an `.npz`, list and read uploaded and built-in datasets."""
+"""`/datasets`: upload an `.npz` or an archive of an image folder, list and read uploaded and built-in
+datasets."""
 
 from __future__ import annotations
 
@@ -29,14 +30,21 @@ _UPLOAD_BODY = {
                     "type": "object",
                     "required": ["file"],
                     "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "the .npz file"},
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "the .npz, or a .zip / .tar / .tar.gz / .tgz of an image folder",
+                        },
                         "name": {"type": "string", "description": "defaults to the file name"},
+                        "image_size": {"type": "integer", "description": "archives: resize images to this"},
+                        "channels": {"type": "integer", "enum": [1, 3], "description": "archives: 1 or 3"},
                     },
                 }
             },
             "application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"},
-                "description": "the raw .npz, streamed; `?filename=` and `?name=` describe it",
+                "description": "the raw .npz or archive, streamed; `?filename=` (its suffix tells which) and "
+                "`?name=` describe it",
             },
         },
     }
@@ -59,20 +67,35 @@ async def upload_dataset(
         str | None, Query(max_length=255, description="file name of a raw (octet-stream) upload")
     ] = None,
     name: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    image_size: Annotated[
+        int | None,
+        Query(ge=dataset_service.IMAGE_SIZES[0], le=dataset_service.IMAGE_SIZES[1],
+              description="archives: the side every image is resized to (needed when sizes differ)"),
+    ] = None,
+    channels: Annotated[
+        int | None, Query(ge=1, le=3, description="archives: 1 (grey) or 3 (RGB); default: from the images")
+    ] = None,
 ) -> dict[str, Any]:
-    """Upload an `.npz` with `x` (N x C x H x W or N x H x W x C, uint8 or float) and `y` (N int labels).
+    """Upload an `.npz` with `x` (N x C x H x W or N x H x W x C, uint8 or float) and `y` (N int labels),
+    or a `.zip` / `.tar` / `.tar.gz` of an image folder (`<class>/<image>`, optionally `train/` + `test/`).
 
     Multipart (field `file`, optional field `name`) or the raw file as `application/octet-stream`; both
     are streamed to the artifact store as they arrive (chunked bodies too). It belongs to the key's
     owner. 413 as soon as the body passes MAX_UPLOAD_BYTES or the owner's MAX_DATASET_BYTES_PER_OWNER;
     422 when darts_core cannot use it (checked from the `.npy` headers first, then in bounded chunks: at
-    most MAX_DATASET_VALUES values, labels below MAX_CLASSES).
+    most MAX_DATASET_VALUES values, labels below MAX_CLASSES). An archive is extracted (413 past
+    MAX_DATASET_FILES members or MAX_DATASET_UNCOMPRESSED_BYTES; 422 for links, `..`, absolute or non-UTF-8
+    names, naming the member), decoded once and stored as a uint8 `.npz`; the answer gives its classes,
+    their counts, the image size and the files skipped. `image_size` and `channels`: query parameters,
+    or form fields of a multipart upload.
     """
+    if channels == 2:
+        raise Unprocessable("channels must be 1 or 3", loc=("query", "channels"))
     content_type = request.headers.get("content-type", "")
     hook = getattr(request.app.state, "before_upload_validation", None)
     if content_type.startswith("multipart/form-data"):
         form = MultipartUpload(content_type)
-        dataset = await dataset_service.store_upload(
+        dataset, skipped = await dataset_service.store_upload(
             session,
             form.file_chunks(request.stream()),
             filename=None,
@@ -81,9 +104,11 @@ async def upload_dataset(
             owner=owner.name,
             form=form,
             before_validation=hook,
+            image_size=image_size,
+            channels=channels,
         )
     elif content_type.startswith("application/octet-stream"):
-        dataset = await dataset_service.store_upload(
+        dataset, skipped = await dataset_service.store_upload(
             session,
             request.stream(),
             filename=filename or "upload.npz",
@@ -91,13 +116,15 @@ async def upload_dataset(
             settings=settings,
             owner=owner.name,
             before_validation=hook,
+            image_size=image_size,
+            channels=channels,
         )
     else:
         raise Unprocessable(
             "unsupported content type: send multipart/form-data or application/octet-stream",
             loc=("header", "content-type"),
         )
-    return dataset_service.upload_public(dataset)
+    return dataset_service.upload_public(dataset, skipped)
 
 
 @router.get("", response_model=Page[DatasetPublic], responses=errors(400))

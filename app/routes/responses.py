@@ -34,6 +34,7 @@ _DESCRIPTIONS = {
     413: "Request body larger than MAX_BODY_BYTES (uploads: MAX_UPLOAD_BYTES)",
     422: "Invalid input; `detail` names the field",
     429: "Too many requests or active searches; `Retry-After` says when to retry",
+    500: "The server failed at it (an export process, for one); `detail` says how",
     503: "A dependency (database, Redis) is unreachable",
 }
 

@@ -1,7 +1,8 @@
-"""`/trainings`: create, list, read, epochs, Server-Sent Events, cancel, delete, weights."""
+"""`/trainings`: create, list, read, epochs, Server-Sent Events, cancel, delete, weights, exports."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response, status
@@ -28,10 +29,12 @@ from app.routes.polled import MAX_EPOCHS_PAGE, NOT_MODIFIED_RESPONSE, forget, ow
 from app.routes.responses import errors
 from app.schemas.common import Page
 from app.schemas.trainings import TrainingEpochPublic, TrainingPublic, TrainingSpec
+from app.services import exports as export_service
 from app.services import job_json, jobs
 from app.services import searches as search_service
 from app.services import trainings as training_service
 from app.services.job_feed import JobFeeds, OpenStreams
+from darts_core.spec.artifacts import ExportFormat
 
 router = APIRouter(
     prefix="/trainings", tags=["trainings"], dependencies=[REQUIRE_OWNER], responses=UNAUTHORIZED_RESPONSE
@@ -191,6 +194,39 @@ def get_weights(
     return FileResponse(
         path, media_type="application/octet-stream", filename=f"training-{training_id}.safetensors"
     )
+
+
+def _export_route(format: ExportFormat, media_type: str, loads_with: str) -> None:
+    """`GET /trainings/{id}/model.onnx` or `/model.pt`: the export is built on first request (it may
+    take seconds) and kept beside the weights."""
+    name = format.file_name
+
+    def get_export(
+        training_id: str, session: SessionDep, settings: SettingsDep, _owner: TrainingAccess
+    ) -> FileResponse:
+        path = export_service.export_file(session, training_id, format, settings=settings)
+        suffix = Path(name).suffix
+        return FileResponse(path, media_type=media_type, filename=f"training-{training_id}{suffix}")
+
+    get_export.__doc__ = (
+        f"The trained network as {format.value} ({loads_with}), with its input shape, class names, "
+        "normalisation and genotype as metadata; 409 until the training has succeeded."
+    )
+    router.add_api_route(
+        f"/{{training_id}}/{name}",
+        get_export,
+        methods=["GET"],
+        response_class=FileResponse,
+        name=f"get_{format.value}_export",
+        responses={
+            200: {"content": {media_type: {}}, "description": f"{name}: runs with {loads_with}"},
+            **errors(404, 409, 500),
+        },
+    )
+
+
+_export_route(ExportFormat.onnx, "application/onnx", "onnxruntime, no darts_core needed")
+_export_route(ExportFormat.torchscript, "application/octet-stream", "torch.jit.load, no darts_core needed")
 
 
 @router.get(

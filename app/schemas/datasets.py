@@ -13,6 +13,13 @@ from pydantic import (
 from app.schemas.common import StrictModel
 
 
+class SkippedFiles(StrictModel):
+    """The files of an uploaded archive that were left out (no image, ...)."""
+
+    count: int
+    first: list[str] = Field(description="The first few, as 'path: reason'.")
+
+
 class DatasetPublic(StrictModel):
     """A dataset the searches can use: built in (`kind` "builtin", id = its name) or uploaded."""
 
@@ -33,5 +40,14 @@ class DatasetPublic(StrictModel):
     created_at: datetime | None = None
     parameters: dict[str, Any] | None = Field(
         default=None, description="Built-ins: the spec parameters they take, with their defaults"
+    )
+    class_names: list[str] | None = Field(
+        default=None, description="Label i is class_names[i]; null when the dataset does not name them."
+    )
+    class_counts: dict[str, int] | None = Field(
+        default=None, description="Archives: images per class (train and test parts together)."
+    )
+    skipped: SkippedFiles | None = Field(
+        default=None, description="Only in the answer to an archive upload: the files left out."
     )
 

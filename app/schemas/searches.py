@@ -24,6 +24,7 @@ from pydantic import (
 from app.lifecycle.status import Status
 from app.schemas.common import MAX_SEARCH_NAME, SearchName, StrictModel, UploadId
 from darts_core.spec.dataset_spec import DigitsDatasetSpec, SplitSeed, SyntheticDatasetSpec, TestFraction
+from darts_core.spec.method_spec import DartsMethod, MethodConfig
 from darts_core.spec.records import EpochRecord
 from darts_core.spec.search_spec import (
     ConstraintsConfig,
@@ -95,6 +96,7 @@ class SearchSpec(StrictModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
+    method: MethodConfig = Field(default_factory=DartsMethod)
 
     @model_validator(mode="after")
     def _default_name(self) -> SearchSpec:
@@ -128,6 +130,9 @@ class SearchPublic(StrictModel):
         default=False, description="True when the spec's training.early_stop rule ended the search."
     )
     stop_reason: str | None = Field(default=None, description="Why the early-stop rule stopped it.")
+    class_names: list[str] | None = Field(
+        default=None, description="The dataset's class names (label i is class_names[i]), when it names them."
+    )
 
 
 class SearchEstimatePublic(StrictModel):
@@ -167,4 +172,3 @@ class StatusPayload(StrictModel):
 
     status: Status
     error: str | None
-

@@ -81,6 +81,9 @@ class TrainingPublic(StrictModel):
     parameters: int | None = Field(description="Weights of the network (auxiliary head excluded).")
     multiply_adds: int | None = Field(description="Multiply-adds of one forward pass of one image.")
     error: str | None
+    class_names: list[str] | None = Field(
+        default=None, description="The dataset's class names (label i is class_names[i]), when it names them."
+    )
 
 
 class TrainingEpochPublic(StrictModel):

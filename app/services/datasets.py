@@ -1,8 +1,10 @@
-"""Datasets: `.npz` uploads (streamed to the artifact store, validated by darts_core) and built-ins."""
+"""Datasets: `.npz` uploads and archives of image folders (streamed to the artifact store, validated or
+decoded by darts_core) and built-ins."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,6 +22,7 @@ from app.services.multipart import MultipartUpload
 from app.services.pagination import encode_cursor, older_than
 from app.settings import Settings
 from app.storage import datasets_dir
+from darts_core.data.archive import ArchiveError, ArchiveTooLarge, archive_suffix, extract_archive
 from darts_core.spec.dataset_spec import builtin_datasets as core_builtin_datasets
 
 logger = logging.getLogger(__name__)
@@ -28,6 +31,10 @@ LOC_FILE = ("body", "file")
 INFO_FIELDS = ("num_samples", "num_classes", "channels", "height", "width")
 MAX_NAME = 200  # the columns' sizes (app.models.Dataset)
 MAX_FILENAME = 255
+SKIPPED_SHOWN = 20  # skipped files named in an archive upload's answer
+#: The sizes and channels an archive's images may be resized / converted to (`image_size`, `channels`).
+IMAGE_SIZES = (4, 1024)
+CHANNELS = (1, 3)
 
 
 # The built-ins a search spec may name (app.schemas.searches); darts_core's cifar10 needs a server-side path.
@@ -56,7 +63,12 @@ def builtin_public(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def upload_public(dataset: Dataset) -> dict[str, Any]:
+def upload_public(dataset: Dataset, skipped: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """An upload as a `DatasetPublic` dict; `skipped`: the files an archive upload left out (its answer)."""
+    shown = None
+    if skipped is not None:
+        first = [f"{path}: {reason}" for path, reason in skipped[:SKIPPED_SHOWN]]
+        shown = {"count": len(skipped), "first": first}
     return {
         "id": dataset.id,
         "kind": "upload",
@@ -70,6 +82,9 @@ def upload_public(dataset: Dataset) -> dict[str, Any]:
         "width": dataset.width,
         "size_bytes": dataset.size_bytes,
         "created_at": dataset.created_at,
+        "class_names": dataset.class_names,
+        "class_counts": dataset.class_counts,
+        "skipped": shown,
     }
 
 
@@ -103,8 +118,9 @@ def _limiter() -> anyio.CapacityLimiter:
 
 def _check_names(filename: str, name: str | None) -> str:
     filename = Path(filename).name  # never a path: only the last component is kept
-    if not filename.lower().endswith(".npz"):
-        raise Unprocessable(f"expected a .npz file, got {filename!r}", loc=LOC_FILE)
+    if not filename.lower().endswith(".npz") and archive_suffix(filename) is None:
+        message = f"expected a .npz, .zip, .tar, .tar.gz or .tgz file, got {filename!r}"
+        raise Unprocessable(message, loc=LOC_FILE)
     if len(filename) > MAX_FILENAME:
         raise Unprocessable(f"file name longer than {MAX_FILENAME} characters", loc=LOC_FILE)
     if name is not None and not 1 <= len(name) <= MAX_NAME:
@@ -125,17 +141,24 @@ async def store_upload(
     owner: str,
     form: MultipartUpload | None = None,
     before_validation: Callable[[], None] | None = None,
-) -> Dataset:
-    """Write an uploaded `.npz` to `ARTIFACT_DIR/datasets/{id}.npz` chunk by chunk, validate it, record it
-    as `owner`'s.
+    image_size: int | None = None,
+    channels: int | None = None,
+) -> tuple[Dataset, list[tuple[str, str]] | None]:
+    """Write an upload to the artifact store chunk by chunk, validate or decode it, record it as
+    `owner`'s at `ARTIFACT_DIR/datasets/{id}.npz`; returns it and, for an archive, the skipped files.
 
     The size caps apply while the bytes arrive: over `settings.max_upload_bytes`, or over what is left
     of the owner's `settings.max_dataset_bytes_per_owner` -> PayloadTooLarge (413) at once. A multipart
-    upload (`form`) names its file and `name` field as it streams; they are read from `form` once the
-    body is in. The file is then validated off the event loop, with bounded
-    memory (darts_core.data.registry.validate_npz); not an `.npz` darts_core can use -> Unprocessable (422).
-    Either way the partial file is removed and nothing is recorded. `before_validation` (tests,
-    instrumentation) runs in the validation's thread just before it starts.
+    upload (`form`) names its file and its `name`, `image_size`, `channels` fields as it streams; they are
+    read from `form` once the body is in. Then, off the event loop (a thread, at most
+    VALIDATIONS_AT_ONCE at a time): an `.npz` is validated with bounded memory
+    (darts_core.data.registry.validate_npz); a `.zip` / `.tar` / `.tar.gz` is extracted into a temporary
+    folder under the artifact dir (darts_core.data.archive: MAX_DATASET_FILES members,
+    MAX_DATASET_UNCOMPRESSED_BYTES; 413 past either), decoded once (darts_core.data.folder, at most
+    MAX_CLASSES classes; `image_size` and `channels` resize and convert) and stored as the uint8 `.npz`;
+    the temporary folder is always removed. Not usable -> Unprocessable (422) naming the member or file.
+    Either way nothing is left and nothing recorded. `before_validation` (tests, instrumentation) runs in
+    the validation's thread just before it starts.
     """
     if filename is not None:
         _check_names(filename, name)  # a raw upload is refused before a byte is stored
@@ -143,12 +166,14 @@ async def store_upload(
     directory = datasets_dir(settings)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{dataset_id}.npz"
+    received = directory / f"{dataset_id}.upload"
+    work = settings.artifacts_path / "tmp" / f"upload-{dataset_id}"
     size = 0
     used = bytes_used(session, owner)
     session.commit()  # ends the read transaction: nothing holds the database while the body streams
     quota_left = settings.max_dataset_bytes_per_owner - used
     try:
-        with path.open("wb") as out:
+        with received.open("wb") as out:
             async for chunk in chunks:
                 size += len(chunk)
                 if size > settings.max_upload_bytes:
@@ -159,23 +184,34 @@ async def store_upload(
         if form is not None:
             name = name or form.fields.get("name") or None
             filename = form.filename or "upload.npz"
+            image_size = image_size if image_size is not None else _form_int(form, "image_size", IMAGE_SIZES)
+            channels = channels if channels is not None else _form_int(form, "channels", CHANNELS)
         filename = _check_names(filename or "upload.npz", name)
         if size == 0:
             raise Unprocessable("the uploaded file is empty", loc=LOC_FILE)
+        is_archive = archive_suffix(filename) is not None
 
-        def validate() -> dict[str, Any]:
+        def validate() -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
             if before_validation is not None:
                 before_validation()
-            return _validate_npz(path, settings)
+            if not is_archive:
+                received.replace(path)
+                return _validate_npz(path, settings), None
+            try:
+                return _decode_archive(received, work, path, settings, image_size, channels)
+            finally:
+                received.unlink(missing_ok=True)
+                shutil.rmtree(work, ignore_errors=True)
 
-        info = await anyio.to_thread.run_sync(validate, limiter=_limiter())
-        # Again, with what other uploads of the same owner stored meanwhile.
+        info, skipped = await anyio.to_thread.run_sync(validate, limiter=_limiter())
+        stored = path.stat().st_size
+        # Again, with what other uploads of the same owner stored meanwhile (and the decoded size).
         used = bytes_used(session, owner)
-        if used + size > settings.max_dataset_bytes_per_owner:
+        if used + stored > settings.max_dataset_bytes_per_owner:
             raise PayloadTooLarge(quota_message(settings, used))
         dataset = Dataset(
             id=dataset_id,
-            name=name or Path(filename).stem[:MAX_NAME] or dataset_id,
+            name=name or _stem(filename)[:MAX_NAME] or dataset_id,
             owner=owner,
             filename=filename,
             path=str(path),
@@ -184,15 +220,84 @@ async def store_upload(
             channels=int(info["channels"]),
             height=int(info["height"]),
             width=int(info["width"]),
-            size_bytes=size,
+            size_bytes=stored,
             created_at=utcnow(),
+            class_names=info.get("class_names"),
+            class_counts=info.get("class_counts"),
         )
         session.add(dataset)
         session.commit()
     except BaseException:
+        received.unlink(missing_ok=True)
         path.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
         raise
-    return dataset
+    return dataset, skipped
+
+
+def _stem(filename: str) -> str:
+    suffix = archive_suffix(filename)
+    return filename[: -len(suffix)] if suffix else Path(filename).stem
+
+
+def _form_int(form: MultipartUpload, field: str, allowed: tuple[int, ...]) -> int | None:
+    """An integer form field (`image_size`: within the range `allowed`; `channels`: one of them)."""
+    text = form.fields.get(field)
+    if text is None or text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise Unprocessable(f"{field} must be an integer", loc=("body", field)) from exc
+    if field == "image_size" and not allowed[0] <= value <= allowed[1]:
+        raise Unprocessable(f"image_size must be from {allowed[0]} to {allowed[1]}", loc=("body", field))
+    if field == "channels" and value not in allowed:
+        expected = f"one of {list(allowed)}"
+        raise Unprocessable(f"{field} must be {expected}, got {value}", loc=("body", field))
+    return value
+
+
+def _decode_archive(
+    archive: Path, work: Path, path: Path, settings: Settings, image_size: int | None, channels: int | None
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Extract `archive` into `work`, decode its image folder once, store it as the `.npz` at `path`."""
+    from darts_core.data.folder import FolderError, read_image_folder, save_image_folder_npz
+
+    try:
+        root = extract_archive(
+            archive,
+            work,
+            max_files=settings.max_dataset_files,
+            max_bytes=settings.max_dataset_uncompressed_bytes,
+        )
+    except ArchiveTooLarge as exc:
+        limits = "MAX_DATASET_FILES, MAX_DATASET_UNCOMPRESSED_BYTES"
+        raise PayloadTooLarge(f"invalid archive: {exc} ({limits})") from exc
+    except ArchiveError as exc:
+        raise Unprocessable(f"invalid archive: {exc}", loc=LOC_FILE, error_type="invalid_dataset") from exc
+    try:
+        folder = read_image_folder(
+            root,
+            image_size=image_size,
+            channels=channels,
+            max_classes=settings.max_classes,
+            max_values=settings.max_dataset_values,
+        )
+    except FolderError as exc:
+        message = f"invalid image folder: {exc}"
+        raise Unprocessable(message, loc=LOC_FILE, error_type="invalid_dataset") from exc
+    save_image_folder_npz(folder, path)
+    height, width = folder.image_size
+    info = {
+        "num_samples": folder.num_samples,
+        "num_classes": len(folder.class_names),
+        "channels": folder.channels,
+        "height": height,
+        "width": width,
+        "class_names": folder.class_names,
+        "class_counts": folder.class_counts,
+    }
+    return info, folder.skipped
 
 
 def _validate_npz(path: Path, settings: Settings) -> dict[str, Any]:

@@ -89,6 +89,13 @@ def owned_upload(session: Session, dataset_id: str, owner: str) -> Dataset:
     return dataset
 
 
+def class_names_of(session: Session, dataset_ref: str) -> list[str] | None:
+    """The class names of the dataset a job loads (`dataset_ref`): an upload's, when it names them."""
+    kind, _, ref = dataset_ref.partition(":")
+    dataset = session.get(Dataset, ref) if kind == "upload" else None
+    return None if dataset is None else dataset.class_names
+
+
 def submit(session: Session, job: JobT, *, celery: Celery, settings: Settings) -> JobT:
     """Insert the `queued` row `job` (search or training) and send its task to the broker.
 
@@ -129,11 +136,12 @@ def submit(session: Session, job: JobT, *, celery: Celery, settings: Settings) -
 
 @dataclass(frozen=True)
 class StudyChild:
-    """Which child of which study a job is: its study, stage and seed (`StudyChildColumns`)."""
+    """Which child of which study a job is: its study, stage, arm and seed (`StudyChildColumns`)."""
 
     study_id: str
     stage: str
     seed: int
+    arm: str = "0"
 
 
 def submit_study_child(
@@ -142,7 +150,7 @@ def submit_study_child(
     """Insert `job` as the study's `child` and send its task; None when that child exists already.
 
     The study's orchestrator calls it. The study passed the quota and admission when it was accepted,
-    so neither is checked again. The unique (study_id, study_stage, study_seed) of each kind's table
+    so neither is checked again. The unique (study_id, study_stage, study_arm, study_seed) of each table
     makes it idempotent: of two orchestrators creating the same child at once, one insert wins. When
     the broker cannot be reached the row stays `queued` and the reconciler
     (`app.lifecycle.sweep.reconcile_queue`) sends its task later: the study is not failed for it.
@@ -150,6 +158,7 @@ def submit_study_child(
     assert isinstance(job, StudyChildColumns)
     kind = kind_of(job)
     job.study_id, job.study_stage, job.study_seed = child.study_id, child.stage, child.seed
+    job.study_arm = child.arm
     session.add(job)
     try:
         session.commit()

@@ -7,6 +7,7 @@ The orchestration itself is `app.services.study_advance`; status changes are the
 from __future__ import annotations
 
 import shutil
+import statistics
 import uuid
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,7 @@ from app.lifecycle.status import TERMINAL, Status
 from app.lifecycle.studies import Stage
 from app.models import Dataset, Search, SearchEpoch, Study, Training, TrainingEpoch
 from app.schemas.searches import UploadedDatasetSpec
-from app.schemas.studies import StudySpec
+from app.schemas.studies import RANDOM_ARM, StudySpec
 from app.services import admission, jobs
 from app.services.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from app.services.pagination import encode_cursor, older_than
@@ -45,11 +46,11 @@ def _require_own_dataset(session: Session, dataset: Any, owner: str, loc: tuple[
     return row
 
 
-def _with_location(error: Unprocessable, prefix: str) -> Unprocessable:
-    """The same 422, its `loc` moved under the study's field (`body.search...`)."""
+def _with_location(error: Unprocessable, *prefix: str | int) -> Unprocessable:
+    """The same 422, its `loc` moved under the study's field (`body.search...`, `body.methods.1...`)."""
     for issue in error.detail:
         loc = issue["loc"]
-        issue["loc"] = [loc[0], prefix, *loc[1:]] if loc and loc[0] == "body" else [prefix, *loc]
+        issue["loc"] = [loc[0], *prefix, *loc[1:]] if loc and loc[0] == "body" else [*prefix, *loc]
     return error
 
 
@@ -72,6 +73,12 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
         admission.require_fits(session, search, deps.settings, owner=owner)
     except Unprocessable as error:
         raise _with_location(error, "search") from None
+    for index, arm in enumerate(spec.method_arms() if spec.methods is not None else []):
+        assert arm.search is not None
+        try:
+            admission.require_fits(session, arm.search, deps.settings, owner=owner)
+        except Unprocessable as error:  # a method of its own memory (GDAS computes one op per edge...)
+            raise _with_location(error, "methods", index) from None
     # The trainings are created stages later: a limit they would be refused for fails the study then.
     for field, training in (("selection", spec.selection), ("final", spec.final)):
         if training is None:
@@ -82,8 +89,9 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
             raise _with_location(error, field) from None
     settings = deps.settings
     active = jobs.count_active(session, owner)
-    if active + len(spec.seeds) > settings.max_active_searches_per_owner:
-        raise _over_quota(len(spec.seeds), active, settings)
+    searches = len(spec.seeds) * len(spec.method_arms())
+    if active + searches > settings.max_active_searches_per_owner:
+        raise _over_quota(searches, active, settings)
     name = spec.name or f"{search.name} study"
     accepted = spec.model_copy(
         update={"name": name, "search": search, "min_successful_seeds": spec.required_successes()}
@@ -106,17 +114,17 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
     total = jobs.count_active(session, owner)
     if total > settings.max_active_searches_per_owner:
         _withdraw(session, study.id, deps)
-        raise _over_quota(len(spec.seeds), max(0, total - len(spec.seeds)), settings)
+        raise _over_quota(searches, max(0, total - searches), settings)
     session.refresh(study)
     return study
 
 
-def _over_quota(seeds: int, active: int, settings: Settings) -> TooManyRequests:
+def _over_quota(searches: int, active: int, settings: Settings) -> TooManyRequests:
     return TooManyRequests(
-        f"this study runs {seeds} searches at once and you have {active} searches and "
+        f"this study runs {searches} searches at once and you have {active} searches and "
         "trainings queued or running, "
         f"more than the {settings.max_active_searches_per_owner} allowed "
-        "(MAX_ACTIVE_SEARCHES_PER_OWNER): use fewer seeds, or wait for searches to finish",
+        "(MAX_ACTIVE_SEARCHES_PER_OWNER): use fewer seeds or methods, or wait for searches to finish",
         retry_after=jobs.QUOTA_RETRY_AFTER_SECONDS,
     )
 
@@ -168,6 +176,7 @@ def _child_public(child: Child) -> dict[str, Any]:
     return {
         "kind": child.kind,
         "id": row.id,
+        "arm": child.arm,
         "seed": child.seed,
         "status": row.status,
         "epoch": row.epoch,
@@ -188,6 +197,36 @@ def _run_seconds(child: Child, now: datetime) -> float:
     return max(0.0, (end - start).total_seconds())
 
 
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def comparison(spec: StudySpec, study: Study, found: list[Child], now: datetime) -> list[dict[str, Any]]:
+    """Per arm (each method, then the random baseline): its selection trainings' accuracy over the
+    seeds, the networks' size and the searches' time, from the children as they are now."""
+    rows = []
+    for arm in spec.arms():
+        selections = [c for c in found if c.stage == Stage.selecting and c.arm == arm.key]
+        done = [c.row for c in selections if c.status == Status.succeeded]
+        accuracies = [float(row.valid_accuracy) for row in done if row.valid_accuracy is not None]
+        searches = [c for c in found if c.stage == Stage.searching and c.arm == arm.key and c.finished]
+        rows.append({
+            "arm": arm.key,
+            "method": arm.label,
+            "runs": spec.random_baseline if arm.key == RANDOM_ARM else len(spec.seeds),
+            "succeeded": len(done),
+            "valid_acc_mean": _mean(accuracies),
+            "valid_acc_std": statistics.stdev(accuracies) if len(accuracies) >= 2 else None,
+            "test_accuracy_mean": _mean([row.test_accuracy for row in done if row.test_accuracy is not None]),
+            "parameters_mean": _mean([row.parameters for row in done if row.parameters is not None]),
+            "multiply_adds_mean": _mean([row.multiply_adds for row in done if row.multiply_adds is not None]),
+            "search_seconds_mean": _mean([_run_seconds(c, now) for c in searches]) if searches else None,
+            "best_valid_acc": max(accuracies, default=None),
+            "chosen": study.chosen_seed is not None and (study.chosen_arm or "0") == arm.key,
+        })
+    return rows
+
+
 def study_detail(session: Session, study_id: str) -> dict[str, Any]:
     """The study with its stages' children, the selection side by side, and its times (StudyPublic)."""
     study = get_study(session, study_id)
@@ -199,8 +238,9 @@ def study_detail(session: Session, study_id: str) -> dict[str, Any]:
     return {
         **{key: getattr(study, key) for key in (
             "id", "name", "owner", "status", "stage", "created_at", "started_at", "finished_at", "error",
-            "chosen_seed", "chosen_search_id", "chosen_genotype", "selection", "spec",
+            "chosen_seed", "chosen_arm", "chosen_search_id", "chosen_genotype", "selection", "spec",
         )},
+        "comparison": comparison(StudySpec.model_validate(study.spec), study, found, now),
         "stages": {"search": by_stage[Stage.searching], "selection": by_stage[Stage.selecting],
                    "final": finals[0] if finals else None},
         "wall_seconds": (end - study.created_at).total_seconds(),

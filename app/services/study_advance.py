@@ -8,9 +8,13 @@ does what is due, so any process may call it any number of times, at once, and a
 - the ingester calls it right after it stored a child's terminal status;
 - `POST /studies` and `POST /studies/{id}/cancel` call it once themselves, so nothing waits a sweep.
 
-Idempotent and safe when concurrent: a child is created at most once (the unique (study, stage, seed)
-of searches and trainings: the insert that loses is rolled back and ignored), and the study's stage and
-status change through conditional updates (`app.lifecycle.studies`) that one caller wins.
+A study compares arms (`StudySpec.arms`): each method of `methods` runs a search per seed, and the
+random baseline's genotypes are drawn from the search space; the selection trains every found or
+drawn genotype alike and the best of them all is chosen.
+
+Idempotent and safe when concurrent: a child is created at most once (the unique (study, stage, arm,
+seed) of searches and trainings: the insert that loses is rolled back and ignored), and the study's
+stage and status change through conditional updates (`app.lifecycle.studies`) that one caller wins.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from app.lifecycle.status import TERMINAL, Status
 from app.lifecycle.studies import Stage
 from app.models import Search, Study, Training
 from app.schemas.common import MAX_SEARCH_NAME
-from app.schemas.studies import StudySpec, StudyTrainingSpec
+from app.schemas.studies import RANDOM_ARM, StudyArm, StudySpec, StudyTrainingSpec
 from app.schemas.trainings import TrainingSpec
 from app.services import jobs, trainings
 from app.services import searches as search_service
@@ -63,6 +67,12 @@ class Child:
     row: Any  # the Search or Training row
     stage: Stage
     seed: int
+    arm: str = "0"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Which line of its stage it is: (arm, seed)."""
+        return self.arm, self.seed
 
     @property
     def status(self) -> Status:
@@ -86,21 +96,32 @@ class Child:
     def describe(self) -> str:
         what = _WHAT.get(self.stage, self.kind)
         reason = f": {self.row.error}" if self.row.error else ""
-        return f"the {what} of seed {self.seed} ({self.row.id}) {self.status}{reason}"
+        return f"the {what} of {_line_name(self.arm, self.seed)} ({self.row.id}) {self.status}{reason}"
+
+
+def _line_name(arm: str, seed: int) -> str:
+    """A line of a stage in words: "seed 3", "seed 3 of method 1", "random genotype 2"."""
+    if arm == RANDOM_ARM:
+        return f"random genotype {seed}"
+    return f"seed {seed}" if arm == "0" else f"seed {seed} of method {arm}"
+
+
+def _child(kind: str, row: Search | Training) -> Child:
+    return Child(kind, row, Stage(str(row.study_stage)), int(row.study_seed or 0), str(row.study_arm))
 
 
 def children(session: Session, study_id: str) -> list[Child]:
-    """Every child of the study, searches first, each stage in seed order."""
-    searches = session.scalars(select(Search).where(Search.study_id == study_id).order_by(Search.study_seed))
-    found = [Child("search", row, Stage(str(row.study_stage)), int(row.study_seed or 0)) for row in searches]
+    """Every child of the study, searches first, each stage in (arm, seed) order."""
+    searches = select(Search).where(Search.study_id == study_id).order_by(Search.study_arm, Search.study_seed)
+    found = [_child("search", row) for row in session.scalars(searches)]
     query = select(Training).where(Training.study_id == study_id)
-    for row in session.scalars(query.order_by(Training.study_stage, Training.study_seed)):
-        found.append(Child("training", row, Stage(str(row.study_stage)), int(row.study_seed or 0)))
+    order = (Training.study_stage, Training.study_arm, Training.study_seed)
+    found += [_child("training", row) for row in session.scalars(query.order_by(*order))]
     return found
 
 
-def _in_stage(found: Sequence[Child], stage: Stage) -> dict[int, Child]:
-    return {child.seed: child for child in found if child.stage == stage}
+def _in_stage(found: Sequence[Child], stage: Stage) -> dict[tuple[str, int], Child]:
+    return {child.key: child for child in found if child.stage == stage}
 
 
 def _cancel_children(session: Session, found: Sequence[Child], deps: StudyDeps) -> None:
@@ -130,132 +151,181 @@ def _child_name(study: Study, what: str) -> str:
     return f"{study.name[: MAX_SEARCH_NAME - len(suffix)]}{suffix}"
 
 
-def _search_spec(spec: StudySpec, study: Study, seed: int) -> Any:
-    training = spec.search.training.model_copy(update={"seed": seed})
-    return spec.search.model_copy(update={"training": training, "name": _child_name(study, f"seed {seed}")})
+def _search_spec(spec: StudySpec, study: Study, arm: StudyArm, seed: int) -> Any:
+    assert arm.search is not None  # a method's arm
+    training = arm.search.training.model_copy(update={"seed": seed})
+    label = f"seed {seed}" if spec.methods is None else f"{arm.label} seed {seed}"
+    return arm.search.model_copy(update={"training": training, "name": _child_name(study, label)})
 
 
 def _searching(session: Session, study: Study, spec: StudySpec, deps: StudyDeps) -> bool:
     """Create the missing searches; once enough ended, move to `selecting`. True when it moved on."""
     existing = _in_stage(children(session, study.id), Stage.searching)
-    for seed in spec.seeds:
-        if seed not in existing:
-            search_service.create_study_search(
-                session, _search_spec(spec, study, seed), celery=deps.celery, settings=deps.settings,
-                owner=study.owner, child=jobs.StudyChild(study.id, Stage.searching, seed),
-            )
+    arms = spec.method_arms()
+    for arm in arms:
+        for seed in spec.seeds:
+            if (arm.key, seed) not in existing:
+                search_service.create_study_search(
+                    session, _search_spec(spec, study, arm, seed), celery=deps.celery, settings=deps.settings,
+                    owner=study.owner, child=jobs.StudyChild(study.id, Stage.searching, seed, arm.key),
+                )
     found = children(session, study.id)
     searches = _in_stage(found, Stage.searching)
-    if _too_many_failed(session, study, spec, found, [searches.get(seed) for seed in spec.seeds], deps):
-        return False
-    if not all(child.finished for child in searches.values()) or len(searches) < len(spec.seeds):
+    for arm in arms:
+        line = [searches.get((arm.key, seed)) for seed in spec.seeds]
+        if _too_many_failed(session, study, spec.required_successes(), found, line, deps):
+            return False
+    if not all(child.finished for child in searches.values()) or len(searches) < len(arms) * len(spec.seeds):
         return False
     return lifecycle_studies.move_stage(session, study.id, Stage.searching, Stage.selecting)
 
 
 def _too_many_failed(
-    session: Session, study: Study, spec: StudySpec, found: Sequence[Child],
+    session: Session, study: Study, needed: int, found: Sequence[Child],
     line: Sequence[Child | None], deps: StudyDeps,
 ) -> bool:
-    """Fail the study when fewer than `min_successful_seeds` seeds can still get through; True then.
+    """Fail the study when fewer than `needed` lines of one arm can still get through; True then.
 
-    `line` holds each seed's child in the current stage (None: not created yet, or its seed was lost
-    in an earlier stage).
+    `line` holds each seed's child of the arm in the current stage (None: not created yet, or its
+    seed was lost in an earlier stage).
     """
     lost = [c for c in line if c is not None and c.finished and c.status != Status.succeeded]
     alive = sum(1 for child in line if child is not None) - len(lost)
-    if not lost or alive >= spec.required_successes():
+    if not lost or alive >= needed:
         return False
-    needed = spec.required_successes()
     reason = "; ".join(child.describe() for child in lost)
     _fail(session, study, found, deps, f"{reason} (min_successful_seeds={needed}, {alive} seed(s) left)")
     return True
 
 
 def _create_training(
-    session: Session, study: Study, body: StudyTrainingSpec, search_id: str, stage: Stage, seed: int,
-    deps: StudyDeps,
+    session: Session, study: Study, body: StudyTrainingSpec, source: dict[str, Any], stage: Stage,
+    line: tuple[str, int], deps: StudyDeps,
 ) -> bool:
-    """Create the training of stage `stage` for `seed` (the genotype of search `search_id`) unless it
-    exists. A training the service refuses (it does not fit a worker, the search is gone) fails the
-    study with the reason; False then."""
+    """Create the training of stage `stage` for `line` ((arm, seed)) unless it exists; `source` is its
+    genotype's (`{"search_id": ...}`, or `{"genotype": ..., "dataset": ...}` for a drawn one). A training
+    the service refuses (it does not fit a worker, the search is gone) fails the study with the reason;
+    False then."""
+    arm, seed = line
     what = "selection" if stage == Stage.selecting else "final"
-    name = _child_name(study, f"{what} seed {seed}")
-    spec = TrainingSpec.model_validate({**body.model_dump(mode="json"), "search_id": search_id, "name": name})
+    name = _child_name(study, f"{what} {_line_name(arm, seed)}")
+    spec = TrainingSpec.model_validate({**body.model_dump(mode="json"), **source, "name": name})
     try:
         training = trainings.new_training(session, spec, settings=deps.settings, owner=study.owner)
     except ServiceError as refused:
         detail = refused.detail if isinstance(refused.detail, str) else refused.detail[0]["msg"]
         _fail(session, study, children(session, study.id), deps,
-              f"the {what} training of seed {seed} could not be created: {detail}")
+              f"the {what} training of {_line_name(arm, seed)} could not be created: {detail}")
         return False
     except OperationalError:
         raise  # the database is unreachable: the sweep tries again
     except Exception:
         # Anything else would recur at every sweep and keep the study running forever. The reason
         # stays in the log (exception texts may name server paths).
-        logger.exception("study %s: creating the %s training of seed %s failed", study.id, what, seed)
+        logger.exception("study %s: creating the %s training of %s failed", study.id, what,
+                         _line_name(arm, seed))
         session.rollback()
         _fail(session, study, children(session, study.id), deps,
-              f"the {what} training of seed {seed} could not be created: an internal error "
+              f"the {what} training of {_line_name(arm, seed)} could not be created: an internal error "
               "(the service's log has the details)")
         return False
     jobs.submit_study_child(
-        session, training, jobs.StudyChild(study.id, stage, seed), celery=deps.celery, settings=deps.settings
+        session, training, jobs.StudyChild(study.id, stage, seed, arm), celery=deps.celery,
+        settings=deps.settings,
     )
     return True
 
 
-def _choose(line: Sequence[Child]) -> Child:
+def _choose(line: Sequence[Child], order: Sequence[str]) -> Child:
     """The best by selection validation accuracy; ties (and trainings without a validation split) go to
-    the lower seed."""
-    def key(child: Child) -> tuple[float, int]:
-        return (-1.0 if child.valid_acc is None else child.valid_acc, -child.seed)
+    the arm first in `order` (the methods, then the random baseline), then the lower seed."""
+    def key(child: Child) -> tuple[float, int, int]:
+        return (-1.0 if child.valid_acc is None else child.valid_acc, -order.index(child.arm), -child.seed)
 
     return max(line, key=key)
 
 
+def _selection_lines(spec: StudySpec, searches: dict[tuple[str, int], Child]) -> dict[str, list[int]]:
+    """Per arm, the lines the selection trains: the seeds whose search succeeded, and every random
+    genotype's index."""
+    lines = {
+        arm.key: [s for s in spec.seeds if (c := searches.get((arm.key, s))) and c.status == Status.succeeded]
+        for arm in spec.method_arms()
+    }
+    if spec.random_baseline:
+        lines[RANDOM_ARM] = list(range(spec.random_baseline))
+    return lines
+
+
+def _genotype_source(
+    spec: StudySpec, body: StudyTrainingSpec, searches: dict[tuple[str, int], Child], line: tuple[str, int],
+    genotype: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Where the training of `line` takes its genotype: its search, or (random arm) the drawn genotype
+    (`genotype`, or drawn again from the spec) on the selection's dataset or the search's."""
+    arm, seed = line
+    if arm != RANDOM_ARM:
+        return {"search_id": searches[line].row.id}
+    drawn = genotype if genotype is not None else spec.random_genotypes()[seed].to_json()
+    dataset = body.dataset if body.dataset is not None else spec.search.dataset
+    return {"genotype": drawn, "dataset": dataset.model_dump(mode="json")}
+
+
 def _selecting(session: Session, study: Study, spec: StudySpec, deps: StudyDeps) -> bool:
-    """A selection training per found genotype; once enough ended, choose, then `final` (or done)."""
-    searches = _in_stage(children(session, study.id), Stage.searching)
-    found_seeds = [s for s in spec.seeds if s in searches and searches[s].status == Status.succeeded]
-    existing = _in_stage(children(session, study.id), Stage.selecting)
-    for seed in found_seeds:
-        if seed not in existing:
-            search_id = searches[seed].row.id
-            if not _create_training(session, study, spec.selection, search_id, Stage.selecting, seed, deps):
-                return False
+    """A selection training per found (or drawn) genotype; once enough ended, choose the best of all
+    arms, then `final` (or done)."""
+    found = children(session, study.id)
+    searches, existing = _in_stage(found, Stage.searching), _in_stage(found, Stage.selecting)
+    lines = _selection_lines(spec, searches)
+    for key, seeds in lines.items():
+        for seed in seeds:
+            if (key, seed) not in existing:
+                source = _genotype_source(spec, spec.selection, searches, (key, seed))
+                if not _create_training(session, study, spec.selection, source, Stage.selecting, (key, seed),
+                                        deps):
+                    return False
     found = children(session, study.id)
     selections = _in_stage(found, Stage.selecting)
-    line = [selections.get(seed) for seed in found_seeds]
-    if _too_many_failed(session, study, spec, found, line, deps):
+    every: list[Child | None] = []
+    for key, seeds in lines.items():
+        line = [selections.get((key, seed)) for seed in seeds]
+        # A method needs min_successful_seeds of its seeds; the random baseline every genotype.
+        needed = len(seeds) if key == RANDOM_ARM else spec.required_successes()
+        if _too_many_failed(session, study, needed, found, line, deps):
+            return False
+        every += line
+    if any(child is None or not child.finished for child in every):
         return False
-    if any(child is None or not child.finished for child in line):
-        return False
-    succeeded = [child for child in line if child is not None and child.status == Status.succeeded]
+    succeeded = [child for child in every if child is not None and child.status == Status.succeeded]
     if not succeeded:
         # Unreachable while min_successful_seeds >= 1 holds, unless children vanished; never raise here
         # (the sweep would retry it forever and the study never end).
-        reasons = "; ".join(child.describe() for child in line if child is not None)
+        reasons = "; ".join(child.describe() for child in every if child is not None)
         _fail(session, study, found, deps,
               f"no selection training succeeded, so there is no genotype to choose ({reasons or 'none ran'})")
         return False
-    chosen = _choose(succeeded)
+    arms = spec.arms()
+    chosen = _choose(succeeded, [arm.key for arm in arms])
     summary = []
-    for seed in spec.seeds:
-        training = selections.get(seed)
-        search = searches.get(seed)
-        summary.append({
-            "seed": seed,
-            "search_id": search.row.id if search else None,
-            "training_id": training.row.id if training else None,
-            "valid_acc": training.valid_acc if training else None,
-            "status": str(training.status if training else search.status if search else Status.queued),
-            "chosen": seed == chosen.seed,
-        })
+    for arm in arms:
+        for seed in lines[arm.key] if arm.key == RANDOM_ARM else spec.seeds:
+            training = selections.get((arm.key, seed))
+            search = searches.get((arm.key, seed))
+            summary.append({
+                "arm": arm.key,
+                "method": arm.label,
+                "seed": seed,
+                "search_id": search.row.id if search else None,
+                "training_id": training.row.id if training else None,
+                "valid_acc": training.valid_acc if training else None,
+                "status": str(training.status if training else search.status if search else Status.queued),
+                "chosen": (arm.key, seed) == chosen.key,
+            })
+    chosen_search = searches.get(chosen.key)
     values: dict[str, Any] = {
         "chosen_seed": chosen.seed,
-        "chosen_search_id": searches[chosen.seed].row.id,
+        "chosen_arm": chosen.arm,
+        "chosen_search_id": chosen_search.row.id if chosen_search else None,
         "chosen_genotype": chosen.row.genotype,
         "selection": summary,
     }
@@ -267,11 +337,14 @@ def _selecting(session: Session, study: Study, spec: StudySpec, deps: StudyDeps)
 
 def _final(session: Session, study: Study, spec: StudySpec, deps: StudyDeps) -> bool:
     """The final training of the chosen genotype; the study ends with it."""
-    assert spec.final is not None and study.chosen_seed is not None and study.chosen_search_id is not None
-    final = _in_stage(children(session, study.id), Stage.final).get(study.chosen_seed)
+    assert spec.final is not None and study.chosen_seed is not None
+    line = (study.chosen_arm or "0", study.chosen_seed)  # no arm: chosen before studies had arms
+    found = children(session, study.id)
+    final = _in_stage(found, Stage.final).get(line)
     if final is None:
-        seed, search_id = study.chosen_seed, study.chosen_search_id
-        _create_training(session, study, spec.final, search_id, Stage.final, seed, deps)
+        searches = _in_stage(found, Stage.searching)
+        source = _genotype_source(spec, spec.final, searches, line, genotype=study.chosen_genotype)
+        _create_training(session, study, spec.final, source, Stage.final, line, deps)
         return False
     if not final.finished:
         return False
@@ -334,7 +407,7 @@ def _strays(session: Session) -> list[Child]:
     )
     rows: list[tuple[str, Search | Training]] = [("search", row) for row in searches]
     rows += [("training", row) for row in trainings]
-    return [Child(kind, row, Stage(str(row.study_stage)), int(row.study_seed or 0)) for kind, row in rows]
+    return [_child(kind, row) for kind, row in rows]
 
 
 def advance_unfinished(factory: sessionmaker[Session], deps: StudyDeps) -> int:

@@ -33,7 +33,7 @@ from app.storage import training_dir, training_weights_path
 
 def _parse_genotype(value: dict[str, Any] | str) -> dict[str, Any]:
     """The genotype's JSON form, validated against the DARTS primitives; 422 naming `genotype`."""
-    from darts_core.spec.genotype import Genotype  # imports torch: only when a training is created
+    from darts_core.spec.genotype import Genotype
 
     try:
         genotype = Genotype.from_json(value) if isinstance(value, dict) else Genotype.from_darts(value)
@@ -143,6 +143,7 @@ def new_training(
         status=Status.queued,
         spec=spec_json,
         dataset_ref=ref,
+        class_names=jobs.class_names_of(session, ref),
         created_at=utcnow(),
         epoch=0,
         epochs=spec.training.epochs,

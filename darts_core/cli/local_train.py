@@ -13,7 +13,6 @@ torch is imported when the command runs, not when the module is.
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -29,6 +28,7 @@ from darts_core.cli.common import (
     stop_on_interrupt,
     write_json,
 )
+from darts_core.spec.artifacts import WEIGHTS_FILE, ExportFormat
 from darts_core.spec.genotype import Genotype
 from darts_core.spec.training_spec import TrainingJobConfig
 
@@ -38,16 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["train"]
 
 TRAIN_RESULT_NAME = "train.json"
-WEIGHTS_NAME = "model.safetensors"
 TRAIN_CHECKPOINT_NAME = "train-checkpoint"
-#: ``--export`` format -> the file written beside model.safetensors (darts_core.train.export.EXPORT_FORMATS;
-#: repeated here so that registering the command imports no torch).
-EXPORT_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
-
-
-class ExportFormat(StrEnum):
-    onnx = "onnx"
-    torchscript = "torchscript"
 
 
 def _read_genotype(path: Path) -> Genotype:
@@ -295,18 +286,11 @@ def train(
             raise fail(str(error)) from None
 
     out.mkdir(parents=True, exist_ok=True)
-    height, width = data.image_size
-    save_trained(
-        result.network,
-        out / WEIGHTS_NAME,
-        input_shape=(data.in_channels, height, width),
-        mean=data.channel_mean or None,
-        std=data.channel_std or None,
-    )
-    written = [out / WEIGHTS_NAME]
+    save_trained(result.network, out / WEIGHTS_FILE, **data.weights_metadata())
+    written = [out / WEIGHTS_FILE]
     if export is not None:
-        written.append(out / EXPORT_NAMES[export.value])
-        export_trained(out / WEIGHTS_NAME, written[-1], format=export.value)
+        written.append(out / export.file_name)
+        export_trained(out / WEIGHTS_FILE, written[-1], format=export.value)
     filled = config.to_spec()
     settings = {name: filled[section][key] for name, (section, key) in _TRAIN_OPTIONS.items()}
     settings["device"] = device or filled["resources"]["device"]

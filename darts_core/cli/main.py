@@ -9,6 +9,7 @@ scratch with :func:`~darts_core.train.job.run_training_job` (options, or ``--spe
 spec of ``POST /trainings``) and writes ``train.json`` (validation and test accuracy, parameters,
 multiply-adds, history) and ``model.safetensors`` (:func:`darts_core.load_trained`); it checkpoints every
 epoch into ``--checkpoint-dir`` (default ``OUT/train-checkpoint``) and resumes from there when run again.
+``darts export WEIGHTS`` writes a weights file as ONNX or TorchScript (:mod:`darts_core.cli.local_export`).
 ``darts datasets`` lists the built-in datasets (and the server's, when logged in). Bad input exits with
 status 2 and a message.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import typer
 
 from darts_core.cli.local_datasets import datasets
+from darts_core.cli.local_export import export
 from darts_core.cli.local_search import search
 from darts_core.cli.local_train import train
 from darts_core.client import searches, studies, trainings
@@ -42,6 +44,7 @@ app = typer.Typer(
 app.command()(search)
 app.command()(train)
 app.command()(datasets)
+app.command()(export)
 searches.register(app)
 studies.register(app)
 trainings.register(app)

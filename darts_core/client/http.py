@@ -24,6 +24,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import httpx
 
 from darts_core.client.sse import ServerSentEvent, SSEParser, iter_sse
+from darts_core.data.archive import tar_stream
+from darts_core.spec.artifacts import EXPORT_FILES
 
 __all__ = [
     "DartsClient",
@@ -131,6 +133,12 @@ def _error_detail(response: httpx.Response) -> str:
         return detail if isinstance(detail, str) else json.dumps(detail)
     text = " ".join(response.text.split())
     return text[:200] or response.reason_phrase
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+            yield chunk
 
 
 class DartsClient:
@@ -260,8 +268,7 @@ class DartsClient:
     def download_model(self, training_id: str, format: str, path: Path) -> int:
         """As `download_weights`, the server's export of the trained network: `format` "onnx"
         (`model.onnx`) or "torchscript" (`model.pt`)."""
-        name = {"onnx": "model.onnx", "torchscript": "model.pt"}[format]
-        return self._download(f"/trainings/{training_id}/{name}", path)
+        return self._download(f"/trainings/{training_id}/{EXPORT_FILES[format]}", path)
 
     def _download(self, route: str, path: Path) -> int:
         partial = path.with_name(f".{path.name}.partial")
@@ -304,20 +311,34 @@ class DartsClient:
         return self._every_item("/datasets", {"limit": 500})
 
     def upload(
-        self, path: Path, *, name: str | None = None, progress: Callable[[int], None] | None = None
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        image_size: int | None = None,
+        channels: int | None = None,
     ) -> dict[str, Any]:
-        """Stream the `.npz` at `path` (raw body, so nothing is buffered); `progress(bytes)` per chunk."""
-        size = path.stat().st_size
+        """Stream the `.npz` or archive at `path`, or the folder `path` packed as a tar on the fly (raw
+        body, so nothing is buffered and no temporary file written); `progress(bytes)` per chunk.
+        `image_size`, `channels`: how the server decodes an archive's images."""
+        if path.is_dir():
+            filename, pieces, headers = f"{path.name}.tar", tar_stream(path), {}
+        else:
+            filename, pieces = path.name, _file_chunks(path)
+            headers = {"Content-Length": str(path.stat().st_size)}
 
         def chunks() -> Iterator[bytes]:
-            with path.open("rb") as handle:
-                while chunk := handle.read(UPLOAD_CHUNK_BYTES):
-                    yield chunk
-                    if progress is not None:
-                        progress(len(chunk))
+            for chunk in pieces:
+                yield chunk
+                if progress is not None:
+                    progress(len(chunk))
 
-        params = {"filename": path.name} | ({"name": name} if name else {})
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        params: dict[str, str | int] = {"filename": filename}
+        for key, value in (("name", name), ("image_size", image_size), ("channels", channels)):
+            if value:
+                params[key] = value
+        headers["Content-Type"] = "application/octet-stream"
         return self._json("POST", "/datasets", params=params, headers=headers, content=chunks())
 
     # ------------------------------------------------------------------ events

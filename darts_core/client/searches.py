@@ -37,6 +37,7 @@ from darts_core.client.http import (
     save_login,
     split_login_url,
 )
+from darts_core.data.archive import folder_files, tar_size
 from darts_core.spec.genotype import Genotype
 
 console = Console()
@@ -399,16 +400,37 @@ def watch(
 
 def upload(
     file: Annotated[
-        Path, typer.Argument(help="An .npz with x (N x C x H x W or N x H x W x C) and y (N labels).")
+        Path,
+        typer.Argument(
+            help="An .npz with x (N x C x H x W or N x H x W x C) and y (N labels); a .zip, .tar, .tar.gz "
+            "or .tgz of an image folder (<class>/<image>); or such a folder itself, sent as a tar packed "
+            "on the fly."
+        ),
     ],
     name: Annotated[str | None, typer.Option(help="Dataset name (default: the file name).")] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Folders and archives: resize every image to this side.", min=4)
+    ] = None,
+    channels: Annotated[
+        int | None, typer.Option(help="Folders and archives: 1 (grey) or 3 (RGB); default from the images.")
+    ] = None,
     url: UrlOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Upload a dataset, with a progress bar; prints its id."""
-    if not file.is_file():
-        raise _exit(f"FILE: {file} is not a file", EXIT_BAD_INPUT)
+    """Upload a dataset, with a progress bar; prints its id (and, for images, their classes)."""
+    if not file.is_file() and not file.is_dir():
+        raise _exit(f"FILE: {file} is not a file or folder", EXIT_BAD_INPUT)
+    if channels not in (None, 1, 3):
+        raise _exit(f"--channels: must be 1 or 3, got {channels}", EXIT_BAD_INPUT)
+    if file.is_dir():
+        files, left_out = folder_files(file)
+        if left_out:
+            message = f"left out {len(left_out)} links or special files, e.g. {left_out[0]}"
+            errors.print(message, highlight=False)
+        total = tar_size(files, file)
+    else:
+        total = file.stat().st_size
     with _client(url, token) as client:
         progress = Progress(
             TextColumn(file.name),
@@ -419,23 +441,48 @@ def upload(
             transient=True,
         )
         with progress:
-            task = progress.add_task("upload", total=file.stat().st_size)
-            dataset = client.upload(file, name=name, progress=lambda sent: progress.advance(task, sent))
+            task = progress.add_task("upload", total=total)
+            dataset = client.upload(
+                file,
+                name=name,
+                progress=lambda sent: progress.advance(task, sent),
+                image_size=image_size,
+                channels=channels,
+            )
     if as_json:
         print_json(dataset)
-    else:
-        console.print(
-            f"uploaded {dataset['id']} ({dataset['name']}: {dataset.get('num_samples')} samples, "
-            f"{dataset.get('num_classes')} classes)",
-            highlight=False,
-        )
+        return
+    console.print(
+        f"uploaded {dataset['id']} ({dataset['name']}: {dataset.get('num_samples')} samples, "
+        f"{dataset.get('num_classes')} classes)",
+        highlight=False,
+    )
+    if dataset.get("class_counts"):
+        counts = ", ".join(f"{label} {count}" for label, count in dataset["class_counts"].items())
+        console.print(f"classes: {counts}", highlight=False)
+    skipped = dataset.get("skipped") or {}
+    if skipped.get("count"):
+        console.print(f"skipped {skipped['count']} files: {'; '.join(skipped['first'])}", highlight=False)
+
+
+def class_names_cell(names: list[str] | None, width: int = 40) -> str:
+    """Class names for a table cell, shortened to about `width` characters."""
+    text = ", ".join(names or [])
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def server_datasets_table(client: DartsClient) -> tuple[Table, list[dict[str, Any]]]:
     """The server's datasets (built in and uploaded) as a table, and as returned."""
     items = client.datasets()
     table = Table(
-        "id", "kind", "name", "samples", "classes", "shape (C, H, W)", title=f"datasets on {client.url}"
+        "id",
+        "kind",
+        "name",
+        "samples",
+        "classes",
+        "class names",
+        "shape (C, H, W)",
+        title=f"datasets on {client.url}",
     )
     for item in items:
         shape = [item.get("channels"), item.get("height"), item.get("width")]
@@ -445,6 +492,7 @@ def server_datasets_table(client: DartsClient) -> tuple[Table, list[dict[str, An
             item["name"],
             str(item.get("num_samples") or ""),
             str(item.get("num_classes") or ""),
+            class_names_cell(item.get("class_names")),
             "x".join(map(str, shape)) if all(shape) else "",
         )
     return table, items

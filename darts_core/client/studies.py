@@ -52,26 +52,62 @@ def _study_table(studies: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _arm_names(study: dict[str, Any]) -> dict[str, str]:
+    """Arm -> the method's name ("random" for the baseline), from the comparison."""
+    return {row["arm"]: row["method"] for row in study.get("comparison") or []}
+
+
 def _stages_table(study: dict[str, Any]) -> Table:
-    table = Table("stage", "seed", "id", "status", "epoch", "valid acc", "test acc", "error")
+    names = _arm_names(study)
+    table = Table("stage", "method", "seed", "id", "status", "epoch", "valid acc", "test acc", "error")
     stages = study["stages"]
     rows = [("search", child) for child in stages["search"]]
     rows += [("selection", child) for child in stages["selection"]]
     if stages.get("final"):
         rows.append(("final", stages["final"]))
     for stage, child in rows:
-        table.add_row(stage, str(child["seed"]), child["id"], child["status"],
+        arm = child.get("arm", "0")
+        table.add_row(stage, names.get(arm, arm), str(child["seed"]), child["id"], child["status"],
                       f"{child['epoch']}/{child['epochs']}", _percent(child.get("valid_acc")),
                       _percent(child.get("test_accuracy")), child.get("error") or "")
+    return table
+
+
+def _mean_std(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return _percent(mean) + ("" if std is None else f" ± {100 * std:.2f}")
+
+
+def _count(value: float | None) -> str:
+    return "" if value is None else f"{value:,.0f}"
+
+
+def _comparison_table(study: dict[str, Any]) -> Table:
+    """Per method (and the random baseline): what its selection trainings reached over the seeds."""
+    table = Table("method", "runs", "succeeded", "valid acc (mean ± std)", "best", "test acc",
+                  "parameters", "multiply-adds", "search time", title="comparison")
+    for row in study["comparison"]:
+        table.add_row(
+            row["method"] + (" (chosen)" if row["chosen"] else ""), str(row["runs"]), str(row["succeeded"]),
+            _mean_std(row["valid_acc_mean"], row["valid_acc_std"]), _percent(row["best_valid_acc"]),
+            _percent(row["test_accuracy_mean"]), _count(row["parameters_mean"]),
+            _count(row["multiply_adds_mean"]),
+            "" if row["search_seconds_mean"] is None else _duration(row["search_seconds_mean"]),
+        )
     return table
 
 
 def _print_study(study: dict[str, Any]) -> None:
     console.print(_study_table([study]))
     console.print(_stages_table(study))
+    if study.get("comparison"):
+        console.print(_comparison_table(study))
     if study.get("selection"):
         line = ", ".join(
-            f"seed {entry['seed']}: {_percent(entry.get('valid_acc')) or entry['status']}"
+            f"{'' if entry.get('arm', '0') == '0' else entry.get('method', '') + ' '}"
+            f"{'genotype' if entry.get('arm') == 'random' else 'seed'} {entry['seed']}: "
+            f"{_percent(entry.get('valid_acc')) or entry['status']}"
             + (" (chosen)" if entry["chosen"] else "")
             for entry in study["selection"]
         )

@@ -11,7 +11,6 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +32,7 @@ from darts_core.client.searches import (
     print_json,
     read_spec_file,
 )
+from darts_core.spec.artifacts import WEIGHTS_FILE, ExportFormat
 
 app = typer.Typer(
     name="trainings",
@@ -179,7 +179,7 @@ def weights(
     training_id: Annotated[str, typer.Argument(metavar="ID")],
     out: Annotated[
         Path, typer.Option("--output", "-o", help="Where to write the safetensors file.")
-    ] = Path("model.safetensors"),
+    ] = Path(WEIGHTS_FILE),
     url: UrlOption = None,
     token: TokenOption = None,
 ) -> None:
@@ -189,12 +189,6 @@ def weights(
     errors.print(f"wrote {out} ({size} bytes)", highlight=False)
 
 
-_EXPORT_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
-
-
-class ExportFormat(StrEnum):
-    onnx = "onnx"
-    torchscript = "torchscript"
 
 
 @app.command()
@@ -213,7 +207,7 @@ def export(
 ) -> None:
     """Download a succeeded training's network as ONNX or TorchScript: a file that runs without darts_core
     and carries its input shape, class names, normalisation (mean, std) and genotype as metadata."""
-    path = out if out is not None else Path(_EXPORT_NAMES[format.value])
+    path = out if out is not None else Path(format.file_name)
     with _client(url, token) as client:
         size = client.download_model(training_id, format.value, path)
     errors.print(f"wrote {path} ({size} bytes)", highlight=False)

@@ -18,7 +18,15 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = ["ArrayHeader", "NpzError", "read_headers", "check_npz", "summarize_npz", "to_nchw"]
+__all__ = [
+    "ArrayHeader",
+    "NpzContents",
+    "NpzError",
+    "read_headers",
+    "check_npz",
+    "summarize_npz",
+    "to_nchw",
+]
 
 #: Bytes read (inflated) at a time while values are checked.
 CHUNK_BYTES = 8 * 2**20
@@ -146,65 +154,147 @@ def _skip(member: IO[bytes], count: int) -> None:
         count -= skipped
 
 
-def check_npz(
-    path: str | os.PathLike[str], *, max_values: int, max_classes: int
-) -> tuple[ArrayHeader, ArrayHeader, int]:
-    """Check an ``.npz`` dataset's arrays ``x`` (images) and ``y`` (labels) with bounded memory.
+#: Longest class name in ``class_names`` (characters).
+MAX_CLASS_NAME = 255
 
-    Headers first (:func:`read_headers`): ``x`` is ``uint8`` or float with 3 or 4 axes and at most
-    ``max_values`` values, ``y`` is 1-d with one label per image, of an integer or float dtype. Then the
-    values, chunk by chunk: every ``x`` value is finite once cast to float32 (what training uses), and
-    every label is an integer in ``[0, max_classes)``; at least two classes occur.
 
-    Returns ``(x header, y header, number of classes = largest label + 1)``.
+@dataclass(frozen=True)
+class NpzContents:
+    """What :func:`check_npz` found: the headers of the image and label arrays of each part.
+
+    ``x``/``y`` are ``x``/``y`` or ``x_train``/``y_train``; ``x_test``/``y_test`` are set when the file
+    holds its own test part; ``class_names`` when it names its classes.
     """
-    headers = read_headers(path)
-    for key in ("x", "y"):
-        if key not in headers:
-            raise NpzError(f"npz: missing array {key!r} (found {sorted(headers)})")
-    x, y = headers["x"], headers["y"]
-    if x.dtype.kind not in "uif":
-        raise NpzError(f"x: dtype {x.dtype} is not numeric; use uint8 (0..255) or float")
-    if x.dtype.kind in "ui" and x.dtype != np.uint8:
-        raise NpzError(f"x: dtype {x.dtype} is not supported; use uint8 (0..255) or float")
-    if len(x.shape) not in (3, 4):
-        raise NpzError(f"x: expected N x C x H x W, N x H x W x C or N x H x W, got shape {x.shape}")
-    if x.size > max_values:
-        shape = " x ".join(map(str, x.shape))
-        raise NpzError(f"x: {x.size} values ({shape}) exceed the limit of {max_values}")
-    if len(y.shape) != 1:
-        raise NpzError(f"y: expected a 1-d array of N labels, got shape {y.shape}")
-    if y.dtype.kind not in "uif":
-        raise NpzError(f"y: labels must be integers, got dtype {y.dtype}")
-    if x.shape[0] != y.shape[0]:
-        raise NpzError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
-    if x.shape[0] == 0:
-        raise NpzError("x: no samples")
-    if 0 in x.shape[1:]:
-        raise NpzError(f"x: empty image dimension in shape {x.shape}")
 
-    present = np.zeros(max_classes, dtype=bool)
+    x: ArrayHeader
+    y: ArrayHeader
+    x_test: ArrayHeader | None
+    y_test: ArrayHeader | None
+    num_classes: int
+    class_names: list[str] | None
+
+
+def _check_pair(x: ArrayHeader, y: ArrayHeader) -> None:
+    if x.dtype.kind not in "uif":
+        raise NpzError(f"{x.name}: dtype {x.dtype} is not numeric; use uint8 (0..255) or float")
+    if x.dtype.kind in "ui" and x.dtype != np.uint8:
+        raise NpzError(f"{x.name}: dtype {x.dtype} is not supported; use uint8 (0..255) or float")
+    if len(x.shape) not in (3, 4):
+        raise NpzError(
+            f"{x.name}: expected N x C x H x W, N x H x W x C or N x H x W, got shape {x.shape}"
+        )
+    if len(y.shape) != 1:
+        raise NpzError(f"{y.name}: expected a 1-d array of N labels, got shape {y.shape}")
+    if y.dtype.kind not in "uif":
+        raise NpzError(f"{y.name}: labels must be integers, got dtype {y.dtype}")
+    if x.shape[0] != y.shape[0]:
+        raise NpzError(f"{x.name} has {x.shape[0]} samples but {y.name} has {y.shape[0]}")
+    if x.shape[0] == 0:
+        raise NpzError(f"{x.name}: no samples")
+    if 0 in x.shape[1:]:
+        raise NpzError(f"{x.name}: empty image dimension in shape {x.shape}")
+
+
+def _check_labels(path: str | os.PathLike[str], y: ArrayHeader, present: np.ndarray) -> None:
+    max_classes = len(present)
     for labels in _chunks(path, y):
         if labels.dtype.kind == "f" and (
             not np.isfinite(labels).all() or not np.array_equal(labels, np.round(labels))
         ):
-            raise NpzError(f"y: labels must be integers, got non-integer values (dtype {y.dtype})")
+            raise NpzError(f"{y.name}: labels must be integers, got non-integer values (dtype {y.dtype})")
         low, high = labels.min(), labels.max()
         if low < 0:
-            raise NpzError(f"y: labels must be >= 0, found {int(low)}")
+            raise NpzError(f"{y.name}: labels must be >= 0, found {int(low)}")
         if high >= max_classes:
-            raise NpzError(f"y: label {int(high)} out of range: at most {max_classes} classes are allowed")
+            raise NpzError(
+                f"{y.name}: label {int(high)} out of range: at most {max_classes} classes are allowed"
+            )
         present[labels.astype(np.int64)] = True
-    found = int(present.sum())
-    if found < 2:
-        raise NpzError(f"y: needs at least 2 classes, found {found}")
+
+
+def _check_images(path: str | os.PathLike[str], x: ArrayHeader) -> None:
     if x.dtype.kind == "f":
         with np.errstate(over="ignore", invalid="ignore"):
             for values in _chunks(path, x):
                 if not np.isfinite(values.astype(np.float32)).all():
-                    raise NpzError("x: contains NaN or infinite values (or values beyond float32's range)")
-    return x, y, int(np.flatnonzero(present).max()) + 1
+                    raise NpzError(
+                        f"{x.name}: contains NaN or infinite values (or values beyond float32's range)"
+                    )
 
+
+def _read_class_names(path: str | os.PathLike[str], header: ArrayHeader, max_classes: int) -> list[str]:
+    if header.dtype.kind != "U" or len(header.shape) != 1:
+        raise NpzError(f"class_names: expected a 1-d array of strings, got {header.dtype} {header.shape}")
+    if header.dtype.itemsize > 4 * MAX_CLASS_NAME:
+        raise NpzError(f"class_names: names longer than {MAX_CLASS_NAME} characters")
+    if not 2 <= header.size <= max_classes:
+        raise NpzError(f"class_names: {header.size} names, expected 2 to {max_classes}")
+    names = [str(name) for chunk in _chunks(path, header) for name in chunk]
+    if any(not name.strip() or not name.isprintable() for name in names):
+        raise NpzError("class_names: names must be non-empty printable text")
+    if len(set(names)) != len(names):
+        raise NpzError("class_names: names must be distinct")
+    return names
+
+
+def check_npz(
+    path: str | os.PathLike[str], *, max_values: int, max_classes: int
+) -> NpzContents:
+    """Check an ``.npz`` dataset with bounded memory.
+
+    The file holds ``x`` (images) and ``y`` (labels), or ``x_train``/``y_train`` and optionally its own
+    test part ``x_test``/``y_test`` (what :func:`darts_core.data.folder.save_image_folder_npz` writes);
+    optionally ``class_names`` (1-d strings, label ``i`` names ``class_names[i]``).
+
+    Headers first (:func:`read_headers`): images are ``uint8`` or float with 3 or 4 axes, at most
+    ``max_values`` values in all; labels are 1-d with one label per image, of an integer or float dtype;
+    a test part has the training part's image shape. Then the values, chunk by chunk: every image value
+    is finite once cast to float32 (what training uses), and every label is an integer in
+    ``[0, max_classes)`` (``[0, len(class_names))`` when named); at least two classes occur in training.
+
+    Returns the headers and the number of classes (``len(class_names)``, else the largest label + 1).
+    """
+    headers = read_headers(path)
+    if "x_train" in headers or "y_train" in headers:
+        keys = ("x_train", "y_train")
+        test_keys: tuple[str, str] | None = ("x_test", "y_test")
+        if ("x_test" in headers) != ("y_test" in headers):
+            raise NpzError(f"npz: x_test and y_test go together (found {sorted(headers)})")
+        if "x_test" not in headers:
+            test_keys = None
+    else:
+        keys, test_keys = ("x", "y"), None
+    for key in (*keys, *(test_keys or ())):
+        if key not in headers:
+            raise NpzError(f"npz: missing array {key!r} (found {sorted(headers)})")
+    x, y = headers[keys[0]], headers[keys[1]]
+    x_test, y_test = (headers[test_keys[0]], headers[test_keys[1]]) if test_keys else (None, None)
+    pairs = [(x, y)] + ([(x_test, y_test)] if x_test is not None and y_test is not None else [])
+    for images, labels in pairs:
+        _check_pair(images, labels)
+    total = sum(images.size for images, _ in pairs)
+    if total > max_values:
+        shape = " x ".join(map(str, x.shape))
+        raise NpzError(f"{x.name}: {total} values ({shape}) exceed the limit of {max_values}")
+    if x_test is not None and (x_test.shape[1:] != x.shape[1:] or x_test.dtype != x.dtype):
+        raise NpzError(
+            f"x_test: images {x_test.dtype} {x_test.shape[1:]} differ from x_train's {x.dtype} {x.shape[1:]}"
+        )
+
+    class_names = None
+    if "class_names" in headers:
+        class_names = _read_class_names(path, headers["class_names"], max_classes)
+    present = np.zeros(len(class_names) if class_names else max_classes, dtype=bool)
+    _check_labels(path, y, present)
+    found = int(present.sum())
+    if found < 2:
+        raise NpzError(f"{y.name}: needs at least 2 classes, found {found}")
+    if y_test is not None:
+        _check_labels(path, y_test, present)
+    for images, _ in pairs:
+        _check_images(path, images)
+    num_classes = len(class_names) if class_names else int(np.flatnonzero(present).max()) + 1
+    return NpzContents(x, y, x_test, y_test, num_classes, class_names)
 
 
 def summarize_npz(
@@ -214,16 +304,22 @@ def summarize_npz(
     max_values: int = NPZ_MAX_VALUES,
     max_classes: int = NPZ_MAX_CLASSES,
 ) -> dict[str, Any]:
-    """:func:`check_npz`, then the dataset's summary: ``num_samples``, ``num_classes``, ``channels``,
-    ``height``, ``width``, ``layout`` (``NCHW``, ``NHWC`` or ``NHW``) and the stored ``dtype``."""
+    """:func:`check_npz`, then the dataset's summary: ``num_samples`` (both parts), ``num_test`` (of the
+    file's own test part; 0 when it has none), ``num_classes``, ``class_names`` (``None`` when unnamed),
+    ``channels``, ``height``, ``width``, ``layout`` (``NCHW``, ``NHWC`` or ``NHW``) and the stored
+    ``dtype``."""
     if layout is not None and layout not in LAYOUTS:
         raise NpzError(f"npz: layout must be one of {list(LAYOUTS)}, got {layout!r}")
-    x, _, num_classes = check_npz(path, max_values=max_values, max_classes=max_classes)
+    contents = check_npz(path, max_values=max_values, max_classes=max_classes)
+    x = contents.x
     # The layout rules applied to a value-less stand-in of x (a broadcast view: no memory).
     images, used_layout = to_nchw(np.broadcast_to(np.zeros((), dtype=x.dtype), x.shape), layout)
+    num_test = 0 if contents.x_test is None else int(contents.x_test.shape[0])
     return {
-        "num_samples": int(images.shape[0]),
-        "num_classes": num_classes,
+        "num_samples": int(images.shape[0]) + num_test,
+        "num_test": num_test,
+        "num_classes": contents.num_classes,
+        "class_names": contents.class_names,
         "channels": int(images.shape[1]),
         "height": int(images.shape[2]),
         "width": int(images.shape[3]),

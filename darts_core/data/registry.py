@@ -49,8 +49,11 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from darts_core.data.cifar10 import read_cifar_batch
+from darts_core.data.device_images import normalize_pixels
+from darts_core.data.folder import FolderError, read_image_folder
 from darts_core.data.npz import (
     LAYOUTS,
     NPZ_MAX_CLASSES,
@@ -69,7 +72,9 @@ from darts_core.spec.dataset_spec import (
     SYNTHETIC_MAX_SAMPLES,
     SYNTHETIC_MAX_VALUES,
     DatasetError,
+    FolderDatasetSpec,
 )
+from darts_core.spec.search_spec import format_validation_error
 
 __all__ = [
     "DatasetError",
@@ -85,14 +90,19 @@ class ImageDataset:
 
     Attributes:
         name: the dataset kind (``"digits"``, ``"synthetic"``, ``"npz"``, ``"cifar10"``).
-        x_train: float32 tensor ``N x C x H x W``, normalised per channel with the training statistics.
+        x_train: ``N x C x H x W``: uint8 pixels (folders, uint8 npz, cifar10: a dataset costs its pixel
+            count in bytes; :meth:`normalize` / :meth:`on_device` give the model's float input), or
+            float32 already normalised per channel with the training statistics (digits, synthetic,
+            float npz).
         y_train: int64 tensor ``N``, labels in ``[0, num_classes)``.
-        x_test: float32 tensor ``M x C x H x W`` (normalised with the training statistics); a held-out
-            split never used by the search.
+        x_test: ``M x C x H x W``, as ``x_train``; a held-out split never used by the search.
         y_test: int64 tensor ``M``.
         num_classes: number of classes.
-        channel_mean: per-channel mean subtracted (of the unnormalised training images).
+        channel_mean: per-channel mean subtracted (of the unnormalised training images; of the pixels
+            scaled to [0, 1] for uint8 images).
         channel_std: per-channel standard deviation divided by.
+        class_names: the name of each label (``class_names[i]`` names label ``i``); empty when the
+            dataset does not name its classes.
     """
 
     name: str
@@ -103,18 +113,25 @@ class ImageDataset:
     num_classes: int
     channel_mean: tuple[float, ...] = ()
     channel_std: tuple[float, ...] = ()
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.dim() != 4:
-                raise DatasetError(f"x_{split}: expected a float32 tensor N x C x H x W")
+            if not isinstance(x, torch.Tensor) or x.dtype not in (torch.float32, torch.uint8) or x.dim() != 4:
+                raise DatasetError(f"x_{split}: expected a float32 or uint8 tensor N x C x H x W")
             if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
                 raise DatasetError(f"y_{split}: expected an int64 tensor N")
             if x.shape[0] != y.shape[0]:
                 raise DatasetError(f"x_{split} has {x.shape[0]} samples but y_{split} has {y.shape[0]}")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
                 raise DatasetError(f"y_{split}: labels must lie in [0, {self.num_classes})")
+        if self.x_test.dtype != self.x_train.dtype:
+            raise DatasetError(f"x_test is {self.x_test.dtype} but x_train is {self.x_train.dtype}")
+        if self.x_train.dtype == torch.uint8 and not (
+            len(self.channel_mean) == len(self.channel_std) == self.x_train.shape[1]
+        ):
+            raise DatasetError("channel_mean, channel_std: uint8 images need one value per channel")
         if self.x_test.shape[1:] != self.x_train.shape[1:]:
             raise DatasetError(
                 f"x_test images {tuple(self.x_test.shape[1:])} differ from x_train images "
@@ -122,6 +139,29 @@ class ImageDataset:
             )
         if self.x_train.shape[0] == 0:
             raise DatasetError("x_train: no training samples")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise DatasetError(f"class_names: {len(self.class_names)} names for {self.num_classes} classes")
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """Model input from stored images: uint8 -> float32 ``(x / 255 - mean) / std`` (on the images'
+        device); float32 images are stored normalised and come back as they are."""
+        if images.dtype != torch.uint8:
+            return images
+        mean = torch.tensor(self.channel_mean, dtype=torch.float32, device=images.device)
+        std = torch.tensor(self.channel_std, dtype=torch.float32, device=images.device)
+        return normalize_pixels(images, mean, std)
+
+    def weights_metadata(self) -> dict[str, Any]:
+        """What :func:`darts_core.train.weights.save_trained` records of the data a network was trained
+        on: ``input_shape`` ``(C, H, W)``, ``class_names`` (``None`` when unnamed), ``mean``, ``std``
+        (of the pixels scaled to [0, 1] for uint8 images; ``None`` when unrecorded)."""
+        height, width = self.image_size
+        return {
+            "input_shape": (self.in_channels, height, width),
+            "class_names": list(self.class_names) or None,
+            "mean": list(self.channel_mean) or None,
+            "std": list(self.channel_std) or None,
+        }
 
     @property
     def in_channels(self) -> int:
@@ -147,6 +187,7 @@ class ImageDataset:
             "num_samples": int(self.x_train.shape[0] + self.x_test.shape[0]),
             "channel_mean": list(self.channel_mean),
             "channel_std": list(self.channel_std),
+            "class_names": list(self.class_names) or None,
         }
 
 
@@ -232,6 +273,22 @@ def _normalise(
     return tensors[0], tensors[1], tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
+def _pixel_statistics(x: np.ndarray, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 ``N x C x H x W`` scaled to [0, 1], accumulated
+    in float64 over chunks of images (no float copy of the whole array)."""
+    total = np.zeros(x.shape[1], dtype=np.float64)
+    squares = np.zeros(x.shape[1], dtype=np.float64)
+    for start in range(0, x.shape[0], chunk):
+        part = x[start : start + chunk].astype(np.float64) / 255.0
+        total += part.sum(axis=(0, 2, 3))
+        squares += np.square(part).sum(axis=(0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    std = np.where(std < 1e-8, 1.0, std)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 def _build(
     name: str,
     x_train: np.ndarray,
@@ -239,8 +296,16 @@ def _build(
     x_test: np.ndarray,
     y_test: np.ndarray,
     num_classes: int,
+    class_names: tuple[str, ...] = (),
 ) -> ImageDataset:
-    xt, xv, mean, std = _normalise(x_train, x_test)
+    """uint8 images stay uint8 (their statistics recorded, normalised on the device per batch); float
+    images are normalised here."""
+    if x_train.dtype == np.uint8:
+        mean, std = _pixel_statistics(x_train)
+        xt = torch.from_numpy(np.ascontiguousarray(x_train))
+        xv = torch.from_numpy(np.ascontiguousarray(x_test))
+    else:
+        xt, xv, mean, std = _normalise(x_train, x_test)
     return ImageDataset(
         name=name,
         x_train=xt,
@@ -250,14 +315,21 @@ def _build(
         num_classes=num_classes,
         channel_mean=mean,
         channel_std=std,
+        class_names=class_names,
     )
 
 
 def _split_and_build(
-    name: str, x: np.ndarray, y: np.ndarray, num_classes: int, test_fraction: float, seed: int
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    test_fraction: float,
+    seed: int,
+    class_names: tuple[str, ...] = (),
 ) -> ImageDataset:
     train, test = _stratified_split(y, test_fraction, seed, name)
-    return _build(name, x[train], y[train], x[test], y[test], num_classes)
+    return _build(name, x[train], y[train], x[test], y[test], num_classes, class_names)
 
 
 # ---------------------------------------------------------------------------------------------- digits
@@ -326,6 +398,7 @@ def _load_synthetic(spec: Mapping[str, Any]) -> ImageDataset:
 
 # ---------------------------------------------------------------------------------------------- npz
 
+
 def _npz_file(path: Any, layout: str | None) -> Path:
     if layout is not None and layout not in LAYOUTS:
         raise DatasetError(f"npz: layout must be one of {list(LAYOUTS)}, got {layout!r}")
@@ -341,10 +414,20 @@ def _npz_file(path: Any, layout: str | None) -> Path:
     return file
 
 
-def _read_npz(
-    path: Any, layout: str | None = None, num_classes: int | None = None
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read and check an ``.npz`` file; returns float32 ``N x C x H x W`` images, int64 labels, summary.
+@dataclass(frozen=True)
+class _NpzArrays:
+    """An ``.npz`` dataset's arrays as stored (``N x C x H x W``) and its summary."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    summary: dict[str, Any]
+
+
+def _read_npz(path: Any, layout: str | None = None, num_classes: int | None = None) -> _NpzArrays:
+    """Read and check an ``.npz`` file: images ``N x C x H x W`` as stored (uint8 or float), int64 labels,
+    the file's own test part when it has one, and the summary.
 
     Everything is checked (headers, then values in bounded chunks: :func:`darts_core.data.npz.check_npz`)
     before the arrays are loaded.
@@ -352,31 +435,40 @@ def _read_npz(
     file = _npz_file(path, layout)
     max_classes = max(NPZ_MAX_CLASSES, num_classes or 0)
     try:
-        x_header, _, found_classes = check_npz(file, max_values=NPZ_MAX_VALUES, max_classes=max_classes)
+        contents = check_npz(file, max_values=NPZ_MAX_VALUES, max_classes=max_classes)
+        found_classes = contents.num_classes
         if num_classes is not None and found_classes > num_classes:
-            raise DatasetError(f"y: label {found_classes - 1} out of range for num_classes={num_classes}")
+            raise DatasetError(
+                f"{contents.y.name}: label {found_classes - 1} out of range for num_classes={num_classes}"
+            )
         with np.load(file, allow_pickle=False) as archive:
-            x, y = archive["x"], archive["y"]
-        images, used_layout = to_nchw(x, layout)
+            x, y = archive[contents.x.name], archive[contents.y.name]
+            images, used_layout = to_nchw(x, layout)
+            test = None
+            if contents.x_test is not None and contents.y_test is not None:
+                test = (to_nchw(archive["x_test"], used_layout)[0], archive[contents.y_test.name])
     except NpzError as error:
         raise DatasetError(str(error)) from error
     except (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError) as error:
         raise DatasetError(f"npz: cannot read {file.name}: {error}") from error
-    if images.dtype == np.uint8:
-        images = images.astype(np.float32) / 255.0
-    else:
-        with np.errstate(over="ignore", invalid="ignore"):
-            images = images.astype(np.float32)  # finite after this cast: checked by check_npz
     summary = {
-        "num_samples": int(images.shape[0]),
+        "num_samples": int(images.shape[0]) + (0 if test is None else int(test[0].shape[0])),
+        "num_test": 0 if test is None else int(test[0].shape[0]),
         "num_classes": int(num_classes or found_classes),
+        "class_names": contents.class_names,
         "channels": int(images.shape[1]),
         "height": int(images.shape[2]),
         "width": int(images.shape[3]),
         "layout": used_layout,
-        "dtype": str(x_header.dtype),
+        "dtype": str(contents.x.dtype),
     }
-    return images, y.astype(np.int64), summary
+    return _NpzArrays(
+        images,
+        y.astype(np.int64),
+        None if test is None else test[0],
+        None if test is None else test[1].astype(np.int64),
+        summary,
+    )
 
 
 def validate_npz(
@@ -404,19 +496,92 @@ def validate_npz(
         raise DatasetError(str(error)) from error
 
 
+def _as_float(images: np.ndarray) -> np.ndarray:
+    """uint8 images as they are (normalised on the device); others as float32."""
+    if images.dtype == np.uint8:
+        return images
+    with np.errstate(over="ignore", invalid="ignore"):
+        return images.astype(np.float32)  # finite after this cast: checked by check_npz
+
+
 def _load_npz(spec: Mapping[str, Any]) -> ImageDataset:
     if "path" not in spec:
         raise DatasetError("npz: missing 'path'")
     num_classes = _optional_int_param(spec, "npz", "num_classes", 2)
     test_fraction, seed = _split_params(spec, "npz")
-    images, labels, summary = _read_npz(spec["path"], spec.get("layout"), num_classes)
-    return _split_and_build("npz", images, labels, summary["num_classes"], test_fraction, seed)
+    arrays = _read_npz(spec["path"], spec.get("layout"), num_classes)
+    classes = int(arrays.summary["num_classes"])
+    names = tuple(arrays.summary["class_names"] or ())
+    if arrays.x_test is not None and arrays.y_test is not None:  # the file's own split, used as given
+        return _build(
+            "npz",
+            _as_float(arrays.x_train),
+            arrays.y_train,
+            _as_float(arrays.x_test),
+            arrays.y_test,
+            classes,
+            names,
+        )
+    return _split_and_build(
+        "npz", _as_float(arrays.x_train), arrays.y_train, classes, test_fraction, seed, names
+    )
+
+
+# ---------------------------------------------------------------------------------------------- folder
+
+
+def _load_folder(spec: Mapping[str, Any]) -> ImageDataset:
+    try:
+        params = FolderDatasetSpec.model_validate(dict(spec))
+    except ValidationError as error:
+        raise DatasetError(f"folder: {format_validation_error(error)}") from None
+    try:
+        folder = read_image_folder(
+            params.path, image_size=params.image_size, channels=params.channels, resize=params.resize
+        )
+    except FolderError as error:
+        raise DatasetError(f"folder: {error}") from error
+    names = tuple(folder.class_names)
+    if folder.x_test is not None and folder.y_test is not None:  # the folder's own split, used as given
+        return _build(
+            "folder",
+            _as_float(folder.x_train),
+            folder.y_train,
+            _as_float(folder.x_test),
+            folder.y_test,
+            len(names),
+            names,
+        )
+    return _split_and_build(
+        "folder",
+        _as_float(folder.x_train),
+        folder.y_train,
+        len(names),
+        params.test_fraction,
+        params.seed,
+        names,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- cifar10
 
+#: CIFAR-10's label names, in label order.
+CIFAR10_CLASSES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
 _CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST_FILE = "test_batch"
+
+
 def _load_cifar10(spec: Mapping[str, Any]) -> ImageDataset:
     """Load CIFAR-10 from local python-format pickles (trusted files only: pickles can run code)."""
     if "root" not in spec:
@@ -444,14 +609,7 @@ def _load_cifar10(spec: Mapping[str, Any]) -> ImageDataset:
     y_train = np.concatenate(train_labels)[:limit]
     x_test, y_test = read_cifar_batch(root / _CIFAR_TEST_FILE)
     x_test, y_test = x_test[:test_limit], y_test[:test_limit]
-    return _build(
-        "cifar10",
-        x_train.astype(np.float32) / 255.0,
-        y_train,
-        x_test.astype(np.float32) / 255.0,
-        y_test,
-        10,
-    )
+    return _build("cifar10", x_train, y_train, x_test, y_test, 10, CIFAR10_CLASSES)
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -463,6 +621,7 @@ _LOADERS = {
         {"num_samples", "channels", "image_size", "num_classes", "noise", "test_fraction", "seed"},
     ),
     "npz": (_load_npz, {"path", "layout", "num_classes", "test_fraction", "seed"}),
+    "folder": (_load_folder, set(FolderDatasetSpec.model_fields) - {"name"}),
     "cifar10": (_load_cifar10, {"root", "limit", "test_limit"}),
 }
 

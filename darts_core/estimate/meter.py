@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten
 
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.search.bilevel import DartsSearch
+from darts_core.search.methods import method_for
 from darts_core.spec.search_spec import SearchConfig
 
 __all__ = ["AllocationMeter", "SavedTensorMeter", "measure_hessian", "measure_step"]
@@ -176,7 +177,13 @@ def measure_step(
         partial_channels=space.partial_channels,
         edge_normalization=space.edge_normalization,
     )
-    search = DartsSearch(network, order=training.order, epochs=1, autocast_dtype=autocast_dtype)
+    search = DartsSearch(
+        network,
+        order=training.order,
+        epochs=1,
+        autocast_dtype=autocast_dtype,
+        method=method_for(config.method),
+    )
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
         images = torch.randn(training.batch_size, in_channels, *image_size, generator=generator)

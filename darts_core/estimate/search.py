@@ -204,8 +204,11 @@ def _cell_values(
     shape: _CellShape,
     partial_channels: int = 1,
     edge_normalization: bool = False,
+    sampled: bool = False,
 ) -> tuple[float, int]:
     """Saved activation values per sample of one search cell, and the values of its states per sample.
+
+    ``sampled`` (GDAS): every edge runs one sampled operation, counted as the one that keeps the most.
 
     PC-DARTS (``partial_channels`` ``K > 1``): the operations and the state's shared head and ReLU have
     ``width / K`` channels; the bypassed channels of a stride-2 edge are max-pooled (the pooling keeps
@@ -231,11 +234,14 @@ def _cell_values(
         area = state_area if source < 2 else out_area
         index = 1 if shape.reduction and source < 2 else 0  # stride 2 or 1
         outgoing = internal_nodes - max(0, source - 1)  # edges from this state to later nodes
-        values += outgoing * sum(EDGE_VALUES[name][index] for name in computed) * part * out_area
+        kept = [EDGE_VALUES[name][index] for name in computed]
+        values += outgoing * (max(kept, default=0.0) if sampled else sum(kept)) * part * out_area
         if any(_READS_RELU.get(name, (False, False))[index] for name in computed):
             values += part * area
-        if (partial_channels > 1 or edge_normalization) and outgoing > 1 and any(
-            name in _GROUPED_CONVOLUTIONS for name in computed
+        if (
+            (partial_channels > 1 or edge_normalization)
+            and outgoing > 1
+            and any(name in _GROUPED_CONVOLUTIONS for name in computed)
         ):
             values += outgoing * part * area
         if any(_READS_STATE.get(name, (False, False))[index] for name in computed):
@@ -259,6 +265,7 @@ def _saved_values_per_sample(
     primitives: Sequence[str],
     partial_channels: int = 1,
     edge_normalization: bool = False,
+    sampled: bool = False,
 ) -> tuple[float, int]:
     """Saved values per sample of a forward with weight gradients, and the largest cell's state values."""
     height, width = image_size
@@ -267,7 +274,9 @@ def _saved_values_per_sample(
     largest_states = 0
     shapes = _cell_shapes(image_size, init_channels, cells, internal_nodes, stem_multiplier)
     for shape in shapes:
-        cell, states = _cell_values(primitives, internal_nodes, shape, partial_channels, edge_normalization)
+        cell, states = _cell_values(
+            primitives, internal_nodes, shape, partial_channels, edge_normalization, sampled
+        )
         values += cell
         largest_states = max(largest_states, states)
     last = shapes[-1]
@@ -314,6 +323,7 @@ def estimate_search(
         primitives,
         space.partial_channels,
         space.edge_normalization,
+        config.method.name == "gdas",  # one sampled operation per edge
     )
     batch = training.batch_size
     state = _FLOAT_BYTES * (3 * weights + 4 * arch)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from darts_core.nn.edge_weights import edge_softmax
+from darts_core.nn.edge_weights import EdgeMixing, edge_softmax
 from darts_core.nn.grouped_edges import run_edges_of_state
 from darts_core.nn.mixed_op import (
     MixedOp,
@@ -145,9 +145,7 @@ class Cell(nn.Module):
         if type(partial_channels) is not int or partial_channels < 1:
             raise ValueError(f"partial_channels must be a positive integer, got {partial_channels!r}")
         if partial_channels > 1 and c % partial_channels:
-            raise ValueError(
-                f"partial_channels ({partial_channels}) must divide the cell's channels c ({c})"
-            )
+            raise ValueError(f"partial_channels ({partial_channels}) must divide the cell's channels c ({c})")
         if genotype is not None and (partial_channels != 1 or edge_normalization or edge_weights is not None):
             raise ValueError(
                 "partial_channels, edge_normalization and edge_weights apply to search cells only, "
@@ -296,6 +294,7 @@ class Cell(nn.Module):
         parents: Sequence[torch.Tensor],
         weights: torch.Tensor | None = None,
         edge_weights: torch.Tensor | None = None,
+        mixing: EdgeMixing | None = None,
     ) -> torch.Tensor:
         """Run the cell.
 
@@ -307,6 +306,9 @@ class Cell(nn.Module):
                 ``alpha - lr * grad`` of a functional second-order step. Not allowed for a fixed cell.
             edge_weights: optional raw edge weights (betas) ``(num_edges,)`` used instead of the
                 registered ones (softmaxed per node here); only with ``edge_normalization``.
+            mixing: the operation weights of a search method, used instead of ``softmax(weights)``
+                (:class:`~darts_core.nn.edge_weights.EdgeMixing`); without partial channels and edge
+                normalization only.
 
         Returns:
             the merged states, ``(N, out_channels, H', W')`` for the default merge.
@@ -353,13 +355,27 @@ class Cell(nn.Module):
         if edge_weights is not None and not self.edge_normalization:
             raise ValueError("edge_weights given to a cell without edge_normalization")
         if self.partial_channels > 1 or self.edge_normalization:
+            if mixing is not None:
+                raise ValueError("mixing is not supported with partial_channels or edge_normalization")
             return self._forward_partial(states, alphas, edge_weights)
-        rows = F.softmax(alphas, dim=-1).unbind(0)
+        if mixing is not None and tuple(mixing.weights.shape) != self.expected_weights_shape:
+            raise ValueError(
+                f"mixing.weights must have shape {self.expected_weights_shape} (edges, primitives), "
+                f"got {tuple(mixing.weights.shape)}"
+            )
+        rows = (F.softmax(alphas, dim=-1) if mixing is None else mixing.weights).unbind(0)
+        sampled = None if mixing is None else mixing.sampled
         edge = 0
         for node in range(self.internal_nodes):
             total = None
             for j in range(2 + node):
-                term = self.mixed_ops[edge](states[j], rows[edge], relu_of(j))
+                mixed_op = cast(MixedOp, self.mixed_ops[edge])
+                if sampled is None:
+                    term = mixed_op(states[j], rows[edge], relu_of(j))
+                else:
+                    index = sampled[edge]
+                    shared = relu_of(j) if _needs_relu(mixed_op.ops[index]) else None
+                    term = mixed_op.forward_sampled(states[j], rows[edge], index, shared)
                 edge += 1
                 total = term if total is None else total + term
             assert total is not None  # every node reads at least two states

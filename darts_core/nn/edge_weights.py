@@ -1,13 +1,32 @@
-"""PC-DARTS edge normalization: the weight of each edge among the inputs of its node."""
+"""Edge weights: PC-DARTS edge normalization (the weight of each edge among the inputs of its node), and
+:class:`EdgeMixing`, the operation weights a search method hands a cell instead of ``softmax(alphas)``."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from darts_core.spec.genotype import num_edges
 
-__all__ = ["edge_softmax"]
+__all__ = ["EdgeMixing", "edge_softmax"]
+
+
+@dataclass(frozen=True)
+class EdgeMixing:
+    """The weight of every operation on every edge of one cell kind, as a method computed it.
+
+    Attributes:
+        weights: ``(num_edges, len(primitives))``, used as they are (no softmax), e.g. GDAS's
+            straight-through one-hot (:mod:`darts_core.search.methods.gdas`).
+        sampled: when given, one operation index per edge: only that operation is computed, its output
+            times its weight (the others count as zero, as their weights' values are; their weights get no
+            gradient). ``None``: every operation is computed, weighted.
+    """
+
+    weights: torch.Tensor
+    sampled: tuple[int, ...] | None = None
 
 
 def edge_softmax(betas: torch.Tensor, internal_nodes: int) -> torch.Tensor:

@@ -179,6 +179,17 @@ class MixedOp(nn.Module):
         assert out is not None  # self._computed is not empty, so the loop ran
         return out
 
+    def forward_sampled(
+        self, x: torch.Tensor, weights: torch.Tensor, index: int, x_relu: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``weights[index] * op_index(x)``: only the sampled operation runs (GDAS).
+
+        Shapes as :meth:`forward`; ``index`` in ``range(len(primitives))``.
+        """
+        if x_relu is None and _needs_relu(self.ops[index]):
+            x_relu = F.relu(x)
+        return _run_op_scaled(self.ops[index], x, x_relu, weights[index])
+
 
 def _as_primitives(primitives: Mapping[str, PrimitiveFactory] | Sequence[str]) -> dict[str, PrimitiveFactory]:
     if isinstance(primitives, Mapping):

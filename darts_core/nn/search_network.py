@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from darts_core.nn.cell import Cell, default_cell_output
-from darts_core.nn.edge_weights import edge_softmax
+from darts_core.nn.edge_weights import EdgeMixing, edge_softmax
 from darts_core.nn.layout import _check_positive, _is_reduction, _stem
 from darts_core.nn.ops import DARTS_PRIMITIVES_2D
 from darts_core.nn.special_parameter import SpecialParameter
@@ -176,7 +176,9 @@ class SearchNetwork(nn.Module):
         """Names of the operations, in the column order of the alphas."""
         return list(self.primitives)
 
-    def forward(self, x: Tensor, alphas: Sequence[Tensor] | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, alphas: Sequence[Tensor] | None = None, mixing: Sequence[EdgeMixing] | None = None
+    ) -> Tensor:
         """Logits of the supernet.
 
         Args:
@@ -185,6 +187,9 @@ class SearchNetwork(nn.Module):
                 in the order of :meth:`arch_parameters`: ``(alphas_normal, alphas_reduce)``, each
                 (edges, ops), followed with edge normalization by ``(betas_normal, betas_reduce)``, each
                 (edges,). E.g. by a functional unrolled step.
+            mixing: optional ``(normal, reduce)`` operation weights of a search method
+                (:class:`~darts_core.nn.edge_weights.EdgeMixing`, e.g. GDAS's sampled one-hot), used by
+                every cell of that kind instead of the softmaxed alphas (then ``alphas`` is not read).
 
         Returns:
             logits, N x num_classes.
@@ -208,10 +213,14 @@ class SearchNetwork(nn.Module):
                     )
         alphas_normal, alphas_reduce = given[0], given[1]
         betas_normal, betas_reduce = (given[2], given[3]) if self.edge_normalization else (None, None)
+        if mixing is not None and len(mixing) != 2:
+            raise ValueError(f"mixing must hold 2 EdgeMixing (normal, reduce), got {len(mixing)}")
         s0 = s1 = self.stem(x)
         for cell, reduction in zip(self.cells, self.reduction_cells, strict=True):
             weights = alphas_reduce if reduction else alphas_normal
-            if self.edge_normalization:
+            if mixing is not None:
+                s0, s1 = s1, cell([s0, s1], weights=weights, mixing=mixing[1 if reduction else 0])
+            elif self.edge_normalization:
                 betas = betas_reduce if reduction else betas_normal
                 s0, s1 = s1, cell([s0, s1], weights=weights, edge_weights=betas)
             else:

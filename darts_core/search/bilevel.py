@@ -26,7 +26,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from darts_core.checkpoint import load_optimizer_state
+from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.precision import exact_fp32
+from darts_core.search.methods.base import SearchMethod
 
 if TYPE_CHECKING:
     from darts_core.nn.search_network import SearchNetwork
@@ -103,6 +105,9 @@ class DartsSearch:
             step; a no-op for batches already so) in ``torch.channels_last`` memory format. Same math,
             other rounding: on CPU depthwise convolutions run about 3x faster and max pooling 3.7x,
             which makes a step 1.3-2x faster (benchmarks/README.md). State dicts do not depend on it.
+        method: the search method (:mod:`darts_core.search.methods`) whose :meth:`~SearchMethod.mixing`
+            gives the operation weights of the train-mode forwards of both steps; ``None``: DARTS.
+            Second order only for the methods that allow it (``method.second_order``).
         compile: run the weight step's forward through ``torch.compile(network)`` (the same module and
             parameters; the architecture step, with its functional calls, stays eager). Compiles on the
             first steps; needs a C compiler on CPU.
@@ -148,10 +153,14 @@ class DartsSearch:
         arch_autocast: bool = False,
         channels_last: bool = True,
         arch_penalty: Callable[[Sequence[Tensor]], Tensor] | None = None,
+        method: SearchMethod | None = None,
         compile: bool = False,
     ) -> None:
         if order not in ("first", "second"):
             raise ValueError(f"order must be 'first' or 'second', got {order!r}")
+        self.method = SearchMethod() if method is None else method
+        if order == "second" and not self.method.second_order:
+            raise ValueError(f"order 'second' does not apply to the {self.method.name!r} method")
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
         if grad_clip <= 0:
@@ -276,17 +285,21 @@ class DartsSearch:
         weights: Sequence[Tensor] | None = None,
         *,
         exact: bool = False,
+        mixing: tuple[EdgeMixing, EdgeMixing] | None = None,
         compiled: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Cross-entropy and logits of ``batch`` at ``alphas`` and, when given, substituted ``weights``.
 
-        ``exact``: in IEEE fp32 (no autocast, no TF32) whatever ``autocast_dtype`` says. ``compiled``:
-        through the compiled forward when there is one (the weight step).
+        ``exact``: in IEEE fp32 (no autocast, no TF32) whatever ``autocast_dtype`` says. ``mixing``: the
+        method's operation weights (then the network does not softmax ``alphas``). ``compiled``: through
+        the compiled forward when there is one (the weight step).
         """
         images, labels = batch
+        forward = self._compiled if compiled and self._compiled is not None else self.network
         with self._autocast(images.device, exact):
-            if weights is None:
-                forward = self._compiled if compiled and self._compiled is not None else self.network
+            if mixing is not None:
+                logits = forward(images, alphas=tuple(alphas), mixing=mixing)
+            elif weights is None:
                 logits = forward(images, alphas=tuple(alphas))
             else:
                 substitutes = dict(zip(self._weight_names, weights, strict=True))
@@ -323,9 +336,11 @@ class DartsSearch:
 
     def _architecture_step(self, train_batch: Batch, valid_batch: Batch) -> tuple[Tensor, Tensor]:
         grads, valid_loss, valid_acc = self._arch_grads(train_batch, valid_batch)
-        if self.arch_penalty is not None:
-            penalty_grads = _grad(self.arch_penalty(self.alphas), self.alphas)
-            grads = [grad + penalty_grad for grad, penalty_grad in zip(grads, penalty_grads, strict=True)]
+        for penalty in (self.arch_penalty, self.method.arch_regularizer):
+            term = None if penalty is None else penalty(self.alphas)
+            if term is not None:
+                penalty_grads = _grad(term, self.alphas)
+                grads = [grad + penalty_grad for grad, penalty_grad in zip(grads, penalty_grads, strict=True)]
         self.arch_optimizer.zero_grad(set_to_none=True)
         for alpha, grad in zip(self.alphas, grads, strict=True):
             alpha.grad = grad
@@ -335,7 +350,8 @@ class DartsSearch:
     def _arch_grads(self, train_batch: Batch, valid_batch: Batch) -> tuple[list[Tensor], Tensor, Tensor]:
         if self.order == "first":
             with self._weights_frozen():
-                loss, logits = self._loss(valid_batch, self.alphas, exact=self._arch_exact)
+                mixing = self.method.mixing(self.alphas)
+                loss, logits = self._loss(valid_batch, self.alphas, exact=self._arch_exact, mixing=mixing)
                 grads = list(_grad(loss, self.alphas))
         else:
             grads, loss, logits = self._unrolled_arch_grads(train_batch, valid_batch)
@@ -404,7 +420,9 @@ class DartsSearch:
 
     def _weight_step(self, train_batch: Batch) -> tuple[Tensor, Tensor]:
         fixed_alphas = [alpha.detach() for alpha in self.alphas]
-        loss, logits = self._loss(train_batch, fixed_alphas, compiled=True)
+        loss, logits = self._loss(
+            train_batch, fixed_alphas, mixing=self.method.mixing(fixed_alphas), compiled=True
+        )
         self.weight_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.weights, self.grad_clip)

@@ -37,6 +37,8 @@ from darts_core.checkpoint import (
     spec_differences,
     write_checkpoint,
 )
+from darts_core.data.augment import epoch_generator, resolve_augmentation
+from darts_core.data.device_images import DeviceImages, dataset_images_on_device
 from darts_core.device import resolve_device
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.precision import resolve_autocast
@@ -53,6 +55,7 @@ from darts_core.search.collapse import (
     parameter_free_count,
     skip_count,
 )
+from darts_core.search.methods import method_for
 from darts_core.spec.genotype import Genotype
 from darts_core.spec.records import EpochRecord
 from darts_core.spec.search_spec import (
@@ -166,9 +169,7 @@ def _epoch_permutation(size: int, seed: int, epoch: int, stream: int) -> Tensor:
     Deriving it instead of drawing it from a running generator makes the data order part of the
     checkpoint for free: a resumed search visits the batches the uninterrupted one would have.
     """
-    derived_seed = int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1, dtype=np.uint64)[0])
-    generator = torch.Generator().manual_seed(derived_seed)
-    return torch.randperm(size, generator=generator)
+    return torch.randperm(size, generator=epoch_generator(seed, epoch, stream))
 
 
 def _batches(order: Tensor, batch_size: int, device: torch.device) -> list[Tensor]:
@@ -194,13 +195,16 @@ def _build_network(config: SearchConfig, in_channels: int, num_classes: int) -> 
 @torch.no_grad()
 def _evaluate(
     network: nn.Module,
-    images: Tensor,
+    images: Tensor | DeviceImages,
     labels: Tensor,
     batch_size: int,
     autocast_dtype: torch.dtype | None,
     should_stop: Callable[[], bool] | None,
+    mixing: Any = None,
 ) -> tuple[float, float] | None:
-    """Mean cross-entropy and accuracy of the network in eval mode over a whole split (None: stopped)."""
+    """Mean cross-entropy and accuracy of the network in eval mode over a whole split (None: stopped).
+
+    ``mixing``: the search method's eval-mode operation weights (``None``: the softmaxed alphas)."""
     network.eval()
     total_loss = torch.zeros((), device=images.device)
     total_correct = torch.zeros((), device=images.device)
@@ -216,7 +220,7 @@ def _evaluate(
                 else contextlib.nullcontext()
             )
             with context:
-                logits = network(x)
+                logits = network(x) if mixing is None else network(x, mixing=mixing)
             total_loss += F.cross_entropy(logits.float(), y, reduction="sum")
             total_correct += (logits.argmax(dim=1) == y).sum()
     finally:
@@ -246,9 +250,7 @@ def _stopped_early(
     decision: EarlyStop, history: list[EpochResult], initial_genotype: Genotype
 ) -> SearchResult:
     kept = history[decision.keep_epoch - 1].genotype if decision.keep_epoch >= 1 else initial_genotype
-    return SearchResult(
-        len(history), False, kept, history, stopped_early=True, stop_reason=decision.reason
-    )
+    return SearchResult(len(history), False, kept, history, stopped_early=True, stop_reason=decision.reason)
 
 
 def _comparable_spec(config: SearchConfig) -> dict[str, Any]:
@@ -323,6 +325,7 @@ def run_search(
     budget = SearchBudget.of(config, dataset) if config.constraints.active else None
     derive = budget.genotype if budget is not None else _plain_genotype
     initial_genotype = derive(network)  # what DARTS+ keeps when it stops after the first epoch
+    method = method_for(config.method)
     search = DartsSearch(
         network,
         order=training.order,
@@ -337,16 +340,25 @@ def run_search(
         autocast_dtype=autocast_dtype,
         channels_last=channels_last,
         arch_penalty=budget.penalty if budget is not None else None,
+        method=method,
         compile=config.resources.compile == "torch.compile",
     )
 
     # The data lives on the device once, in the network's memory format; batches are gathered by index
     # (which keeps the format, so DartsSearch has nothing to convert).
     memory_format = torch.channels_last if channels_last and x_all.dim() == 4 else torch.contiguous_format
-    x_train = x_all[train_indices].to(device).contiguous(memory_format=memory_format)
-    x_valid = x_all[valid_indices].to(device).contiguous(memory_format=memory_format)
+    # uint8 images stay uint8 there and are normalised batch by batch (darts_core.data.device_images).
+    x_train = dataset_images_on_device(dataset, x_all[train_indices], device, memory_format)
+    x_valid = dataset_images_on_device(dataset, x_all[valid_indices], device, memory_format)
     y_train, y_valid = y_all[train_indices].to(device), y_all[valid_indices].to(device)
 
+    augment = resolve_augmentation(
+        training.augmentation.crop_padding,
+        training.augmentation.horizontal_flip,
+        getattr(dataset, "name", ""),
+        tuple(x_all.shape[-2:]),
+        tuple(getattr(dataset, "class_names", ())),
+    )
     history: list[EpochResult] = []
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
@@ -362,24 +374,34 @@ def run_search(
     for epoch in range(len(history) + 1, training.epochs + 1):
         started = time.perf_counter()
         lr = search.lr
+        method.start_epoch(epoch, training.epochs)
         train_order = _epoch_permutation(len(y_train), training.seed, epoch, 0)
         valid_order = _epoch_permutation(len(y_valid), training.seed, epoch, 1)
         train_batches = _batches(train_order, training.batch_size, device)
         valid_batches = _batches(valid_order, training.batch_size, device)
+        # Weight-step batches only (darts_core.data.augment; docs/library.md says why).
+        augment_draws = epoch_generator(training.seed, epoch, 2)
         sums = torch.zeros(4, device=device)
         for step, train_batch in enumerate(train_batches):
             if should_stop is not None and should_stop():
                 return SearchResult(len(history), True, _last_genotype(history, network, derive), history)
             valid_batch = valid_batches[step % len(valid_batches)]
-            stats = search.step(
-                (x_train[train_batch], y_train[train_batch]), (x_valid[valid_batch], y_valid[valid_batch])
-            )
+            images = augment(x_train[train_batch], augment_draws)
+            stats = search.step((images, y_train[train_batch]), (x_valid[valid_batch], y_valid[valid_batch]))
             sums += torch.stack([stats.train_loss, stats.train_acc, stats.valid_loss, stats.valid_acc])
             if progress is not None:
                 progress(epoch, step + 1, len(train_batches))
         search.end_epoch()
         train_loss, train_acc = (sums[:2] / len(train_batches)).tolist()
-        evaluated = _evaluate(network, x_valid, y_valid, 2 * training.batch_size, autocast_dtype, should_stop)
+        evaluated = _evaluate(
+            network,
+            x_valid,
+            y_valid,
+            2 * training.batch_size,
+            autocast_dtype,
+            should_stop,
+            method.eval_mixing(network.arch_parameters()),
+        )
         if evaluated is None:
             return SearchResult(len(history), True, _last_genotype(history, network, derive), history)
         valid_loss, valid_acc = evaluated

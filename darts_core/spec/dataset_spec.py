@@ -3,7 +3,8 @@
 :func:`darts_core.data.registry.load_dataset` enforces these same bounds (it reads the constants
 below), and the service offers exactly these models in its search spec, so a spec either side
 accepts loads. ``cifar10`` and ``npz`` are absent: they name files on the machine, which only the library's
-own user may do.
+own user may do; so is ``folder`` (:class:`FolderDatasetSpec`, a local image folder), whose model is here
+so that the library's checks and the service's stored-upload datasets share its image parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ __all__ = [
     "DatasetError",
     "DigitsDatasetSpec",
     "SyntheticDatasetSpec",
+    "FolderDatasetSpec",
+    "FolderImageOptions",
+    "FOLDER_RESIZE_METHODS",
     "SYNTHETIC_MAX_VALUES",
     "SYNTHETIC_MAX_SAMPLES",
     "SYNTHETIC_MAX_CLASSES",
@@ -101,6 +105,38 @@ class SyntheticDatasetSpec(_DatasetSpec):
                 "make the dataset smaller"
             )
         return self
+
+
+#: Resize filters a folder dataset may name (Pillow's).
+FOLDER_RESIZE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+#: Longest folder path a spec may give.
+_MAX_PATH = 4096
+
+
+class FolderImageOptions(_DatasetSpec):
+    """How a folder's images become arrays: their size, channels and resize filter."""
+
+    image_size: ImageSide | tuple[ImageSide, ImageSide] | None = Field(
+        default=None,
+        description="H = W, or [H, W], every image is resized to; null: the images' own size (they must "
+        "all have it)",
+    )
+    channels: Literal[1, 3] | None = Field(
+        default=None, description="1 (grey) or 3 (RGB); null: 1 when every image is grey, else 3"
+    )
+    resize: Literal["nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"] = Field(
+        default="bilinear", description="Resize filter"
+    )
+
+
+class FolderDatasetSpec(FolderImageOptions):
+    """A local folder of images, one sub-folder per class (torchvision's ImageFolder layout), optionally
+    split into ``train/`` and ``test/`` (or ``val/``) folders, which are then used as given."""
+
+    name: Literal["folder"]
+    path: Annotated[str, Strict()] = Field(min_length=1, max_length=_MAX_PATH, description="The folder")
+    test_fraction: TestFraction = 0.2
+    seed: SplitSeed = 0
 
 
 def builtin_datasets() -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 A spec is the JSON object ``darts search SPEC.json`` reads and ``POST /searches`` accepts::
 
     {"name": ..., "dataset": ..., "search_space": {...}, "network": {...}, "training": {...},
-     "resources": {...}}
+     "resources": {...}, "constraints": {...}, "method": {"name": "darts", ...}}
 
 :class:`SearchConfig` is everything but ``name`` and ``dataset`` (which belong to whoever runs the
 search: the library's CLI or the service, which composes these models with its own dataset kinds).
@@ -28,9 +28,11 @@ from pydantic import (
     model_validator,
 )
 
+from darts_core.spec.method_spec import SOFTMAX_METHODS, DartsMethod, MethodConfig
 from darts_core.spec.op_names import DARTS_OP_NAMES, MAX_INTERNAL_NODES, OpName
 
 __all__ = [
+    "AugmentationConfig",
     "SearchSpaceConfig",
     "NetworkConfig",
     "TrainingConfig",
@@ -98,6 +100,22 @@ class NetworkConfig(_Section):
     stem_multiplier: _Int = Field(default=3, ge=1, le=16)
 
 
+class AugmentationConfig(_Section):
+    """``augmentation``: the DARTS training augmentation (:mod:`darts_core.data.augment`), batched on
+    the device. ``null`` fields take the dataset's default: on for ``cifar10`` and image folders (crop
+    padding 4 at 32 x 32, scaled with the image side; flip), off for ``digits`` and ``synthetic``."""
+
+    crop_padding: _Int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="Zero padding of the random crop, in pixels (0: no crop); null: the dataset's default",
+    )
+    horizontal_flip: StrictBool | None = Field(
+        default=None, description="Random horizontal flip; null: the dataset's default"
+    )
+
+
 class TrainingConfig(_Section):
     """``training``: schedule, optimizers, data split and seed of the search."""
 
@@ -133,6 +151,11 @@ class TrainingConfig(_Section):
         ge=1,
         le=1000,
         description="Compute the dominant Hessian eigenvalue every this many epochs (null: never)",
+    )
+    augmentation: AugmentationConfig = Field(
+        default_factory=AugmentationConfig,
+        description="Random crop and flip of the weight-step batches (never of the architecture step's "
+        "or the evaluation's)",
     )
 
     @field_validator(
@@ -245,6 +268,30 @@ class SearchConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
+    method: MethodConfig = Field(default_factory=DartsMethod)
+
+    @model_validator(mode="after")
+    def _method_composes(self) -> SearchConfig:
+        # What only the softmax-mixed DARTS supernet supports; the message names the fields to change.
+        name = self.method.name
+        if name in SOFTMAX_METHODS:
+            return self
+        clashes = []
+        if self.training.order != "first":
+            clashes.append(f"training.order ({self.training.order!r})")
+        if self.search_space.partial_channels != 1:
+            clashes.append(f"search_space.partial_channels ({self.search_space.partial_channels})")
+        if self.search_space.edge_normalization:
+            clashes.append("search_space.edge_normalization (true)")
+        if self.training.hessian_every is not None:
+            clashes.append(f"training.hessian_every ({self.training.hessian_every})")
+        if clashes:
+            raise ValueError(
+                f"method.name {name!r} does not compose with {', '.join(clashes)}: second order, PC-DARTS "
+                f"partial channels and edge normalization, and the Hessian measurement need a method.name "
+                f"among {', '.join(repr(softmax) for softmax in SOFTMAX_METHODS)}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _partial_channels_divide_the_width(self) -> SearchConfig:
@@ -276,12 +323,16 @@ class SearchConfig(_Section):
         return self.model_dump(mode="json")
 
     def replace(self, **overrides: Mapping[str, Any]) -> SearchConfig:
-        """A copy with some fields of some sections changed, e.g. ``replace(training={"epochs": 3})``."""
+        """A copy with some fields of some sections changed, e.g. ``replace(training={"epochs": 3})``;
+        ``replace(method={"name": "gdas"})`` switches the method (the new one's defaults fill the rest)."""
         spec = self.to_spec()
         for section, values in overrides.items():
             if section not in spec:
                 raise ValueError(f"{section} is not a known field (known: {', '.join(spec)})")
-            spec[section].update(values)
+            if section == "method" and values.get("name", spec[section]["name"]) != spec[section]["name"]:
+                spec[section] = dict(values)  # another method: its own fields, not the old one's
+            else:
+                spec[section].update(values)
         return SearchConfig.from_spec(spec)
 
 

@@ -19,7 +19,12 @@ from typing import Annotated, Any
 
 from pydantic import Field, Strict, StrictBool, ValidationError, model_validator
 
-from darts_core.spec.search_spec import ResourcesConfig, _Section, format_validation_error
+from darts_core.spec.search_spec import (
+    AugmentationConfig,
+    ResourcesConfig,
+    _Section,
+    format_validation_error,
+)
 
 __all__ = ["TrainingNetworkConfig", "TrainingScheduleConfig", "TrainingJobConfig"]
 
@@ -57,6 +62,10 @@ class TrainingScheduleConfig(_Section):
     weight_decay: _Float = Field(default=3e-4, ge=0.0, le=1.0)
     grad_clip: _Float | None = Field(
         default=5.0, gt=0.0, description="Maximum gradient norm; null: no clipping."
+    )
+    augmentation: AugmentationConfig = Field(
+        default_factory=AugmentationConfig,
+        description="Random crop and flip of every training batch (never of validation or test batches)",
     )
     cutout: StrictBool = Field(default=False, description="Cutout augmentation (image data).")
     cutout_length: _Int | None = Field(

@@ -41,12 +41,12 @@ import torch
 
 from darts_core.nn.genotype_network import GenotypeNetwork
 from darts_core.nn.recompute import twice_differentiable
+from darts_core.spec.artifacts import EXPORT_FILES
 from darts_core.train.weights import write_bytes_atomically
 
 __all__ = [
     "EXPORT_FORMAT",
     "EXPORT_FORMAT_VERSION",
-    "EXPORT_FORMATS",
     "INPUT_NAME",
     "ONNX_OPSET",
     "OUTPUT_NAME",
@@ -69,8 +69,6 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 #: The TorchScript extra file that holds the metadata (JSON object of the same keys as ONNX's).
 TORCHSCRIPT_METADATA_FILE = "darts_core.json"
-#: Format name -> file name written beside model.safetensors (CLI, service).
-EXPORT_FORMATS: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.pt"}
 
 
 def _check_input_shape(network: GenotypeNetwork, input_shape: Any) -> tuple[int, int, int]:
@@ -264,8 +262,8 @@ def export_trained(
     """
     from darts_core.train.weights import load_trained, read_trained_data
 
-    if format not in EXPORT_FORMATS:
-        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}, got {format!r}")
+    if format not in EXPORT_FILES:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FILES)}, got {format!r}")
     network = load_trained(weights)
     data = read_trained_data(weights)
     shape = input_shape if input_shape is not None else data.get("input_shape")

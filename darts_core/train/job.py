@@ -43,6 +43,8 @@ from darts_core.checkpoint import (
     spec_differences,
     write_checkpoint,
 )
+from darts_core.data.augment import RandomCropFlip, epoch_generator, resolve_augmentation
+from darts_core.data.device_images import DeviceImages, dataset_images_on_device
 from darts_core.data.registry import ImageDataset
 from darts_core.device import resolve_device
 from darts_core.nn.genotype_network import GenotypeNetwork
@@ -66,6 +68,8 @@ CHECKPOINT_KIND = "training"
 #: Seed of the validation split: a constant, never ``training.seed``, so trainings of any seed and any
 #: genotype on the same data are compared on the same validation examples.
 VALIDATION_SPLIT_SEED = 0
+#: The stream of :func:`~darts_core.data.augment.epoch_generator` the augmentation draws from.
+AUGMENTATION_STREAM = 3
 
 
 def apply_cutout(images: Tensor, length: int, generator: torch.Generator | None = None) -> Tensor:
@@ -143,7 +147,7 @@ def _check_dataset(dataset: Any) -> None:
 
 def _evaluate(
     network: nn.Module,
-    x: Tensor,
+    x: Tensor | DeviceImages,
     y: Tensor,
     batch_size: int,
     autocast: Callable[[], contextlib.AbstractContextManager[object]],
@@ -205,22 +209,22 @@ _Autocast = Callable[[], contextlib.AbstractContextManager[object]]
 class _Splits:
     """The three splits on the training device, each moved there once; batches are gathered by index."""
 
-    x_train: Tensor
+    x_train: Tensor | DeviceImages
     y_train: Tensor
-    x_valid: Tensor
+    x_valid: Tensor | DeviceImages
     y_valid: Tensor
-    x_test: Tensor
+    x_test: Tensor | DeviceImages
     y_test: Tensor
 
     @classmethod
     def on_device(cls, dataset: ImageDataset, valid_fraction: float, target: torch.device) -> _Splits:
         train, valid = validation_split(dataset.y_train, valid_fraction)
         return cls(
-            x_train=dataset.x_train[train].to(target),
+            x_train=dataset_images_on_device(dataset, dataset.x_train[train], target),
             y_train=dataset.y_train[train].to(target),
-            x_valid=dataset.x_train[valid].to(target),
+            x_valid=dataset_images_on_device(dataset, dataset.x_train[valid], target),
             y_valid=dataset.y_train[valid].to(target),
-            x_test=dataset.x_test.to(target),
+            x_test=dataset_images_on_device(dataset, dataset.x_test, target),
             y_test=dataset.y_test.to(target),
         )
 
@@ -308,8 +312,11 @@ class _Trainer:
         config: TrainingJobConfig,
         autocast: _Autocast,
         stop: Callable[[], None],
+        augment: RandomCropFlip | None = None,
+        draws: torch.Generator | None = None,
     ) -> tuple[float, float]:
-        """One pass over the training split in a fresh order: mean loss and accuracy."""
+        """One pass over the training split in a fresh order: mean loss and accuracy. ``augment``
+        (random crop and flip, its draws from ``draws``) applies to every batch, before cutout."""
         network, optimizer, training = self.network, self.optimizer, config.training
         # `resources.compile`: the training forward through torch.compile (the same module; evaluation
         # stays eager). Built once per trainer, compiled at its first batches.
@@ -332,6 +339,8 @@ class _Trainer:
             if batch.numel() < 2:
                 continue  # BatchNorm needs more than one sample per channel in training mode
             images, labels = splits.x_train[batch], splits.y_train[batch]
+            if augment is not None and draws is not None:
+                images = augment(images, draws)
             if training.cutout:
                 images = apply_cutout(images, length)
             optimizer.zero_grad(set_to_none=True)
@@ -437,12 +446,19 @@ def run_training_job(
     else:
         autocast = contextlib.nullcontext
     history = trainer.resume(checkpoint_dir, identity) if checkpoint_dir is not None else []
+    augment = resolve_augmentation(
+        config.training.augmentation.crop_padding,
+        config.training.augmentation.horizontal_flip,
+        getattr(dataset, "name", ""),
+        (int(dataset.x_train.shape[2]), int(dataset.x_train.shape[3])),
+        tuple(getattr(dataset, "class_names", ())),
+    )
 
     def stop() -> None:
         if should_stop is not None and should_stop():
             raise TrainingStopped(len(history))
 
-    def evaluate(x: Tensor, y: Tensor) -> tuple[float, float]:
+    def evaluate(x: Tensor | DeviceImages, y: Tensor) -> tuple[float, float]:
         result = _evaluate(network, x, y, 2 * config.training.batch_size, autocast, should_stop)
         if result is None:
             raise TrainingStopped(len(history))
@@ -454,7 +470,8 @@ def run_training_job(
         epoch_started = time.perf_counter()
         current_lr = trainer.optimizer.param_groups[0]["lr"]
         network.drop_path_prob = config.network.drop_path_prob * epoch / epochs
-        train_loss, train_acc = trainer.train_epoch(splits, config, autocast, stop)
+        draws = epoch_generator(config.training.seed, epoch, AUGMENTATION_STREAM)
+        train_loss, train_acc = trainer.train_epoch(splits, config, autocast, stop, augment, draws)
         valid_loss = valid_acc = None
         if splits.y_valid.numel():
             valid_loss, valid_acc = evaluate(splits.x_valid, splits.y_valid)

@@ -158,3 +158,39 @@ def test_a_search_with_a_budget_returns_a_genotype_that_fits_and_reports_its_cos
         assert epoch.cost is not None and epoch.cost["parameters"] <= spec["constraints"]["max_parameters"]
         assert epoch.cost["parameters"] == round(table.cost(epoch.genotype)[0])
     assert free.history[-1].cost is None
+
+
+def test_a_constrained_search_stopped_after_an_epoch_resumes_bit_identically(tmp_path) -> None:
+    """The penalty's cost table is rebuilt on resume, not saved: the resumed run must still be the
+    straight one, epoch costs and repaired genotype included."""
+    from tests.core.test_search import _assert_same_state, _load_checkpoint, _without_seconds
+
+    dataset = load_dataset(
+        {"name": "synthetic", "num_samples": 64, "channels": 1, "image_size": 6, "num_classes": 3}
+    )
+    spec = {
+        "search_space": {"primitives": ["none", "max_pool_3x3", "skip_connect", "dil_conv_3x3"]},
+        "network": {"cells": 3, "init_channels": 4, "stem_multiplier": 1},
+        "training": {"epochs": 2, "batch_size": 8, "seed": 7, "arch_lr": 0.01},
+        "resources": {"device": "cpu"},
+        "constraints": {"network": {"cells": 3, "init_channels": 4}, "penalty_weight": 1.0},
+    }
+    table = cost_table_for(SearchConfig.from_spec(spec), (1, 6, 6), 3)
+    spec["constraints"]["max_parameters"] = int(table.cost(table.cheapest())[0]) + 50  # binds
+    config = SearchConfig.from_spec(spec)
+    straight = run_search(dataset, config, checkpoint_dir=tmp_path / "straight")
+
+    finished: list[int] = []
+    first = run_search(
+        dataset, config, checkpoint_dir=tmp_path / "resumed",
+        on_epoch=lambda item: finished.append(item.epoch), should_stop=lambda: bool(finished),
+    )  # fmt: skip
+    assert first.stopped and first.epochs_completed == 1
+    torch.manual_seed(12345)  # the resume must not depend on the caller's RNG state
+    resumed = run_search(dataset, config, checkpoint_dir=tmp_path / "resumed")
+    assert resumed.genotype == straight.genotype
+    assert table.cost(resumed.genotype)[0] <= spec["constraints"]["max_parameters"]
+    saved, again = _load_checkpoint(tmp_path / "straight"), _load_checkpoint(tmp_path / "resumed")
+    _assert_same_state(saved["search"], again["search"])
+    assert _without_seconds(saved["history"]) == _without_seconds(again["history"])
+    assert all(record["cost"] is not None for record in again["history"])

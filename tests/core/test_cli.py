@@ -309,3 +309,40 @@ def test_remote_submit_refuses_a_spec_file_that_is_not_a_json_object_before_any_
     result = CliRunner().invoke(app, arguments, env={"DARTS_CONFIG_DIR": str(tmp_path / "config")})
     assert result.exit_code == 2, (arguments, result.output)
     assert str(spec) in result.output and says in result.output
+
+
+def test_export_writes_a_weights_file_as_onnx_or_torchscript(tmp_path: Path) -> None:
+    import torch
+
+    from darts_core.nn.genotype_network import GenotypeNetwork
+    from darts_core.spec.genotype import DARTS_V2
+    from darts_core.train.weights import save_trained
+
+    torch.manual_seed(0)
+    network = GenotypeNetwork(DARTS_V2, 1, 3, init_channels=4, cells=2).eval()
+    weights = tmp_path / "model.safetensors"
+    save_trained(network, weights, input_shape=(1, 6, 6), class_names=["a", "b", "c"])
+    result = runner.invoke(app, ["export", str(weights)])
+    assert result.exit_code == 0, result.output
+    assert read_export_metadata(tmp_path / "model.onnx")["class_names"] == ["a", "b", "c"]
+    out = tmp_path / "elsewhere.pt"
+    result = runner.invoke(app, ["export", str(weights), "--format", "torchscript", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    scripted = torch.jit.load(str(out))
+    batch = torch.randn(2, 1, 6, 6)
+    torch.testing.assert_close(scripted(batch), network(batch), atol=1e-5, rtol=0)
+
+    # Bad input: exit 2, one message naming what is wrong, nothing written.
+    bare = tmp_path / "bare" / "model.safetensors"
+    bare.parent.mkdir()
+    save_trained(network, bare)
+    refused = runner.invoke(app, ["export", str(bare)])
+    assert refused.exit_code == 2 and "input_shape" in refused.output
+    refused = runner.invoke(app, ["export", str(bare), "--input-shape", "1,6"])
+    assert refused.exit_code == 2 and "--input-shape must be C,H,W" in " ".join(refused.output.split())
+    refused = runner.invoke(app, ["export", str(tmp_path / "missing.safetensors")])
+    assert refused.exit_code == 2 and "does not exist" in refused.output
+    assert sorted(path.name for path in bare.parent.iterdir()) == ["model.safetensors"]
+    result = runner.invoke(app, ["export", str(bare), "--input-shape", "1,6,6"])
+    assert result.exit_code == 0, result.output
+    assert read_export_metadata(bare.parent / "model.onnx")["input_shape"] == [1, 6, 6]

@@ -17,7 +17,7 @@ from darts_core.spec.dataset_spec import builtin_datasets
 
 
 def _assert_well_formed(ds: ImageDataset, channels: int, size: tuple[int, int], num_classes: int) -> None:
-    assert ds.x_train.dtype == torch.float32 and ds.x_test.dtype == torch.float32
+    assert ds.x_train.dtype == ds.x_test.dtype and ds.x_train.dtype in (torch.float32, torch.uint8)
     assert ds.y_train.dtype == torch.int64 and ds.y_test.dtype == torch.int64
     assert ds.x_train.shape[1:] == (channels, *size)
     assert ds.x_test.shape[1:] == (channels, *size)
@@ -27,8 +27,9 @@ def _assert_well_formed(ds: ImageDataset, channels: int, size: tuple[int, int], 
     assert ds.num_classes == num_classes
     assert 0 <= int(ds.y_train.min()) and int(ds.y_train.max()) < num_classes
     # normalised per channel with the training statistics
-    mean = ds.x_train.mean(dim=(0, 2, 3))
-    std = ds.x_train.std(dim=(0, 2, 3), unbiased=False)
+    # (uint8 images on the device batch by batch: ds.normalize gives the model's input)
+    mean = ds.normalize(ds.x_train).mean(dim=(0, 2, 3))
+    std = ds.normalize(ds.x_train).std(dim=(0, 2, 3), unbiased=False)
     torch.testing.assert_close(mean, torch.zeros(channels), atol=1e-4, rtol=0)
     torch.testing.assert_close(std, torch.ones(channels), atol=1e-4, rtol=0)
     json.dumps(ds.describe())
@@ -150,7 +151,9 @@ def test_npz_nchw_uint8_scaled_and_split(tmp_path: Path) -> None:
     summary = validate_npz(path)
     assert summary == {
         "num_samples": 30,
+        "num_test": 0,
         "num_classes": 3,
+        "class_names": None,
         "channels": 3,
         "height": 6,
         "width": 5,
@@ -325,10 +328,9 @@ def test_cifar10_local_directory(tmp_path: Path, protocol: int) -> None:
     _assert_well_formed(ds, 3, (32, 32), 10)
     assert ds.x_train.shape[0] == 20 and ds.x_test.shape[0] == 4
     assert ds.y_train[:4].tolist() == [0, 1, 2, 3]  # data_batch_1 first, in file order
-    # rows are stored channel-major (1024 red, 1024 green, 1024 blue values)
-    raw = ds.x_train[0] * torch.tensor(ds.channel_std).view(3, 1, 1) + torch.tensor(ds.channel_mean).view(
-        3, 1, 1
-    )
+    # rows are stored channel-major (1024 red, 1024 green, 1024 blue values), kept as uint8
+    assert ds.x_train.dtype == torch.uint8 and ds.class_names[0] == "airplane"
+    raw = ds.x_train[0].float() / 255.0
     expected = torch.from_numpy(train_data[0].reshape(3, 32, 32).astype(np.float32) / 255.0)
     torch.testing.assert_close(raw, expected, atol=1e-5, rtol=0)
 
@@ -385,7 +387,8 @@ def test_cifar10_errors(tmp_path: Path) -> None:
     [
         (
             {"name": "imagenet"},
-            r"unknown dataset 'imagenet'; expected one of \['cifar10', 'digits', 'npz', 'synthetic'\]",
+            r"unknown dataset 'imagenet'; expected one of "
+            r"\['cifar10', 'digits', 'folder', 'npz', 'synthetic'\]",
         ),
         ({}, r"unknown dataset None"),
         ("digits", r"spec: expected a mapping"),
@@ -445,7 +448,7 @@ def test_builtin_datasets_describe_what_loads() -> None:
 def test_image_dataset_checks_its_tensors() -> None:
     x, y = torch.zeros(4, 1, 2, 2), torch.tensor([0, 1, 0, 1])
     ImageDataset("t", x, y, x, y, 2)
-    with pytest.raises(DatasetError, match="x_train: expected a float32 tensor"):
+    with pytest.raises(DatasetError, match="x_train: expected a float32 or uint8 tensor"):
         ImageDataset("t", x.double(), y, x, y, 2)
     with pytest.raises(DatasetError, match="y_test: expected an int64 tensor"):
         ImageDataset("t", x, y, x, y.int(), 2)

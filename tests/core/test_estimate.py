@@ -213,3 +213,18 @@ def test_the_hessian_pass_is_estimated_and_covers_its_measured_peak() -> None:
     assert estimate.hessian_bytes >= measured, (estimate.hessian_bytes, measured)
     assert estimate.peak_bytes == max(estimate.step_bytes, estimate.state_bytes + estimate.hessian_bytes)
     assert estimate.peak_bytes > without.peak_bytes
+
+
+def test_gdas_needs_much_less_memory_and_the_estimate_bounds_a_measured_step() -> None:
+    spec = {"network": {"cells": 5, "init_channels": 8}, "training": {"batch_size": 6}}
+    darts = SearchConfig.from_spec(spec)
+    gdas = darts.replace(method={"name": "gdas"})
+    shape = {"in_channels": 3, "image_size": (16, 16), "num_classes": 5}
+    darts_estimate, gdas_estimate = estimate_search(darts, **shape), estimate_search(gdas, **shape)
+    assert gdas_estimate.saved_bytes < 0.5 * darts_estimate.saved_bytes  # 0.43 here
+    measured = measure_step(gdas, **shape)
+    # An upper bound: every edge counted at its most memory-hungry operation, every weight with a gradient
+    # (the sampled step leaves the unsampled operations' weights without gradients and momenta).
+    assert measured["state_bytes"] <= gdas_estimate.state_bytes
+    assert measured["saved_bytes"] <= gdas_estimate.saved_bytes
+    assert measured["saved_bytes"] < 0.35 * measure_step(darts, **shape)["saved_bytes"]

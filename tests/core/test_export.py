@@ -18,10 +18,10 @@ import darts_core
 from darts_core.nn.genotype_network import GenotypeNetwork
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.search.derive import derive_genotype
+from darts_core.spec.artifacts import EXPORT_FILES
 from darts_core.spec.genotype import DARTS_V2, Genotype
 from darts_core.train.export import (
     EXPORT_FORMAT,
-    EXPORT_FORMATS,
     ONNX_OPSET,
     TORCHSCRIPT_METADATA_FILE,
     export_onnx,
@@ -232,7 +232,7 @@ def test_export_from_a_weights_file_takes_what_it_records(format: str, tmp_path:
         "mean": list(MEAN),
         "std": list(STD),
     }
-    path = tmp_path / EXPORT_FORMATS[format]
+    path = tmp_path / EXPORT_FILES[format]
     export_trained(weights, path, format=format)
     meta = read_export_metadata(path)
     assert (meta["input_shape"], meta["class_names"], meta["mean"]) == (list(SHAPE), CLASSES, list(MEAN))

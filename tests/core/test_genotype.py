@@ -501,3 +501,31 @@ def test_validate_against_a_primitives_list(darts_v2: Genotype) -> None:
         primitives=["conv_1x1"],
     )
     assert Genotype.from_json(custom.to_json(), primitives=["conv_1x1"]) == custom
+
+
+def test_random_genotypes_are_valid_pure_and_cover_the_space_uniformly() -> None:
+    from collections import Counter
+
+    from darts_core.spec.random_genotype import random_genotype
+
+    primitives = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
+    draws = [random_genotype(primitives, 3, seed=index) for index in range(600)]
+    assert random_genotype(primitives, 3, seed=5) == draws[5] and draws[5] != draws[6]
+    operations: Counter[str] = Counter()
+    first_inputs: Counter[tuple[int, int]] = Counter()
+    for genotype in draws:
+        for genes in (genotype.normal, genotype.reduce):
+            assert len(genes) == 6
+            for node in range(3):
+                (op_a, a), (op_b, b) = genes[2 * node], genes[2 * node + 1]
+                assert a < b <= node + 1  # two distinct earlier states
+                operations.update((op_a, op_b))
+            first_inputs[(genes[4][1], genes[5][1])] += 1  # node 2: 2 of 4 states, 6 pairs
+    assert set(operations) == {"max_pool_3x3", "skip_connect", "sep_conv_3x3"}  # never `none`
+    total = sum(operations.values())
+    assert all(abs(count / total - 1 / 3) < 0.03 for count in operations.values())
+    assert len(first_inputs) == 6 and all(abs(n / 1200 - 1 / 6) < 0.04 for n in first_inputs.values())
+    with pytest.raises(ValueError, match="primitives"):
+        random_genotype(["none"], 2, seed=0)
+    with pytest.raises(ValueError, match="internal_nodes"):
+        random_genotype(primitives, 0, seed=0)

@@ -66,8 +66,8 @@ def test_the_value_bound_also_holds_below_the_header_check(tmp_path: Path) -> No
         check_npz(path, max_values=2**28, max_classes=10)
     x[599, 2, 63, 63] = 0
     path = _save(tmp_path / "fine.npz", x=x, y=np.arange(600) % 3)
-    header, _, classes = check_npz(path, max_values=2**28, max_classes=10)
-    assert header.shape == (600, 3, 64, 64) and classes == 3
+    contents = check_npz(path, max_values=2**28, max_classes=10)
+    assert contents.x.shape == (600, 3, 64, 64) and contents.num_classes == 3
     with pytest.raises(NpzError, match=r"x: 7372800 values .* exceed the limit of 1000000"):
         check_npz(path, max_values=10**6, max_classes=10)
 

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from darts_core.checkpoint import PREVIOUS_CHECKPOINT_NAME, read_history
-from darts_core.data.registry import load_dataset
 from darts_core.search.derive import derive_genotype
 from darts_core.search.loop import (
     CHECKPOINT_NAME,
@@ -321,7 +320,9 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
     spec = config.to_spec()
     assert spec == {
         "search_space": {
-            "primitives": list(DARTS_OP_NAMES), "internal_nodes": 4, "partial_channels": 1,
+            "primitives": list(DARTS_OP_NAMES),
+            "internal_nodes": 4,
+            "partial_channels": 1,
             "edge_normalization": False,
         },
         "network": {"cells": 8, "init_channels": 16, "stem_multiplier": 3},
@@ -343,6 +344,7 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
             "eigenvalue_window": 5,
             "eigenvalue_threshold": 1.3,
             "hessian_every": None,
+            "augmentation": {"crop_padding": None, "horizontal_flip": None},
         },
         "resources": {"device": "auto", "precision": "auto", "compile": "off", "time_limit_seconds": None},
         "constraints": {
@@ -351,6 +353,7 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
             "penalty_weight": 0.3,
             "network": {"cells": None, "init_channels": None, "auxiliary": None},
         },
+        "method": {"name": "darts"},
     }
     assert SearchConfig.from_spec(json.loads(json.dumps(spec))) == config
     assert isinstance(SearchConfig.from_spec({"training": {"weight_lr": 1}}).training.weight_lr, float)
@@ -415,15 +418,6 @@ TINY_SPEC = {
     "training": {"epochs": 2, "batch_size": 8, "seed": 7, "arch_lr": 0.01},
     "resources": {"device": "cpu"},
 }
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset():
-    # 64 samples -> 51 for training (the rest is the test split) -> 25 search-train, 26 search-valid:
-    # 3 steps of 8 per epoch.
-    return load_dataset(
-        {"name": "synthetic", "num_samples": 64, "channels": 1, "image_size": 6, "num_classes": 3}
-    )
 
 
 def _config(**training) -> SearchConfig:
@@ -494,8 +488,17 @@ def test_on_epoch_payload_and_checkpoint(tiny_dataset, tmp_path) -> None:
     assert again.epochs_completed == 2 and len(reported) == 2 and again.history == result.history
 
 
-def test_resume_after_stop_is_bit_identical_to_an_uninterrupted_search(tiny_dataset, tmp_path) -> None:
-    config = _config(order="second")
+@pytest.mark.parametrize(
+    "method",
+    [{"name": "darts"}, {"name": "gdas"}, {"name": "beta_darts", "lambda_start": 1.0}],
+    ids=lambda method: method["name"],
+)
+def test_resume_after_stop_is_bit_identical_to_an_uninterrupted_search(
+    tiny_dataset, tmp_path, method
+) -> None:
+    # Second order (the step with the most state) where the method allows it; GDAS is first order.
+    order = "first" if method["name"] == "gdas" else "second"
+    config = _config(order=order).replace(method=method)
     run_search(tiny_dataset, config, checkpoint_dir=tmp_path / "straight")
 
     finished: list[int] = []

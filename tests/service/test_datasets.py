@@ -90,7 +90,9 @@ def test_an_invalid_npz_is_422_with_darts_core_message_and_nothing_kept(
 
     wrong_suffix = client.post("/datasets", files={"file": ("data.csv", b"1,2,3")})
     assert wrong_suffix.status_code == 422
-    assert wrong_suffix.json()["detail"][0]["msg"] == "expected a .npz file, got 'data.csv'"
+    assert wrong_suffix.json()["detail"][0]["msg"] == (
+        "expected a .npz, .zip, .tar, .tar.gz or .tgz file, got 'data.csv'"
+    )
 
     long_name = client.post("/datasets", files={"file": ("ok.npz", small_images())}, data={"name": "n" * 201})
     assert long_name.status_code == 422

@@ -21,6 +21,8 @@ TORCH_FREE = [
     "darts_core.spec.genotype",
     "darts_core.spec.records",
     "darts_core.spec.op_names",
+    "darts_core.spec.artifacts",
+    "darts_core.spec.random_genotype",
     "darts_core.client",
     "darts_core.client.http",
     "darts_core.client.sse",
@@ -29,6 +31,7 @@ TORCH_FREE = [
     "darts_core.client.studies",
     "darts_core.cli.main",
     "darts_core.data.npz",
+    "darts_core.data.archive",
     "darts_core.data.cifar10",
 ]
 

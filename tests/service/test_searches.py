@@ -60,8 +60,14 @@ def test_create_returns_the_resource_with_defaults_and_queues_a_task(
     assert spec["dataset"] == {"name": "digits", "test_fraction": 0.2, "seed": 0}
     assert spec["search_space"] == {
         "primitives": [
-            "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
-            "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+            "none",
+            "max_pool_3x3",
+            "avg_pool_3x3",
+            "skip_connect",
+            "sep_conv_3x3",
+            "sep_conv_5x5",
+            "dil_conv_3x3",
+            "dil_conv_5x5",
         ],
         "internal_nodes": 4,
         "partial_channels": 1,
@@ -73,11 +79,13 @@ def test_create_returns_the_resource_with_defaults_and_queues_a_task(
         "weight_lr_min": 0.001, "momentum": 0.9, "weight_decay": 3e-4, "arch_lr": 3e-4,
         "arch_weight_decay": 1e-3, "grad_clip": 5.0, "seed": 0, "early_stop": None,
         "max_skip_connections": 2, "eigenvalue_window": 5, "eigenvalue_threshold": 1.3, "hessian_every": None,
+        "augmentation": {"crop_padding": None, "horizontal_flip": None},
     }
     assert search["stopped_early"] is False and search["stop_reason"] is None
     assert spec["resources"] == {
         "device": "auto", "precision": "auto", "compile": "off", "time_limit_seconds": None
     }
+    assert spec["method"] == {"name": "darts"}
     assert client.get(f"/searches/{search['id']}").json() == search
 
     # The task is on the broker: one new message naming the task, carrying the search id.
@@ -104,11 +112,19 @@ def test_create_keeps_the_given_values(client: TestClient) -> None:
     echoed = create(client, spec)["spec"]
     assert echoed["name"] == "tiny"
     assert echoed["dataset"] == {
-        "name": "synthetic", "num_samples": 64, "num_classes": 4, "channels": 3, "image_size": [8, 12],
-        "noise": 0.5, "test_fraction": 0.2, "seed": 0,
+        "name": "synthetic",
+        "num_samples": 64,
+        "num_classes": 4,
+        "channels": 3,
+        "image_size": [8, 12],
+        "noise": 0.5,
+        "test_fraction": 0.2,
+        "seed": 0,
     }
     assert echoed["search_space"] == {
-        "primitives": ["skip_connect", "sep_conv_3x3"], "internal_nodes": 2, "partial_channels": 1,
+        "primitives": ["skip_connect", "sep_conv_3x3"],
+        "internal_nodes": 2,
+        "partial_channels": 1,
         "edge_normalization": False,
     }
     assert echoed["network"] == {"cells": 3, "init_channels": 4, "stem_multiplier": 3}
@@ -306,8 +322,20 @@ def test_epochs_are_listed_in_order_with_cursor_pages(client: TestClient, record
     assert everything["next_cursor"] is None
     first = everything["items"][0]
     assert set(first) == {
-        "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype",
-        "alphas", "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue", "cost",
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "valid_loss",
+        "valid_acc",
+        "lr",
+        "seconds",
+        "genotype",
+        "alphas",
+        "skip_connections",
+        "parameter_free_ops",
+        "alpha_entropy",
+        "hessian_eigenvalue",
+        "cost",
         "created_at",
     }
     assert first["train_loss"] == 2.0 and first["genotype"] == epoch_genotype(1)
@@ -509,8 +537,13 @@ def test_list_pages_break_created_at_ties_by_id(
     for search_id in ids:
         db_session.add(
             Search(
-                id=search_id, name="tie", owner=api_owner, status="queued",
-                spec={"dataset": {"name": "digits"}}, dataset_ref="builtin:digits", created_at=instant,
+                id=search_id,
+                name="tie",
+                owner=api_owner,
+                status="queued",
+                spec={"dataset": {"name": "digits"}},
+                dataset_ref="builtin:digits",
+                created_at=instant,
                 epochs=1,
             )
         )
@@ -559,3 +592,24 @@ def test_a_spec_may_lower_the_services_time_limit_but_not_raise_it(client: TestC
     lower = client.post("/searches", json={**base, "resources": {"time_limit_seconds": 60}})
     assert lower.status_code == 201, lower.text
     assert lower.json()["spec"]["resources"]["time_limit_seconds"] == 60
+
+
+def test_the_method_section_is_in_the_schema_and_bad_sections_are_422_naming_the_field(
+    client: TestClient,
+) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    method = schemas["SearchSpec"]["properties"]["method"]
+    assert set(method["discriminator"]["mapping"]) == {"darts", "gdas"}
+    assert schemas["GdasMethod"]["properties"]["tau_max"]["exclusiveMinimum"] == 0.0
+
+    base = {"dataset": {"name": "digits"}, "training": {"epochs": 1}}
+    bounded = client.post("/searches", json={**base, "method": {"name": "gdas", "tau_min": -1}})
+    assert "method.gdas.tau_min: Input should be greater than 0" in _error_messages(bounded)
+    clash = client.post(
+        "/searches", json={**base, "method": {"name": "gdas"}, "search_space": {"partial_channels": 2}}
+    )
+    assert clash.status_code == 422, clash.text
+    assert "method.name 'gdas' does not compose with search_space.partial_channels (2)" in clash.text
+    assert client.get("/searches").json()["items"] == []
+    accepted = create(client, {**base, "method": {"name": "gdas", "tau_max": 5.0}})
+    assert accepted["spec"]["method"] == {"name": "gdas", "tau_max": 5.0, "tau_min": 0.1}

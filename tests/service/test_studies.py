@@ -198,3 +198,42 @@ def test_two_studies_at_once_never_both_exceed_the_quota(
     # Its searches were cancelled (still queued) and removed with it; the other request's stay.
     assert db_session.scalar(select(Search.id).where(Search.study_id.is_not(None))) is None
     assert len(list(db_session.scalars(select(Search.id)))) == 2
+
+
+def test_methods_and_the_random_baseline_are_validated_naming_the_field(client: TestClient) -> None:
+    base = {"search": {"dataset": {"name": "digits"}}, "seeds": [0]}
+    for body, field in (
+        ({**base, "random_baseline": -1}, ["body", "random_baseline"]),
+        ({**base, "random_baseline": 33}, ["body", "random_baseline"]),
+        ({**base, "random_baseline": "2"}, ["body", "random_baseline"]),
+        ({**base, "methods": []}, ["body", "methods"]),
+        ({**base, "methods": [{"name": "darts"}, {"name": "no-such-method"}]}, ["body", "methods", 1]),
+        ({**base, "methods": [{"name": "gdas", "tau_min": -1.0}]}, ["body", "methods", 0, "gdas", "tau_min"]),
+    ):
+        response = client.post("/studies", json=body)
+        assert response.status_code == 422, body
+        assert response.json()["detail"][0]["loc"] == field, response.json()
+    # A method that does not compose with the search (GDAS samples one operation: no second order).
+    second_order = {**base, "search": {"dataset": {"name": "digits"}, "training": {"order": "second"}}}
+    refused = client.post("/studies", json={**second_order, "methods": [{"name": "darts"}, {"name": "gdas"}]})
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"][:3] == ["body", "methods", 1], refused.json()
+    assert "training.order" in refused.json()["detail"][0]["msg"]
+    assert client.get("/studies").json()["items"] == []  # nothing was created
+
+
+def test_a_study_of_two_methods_runs_a_search_per_method_and_seed(client: TestClient) -> None:
+    body = {"search": {"dataset": {"name": "digits"}, "training": {"epochs": 2}}, "seeds": [0, 1],
+            "methods": [{"name": "darts"}, {"name": "gdas"}], "random_baseline": 2}
+    created = client.post("/studies", json=body)
+    assert created.status_code == 201, created.text
+    study = created.json()
+    searches = study["stages"]["search"]
+    assert [(child["arm"], child["seed"]) for child in searches] == [("0", 0), ("0", 1), ("1", 0), ("1", 1)]
+    for child in searches:
+        spec = client.get(f"/searches/{child['id']}").json()["spec"]
+        assert spec["method"]["name"] == ("darts" if child["arm"] == "0" else "gdas")
+        assert spec["training"]["seed"] == child["seed"]
+    assert [(row["method"], row["runs"], row["succeeded"]) for row in study["comparison"]] == [
+        ("darts", 2, 0), ("gdas", 2, 0), ("random", 2, 0)
+    ]

@@ -49,7 +49,7 @@ def test_submit_list_status_cancel_and_watch_a_study(env: dict[str, str], tmp_pa
     assert study["id"] in darts(env, "studies", "list")
 
     shown = darts(env, "studies", "status", study["id"])
-    assert "cli study" in shown and "searching" in shown
+    assert "cli study" in shown and "searching" in shown and "comparison" in shown
     assert all(child["id"] in shown for child in study["stages"]["search"])
 
     assert darts(env, "studies", "cancel", study["id"]).strip() == f"{study['id']}: cancelled"

@@ -333,3 +333,62 @@ def test_a_child_created_while_the_study_is_cancelled_is_cancelled_too(
     assert {s.status for s in searches_of(db_session, study)} == {"cancelled"}
     advance_study(db_session, study.id, deps)
     assert reload(db_session, study).status == "cancelled"
+
+
+def test_the_random_baseline_trains_drawn_genotypes_beside_the_searched_ones_and_may_win(
+    db_session: Session, deps: StudyDeps, record_epochs
+) -> None:
+    study = make_study(db_session, [0, 1], random_baseline=2, selection={"training": {"epochs": 1}},
+                       final={"training": {"epochs": 2}})
+    spec = StudySpec.model_validate(study.spec)
+    drawn = [genotype.to_json() for genotype in spec.random_genotypes()]
+    assert drawn[0] != drawn[1] and drawn == [g.to_json() for g in spec.random_genotypes()]  # a pure draw
+    searched(db_session, study, deps, record_epochs, {})
+    assert [s.study_arm for s in searches_of(db_session, study)] == ["0", "0"]  # no search for random
+    selections = trainings_of(db_session, study, "selecting")
+    arms = sorted((t.study_arm, t.study_seed) for t in selections)
+    assert arms == [("0", 0), ("0", 1), ("random", 0), ("random", 1)]
+    randoms = {t.study_seed: t for t in selections if t.study_arm == "random"}
+    assert [randoms[i].genotype for i in (0, 1)] == drawn
+    assert all(t.search_id is None and t.spec["dataset"]["name"] == "digits" for t in randoms.values())
+    advance_study(db_session, study.id, deps)
+    assert len(trainings_of(db_session, study, "selecting")) == 4  # each created once
+
+    accuracy = {("0", 0): 0.80, ("0", 1): 0.84, ("random", 0): 0.90, ("random", 1): 0.70}
+    for training in selections:
+        line = (training.study_arm, training.study_seed)
+        end_training(db_session, training.id, "succeeded", accuracy[line])
+    advance_study(db_session, study.id, deps)
+    after = reload(db_session, study)
+    chosen = (after.stage, after.chosen_arm, after.chosen_seed, after.chosen_search_id)
+    assert chosen == ("final", "random", 0, None)
+    assert after.chosen_genotype == drawn[0]
+    assert [(e["method"], e["seed"], e["chosen"]) for e in after.selection] == [
+        ("darts", 0, False), ("darts", 1, False), ("random", 0, True), ("random", 1, False)
+    ]
+    (final,) = trainings_of(db_session, study, "final")
+    assert (final.study_arm, final.study_seed, final.search_id) == ("random", 0, None)
+    assert final.genotype == drawn[0]
+
+    from app.services.studies import study_detail
+
+    table = {row["method"]: row for row in study_detail(db_session, study.id)["comparison"]}
+    assert table["darts"]["valid_acc_mean"] == pytest.approx(0.82)
+    assert table["darts"]["valid_acc_std"] == pytest.approx(0.02 * 2**0.5)
+    assert table["random"]["valid_acc_mean"] == pytest.approx(0.80) and table["random"]["chosen"]
+    random_row = table["random"]
+    assert (random_row["runs"], random_row["succeeded"], random_row["search_seconds_mean"]) == (2, 2, None)
+    assert table["darts"]["parameters_mean"] == 1000 and not table["darts"]["chosen"]
+
+
+def test_a_failed_random_genotype_fails_the_study_naming_it(
+    db_session: Session, deps: StudyDeps, record_epochs
+) -> None:
+    study = make_study(db_session, [0], random_baseline=1)
+    searched(db_session, study, deps, record_epochs, {})
+    randoms = [t for t in trainings_of(db_session, study, "selecting") if t.study_arm == "random"]
+    end_training(db_session, randoms[0].id, "failed")
+    advance_study(db_session, study.id, deps)
+    after = reload(db_session, study)
+    assert after.status == "failed"
+    assert f"the selection training of random genotype 0 ({randoms[0].id}) failed: diverged" in after.error

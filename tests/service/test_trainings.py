@@ -184,6 +184,58 @@ def test_epochs_final_figures_events_and_weights_of_a_training(
     assert client.get(url).status_code == 404 and not weights.exists()
 
 
+@pytest.mark.once  # an export is a child process of its own, whatever the database
+def test_exports_are_built_once_beside_the_weights_and_go_with_the_training(
+    client: TestClient, db_session: Session, api_settings: Settings
+) -> None:
+    import torch
+
+    from darts_core import save_trained
+    from darts_core.nn.genotype_network import GenotypeNetwork
+    from darts_core.spec.genotype import DARTS_V2
+    from darts_core.train.export import read_export_metadata
+
+    training = create(client)
+    url = f"/trainings/{training['id']}"
+    assert client.get(f"{url}/model.onnx").status_code == 409  # not succeeded yet
+    weights = training_weights_path(api_settings, training["id"])
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    network = GenotypeNetwork(DARTS_V2, 1, 10, init_channels=4, cells=2).eval()
+    save_trained(network, weights, input_shape=(1, 8, 8), class_names=[str(i) for i in range(10)])
+    finish(db_session, training["id"])
+
+    onnx_reply = client.get(f"{url}/model.onnx")
+    assert onnx_reply.status_code == 200, onnx_reply.text
+    assert onnx_reply.headers["content-type"] == "application/onnx"
+    assert f'filename="training-{training["id"]}.onnx"' in onnx_reply.headers["content-disposition"]
+    kept = weights.with_name("model.onnx")
+    assert onnx_reply.content == kept.read_bytes()
+    assert read_export_metadata(kept)["input_shape"] == [1, 8, 8]
+    built = kept.stat().st_mtime_ns
+    assert client.get(f"{url}/model.onnx").content == onnx_reply.content
+    assert kept.stat().st_mtime_ns == built  # served from the file, not exported again
+    script_reply = client.get(f"{url}/model.pt")
+    assert script_reply.status_code == 200
+    assert script_reply.content == weights.with_name("model.pt").read_bytes()
+    kept_files = sorted(item.name for item in weights.parent.iterdir())
+    assert kept_files == ["model.onnx", "model.pt", "model.safetensors"]
+
+    # Weights that cannot be exported (no input shape recorded, or not ours): 409 with the reason, no file.
+    save_trained(network, weights)
+    kept.unlink()
+    refused = client.get(f"{url}/model.onnx")
+    assert refused.status_code == 409 and "input_shape" in refused.json()["detail"], refused.text
+    weights.write_bytes(b"not safetensors")
+    refused = client.get(f"{url}/model.onnx")
+    assert refused.status_code == 409 and "cannot be exported" in refused.json()["detail"]
+    assert not kept.exists()
+
+    assert client.delete(url).status_code == 204
+    assert not weights.parent.exists()
+    assert client.get(f"{url}/model.pt").status_code == 404
+
+
 def test_cancel_and_delete_follow_the_lifecycle(client: TestClient) -> None:
     training = create(client)
     url = f"/trainings/{training['id']}"
@@ -213,7 +265,7 @@ def test_another_owner_gets_404_for_trainings_and_their_source_searches(
     _admin_name, admin = make_key(admin=True)
     bob_headers = {"Authorization": f"Bearer {bob}"}
     training = create(client)
-    for suffix in ("", "/epochs", "/events", "/weights"):
+    for suffix in ("", "/epochs", "/events", "/weights", "/model.onnx", "/model.pt"):
         response = client.get(f"/trainings/{training['id']}{suffix}", headers=bob_headers)
         assert response.status_code == 404, suffix
         assert response.json()["detail"] == f"training {training['id']!r} not found"

@@ -289,12 +289,20 @@ async function submit(event) {
   }
 }
 
+/** " (cat 3, dog 2; 1 file skipped)": an archive upload's classes and their counts, and what it left out. */
+function describeClasses(dataset) {
+  const counts = dataset.class_counts || {};
+  const names = Object.keys(counts).length ? Object.entries(counts).map(([name, count]) => `${name} ${count}`) : dataset.class_names || [];
+  const skipped = dataset.skipped && dataset.skipped.count ? `; ${dataset.skipped.count} files skipped: ${dataset.skipped.first.join(", ")}` : "";
+  return names.length || skipped ? ` (${names.join(", ")}${skipped})` : "";
+}
+
 async function uploadFile() {
   const file = $("upload-file").files[0];
   const status = $("upload-status");
   const progress = $("upload-progress");
   if (!file) {
-    status.textContent = "Choose a .npz file first.";
+    status.textContent = "Choose a .npz, .zip, .tar or .tar.gz file first.";
     status.className = "error";
     return;
   }
@@ -311,7 +319,7 @@ async function uploadFile() {
       },
     });
     progress.value = 1;
-    status.textContent = `uploaded ${dataset.name}: ${dataset.num_samples} samples, ${dataset.num_classes} classes`;
+    status.textContent = `uploaded ${dataset.name}: ${dataset.num_samples} samples, ${dataset.num_classes} classes${describeClasses(dataset)}`;
     await loadDatasets(dataset.id);
     scheduleEstimate();
   } catch (error) {

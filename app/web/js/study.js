@@ -1,5 +1,6 @@
 // Studies: the list (#/studies) and one study (#/study/ID): its stages with their children, the
-// selection accuracies side by side, the chosen genotype, and the seeds' search curves on one chart.
+// comparison per method (and the random baseline), the selection accuracies side by side, the chosen
+// genotype, and the seeds' search curves on one chart.
 // Polled every 2 s while shown (a study lasts hours; its own event stream serves the CLI).
 import { api } from "./api.js";
 import { lineChart } from "./charts.js";
@@ -55,12 +56,14 @@ export function showStudies() {
 
 // ------------------------------------------------------------------------------------------ one study
 
-function childRow(stage, child, chosenSeed) {
+function childRow(stage, child, study, names) {
   const link = element("a", { href: `#/${child.kind}/${encodeURIComponent(child.id)}`, text: child.id.slice(0, 8) });
+  const chosen = stage !== "search" && child.seed === study.chosen_seed && child.arm === (study.chosen_arm || "0");
   return element(
     "tr",
-    { "data-id": child.id, class: stage !== "search" && child.seed === chosenSeed ? "chosen" : null },
+    { "data-id": child.id, class: chosen ? "chosen" : null },
     element("td", { "data-label": "Stage", text: stage }),
+    element("td", { "data-label": "Method", text: names.get(child.arm) || child.arm }),
     element("td", { "data-label": "Seed", text: child.seed }),
     element("td", { "data-label": "Id" }, link),
     element("td", { "data-label": "Status" }, badge(child.status)),
@@ -68,6 +71,32 @@ function childRow(stage, child, chosenSeed) {
     element("td", { "data-label": "Valid acc", text: percent(child.valid_acc) }),
     element("td", { "data-label": "Test acc", text: percent(child.test_accuracy) }),
     element("td", { "data-label": "Error", class: "error", text: child.error || "" }),
+  );
+}
+
+function meanStd(mean, std) {
+  if (mean === null) return "–";
+  return std === null ? percent(mean) : `${percent(mean)} ± ${(100 * std).toFixed(2)}`;
+}
+
+function count(value) {
+  return value === null ? "–" : Math.round(value).toLocaleString();
+}
+
+/** One row per method (and the random baseline): its selection trainings over the seeds. */
+function comparisonRow(row) {
+  return element(
+    "tr",
+    { "data-arm": row.arm, class: row.chosen ? "chosen" : null },
+    element("td", { "data-label": "Method", text: row.method + (row.chosen ? " (chosen)" : "") }),
+    element("td", { "data-label": "Runs", text: row.runs }),
+    element("td", { "data-label": "Succeeded", text: row.succeeded }),
+    element("td", { "data-label": "Valid acc (mean ± std)", text: meanStd(row.valid_acc_mean, row.valid_acc_std) }),
+    element("td", { "data-label": "Best", text: row.best_valid_acc === null ? "–" : percent(row.best_valid_acc) }),
+    element("td", { "data-label": "Test acc", text: row.test_accuracy_mean === null ? "–" : percent(row.test_accuracy_mean) }),
+    element("td", { "data-label": "Parameters", text: count(row.parameters_mean) }),
+    element("td", { "data-label": "Multiply-adds", text: count(row.multiply_adds_mean) }),
+    element("td", { "data-label": "Search time", text: row.search_seconds_mean === null ? "–" : duration(row.search_seconds_mean) }),
   );
 }
 
@@ -80,9 +109,11 @@ async function loadEpochs(searches) {
   }
 }
 
-function renderChart(searches) {
+function renderChart(searches, names) {
   const series = searches.map((child, index) => ({
-    name: `seed ${child.seed}`,
+    // Searches only: the method's name when the study compares several.
+    name: [...names.keys()].filter((arm) => arm !== "random").length > 1
+      ? `${names.get(child.arm)} seed ${child.seed}` : `seed ${child.seed}`,
     colour: COLOURS[index % COLOURS.length],
     points: (epochsOf.get(child.id)?.records || []).map((r) => [r.epoch, r.valid_acc]),
   }));
@@ -107,20 +138,23 @@ function render(study) {
   $("cancel-study").hidden = TERMINAL.has(study.status) || study.status === "cancelling";
   $("delete-study").hidden = !TERMINAL.has(study.status);
   const { search, selection, final } = study.stages;
+  const names = new Map(study.comparison.map((row) => [row.arm, row.method]));
   const rows = [
-    ...search.map((c) => childRow("search", c, study.chosen_seed)),
-    ...selection.map((c) => childRow("selection", c, study.chosen_seed)),
-    ...(final ? [childRow("final", final, study.chosen_seed)] : []),
+    ...search.map((c) => childRow("search", c, study, names)),
+    ...selection.map((c) => childRow("selection", c, study, names)),
+    ...(final ? [childRow("final", final, study, names)] : []),
   ];
   $("study-children").querySelector("tbody").replaceChildren(...rows);
+  $("study-comparison").querySelector("tbody").replaceChildren(...study.comparison.map(comparisonRow));
   const entries = study.selection || [];
   $("study-selection").replaceChildren(...entries.map((entry) => element(
     "li",
     { class: entry.chosen ? "chosen" : null },
-    `seed ${entry.seed}: ${entry.valid_acc === null ? entry.status : percent(entry.valid_acc)}${entry.chosen ? " (chosen)" : ""}`,
+    `${names.size > 1 ? `${entry.method} ` : ""}${entry.arm === "random" ? "genotype" : "seed"} ${entry.seed}: ` +
+      `${entry.valid_acc === null ? entry.status : percent(entry.valid_acc)}${entry.chosen ? " (chosen)" : ""}`,
   )));
   $("study-genotype").textContent = study.chosen_genotype ? dartsString(study.chosen_genotype) : "not chosen yet";
-  renderChart(search);
+  renderChart(search, names);
 }
 
 async function refreshStudy(id) {

@@ -1,11 +1,14 @@
 // Trainings: the list (#/trainings) and one training (#/training/ID): status, per-epoch train /
-// valid / test accuracy and loss charts, the final figures and the weights download. The list
-// refreshes every 2 s; a training follows its event stream (each event: the training and its epochs
-// read again) and polls every 2 s only when the stream cannot be read.
+// valid / test accuracy and loss charts, the final figures and the downloads (weights, ONNX,
+// TorchScript). The list refreshes every 2 s; a training follows its event stream (each event: the
+// training and its epochs read again) and polls every 2 s only when the stream cannot be read.
 import { api, apiBlob, readEventStream } from "./api.js";
 import { lineChart } from "./charts.js";
 import { dartsString } from "./genotype.js";
 import { $, TERMINAL, age, element, percent, setStatus } from "./util.js";
+
+// The trained weights and the two exports (the server builds an export on first request: seconds, once).
+const DOWNLOADS = ["download-weights", "download-onnx", "download-torchscript"];
 
 const REFRESH_MS = 2000;
 const COLOURS = { train: "#2471a3", valid: "#d35400", test: "#1e8449" };
@@ -84,7 +87,7 @@ function render(training, records) {
   $("training-figures").replaceChildren(
     ...figures.map(([name, value]) => element("div", {}, element("dt", { text: name }), element("dd", { "data-figure": name, text: value }))),
   );
-  $("download-weights").hidden = training.status !== "succeeded";
+  for (const button of DOWNLOADS) $(button).hidden = training.status !== "succeeded";
   $("cancel-training").hidden = TERMINAL.has(training.status) || training.status === "cancelling";
   $("training-genotype").textContent = dartsString(training.genotype);
   const box = $("training-charts");
@@ -189,20 +192,27 @@ export async function retrain(searchId) {
   location.hash = `#/training/${encodeURIComponent(training.id)}`;
 }
 
-$("download-weights").addEventListener("click", async () => {
-  if (!shown) return;
-  try {
-    const blob = await apiBlob(`/trainings/${encodeURIComponent(shown.id)}/weights`);
-    const url = URL.createObjectURL(blob);
-    const link = element("a", { href: url, download: `${shown.name.replace(/[^\w.-]+/g, "_")}.safetensors` });
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 1000);
-  } catch (error) {
-    setStatus(`weights: ${error.message}`, true);
-  }
-});
+for (const id of DOWNLOADS) {
+  $(id).addEventListener("click", async (event) => {
+    if (!shown) return;
+    const button = event.currentTarget;
+    const { download, suffix } = button.dataset;
+    button.disabled = true;
+    try {
+      const blob = await apiBlob(`/trainings/${encodeURIComponent(shown.id)}/${download}`);
+      const url = URL.createObjectURL(blob);
+      const link = element("a", { href: url, download: `${shown.name.replace(/[^\w.-]+/g, "_")}${suffix}` });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 1000);
+    } catch (error) {
+      setStatus(`${download}: ${error.message}`, true);
+    } finally {
+      button.disabled = false;
+    }
+  });
+}
 $("cancel-training").addEventListener("click", async () => {
   if (!shown || !confirm(`Cancel the training “${shown.name}”?`)) return;
   try {

@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -145,6 +146,42 @@ def test_login_then_submit_list_status_genotype_and_upload(
     assert uploaded["id"] in [item["id"] for item in listing["server"]]
     table = darts(env, "datasets").stdout
     assert f"datasets on {live.url}" in table and "zeros" in table
+
+
+def test_upload_a_folder_packed_on_the_fly_and_an_archive(
+    live: LiveServer, env: dict[str, str], tmp_path: Path
+) -> None:
+    """`darts upload DIR` streams a tar made as it is read (no temporary file); `darts upload ARCHIVE`
+    sends the file; `darts datasets` names the classes."""
+    from PIL import Image
+
+    folder = tmp_path / "pets"
+    for label, colour in (("cat", 30), ("dog", 200)):
+        (folder / label).mkdir(parents=True)
+        for index in range(3):
+            Image.new("L", (6, 6), color=colour + index).save(folder / label / f"{index}.png")
+    (folder / ".DS_Store").write_bytes(b"x")
+    (folder / "cat" / "link.png").symlink_to(folder / "cat" / "0.png")
+    darts(env, "login", f"{live.url}/?token={live.key}")
+
+    packed = darts(env, "upload", str(folder))
+    assert "classes: cat 3, dog 3" in packed.stdout and "left out 1 links" in packed.stderr
+    shutil.make_archive(str(tmp_path / "pets-archive"), "gztar", root_dir=tmp_path, base_dir="pets")
+    with_link = darts(env, "upload", str(tmp_path / "pets-archive.tar.gz"), check=None)
+    assert with_link.returncode != 0 and "'pets/cat/link.png': symbolic link" in with_link.stderr
+    (folder / "cat" / "link.png").unlink()
+    before = {path.name for path in tmp_path.iterdir()}
+    shutil.make_archive(str(tmp_path / "pets-archive"), "gztar", root_dir=tmp_path, base_dir="pets")
+    sent = json.loads(
+        darts(env, "upload", str(tmp_path / "pets-archive.tar.gz"), "--image-size", "4", "--json").stdout
+    )
+    assert sent["class_names"] == ["cat", "dog"] and (sent["channels"], sent["height"]) == (1, 4)
+    assert {path.name for path in tmp_path.iterdir()} == before  # the client wrote no file
+    listing = json.loads(darts(env, "datasets", "--json").stdout)
+    assert [item["class_names"] for item in listing["server"] if item["id"] == sent["id"]] == [["cat", "dog"]]
+    assert "cat, dog" in darts(env, "datasets").stdout
+    refused = darts(env, "upload", str(tmp_path / "pets-archive.tar.gz"), "--channels", "2", check=None)
+    assert refused.returncode != 0 and "--channels" in refused.stderr
 
 
 #: A `darts` process in which `import torch` fails: a remote command that needed torch exits non-zero.
@@ -308,6 +345,7 @@ def test_trainings_submit_watch_list_status_weights_and_cancel(
     darts(env, "trainings", "weights", training["id"], "-o", str(weights))
     network = load_trained(weights)
     assert sum(p.numel() for p in network.parameters()) >= status["parameters"]
+    _check_exports(env, training["id"], network, tmp_path)
 
     # The genotype source from options; bad input is one line naming the field.
     line = one_error_line(darts(env, "trainings", "submit", "--dataset", "digits", check=1))
@@ -319,3 +357,30 @@ def test_trainings_submit_watch_list_status_weights_and_cancel(
     assert "cancel" in darts(env, "trainings", "cancel", long_one["id"]).stdout
     with DartsClient(live.url, live.key) as client:
         wait_until(lambda: client.get_training(long_one["id"])["status"] == "cancelled", 120, "the cancel")
+
+
+def _check_exports(env: dict[str, str], training_id: str, network: Any, tmp_path: Path) -> None:
+    """`darts trainings export` in both formats: files that give the trained network's logits and carry
+    the dataset's input shape and normalisation (the worker records them in the weights)."""
+    import onnxruntime
+    import torch
+
+    from darts_core.data.registry import load_dataset
+    from darts_core.train.export import read_export_metadata
+
+    dataset = load_dataset(tiny_spec()["dataset"])
+    batch = dataset.x_test[:7]
+    with torch.no_grad():
+        expected = network.eval()(batch)  # logits only: eval mode has no auxiliary head
+    onnx_file, script_file = tmp_path / "cli.onnx", tmp_path / "cli.pt"
+    assert "wrote" in darts(env, "trainings", "export", training_id, "-o", str(onnx_file)).stderr
+    darts(env, "trainings", "export", training_id, "--format", "torchscript", "-o", str(script_file))
+    for path in (onnx_file, script_file):
+        meta = read_export_metadata(path)
+        assert meta["input_shape"] == [dataset.in_channels, *dataset.image_size], path
+        assert meta["mean"] == pytest.approx(list(dataset.channel_mean)), path
+    session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(None, {"input": batch.numpy()})
+    assert np.abs(onnx_logits - expected.numpy()).max() <= 1e-4
+    scripted = torch.jit.load(str(script_file))
+    torch.testing.assert_close(scripted(batch), expected, atol=1e-4, rtol=0)

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
@@ -164,6 +165,24 @@ def test_search_on_an_uploaded_dataset(api: TestClient, running_worker) -> None:
     assert final["epoch"] == 1
     records = api.get(f"/searches/{search_id}/epochs").json()["items"]
     assert [record["epoch"] for record in records] == [1]
+
+
+@pytest.mark.once
+@pytest.mark.parametrize(
+    "method", [{"name": "gdas", "tau_max": 5.0}, {"name": "beta_darts"}], ids=lambda method: method["name"]
+)
+def test_every_search_method_runs_through_the_service(api: TestClient, running_worker, method) -> None:
+    # DARTS runs in the tests above; each other method once, on the tiny spec.
+    search_id = submit(api, tiny_spec(epochs=2, name=f"method {method['name']}", method=method))["id"]
+    try:
+        final = wait_for_status(api, search_id, {"succeeded", "failed", "cancelled"})
+    finally:
+        finish(api, search_id)
+    assert final["status"] == "succeeded", final["error"]
+    assert final["spec"]["method"]["name"] == method["name"] and final["genotype"] is not None
+    records = api.get(f"/searches/{search_id}/epochs").json()["items"]
+    assert [record["epoch"] for record in records] == [1, 2]
+    assert all(0.0 <= record["valid_acc"] <= 1.0 for record in records)
 
 
 def test_a_search_that_cannot_run_fails_with_its_error(api: TestClient, running_worker) -> None:

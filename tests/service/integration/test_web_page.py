@@ -286,6 +286,33 @@ def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_
     screenshot(page, "search-succeeded")
 
 
+def test_upload_an_archive_of_an_image_folder_shows_its_classes(
+    page: Any, live: LiveServer, tmp_path: Path
+) -> None:
+    import zipfile
+
+    from PIL import Image
+
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        for label, shade in (("cat", 40), ("dog", 200)):
+            for index in range(2):
+                image = io.BytesIO()
+                Image.new("L", (8, 8), color=shade + index).save(image, "PNG")
+                out.writestr(f"pets/{label}/{index}.png", image.getvalue())
+        out.writestr("pets/dog/readme.txt", "not an image")
+    log_in(page, live)
+    page.click("#nav a[href='#/new']")
+    page.locator("#f-training-epochs").wait_for()
+    assert ".zip" in page.get_attribute("#upload-file", "accept")
+    page.click("#upload-box summary")
+    page.set_input_files("#upload-file", str(archive))
+    page.click("#upload-button")
+    status = page.locator("#upload-status", has_text="uploaded pets")
+    status.wait_for()
+    assert "(cat 2, dog 2; 1 files skipped: dog/readme.txt" in status.text_content()
+
+
 def test_a_search_stopped_early_shows_the_reason_and_the_eigenvalues(page: Any, live: LiveServer) -> None:
     # Only skip connections to choose from: the first epoch's normal cell holds 4, so DARTS+ with
     # max_skip_connections 1 stops the search after it; the eigenvalue is measured every epoch.
@@ -381,6 +408,13 @@ def test_retrain_a_succeeded_search_and_follow_the_training_to_its_weights(
     with page.expect_download() as download:
         page.click("#download-weights")
     assert download.value.suggested_filename.endswith(".safetensors")
+    with page.expect_download(timeout=120_000) as download:
+        page.click("#download-onnx")  # built by the server now, in a process of its own
+    assert download.value.suggested_filename.endswith(".onnx")
+    import onnx
+
+    model = onnx.load_model_from_string(download.value.path().read_bytes())
+    assert {prop.key: prop.value for prop in model.metadata_props}["format"] == "darts_core.export"
     screenshot(page, "training")
     page.click("#nav a[data-view='trainings']")
     page.locator("#trainings tbody tr").first.wait_for()

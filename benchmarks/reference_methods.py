@@ -1,0 +1,65 @@
+"""Textbook reimplementations of the search methods' distinguishing math, written from the papers and
+the way the authors' code computes them, for ``tests/core/test_methods.py``. Independent of
+``darts_core.search.methods``: only the DARTS reference network of ``benchmarks/reference.py`` is shared.
+
+- GDAS (Dong & Yang, CVPR 2019; D-X-Y/AutoDL-Projects): per cell kind one Gumbel sample per edge,
+  ``probs = softmax((log_softmax(alpha) + g) / tau)``, the hard weights ``one_hot - probs.detach() +
+  probs`` (the authors' straight-through form), and on every edge only ``op_index(x) * hard[index]``.
+- beta-DARTS (Ye et al., CVPR 2022): the gradient of ``lambda * mean_e logsumexp(alpha_e)`` in closed
+  form, ``lambda * softmax(alpha) / edges``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.reference import ReferenceNetwork, SearchCell
+
+__all__ = ["beta_regularizer_gradient", "gdas_hard_weights", "gdas_forward"]
+
+
+def beta_regularizer_gradient(alphas: torch.Tensor, lam: float) -> torch.Tensor:
+    """d/dalpha of ``lam * mean over edges of log(sum_k exp(alpha_ek))``, written out: ``(edges, ops)``."""
+    exp = torch.exp(alphas - alphas.max(dim=1, keepdim=True).values)
+    return lam * (exp / exp.sum(dim=1, keepdim=True)) / alphas.shape[0]
+
+
+def gdas_hard_weights(
+    alphas: torch.Tensor, gumbels: torch.Tensor, tau: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The authors' straight-through sample: ``(hard weights (edges, ops), sampled index (edges,))``."""
+    logits = (alphas.log_softmax(dim=1) + gumbels) / tau
+    probs = F.softmax(logits, dim=1)
+    index = probs.max(-1, keepdim=True)[1]
+    one_h = torch.zeros_like(logits).scatter_(-1, index, 1.0)
+    return one_h - probs.detach() + probs, index.squeeze(-1)
+
+
+def _gdas_cell(cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor, hard: torch.Tensor, index: torch.Tensor):
+    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+    offset = 0
+    for _ in range(cell.steps):
+        terms = []
+        for j, h in enumerate(states):
+            k = int(index[offset + j])
+            terms.append(cell.edges[offset + j].ops[k](h) * hard[offset + j][k])
+        offset += len(states)
+        states.append(sum(terms))
+    return torch.cat(states[-cell.steps :], dim=1)
+
+
+def gdas_forward(
+    model: ReferenceNetwork, x: torch.Tensor, gumbels: tuple[torch.Tensor, torch.Tensor], tau: float
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Logits of a GDAS forward with the given ``(normal, reduce)`` Gumbel noise, and the hard weights."""
+    hard_normal, index_normal = gdas_hard_weights(model.alphas_normal, gumbels[0], tau)
+    hard_reduce, index_reduce = gdas_hard_weights(model.alphas_reduce, gumbels[1], tau)
+    s0 = s1 = model.stem(x)
+    for cell in model.cells:
+        if cell.reduction:
+            s0, s1 = s1, _gdas_cell(cell, s0, s1, hard_reduce, index_reduce)
+        else:
+            s0, s1 = s1, _gdas_cell(cell, s0, s1, hard_normal, index_normal)
+    pooled = model.global_pooling(s1)
+    return model.classifier(pooled.view(pooled.size(0), -1)), (hard_normal, hard_reduce)

@@ -1,0 +1,24 @@
+"""Search methods: what each method changes in the DARTS step, one small strategy object per method.
+
+:class:`~darts_core.search.methods.base.SearchMethod` is the interface the supernet's forwards and the
+bilevel step (:class:`~darts_core.search.bilevel.DartsSearch`) call; :func:`method_for` builds the one a
+spec's ``method`` section names (:mod:`darts_core.spec.method_spec`).
+"""
+
+from __future__ import annotations
+
+from darts_core.search.methods.base import SearchMethod
+from darts_core.search.methods.beta_darts import BetaDarts, beta_regularizer
+from darts_core.search.methods.gdas import Gdas, gumbel_straight_through
+from darts_core.spec.method_spec import BetaDartsMethod, GdasMethod, MethodConfig
+
+__all__ = ["SearchMethod", "BetaDarts", "Gdas", "beta_regularizer", "gumbel_straight_through", "method_for"]
+
+
+def method_for(config: MethodConfig) -> SearchMethod:
+    """The strategy of a ``method`` section (``darts``: the base class, which changes nothing)."""
+    if isinstance(config, GdasMethod):
+        return Gdas(tau_max=config.tau_max, tau_min=config.tau_min)
+    if isinstance(config, BetaDartsMethod):
+        return BetaDarts(lambda_start=config.lambda_start, lambda_end=config.lambda_end)
+    return SearchMethod()

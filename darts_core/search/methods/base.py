@@ -1,0 +1,43 @@
+"""The interface of a search method, and DARTS itself (the base class changes nothing)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from darts_core.nn.edge_weights import EdgeMixing
+
+__all__ = ["SearchMethod"]
+
+
+class SearchMethod:
+    """What a search method changes in the DARTS bilevel step. This base class is DARTS: every hook
+    returns ``None`` (the cells softmax the alphas), so a search with it runs DARTS bit for bit.
+
+    The loop calls :meth:`start_epoch` before each epoch; :class:`~darts_core.search.bilevel.DartsSearch`
+    calls :meth:`mixing` for the train-mode forward of each step (architecture and weight step) and the
+    loop :meth:`eval_mixing` for its eval-mode validation.
+    """
+
+    name = "darts"
+    #: Whether the unrolled second-order architecture step applies (softmax mixing, no sampling).
+    second_order = True
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Set the schedules of epoch ``epoch`` (1-based) of ``epochs``; a function of both only, so a
+        resumed search sees the same values."""
+
+    def mixing(self, alphas: Sequence[Tensor]) -> tuple[EdgeMixing, EdgeMixing] | None:
+        """The ``(normal, reduce)`` operation weights of one train-mode forward from the architecture
+        parameters (differentiable in them), or ``None`` for ``softmax(alphas)``."""
+        return None
+
+    def arch_regularizer(self, alphas: Sequence[Tensor]) -> Tensor | None:
+        """A 0-d term added to the architecture loss (its gradient to the alphas' in either order), or
+        ``None``."""
+        return None
+
+    def eval_mixing(self, alphas: Sequence[Tensor]) -> tuple[EdgeMixing, EdgeMixing] | None:
+        """The operation weights of the eval-mode validation (``None``: ``softmax(alphas)``)."""
+        return None

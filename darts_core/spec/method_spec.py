@@ -1,0 +1,65 @@
+"""The ``method`` section of a search spec: which search method runs and its hyperparameters (torch-free).
+
+A discriminated union on ``name``; each section holds its paper's hyperparameters as bounded fields::
+
+    {"method": {"name": "darts"}}                              # the default: DARTS (Liu et al., 2019)
+    {"method": {"name": "gdas", "tau_max": 10.0, "tau_min": 0.1}}
+
+The methods themselves are :mod:`darts_core.search.methods`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+
+__all__ = ["BetaDartsMethod", "DartsMethod", "GdasMethod", "MethodConfig", "METHOD_NAMES", "SOFTMAX_METHODS"]
+
+
+class _Method(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class DartsMethod(_Method):
+    """``darts``: softmax-mixed edges, first or second order (``training.order``); PC-DARTS partial channels
+    and edge normalization compose with it."""
+
+    name: Literal["darts"] = "darts"
+
+
+class GdasMethod(_Method):
+    """``gdas`` (Dong & Yang, CVPR 2019): every forward samples one operation per edge (Gumbel-softmax,
+    straight-through hard one-hot), one sample per cell kind, and computes only the sampled operations.
+    The temperature falls linearly from ``tau_max`` (first epoch) to ``tau_min`` (last epoch)."""
+
+    name: Literal["gdas"]
+    tau_max: Annotated[float, Strict()] = Field(default=10.0, gt=0.0, le=1000.0)
+    tau_min: Annotated[float, Strict()] = Field(default=0.1, gt=0.0, le=1000.0)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> GdasMethod:
+        if self.tau_min > self.tau_max:
+            raise ValueError(f"tau_min ({self.tau_min:g}) must be <= tau_max ({self.tau_max:g})")
+        return self
+
+
+class BetaDartsMethod(_Method):
+    """``beta_darts`` (Ye et al., CVPR 2022): the architecture loss adds ``lambda`` times the Beta
+    regularizer, the mean over a cell kind's edges of ``logsumexp(alpha)`` (summed over the two kinds);
+    ``lambda`` grows linearly from ``lambda_start`` (first epoch) to ``lambda_end`` (last epoch). Softmax
+    mixing as DARTS: composes with second order and PC-DARTS."""
+
+    name: Literal["beta_darts"]
+    lambda_start: Annotated[float, Strict()] = Field(default=0.0, ge=0.0, le=1000.0)
+    lambda_end: Annotated[float, Strict()] = Field(default=50.0, ge=0.0, le=1000.0)
+
+
+#: The ``method`` section: one of the methods, told apart by ``name``.
+MethodConfig = Annotated[DartsMethod | GdasMethod | BetaDartsMethod, Field(discriminator="name")]
+
+#: Every method name, in the order of the union.
+METHOD_NAMES: tuple[str, ...] = ("darts", "gdas", "beta_darts")
+#: The methods that mix every operation by softmax(alpha): they compose with second order, PC-DARTS
+#: partial channels and edge normalization, and the Hessian measurement.
+SOFTMAX_METHODS: tuple[str, ...] = ("darts", "beta_darts")

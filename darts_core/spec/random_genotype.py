@@ -1,0 +1,42 @@
+"""Genotypes drawn uniformly from a DARTS search space: the random-search baseline of a study.
+
+As Li & Talwalkar (UAI 2019) sample DARTS architectures: for every internal node of each cell, two
+distinct inputs drawn uniformly from the states before it, and for each of those edges an operation drawn
+uniformly from the candidates other than ``none`` (a derived genotype never holds ``none`` either). The
+draw is a pure function of the seed, so any process computes the same genotype again (a study's
+orchestrator keeps no state of its own). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from darts_core.spec.genotype import Gene, Genotype
+
+__all__ = ["random_genotype"]
+
+
+def _random_cell(rng: random.Random, operations: Sequence[str], internal_nodes: int) -> list[Gene]:
+    genes: list[Gene] = []
+    for node in range(internal_nodes):
+        for source in sorted(rng.sample(range(node + 2), 2)):
+            genes.append((rng.choice(operations), source))
+    return genes
+
+
+def random_genotype(primitives: Sequence[str], internal_nodes: int, *, seed: int | str) -> Genotype:
+    """A genotype of the space ``primitives`` x ``internal_nodes``, uniformly at random for ``seed``.
+
+    Raises:
+        ValueError: ``primitives`` holds no operation but ``none``, or ``internal_nodes`` is below 1.
+    """
+    operations = [name for name in primitives if name != "none"]
+    if not operations:
+        raise ValueError(f"primitives: no operation but 'none' to draw from, got {list(primitives)}")
+    if internal_nodes < 1:
+        raise ValueError(f"internal_nodes must be at least 1, got {internal_nodes}")
+    rng = random.Random(f"darts_core.random_genotype:{seed}")  # str seeds hash stably (SHA-512)
+    normal = _random_cell(rng, operations, internal_nodes)
+    reduce = _random_cell(rng, operations, internal_nodes)
+    return Genotype(normal=tuple(normal), reduce=tuple(reduce), primitives=primitives)

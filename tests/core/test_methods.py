@@ -1,0 +1,204 @@
+"""Search methods (darts_core.search.methods, the spec's ``method`` section): spec, math against the
+independent references of benchmarks/reference_methods.py, resume, budgets."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks import reference_methods
+from darts_core.nn.search_network import SearchNetwork
+from darts_core.search.bilevel import DartsSearch
+from darts_core.search.budget import cost_table_for
+from darts_core.search.loop import run_search
+from darts_core.search.methods import BetaDarts, Gdas, gumbel_straight_through
+from darts_core.spec.search_spec import SearchConfig
+from tests.core.test_benchmark_equivalence import _batches, _build_pair
+from tests.core.test_search import TINY_SPEC
+
+TINY_PRIMITIVES = TINY_SPEC["search_space"]["primitives"]
+
+
+def _config(method: dict | None = None, **sections: dict) -> SearchConfig:
+    spec = copy.deepcopy(TINY_SPEC)
+    for name, values in sections.items():
+        spec.setdefault(name, {}).update(values)
+    if method is not None:
+        spec["method"] = method
+    return SearchConfig.from_spec(spec)
+
+
+def _without_seconds(history) -> list[dict]:
+    return [{key: value for key, value in item.to_dict().items() if key != "seconds"} for item in history]
+
+
+# --------------------------------------------------------------------------------------------- the spec
+
+
+def test_the_default_method_is_darts_and_an_explicit_section_changes_nothing(tiny_dataset) -> None:
+    implicit, explicit = _config(), _config({"name": "darts"})
+    assert implicit == explicit and implicit.to_spec()["method"] == {"name": "darts"}
+    first, second = run_search(tiny_dataset, implicit), run_search(tiny_dataset, explicit)
+    assert _without_seconds(first.history) == _without_seconds(second.history)  # alphas, losses, genotype
+    assert first.genotype == second.genotype
+
+
+def test_each_section_fills_its_paper_defaults_and_softmax_methods_compose() -> None:
+    assert _config({"name": "gdas"}).to_spec()["method"] == {"name": "gdas", "tau_max": 10.0, "tau_min": 0.1}
+    composed = _config(
+        {"name": "beta_darts"},
+        training={"order": "second", "hessian_every": 1},
+        search_space={"partial_channels": 2, "edge_normalization": True},
+    )
+    assert composed.to_spec()["method"] == {"name": "beta_darts", "lambda_start": 0.0, "lambda_end": 50.0}
+
+
+@pytest.mark.parametrize(
+    ("method", "sections", "message"),
+    [
+        ({"name": "enas"}, {}, r"method: Input tag 'enas' found using 'name' does not match"),
+        ({}, {}, "method: Unable to extract tag using discriminator 'name'"),
+        ({"name": "gdas", "tau_max": 0}, {}, r"method.gdas.tau_max: Input should be greater than 0"),
+        ({"name": "gdas", "tau_min": True}, {}, r"method.gdas.tau_min: Input should be a valid number"),
+        ({"name": "gdas", "tau_max": 1.0, "tau_min": 2.0}, {}, r"tau_min \(2\) must be <= tau_max \(1\)"),
+        ({"name": "gdas", "temperature": 1}, {}, "method.gdas.temperature: is not a known field"),
+        ({"name": "darts", "tau_max": 1}, {}, "method.darts.tau_max: is not a known field"),
+        (
+            {"name": "gdas"},
+            {"training": {"order": "second"}},
+            r"method.name 'gdas' does not compose with training.order \('second'\)",
+        ),
+        (
+            {"name": "gdas"},
+            {"search_space": {"partial_channels": 2, "edge_normalization": True}},
+            r"search_space.partial_channels \(2\), search_space.edge_normalization \(true\)",
+        ),
+        ({"name": "gdas"}, {"training": {"hessian_every": 1}}, r"training.hessian_every \(1\)"),
+        (
+            {"name": "beta_darts", "lambda_end": -1},
+            {},
+            "method.beta_darts.lambda_end: Input should be greater",
+        ),
+        (
+            {"name": "beta_darts", "lambda_end": "5"},
+            {},
+            "method.beta_darts.lambda_end: Input should be a valid",
+        ),
+    ],
+)
+def test_bad_method_sections_are_refused_naming_the_field(method, sections, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        _config(method, **sections)
+
+
+# --------------------------------------------------------------------------------------------- GDAS
+
+
+def test_gdas_forward_is_exactly_one_hot_and_its_gradient_the_authors_straight_through() -> None:
+    network, baseline = _build_pair(cells=3)
+    (images, labels), _ = _batches(1)[0]
+    generator = torch.Generator().manual_seed(3)
+    gumbels = tuple(
+        -torch.empty(alpha.shape).exponential_(generator=generator).log()
+        for alpha in network.arch_parameters()
+    )
+    tau = 2.0
+    mixing = tuple(
+        gumbel_straight_through(alpha, tau, noise)
+        for alpha, noise in zip(network.arch_parameters(), gumbels, strict=True)
+    )
+    ref_logits, ref_hard = reference_methods.gdas_forward(baseline, images, gumbels, tau)
+    for ours, theirs in zip(mixing, ref_hard, strict=True):
+        one_hot = F.one_hot(theirs.detach().argmax(-1), theirs.shape[1]).float()
+        assert torch.equal(ours.weights.detach(), one_hot)  # exactly, not up to rounding
+        assert list(ours.sampled) == theirs.detach().argmax(-1).tolist()
+
+    logits = network(images, mixing=mixing)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    loss, ref_loss = F.cross_entropy(logits, labels), F.cross_entropy(ref_logits, labels)
+    grads = torch.autograd.grad(
+        loss, [*network.arch_parameters(), *network.weight_parameters()], allow_unused=True
+    )
+    ref_grads = torch.autograd.grad(
+        ref_loss, [*baseline.arch_parameters(), *baseline.parameters()], allow_unused=True
+    )
+    for ours, theirs in zip(grads, ref_grads, strict=True):
+        if theirs is None:  # an operation no edge sampled: computed by neither
+            assert ours is None or not ours.any()
+        else:
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+    # The alpha gradient is the soft weights' (softmax Jacobian), non-zero on every alpha of a used row.
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in grads[:2])
+    unused = sum(theirs is None for theirs in ref_grads)
+    assert unused > 0  # only the sampled operations ran: the others' weights got no gradient
+
+
+def test_gdas_temperature_falls_linearly_from_tau_max_to_tau_min() -> None:
+    gdas = Gdas(tau_max=10.0, tau_min=0.1)
+    taus = []
+    for epoch in range(1, 6):
+        gdas.start_epoch(epoch, 5)
+        taus.append(gdas.tau)
+    assert taus == pytest.approx([10.0, 7.525, 5.05, 2.575, 0.1])
+    gdas.start_epoch(1, 1)
+    assert gdas.tau == 10.0
+    with pytest.raises(ValueError, match="tau"):
+        gumbel_straight_through(torch.zeros(2, 3), 0.0)
+
+
+def test_gdas_draws_one_sample_per_cell_kind_per_forward() -> None:
+    torch.manual_seed(0)
+    alphas = torch.zeros(5, 4)
+    normal, reduce = Gdas(tau_max=1.0, tau_min=1.0).mixing([alphas, alphas])
+    # Equal alphas, two independent draws: the samples differ (with probability 1 - 4**-5 each).
+    assert normal.sampled != reduce.sampled and normal.weights.sum() == 5 == reduce.weights.sum()
+
+
+def test_a_gdas_search_with_constraints_returns_a_genotype_within_budget(tiny_dataset) -> None:
+    spec = {**copy.deepcopy(TINY_SPEC), "method": {"name": "gdas"}}
+    config = SearchConfig.from_spec(spec)
+    table = cost_table_for(config, (1, 6, 6), 3)
+    free = run_search(tiny_dataset, config)
+    cheapest = table.cost(table.cheapest())[0]
+    spec["constraints"] = {"max_parameters": int(cheapest) + 1}
+    assert table.cost(free.genotype)[0] > spec["constraints"]["max_parameters"]  # the budget binds
+    result = run_search(tiny_dataset, SearchConfig.from_spec(spec))
+    assert table.cost(result.genotype)[0] <= spec["constraints"]["max_parameters"]
+    assert all(epoch.cost is not None for epoch in result.history)
+
+
+# --------------------------------------------------------------------------------------------- beta-DARTS
+
+
+def test_the_beta_regularizer_gradient_is_lambda_softmax_over_the_edges() -> None:
+    generator = torch.Generator().manual_seed(4)
+    alphas = [torch.randn(9, 5, generator=generator).requires_grad_() for _ in range(2)]
+    method = BetaDarts(lambda_start=2.0, lambda_end=7.0)
+    method.start_epoch(3, 5)
+    assert method.weight == pytest.approx(4.5)
+    grads = torch.autograd.grad(method.arch_regularizer(alphas), alphas)
+    for alpha, grad in zip(alphas, grads, strict=True):
+        torch.testing.assert_close(grad, reference_methods.beta_regularizer_gradient(alpha.detach(), 4.5))
+
+
+def test_the_beta_darts_step_adds_the_regularizer_gradient_to_the_alphas() -> None:
+    torch.manual_seed(0)
+    network = SearchNetwork(1, 3, init_channels=4, cells=3, internal_nodes=2, primitives=TINY_PRIMITIVES)
+    twin = copy.deepcopy(network)
+    train, valid = ((images[:, :1], labels % 3) for images, labels in _batches(1)[0])
+    before = [alpha.detach().clone() for alpha in network.arch_parameters()]
+    beta = BetaDarts(lambda_start=3.0, lambda_end=3.0)
+    beta.start_epoch(1, 1)
+    DartsSearch(network, method=beta, channels_last=False).step(train, valid)
+    DartsSearch(twin, channels_last=False).step(train, valid)
+    for alpha, plain, start in zip(network.arch_parameters(), twin.arch_parameters(), before, strict=True):
+        assert alpha.grad is not None and plain.grad is not None
+        torch.testing.assert_close(
+            alpha.grad - plain.grad,
+            reference_methods.beta_regularizer_gradient(start, 3.0),
+            rtol=1e-4,
+            atol=1e-7,
+        )
