@@ -3,8 +3,10 @@
 Parts (each records what it measured, or why it could not): the second-order alpha-gradient error of
 bf16 / fp32 / TF32 on the device against CPU fp32; CPU-vs-device parity of a tiny first- and second-order
 search (softmaxed alphas, genotype); step time and peak memory of DARTS first and second order and
-PC-DARTS (K=4), fp32 and bf16. Without CUDA it says so and measures what CPU allows.
-Not covered yet: compile, the CIFAR-shaped epoch against the admission estimate, the DARTS_V2 epoch.
+PC-DARTS (K=4), fp32 and bf16, each without and with `torch.compile` of the weight step's forward
+(`resources.compile`; `COMPILED` says which cases, at the tiny size only DARTS first order fp32:
+compilation takes up to a minute per case). Without CUDA it says so and measures what CPU allows.
+Not covered yet: the CIFAR-shaped epoch against the admission estimate, the DARTS_V2 epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from darts_core.search.loop import SearchConfig, run_search
 TINY = os.environ.get("GPU_CHECK_TINY") == "1"
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
+# The step-cost cases measured with torch.compile too (each compiles for up to a minute: the check must
+# end within its 10 minutes).
+COMPILED = {("darts-1st", "fp32"), ("darts-1st", "bf16"), ("pc-darts", "bf16")}
+COMPILED_TINY = {("darts-1st", "fp32")}
 
 
 def _batches(batch: int, size: int, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -103,31 +109,52 @@ def step_costs() -> list[dict[str, Any]]:
         ("pc-darts", "first", 4),
     ):
         for dtype_name, dtype in dtypes:
-            search = DartsSearch(
-                _network(cells, channels, partial, DEVICE), order=order, autocast_dtype=dtype
-            )
-            train, valid = _batches(batch, size, DEVICE)
-            search.step(train, valid)  # warm-up
-            if CUDA:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                search.step(train, valid)
-                if CUDA:
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - started)
-            rows.append(
-                {
-                    "case": name,
-                    "dtype": dtype_name,
-                    "batch": batch,
-                    "ms_per_step": 1000 * sorted(times)[len(times) // 2],
-                    "peak_memory_bytes": torch.cuda.max_memory_allocated() if CUDA else None,
-                }
-            )
+            for compiled in (False, True):
+                if compiled and (name, dtype_name) not in (COMPILED_TINY if TINY else COMPILED):
+                    continue
+                row: dict[str, Any] = {"case": name, "dtype": dtype_name, "compile": compiled, "batch": batch}
+                try:
+                    cost = _step_cost(cells, channels, partial, order, dtype, compiled, size, batch, repeats)
+                    row.update(cost)
+                except Exception as exc:  # noqa: BLE001 - e.g. torch.compile without a compiler: say so
+                    row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                rows.append(row)
     return rows
+
+
+def _step_cost(
+    cells: int,
+    channels: int,
+    partial: int,
+    order: str,
+    dtype: torch.dtype | None,
+    compiled: bool,
+    size: int,
+    batch: int,
+    repeats: int,
+) -> dict[str, Any]:
+    search = DartsSearch(
+        _network(cells, channels, partial, DEVICE), order=order, autocast_dtype=dtype, compile=compiled
+    )
+    train, valid = _batches(batch, size, DEVICE)
+    started = time.perf_counter()
+    search.step(train, valid)  # warm-up (and the compilation)
+    if CUDA:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        search.step(train, valid)
+        if CUDA:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return {
+        "first_step_s": first,
+        "ms_per_step": 1000 * sorted(times)[len(times) // 2],
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if CUDA else None,
+    }
 
 
 def main() -> int:

@@ -108,6 +108,9 @@ class DartsSearch:
         method: the search method (:mod:`darts_core.search.methods`) whose :meth:`~SearchMethod.mixing`
             gives the operation weights of the train-mode forwards of both steps; ``None``: DARTS.
             Second order only for the methods that allow it (``method.second_order``).
+        compile: run the weight step's forward through ``torch.compile(network)`` (the same module and
+            parameters; the architecture step, with its functional calls, stays eager). Compiles on the
+            first steps; needs a C compiler on CPU.
 
     A step (:meth:`step`) is:
 
@@ -151,6 +154,7 @@ class DartsSearch:
         channels_last: bool = True,
         arch_penalty: Callable[[Sequence[Tensor]], Tensor] | None = None,
         method: SearchMethod | None = None,
+        compile: bool = False,
     ) -> None:
         if order not in ("first", "second"):
             raise ValueError(f"order must be 'first' or 'second', got {order!r}")
@@ -170,6 +174,8 @@ class DartsSearch:
         self.autocast_dtype = autocast_dtype
         self.arch_autocast = arch_autocast
         self.channels_last = channels_last
+        # The compiled forward shares the module (and so the parameters, buffers and state dicts).
+        self._compiled: Callable[..., Tensor] | None = torch.compile(network) if compile else None
         if channels_last:
             # Module.to keeps the parameter objects (only their data changes) and leaves non-4-D ones.
             # torch's stub for Module.to omits the memory_format keyword the runtime accepts.
@@ -280,18 +286,21 @@ class DartsSearch:
         *,
         exact: bool = False,
         mixing: tuple[EdgeMixing, EdgeMixing] | None = None,
+        compiled: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """Cross-entropy and logits of ``batch`` at ``alphas`` and, when given, substituted ``weights``.
 
         ``exact``: in IEEE fp32 (no autocast, no TF32) whatever ``autocast_dtype`` says. ``mixing``: the
-        method's operation weights (then the network does not softmax ``alphas``).
+        method's operation weights (then the network does not softmax ``alphas``). ``compiled``: through
+        the compiled forward when there is one (the weight step).
         """
         images, labels = batch
+        forward = self._compiled if compiled and self._compiled is not None else self.network
         with self._autocast(images.device, exact):
             if mixing is not None:
-                logits = self.network(images, alphas=tuple(alphas), mixing=mixing)
+                logits = forward(images, alphas=tuple(alphas), mixing=mixing)
             elif weights is None:
-                logits = self.network(images, alphas=tuple(alphas))
+                logits = forward(images, alphas=tuple(alphas))
             else:
                 substitutes = dict(zip(self._weight_names, weights, strict=True))
                 logits = functional_call(self.network, substitutes, (images,), {"alphas": tuple(alphas)})
@@ -411,7 +420,9 @@ class DartsSearch:
 
     def _weight_step(self, train_batch: Batch) -> tuple[Tensor, Tensor]:
         fixed_alphas = [alpha.detach() for alpha in self.alphas]
-        loss, logits = self._loss(train_batch, fixed_alphas, mixing=self.method.mixing(fixed_alphas))
+        loss, logits = self._loss(
+            train_batch, fixed_alphas, mixing=self.method.mixing(fixed_alphas), compiled=True
+        )
         self.weight_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.weights, self.grad_clip)

@@ -341,6 +341,7 @@ def run_search(
         channels_last=channels_last,
         arch_penalty=budget.penalty if budget is not None else None,
         method=method,
+        compile=config.resources.compile == "torch.compile",
     )
 
     # The data lives on the device once, in the network's memory format; batches are gathered by index

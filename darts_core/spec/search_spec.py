@@ -202,6 +202,12 @@ class ResourcesConfig(_Section):
         "states) or plain fp32; auto = the measured default of the device (bf16 on CUDA, fp32 on CPU). "
         "The architecture step runs in fp32 either way (benchmarks/README.md).",
     )
+    compile: Literal["off", "torch.compile"] = Field(
+        default="off",
+        description="off, or torch.compile the weight step's forward (search) and the training forward: "
+        "the architecture, second-order and Hessian passes stay eager (functional calls and torch.func). "
+        "The first steps pay the compilation (a C compiler is needed on CPU).",
+    )
     time_limit_seconds: int | None = Field(
         default=None,
         ge=1,

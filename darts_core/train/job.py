@@ -237,6 +237,7 @@ class _Trainer:
     optimizer: torch.optim.SGD
     scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
     data_order: torch.Generator
+    compiled: Callable[..., Any] | None = None  # torch.compile(network) under `resources.compile`
 
     @classmethod
     def build(
@@ -317,6 +318,11 @@ class _Trainer:
         """One pass over the training split in a fresh order: mean loss and accuracy. ``augment``
         (random crop and flip, its draws from ``draws``) applies to every batch, before cutout."""
         network, optimizer, training = self.network, self.optimizer, config.training
+        # `resources.compile`: the training forward through torch.compile (the same module; evaluation
+        # stays eager). Built once per trainer, compiled at its first batches.
+        if config.resources.compile == "torch.compile" and self.compiled is None:
+            self.compiled = torch.compile(network)
+        forward = self.compiled or network
         target = splits.x_train.device
         length = training.cutout_length or max(1, min(splits.x_train.shape[-2:]) // 2)
         num_train, batch_size = splits.x_train.shape[0], training.batch_size
@@ -339,7 +345,7 @@ class _Trainer:
                 images = apply_cutout(images, length)
             optimizer.zero_grad(set_to_none=True)
             with autocast():
-                output = network(images)
+                output = forward(images)
             logits, loss = _loss(output, labels, config.network.auxiliary_weight)
             loss.backward()
             if training.grad_clip is not None:

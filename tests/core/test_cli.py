@@ -70,7 +70,9 @@ def test_search_writes_every_output_then_train_retrains_the_genotype(tmp_path: P
     filled = json.loads((out / "spec.json").read_text())
     assert filled["name"] == "tiny" and filled["dataset"] == DATASET
     assert filled["training"]["epochs"] == 2 and filled["training"]["weight_lr"] == 0.025
-    assert filled["resources"] == {"device": "cpu", "precision": "auto", "time_limit_seconds": None}
+    assert filled["resources"] == {
+        "device": "cpu", "precision": "auto", "compile": "off", "time_limit_seconds": None
+    }
 
     # The directory now belongs to this spec: another one is refused and nothing is touched.
     before = (out / "metrics.jsonl").read_text()

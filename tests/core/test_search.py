@@ -346,7 +346,7 @@ def test_from_spec_fills_every_default_and_ignores_name_and_dataset() -> None:
             "hessian_every": None,
             "augmentation": {"crop_padding": None, "horizontal_flip": None},
         },
-        "resources": {"device": "auto", "precision": "auto", "time_limit_seconds": None},
+        "resources": {"device": "auto", "precision": "auto", "compile": "off", "time_limit_seconds": None},
         "constraints": {
             "max_parameters": None,
             "max_multiply_adds": None,

@@ -82,7 +82,9 @@ def test_create_returns_the_resource_with_defaults_and_queues_a_task(
         "augmentation": {"crop_padding": None, "horizontal_flip": None},
     }
     assert search["stopped_early"] is False and search["stop_reason"] is None
-    assert spec["resources"] == {"device": "auto", "precision": "auto", "time_limit_seconds": None}
+    assert spec["resources"] == {
+        "device": "auto", "precision": "auto", "compile": "off", "time_limit_seconds": None
+    }
     assert spec["method"] == {"name": "darts"}
     assert client.get(f"/searches/{search['id']}").json() == search
 
@@ -127,7 +129,9 @@ def test_create_keeps_the_given_values(client: TestClient) -> None:
     }
     assert echoed["network"] == {"cells": 3, "init_channels": 4, "stem_multiplier": 3}
     assert echoed["training"]["order"] == "second" and echoed["training"]["seed"] == 7
-    assert echoed["resources"] == {"device": "cpu", "precision": "auto", "time_limit_seconds": None}
+    assert echoed["resources"] == {
+        "device": "cpu", "precision": "auto", "compile": "off", "time_limit_seconds": None
+    }
 
 
 def _error_messages(response) -> str:
