@@ -5,6 +5,8 @@ the way the authors' code computes them, for ``tests/core/test_methods.py``. Ind
 - GDAS (Dong & Yang, CVPR 2019; D-X-Y/AutoDL-Projects): per cell kind one Gumbel sample per edge,
   ``probs = softmax((log_softmax(alpha) + g) / tau)``, the hard weights ``one_hot - probs.detach() +
   probs`` (the authors' straight-through form), and on every edge only ``op_index(x) * hard[index]``.
+- SDARTS (Chen & Hsieh, ICML 2020): the Euclidean projection onto the probability simplex, found by
+  bisection on the threshold ``theta`` of ``max(v - theta, 0)`` (in float64).
 - beta-DARTS (Ye et al., CVPR 2022): the gradient of ``lambda * mean_e logsumexp(alpha_e)`` in closed
   form, ``lambda * softmax(alpha) / edges``.
 """
@@ -16,7 +18,26 @@ import torch.nn.functional as F
 
 from benchmarks.reference import ReferenceNetwork, SearchCell
 
-__all__ = ["beta_regularizer_gradient", "gdas_hard_weights", "gdas_forward"]
+__all__ = [
+    "beta_regularizer_gradient",
+    "gdas_hard_weights",
+    "gdas_forward",
+    "simplex_projection_by_bisection",
+]
+
+
+def simplex_projection_by_bisection(values: torch.Tensor, iterations: int = 200) -> torch.Tensor:
+    """Each row of ``values`` (rows, n) projected onto the simplex: ``max(v - theta, 0)`` whose sum is 1,
+    ``theta`` bisected between ``min(v) - 1`` (sum >= 1) and ``max(v)`` (sum 0)."""
+    rows = values.to(torch.float64)
+    low = rows.min(dim=1).values - 1.0
+    high = rows.max(dim=1).values
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        total = (rows - middle[:, None]).clamp_min(0.0).sum(dim=1)
+        low = torch.where(total > 1.0, middle, low)
+        high = torch.where(total > 1.0, high, middle)
+    return (rows - ((low + high) / 2)[:, None]).clamp_min(0.0).to(values.dtype)
 
 
 def beta_regularizer_gradient(alphas: torch.Tensor, lam: float) -> torch.Tensor:

@@ -307,8 +307,8 @@ class Cell(nn.Module):
             edge_weights: optional raw edge weights (betas) ``(num_edges,)`` used instead of the
                 registered ones (softmaxed per node here); only with ``edge_normalization``.
             mixing: the operation weights of a search method, used instead of ``softmax(weights)``
-                (:class:`~darts_core.nn.edge_weights.EdgeMixing`); without partial channels and edge
-                normalization only.
+                (:class:`~darts_core.nn.edge_weights.EdgeMixing`); a sampled one (GDAS) without partial
+                channels and edge normalization only.
 
         Returns:
             the merged states, ``(N, out_channels, H', W')`` for the default merge.
@@ -354,15 +354,17 @@ class Cell(nn.Module):
             )
         if edge_weights is not None and not self.edge_normalization:
             raise ValueError("edge_weights given to a cell without edge_normalization")
-        if self.partial_channels > 1 or self.edge_normalization:
-            if mixing is not None:
-                raise ValueError("mixing is not supported with partial_channels or edge_normalization")
-            return self._forward_partial(states, alphas, edge_weights)
         if mixing is not None and tuple(mixing.weights.shape) != self.expected_weights_shape:
             raise ValueError(
                 f"mixing.weights must have shape {self.expected_weights_shape} (edges, primitives), "
                 f"got {tuple(mixing.weights.shape)}"
             )
+        if self.partial_channels > 1 or self.edge_normalization:
+            if mixing is not None and mixing.sampled is not None:
+                raise ValueError(
+                    "sampled mixing is not supported with partial_channels or edge_normalization"
+                )
+            return self._forward_partial(states, alphas, edge_weights, mixing)
         rows = (F.softmax(alphas, dim=-1) if mixing is None else mixing.weights).unbind(0)
         sampled = None if mixing is None else mixing.sampled
         edge = 0
@@ -383,7 +385,11 @@ class Cell(nn.Module):
         return self.cell_merge_output_fn(states)
 
     def _forward_partial(
-        self, states: list[torch.Tensor], alphas: torch.Tensor, edge_weights: torch.Tensor | None
+        self,
+        states: list[torch.Tensor],
+        alphas: torch.Tensor,
+        edge_weights: torch.Tensor | None,
+        mixing: EdgeMixing | None = None,
     ) -> torch.Tensor:
         """PC-DARTS: partial channels and/or edge normalization (the math of the reference's cell).
 
@@ -399,7 +405,7 @@ class Cell(nn.Module):
         (:func:`darts_core.nn.grouped_edges.run_edges_of_state`: about 1.8x faster at ``K = 4``).
         """
         k = self.partial_channels
-        rows = F.softmax(alphas, dim=-1)
+        rows = F.softmax(alphas, dim=-1) if mixing is None else mixing.weights
         betas: list[torch.Tensor] | None = None
         if self.edge_normalization:
             raw = self.edge_weights if edge_weights is None else edge_weights

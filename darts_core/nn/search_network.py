@@ -218,11 +218,12 @@ class SearchNetwork(nn.Module):
         s0 = s1 = self.stem(x)
         for cell, reduction in zip(self.cells, self.reduction_cells, strict=True):
             weights = alphas_reduce if reduction else alphas_normal
-            if mixing is not None:
-                s0, s1 = s1, cell([s0, s1], weights=weights, mixing=mixing[1 if reduction else 0])
-            elif self.edge_normalization:
+            kind_mixing = None if mixing is None else mixing[1 if reduction else 0]
+            if self.edge_normalization:
                 betas = betas_reduce if reduction else betas_normal
-                s0, s1 = s1, cell([s0, s1], weights=weights, edge_weights=betas)
+                s0, s1 = s1, cell([s0, s1], weights=weights, edge_weights=betas, mixing=kind_mixing)
+            elif kind_mixing is not None:
+                s0, s1 = s1, cell([s0, s1], weights=weights, mixing=kind_mixing)
             else:
                 s0, s1 = s1, cell([s0, s1], weights=weights)
         pooled = self.global_pooling(s1).flatten(1)

@@ -420,9 +420,18 @@ class DartsSearch:
 
     def _weight_step(self, train_batch: Batch) -> tuple[Tensor, Tensor]:
         fixed_alphas = [alpha.detach() for alpha in self.alphas]
-        loss, logits = self._loss(
-            train_batch, fixed_alphas, mixing=self.method.mixing(fixed_alphas), compiled=True
-        )
+
+        def loss_of(mixing: tuple[EdgeMixing, EdgeMixing]) -> Tensor:
+            return self._loss(train_batch, fixed_alphas, mixing=mixing)[0]
+
+        if type(self.method).weight_mixing is SearchMethod.weight_mixing:
+            mixing = self.method.mixing(fixed_alphas)  # no passes of its own: nothing to guard
+        else:
+            # A method's own passes (SDARTS-ADV's attack) form no weight gradient and leave the BatchNorm
+            # statistics as they were (restored once its backward passes are done).
+            with self._weights_frozen(), self._buffers_preserved():
+                mixing = self.method.weight_mixing(fixed_alphas, loss_of)
+        loss, logits = self._loss(train_batch, fixed_alphas, mixing=mixing, compiled=True)
         self.weight_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.weights, self.grad_clip)

@@ -14,7 +14,17 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-__all__ = ["BetaDartsMethod", "DartsMethod", "GdasMethod", "MethodConfig", "METHOD_NAMES", "SOFTMAX_METHODS"]
+__all__ = [
+    "BetaDartsMethod",
+    "DartsMethod",
+    "GdasMethod",
+    "SdartsAdvMethod",
+    "SdartsRsMethod",
+    "MethodConfig",
+    "METHOD_NAMES",
+    "PERTURBING_METHODS",
+    "SOFTMAX_METHODS",
+]
 
 
 class _Method(BaseModel):
@@ -55,11 +65,38 @@ class BetaDartsMethod(_Method):
     lambda_end: Annotated[float, Strict()] = Field(default=50.0, ge=0.0, le=1000.0)
 
 
+class _SdartsMethod(_Method):
+    epsilon_start: Annotated[float, Strict()] = Field(default=0.03, ge=0.0, le=1.0)
+    epsilon_end: Annotated[float, Strict()] = Field(default=0.3, ge=0.0, le=1.0)
+
+
+class SdartsRsMethod(_SdartsMethod):
+    """``sdarts_rs`` (Chen & Hsieh, ICML 2020): the weight step mixes by ``softmax(alpha)`` plus uniform
+    noise in ``[-eps, eps]``, projected onto the simplex; ``eps`` ramps linearly from ``epsilon_start``
+    to ``epsilon_end``; the architecture step is DARTS's (first order)."""
+
+    name: Literal["sdarts_rs"]
+
+
+class SdartsAdvMethod(_SdartsMethod):
+    """``sdarts_adv``: as ``sdarts_rs`` with the perturbation an ``attack_steps``-step PGD attack on the
+    train loss within the ``eps`` box."""
+
+    name: Literal["sdarts_adv"]
+    attack_steps: Annotated[int, Strict()] = Field(default=7, ge=1, le=50)
+
+
 #: The ``method`` section: one of the methods, told apart by ``name``.
-MethodConfig = Annotated[DartsMethod | GdasMethod | BetaDartsMethod, Field(discriminator="name")]
+MethodConfig = Annotated[
+    DartsMethod | GdasMethod | BetaDartsMethod | SdartsRsMethod | SdartsAdvMethod,
+    Field(discriminator="name"),
+]
 
 #: Every method name, in the order of the union.
-METHOD_NAMES: tuple[str, ...] = ("darts", "gdas", "beta_darts")
+METHOD_NAMES: tuple[str, ...] = ("darts", "gdas", "beta_darts", "sdarts_rs", "sdarts_adv")
 #: The methods that mix every operation by softmax(alpha): they compose with second order, PC-DARTS
 #: partial channels and edge normalization, and the Hessian measurement.
 SOFTMAX_METHODS: tuple[str, ...] = ("darts", "beta_darts")
+#: The methods whose weight step alone changes: they compose with PC-DARTS and the Hessian measurement
+#: (of the unperturbed loss), not with second order (SDARTS is first order).
+PERTURBING_METHODS: tuple[str, ...] = ("sdarts_rs", "sdarts_adv")

@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from darts_core.spec.method_spec import SOFTMAX_METHODS, DartsMethod, MethodConfig
+from darts_core.spec.method_spec import PERTURBING_METHODS, SOFTMAX_METHODS, DartsMethod, MethodConfig
 from darts_core.spec.op_names import DARTS_OP_NAMES, MAX_INTERNAL_NODES, OpName
 
 __all__ = [
@@ -279,6 +279,12 @@ class SearchConfig(_Section):
         clashes = []
         if self.training.order != "first":
             clashes.append(f"training.order ({self.training.order!r})")
+        if name in PERTURBING_METHODS:
+            if clashes:
+                raise ValueError(
+                    f"method.name {name!r} does not compose with {clashes[0]}: SDARTS is first order"
+                )
+            return self
         if self.search_space.partial_channels != 1:
             clashes.append(f"search_space.partial_channels ({self.search_space.partial_channels})")
         if self.search_space.edge_normalization:

@@ -10,11 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import reference_methods
+from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.search.bilevel import DartsSearch
 from darts_core.search.budget import cost_table_for
 from darts_core.search.loop import run_search
-from darts_core.search.methods import BetaDarts, Gdas, gumbel_straight_through
+from darts_core.search.methods import BetaDarts, Gdas, Sdarts, gumbel_straight_through, project_to_simplex
 from darts_core.spec.search_spec import SearchConfig
 from tests.core.test_benchmark_equivalence import _batches, _build_pair
 from tests.core.test_search import TINY_SPEC
@@ -54,6 +55,10 @@ def test_each_section_fills_its_paper_defaults_and_softmax_methods_compose() -> 
         search_space={"partial_channels": 2, "edge_normalization": True},
     )
     assert composed.to_spec()["method"] == {"name": "beta_darts", "lambda_start": 0.0, "lambda_end": 50.0}
+    sdarts = _config({"name": "sdarts_adv"}, search_space={"partial_channels": 2, "edge_normalization": True})
+    assert sdarts.to_spec()["method"] == {
+        "name": "sdarts_adv", "epsilon_start": 0.03, "epsilon_end": 0.3, "attack_steps": 7,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -86,6 +91,14 @@ def test_each_section_fills_its_paper_defaults_and_softmax_methods_compose() -> 
             {"name": "beta_darts", "lambda_end": "5"},
             {},
             "method.beta_darts.lambda_end: Input should be a valid",
+        ),
+        ({"name": "sdarts_rs", "epsilon_end": 2}, {}, "method.sdarts_rs.epsilon_end: Input should be less"),
+        ({"name": "sdarts_adv", "attack_steps": 0}, {}, "method.sdarts_adv.attack_steps: Input should be"),
+        ({"name": "sdarts_adv", "attack_steps": 2.5}, {}, "method.sdarts_adv.attack_steps: Input should be"),
+        (
+            {"name": "sdarts_rs"},
+            {"training": {"order": "second"}},
+            r"method.name 'sdarts_rs' does not compose with training.order \('second'\): SDARTS is first",
         ),
     ],
 )
@@ -202,3 +215,59 @@ def test_the_beta_darts_step_adds_the_regularizer_gradient_to_the_alphas() -> No
             rtol=1e-4,
             atol=1e-7,
         )
+
+
+# --------------------------------------------------------------------------------------------- SDARTS
+
+
+def test_the_simplex_projection_matches_an_independent_one() -> None:
+    generator = torch.Generator().manual_seed(5)
+    rows = torch.cat(
+        [
+            torch.randn(50, 8, generator=generator, dtype=torch.float64),
+            3 * torch.rand(20, 8, generator=generator, dtype=torch.float64),
+            F.softmax(torch.randn(10, 8, generator=generator, dtype=torch.float64), dim=1),  # on it already
+        ]
+    )
+    projected = project_to_simplex(rows)
+    torch.testing.assert_close(projected, reference_methods.simplex_projection_by_bisection(rows))
+    assert (projected >= 0).all() and torch.allclose(
+        projected.sum(dim=1), torch.ones(80, dtype=torch.float64)
+    )
+    torch.testing.assert_close(projected[-10:], rows[-10:])
+
+
+@pytest.mark.parametrize("attack_steps", [0, 7])
+def test_sdarts_perturbs_the_weight_step_only_within_the_simplex(attack_steps: int) -> None:
+    torch.manual_seed(0)
+    method = Sdarts(0.03, 0.3, attack_steps=attack_steps)
+    method.start_epoch(6, 10)
+    assert method.epsilon == pytest.approx(0.03 + 0.27 * 5 / 10)
+    assert method.mixing([torch.zeros(5, 4)] * 2) is None  # the architecture step: DARTS's
+    alphas = [torch.randn(5, 4), torch.randn(5, 4)]
+    target = torch.randn(5, 4)
+    calls: list[int] = []
+
+    def loss_of(mixing) -> torch.Tensor:
+        calls.append(1)
+        return (mixing[0].weights * target).sum() + mixing[1].weights.square().sum()
+
+    normal, reduce = method.weight_mixing(alphas, loss_of)
+    assert len(calls) == attack_steps
+    for mixed, alpha in zip((normal, reduce), alphas, strict=True):
+        assert mixed.sampled is None and (mixed.weights >= 0).all()
+        torch.testing.assert_close(mixed.weights.sum(dim=1), torch.ones(5))
+        assert not torch.allclose(mixed.weights, F.softmax(alpha, dim=1))
+    if attack_steps:  # the attack raised the loss above the unperturbed one
+        soft = tuple(EdgeMixing(F.softmax(alpha, dim=1)) for alpha in alphas)
+        assert loss_of((normal, reduce)) > loss_of(soft)
+
+
+def test_sdarts_composes_with_pc_darts(tiny_dataset) -> None:
+    config = _config(
+        {"name": "sdarts_rs"},
+        training={"epochs": 1},
+        search_space={"partial_channels": 2, "edge_normalization": True},
+    )
+    result = run_search(tiny_dataset, config)
+    assert result.epochs_completed == 1 and 0.0 <= result.history[0].valid_acc <= 1.0

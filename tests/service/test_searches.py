@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.main import create_app
 from app.models import Search, SearchEpoch
 from app.settings import Settings
+from darts_core.spec.method_spec import METHOD_NAMES
 from darts_core.spec.op_names import DARTS_OP_NAMES
 
 from .conftest import epoch_genotype
@@ -599,7 +600,7 @@ def test_the_method_section_is_in_the_schema_and_bad_sections_are_422_naming_the
 ) -> None:
     schemas = client.get("/openapi.json").json()["components"]["schemas"]
     method = schemas["SearchSpec"]["properties"]["method"]
-    assert set(method["discriminator"]["mapping"]) == {"darts", "gdas"}
+    assert set(method["discriminator"]["mapping"]) == set(METHOD_NAMES)
     assert schemas["GdasMethod"]["properties"]["tau_max"]["exclusiveMinimum"] == 0.0
 
     base = {"dataset": {"name": "digits"}, "training": {"epochs": 1}}

@@ -10,9 +10,25 @@ from __future__ import annotations
 from darts_core.search.methods.base import SearchMethod
 from darts_core.search.methods.beta_darts import BetaDarts, beta_regularizer
 from darts_core.search.methods.gdas import Gdas, gumbel_straight_through
-from darts_core.spec.method_spec import BetaDartsMethod, GdasMethod, MethodConfig
+from darts_core.search.methods.sdarts import Sdarts, project_to_simplex
+from darts_core.spec.method_spec import (
+    BetaDartsMethod,
+    GdasMethod,
+    MethodConfig,
+    SdartsAdvMethod,
+    SdartsRsMethod,
+)
 
-__all__ = ["SearchMethod", "BetaDarts", "Gdas", "beta_regularizer", "gumbel_straight_through", "method_for"]
+__all__ = [
+    "SearchMethod",
+    "BetaDarts",
+    "Gdas",
+    "Sdarts",
+    "beta_regularizer",
+    "gumbel_straight_through",
+    "method_for",
+    "project_to_simplex",
+]
 
 
 def method_for(config: MethodConfig) -> SearchMethod:
@@ -21,4 +37,8 @@ def method_for(config: MethodConfig) -> SearchMethod:
         return Gdas(tau_max=config.tau_max, tau_min=config.tau_min)
     if isinstance(config, BetaDartsMethod):
         return BetaDarts(lambda_start=config.lambda_start, lambda_end=config.lambda_end)
+    if isinstance(config, SdartsRsMethod):
+        return Sdarts(config.epsilon_start, config.epsilon_end)
+    if isinstance(config, SdartsAdvMethod):
+        return Sdarts(config.epsilon_start, config.epsilon_end, attack_steps=config.attack_steps)
     return SearchMethod()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
@@ -16,8 +16,8 @@ class SearchMethod:
     returns ``None`` (the cells softmax the alphas), so a search with it runs DARTS bit for bit.
 
     The loop calls :meth:`start_epoch` before each epoch; :class:`~darts_core.search.bilevel.DartsSearch`
-    calls :meth:`mixing` for the train-mode forward of each step (architecture and weight step) and the
-    loop :meth:`eval_mixing` for its eval-mode validation.
+    calls :meth:`mixing` for the train-mode forward of the architecture step, :meth:`weight_mixing` for the
+    weight step's, and the loop :meth:`eval_mixing` for its eval-mode validation.
     """
 
     name = "darts"
@@ -32,6 +32,14 @@ class SearchMethod:
         """The ``(normal, reduce)`` operation weights of one train-mode forward from the architecture
         parameters (differentiable in them), or ``None`` for ``softmax(alphas)``."""
         return None
+
+    def weight_mixing(
+        self, alphas: Sequence[Tensor], loss_of: Callable[[tuple[EdgeMixing, EdgeMixing]], Tensor]
+    ) -> tuple[EdgeMixing, EdgeMixing] | None:
+        """The operation weights of the weight step's forward (``alphas`` detached); ``loss_of(mixing)``
+        gives the train batch's loss under other weights (with the network's weights and buffers left
+        as they are), for a method that searches them (SDARTS-ADV). Default: :meth:`mixing`."""
+        return self.mixing(alphas)
 
     def arch_regularizer(self, alphas: Sequence[Tensor]) -> Tensor | None:
         """A 0-d term added to the architecture loss (its gradient to the alphas' in either order), or
