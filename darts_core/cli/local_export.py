@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from darts_core.cli.common import console, fail
+from darts_core.client.trainings import ExportFormatOption
 from darts_core.spec.artifacts import ExportFormat
 
 __all__ = ["export"]
@@ -36,10 +37,7 @@ def export(
             metavar="WEIGHTS", help="A model.safetensors written by `darts train` or the service."
         ),
     ],
-    format: Annotated[
-        ExportFormat,
-        typer.Option("--format", "-f", help="onnx (onnxruntime) or torchscript (torch.jit.load)."),
-    ] = ExportFormat.onnx,
+    format: ExportFormatOption = ExportFormat.onnx,
     out: Annotated[
         Path | None,
         typer.Option(

@@ -191,13 +191,16 @@ def weights(
 
 
 
+#: ``--format`` of the export commands (``darts trainings export``, ``darts export``).
+ExportFormatOption = Annotated[
+    ExportFormat, typer.Option("--format", "-f", help="onnx (onnxruntime) or torchscript (torch.jit.load).")
+]
+
+
 @app.command()
 def export(
     training_id: Annotated[str, typer.Argument(metavar="ID")],
-    format: Annotated[
-        ExportFormat,
-        typer.Option("--format", "-f", help="onnx (onnxruntime) or torchscript (torch.jit.load)."),
-    ] = ExportFormat.onnx,
+    format: ExportFormatOption = ExportFormat.onnx,
     out: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Where to write the file. Default: model.onnx or model.pt."),

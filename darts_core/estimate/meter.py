@@ -121,20 +121,10 @@ def measure_hessian(
     between epochs (the state it finds is not counted). Slow: use small configurations."""
     from darts_core.search.collapse import dominant_hessian_eigenvalue
 
-    space, network_config, training = config.search_space, config.network, config.training
+    training = config.training
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    network = SearchNetwork(
-        in_channels,
-        num_classes,
-        init_channels=network_config.init_channels,
-        cells=network_config.cells,
-        internal_nodes=space.internal_nodes,
-        stem_multiplier=network_config.stem_multiplier,
-        primitives=list(space.primitives),
-        partial_channels=space.partial_channels,
-        edge_normalization=space.edge_normalization,
-    )
+    network = SearchNetwork.from_config(config, in_channels, num_classes)
     images = torch.randn(training.batch_size, in_channels, *image_size, generator=generator)
     labels = torch.randint(0, num_classes, (training.batch_size,), generator=generator)
     with AllocationMeter() as meter:
@@ -163,20 +153,10 @@ def measure_step(
     the optimizers have their states; :class:`SavedTensorMeter`). Allocates what the step needs: use
     small configurations.
     """
-    space, network_config, training = config.search_space, config.network, config.training
+    training = config.training
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    network = SearchNetwork(
-        in_channels,
-        num_classes,
-        init_channels=network_config.init_channels,
-        cells=network_config.cells,
-        internal_nodes=space.internal_nodes,
-        stem_multiplier=network_config.stem_multiplier,
-        primitives=list(space.primitives),
-        partial_channels=space.partial_channels,
-        edge_normalization=space.edge_normalization,
-    )
+    network = SearchNetwork.from_config(config, in_channels, num_classes)
     search = DartsSearch(
         network,
         order=training.order,

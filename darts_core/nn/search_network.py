@@ -25,6 +25,7 @@ from darts_core.nn.ops import DARTS_PRIMITIVES_2D
 from darts_core.nn.special_parameter import SpecialParameter
 from darts_core.search.derive import derive_genotype
 from darts_core.spec.genotype import Genotype, num_edges
+from darts_core.spec.search_spec import SearchConfig
 
 __all__ = ["SearchNetwork"]
 
@@ -170,6 +171,21 @@ class SearchNetwork(nn.Module):
             channels_prev_prev, channels_prev = channels_prev, cell.out_channels
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels_prev, num_classes)
+
+    @classmethod
+    def from_config(cls, config: SearchConfig, in_channels: int, num_classes: int) -> SearchNetwork:
+        """The supernet a search spec describes (its ``network`` and ``search_space`` sections)."""
+        return cls(
+            in_channels,
+            num_classes,
+            init_channels=config.network.init_channels,
+            cells=config.network.cells,
+            internal_nodes=config.search_space.internal_nodes,
+            stem_multiplier=config.network.stem_multiplier,
+            primitives=list(config.search_space.primitives),
+            partial_channels=config.search_space.partial_channels,
+            edge_normalization=config.search_space.edge_normalization,
+        )
 
     @property
     def primitive_names(self) -> list[str]:

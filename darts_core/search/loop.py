@@ -178,20 +178,6 @@ def _batches(order: Tensor, batch_size: int, device: torch.device) -> list[Tenso
     return list(order[: count * batch_size].view(count, batch_size).to(device))
 
 
-def _build_network(config: SearchConfig, in_channels: int, num_classes: int) -> SearchNetwork:
-    return SearchNetwork(
-        in_channels,
-        num_classes,
-        init_channels=config.network.init_channels,
-        cells=config.network.cells,
-        internal_nodes=config.search_space.internal_nodes,
-        stem_multiplier=config.network.stem_multiplier,
-        primitives=list(config.search_space.primitives),
-        partial_channels=config.search_space.partial_channels,
-        edge_normalization=config.search_space.edge_normalization,
-    )
-
-
 @torch.no_grad()
 def _evaluate(
     network: nn.Module,
@@ -321,7 +307,7 @@ def run_search(
             )
 
     _seed_everything(training.seed)
-    network = _build_network(config, dataset.in_channels, dataset.num_classes).to(device)
+    network = SearchNetwork.from_config(config, dataset.in_channels, dataset.num_classes).to(device)
     budget = SearchBudget.of(config, dataset) if config.constraints.active else None
     derive = budget.genotype if budget is not None else _plain_genotype
     initial_genotype = derive(network)  # what DARTS+ keeps when it stops after the first epoch
