@@ -24,12 +24,14 @@ import redis
 @dataclass(frozen=True)
 class WorkerDevice:
     """A worker's device as its heartbeat reports it: `device` "cpu", "cuda" or "unknown"; for "cuda",
-    the GPU's `name` and `memory_bytes` (total memory)."""
+    the GPU's `name` and `memory_bytes` (total memory); `at`, the Unix time the beat was written (None
+    when the value does not say)."""
 
     hostname: str
     device: str
     name: str | None = None
     memory_bytes: int | None = None
+    at: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {"device": self.device, "name": self.name, "memory_bytes": self.memory_bytes}
@@ -51,8 +53,12 @@ def decode_heartbeat(hostname: str, value: str | bytes | None) -> WorkerDevice:
         data = json.loads(value) if value is not None else None
     except ValueError:
         data = None
+    if isinstance(data, int | float) and not isinstance(data, bool):  # a worker from before devices
+        return WorkerDevice(hostname, "unknown", at=float(data))
+    at = data.get("at") if isinstance(data, dict) else None
+    at = float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None
     if not isinstance(data, dict) or data.get("device") not in ("cpu", "cuda"):
-        return WorkerDevice(hostname, "unknown")
+        return WorkerDevice(hostname, "unknown", at=at)
     memory = data.get("memory_bytes")
     counted = isinstance(memory, int) and not isinstance(memory, bool) and memory > 0
     name = data.get("name")
@@ -61,6 +67,7 @@ def decode_heartbeat(hostname: str, value: str | bytes | None) -> WorkerDevice:
         data["device"],
         name=name if isinstance(name, str) else None,
         memory_bytes=memory if counted else None,
+        at=at,
     )
 
 

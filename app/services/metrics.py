@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.lifecycle.kinds import SEARCH, TRAINING, JobKind
 from app.services.jobs import count_by_status
 from app.settings import Settings
+from app.worker_heartbeat import decode_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,10 @@ class WorkerHeartbeatCollector(Collector):
             if value is None:  # expired between SCAN and MGET
                 continue
             name = key.decode() if isinstance(key, bytes) else key
-            beats.add_metric([name.rsplit(":workers:", 1)[-1]], float(value))
+            worker = name.rsplit(":workers:", 1)[-1]
+            at = decode_heartbeat(worker, value).at
+            if at is not None:
+                beats.add_metric([worker], at)
             alive += 1
         yield beats
         yield GaugeMetricFamily("darts_workers", "Workers with a live heartbeat", value=alive)

@@ -164,7 +164,7 @@ def login(
 
 
 def _search_table(searches: list[dict[str, Any]]) -> Table:
-    table = Table("id", "name", "status", "epoch", "best valid acc", "age", "duration")
+    table = Table("id", "name", "method", "status", "epoch", "best valid acc", "age", "duration")
     for search in searches:
         started, finished = search.get("started_at"), search.get("finished_at")
         duration = None
@@ -179,6 +179,7 @@ def _search_table(searches: list[dict[str, Any]]) -> Table:
         table.add_row(
             search["id"],
             search["name"],
+            search["spec"].get("method", {}).get("name", "darts"),
             search["status"],
             f"{search['epoch']}/{search['epochs']}",
             _percent(search.get("best_valid_acc")),

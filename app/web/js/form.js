@@ -129,6 +129,31 @@ function groupFieldset(key, title) {
   );
 }
 
+/** The search method (`method.name`: darts, gdas, ...), its choices read from the schema's union; its
+ * hyperparameters keep the paper's defaults here (a spec file or the API sets them). */
+function methodFieldset() {
+  const method = resolve(resolve(schemas.SearchSpec).properties.method);
+  const names = Object.keys((method.discriminator && method.discriminator.mapping) || {});
+  const id = "f-method-name";
+  const select = element(
+    "select",
+    { id, "data-path": "method.name", "data-kind": "enum" },
+    ...names.map((name) => element("option", { value: name, text: name, selected: name === "darts" })),
+  );
+  return element(
+    "fieldset",
+    { id: "group-method" },
+    element("legend", { text: "Method" }),
+    element("span", { class: "field-error group-error", "data-error-for": "method" }),
+    element(
+      "div",
+      { class: "fields" },
+      element("div", { class: "field" }, element("label", { for: id, text: "Method" }), select,
+        element("span", { class: "field-error", "data-error-for": "method.name" })),
+    ),
+  );
+}
+
 /** The schema of the dataset spec for `dataset` (a built-in by its name, else the uploaded kind). */
 function datasetSchema(dataset) {
   const union = resolve(resolve(schemas.SearchSpec).properties.dataset);
@@ -338,7 +363,7 @@ export async function showForm() {
     schemas = schema.components.schemas;
     // Asked only where the server documents it: a 404 would be a console error on every change.
     estimateOffered = Boolean(schema.paths["/searches/estimate"] && schema.paths["/searches/estimate"].post);
-    $("spec-groups").replaceChildren(...GROUPS.map(([key, title]) => groupFieldset(key, title)));
+    $("spec-groups").replaceChildren(methodFieldset(), ...GROUPS.map(([key, title]) => groupFieldset(key, title)));
     built = true;
   }
   clearErrors();

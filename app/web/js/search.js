@@ -42,6 +42,7 @@ function renderSummary() {
   const finished = parseTime(search.finished_at);
   const took = started && finished ? ` · took ${duration((finished - started) / 1000)}` : "";
   $("search-best").textContent = `best valid acc ${percent(search.best_valid_acc)}${took}`;
+  $("search-method").textContent = `method ${(search.spec.method || { name: "darts" }).name}`;
   $("search-eta").textContent = eta;
   $("search-error").hidden = !search.error;
   $("search-error").textContent = search.error ? `Error: ${search.error}` : "";

@@ -202,6 +202,11 @@ def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_
         box.set_checked(box.get_attribute("value") in TINY_PRIMITIVES)
     page.select_option("#f-resources-device", "cpu")
     page.fill("#f-name", "from the browser")
+    # The method: every one the schema names, DARTS by default; this search runs beta-DARTS.
+    methods = page.eval_on_selector_all("#f-method-name option", "options => options.map(o => o.value)")
+    assert {"darts", "gdas", "beta_darts", "sdarts_rs", "sdarts_adv"} <= set(methods)
+    assert page.input_value("#f-method-name") == "darts"
+    page.select_option("#f-method-name", "beta_darts")
 
     # A bad value: the API's 422 message appears next to that field, and nothing is created. Chromium
     # logs each 422 answer as a resource error: the submit's, and the admission estimate's of the same
@@ -227,6 +232,8 @@ def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_
     assert search["name"] == "from the browser" and search["spec"]["training"]["epochs"] == 3
     assert search["spec"]["dataset"]["id"]
     assert set(search["spec"]["search_space"]["primitives"]) == TINY_PRIMITIVES
+    assert search["spec"]["method"]["name"] == "beta_darts"
+    expect(page.locator("#search-method")).to_have_text("method beta_darts")
 
     # Three charts, each with its series drawn over the three epochs.
     expect(page.locator("#charts svg.chart")).to_have_count(3)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 
+from app.worker_heartbeat import decode_heartbeat
 from worker.health import check
 
 from .conftest import REPO_ROOT, WorkerProcess, wait_until
@@ -36,7 +37,8 @@ def test_a_consuming_worker_is_healthy_and_reports_its_heartbeat(
         keys = wait_until(
             lambda: list(client.scan_iter(match=f"{stack_env['REDIS_PREFIX']}:workers:*")), 30, "a heartbeat"
         )
-        assert abs(float(client.get(keys[0])) - time.time()) < 60
+        beat = decode_heartbeat("worker", client.get(keys[0]))
+        assert beat.device == "cpu" and beat.at is not None and abs(beat.at - time.time()) < 60
         assert 0 < client.ttl(keys[0]) <= 30
     finally:
         client.close()
