@@ -223,13 +223,18 @@ def test_readyz_counts_the_workers_consuming_and_says_when_there_is_none(service
 
 
 def test_a_heartbeat_names_the_workers_device_and_anything_else_reads_as_unknown() -> None:
+    import dataclasses
+
     from app.worker_heartbeat import WorkerDevice, decode_heartbeat, encode_heartbeat
     from worker.health import probe_device
 
     gpu = WorkerDevice("w@h", "cuda", "NVIDIA H100 80GB HBM3", 85_000_000_000)
-    assert decode_heartbeat("w@h", encode_heartbeat(12.5, gpu)) == gpu
-    for value in (None, "1", "1700000000.000", "[]", '{"device": "tpu"}', "{"):
+    assert decode_heartbeat("w@h", encode_heartbeat(12.5, gpu)) == dataclasses.replace(gpu, at=12.5)
+    for value in (None, "[]", '{"device": "tpu"}', "{"):
         assert decode_heartbeat("w@h", value) == WorkerDevice("w@h", "unknown")
+    # A worker from before devices wrote the time alone: unknown device, its time kept (/metrics).
+    for value, at in (("1", 1.0), ("1700000000.000", 1700000000.0)):
+        assert decode_heartbeat("w@h", value) == WorkerDevice("w@h", "unknown", at=at)
     bad_memory = decode_heartbeat("w@h", '{"device": "cuda", "memory_bytes": true, "name": 3}')
     assert bad_memory == WorkerDevice("w@h", "cuda", None, None)
     # This machine has no GPU: the probe (a child interpreter importing torch) says so.
