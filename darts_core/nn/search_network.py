@@ -56,6 +56,11 @@ def _resolve_primitives(
     return resolved
 
 
+def softmax_over_operations(alphas: Tensor) -> Tensor:
+    """DARTS's operation weights: each edge's row softmaxed, ``(edges, ops) -> (edges, ops)``."""
+    return F.softmax(alphas, dim=-1)
+
+
 class SearchNetwork(nn.Module):
     """The DARTS supernet: stem, ``cells`` searchable cells, global average pooling and a linear head.
 
@@ -129,6 +134,10 @@ class SearchNetwork(nn.Module):
         self.init_channels = init_channels
         self.num_cells = cells
         self.internal_nodes = internal_nodes
+        #: Maps one cell kind's raw alphas ``(edges, ops)`` to the operation weights that are reported
+        #: (:meth:`softmaxed_alphas`) and derived from (:meth:`genotype`); a search method sets its own
+        #: (:meth:`~darts_core.search.methods.base.SearchMethod.operation_weights`). Default: softmax.
+        self.operation_weights: Callable[[Tensor], Tensor] = softmax_over_operations
         self.stem_multiplier = stem_multiplier
 
         alpha_shape = (num_edges(internal_nodes), len(self.primitives))
@@ -262,10 +271,11 @@ class SearchNetwork(nn.Module):
         return [p for p in self.parameters() if id(p) not in arch_ids]
 
     def softmaxed_alphas(self) -> dict[str, Tensor]:
-        """Detached softmax of the alphas over operations: ``{"normal": (edges, ops), "reduce": ...}``."""
+        """Detached operation weights of the alphas (:attr:`operation_weights`: softmax over operations
+        unless a search method says otherwise): ``{"normal": (edges, ops), "reduce": ...}``."""
         return {
-            "normal": F.softmax(self.alphas_normal.detach(), dim=-1),
-            "reduce": F.softmax(self.alphas_reduce.detach(), dim=-1),
+            "normal": self.operation_weights(self.alphas_normal.detach()),
+            "reduce": self.operation_weights(self.alphas_reduce.detach()),
         }
 
     def softmaxed_betas(self) -> dict[str, Tensor] | None:
@@ -294,5 +304,6 @@ class SearchNetwork(nn.Module):
             self.alphas_reduce.detach().cpu(),
             self.primitive_names,
             self.internal_nodes,
+            weights_of=self.operation_weights,
             **betas,
         )

@@ -38,7 +38,7 @@ from torch import Tensor
 from darts_core.nn.genotype_network import GenotypeNetwork, _discrete_op
 from darts_core.nn.layout import _is_reduction
 from darts_core.nn.multiply_adds import count_multiply_adds
-from darts_core.search.derive import _edge_weights, _softmax_rows
+from darts_core.search.derive import _edge_weights, _operation_weights
 from darts_core.spec.genotype import _NONE, Gene, Genotype, num_edges
 from darts_core.spec.search_spec import ConstraintsConfig, SearchConfig
 from darts_core.spec.training_spec import TrainingNetworkConfig
@@ -287,8 +287,8 @@ def repair_genotype(
     table.check_feasible(budget)
     shape = (num_edges(table.internal_nodes), len(table.primitives))
     weights = {
-        "normal": _softmax_rows("alphas_normal", alphas_normal, shape),
-        "reduce": _softmax_rows("alphas_reduce", alphas_reduce, shape),
+        "normal": _operation_weights("alphas_normal", alphas_normal, shape, None),
+        "reduce": _operation_weights("alphas_reduce", alphas_reduce, shape, None),
     }
     if betas_normal is not None and betas_reduce is not None:
         for kind, betas in (("normal", betas_normal), ("reduce", betas_reduce)):

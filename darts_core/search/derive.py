@@ -3,7 +3,7 @@ with edge normalization)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -13,7 +13,12 @@ from darts_core.spec.genotype import _NONE, Gene, Genotype, _is_int, num_edges
 
 __all__ = ["derive_genotype"]
 
-def _softmax_rows(name: str, alphas: Any, expected_shape: tuple[int, int]) -> torch.Tensor:
+def _operation_weights(
+    name: str,
+    alphas: Any,
+    expected_shape: tuple[int, int],
+    weights_of: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> torch.Tensor:
     tensor = torch.as_tensor(alphas).detach().to(device="cpu", dtype=torch.float64)
     if tuple(tensor.shape) != expected_shape:
         raise ValueError(
@@ -21,7 +26,7 @@ def _softmax_rows(name: str, alphas: Any, expected_shape: tuple[int, int]) -> to
         )
     if not torch.isfinite(tensor).all():
         raise ValueError(f"{name}: contains NaN or infinite values")
-    return torch.softmax(tensor, dim=-1)
+    return torch.softmax(tensor, dim=-1) if weights_of is None else weights_of(tensor)
 
 
 def _edge_weights(name: str, betas: Any, internal_nodes: int) -> torch.Tensor:
@@ -66,6 +71,7 @@ def derive_genotype(
     *,
     betas_normal: torch.Tensor | None = None,
     betas_reduce: torch.Tensor | None = None,
+    weights_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Genotype:
     """Derive the discrete genotype from architecture weights, exactly as DARTS (or PC-DARTS) does.
 
@@ -80,11 +86,13 @@ def derive_genotype(
             normalization), both or neither. Given, every softmaxed row is multiplied by its edge's
             weight (:func:`edge_softmax`) before edges are ranked, as the PC-DARTS reference does; the
             chosen operation of an edge does not change (a positive factor per row).
+        weights_of: maps a cell kind's raw rows ``(edges, ops)`` (float64) to its operation weights,
+            e.g. a search method's (DrNAS: the Dirichlet mean); ``None``: softmax over each row.
 
-    Each row is softmaxed. For every node the two incoming edges whose strongest non-``none`` weight is
-    largest are kept (stronger first), and on each the strongest non-``none`` op is chosen. When
-    ``primitives`` has no ``none`` every op counts. Ties go to the lowest index. Every node is
-    concatenated for the cell output.
+    Each row is softmaxed (or mapped by ``weights_of``). For every node the two incoming edges whose
+    strongest non-``none`` weight is largest are kept (stronger first), and on each the strongest
+    non-``none`` op is chosen. When ``primitives`` has no ``none`` every op counts. Ties go to the
+    lowest index. Every node is concatenated for the cell output.
     """
     if not _is_int(internal_nodes) or internal_nodes < 1:
         raise ValueError(f"internal_nodes: expected a positive integer, got {internal_nodes!r}")
@@ -96,8 +104,8 @@ def derive_genotype(
     if not any(name != _NONE for name in primitives):
         raise ValueError(f"primitives: needs at least one operation other than 'none', got {primitives}")
     shape = (num_edges(internal_nodes), len(primitives))
-    weights_normal = _softmax_rows("alphas_normal", alphas_normal, shape)
-    weights_reduce = _softmax_rows("alphas_reduce", alphas_reduce, shape)
+    weights_normal = _operation_weights("alphas_normal", alphas_normal, shape, weights_of)
+    weights_reduce = _operation_weights("alphas_reduce", alphas_reduce, shape, weights_of)
     if (betas_normal is None) != (betas_reduce is None):
         raise ValueError("betas_normal and betas_reduce: give both (edge normalization) or neither")
     if betas_normal is not None:

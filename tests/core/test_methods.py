@@ -271,3 +271,27 @@ def test_sdarts_composes_with_pc_darts(tiny_dataset) -> None:
     )
     result = run_search(tiny_dataset, config)
     assert result.epochs_completed == 1 and 0.0 <= result.history[0].valid_acc <= 1.0
+
+
+# ---------------------------------------------------------------------- the method's operation weights
+
+
+def test_a_methods_operation_weights_are_what_an_epoch_reports_and_derives_from(
+    tiny_dataset, monkeypatch
+) -> None:
+    from darts_core.search.methods.base import SearchMethod
+
+    def reversed_softmax(alphas: torch.Tensor) -> torch.Tensor:
+        return F.softmax(-alphas, dim=-1)  # the weakest op by softmax is the strongest here
+
+    monkeypatch.setattr(SearchMethod, "operation_weights", staticmethod(reversed_softmax))
+    config = _config(training={"epochs": 1})
+    result = run_search(tiny_dataset, config)
+    monkeypatch.undo()
+    network = SearchNetwork.from_config(config, tiny_dataset.in_channels, tiny_dataset.num_classes)
+    final = result.history[-1]
+    with torch.no_grad():
+        network.alphas_normal.copy_(torch.tensor(final.alphas["normal"]).log())
+        network.alphas_reduce.copy_(torch.tensor(final.alphas["reduce"]).log())
+    # The reported rows r are softmax(-alpha); a plain network with alphas log(r) derives from r too.
+    assert final.genotype == network.genotype()

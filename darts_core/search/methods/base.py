@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from darts_core.nn.edge_weights import EdgeMixing
@@ -45,6 +46,12 @@ class SearchMethod:
         """A 0-d term added to the architecture loss (its gradient to the alphas' in either order), or
         ``None``."""
         return None
+
+    def operation_weights(self, alphas: Tensor) -> Tensor:
+        """One cell kind's raw alphas ``(edges, ops)`` as the operation weights the epoch reports (its
+        ``alphas``, the collapse metrics' entropy) and the genotype is derived from: softmax over each
+        row for DARTS. Any dtype; no gradient is needed."""
+        return F.softmax(alphas, dim=-1)
 
     def eval_mixing(self, alphas: Sequence[Tensor]) -> tuple[EdgeMixing, EdgeMixing] | None:
         """The operation weights of the eval-mode validation (``None``: ``softmax(alphas)``)."""
