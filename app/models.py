@@ -178,6 +178,10 @@ class SearchEpoch(Base):
     # The genotype's cost against the search's constraints (darts_core.spec.records.EpochCost); null in
     # searches without constraints.
     cost: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The search method that ran the epoch and its schedule values then (GDAS's tau, ...); null before
+    # they were recorded, and the schedule for methods without one.
+    method: Mapped[str | None] = mapped_column(String(32))
+    schedule: Mapped[dict[str, float] | None] = mapped_column(JSON)
     # The Redis Stream entry id the epoch came from ("1700000000000-0"); the SSE event id.
     stream_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

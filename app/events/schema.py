@@ -20,8 +20,10 @@ from app.db import utcnow
 from app.lifecycle.status import Status
 from darts_core.spec.records import EpochRecord
 
-# The scalar fields of an epoch record (what a search row keeps of its last epoch).
-EPOCH_METRICS = tuple(name for name in EpochRecord.model_fields if name not in ("genotype", "alphas"))
+# The metrics of an epoch record (what a search row keeps of its last epoch); the method is the search's.
+EPOCH_METRICS = tuple(
+    name for name in EpochRecord.model_fields if name not in ("genotype", "alphas", "method", "schedule")
+)
 
 
 class _EventBase(BaseModel):

@@ -299,6 +299,12 @@ def _metrics_table(metrics: dict[str, Any]) -> Table:
     return table
 
 
+def _schedule_text(record: dict[str, Any]) -> str:
+    """The method's schedule in an epoch, e.g. ``gdas: tau 7.525``."""
+    values = ", ".join(f"{name} {value:.4g}" for name, value in record["schedule"].items())
+    return f"{record.get('method') or 'method'}: {values}"
+
+
 def _genotype_text(genotype: dict[str, Any]) -> Text:
     lines = []
     for cell in ("normal", "reduce"):
@@ -337,6 +343,8 @@ class _WatchView:
         parts: list[Any] = [Text(f"{self.search['name']} ({self.search['id']})", style="bold"), self.progress]
         if self.metrics:
             parts.append(_metrics_table(self.metrics))
+            if self.metrics.get("schedule"):
+                parts.append(Text(_schedule_text(self.metrics), style="dim"))
         if self.genotype:
             parts.append(_genotype_text(self.genotype))
         if self.search.get("error"):

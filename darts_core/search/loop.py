@@ -103,6 +103,8 @@ class EpochResult:
     alpha_entropy: float | None = None
     hessian_eigenvalue: float | None = None
     cost: dict[str, float] | None = None
+    method: str | None = None
+    schedule: dict[str, float] | None = None
 
     def collapse(self) -> CollapseMetrics:
         """The epoch's collapse metrics (computed from the genotype and alphas when not recorded)."""
@@ -411,6 +413,8 @@ def run_search(
             alpha_entropy=metrics.alpha_entropy,
             hessian_eigenvalue=metrics.hessian_eigenvalue,
             cost=budget.report(network, genotype) if budget is not None else None,
+            method=method.name,
+            schedule=method.schedule(),
         )
         history.append(result)
         if checkpoint_dir is not None:

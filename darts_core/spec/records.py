@@ -38,7 +38,9 @@ class EpochRecord(BaseModel):
     of the derived normal cell, ``alpha_entropy`` (mean entropy of the softmaxed alpha rows, nats) and
     ``hessian_eigenvalue`` (only in the epochs ``training.hessian_every`` measures it). ``cost``: the
     derived genotype's parameters and multiply-adds and their expectations, in searches with
-    ``constraints``. ``None`` in records written before they existed.
+    ``constraints``. ``method`` names the search method and ``schedule`` holds the values its schedules
+    took in the epoch (GDAS's temperature, SDARTS's epsilon, ...). ``None`` in records written before
+    they existed.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -69,4 +71,13 @@ class EpochRecord(BaseModel):
     )
     cost: EpochCost | None = Field(
         default=None, description="The genotype's cost, in searches with constraints (else null)"
+    )
+    method: str | None = Field(
+        default=None, max_length=32, description="The search method that ran the epoch ('darts', 'gdas', ...)"
+    )
+    schedule: dict[str, float] | None = Field(
+        default=None,
+        max_length=8,
+        description="The method's scheduled hyperparameters in this epoch (e.g. {'tau': 7.5} for GDAS); "
+        "null for a method without any",
     )

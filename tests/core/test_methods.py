@@ -295,3 +295,29 @@ def test_a_methods_operation_weights_are_what_an_epoch_reports_and_derives_from(
         network.alphas_reduce.copy_(torch.tensor(final.alphas["reduce"]).log())
     # The reported rows r are softmax(-alpha); a plain network with alphas log(r) derives from r too.
     assert final.genotype == network.genotype()
+
+
+def test_every_epoch_records_its_method_and_the_values_of_its_schedules(tiny_dataset) -> None:
+    darts = run_search(tiny_dataset, _config(training={"epochs": 2}))
+    assert [(item.method, item.schedule) for item in darts.history] == [("darts", None), ("darts", None)]
+    gdas_config = _config({"name": "gdas", "tau_max": 4.0, "tau_min": 1.0}, training={"epochs": 3})
+    gdas = run_search(tiny_dataset, gdas_config)
+    assert [item.to_dict()["schedule"] for item in gdas.history] == [{"tau": 4.0}, {"tau": 2.5}, {"tau": 1.0}]
+    assert {item.to_dict()["method"] for item in gdas.history} == {"gdas"}
+    beta, sdarts = BetaDarts(1.0, 3.0), Sdarts(0.0, 0.3)
+    beta.start_epoch(2, 3)
+    sdarts.start_epoch(2, 3)
+    assert beta.schedule() == {"lambda": 2.0} and sdarts.schedule() == pytest.approx({"epsilon": 0.1})
+
+
+def test_the_watch_view_shows_the_methods_schedule() -> None:
+    from rich.console import Console
+
+    from darts_core.client.searches import _WatchView
+
+    view = _WatchView({"id": "s1", "name": "n", "status": "running", "epochs": 3, "epoch": 1})
+    record = {"epoch": 2, "train_loss": 1.0, "method": "gdas", "schedule": {"tau": 5.05}, "genotype": None}
+    view.epoch(record)
+    console = Console(width=100, record=True)
+    console.print(view)
+    assert "gdas: tau 5.05" in console.export_text()

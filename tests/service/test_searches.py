@@ -337,6 +337,8 @@ def test_epochs_are_listed_in_order_with_cursor_pages(client: TestClient, record
         "alpha_entropy",
         "hessian_eigenvalue",
         "cost",
+        "method",
+        "schedule",
         "created_at",
     }
     assert first["train_loss"] == 2.0 and first["genotype"] == epoch_genotype(1)

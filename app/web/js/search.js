@@ -91,6 +91,18 @@ function renderCollapse() {
   if (entropy.points.length) charts.push(lineChart({ title: "Mean alpha entropy (nats)", series: [entropy] }));
   const hessian = series("hessian_eigenvalue", "eigenvalue", COLOURS.hessian);
   if (hessian.points.length) charts.push(lineChart({ title: "Hessian dominant eigenvalue", series: [hessian] }));
+  // The method's schedules (GDAS's tau, SDARTS's epsilon, ...), one line per scheduled value.
+  const scheduled = [...new Set(records.flatMap((r) => Object.keys(r.schedule || {})))];
+  if (scheduled.length) {
+    const method = records.find((r) => r.method)?.method || "method";
+    charts.push(lineChart({
+      title: `${method} schedule: ${scheduled.join(", ")}`,
+      series: scheduled.map((key, i) => ({
+        name: key, colour: Object.values(COLOURS)[i % 7],
+        points: records.filter((r) => Number.isFinite((r.schedule || {})[key])).map((r) => [r.epoch, r.schedule[key]]),
+      })),
+    }));
+  }
   $("collapse-charts").replaceChildren(
     ...(charts.length ? charts : [element("p", { class: "muted", text: "No collapse metrics yet." })]),
   );

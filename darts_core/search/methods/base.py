@@ -29,6 +29,11 @@ class SearchMethod:
         """Set the schedules of epoch ``epoch`` (1-based) of ``epochs``; a function of both only, so a
         resumed search sees the same values."""
 
+    def schedule(self) -> dict[str, float] | None:
+        """The values this epoch's schedules set (after :meth:`start_epoch`), as the epoch record's
+        ``schedule``; ``None`` for a method without any (DARTS)."""
+        return None
+
     def mixing(self, alphas: Sequence[Tensor]) -> tuple[EdgeMixing, EdgeMixing] | None:
         """The ``(normal, reduce)`` operation weights of one train-mode forward from the architecture
         parameters (differentiable in them), or ``None`` for ``softmax(alphas)``."""

@@ -40,6 +40,9 @@ class BetaDarts(SearchMethod):
         fraction = (epoch - 1) / (epochs - 1) if epochs > 1 else 0.0
         self.weight = self.lambda_start + (self.lambda_end - self.lambda_start) * fraction
 
+    def schedule(self) -> dict[str, float]:
+        return {"lambda": self.weight}
+
     def arch_regularizer(self, alphas: Sequence[Tensor]) -> Tensor:
         # The two alpha tensors (normal, reduce); PC-DARTS edge weights, if any, are not regularized.
         return self.weight * (beta_regularizer(alphas[0]) + beta_regularizer(alphas[1]))

@@ -77,6 +77,9 @@ class Gdas(SearchMethod):
         fraction = (epoch - 1) / (epochs - 1) if epochs > 1 else 0.0
         self.tau = self.tau_max - (self.tau_max - self.tau_min) * fraction
 
+    def schedule(self) -> dict[str, float]:
+        return {"tau": self.tau}
+
     def mixing(self, alphas: Sequence[Tensor]) -> tuple[EdgeMixing, EdgeMixing]:
         return gumbel_straight_through(alphas[0], self.tau), gumbel_straight_through(alphas[1], self.tau)
 

@@ -56,6 +56,9 @@ class Sdarts(SearchMethod):
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.epsilon = self.epsilon_start + (self.epsilon_end - self.epsilon_start) * (epoch - 1) / epochs
 
+    def schedule(self) -> dict[str, float]:
+        return {"epsilon": self.epsilon}
+
     def weight_mixing(
         self, alphas: Sequence[Tensor], loss_of: Callable[[tuple[EdgeMixing, EdgeMixing]], Tensor]
     ) -> tuple[EdgeMixing, EdgeMixing]:

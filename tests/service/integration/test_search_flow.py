@@ -185,6 +185,10 @@ def test_every_search_method_runs_through_the_service(api: TestClient, running_w
     records = api.get(f"/searches/{search_id}/epochs").json()["items"]
     assert [record["epoch"] for record in records] == [1, 2]
     assert all(0.0 <= record["valid_acc"] <= 1.0 for record in records)
+    # Every epoch names its method and the values its schedules took (GDAS's tau falls 5 -> 0.1).
+    assert {record["method"] for record in records} == {method["name"]}
+    if method["name"] == "gdas":
+        assert [record["schedule"]["tau"] for record in records] == pytest.approx([5.0, 0.1])
 
 
 def test_a_search_that_cannot_run_fails_with_its_error(api: TestClient, running_worker) -> None:
