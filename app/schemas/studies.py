@@ -11,6 +11,7 @@ is validated here, before anything is created, so a bad one is a 422 naming its 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -163,12 +164,17 @@ class StudySpec(StrictModel):
         random_arm = [StudyArm(RANDOM_ARM, "random", None)] if self.random_baseline else []
         return [*self.method_arms(), *random_arm]
 
-    def random_genotypes(self) -> list[Genotype]:
-        """The random baseline's genotypes, drawn from the search space (the same for the same spec)."""
+    def random_genotypes(self, accept: Callable[[Genotype], bool] | None = None) -> list[Genotype]:
+        """The random baseline's genotypes, drawn from the search space (the same for the same spec), and
+        among the genotypes `accept` takes when given (the search's budget: `app.services.random_baseline`).
+
+        Raises:
+            ValueError: `accept` took none of a draw's genotypes.
+        """
         space = self.search.search_space
         base = min(self.seeds)
         return [
-            random_genotype(space.primitives, space.internal_nodes, seed=f"{base}:{index}")
+            random_genotype(space.primitives, space.internal_nodes, seed=f"{base}:{index}", accept=accept)
             for index in range(self.random_baseline)
         ]
 

@@ -50,7 +50,7 @@ _LOWERABLE: tuple[tuple[str, Callable[[SearchSpec], bool]], ...] = (
 )
 
 
-def _data_shape(session: Session, dataset: DatasetSpec, owner: str) -> dict[str, Any]:
+def data_shape(session: Session, dataset: DatasetSpec, owner: str) -> dict[str, Any]:
     """`in_channels`, `image_size`, `num_classes`, `num_samples` of a spec's dataset."""
     if isinstance(dataset, UploadedDatasetSpec):
         row = session.get(Dataset, dataset.id)
@@ -164,7 +164,7 @@ def estimate(session: Session, spec: SearchSpec, settings: Settings, *, owner: s
     except ValueError as exc:
         raise Unprocessable(f"the search engine refuses this spec: {exc}", error_type="invalid_spec") from exc
     allowed = memory_limit(settings, spec.resources.device)
-    result = estimate_search(config, **_data_shape(session, spec.dataset, owner))
+    result = estimate_search(config, **data_shape(session, spec.dataset, owner))
     limit = allowed.limit_bytes
     fits = result.peak_bytes <= limit
     return {
@@ -214,7 +214,7 @@ def require_training_fits(
 
     assert spec.dataset is not None  # create_training has filled it in
     config = TrainingJobConfig.from_spec(spec.model_dump(mode="json"))
-    shape = _data_shape(session, spec.dataset, owner)
+    shape = data_shape(session, spec.dataset, owner)
     result = estimate_training(
         config,
         (shape["in_channels"], *shape["image_size"]),
@@ -252,7 +252,7 @@ def require_budget_feasible(session: Session, spec: SearchSpec, *, owner: str) -
     from darts_core.spec.search_spec import SearchConfig
 
     config = SearchConfig.from_spec(spec.model_dump(mode="json"))
-    shape = _data_shape(session, spec.dataset, owner)
+    shape = data_shape(session, spec.dataset, owner)
     table = cost_table_for(config, (shape["in_channels"], *shape["image_size"]), shape["num_classes"])
     try:
         table.check_feasible(Budget.of(config.constraints))

@@ -25,6 +25,7 @@ from app.schemas.studies import RANDOM_ARM, StudySpec
 from app.services import admission, jobs
 from app.services.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from app.services.pagination import encode_cursor, older_than
+from app.services.random_baseline import random_baseline_genotypes
 from app.services.study_advance import Child, StudyDeps, advance_study, children
 from app.settings import Settings
 from app.storage import search_dir, training_dir
@@ -79,6 +80,7 @@ def create_study(session: Session, spec: StudySpec, *, deps: StudyDeps, owner: s
             admission.require_fits(session, arm.search, deps.settings, owner=owner)
         except Unprocessable as error:  # a method of its own memory (GDAS computes one op per edge...)
             raise _with_location(error, "methods", index) from None
+    random_baseline_genotypes(session, spec, owner)  # a budget it cannot draw within is refused now
     # The trainings are created stages later: a limit they would be refused for fails the study then.
     for field, training in (("selection", spec.selection), ("final", spec.final)):
         if training is None:

@@ -42,7 +42,9 @@ from app.schemas.trainings import TrainingSpec
 from app.services import jobs, trainings
 from app.services import searches as search_service
 from app.services.errors import ServiceError
+from app.services.random_baseline import random_baseline_genotypes
 from app.settings import Settings
+from darts_core.spec.genotype import Genotype
 
 logger = logging.getLogger(__name__)
 
@@ -198,6 +200,11 @@ def _too_many_failed(
     return True
 
 
+def _refusal(refused: ServiceError) -> str:
+    """The message of a service refusal (a 422's first error)."""
+    return refused.detail if isinstance(refused.detail, str) else refused.detail[0]["msg"]
+
+
 def _create_training(
     session: Session, study: Study, body: StudyTrainingSpec, source: dict[str, Any], stage: Stage,
     line: tuple[str, int], deps: StudyDeps,
@@ -213,9 +220,8 @@ def _create_training(
     try:
         training = trainings.new_training(session, spec, settings=deps.settings, owner=study.owner)
     except ServiceError as refused:
-        detail = refused.detail if isinstance(refused.detail, str) else refused.detail[0]["msg"]
         _fail(session, study, children(session, study.id), deps,
-              f"the {what} training of {_line_name(arm, seed)} could not be created: {detail}")
+              f"the {what} training of {_line_name(arm, seed)} could not be created: {_refusal(refused)}")
         return False
     except OperationalError:
         raise  # the database is unreachable: the sweep tries again
@@ -259,14 +265,15 @@ def _selection_lines(spec: StudySpec, searches: dict[tuple[str, int], Child]) ->
 
 def _genotype_source(
     spec: StudySpec, body: StudyTrainingSpec, searches: dict[tuple[str, int], Child], line: tuple[str, int],
-    genotype: dict[str, Any] | None = None,
+    genotype: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Where the training of `line` takes its genotype: its search, or (random arm) the drawn genotype
-    (`genotype`, or drawn again from the spec) on the selection's dataset or the search's."""
-    arm, seed = line
+    """Where the training of `line` takes its genotype: its search, or (random arm) `genotype` (drawn,
+    or the chosen one) on the training's dataset or the search's."""
+    arm, _ = line
     if arm != RANDOM_ARM:
         return {"search_id": searches[line].row.id}
-    drawn = genotype if genotype is not None else spec.random_genotypes()[seed].to_json()
+    assert genotype is not None, "a random line's training needs its drawn genotype"
+    drawn = genotype
     dataset = body.dataset if body.dataset is not None else spec.search.dataset
     return {"genotype": drawn, "dataset": dataset.model_dump(mode="json")}
 
@@ -277,10 +284,19 @@ def _selecting(session: Session, study: Study, spec: StudySpec, deps: StudyDeps)
     found = children(session, study.id)
     searches, existing = _in_stage(found, Stage.searching), _in_stage(found, Stage.selecting)
     lines = _selection_lines(spec, searches)
+    drawn: list[Genotype] | None = None  # the random baseline's, drawn when a line of it is created
     for key, seeds in lines.items():
         for seed in seeds:
             if (key, seed) not in existing:
-                source = _genotype_source(spec, spec.selection, searches, (key, seed))
+                if key == RANDOM_ARM and drawn is None:
+                    try:
+                        drawn = random_baseline_genotypes(session, spec, study.owner)
+                    except ServiceError as refused:  # e.g. the search's uploaded dataset is gone
+                        reason = f"the random baseline could not be drawn: {_refusal(refused)}"
+                        _fail(session, study, found, deps, reason)
+                        return False
+                genotype = drawn[seed].to_json() if key == RANDOM_ARM and drawn is not None else None
+                source = _genotype_source(spec, spec.selection, searches, (key, seed), genotype)
                 if not _create_training(session, study, spec.selection, source, Stage.selecting, (key, seed),
                                         deps):
                     return False

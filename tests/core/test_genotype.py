@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import pickle
 
 import pytest
@@ -529,3 +530,33 @@ def test_random_genotypes_are_valid_pure_and_cover_the_space_uniformly() -> None
         random_genotype(["none"], 2, seed=0)
     with pytest.raises(ValueError, match="internal_nodes"):
         random_genotype(primitives, 0, seed=0)
+
+
+def test_a_constrained_random_draw_is_uniform_over_what_it_accepts_and_gives_up_loudly() -> None:
+    from collections import Counter
+
+    from darts_core.spec.random_genotype import random_genotype
+
+    primitives = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
+
+    def convolutions(genotype: Genotype) -> int:
+        return sum(op == "sep_conv_3x3" for op, _ in (*genotype.normal, *genotype.reduce))
+
+    def at_most_two(genotype: Genotype) -> bool:
+        return convolutions(genotype) <= 2
+
+    # The first draw is the unconstrained one: a draw it accepts is unchanged.
+    free = random_genotype(primitives, 2, seed=3)
+    assert random_genotype(primitives, 2, seed=3, accept=lambda genotype: True) == free
+    draws = [random_genotype(primitives, 2, seed=index, accept=at_most_two) for index in range(800)]
+    assert all(at_most_two(genotype) for genotype in draws)
+    # Uniform over the accepted genotypes: by symmetry each of the 8 edges holds the convolution alike,
+    # and the count of convolutions follows the accepted part of Binomial(8, 1/3) (0, 1, 2 of them).
+    weights = [math.comb(8, k) * 2 ** (8 - k) for k in range(3)]
+    counts = Counter(convolutions(genotype) for genotype in draws)
+    for k in range(3):
+        assert abs(counts[k] / 800 - weights[k] / sum(weights)) < 0.06, (k, counts)
+    with pytest.raises(ValueError, match="no genotype of 50 drawn at random was accepted"):
+        random_genotype(primitives, 2, seed=0, accept=lambda genotype: False, max_draws=50)
+    with pytest.raises(ValueError, match="max_draws"):
+        random_genotype(primitives, 2, seed=0, max_draws=0)

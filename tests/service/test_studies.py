@@ -219,6 +219,19 @@ def test_methods_and_the_random_baseline_are_validated_naming_the_field(client: 
     assert refused.status_code == 422
     assert refused.json()["detail"][0]["loc"][:3] == ["body", "methods", 1], refused.json()
     assert "training.order" in refused.json()["detail"][0]["msg"]
+    # A budget only the cheapest genotypes meet: the searches can keep it, a uniform draw cannot.
+    from darts_core.search.budget import cost_table_for
+    from darts_core.spec.search_spec import SearchConfig
+
+    network = {"cells": 3, "init_channels": 8}
+    table = cost_table_for(SearchConfig.from_spec({"constraints": {"max_parameters": 1, "network": network}}),
+                           (1, 8, 8), 10)
+    cheapest = int(table.cost(table.cheapest())[0])
+    tight = {"dataset": {"name": "digits"}, "constraints": {"max_parameters": cheapest, "network": network}}
+    refused = client.post("/studies", json={**base, "search": tight, "random_baseline": 2})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["detail"][0]["loc"] == ["body", "random_baseline"]
+    assert "within the search's constraints" in refused.json()["detail"][0]["msg"]
     assert client.get("/studies").json()["items"] == []  # nothing was created
 
 

@@ -22,6 +22,7 @@ from app.queue import create_celery_app
 from app.schemas.studies import StudySpec
 from app.services.study_advance import StudyDeps, advance_study, advance_unfinished
 from app.settings import Settings
+from darts_core.spec.genotype import Genotype
 
 SEARCH = {"dataset": {"name": "digits"}, "training": {"epochs": 2}}
 
@@ -392,3 +393,30 @@ def test_a_failed_random_genotype_fails_the_study_naming_it(
     after = reload(db_session, study)
     assert after.status == "failed"
     assert f"the selection training of random genotype 0 ({randoms[0].id}) failed: diverged" in after.error
+
+
+def test_with_a_budget_the_random_baseline_draws_within_it_as_the_searches_count(
+    db_session: Session, deps: StudyDeps, record_epochs
+) -> None:
+    from darts_core.search.budget import Budget, cost_table_for
+    from darts_core.spec.search_spec import SearchConfig
+
+    network = {"cells": 3, "init_channels": 8}
+    free = StudySpec.model_validate({"search": SEARCH, "seeds": [0], "random_baseline": 6}).random_genotypes()
+    config = SearchConfig.from_spec({**SEARCH, "constraints": {"max_parameters": 1, "network": network}})
+    table = cost_table_for(config, (1, 8, 8), 10)  # digits: 1 x 8 x 8, 10 classes
+    costs = sorted(table.cost(genotype)[0] for genotype in free)
+    budget = int(costs[2])  # about half of the unconstrained draws are over it
+    constrained = {**SEARCH, "constraints": {"max_parameters": budget, "network": network}}
+    study = make_study(db_session, [0], random_baseline=6, search=constrained)
+    searched(db_session, study, deps, record_epochs, {})
+    randoms = sorted(
+        (t for t in trainings_of(db_session, study, "selecting") if t.study_arm == "random"),
+        key=lambda t: t.study_seed,
+    )
+    drawn = [Genotype.from_json(t.genotype) for t in randoms]
+    assert len(drawn) == 6 and all(Budget(parameters=budget).fits(table.cost(g)) for g in drawn)
+    # The draws under the budget are kept as they were; those over it are drawn again.
+    for before, after in zip(free, drawn, strict=True):
+        assert (before == after) == (table.cost(before)[0] <= budget)
+    assert any(before != after for before, after in zip(free, drawn, strict=True))

@@ -283,7 +283,8 @@ def test_upload_then_search_from_the_form_to_succeeded_with_charts_heatmaps_and_
         expect(row.locator("td[data-key='hessian_eigenvalue']")).to_have_text("—")  # hessian_every unset
     # counts, entropy and beta-DARTS's lambda schedule; no eigenvalue (hessian_every unset)
     expect(page.locator("#collapse-charts svg.chart")).to_have_count(3)
-    expect(page.locator("#collapse-charts svg.chart[aria-label='beta_darts schedule: lambda']")).to_have_count(1)
+    schedule_chart = page.locator("#collapse-charts svg.chart[aria-label='beta_darts schedule: lambda']")
+    expect(schedule_chart).to_have_count(1)
     assert page.locator("#search-stopped").is_hidden()
 
     # The DARTS string is on view as text and copies to the clipboard.
