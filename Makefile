@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements.lock
 PIP_FLAGS := --quiet --disable-pip-version-check --constraint $(LOCK)
 
-.PHONY: install lock test lint demo demo-local pcdarts-digits bench clean
+.PHONY: install lock test lint demo demo-local pcdarts-digits methods-digits comparison-study bench clean
 
 # pip and setuptools from the lock too: the project is built with them (no build isolation), so the
 # build itself does not depend on the day it runs.
@@ -65,6 +65,16 @@ demo-local: install
 pcdarts-digits: install
 	$(BIN)/python -m darts_core.cli.demo --partial-channels 4 --edge-normalization --epochs 10 \
 		--train-epochs 20 --min-valid-acc 0.90 --min-test-acc 0.95
+
+# Every search method on digits (slow, outside `make test`): each searches 10 epochs, its genotype is
+# retrained 20; fails when one is below 0.90 supernet valid accuracy or 0.95 retrained test accuracy.
+methods-digits: install
+	$(BIN)/python benchmarks/methods_digits.py --epochs 10 --train-epochs 20 --min-valid-acc 0.90 --min-test-acc 0.95
+
+# One study through the whole service (about an hour): every method, seeds 0 and 1, 4 random genotypes;
+# prints its comparison table.
+comparison-study: install
+	$(BIN)/python benchmarks/comparison_study.py --seeds 0 1 --random-baseline 4
 
 bench: install
 	$(BIN)/python benchmarks/search_step.py --quick
