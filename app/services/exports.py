@@ -10,10 +10,12 @@ that race on the same file both serve a whole one.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import threading
-from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -32,8 +34,28 @@ MAX_CONCURRENT_EXPORTS = 2
 _EXIT_BAD_INPUT = 2
 
 _slots = threading.BoundedSemaphore(MAX_CONCURRENT_EXPORTS)
-_file_locks: defaultdict[Path, threading.Lock] = defaultdict(threading.Lock)
+# One lock per file being exported, with the number of requests holding or waiting for it: the entry
+# goes with its last request, so the table holds only the exports in progress.
+_file_locks: dict[Path, tuple[threading.Lock, int]] = {}
 _file_locks_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Requests for the same file one at a time (the first builds it, the others then find it)."""
+    with _file_locks_guard:
+        lock, users = _file_locks.get(path, (threading.Lock(), 0))
+        _file_locks[path] = (lock, users + 1)
+    try:
+        with lock:
+            yield
+    finally:
+        with _file_locks_guard:
+            lock, users = _file_locks[path]
+            if users == 1:
+                del _file_locks[path]
+            else:
+                _file_locks[path] = (lock, users - 1)
 
 
 class ExportFailed(ServiceError):
@@ -52,13 +74,32 @@ def export_file(session: Session, training_id: str, format: ExportFormat, *, set
     """
     weights = weights_file(session, training_id, settings=settings)
     path = weights.with_name(format.file_name)
-    with _file_locks_guard:
-        lock = _file_locks[path]
-    with lock:
+    with _file_lock(path):
         if not path.is_file():
+            _remove_dead_temporaries(path)
             with _slots:
                 _build(weights, path, format, timeout=settings.export_timeout_seconds)
     return path
+
+
+def _remove_dead_temporaries(path: Path) -> None:
+    """Remove what an export killed mid-write left of `path` (`.NAME.PID.HEX.tmp`, written by
+    `darts_core.train.weights.write_bytes_atomically`), unless its process still runs (another API
+    process may be building the same file)."""
+    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = temporary.name.removeprefix(f".{path.name}.").split(".")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            temporary.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # a process of another user
+    return True
 
 
 def _build(weights: Path, path: Path, format: ExportFormat, *, timeout: float) -> None:

@@ -98,7 +98,8 @@ def save_trained(
 
 def write_bytes_atomically(path: Path, data: bytes) -> None:
     """``data`` into ``path`` whole or not at all: a temporary file beside it, synced, then renamed
-    (a crash mid-way leaves the previous file, if any, and no temporary behind)."""
+    (an error mid-way leaves the previous file, if any, and no temporary behind; a process killed
+    mid-way leaves the previous file and its temporary, ``.NAME.PID.HEX.tmp``, named by its pid)."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temporary, "wb") as handle:

@@ -3,12 +3,20 @@ events, cancel, delete, weights, owners and the shared quota; over a real migrat
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session
 
 from app.events.schema import StatusEvent, TrainingEpochEvent, TrainingOutcome
 from app.lifecycle.projection import apply_event
+from app.services import exports
 from app.settings import Settings
 from app.storage import training_weights_path
 
@@ -220,6 +228,21 @@ def test_exports_are_built_once_beside_the_weights_and_go_with_the_training(
     assert script_reply.content == weights.with_name("model.pt").read_bytes()
     kept_files = sorted(item.name for item in weights.parent.iterdir())
     assert kept_files == ["model.onnx", "model.pt", "model.safetensors"]
+    assert exports._file_locks == {}  # a file's lock goes with its last request
+
+    # An export killed mid-write leaves its temporary (named by its pid) and no file: the next request
+    # removes it and builds the file; a temporary of a process that still runs is left alone.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    left = kept.with_name(f".model.onnx.{dead}.0badc0de.tmp")
+    alive = kept.with_name(f".model.onnx.{os.getpid()}.600dc0de.tmp")
+    kept.unlink()
+    left.write_bytes(b"half an onnx file")
+    alive.write_bytes(b"being written")
+    rebuilt = client.get(f"{url}/model.onnx")
+    assert rebuilt.status_code == 200 and rebuilt.content == onnx_reply.content
+    assert not left.exists() and alive.exists()
+    alive.unlink()
 
     # Weights that cannot be exported (no input shape recorded, or not ours): 409 with the reason, no file.
     save_trained(network, weights)
@@ -309,3 +332,35 @@ def test_a_training_too_large_for_a_worker_is_refused_by_admission(app_client, m
     assert error["type"] == "does_not_fit" and "WORKER_MEMORY_BYTES" in error["msg"]
     assert error["ctx"]["peak_memory_bytes"] > error["ctx"]["limit_bytes"] == 64 * 1024**2
     assert api.post("/trainings", json=GENOTYPE_BODY, headers=headers).status_code == 201
+
+
+def test_requests_for_one_export_wait_for_each_other_and_leave_no_lock_behind(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    inside, release, order = threading.Event(), threading.Event(), []
+
+    def first() -> None:
+        with exports._file_lock(path):
+            order.append("first in")
+            inside.set()
+            release.wait(10)
+            order.append("first out")
+
+    def second() -> None:
+        with exports._file_lock(path):
+            order.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert inside.wait(10)
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while exports._file_locks[path][1] != 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert exports._file_locks[path][1] == 2  # one holds it, one waits
+    with exports._file_lock(tmp_path / "other.onnx"):  # another file is not held up
+        assert set(exports._file_locks) == {path, tmp_path / "other.onnx"}
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["first in", "first out", "second in"]
+    assert exports._file_locks == {}
