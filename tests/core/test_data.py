@@ -458,3 +458,25 @@ def test_image_dataset_checks_its_tensors() -> None:
         ImageDataset("t", x, y[:3], x, y, 2)
     with pytest.raises(DatasetError, match=r"x_test images \(1, 3, 3\) differ"):
         ImageDataset("t", x, y, torch.zeros(4, 1, 3, 3), y, 2)
+
+
+def test_pixel_statistics_are_exact_and_take_memory_of_a_chunk_not_of_the_dataset() -> None:
+    import tracemalloc
+
+    from darts_core.data.registry import _pixel_statistics
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(1500, 3, 16, 16), dtype=np.uint8)  # 1,152,000 bytes
+    scaled = x.astype(np.float64) / 255.0
+    expected_mean, expected_std = scaled.mean(axis=(0, 2, 3)), scaled.std(axis=(0, 2, 3))
+    tracemalloc.start()
+    try:
+        mean, std = _pixel_statistics(x, chunk_bytes=64 * 1024)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert np.allclose(mean, expected_mean, rtol=0, atol=1e-12)
+    assert np.allclose(std, expected_std, rtol=0, atol=1e-12)
+    assert peak < 4 * 64 * 1024, peak  # a float64 copy of the images alone would be 9,216,000 bytes
+    flat = np.full((10, 1, 4, 4), 7, dtype=np.uint8)
+    assert _pixel_statistics(flat) == ((7 / 255,), (1.0,))  # no spread: std 1, nothing divides by 0

@@ -60,16 +60,7 @@ def test_create_returns_the_resource_with_defaults_and_queues_a_task(
     spec = search["spec"]
     assert spec["dataset"] == {"name": "digits", "test_fraction": 0.2, "seed": 0}
     assert spec["search_space"] == {
-        "primitives": [
-            "none",
-            "max_pool_3x3",
-            "avg_pool_3x3",
-            "skip_connect",
-            "sep_conv_3x3",
-            "sep_conv_5x5",
-            "dil_conv_3x3",
-            "dil_conv_5x5",
-        ],
+        "primitives": list(DARTS_OP_NAMES),  # the DARTS eight, in the reference's order
         "internal_nodes": 4,
         "partial_channels": 1,
         "edge_normalization": False,
