@@ -141,9 +141,12 @@ async function renderArchitecture(epoch) {
       const rows = record.alphas[cell];
       if (!Array.isArray(rows) || !rows.length) continue;
       const labels = edgeLabels(space.internal_nodes || 0);
+      // Records that name their method hold its operation weights as they are (FairDARTS' sigmoids
+      // need not sum to 1); older ones are softmaxed here if they are not already.
+      const method = record.method;
       heatmaps.push(heatmap({
-        title: `${title}, epoch ${epoch} (softmax over operations)`,
-        rows: softmaxRows(rows),
+        title: `${title}, epoch ${epoch} (${!method || method === "darts" ? "softmax over operations" : `${method} operation weights`})`,
+        rows: method ? rows : softmaxRows(rows),
         rowLabels: rows.map((_, i) => labels[i] || `edge ${i}`),
         columnLabels: rows[0].map((_, j) => primitives[j] || `op ${j}`),
       }));
