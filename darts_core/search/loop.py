@@ -189,11 +189,20 @@ def _evaluate(
     autocast_dtype: torch.dtype | None,
     should_stop: Callable[[], bool] | None,
     mixing: Any = None,
+    batch_statistics: bool = False,
 ) -> tuple[float, float] | None:
     """Mean cross-entropy and accuracy of the network in eval mode over a whole split (None: stopped).
 
-    ``mixing``: the search method's eval-mode operation weights (``None``: the softmaxed alphas)."""
+    ``mixing``: the search method's eval-mode operation weights (``None``: the softmaxed alphas).
+    ``batch_statistics``: BatchNorm normalises each batch by its own statistics (the running ones are
+    left as they were), for a method whose running statistics mix many sampled architectures.
+    """
     network.eval()
+    norms = [module for module in network.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    saved = [buffer.clone() for norm in norms for buffer in norm.buffers()] if batch_statistics else []
+    if batch_statistics:
+        for norm in norms:
+            norm.train()
     total_loss = torch.zeros((), device=images.device)
     total_correct = torch.zeros((), device=images.device)
     try:
@@ -213,6 +222,9 @@ def _evaluate(
             total_correct += (logits.argmax(dim=1) == y).sum()
     finally:
         network.train()
+        if batch_statistics:
+            with torch.no_grad():
+                torch._foreach_copy_([b for norm in norms for b in norm.buffers()], saved)
     loss, correct = torch.stack([total_loss, total_correct]).tolist()
     return loss / images.shape[0], correct / images.shape[0]
 
@@ -390,6 +402,7 @@ def run_search(
             autocast_dtype,
             should_stop,
             method.eval_mixing(network.arch_parameters()),
+            batch_statistics=method.eval_batch_statistics,
         )
         if evaluated is None:
             return SearchResult(len(history), True, _last_genotype(history, network, derive), history)

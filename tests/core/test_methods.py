@@ -321,3 +321,29 @@ def test_the_watch_view_shows_the_methods_schedule() -> None:
     console = Console(width=100, record=True)
     console.print(view)
     assert "gdas: tau 5.05" in console.export_text()
+
+
+def test_gdas_validates_with_batch_statistics_and_leaves_the_running_ones_alone(tiny_dataset) -> None:
+    from darts_core.search.loop import _evaluate
+
+    config = _config({"name": "gdas"})
+    torch.manual_seed(0)
+    network = SearchNetwork.from_config(config, tiny_dataset.in_channels, tiny_dataset.num_classes)
+    network.train()
+    with torch.no_grad():  # running statistics that fit no batch (as a mix of sampled architectures)
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d) and module.running_mean is not None:
+                module.running_mean.fill_(3.0)
+    before = {name: buffer.clone() for name, buffer in network.named_buffers()}
+    images, labels = tiny_dataset.x_train[:16], tiny_dataset.y_train[:16]
+    mixing = Gdas().eval_mixing(network.arch_parameters())
+    batch = _evaluate(network, images, labels, 16, None, None, mixing, batch_statistics=True)
+    running = _evaluate(network, images, labels, 16, None, None, mixing)
+    for name, buffer in network.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+    with torch.no_grad():  # what batch statistics mean: BatchNorm as in train mode, on the same batch
+        logits = network(images, mixing=mixing)
+    assert batch is not None and running is not None
+    assert batch[0] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert batch[0] != pytest.approx(running[0], rel=1e-3)
+    assert Gdas.eval_batch_statistics and not BetaDarts.eval_batch_statistics

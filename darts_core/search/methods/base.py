@@ -24,6 +24,10 @@ class SearchMethod:
     name = "darts"
     #: Whether the unrolled second-order architecture step applies (softmax mixing, no sampling).
     second_order = True
+    #: Whether the end-of-epoch validation normalises by each batch's own BatchNorm statistics: the
+    #: running statistics of a method that samples an architecture per step (GDAS) mix all of them and
+    #: fit none, as the GDAS authors' search networks keep no running statistics.
+    eval_batch_statistics = False
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Set the schedules of epoch ``epoch`` (1-based) of ``epochs``; a function of both only, so a

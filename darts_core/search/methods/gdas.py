@@ -5,7 +5,8 @@ share it): ``probs = softmax((log_softmax(alpha) + g) / tau)``, ``g = -log(E)`` 
 edge's weights are the one-hot of ``argmax(probs)`` in value and ``probs`` in gradient (straight through),
 and only the sampled operation runs. The temperature falls linearly from ``tau_max`` in the first epoch
 to ``tau_min`` in the last, as the authors' code sets it per epoch. Validation in eval mode uses the
-argmax of the alphas (no noise).
+argmax of the alphas (no noise), normalised by each batch's BatchNorm statistics (the running ones mix
+every sampled architecture).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class Gdas(SearchMethod):
 
     name = "gdas"
     second_order = False
+    eval_batch_statistics = True
 
     def __init__(self, tau_max: float = 10.0, tau_min: float = 0.1) -> None:
         if not 0 < tau_min <= tau_max:
