@@ -209,3 +209,12 @@ def test_it_composes_with_pc_darts_and_the_estimate_counts_it_as_darts(tiny_data
     assert estimate_search(config, **shape) == estimate_search(
         config.replace(method={"name": "darts"}), **shape
     )
+
+
+def test_the_collapse_metrics_and_the_darts_plus_rule_work(tiny_dataset) -> None:
+    config = _config(training={"epochs": 2, "early_stop": "darts_plus"})
+    result = run_search(tiny_dataset, config)
+    assert 1 <= result.epochs_completed <= 2
+    for epoch in result.history:
+        assert epoch.alpha_entropy is not None and epoch.alpha_entropy > 0
+        assert epoch.skip_connections == sum(name == "skip_connect" for name, _ in epoch.genotype.normal)

@@ -184,3 +184,12 @@ def test_the_admission_estimate_counts_it_as_darts_and_bounds_a_measured_step() 
     measured = measure_step(drnas, **shape)
     assert measured["state_bytes"] <= estimate.state_bytes
     assert measured["saved_bytes"] <= estimate.saved_bytes
+
+
+def test_the_collapse_metrics_and_the_darts_plus_rule_read_the_dirichlet_mean(tiny_dataset) -> None:
+    config = _config(training={"epochs": 2, "early_stop": "darts_plus"})
+    result = run_search(tiny_dataset, config)
+    assert 1 <= result.epochs_completed <= 2
+    for epoch in result.history:
+        assert epoch.alpha_entropy is not None and epoch.alpha_entropy > 0
+        assert epoch.skip_connections == sum(name == "skip_connect" for name, _ in epoch.genotype.normal)
