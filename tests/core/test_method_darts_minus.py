@@ -16,6 +16,7 @@ from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.nn.ops import DARTS_PRIMITIVES_2D, ReduceChannels2d
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.search.bilevel import DartsSearch
+from darts_core.search.budget import cost_table_for
 from darts_core.search.loop import CHECKPOINT_NAME, run_search
 from darts_core.search.methods import DartsMinus, method_for, with_auxiliary_skip
 from darts_core.spec.search_spec import SearchConfig
@@ -218,3 +219,13 @@ def test_the_collapse_metrics_and_the_darts_plus_rule_work(tiny_dataset) -> None
     for epoch in result.history:
         assert epoch.alpha_entropy is not None and epoch.alpha_entropy > 0
         assert epoch.skip_connections == sum(name == "skip_connect" for name, _ in epoch.genotype.normal)
+
+
+def test_a_search_with_constraints_returns_a_genotype_within_budget(tiny_dataset) -> None:
+    # Softmax alphas: the budget's expected cost and repair apply as they are.
+    spec = {**copy.deepcopy(TINY_SPEC), "method": {"name": "darts_minus"}}
+    table = cost_table_for(SearchConfig.from_spec(spec), (1, 6, 6), 3)
+    spec["constraints"] = {"max_parameters": int(table.cost(table.cheapest())[0]) + 1}
+    result = run_search(tiny_dataset, SearchConfig.from_spec(spec))
+    assert table.cost(result.genotype)[0] <= spec["constraints"]["max_parameters"]
+    assert all(epoch.cost is not None for epoch in result.history)
