@@ -149,8 +149,8 @@ SOFTMAX_METHODS: tuple[str, ...] = ("darts", "beta_darts")
 #: The methods whose weight step alone changes: they compose with PC-DARTS and the Hessian measurement
 #: (of the unperturbed loss), not with second order (SDARTS is first order).
 PERTURBING_METHODS: tuple[str, ...] = ("sdarts_rs", "sdarts_adv")
-#: The methods that mix by a Dirichlet sample (DrNAS): PC-DARTS partial channels and edge
-#: normalization compose, second order, the Hessian measurement and budgets (softmax costs) do not.
+#: The methods that mix by a Dirichlet sample (DrNAS): PC-DARTS partial channels, edge normalization and
+#: budgets (on the Dirichlet mean) compose, second order and the Hessian measurement do not.
 DIRICHLET_METHODS: tuple[str, ...] = ("drnas",)
 #: The methods that add an auxiliary skip connection to every edge (DARTS-): softmax alphas, so second
 #: order, PC-DARTS and budgets compose; the edge's ``skip_connect`` must be a primitive; the Hessian

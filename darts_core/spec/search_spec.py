@@ -331,15 +331,11 @@ class SearchConfig(_Section):
             clashes.append(f"training.order ({self.training.order!r})")
         if self.training.hessian_every is not None:
             clashes.append(f"training.hessian_every ({self.training.hessian_every})")
-        if self.constraints.max_parameters is not None:
-            clashes.append(f"constraints.max_parameters ({self.constraints.max_parameters})")
-        if self.constraints.max_multiply_adds is not None:
-            clashes.append(f"constraints.max_multiply_adds ({self.constraints.max_multiply_adds})")
         if clashes:
             raise ValueError(
                 f"method.name {self.method.name!r} does not compose with {', '.join(clashes)}: it mixes "
-                f"by Dirichlet samples (first order), while the unrolled step, the Hessian measurement "
-                f"and the budget's expected cost assume softmax weights"
+                f"by Dirichlet samples (first order), while the unrolled step and the Hessian measurement "
+                f"assume softmax weights"
             )
         return self
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from benchmarks import reference_methods
 from darts_core.estimate import estimate_search, measure_step
 from darts_core.search.bilevel import DartsSearch
+from darts_core.search.budget import cost_table_for
 from darts_core.search.loop import CHECKPOINT_NAME, run_search
 from darts_core.search.methods import Drnas, dirichlet_mean, dirichlet_sample, method_for
 from darts_core.spec.search_spec import SearchConfig
@@ -49,11 +50,6 @@ def test_the_section_fills_the_authors_defaults_and_composes_with_pc_darts() -> 
             r"method.name 'drnas' does not compose with training.order \('second'\)",
         ),
         ({"name": "drnas"}, {"training": {"hessian_every": 2}}, r"training.hessian_every \(2\)"),
-        (
-            {"name": "drnas"},
-            {"constraints": {"max_parameters": 1000, "max_multiply_adds": 10**6}},
-            r"constraints.max_parameters \(1000\), constraints.max_multiply_adds \(1000000\)",
-        ),
     ],
 )
 def test_bad_sections_and_combinations_are_refused_naming_the_fields(method, sections, message) -> None:
@@ -193,3 +189,38 @@ def test_the_collapse_metrics_and_the_darts_plus_rule_read_the_dirichlet_mean(ti
     for epoch in result.history:
         assert epoch.alpha_entropy is not None and epoch.alpha_entropy > 0
         assert epoch.skip_connections == sum(name == "skip_connect" for name, _ in epoch.genotype.normal)
+
+
+def test_a_budget_weighs_the_operations_by_the_dirichlet_mean_and_the_genotype_fits(tiny_dataset) -> None:
+    spec = {**copy.deepcopy(TINY_SPEC), "method": {"name": "drnas"}}
+    table = cost_table_for(SearchConfig.from_spec(spec), (1, 6, 6), 3)
+    spec["constraints"] = {"max_parameters": int(table.cost(table.cheapest())[0]) + 1}
+    config = SearchConfig.from_spec(spec)
+    result = run_search(tiny_dataset, config)
+    assert table.cost(result.genotype)[0] <= spec["constraints"]["max_parameters"]
+    # The reported expected cost is that of the reported (Dirichlet-mean) weights, written out here.
+    final = result.history[-1]
+    keep = torch.tensor([name != "none" for name in config.search_space.primitives], dtype=torch.float64)
+    expected = torch.tensor(table.base, dtype=torch.float64)
+    share = torch.cat([torch.full((node + 2,), 2.0 / (node + 2), dtype=torch.float64) for node in range(2)])
+    for kind in ("normal", "reduce"):
+        weights = torch.tensor(final.alphas[kind], dtype=torch.float64) * keep
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        expected = expected + (
+            share[:, None] * torch.einsum("ep,epc->ec", weights, table.ops[kind].double())
+        ).sum(0)
+    assert final.cost is not None
+    assert final.cost["expected_parameters"] == pytest.approx(float(expected[0]), rel=1e-5)
+    assert final.cost["expected_multiply_adds"] == pytest.approx(float(expected[1]), rel=1e-5)
+
+
+def test_the_expected_cost_takes_the_methods_weights() -> None:
+    config = _config()
+    table = cost_table_for(config, (1, 6, 6), 3)
+    generator = torch.Generator().manual_seed(9)
+    normal, reduce = (2.0 * torch.randn(5, 4, generator=generator, dtype=torch.float64) for _ in range(2))
+    ours = table.expected(normal, reduce, dirichlet_mean)
+    # The same expectation with the Dirichlet mean's rows given as log-weights to the softmax default.
+    log_mean = table.expected(dirichlet_mean(normal).log(), dirichlet_mean(reduce).log())
+    torch.testing.assert_close(ours, log_mean)
+    assert not torch.allclose(ours, table.expected(normal, reduce), rtol=1e-3)  # softmax differs
