@@ -9,6 +9,13 @@ the way the authors' code computes them, for ``tests/core/test_methods.py``. Ind
   bisection on the threshold ``theta`` of ``max(v - theta, 0)`` (in float64).
 - beta-DARTS (Ye et al., CVPR 2022): the gradient of ``lambda * mean_e logsumexp(alpha_e)`` in closed
   form, ``lambda * softmax(alpha) / edges``.
+- DrNAS (Chen et al., ICLR 2021; xiangning-chen/DrNAS): a Dirichlet sample as normalized Gamma draws
+  ``G_k ~ Gamma(c_k, 1)``, ``w = G / sum(G)``, ``c = elu(alpha) + 1`` written piecewise (its pathwise
+  gradient is the Gamma's); the second moments of a Dirichlet in closed form (for a Monte-Carlo check of
+  the pathwise gradient); the L2 anchor (the authors' Adam weight decay) and the KL divergence to
+  ``Dirichlet(1)`` in closed form (log-gamma and digamma, float64).
+- DARTS- (Chu et al., ICLR 2021; Meituan-AutoML/DARTS-): every edge of the DARTS reference network
+  outputs ``sum_k w_k op_k(x) + beta * skip(x)``, the skip run as an operation of its own.
 """
 
 from __future__ import annotations
@@ -16,10 +23,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.reference import ReferenceNetwork, SearchCell
+from benchmarks.reference import PRIMITIVES, ReferenceNetwork, SearchCell
 
 __all__ = [
     "beta_regularizer_gradient",
+    "darts_minus_forward",
+    "dirichlet_kl_to_uniform_closed_form",
+    "dirichlet_sample_by_gammas",
+    "dirichlet_second_moments",
+    "drnas_l2_anchor",
     "gdas_hard_weights",
     "gdas_forward",
     "simplex_projection_by_bisection",
@@ -84,3 +96,77 @@ def gdas_forward(
             s0, s1 = s1, _gdas_cell(cell, s0, s1, hard_normal, index_normal)
     pooled = model.global_pooling(s1)
     return model.classifier(pooled.view(pooled.size(0), -1)), (hard_normal, hard_reduce)
+
+
+# --------------------------------------------------------------------------------------------- DrNAS
+
+
+def _concentration(alphas: torch.Tensor) -> torch.Tensor:
+    """``elu(alpha) + 1`` piecewise: ``alpha + 1`` for ``alpha > 0``, ``exp(alpha)`` otherwise."""
+    return torch.where(alphas > 0, alphas + 1.0, torch.exp(alphas.clamp_max(0.0)))
+
+
+def dirichlet_sample_by_gammas(alphas: torch.Tensor) -> torch.Tensor:
+    """One sample of ``Dirichlet(elu(alpha) + 1)`` per row, as normalized ``Gamma(c, 1)`` draws from the
+    global generator (reparameterized: the gradient flows through the Gamma's pathwise derivative)."""
+    concentration = _concentration(alphas)
+    gammas = torch.distributions.Gamma(concentration, torch.ones_like(concentration)).rsample()
+    return gammas / gammas.sum(dim=-1, keepdim=True)
+
+
+def dirichlet_second_moments(alphas: torch.Tensor) -> torch.Tensor:
+    """``E[w_k ** 2]`` under ``Dirichlet(c)``, ``c = elu(alpha) + 1``: ``c_k (c_k + 1) / (c0 (c0 + 1))``."""
+    concentration = _concentration(alphas)
+    total = concentration.sum(dim=-1, keepdim=True)
+    return concentration * (concentration + 1.0) / (total * (total + 1.0))
+
+
+def drnas_l2_anchor(alphas: list[torch.Tensor], scale: float) -> torch.Tensor:
+    """``scale / 2 * sum(alpha ** 2)`` over the tensors: the gradient ``scale * alpha`` is what Adam's
+    (coupled) weight decay ``scale`` adds, the authors' L2 option."""
+    return scale / 2 * sum((alpha**2).sum() for alpha in alphas)
+
+
+def dirichlet_kl_to_uniform_closed_form(alphas: torch.Tensor) -> torch.Tensor:
+    """``sum over rows of KL(Dirichlet(c) || Dirichlet(1))`` in float64, ``c = elu(alpha) + 1``:
+    ``lgamma(c0) - sum lgamma(c_k) - lgamma(K) + sum (c_k - 1) (digamma(c_k) - digamma(c0))``."""
+    c = _concentration(alphas.to(torch.float64))
+    total = c.sum(dim=-1)
+    ops = torch.tensor(float(c.shape[-1]), dtype=torch.float64)
+    per_row = (
+        torch.lgamma(total)
+        - torch.lgamma(c).sum(dim=-1)
+        - torch.lgamma(ops)
+        + ((c - 1.0) * (torch.digamma(c) - torch.digamma(total)[..., None])).sum(dim=-1)
+    )
+    return per_row.sum()
+
+
+# --------------------------------------------------------------------------------------------- DARTS-
+
+
+def _darts_minus_cell(
+    cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, beta: float
+) -> torch.Tensor:
+    skip = PRIMITIVES.index("skip_connect")
+    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+    offset = 0
+    for _ in range(cell.steps):
+        terms = []
+        for j, h in enumerate(states):
+            edge = cell.edges[offset + j]
+            mixed = sum(w * op(h) for w, op in zip(weights[offset + j], edge.ops, strict=True))
+            terms.append(mixed + beta * edge.ops[skip](h))  # the edge's skip: identity or FactorizedReduce
+        offset += len(states)
+        states.append(sum(terms))
+    return torch.cat(states[-cell.steps :], dim=1)
+
+
+def darts_minus_forward(model: ReferenceNetwork, x: torch.Tensor, beta: float) -> torch.Tensor:
+    """Logits of the DARTS reference network with the auxiliary skip ``beta * skip(x)`` on every edge."""
+    s0 = s1 = model.stem(x)
+    for cell in model.cells:
+        alphas = model.alphas_reduce if cell.reduction else model.alphas_normal
+        s0, s1 = s1, _darts_minus_cell(cell, s0, s1, F.softmax(alphas, dim=-1), beta)
+    pooled = model.global_pooling(s1)
+    return model.classifier(pooled.view(pooled.size(0), -1))

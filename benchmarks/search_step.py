@@ -55,13 +55,16 @@ if str(_REPO_ROOT) not in sys.path:
 
 from benchmarks import pcdarts_reference, reference  # noqa: E402
 from darts_core.estimate import SavedTensorMeter  # noqa: E402  (one definition, shared with admission)
+from darts_core.nn.ops import DARTS_PRIMITIVES_2D  # noqa: E402
 from darts_core.nn.search_network import SearchNetwork  # noqa: E402
 from darts_core.search.loop import DartsSearch  # noqa: E402
-from darts_core.search.methods import Gdas  # noqa: E402
+from darts_core.search.methods import DartsMinus, Drnas, Gdas, SearchMethod  # noqa: E402
 
 #: ``darts_core_cl``: darts_core with the network and the images in channels_last memory format (a
 #: proposal measured from the outside: nothing in darts_core changes).
 #: ``gdas_core``: darts_core with the GDAS method (one sampled operation per edge, first order only).
+#: ``drnas_core``: darts_core with DrNAS (Dirichlet-sampled mixing, L2 anchor; first order only).
+#: ``darts_minus_core``: darts_core with DARTS- (the auxiliary skip on every edge, beta = 1).
 IMPLEMENTATIONS = (
     "reference",
     "darts_core",
@@ -69,6 +72,8 @@ IMPLEMENTATIONS = (
     "pcdarts_reference",
     "pcdarts_core",
     "gdas_core",
+    "drnas_core",
+    "darts_minus_core",
 )
 #: Which baselines each darts_core variant is compared with, in the table.
 _BASELINES = {
@@ -76,7 +81,17 @@ _BASELINES = {
     "darts_core_cl": ("reference",),
     "pcdarts_core": ("pcdarts_reference", "reference"),
     "gdas_core": ("darts_core", "reference"),
+    "drnas_core": ("darts_core", "reference"),
+    "darts_minus_core": ("darts_core", "reference"),
 }
+#: The search method of each darts_core implementation (DARTS for the others).
+_METHODS: dict[str, Callable[[], SearchMethod]] = {
+    "gdas_core": Gdas,
+    "drnas_core": Drnas,
+    "darts_minus_core": lambda: DartsMinus(list(DARTS_PRIMITIVES_2D).index("skip_connect")),
+}
+#: The methods without a second-order step.
+_FIRST_ORDER_ONLY = ("gdas_core", "drnas_core")
 IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE = 3, 10, 32
 EPOCH_IMAGES = 25_000  # the reference search splits CIFAR-10's 50,000 training images in two halves
 _CASE_MARKER = "CASE-RESULT "
@@ -146,11 +161,11 @@ def _build(case: dict[str, Any], device: torch.device) -> tuple[Callable, torch.
         partial_channels=k,
         edge_normalization=pcdarts,
     ).to(device)
-    if case["impl"] in ("darts_core", "darts_core_cl", "pcdarts_core", "gdas_core"):
+    if case["impl"] in ("darts_core", "darts_core_cl", "pcdarts_core", *_METHODS):
         autocast_dtype = torch.bfloat16 if case["dtype"] == "bf16" else None
         if case["impl"] == "darts_core_cl":
             network = network.to(memory_format=torch.channels_last)
-        method = Gdas() if case["impl"] == "gdas_core" else None
+        method = _METHODS[case["impl"]]() if case["impl"] in _METHODS else None
         search = DartsSearch(network, order=case["order"], autocast_dtype=autocast_dtype, method=method)
         return search.step, network
 
@@ -381,8 +396,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["reference", "darts_core"],
         help="implementations to run (default: reference darts_core; darts_core_cl = darts_core in "
         "channels_last memory format; pcdarts_reference, pcdarts_core = PC-DARTS with K = "
-        "--partial-channels and edge normalization; gdas_core = darts_core with the GDAS method, first "
-        "order only)",
+        "--partial-channels and edge normalization; gdas_core, drnas_core, darts_minus_core = darts_core "
+        "with the GDAS, DrNAS (first order only) or DARTS- method)",
     )
     parser.add_argument(
         "--partial-channels", type=int, default=4, metavar="K", help="K of the PC-DARTS cases (default 4)"
@@ -444,8 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch_sizes:
             for dtype in dtypes:
                 for impl in args.impls:
-                    if impl == "gdas_core" and order == "second":
-                        continue  # GDAS is first order
+                    if impl in _FIRST_ORDER_ONLY and order == "second":
+                        continue  # GDAS and DrNAS are first order
                     case = {
                         "impl": impl,
                         "order": order,

@@ -162,7 +162,7 @@ def measure_step(
         order=training.order,
         epochs=1,
         autocast_dtype=autocast_dtype,
-        method=method_for(config.method),
+        method=method_for(config.method, config.search_space.primitives),
     )
 
     def batch() -> tuple[torch.Tensor, torch.Tensor]:

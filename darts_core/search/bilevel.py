@@ -107,7 +107,8 @@ class DartsSearch:
             which makes a step 1.3-2x faster (benchmarks/README.md). State dicts do not depend on it.
         method: the search method (:mod:`darts_core.search.methods`) whose :meth:`~SearchMethod.mixing`
             gives the operation weights of the train-mode forwards of both steps; ``None``: DARTS.
-            Second order only for the methods that allow it (``method.second_order``).
+            Second order only for the methods that allow it (``method.second_order``); their mixing then
+            enters every pass of the unrolled step (DARTS-'s auxiliary skip).
         compile: run the weight step's forward through ``torch.compile(network)`` (the same module and
             parameters; the architecture step, with its functional calls, stays eager). Compiles on the
             first steps; needs a C compiler on CPU.
@@ -297,13 +298,16 @@ class DartsSearch:
         images, labels = batch
         forward = self._compiled if compiled and self._compiled is not None else self.network
         with self._autocast(images.device, exact):
-            if mixing is not None:
-                logits = forward(images, alphas=tuple(alphas), mixing=mixing)
-            elif weights is None:
-                logits = forward(images, alphas=tuple(alphas))
-            else:
+            if weights is not None:
                 substitutes = dict(zip(self._weight_names, weights, strict=True))
-                logits = functional_call(self.network, substitutes, (images,), {"alphas": tuple(alphas)})
+                arguments: dict[str, Any] = {"alphas": tuple(alphas)}
+                if mixing is not None:
+                    arguments["mixing"] = mixing
+                logits = functional_call(self.network, substitutes, (images,), arguments)
+            elif mixing is not None:
+                logits = forward(images, alphas=tuple(alphas), mixing=mixing)
+            else:
+                logits = forward(images, alphas=tuple(alphas))
         return F.cross_entropy(logits.float(), labels), logits
 
     @contextlib.contextmanager
@@ -368,7 +372,9 @@ class DartsSearch:
         # weight: the network has about 1,400 weights); on CPU they loop over the very same kernels.
         # Exact fp32 like every pass below: under bf16 autocast this one pass alone moved the alpha
         # gradient by 61 % (benchmarks/README.md, "Precision of the architecture step").
-        train_loss, _ = self._loss(train_batch, fixed_alphas, exact=True)
+        # A second-order method's mixing (None for DARTS) enters every pass, drawn afresh for each.
+        mixing = self.method.mixing
+        train_loss, _ = self._loss(train_batch, fixed_alphas, exact=True, mixing=mixing(fixed_alphas))
         train_grads = _grad(train_loss, self.weights)
         with torch.no_grad():
             decay = torch._foreach_mul(self.weights, self.weight_decay)
@@ -391,7 +397,9 @@ class DartsSearch:
 
         with self._buffers_preserved():
             # dL_val(w', alpha) with respect to alpha and w'.
-            valid_loss, valid_logits = self._loss(valid_batch, self.alphas, weights=unrolled, exact=True)
+            valid_loss, valid_logits = self._loss(
+                valid_batch, self.alphas, weights=unrolled, exact=True, mixing=mixing(self.alphas)
+            )
             all_grads = _grad(valid_loss, [*self.alphas, *unrolled])
             direct = all_grads[: len(self.alphas)]
             vector = all_grads[len(self.alphas) :]
@@ -408,9 +416,10 @@ class DartsSearch:
             for shift in (torch._foreach_add, torch._foreach_sub):
                 with torch.no_grad():
                     shifted = shift(self.weights, step)
-                finite_differences.append(
-                    _grad(self._loss(train_batch, self.alphas, weights=shifted, exact=True)[0], self.alphas)
-                )
+                loss = self._loss(
+                    train_batch, self.alphas, weights=shifted, exact=True, mixing=mixing(self.alphas)
+                )[0]
+                finite_differences.append(_grad(loss, self.alphas))
                 del shifted
         grads_plus, grads_minus = finite_differences
         grads = [

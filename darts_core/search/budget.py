@@ -12,9 +12,10 @@ and the classifier do not depend on the genotype: a genotype costs a fixed ``bas
 chosen operations, and each operation on each edge of each cell kind is counted once, on the ``meta``
 device (shapes only), when the table is built.
 
-The expected cost (:meth:`CostTable.expected`) weighs each edge's operations by their softmaxed alphas,
-renormalised without ``none`` (derivation never keeps it), and counts each node's incoming edges at
-``2 / incoming`` (a genotype keeps two of them). The penalty (:func:`budget_penalty`) is a hinge on the
+The expected cost (:meth:`CostTable.expected`) weighs each edge's operations by their softmaxed alphas
+(or the search method's operation weights, e.g. DrNAS's Dirichlet mean), renormalised without
+``none`` (derivation never keeps it), and counts each node's incoming edges at ``2 / incoming`` (a
+genotype keeps two of them). The penalty (:func:`budget_penalty`) is a hinge on the
 relative excess, ``weight * sum(max(0, expected / budget - 1))``, zero inside the budget, as NNI's
 "positive" cost mode; it pulls the alphas toward cheaper operations only while the expectation is over.
 
@@ -28,7 +29,7 @@ fits. Each change lowers that cost, so it ends, at worst at the cheapest genotyp
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
 __all__ = ["Budget", "CostTable", "SearchBudget", "budget_penalty", "cost_table_for", "repair_genotype"]
 
 _KINDS = ("normal", "reduce")
+#: A search method's operation weights of one cell kind's raw alphas ``(edges, ops) -> (edges, ops)``.
+WeightsOf = Callable[[Tensor], Tensor]
 #: The two costs, in the order of a cost tensor's last axis.
 COSTS = ("parameters", "multiply_adds")
 
@@ -177,16 +180,19 @@ class CostTable:
                 total[1] += float(edge_cost[1])
         return total[0], total[1]
 
-    def expected(self, alphas_normal: Tensor, alphas_reduce: Tensor) -> Tensor:
+    def expected(
+        self, alphas_normal: Tensor, alphas_reduce: Tensor, weights_of: WeightsOf | None = None
+    ) -> Tensor:
         """The expected ``(parameters, multiply_adds)`` under the alphas (raw, ``(edges, primitives)``),
-        differentiable with respect to them; a ``(2,)`` tensor of the alphas' dtype and device."""
+        differentiable with respect to them; a ``(2,)`` tensor of the alphas' dtype and device.
+        ``weights_of``: the operation weights of a cell kind's alphas (``None``: softmax)."""
         total = torch.tensor(self.base, dtype=alphas_normal.dtype, device=alphas_normal.device)
         keep = torch.tensor([name != _NONE for name in self.primitives], device=alphas_normal.device)
         nodes = range(self.internal_nodes)
         share = torch.cat([torch.full((node + 2,), 2.0 / (node + 2), dtype=torch.float64) for node in nodes])
         share = share.to(dtype=alphas_normal.dtype, device=alphas_normal.device)
         for kind, alphas in zip(_KINDS, (alphas_normal, alphas_reduce), strict=True):
-            weights = torch.softmax(alphas, dim=-1) * keep
+            weights = (torch.softmax(alphas, dim=-1) if weights_of is None else weights_of(alphas)) * keep
             weights = weights / weights.sum(dim=-1, keepdim=True)
             costs = self.ops[kind].to(dtype=alphas.dtype, device=alphas.device)
             per_edge = torch.einsum("ep,epc->ec", weights, costs)
@@ -253,10 +259,16 @@ def _scale(budget: Budget | None) -> Tensor:
     return torch.tensor([0.0 if limit is None else 1.0 / limit for limit in limits], dtype=torch.float64)
 
 
-def budget_penalty(table: CostTable, budget: Budget, weight: float, alphas: Sequence[Tensor]) -> Tensor:
+def budget_penalty(
+    table: CostTable,
+    budget: Budget,
+    weight: float,
+    alphas: Sequence[Tensor],
+    weights_of: WeightsOf | None = None,
+) -> Tensor:
     """``weight * sum over the budgets of max(0, expected / limit - 1)``: a 0-d tensor, differentiable
     with respect to ``alphas`` (``alphas_normal, alphas_reduce``, then any betas, which it ignores)."""
-    expected = table.expected(alphas[0], alphas[1])
+    expected = table.expected(alphas[0], alphas[1], weights_of)
     penalty = expected.new_zeros(())
     for position, limit in enumerate((budget.parameters, budget.multiply_adds)):
         if limit is not None:
@@ -273,11 +285,13 @@ def repair_genotype(
     *,
     betas_normal: Tensor | None = None,
     betas_reduce: Tensor | None = None,
+    weights_of: WeightsOf | None = None,
 ) -> Genotype:
     """``genotype`` itself when it fits ``budget``; else the repaired genotype that does (module docstring).
 
-    The architecture weight of a kept ``(operation, input)`` is its softmaxed alpha (times its edge's
-    softmaxed beta with PC-DARTS edge normalization), as derivation ranks them.
+    The architecture weight of a kept ``(operation, input)`` is its softmaxed alpha (``weights_of``'s
+    weight when given; times its edge's softmaxed beta with PC-DARTS edge normalization), as derivation
+    ranks them.
 
     Raises:
         ValueError: not even the cheapest genotype fits (see :meth:`CostTable.check_feasible`).
@@ -287,8 +301,8 @@ def repair_genotype(
     table.check_feasible(budget)
     shape = (num_edges(table.internal_nodes), len(table.primitives))
     weights = {
-        "normal": _operation_weights("alphas_normal", alphas_normal, shape, None),
-        "reduce": _operation_weights("alphas_reduce", alphas_reduce, shape, None),
+        "normal": _operation_weights("alphas_normal", alphas_normal, shape, weights_of),
+        "reduce": _operation_weights("alphas_reduce", alphas_reduce, shape, weights_of),
     }
     if betas_normal is not None and betas_reduce is not None:
         for kind, betas in (("normal", betas_normal), ("reduce", betas_reduce)):
@@ -357,17 +371,19 @@ class SearchBudget:
     table: CostTable
     budget: Budget
     weight: float
+    #: The search method's operation weights (``None``: softmax), for the expected cost and the repair.
+    weights_of: WeightsOf | None = None
 
     @classmethod
-    def of(cls, config: SearchConfig, dataset: Any) -> SearchBudget:
+    def of(cls, config: SearchConfig, dataset: Any, weights_of: WeightsOf | None = None) -> SearchBudget:
         """Raises ValueError (naming the field) when not even the cheapest genotype fits."""
         table = cost_table_for(config, tuple(dataset.x_train.shape[1:]), dataset.num_classes)
         budget = Budget.of(config.constraints)
         table.check_feasible(budget)
-        return cls(table, budget, config.constraints.penalty_weight)
+        return cls(table, budget, config.constraints.penalty_weight, weights_of)
 
     def penalty(self, alphas: Sequence[Tensor]) -> Tensor:
-        return budget_penalty(self.table, self.budget, self.weight, alphas)
+        return budget_penalty(self.table, self.budget, self.weight, alphas, self.weights_of)
 
     def genotype(self, network: SearchNetwork) -> Genotype:
         """The DARTS genotype of the alphas, repaired to fit the budget when it does not."""
@@ -384,12 +400,15 @@ class SearchBudget:
             network.alphas_normal.detach(),
             network.alphas_reduce.detach(),
             **betas,
+            weights_of=self.weights_of,
         )
 
     def report(self, network: SearchNetwork, genotype: Genotype) -> dict[str, float]:
         parameters, multiply_adds = self.table.cost(genotype)
         with torch.no_grad():
-            expected = self.table.expected(network.alphas_normal.double(), network.alphas_reduce.double())
+            expected = self.table.expected(
+                network.alphas_normal.double(), network.alphas_reduce.double(), self.weights_of
+            )
         return {
             "parameters": round(parameters),
             "multiply_adds": round(multiply_adds),

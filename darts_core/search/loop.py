@@ -322,9 +322,9 @@ def run_search(
 
     _seed_everything(training.seed)
     network = SearchNetwork.from_config(config, dataset.in_channels, dataset.num_classes).to(device)
-    method = method_for(config.method)
+    method = method_for(config.method, config.search_space.primitives)
     network.operation_weights = method.operation_weights  # what is reported and derived from
-    budget = SearchBudget.of(config, dataset) if config.constraints.active else None
+    budget = SearchBudget.of(config, dataset, method.operation_weights) if config.constraints.active else None
     derive = budget.genotype if budget is not None else _plain_genotype
     initial_genotype = derive(network)  # what DARTS+ keeps when it stops after the first epoch
     search = DartsSearch(

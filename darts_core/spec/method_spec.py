@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 __all__ = [
     "BetaDartsMethod",
     "DartsMethod",
+    "DartsMinusMethod",
+    "DrnasMethod",
     "GdasMethod",
     "SdartsAdvMethod",
     "SdartsRsMethod",
@@ -24,6 +26,8 @@ __all__ = [
     "METHOD_NAMES",
     "PERTURBING_METHODS",
     "SOFTMAX_METHODS",
+    "SKIP_AUXILIARY_METHODS",
+    "DIRICHLET_METHODS",
 ]
 
 
@@ -86,17 +90,69 @@ class SdartsAdvMethod(_SdartsMethod):
     attack_steps: Annotated[int, Strict()] = Field(default=7, ge=1, le=50)
 
 
+class DrnasMethod(_Method):
+    """``drnas`` (Chen et al., ICLR 2021): every train-mode forward of both steps mixes by a sample of
+    ``Dirichlet(elu(alpha) + 1)`` (pathwise gradient); the architecture loss adds ``regularizer_scale``
+    times the ``regularizer``: ``"l2"``, half the squared norm of the alphas (the authors' Adam weight
+    decay), or ``"kl"``, the KL divergence to the uniform ``Dirichlet(1)``. Validation, the reported
+    alphas and the genotype use the Dirichlet mean. Composes with PC-DARTS partial channels and edge
+    normalization (the paper searches with them), first order only."""
+
+    name: Literal["drnas"]
+    regularizer: Literal["l2", "kl"] = "l2"
+    regularizer_scale: Annotated[float, Strict()] = Field(default=1e-3, ge=0.0, le=100.0)
+
+
+class DartsMinusMethod(_Method):
+    """``darts_minus`` (Chu et al., ICLR 2021, DARTS-): every edge adds ``beta`` times its skip connection
+    (the edge's ``skip_connect`` operation: identity, or FactorizedReduce at stride 2) to the mixed
+    operation; ``beta`` decays linearly from ``beta_start`` (first epoch) to ``beta_end`` (last epoch).
+    The auxiliary skip is not an architecture choice: the alphas, their report and the genotype are
+    DARTS's. Composes with second order, PC-DARTS partial channels and edge normalization."""
+
+    name: Literal["darts_minus"]
+    beta_start: Annotated[float, Strict()] = Field(default=1.0, ge=0.0, le=1.0)
+    beta_end: Annotated[float, Strict()] = Field(default=0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _end_not_above_start(self) -> DartsMinusMethod:
+        if self.beta_end > self.beta_start:
+            raise ValueError(f"beta_end ({self.beta_end:g}) must be <= beta_start ({self.beta_start:g})")
+        return self
+
+
 #: The ``method`` section: one of the methods, told apart by ``name``.
 MethodConfig = Annotated[
-    DartsMethod | GdasMethod | BetaDartsMethod | SdartsRsMethod | SdartsAdvMethod,
+    DartsMethod
+    | GdasMethod
+    | BetaDartsMethod
+    | SdartsRsMethod
+    | SdartsAdvMethod
+    | DrnasMethod
+    | DartsMinusMethod,
     Field(discriminator="name"),
 ]
 
 #: Every method name, in the order of the union.
-METHOD_NAMES: tuple[str, ...] = ("darts", "gdas", "beta_darts", "sdarts_rs", "sdarts_adv")
+METHOD_NAMES: tuple[str, ...] = (
+    "darts",
+    "gdas",
+    "beta_darts",
+    "sdarts_rs",
+    "sdarts_adv",
+    "drnas",
+    "darts_minus",
+)
 #: The methods that mix every operation by softmax(alpha): they compose with second order, PC-DARTS
 #: partial channels and edge normalization, and the Hessian measurement.
 SOFTMAX_METHODS: tuple[str, ...] = ("darts", "beta_darts")
 #: The methods whose weight step alone changes: they compose with PC-DARTS and the Hessian measurement
 #: (of the unperturbed loss), not with second order (SDARTS is first order).
 PERTURBING_METHODS: tuple[str, ...] = ("sdarts_rs", "sdarts_adv")
+#: The methods that mix by a Dirichlet sample (DrNAS): PC-DARTS partial channels, edge normalization and
+#: budgets (on the Dirichlet mean) compose, second order and the Hessian measurement do not.
+DIRICHLET_METHODS: tuple[str, ...] = ("drnas",)
+#: The methods that add an auxiliary skip connection to every edge (DARTS-): softmax alphas, so second
+#: order, PC-DARTS and budgets compose; the edge's ``skip_connect`` must be a primitive; the Hessian
+#: measurement (of the supernet without the auxiliary skip) does not compose.
+SKIP_AUXILIARY_METHODS: tuple[str, ...] = ("darts_minus",)

@@ -28,7 +28,14 @@ from pydantic import (
     model_validator,
 )
 
-from darts_core.spec.method_spec import PERTURBING_METHODS, SOFTMAX_METHODS, DartsMethod, MethodConfig
+from darts_core.spec.method_spec import (
+    DIRICHLET_METHODS,
+    PERTURBING_METHODS,
+    SKIP_AUXILIARY_METHODS,
+    SOFTMAX_METHODS,
+    DartsMethod,
+    MethodConfig,
+)
 from darts_core.spec.op_names import DARTS_OP_NAMES, MAX_INTERNAL_NODES, OpName
 
 __all__ = [
@@ -276,6 +283,10 @@ class SearchConfig(_Section):
         name = self.method.name
         if name in SOFTMAX_METHODS:
             return self
+        if name in SKIP_AUXILIARY_METHODS:
+            return self._auxiliary_skip_composes()
+        if name in DIRICHLET_METHODS:
+            return self._dirichlet_composes()
         clashes = []
         if self.training.order != "first":
             clashes.append(f"training.order ({self.training.order!r})")
@@ -296,6 +307,35 @@ class SearchConfig(_Section):
                 f"method.name {name!r} does not compose with {', '.join(clashes)}: second order, PC-DARTS "
                 f"partial channels and edge normalization, and the Hessian measurement need a method.name "
                 f"among {', '.join(repr(softmax) for softmax in SOFTMAX_METHODS)}"
+            )
+        return self
+
+    def _auxiliary_skip_composes(self) -> SearchConfig:
+        name = self.method.name
+        if "skip_connect" not in self.search_space.primitives:
+            raise ValueError(
+                f"method.name {name!r} needs 'skip_connect' among search_space.primitives: the auxiliary "
+                f"skip of every edge is the edge's skip_connect operation"
+            )
+        if self.training.hessian_every is not None:
+            raise ValueError(
+                f"method.name {name!r} does not compose with training.hessian_every "
+                f"({self.training.hessian_every}): the measurement sees the supernet without the "
+                f"auxiliary skip"
+            )
+        return self
+
+    def _dirichlet_composes(self) -> SearchConfig:
+        clashes = []
+        if self.training.order != "first":
+            clashes.append(f"training.order ({self.training.order!r})")
+        if self.training.hessian_every is not None:
+            clashes.append(f"training.hessian_every ({self.training.hessian_every})")
+        if clashes:
+            raise ValueError(
+                f"method.name {self.method.name!r} does not compose with {', '.join(clashes)}: it mixes "
+                f"by Dirichlet samples (first order), while the unrolled step and the Hessian measurement "
+                f"assume softmax weights"
             )
         return self
 

@@ -496,14 +496,16 @@ def test_on_epoch_payload_and_checkpoint(tiny_dataset, tmp_path) -> None:
         {"name": "beta_darts", "lambda_start": 1.0},
         {"name": "sdarts_rs"},
         {"name": "sdarts_adv", "attack_steps": 2},
+        {"name": "drnas", "regularizer": "kl"},
+        {"name": "darts_minus"},
     ],
     ids=lambda method: method["name"],
 )
 def test_resume_after_stop_is_bit_identical_to_an_uninterrupted_search(
     tiny_dataset, tmp_path, method
 ) -> None:
-    # Second order (the step with the most state) where the method allows it: DARTS and beta-DARTS.
-    order = "second" if method["name"] in ("darts", "beta_darts") else "first"
+    # Second order (the step with the most state) where the method allows it: DARTS, beta-DARTS, DARTS-.
+    order = "second" if method["name"] in ("darts", "beta_darts", "darts_minus") else "first"
     config = _config(order=order).replace(method=method)
     run_search(tiny_dataset, config, checkpoint_dir=tmp_path / "straight")
 

@@ -7,12 +7,18 @@ spec's ``method`` section names (:mod:`darts_core.spec.method_spec`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from darts_core.search.methods.base import SearchMethod
 from darts_core.search.methods.beta_darts import BetaDarts, beta_regularizer
+from darts_core.search.methods.darts_minus import DartsMinus, with_auxiliary_skip
+from darts_core.search.methods.drnas import Drnas, dirichlet_mean, dirichlet_sample
 from darts_core.search.methods.gdas import Gdas, gumbel_straight_through
 from darts_core.search.methods.sdarts import Sdarts, project_to_simplex
 from darts_core.spec.method_spec import (
     BetaDartsMethod,
+    DartsMinusMethod,
+    DrnasMethod,
     GdasMethod,
     MethodConfig,
     SdartsAdvMethod,
@@ -28,11 +34,19 @@ __all__ = [
     "gumbel_straight_through",
     "method_for",
     "project_to_simplex",
+    "DartsMinus",
+    "Drnas",
+    "dirichlet_mean",
+    "dirichlet_sample",
+    "with_auxiliary_skip",
 ]
 
 
-def method_for(config: MethodConfig) -> SearchMethod:
-    """The strategy of a ``method`` section (``darts``: the base class, which changes nothing)."""
+def method_for(config: MethodConfig, primitives: Sequence[str] = ()) -> SearchMethod:
+    """The strategy of a ``method`` section (``darts``: the base class, which changes nothing).
+
+    ``primitives``: the search space's operations, in the alphas' column order (DARTS- finds its
+    ``skip_connect`` column there)."""
     if isinstance(config, GdasMethod):
         return Gdas(tau_max=config.tau_max, tau_min=config.tau_min)
     if isinstance(config, BetaDartsMethod):
@@ -41,4 +55,10 @@ def method_for(config: MethodConfig) -> SearchMethod:
         return Sdarts(config.epsilon_start, config.epsilon_end)
     if isinstance(config, SdartsAdvMethod):
         return Sdarts(config.epsilon_start, config.epsilon_end, attack_steps=config.attack_steps)
+    if isinstance(config, DrnasMethod):
+        return Drnas(config.regularizer, config.regularizer_scale)
+    if isinstance(config, DartsMinusMethod):
+        if "skip_connect" not in primitives:
+            raise ValueError("method darts_minus needs 'skip_connect' among the primitives")
+        return DartsMinus(list(primitives).index("skip_connect"), config.beta_start, config.beta_end)
     return SearchMethod()
