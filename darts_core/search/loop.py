@@ -40,6 +40,7 @@ from darts_core.checkpoint import (
 from darts_core.data.augment import epoch_generator, resolve_augmentation
 from darts_core.data.device_images import DeviceImages, dataset_images_on_device
 from darts_core.device import resolve_device
+from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.precision import resolve_autocast
 from darts_core.search.bilevel import DartsSearch, StepResult
@@ -358,6 +359,17 @@ def run_search(
                 return _stopped_early(decision, history, initial_genotype)
     hessian_batch = (x_valid[: training.batch_size], y_valid[: training.batch_size])
 
+    def score(mixing: tuple[EdgeMixing, EdgeMixing], batches: int | None) -> tuple[float, float]:
+        # A method's scoring of operation weights (random_ws): the first `batches` batches of the
+        # search-valid split (a fixed part, the same for every candidate), or all of it.
+        end = len(y_valid) if batches is None else batches * training.batch_size
+        scored = _evaluate(
+            network, x_valid[:end], y_valid[:end], 2 * training.batch_size, autocast_dtype, should_stop, mixing
+        )
+        if scored is None:
+            raise _Stopped
+        return scored
+
     for epoch in range(len(history) + 1, training.epochs + 1):
         started = time.perf_counter()
         lr = search.lr
@@ -380,6 +392,10 @@ def run_search(
                 progress(epoch, step + 1, len(train_batches))
         search.end_epoch()
         train_loss, train_acc = (sums[:2] / len(train_batches)).tolist()
+        try:
+            chosen = method.derive(network, score, epoch == training.epochs)
+        except _Stopped:
+            return SearchResult(len(history), True, _last_genotype(history, network, derive), history)
         evaluated = _evaluate(
             network,
             x_valid,
@@ -404,7 +420,7 @@ def run_search(
             valid_acc=valid_acc,
             lr=lr,
             seconds=time.perf_counter() - started,
-            genotype=(genotype := derive(network)),
+            genotype=(genotype := derive(network) if chosen is None else chosen),
             alphas=_softmaxed_alphas(network),
             skip_connections=metrics.skip_connections,
             parameter_free_ops=metrics.parameter_free_ops,
@@ -432,6 +448,10 @@ def run_search(
             return _stopped_early(decision, history, initial_genotype)
 
     return SearchResult(len(history), False, _last_genotype(history, network, derive), history)
+
+
+class _Stopped(Exception):
+    """``should_stop`` asked to stop while a search method scored architectures."""
 
 
 def _last_genotype(

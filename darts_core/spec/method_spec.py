@@ -20,10 +20,12 @@ __all__ = [
     "GdasMethod",
     "SdartsAdvMethod",
     "SdartsRsMethod",
+    "RandomWsMethod",
     "MethodConfig",
     "METHOD_NAMES",
     "PERTURBING_METHODS",
     "SOFTMAX_METHODS",
+    "ARCHITECTURE_FREE_METHODS",
 ]
 
 
@@ -86,17 +88,43 @@ class SdartsAdvMethod(_SdartsMethod):
     attack_steps: Annotated[int, Strict()] = Field(default=7, ge=1, le=50)
 
 
+class RandomWsMethod(_Method):
+    """``random_ws`` (Li & Talwalkar, UAI 2019): random search with weight sharing. No alphas are trained
+    (no architecture step): every weight step trains the shared weights of one architecture drawn
+    uniformly from the DARTS genotype space (per node two distinct inputs, one non-``none`` operation
+    each; only those run). After the last epoch ``candidates`` drawn architectures are scored on
+    ``score_batches`` validation batches, the ``finalists`` best re-scored on the whole validation split,
+    and the best of those is the genotype (the authors: 1000 candidates on one batch each, 10
+    finalists). Each earlier epoch reports the best of ``epoch_candidates`` drawn architectures scored
+    the same way (no re-scoring)."""
+
+    name: Literal["random_ws"]
+    candidates: Annotated[int, Strict()] = Field(default=1000, ge=1, le=10000)
+    finalists: Annotated[int, Strict()] = Field(default=10, ge=1, le=1000)
+    score_batches: Annotated[int, Strict()] = Field(default=1, ge=1, le=1000)
+    epoch_candidates: Annotated[int, Strict()] = Field(default=10, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _finalists_among_candidates(self) -> RandomWsMethod:
+        if self.finalists > self.candidates:
+            raise ValueError(f"finalists ({self.finalists}) must be <= candidates ({self.candidates})")
+        return self
+
+
 #: The ``method`` section: one of the methods, told apart by ``name``.
 MethodConfig = Annotated[
-    DartsMethod | GdasMethod | BetaDartsMethod | SdartsRsMethod | SdartsAdvMethod,
+    DartsMethod | GdasMethod | BetaDartsMethod | SdartsRsMethod | SdartsAdvMethod | RandomWsMethod,
     Field(discriminator="name"),
 ]
 
 #: Every method name, in the order of the union.
-METHOD_NAMES: tuple[str, ...] = ("darts", "gdas", "beta_darts", "sdarts_rs", "sdarts_adv")
+METHOD_NAMES: tuple[str, ...] = ("darts", "gdas", "beta_darts", "sdarts_rs", "sdarts_adv", "random_ws")
 #: The methods that mix every operation by softmax(alpha): they compose with second order, PC-DARTS
 #: partial channels and edge normalization, and the Hessian measurement.
 SOFTMAX_METHODS: tuple[str, ...] = ("darts", "beta_darts")
 #: The methods whose weight step alone changes: they compose with PC-DARTS and the Hessian measurement
 #: (of the unperturbed loss), not with second order (SDARTS is first order).
 PERTURBING_METHODS: tuple[str, ...] = ("sdarts_rs", "sdarts_adv")
+#: The methods that train no alphas (no architecture step): they compose with neither the collapse
+#: early stop nor a budget (both read the alphas), nor anything the softmax methods alone allow.
+ARCHITECTURE_FREE_METHODS: tuple[str, ...] = ("random_ws",)

@@ -28,7 +28,13 @@ from pydantic import (
     model_validator,
 )
 
-from darts_core.spec.method_spec import PERTURBING_METHODS, SOFTMAX_METHODS, DartsMethod, MethodConfig
+from darts_core.spec.method_spec import (
+    ARCHITECTURE_FREE_METHODS,
+    PERTURBING_METHODS,
+    SOFTMAX_METHODS,
+    DartsMethod,
+    MethodConfig,
+)
 from darts_core.spec.op_names import DARTS_OP_NAMES, MAX_INTERNAL_NODES, OpName
 
 __all__ = [
@@ -291,6 +297,17 @@ class SearchConfig(_Section):
             clashes.append("search_space.edge_normalization (true)")
         if self.training.hessian_every is not None:
             clashes.append(f"training.hessian_every ({self.training.hessian_every})")
+        if name in ARCHITECTURE_FREE_METHODS:
+            if self.training.early_stop is not None:
+                clashes.append(f"training.early_stop ({self.training.early_stop!r})")
+            if self.constraints.active:
+                clashes.append("constraints.max_parameters/max_multiply_adds")
+            if clashes:
+                raise ValueError(
+                    f"method.name {name!r} does not compose with {', '.join(clashes)}: it trains no alphas "
+                    f"(no second order, PC-DARTS, Hessian, collapse early stop or budget penalty)"
+                )
+            return self
         if clashes:
             raise ValueError(
                 f"method.name {name!r} does not compose with {', '.join(clashes)}: second order, PC-DARTS "

@@ -10,11 +10,13 @@ from __future__ import annotations
 from darts_core.search.methods.base import SearchMethod
 from darts_core.search.methods.beta_darts import BetaDarts, beta_regularizer
 from darts_core.search.methods.gdas import Gdas, gumbel_straight_through
+from darts_core.search.methods.random_ws import RandomWs
 from darts_core.search.methods.sdarts import Sdarts, project_to_simplex
 from darts_core.spec.method_spec import (
     BetaDartsMethod,
     GdasMethod,
     MethodConfig,
+    RandomWsMethod,
     SdartsAdvMethod,
     SdartsRsMethod,
 )
@@ -28,6 +30,7 @@ __all__ = [
     "gumbel_straight_through",
     "method_for",
     "project_to_simplex",
+    "RandomWs",
 ]
 
 
@@ -41,4 +44,6 @@ def method_for(config: MethodConfig) -> SearchMethod:
         return Sdarts(config.epsilon_start, config.epsilon_end)
     if isinstance(config, SdartsAdvMethod):
         return Sdarts(config.epsilon_start, config.epsilon_end, attack_steps=config.attack_steps)
+    if isinstance(config, RandomWsMethod):
+        return RandomWs(config.candidates, config.finalists, config.score_batches, config.epoch_candidates)
     return SearchMethod()
