@@ -9,9 +9,15 @@ the way the authors' code computes them, for ``tests/core/test_methods.py``. Ind
   bisection on the threshold ``theta`` of ``max(v - theta, 0)`` (in float64).
 - beta-DARTS (Ye et al., CVPR 2022): the gradient of ``lambda * mean_e logsumexp(alpha_e)`` in closed
   form, ``lambda * softmax(alpha) / edges``.
+- Random search with weight sharing (Li & Talwalkar, UAI 2019; liamcli/randomNAS_release): the size of
+  one cell kind's DARTS genotype space counted in closed form, its every member listed, and the forward
+  of one drawn architecture on the reference network (only the drawn edges and operations).
 """
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +29,9 @@ __all__ = [
     "gdas_hard_weights",
     "gdas_forward",
     "simplex_projection_by_bisection",
+    "random_ws_space_size",
+    "random_ws_cells",
+    "random_ws_forward",
 ]
 
 
@@ -84,3 +93,42 @@ def gdas_forward(
             s0, s1 = s1, _gdas_cell(cell, s0, s1, hard_normal, index_normal)
     pooled = model.global_pooling(s1)
     return model.classifier(pooled.view(pooled.size(0), -1)), (hard_normal, hard_reduce)
+
+
+def random_ws_space_size(internal_nodes: int, operations: int) -> int:
+    """How many cells the DARTS space holds: node ``i`` picks 2 of its ``i + 2`` inputs (unordered) and
+    one of ``operations`` operations for each, independently of the other nodes."""
+    return math.prod(math.comb(node + 2, 2) * operations**2 for node in range(internal_nodes))
+
+
+def random_ws_cells(internal_nodes: int, operations: list[int]) -> list[tuple[tuple[int, int], ...]]:
+    """Every cell of the space as ``((op, input), ...)``, two genes per node, the lower input first."""
+    per_node = [
+        [
+            ((first_op, low), (second_op, high))
+            for low, high in itertools.combinations(range(node + 2), 2)
+            for first_op in operations
+            for second_op in operations
+        ]
+        for node in range(internal_nodes)
+    ]
+    return [tuple(gene for pair in choice for gene in pair) for choice in itertools.product(*per_node)]
+
+
+def _drawn_cell(cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor, genes) -> torch.Tensor:
+    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+    offset = 0
+    for node in range(cell.steps):
+        terms = [cell.edges[offset + j].ops[op](states[j]) for op, j in genes[2 * node : 2 * node + 2]]
+        offset += len(states)
+        states.append(terms[0] + terms[1])
+    return torch.cat(states[-cell.steps :], dim=1)
+
+
+def random_ws_forward(model: ReferenceNetwork, x: torch.Tensor, normal, reduce) -> torch.Tensor:
+    """Logits of the reference supernet running only the drawn cells ``normal`` and ``reduce``."""
+    s0 = s1 = model.stem(x)
+    for cell in model.cells:
+        s0, s1 = s1, _drawn_cell(cell, s0, s1, reduce if cell.reduction else normal)
+    pooled = model.global_pooling(s1)
+    return model.classifier(pooled.view(pooled.size(0), -1))

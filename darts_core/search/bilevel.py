@@ -115,7 +115,8 @@ class DartsSearch:
 
     A step (:meth:`step`) is:
 
-    1. **Architecture step** on the valid batch (none for a method that trains no alphas). First order: ``dalpha = dL_val(w, alpha)/dalpha``,
+    1. **Architecture step** on the valid batch (none for a method that trains no alphas). First
+       order: ``dalpha = dL_val(w, alpha)/dalpha``,
        computed with ``requires_grad`` off on the weights, so no weight gradient is ever formed. Second order:
        ``w' = w - xi * (momentum * m + dL_train(w, alpha)/dw + weight_decay * w)`` with ``xi`` the current
        weight learning rate and ``m`` SGD's momentum buffer (as the DARTS reference architect), then

@@ -363,9 +363,8 @@ def run_search(
         # A method's scoring of operation weights (random_ws): the first `batches` batches of the
         # search-valid split (a fixed part, the same for every candidate), or all of it.
         end = len(y_valid) if batches is None else batches * training.batch_size
-        scored = _evaluate(
-            network, x_valid[:end], y_valid[:end], 2 * training.batch_size, autocast_dtype, should_stop, mixing
-        )
+        size = 2 * training.batch_size
+        scored = _evaluate(network, x_valid[:end], y_valid[:end], size, autocast_dtype, should_stop, mixing)
         if scored is None:
             raise _Stopped
         return scored

@@ -496,6 +496,7 @@ def test_on_epoch_payload_and_checkpoint(tiny_dataset, tmp_path) -> None:
         {"name": "beta_darts", "lambda_start": 1.0},
         {"name": "sdarts_rs"},
         {"name": "sdarts_adv", "attack_steps": 2},
+        {"name": "random_ws", "candidates": 8, "finalists": 2, "epoch_candidates": 3},
     ],
     ids=lambda method: method["name"],
 )

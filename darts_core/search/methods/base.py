@@ -39,8 +39,8 @@ class SearchMethod:
     trains_architecture = True
 
     def bind(self, network: SearchNetwork) -> None:
-        """Called once with the supernet the search trains (by :class:`~darts_core.search.bilevel.DartsSearch`),
-        for a method that needs its operations or nodes."""
+        """Called once with the supernet the search trains (by
+        :class:`~darts_core.search.bilevel.DartsSearch`), for a method that needs its operations or nodes."""
 
     def derive(self, network: SearchNetwork, score: Scorer, final: bool) -> Genotype | None:
         """The genotype a finished epoch reports (``final``: the last epoch of the search), called before
