@@ -228,3 +228,19 @@ def test_gdas_needs_much_less_memory_and_the_estimate_bounds_a_measured_step() -
     assert measured["state_bytes"] <= gdas_estimate.state_bytes
     assert measured["saved_bytes"] <= gdas_estimate.saved_bytes
     assert measured["saved_bytes"] < 0.35 * measure_step(darts, **shape)["saved_bytes"]
+
+
+def test_random_ws_needs_much_less_memory_and_the_estimate_bounds_a_measured_step() -> None:
+    spec = {"network": {"cells": 5, "init_channels": 8}, "training": {"batch_size": 6}}
+    darts = SearchConfig.from_spec(spec)
+    random_ws = darts.replace(method={"name": "random_ws"})
+    shape = {"in_channels": 3, "image_size": (16, 16), "num_classes": 5}
+    darts_estimate, random_estimate = estimate_search(darts, **shape), estimate_search(random_ws, **shape)
+    gdas_estimate = estimate_search(darts.replace(method={"name": "gdas"}), **shape)
+    # Two of each node's inputs run, one operation each: less than GDAS's one operation on every edge.
+    assert random_estimate.saved_bytes < gdas_estimate.saved_bytes < 0.5 * darts_estimate.saved_bytes
+    measured = measure_step(random_ws, **shape)
+    # An upper bound: each node's two most memory-hungry inputs at their most memory-hungry operation.
+    assert measured["state_bytes"] <= random_estimate.state_bytes
+    assert measured["saved_bytes"] <= random_estimate.saved_bytes
+    assert measured["saved_bytes"] < 0.25 * measure_step(darts, **shape)["saved_bytes"]
