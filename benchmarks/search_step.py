@@ -57,11 +57,13 @@ from benchmarks import pcdarts_reference, reference  # noqa: E402
 from darts_core.estimate import SavedTensorMeter  # noqa: E402  (one definition, shared with admission)
 from darts_core.nn.search_network import SearchNetwork  # noqa: E402
 from darts_core.search.loop import DartsSearch  # noqa: E402
-from darts_core.search.methods import Gdas  # noqa: E402
+from darts_core.search.methods import Gdas, RandomWs  # noqa: E402
 
 #: ``darts_core_cl``: darts_core with the network and the images in channels_last memory format (a
 #: proposal measured from the outside: nothing in darts_core changes).
 #: ``gdas_core``: darts_core with the GDAS method (one sampled operation per edge, first order only).
+#: ``random_ws_core``: darts_core with random search with weight sharing (the weight step alone, on one
+#: drawn architecture: two inputs per node, one operation each).
 IMPLEMENTATIONS = (
     "reference",
     "darts_core",
@@ -69,6 +71,7 @@ IMPLEMENTATIONS = (
     "pcdarts_reference",
     "pcdarts_core",
     "gdas_core",
+    "random_ws_core",
 )
 #: Which baselines each darts_core variant is compared with, in the table.
 _BASELINES = {
@@ -76,6 +79,7 @@ _BASELINES = {
     "darts_core_cl": ("reference",),
     "pcdarts_core": ("pcdarts_reference", "reference"),
     "gdas_core": ("darts_core", "reference"),
+    "random_ws_core": ("darts_core", "reference"),
 }
 IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE = 3, 10, 32
 EPOCH_IMAGES = 25_000  # the reference search splits CIFAR-10's 50,000 training images in two halves
@@ -146,11 +150,12 @@ def _build(case: dict[str, Any], device: torch.device) -> tuple[Callable, torch.
         partial_channels=k,
         edge_normalization=pcdarts,
     ).to(device)
-    if case["impl"] in ("darts_core", "darts_core_cl", "pcdarts_core", "gdas_core"):
+    methods = {"gdas_core": Gdas, "random_ws_core": RandomWs}
+    if case["impl"] in ("darts_core", "darts_core_cl", "pcdarts_core", *methods):
         autocast_dtype = torch.bfloat16 if case["dtype"] == "bf16" else None
         if case["impl"] == "darts_core_cl":
             network = network.to(memory_format=torch.channels_last)
-        method = Gdas() if case["impl"] == "gdas_core" else None
+        method = methods[case["impl"]]() if case["impl"] in methods else None
         search = DartsSearch(network, order=case["order"], autocast_dtype=autocast_dtype, method=method)
         return search.step, network
 
@@ -382,7 +387,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="implementations to run (default: reference darts_core; darts_core_cl = darts_core in "
         "channels_last memory format; pcdarts_reference, pcdarts_core = PC-DARTS with K = "
         "--partial-channels and edge normalization; gdas_core = darts_core with the GDAS method, first "
-        "order only)",
+        "order only; random_ws_core = darts_core with random search with weight sharing, no "
+        "architecture step)",
     )
     parser.add_argument(
         "--partial-channels", type=int, default=4, metavar="K", help="K of the PC-DARTS cases (default 4)"
@@ -444,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch_sizes:
             for dtype in dtypes:
                 for impl in args.impls:
-                    if impl == "gdas_core" and order == "second":
-                        continue  # GDAS is first order
+                    if impl in ("gdas_core", "random_ws_core") and order == "second":
+                        continue  # GDAS is first order; random_ws has no architecture step
                     case = {
                         "impl": impl,
                         "order": order,
