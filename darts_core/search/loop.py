@@ -410,7 +410,7 @@ def run_search(
         eigenvalue = None
         if training.hessian_every is not None and epoch % training.hessian_every == 0:
             eigenvalue = dominant_hessian_eigenvalue(network, hessian_batch, seed=training.seed).value
-        metrics = collapse_metrics(network, eigenvalue)
+        metrics = collapse_metrics(network, eigenvalue, chosen)
         result = EpochResult(
             epoch=epoch,
             train_loss=train_loss,

@@ -21,11 +21,13 @@ __all__ = [
     "SdartsAdvMethod",
     "SdartsRsMethod",
     "RandomWsMethod",
+    "FairDartsMethod",
     "MethodConfig",
     "METHOD_NAMES",
     "PERTURBING_METHODS",
     "SOFTMAX_METHODS",
     "ARCHITECTURE_FREE_METHODS",
+    "OWN_DERIVATION_METHODS",
 ]
 
 
@@ -111,14 +113,34 @@ class RandomWsMethod(_Method):
         return self
 
 
+class FairDartsMethod(_Method):
+    """``fair_darts`` (Chu et al., ECCV 2020): every operation weighs ``sigmoid(alpha)`` (no softmax),
+    the architecture loss adds ``zero_one_weight`` times the zero-one loss ``-mean((sigmoid(alpha) -
+    0.5)^2)`` (the authors' weight 10), and the genotype keeps, per node, the edges whose best
+    operation's weight is above ``threshold`` (the authors' 0.85), at most two: a dropped input is the
+    gene ``("none", j)``. First order; no PC-DARTS, Hessian or budget."""
+
+    name: Literal["fair_darts"]
+    zero_one_weight: Annotated[float, Strict()] = Field(default=10.0, ge=0.0, le=1000.0)
+    threshold: Annotated[float, Strict()] = Field(default=0.85, gt=0.0, lt=1.0)
+
+
 #: The ``method`` section: one of the methods, told apart by ``name``.
 MethodConfig = Annotated[
-    DartsMethod | GdasMethod | BetaDartsMethod | SdartsRsMethod | SdartsAdvMethod | RandomWsMethod,
+    DartsMethod
+    | GdasMethod
+    | BetaDartsMethod
+    | SdartsRsMethod
+    | SdartsAdvMethod
+    | RandomWsMethod
+    | FairDartsMethod,
     Field(discriminator="name"),
 ]
 
 #: Every method name, in the order of the union.
-METHOD_NAMES: tuple[str, ...] = ("darts", "gdas", "beta_darts", "sdarts_rs", "sdarts_adv", "random_ws")
+METHOD_NAMES: tuple[str, ...] = (
+    "darts", "gdas", "beta_darts", "sdarts_rs", "sdarts_adv", "random_ws", "fair_darts",
+)  # fmt: skip
 #: The methods that mix every operation by softmax(alpha): they compose with second order, PC-DARTS
 #: partial channels and edge normalization, and the Hessian measurement.
 SOFTMAX_METHODS: tuple[str, ...] = ("darts", "beta_darts")
@@ -128,3 +150,5 @@ PERTURBING_METHODS: tuple[str, ...] = ("sdarts_rs", "sdarts_adv")
 #: The methods that train no alphas (no architecture step): they compose with neither the collapse
 #: early stop nor a budget (both read the alphas), nor anything the softmax methods alone allow.
 ARCHITECTURE_FREE_METHODS: tuple[str, ...] = ("random_ws",)
+#: The methods that derive their own genotype from the alphas (not the budget's repair): no budget.
+OWN_DERIVATION_METHODS: tuple[str, ...] = ("fair_darts",)

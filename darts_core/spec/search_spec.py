@@ -30,6 +30,7 @@ from pydantic import (
 
 from darts_core.spec.method_spec import (
     ARCHITECTURE_FREE_METHODS,
+    OWN_DERIVATION_METHODS,
     PERTURBING_METHODS,
     SOFTMAX_METHODS,
     DartsMethod,
@@ -297,6 +298,8 @@ class SearchConfig(_Section):
             clashes.append("search_space.edge_normalization (true)")
         if self.training.hessian_every is not None:
             clashes.append(f"training.hessian_every ({self.training.hessian_every})")
+        if name in OWN_DERIVATION_METHODS and self.constraints.active:
+            clashes.append("constraints.max_parameters/max_multiply_adds")
         if name in ARCHITECTURE_FREE_METHODS:
             if self.training.early_stop is not None:
                 clashes.append(f"training.early_stop ({self.training.early_stop!r})")

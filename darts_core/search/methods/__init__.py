@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from darts_core.search.methods.base import SearchMethod
 from darts_core.search.methods.beta_darts import BetaDarts, beta_regularizer
+from darts_core.search.methods.fair_darts import FairDarts, threshold_genotype, zero_one_loss
 from darts_core.search.methods.gdas import Gdas, gumbel_straight_through
 from darts_core.search.methods.random_ws import RandomWs
 from darts_core.search.methods.sdarts import Sdarts, project_to_simplex
 from darts_core.spec.method_spec import (
     BetaDartsMethod,
+    FairDartsMethod,
     GdasMethod,
     MethodConfig,
     RandomWsMethod,
@@ -31,6 +33,9 @@ __all__ = [
     "method_for",
     "project_to_simplex",
     "RandomWs",
+    "FairDarts",
+    "threshold_genotype",
+    "zero_one_loss",
 ]
 
 
@@ -46,4 +51,6 @@ def method_for(config: MethodConfig) -> SearchMethod:
         return Sdarts(config.epsilon_start, config.epsilon_end, attack_steps=config.attack_steps)
     if isinstance(config, RandomWsMethod):
         return RandomWs(config.candidates, config.finalists, config.score_batches, config.epoch_candidates)
+    if isinstance(config, FairDartsMethod):
+        return FairDarts(zero_one_weight=config.zero_one_weight, threshold=config.threshold)
     return SearchMethod()
