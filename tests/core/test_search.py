@@ -497,6 +497,7 @@ def test_on_epoch_payload_and_checkpoint(tiny_dataset, tmp_path) -> None:
         {"name": "sdarts_rs"},
         {"name": "sdarts_adv", "attack_steps": 2},
         {"name": "random_ws", "candidates": 8, "finalists": 2, "epoch_candidates": 3},
+        {"name": "fair_darts", "threshold": 0.5},
     ],
     ids=lambda method: method["name"],
 )

@@ -171,7 +171,7 @@ def test_search_on_an_uploaded_dataset(api: TestClient, running_worker) -> None:
 @pytest.mark.parametrize(
     "method",
     [{"name": "gdas", "tau_max": 5.0}, {"name": "beta_darts"}, {"name": "sdarts_rs"}, {"name": "sdarts_adv"},
-     {"name": "random_ws", "candidates": 4, "finalists": 2}],
+     {"name": "random_ws", "candidates": 4, "finalists": 2}, {"name": "fair_darts", "threshold": 0.5}],
     ids=lambda method: method["name"],
 )
 def test_every_search_method_runs_through_the_service(api: TestClient, running_worker, method) -> None:
