@@ -13,6 +13,7 @@ from benchmarks import reference_methods
 from darts_core.nn.genotype_network import GenotypeNetwork
 from darts_core.nn.multiply_adds import count_multiply_adds
 from darts_core.search.bilevel import DartsSearch
+from darts_core.search.budget import cost_table_for
 from darts_core.search.collapse import parameter_free_count
 from darts_core.search.loop import run_search
 from darts_core.search.methods import FairDarts, method_for, threshold_genotype, zero_one_loss
@@ -175,6 +176,14 @@ def test_a_network_of_dropped_inputs_trains_and_costs_what_its_kept_operations_c
     assert count == sum(p.numel() for p in other.parameters())
     assert count_multiply_adds(network, (3, 12, 12)) == count_multiply_adds(other, (3, 12, 12))
     assert parameter_free_count(DROPPED) == 1  # the skip; a dropped input is no operation
+    # The budget's cost table counts it so too, whether its space holds 'none' or not.
+    for primitives in (list(DARTS_OP_NAMES), list(DARTS_OP_NAMES[1:])):
+        spec = {
+            "search_space": {"primitives": primitives, "internal_nodes": 3},
+            "constraints": {"network": {"init_channels": 6, "cells": 5}},
+        }
+        table = cost_table_for(SearchConfig.from_spec(spec), (3, 12, 12), 5)
+        assert table.cost(DROPPED) == (count, count_multiply_adds(network, (3, 12, 12)))
 
     images, labels = torch.randn(4, 3, 12, 12), torch.randint(0, 5, (4,))
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
