@@ -57,13 +57,14 @@ from benchmarks import pcdarts_reference, reference  # noqa: E402
 from darts_core.estimate import SavedTensorMeter  # noqa: E402  (one definition, shared with admission)
 from darts_core.nn.search_network import SearchNetwork  # noqa: E402
 from darts_core.search.loop import DartsSearch  # noqa: E402
-from darts_core.search.methods import Gdas, RandomWs  # noqa: E402
+from darts_core.search.methods import FairDarts, Gdas, RandomWs  # noqa: E402
 
 #: ``darts_core_cl``: darts_core with the network and the images in channels_last memory format (a
 #: proposal measured from the outside: nothing in darts_core changes).
 #: ``gdas_core``: darts_core with the GDAS method (one sampled operation per edge, first order only).
 #: ``random_ws_core``: darts_core with random search with weight sharing (the weight step alone, on one
 #: drawn architecture: two inputs per node, one operation each).
+#: ``fair_darts_core``: darts_core with FairDARTS (sigmoid weights, the zero-one loss, first order only).
 IMPLEMENTATIONS = (
     "reference",
     "darts_core",
@@ -72,6 +73,7 @@ IMPLEMENTATIONS = (
     "pcdarts_core",
     "gdas_core",
     "random_ws_core",
+    "fair_darts_core",
 )
 #: Which baselines each darts_core variant is compared with, in the table.
 _BASELINES = {
@@ -80,6 +82,7 @@ _BASELINES = {
     "pcdarts_core": ("pcdarts_reference", "reference"),
     "gdas_core": ("darts_core", "reference"),
     "random_ws_core": ("darts_core", "reference"),
+    "fair_darts_core": ("darts_core", "reference"),
 }
 IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE = 3, 10, 32
 EPOCH_IMAGES = 25_000  # the reference search splits CIFAR-10's 50,000 training images in two halves
@@ -150,7 +153,7 @@ def _build(case: dict[str, Any], device: torch.device) -> tuple[Callable, torch.
         partial_channels=k,
         edge_normalization=pcdarts,
     ).to(device)
-    methods = {"gdas_core": Gdas, "random_ws_core": RandomWs}
+    methods = {"gdas_core": Gdas, "random_ws_core": RandomWs, "fair_darts_core": FairDarts}
     if case["impl"] in ("darts_core", "darts_core_cl", "pcdarts_core", *methods):
         autocast_dtype = torch.bfloat16 if case["dtype"] == "bf16" else None
         if case["impl"] == "darts_core_cl":
@@ -388,7 +391,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "channels_last memory format; pcdarts_reference, pcdarts_core = PC-DARTS with K = "
         "--partial-channels and edge normalization; gdas_core = darts_core with the GDAS method, first "
         "order only; random_ws_core = darts_core with random search with weight sharing, no "
-        "architecture step)",
+        "architecture step; fair_darts_core = darts_core with FairDARTS, first order only)",
     )
     parser.add_argument(
         "--partial-channels", type=int, default=4, metavar="K", help="K of the PC-DARTS cases (default 4)"
@@ -450,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch_sizes:
             for dtype in dtypes:
                 for impl in args.impls:
-                    if impl in ("gdas_core", "random_ws_core") and order == "second":
-                        continue  # GDAS is first order; random_ws has no architecture step
+                    if impl in ("gdas_core", "random_ws_core", "fair_darts_core") and order == "second":
+                        continue  # GDAS and FairDARTS are first order; random_ws has no architecture step
                     case = {
                         "impl": impl,
                         "order": order,

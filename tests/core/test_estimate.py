@@ -244,3 +244,14 @@ def test_random_ws_needs_much_less_memory_and_the_estimate_bounds_a_measured_ste
     assert measured["state_bytes"] <= random_estimate.state_bytes
     assert measured["saved_bytes"] <= random_estimate.saved_bytes
     assert measured["saved_bytes"] < 0.25 * measure_step(darts, **shape)["saved_bytes"]
+
+
+def test_fair_darts_is_estimated_as_first_order_darts_and_the_estimate_bounds_a_measured_step() -> None:
+    # Sigmoid weights instead of softmax: every operation of every edge runs and keeps what DARTS keeps.
+    spec = {"network": {"cells": 3, "init_channels": 4}, "training": {"batch_size": 4}}
+    darts, shape = SearchConfig.from_spec(spec), {"in_channels": 3, "image_size": (8, 8), "num_classes": 5}
+    fair = darts.replace(method={"name": "fair_darts"})
+    assert estimate_search(fair, **shape) == estimate_search(darts, **shape)
+    measured = measure_step(fair, **shape)
+    assert measured["saved_bytes"] <= estimate_search(fair, **shape).saved_bytes
+    assert measured["state_bytes"] <= estimate_search(fair, **shape).state_bytes
