@@ -87,7 +87,8 @@ class EpochResult:
     """What one finished search epoch reports: :class:`~darts_core.spec.records.EpochRecord` (which documents
     the fields) with ``genotype`` as a :class:`Genotype`.
 
-    ``valid_*`` are the supernet valid accuracy DARTS reports; ``seconds`` covers steps and validation.
+    ``valid_*`` are the supernet valid accuracy DARTS reports (under the method's eval-mode weights:
+    for ``random_ws`` those of the epoch's genotype); ``seconds`` covers steps and validation.
     """
 
     epoch: int

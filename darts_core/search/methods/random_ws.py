@@ -58,7 +58,7 @@ def sample_cell(
 def cell_mixing(draw: CellDraw, internal_nodes: int, num_ops: int, like: Tensor) -> EdgeMixing:
     """The operation weights that run exactly ``draw``: weight 1 on each drawn (edge, operation), only
     those computed, every other edge dropped. ``(num_edges, num_ops)`` with ``like``'s dtype and device."""
-    weights = torch.zeros(num_edges(internal_nodes), num_ops, dtype=like.dtype, device=like.device)
+    weights = torch.zeros(num_edges(internal_nodes), num_ops, dtype=like.dtype)  # filled on the CPU
     sampled: list[int | None] = [None] * num_edges(internal_nodes)
     start = 0
     for node in range(internal_nodes):
@@ -66,7 +66,7 @@ def cell_mixing(draw: CellDraw, internal_nodes: int, num_ops: int, like: Tensor)
             weights[start + j, op] = 1.0
             sampled[start + j] = op
         start += 2 + node
-    return EdgeMixing(weights, tuple(sampled))
+    return EdgeMixing(weights.to(like.device), tuple(sampled))
 
 
 class RandomWs(SearchMethod):
