@@ -298,8 +298,6 @@ class SearchConfig(_Section):
             clashes.append("search_space.edge_normalization (true)")
         if self.training.hessian_every is not None:
             clashes.append(f"training.hessian_every ({self.training.hessian_every})")
-        if name in OWN_DERIVATION_METHODS and self.constraints.active:
-            clashes.append("constraints.max_parameters/max_multiply_adds")
         if name in ARCHITECTURE_FREE_METHODS:
             if self.training.early_stop is not None:
                 clashes.append(f"training.early_stop ({self.training.early_stop!r})")
@@ -316,6 +314,12 @@ class SearchConfig(_Section):
                 f"method.name {name!r} does not compose with {', '.join(clashes)}: second order, PC-DARTS "
                 f"partial channels and edge normalization, and the Hessian measurement need a method.name "
                 f"among {', '.join(repr(softmax) for softmax in SOFTMAX_METHODS)}"
+            )
+        if name in OWN_DERIVATION_METHODS and self.constraints.active:
+            raise ValueError(
+                f"method.name {name!r} does not compose with constraints.max_parameters/max_multiply_adds: "
+                f"the budget's penalty and repair work on softmax weights and DARTS's derivation, "
+                f"{name!r} derives its own genotype"
             )
         return self
 
