@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import reference_methods
+from darts_core.estimate import estimate_training, measure_training_step
 from darts_core.nn.genotype_network import GenotypeNetwork
 from darts_core.nn.multiply_adds import count_multiply_adds
 from darts_core.search.bilevel import DartsSearch
@@ -19,6 +20,7 @@ from darts_core.search.loop import run_search
 from darts_core.search.methods import FairDarts, method_for, threshold_genotype, zero_one_loss
 from darts_core.spec.genotype import DARTS_OP_NAMES, Genotype
 from darts_core.spec.search_spec import SearchConfig
+from darts_core.spec.training_spec import TrainingJobConfig
 from tests.core.test_benchmark_equivalence import _batches, _build_pair
 from tests.core.test_search import TINY_SPEC
 
@@ -208,3 +210,15 @@ def test_a_search_reports_sigmoids_and_derives_by_the_threshold(tiny_dataset) ->
         assert list(item.genotype.normal) == [tuple(gene) for gene in expected]
         assert item.skip_connections == sum(op == "skip_connect" for op, _ in item.genotype.normal)
     assert result.genotype == result.history[-1].genotype
+
+
+def test_the_retraining_estimate_of_dropped_inputs_matches_a_measured_step() -> None:
+    # The admission of a training of such a genotype: a zero keeps nothing for the backward pass.
+    config = TrainingJobConfig.from_spec(
+        {"network": {"init_channels": 6, "cells": 5}, "training": {"batch_size": 4}}
+    )
+    estimate = estimate_training(config, (3, 12, 12), 5, DROPPED)
+    measured = measure_training_step(config, (3, 12, 12), 5, DROPPED)
+    assert estimate.state_bytes == measured["state_bytes"]
+    assert abs(estimate.saved_bytes - measured["saved_bytes"]) <= 0.10 * measured["saved_bytes"], (
+        estimate.saved_bytes, measured["saved_bytes"])  # fmt: skip
