@@ -50,7 +50,7 @@ __all__ = [
     "skip_count",
 ]
 
-#: Operations without learnable weights (``none`` is never chosen by a derivation; listed for custom code).
+#: Operations without learnable weights (``none`` is never a chosen operation; listed for custom code).
 PARAMETER_FREE_OPS: frozenset[str] = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})
 
 #: The names ``training.early_stop`` accepts (besides ``None``).

@@ -5,7 +5,9 @@ weights of the supernet under one architecture drawn uniformly from the DARTS ge
 per batch for each cell kind: per internal node two distinct inputs (a uniform pair) and on each a
 uniform non-``none`` operation; only those operations run (:class:`~darts_core.nn.edge_weights.EdgeMixing`
 with the other edges dropped). The draws come from torch's global generator, which the search
-checkpoints after every epoch, so a resumed search draws what the uninterrupted one would have.
+checkpoints after every epoch, so a resumed search draws what the uninterrupted one would have (the
+study's baseline, :func:`~darts_core.spec.random_genotype.random_genotype`, draws from the same space as
+a pure function of a seed, without torch).
 
 The genotype is found after training, with the shared weights: ``candidates`` drawn architectures are
 scored (eval mode, accuracy, then the lower loss, then the earlier draw) on the first ``score_batches``
