@@ -16,9 +16,19 @@ the way the authors' code computes them, for ``tests/core/test_methods.py``. Ind
   ``Dirichlet(1)`` in closed form (log-gamma and digamma, float64).
 - DARTS- (Chu et al., ICLR 2021; Meituan-AutoML/DARTS-): every edge of the DARTS reference network
   outputs ``sum_k w_k op_k(x) + beta * skip(x)``, the skip run as an operation of its own.
+- Random search with weight sharing (Li & Talwalkar, UAI 2019; liamcli/randomNAS_release): the size of
+  one cell kind's DARTS genotype space counted in closed form, its every member listed, and the forward
+  of one drawn architecture on the reference network (only the drawn edges and operations).
+- FairDARTS (Chu et al., ECCV 2020; xiaomi-automl/FairDARTS): the reference forward with every edge
+  ``sum_k sigmoid(alpha_k) * op_k(x)``, the zero-one loss ``-w * mean((sigmoid(alpha) - 0.5)^2)`` with its
+  gradient written out, and the threshold parse (the edges above the threshold, at most two, the others
+  of the two strongest listed as ``("none", j)``).
 """
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +45,12 @@ __all__ = [
     "gdas_hard_weights",
     "gdas_forward",
     "simplex_projection_by_bisection",
+    "random_ws_space_size",
+    "random_ws_cells",
+    "random_ws_forward",
+    "fair_darts_forward",
+    "zero_one_loss_and_gradient",
+    "fair_darts_parse",
 ]
 
 
@@ -170,3 +186,85 @@ def darts_minus_forward(model: ReferenceNetwork, x: torch.Tensor, beta: float) -
         s0, s1 = s1, _darts_minus_cell(cell, s0, s1, F.softmax(alphas, dim=-1), beta)
     pooled = model.global_pooling(s1)
     return model.classifier(pooled.view(pooled.size(0), -1))
+def random_ws_space_size(internal_nodes: int, operations: int) -> int:
+    """How many cells the DARTS space holds: node ``i`` picks 2 of its ``i + 2`` inputs (unordered) and
+    one of ``operations`` operations for each, independently of the other nodes."""
+    return math.prod(math.comb(node + 2, 2) * operations**2 for node in range(internal_nodes))
+
+
+def random_ws_cells(internal_nodes: int, operations: list[int]) -> list[tuple[tuple[int, int], ...]]:
+    """Every cell of the space as ``((op, input), ...)``, two genes per node, the lower input first."""
+    per_node = [
+        [
+            ((first_op, low), (second_op, high))
+            for low, high in itertools.combinations(range(node + 2), 2)
+            for first_op in operations
+            for second_op in operations
+        ]
+        for node in range(internal_nodes)
+    ]
+    return [tuple(gene for pair in choice for gene in pair) for choice in itertools.product(*per_node)]
+
+
+def _drawn_cell(cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor, genes) -> torch.Tensor:
+    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+    offset = 0
+    for node in range(cell.steps):
+        terms = [cell.edges[offset + j].ops[op](states[j]) for op, j in genes[2 * node : 2 * node + 2]]
+        offset += len(states)
+        states.append(terms[0] + terms[1])
+    return torch.cat(states[-cell.steps :], dim=1)
+
+
+def random_ws_forward(model: ReferenceNetwork, x: torch.Tensor, normal, reduce) -> torch.Tensor:
+    """Logits of the reference supernet running only the drawn cells ``normal`` and ``reduce``."""
+    s0 = s1 = model.stem(x)
+    for cell in model.cells:
+        s0, s1 = s1, _drawn_cell(cell, s0, s1, reduce if cell.reduction else normal)
+    pooled = model.global_pooling(s1)
+    return model.classifier(pooled.view(pooled.size(0), -1))
+
+
+def fair_darts_forward(model: ReferenceNetwork, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the reference supernet with sigmoid operation weights instead of softmax."""
+    s0 = s1 = model.stem(x)
+    for cell in model.cells:
+        alphas = model.alphas_reduce if cell.reduction else model.alphas_normal
+        s0, s1 = s1, cell(s0, s1, torch.sigmoid(alphas))
+    pooled = model.global_pooling(s1)
+    return model.classifier(pooled.view(pooled.size(0), -1))
+
+
+def zero_one_loss_and_gradient(
+    alphas: list[torch.Tensor], weight: float
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``-weight * mean((s - 0.5)^2)`` over all entries, ``s = sigmoid(alpha)``, and its gradient on each
+    tensor in closed form: ``-weight * 2 (s - 0.5) s (1 - s) / count``."""
+    count = sum(alpha.numel() for alpha in alphas)
+    squares = sum(((1 / (1 + torch.exp(-alpha)) - 0.5) ** 2).sum() for alpha in alphas)
+    value = -weight * squares / count
+    grads = []
+    for alpha in alphas:
+        s = 1 / (1 + torch.exp(-alpha))
+        grads.append(-weight * 2 * (s - 0.5) * s * (1 - s) / count)
+    return value, grads
+
+
+def fair_darts_parse(
+    weights: list[list[float]], primitives: list[str], steps: int, threshold: float
+) -> list[tuple[str, int]]:
+    """The threshold parse of one cell kind's sigmoid weights (rows = edges, node by node)."""
+    genes: list[tuple[str, int]] = []
+    start = 0
+    for node in range(steps):
+        rows = weights[start : start + node + 2]
+        strength = []
+        for j, row in enumerate(rows):
+            value, op = max((row[k], -k) for k, name in enumerate(primitives) if name != "none")
+            strength.append((value, -j, primitives[-op]))
+        strength.sort(reverse=True)  # strongest first; the lower input on a tie
+        kept = [(name, -negative) for value, negative, name in strength if value > threshold][:2]
+        dropped = [("none", -negative) for value, negative, _ in strength[len(kept) : 2]]
+        genes.extend(kept + dropped)
+        start += node + 2
+    return genes

@@ -58,13 +58,28 @@ from darts_core.estimate import SavedTensorMeter  # noqa: E402  (one definition,
 from darts_core.nn.ops import DARTS_PRIMITIVES_2D  # noqa: E402
 from darts_core.nn.search_network import SearchNetwork  # noqa: E402
 from darts_core.search.loop import DartsSearch  # noqa: E402
-from darts_core.search.methods import DartsMinus, Drnas, Gdas, SearchMethod  # noqa: E402
+from darts_core.search.methods import (  # noqa: E402
+    BetaDarts,
+    DartsMinus,
+    Drnas,
+    FairDarts,
+    Gdas,
+    RandomWs,
+    Sdarts,
+    SearchMethod,
+)
 
 #: ``darts_core_cl``: darts_core with the network and the images in channels_last memory format (a
 #: proposal measured from the outside: nothing in darts_core changes).
 #: ``gdas_core``: darts_core with the GDAS method (one sampled operation per edge, first order only).
 #: ``drnas_core``: darts_core with DrNAS (Dirichlet-sampled mixing, L2 anchor; first order only).
 #: ``darts_minus_core``: darts_core with DARTS- (the auxiliary skip on every edge, beta = 1).
+#: ``random_ws_core``: darts_core with random search with weight sharing (the weight step alone, on one
+#: drawn architecture: two inputs per node, one operation each).
+#: ``fair_darts_core``: darts_core with FairDARTS (sigmoid weights, the zero-one loss, first order only).
+#: ``beta_darts_core``: darts_core with beta-DARTS (the Beta regularizer at lambda 50, its largest).
+#: ``sdarts_rs_core``, ``sdarts_adv_core``: darts_core with SDARTS (eps 0.3, its largest; ADV: the 7-step
+#: attack), first order only.
 IMPLEMENTATIONS = (
     "reference",
     "darts_core",
@@ -74,6 +89,11 @@ IMPLEMENTATIONS = (
     "gdas_core",
     "drnas_core",
     "darts_minus_core",
+    "random_ws_core",
+    "fair_darts_core",
+    "beta_darts_core",
+    "sdarts_rs_core",
+    "sdarts_adv_core",
 )
 #: Which baselines each darts_core variant is compared with, in the table.
 _BASELINES = {
@@ -83,15 +103,27 @@ _BASELINES = {
     "gdas_core": ("darts_core", "reference"),
     "drnas_core": ("darts_core", "reference"),
     "darts_minus_core": ("darts_core", "reference"),
+    "random_ws_core": ("darts_core", "reference"),
+    "fair_darts_core": ("darts_core", "reference"),
+    "beta_darts_core": ("darts_core", "reference"),
+    "sdarts_rs_core": ("darts_core", "reference"),
+    "sdarts_adv_core": ("darts_core", "reference"),
 }
 #: The search method of each darts_core implementation (DARTS for the others).
 _METHODS: dict[str, Callable[[], SearchMethod]] = {
     "gdas_core": Gdas,
     "drnas_core": Drnas,
     "darts_minus_core": lambda: DartsMinus(list(DARTS_PRIMITIVES_2D).index("skip_connect")),
+    "random_ws_core": RandomWs,
+    "fair_darts_core": FairDarts,
+    "beta_darts_core": lambda: BetaDarts(lambda_start=50.0, lambda_end=50.0),
+    "sdarts_rs_core": lambda: Sdarts(0.3, 0.3),
+    "sdarts_adv_core": lambda: Sdarts(0.3, 0.3, attack_steps=7),
 }
 #: The methods without a second-order step.
-_FIRST_ORDER_ONLY = ("gdas_core", "drnas_core")
+_FIRST_ORDER_ONLY = (
+    "gdas_core", "drnas_core", "random_ws_core", "fair_darts_core", "sdarts_rs_core", "sdarts_adv_core"
+)
 IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE = 3, 10, 32
 EPOCH_IMAGES = 25_000  # the reference search splits CIFAR-10's 50,000 training images in two halves
 _CASE_MARKER = "CASE-RESULT "
@@ -396,8 +428,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=["reference", "darts_core"],
         help="implementations to run (default: reference darts_core; darts_core_cl = darts_core in "
         "channels_last memory format; pcdarts_reference, pcdarts_core = PC-DARTS with K = "
-        "--partial-channels and edge normalization; gdas_core, drnas_core, darts_minus_core = darts_core "
-        "with the GDAS, DrNAS (first order only) or DARTS- method)",
+        "--partial-channels and edge normalization; gdas_core, drnas_core, darts_minus_core, "
+        "random_ws_core, fair_darts_core, beta_darts_core, sdarts_rs_core, sdarts_adv_core = darts_core "
+        "with that method; GDAS, DrNAS, random_ws, FairDARTS and SDARTS are first order only)",
     )
     parser.add_argument(
         "--partial-channels", type=int, default=4, metavar="K", help="K of the PC-DARTS cases (default 4)"

@@ -46,6 +46,7 @@ _EDGE_COLOURS = {
     "sep_conv_5x5": "#1a5276",
     "dil_conv_3x3": "#b9770e",
     "dil_conv_5x5": "#935116",
+    "none": "#aaa",  # a dropped input (FairDARTS keeps fewer than two): drawn dashed
 }
 
 
@@ -115,10 +116,11 @@ def _cell_svg(title: str, edges: list[Any], concat: list[int], y0: float) -> tup
         x1, y1 = source_box.x + NODE_WIDTH, source_box.y + NODE_HEIGHT / 2
         bend = max(CURVE_ROOM / 2, (lane_left - x1) / 2)
         colour = _EDGE_COLOURS.get(name, "#333")
+        dashes = ' stroke-dasharray="3 3"' if name == "none" else ""
         edge_parts.append(
             f'<path class="edge" d="M{x1:.1f},{y1:.1f} C{x1 + bend:.1f},{y1:.1f} {lane_left - bend:.1f},'
             f'{port_y:.1f} {lane_left:.1f},{port_y:.1f} L{target_box.x:.1f},{port_y:.1f}" fill="none" '
-            f'stroke="{colour}" stroke-width="1.6" marker-end="url(#arrow)"/>'
+            f'stroke="{colour}" stroke-width="1.6"{dashes} marker-end="url(#arrow)"/>'
         )
         width = label_width(name)
         box = Box(

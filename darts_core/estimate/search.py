@@ -205,10 +205,13 @@ def _cell_values(
     partial_channels: int = 1,
     edge_normalization: bool = False,
     sampled: bool = False,
+    drawn: bool = False,
 ) -> tuple[float, int]:
     """Saved activation values per sample of one search cell, and the values of its states per sample.
 
     ``sampled`` (GDAS): every edge runs one sampled operation, counted as the one that keeps the most.
+    ``drawn`` (random_ws): only two input edges of each node run, one operation each: each node counts
+    its two most memory-hungry inputs at their most memory-hungry operation.
 
     PC-DARTS (``partial_channels`` ``K > 1``): the operations and the state's shared head and ReLU have
     ``width / K`` channels; the bypassed channels of a stride-2 edge are max-pooled (the pooling keeps
@@ -230,12 +233,15 @@ def _cell_values(
 
     part = width // partial_channels
     bypassed = width - part
+    edge_values = []  # per source state: one edge leaving it at its most memory-hungry operation
     for source in range(1 + internal_nodes):  # every state but the last node feeds edges
         area = state_area if source < 2 else out_area
         index = 1 if shape.reduction and source < 2 else 0  # stride 2 or 1
         outgoing = internal_nodes - max(0, source - 1)  # edges from this state to later nodes
         kept = [EDGE_VALUES[name][index] for name in computed]
-        values += outgoing * (max(kept, default=0.0) if sampled else sum(kept)) * part * out_area
+        edge_values.append(max(kept, default=0.0) * part * out_area)
+        if not drawn:
+            values += outgoing * (max(kept, default=0.0) if sampled else sum(kept)) * part * out_area
         if any(_READS_RELU.get(name, (False, False))[index] for name in computed):
             values += part * area
         if (
@@ -251,6 +257,8 @@ def _cell_values(
             values += bypassed * out_area if edge_normalization else 0
         elif bypassed and edge_normalization:
             values += width * area
+    if drawn:
+        values += sum(sum(sorted(edge_values[: node + 2])[-2:]) for node in range(internal_nodes))
     state_values = 2 * width * state_area + internal_nodes * width * out_area
     return values, state_values
 
@@ -266,6 +274,7 @@ def _saved_values_per_sample(
     partial_channels: int = 1,
     edge_normalization: bool = False,
     sampled: bool = False,
+    drawn: bool = False,
 ) -> tuple[float, int]:
     """Saved values per sample of a forward with weight gradients, and the largest cell's state values."""
     height, width = image_size
@@ -275,7 +284,7 @@ def _saved_values_per_sample(
     shapes = _cell_shapes(image_size, init_channels, cells, internal_nodes, stem_multiplier)
     for shape in shapes:
         cell, states = _cell_values(
-            primitives, internal_nodes, shape, partial_channels, edge_normalization, sampled
+            primitives, internal_nodes, shape, partial_channels, edge_normalization, sampled, drawn
         )
         values += cell
         largest_states = max(largest_states, states)
@@ -324,6 +333,7 @@ def estimate_search(
         space.partial_channels,
         space.edge_normalization,
         config.method.name == "gdas",  # one sampled operation per edge
+        config.method.name == "random_ws",  # two drawn input edges per node, one operation each
     )
     batch = training.batch_size
     state = _FLOAT_BYTES * (3 * weights + 4 * arch)

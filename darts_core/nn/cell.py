@@ -372,15 +372,18 @@ class Cell(nn.Module):
             total = None
             for j in range(2 + node):
                 mixed_op = cast(MixedOp, self.mixed_ops[edge])
-                if sampled is None:
-                    term = mixed_op(states[j], rows[edge], relu_of(j))
-                else:
-                    index = sampled[edge]
-                    shared = relu_of(j) if _needs_relu(mixed_op.ops[index]) else None
-                    term = mixed_op.forward_sampled(states[j], rows[edge], index, shared)
+                row, index = rows[edge], None if sampled is None else sampled[edge]
                 edge += 1
+                if sampled is None:
+                    term = mixed_op(states[j], row, relu_of(j))
+                elif index is None:
+                    continue  # a dropped edge: not computed, adds nothing
+                else:
+                    shared = relu_of(j) if _needs_relu(mixed_op.ops[index]) else None
+                    term = mixed_op.forward_sampled(states[j], row, index, shared)
                 total = term if total is None else total + term
-            assert total is not None  # every node reads at least two states
+            if total is None:
+                raise ValueError(f"mixing.sampled drops every input edge of node {node}")
             states.append(_contiguous_gradient(total))
         return self.cell_merge_output_fn(states)
 

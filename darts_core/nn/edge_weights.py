@@ -22,11 +22,13 @@ class EdgeMixing:
             straight-through one-hot (:mod:`darts_core.search.methods.gdas`).
         sampled: when given, one operation index per edge: only that operation is computed, its output
             times its weight (the others count as zero, as their weights' values are; their weights get no
-            gradient). ``None``: every operation is computed, weighted.
+            gradient); an entry ``None`` drops its edge (nothing computed, it adds nothing to its node;
+            random search with weight sharing, every node keeping two inputs). ``None``: every operation
+            is computed, weighted.
     """
 
     weights: torch.Tensor
-    sampled: tuple[int, ...] | None = None
+    sampled: tuple[int | None, ...] | None = None
 
 
 def edge_softmax(betas: torch.Tensor, internal_nodes: int) -> torch.Tensor:

@@ -48,7 +48,8 @@ class StepResult:
 
     ``train_*`` come from the weight step's forward on the train batch. ``valid_*`` come from the
     architecture step's forward on the valid batch: at the current weights for first order, at the
-    unrolled weights ``w'`` for second order.
+    unrolled weights ``w'`` for second order; NaN for a method that trains no alphas (no architecture
+    step, ``SearchMethod.trains_architecture`` false).
     """
 
     train_loss: Tensor
@@ -115,7 +116,8 @@ class DartsSearch:
 
     A step (:meth:`step`) is:
 
-    1. **Architecture step** on the valid batch. First order: ``dalpha = dL_val(w, alpha)/dalpha``,
+    1. **Architecture step** on the valid batch (none for a method that trains no alphas). First
+       order: ``dalpha = dL_val(w, alpha)/dalpha``,
        computed with ``requires_grad`` off on the weights, so no weight gradient is ever formed. Second order:
        ``w' = w - xi * (momentum * m + dL_train(w, alpha)/dw + weight_decay * w)`` with ``xi`` the current
        weight learning rate and ``m`` SGD's momentum buffer (as the DARTS reference architect), then
@@ -186,6 +188,7 @@ class DartsSearch:
         supernet = cast("SearchNetwork", network)
         self.alphas: list[Tensor] = list(supernet.arch_parameters())
         self.weights: list[Tensor] = list(supernet.weight_parameters())
+        self.method.bind(supernet)
         if not self.alphas or not self.weights:
             raise ValueError("network: arch_parameters() and weight_parameters() must both be non-empty")
         alpha_ids = {id(alpha) for alpha in self.alphas}
@@ -224,7 +227,10 @@ class DartsSearch:
         """
         self.network.train()
         train_batch, valid_batch = self._formatted(train_batch), self._formatted(valid_batch)
-        valid_loss, valid_acc = self._architecture_step(train_batch, valid_batch)
+        if self.method.trains_architecture:
+            valid_loss, valid_acc = self._architecture_step(train_batch, valid_batch)
+        else:  # random search with weight sharing: the weight step alone
+            valid_loss = valid_acc = torch.full((), float("nan"), device=train_batch[0].device)
         train_loss, train_acc = self._weight_step(train_batch)
         return StepResult(train_loss, train_acc, valid_loss, valid_acc)
 

@@ -175,6 +175,8 @@ class CostTable:
         for kind in _KINDS:
             genes: Sequence[Gene] = getattr(genotype, kind)
             for slot, (name, source) in enumerate(genes):
+                if name == _NONE:  # a dropped input (FairDARTS): a zero, nothing to count
+                    continue
                 edge_cost = self.ops[kind][_edge_index(slot // 2, source), self._column(name)]
                 total[0] += float(edge_cost[0])
                 total[1] += float(edge_cost[1])

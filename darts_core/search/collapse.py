@@ -50,7 +50,7 @@ __all__ = [
     "skip_count",
 ]
 
-#: Operations without learnable weights (``none`` is never chosen by a derivation; listed for custom code).
+#: Operations without learnable weights (``none`` is never a chosen operation; listed for custom code).
 PARAMETER_FREE_OPS: frozenset[str] = frozenset({"none", "skip_connect", "max_pool_3x3", "avg_pool_3x3"})
 
 #: The names ``training.early_stop`` accepts (besides ``None``).
@@ -100,29 +100,36 @@ def skip_count(genotype: Genotype) -> int:
 
 def parameter_free_count(genotype: Genotype) -> int:
     """Parameter-free operations (:data:`PARAMETER_FREE_OPS`) among the normal cell's chosen operations."""
-    return sum(1 for op_name, _ in genotype.normal if op_name in PARAMETER_FREE_OPS)
+    # A ("none", j) gene is a dropped input (FairDARTS's derivation), not a chosen operation.
+    return sum(1 for op_name, _ in genotype.normal if op_name in PARAMETER_FREE_OPS and op_name != "none")
 
 
 def mean_alpha_entropy(softmaxed: Mapping[str, Tensor | Sequence[Sequence[float]]]) -> float:
     """Mean entropy (nats) of the rows of softmaxed alphas, over every edge of every cell kind.
 
     Args:
-        softmaxed: ``{"normal": (edges, primitives), "reduce": ...}``, rows summing to 1 (tensors or
+        softmaxed: ``{"normal": (edges, primitives), "reduce": ...}``, non-negative rows (tensors or
             nested lists, as :meth:`~darts_core.nn.search_network.SearchNetwork.softmaxed_alphas` or the epoch
-            record give them).
+            record give them); a row that does not sum to 1 (FairDARTS's sigmoids) is divided by its sum.
     """
     tensors = [torch.as_tensor(value, dtype=torch.float64) for value in softmaxed.values()]
     rows = torch.cat([tensor.reshape(-1, tensor.shape[-1]) for tensor in tensors])
     if rows.numel() == 0:
         raise ValueError("softmaxed: no alpha rows")
+    sums = rows.sum(dim=1, keepdim=True)
+    unnormalised = (sums - 1.0).abs() > 1e-6
+    rows = torch.where(unnormalised, rows / sums.clamp_min(1e-30), rows)  # softmax rows stay as they are
     entropy = -(rows * rows.clamp_min(1e-30).log()).sum(dim=1)
     return float(entropy.mean())
 
 
-def collapse_metrics(network: nn.Module, hessian_eigenvalue: float | None = None) -> CollapseMetrics:
-    """The collapse metrics of a :class:`~darts_core.nn.search_network.SearchNetwork` now."""
+def collapse_metrics(
+    network: nn.Module, hessian_eigenvalue: float | None = None, genotype: Genotype | None = None
+) -> CollapseMetrics:
+    """The collapse metrics of a :class:`~darts_core.nn.search_network.SearchNetwork` now: of
+    ``genotype`` when given (a method's own derivation), else of the network's DARTS genotype."""
     supernet = cast("SearchNetwork", network)  # nn.Module's __getattr__ would type its methods as Tensor
-    genotype = supernet.genotype()
+    genotype = supernet.genotype() if genotype is None else genotype
     return CollapseMetrics(
         skip_connections=skip_count(genotype),
         parameter_free_ops=parameter_free_count(genotype),

@@ -40,6 +40,7 @@ from darts_core.checkpoint import (
 from darts_core.data.augment import epoch_generator, resolve_augmentation
 from darts_core.data.device_images import DeviceImages, dataset_images_on_device
 from darts_core.device import resolve_device
+from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.precision import resolve_autocast
 from darts_core.search.bilevel import DartsSearch, StepResult
@@ -86,7 +87,8 @@ class EpochResult:
     """What one finished search epoch reports: :class:`~darts_core.spec.records.EpochRecord` (which documents
     the fields) with ``genotype`` as a :class:`Genotype`.
 
-    ``valid_*`` are the supernet valid accuracy DARTS reports; ``seconds`` covers steps and validation.
+    ``valid_*`` are the supernet valid accuracy DARTS reports (under the method's eval-mode weights:
+    for ``random_ws`` those of the epoch's genotype); ``seconds`` covers steps and validation.
     """
 
     epoch: int
@@ -372,6 +374,19 @@ def run_search(
                 return _stopped_early(decision, history, initial_genotype)
     hessian_batch = (x_valid[: training.batch_size], y_valid[: training.batch_size])
 
+    def score(mixing: tuple[EdgeMixing, EdgeMixing], batches: int | None) -> tuple[float, float]:
+        # A method's scoring of operation weights (random_ws): the first `batches` batches of the
+        # search-valid split (a fixed part, the same for every candidate), or all of it.
+        end = len(y_valid) if batches is None else batches * training.batch_size
+        size = 2 * training.batch_size
+        scored = _evaluate(
+            network, x_valid[:end], y_valid[:end], size, autocast_dtype, should_stop, mixing,
+            batch_statistics=method.eval_batch_statistics,
+        )  # fmt: skip
+        if scored is None:
+            raise _Stopped
+        return scored
+
     for epoch in range(len(history) + 1, training.epochs + 1):
         started = time.perf_counter()
         lr = search.lr
@@ -394,6 +409,10 @@ def run_search(
                 progress(epoch, step + 1, len(train_batches))
         search.end_epoch()
         train_loss, train_acc = (sums[:2] / len(train_batches)).tolist()
+        try:
+            chosen = method.derive(network, score, epoch == training.epochs)
+        except _Stopped:
+            return SearchResult(len(history), True, _last_genotype(history, network, derive), history)
         evaluated = _evaluate(
             network,
             x_valid,
@@ -410,7 +429,7 @@ def run_search(
         eigenvalue = None
         if training.hessian_every is not None and epoch % training.hessian_every == 0:
             eigenvalue = dominant_hessian_eigenvalue(network, hessian_batch, seed=training.seed).value
-        metrics = collapse_metrics(network, eigenvalue)
+        metrics = collapse_metrics(network, eigenvalue, chosen)
         result = EpochResult(
             epoch=epoch,
             train_loss=train_loss,
@@ -419,7 +438,7 @@ def run_search(
             valid_acc=valid_acc,
             lr=lr,
             seconds=time.perf_counter() - started,
-            genotype=(genotype := derive(network)),
+            genotype=(genotype := derive(network) if chosen is None else chosen),
             alphas=_softmaxed_alphas(network),
             skip_connections=metrics.skip_connections,
             parameter_free_ops=metrics.parameter_free_ops,
@@ -449,6 +468,10 @@ def run_search(
             return _stopped_early(decision, history, initial_genotype)
 
     return SearchResult(len(history), False, _last_genotype(history, network, derive), history)
+
+
+class _Stopped(Exception):
+    """``should_stop`` asked to stop while a search method scored architectures."""
 
 
 def _last_genotype(

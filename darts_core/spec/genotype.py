@@ -92,7 +92,12 @@ class Genotype:
         reduce: the same for the reduction cell.
         reduce_concat: the same for the reduction cell.
         primitives: op names allowed in this genotype (construction-only, not stored). ``None`` means
-            the eight DARTS names :data:`DARTS_OP_NAMES`. ``none`` is never a valid chosen op.
+            the eight DARTS names :data:`DARTS_OP_NAMES`. ``none`` is never a chosen op; a gene
+            ``("none", j)`` is a dropped input, allowed whatever ``primitives`` says: a node that keeps
+            fewer than two inputs (FairDARTS's threshold derivation) lists the input it drops so. The
+            DARTS reference's ``OPS["none"]`` is its ``Zero`` op, so such a genotype still builds in
+            DARTS code; :class:`~darts_core.nn.genotype_network.GenotypeNetwork` builds a zero there (no
+            parameters, no multiply-adds), and a node without a kept input outputs zeros.
 
     Arguments are keyword-only. Lists (and ranges) are converted to tuples and ``*_concat`` is always a
     tuple after construction, so a genotype is immutable and hashable. Any invalid content raises a
@@ -141,7 +146,7 @@ class Genotype:
             primitives: allowed op names; ``None`` means :data:`DARTS_OP_NAMES`.
 
         Raises:
-            ValueError: naming the first invalid entry (unknown op, ``none`` chosen, input index out of
+            ValueError: naming the first invalid entry (unknown op, input index out of
                 range for its node, odd or mismatched entry counts, more than :data:`MAX_INTERNAL_NODES`
                 nodes, concat index out of range or repeated).
         """
@@ -161,9 +166,7 @@ class Genotype:
                 raise ValueError(f"{kind}: no entries; a cell needs at least one internal node")
             for position, (op_name, input_index) in enumerate(genes):
                 node = position // 2
-                if op_name == _NONE:
-                    raise ValueError(f"{kind}[{position}]: 'none' cannot be a chosen operation")
-                if op_name not in allowed:
+                if op_name not in allowed and op_name != _NONE:  # ("none", j): a dropped input
                     raise ValueError(
                         f"{kind}[{position}]: unknown operation {op_name!r}; "
                         f"expected one of {sorted(allowed)}"

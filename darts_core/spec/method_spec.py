@@ -22,12 +22,16 @@ __all__ = [
     "GdasMethod",
     "SdartsAdvMethod",
     "SdartsRsMethod",
+    "RandomWsMethod",
+    "FairDartsMethod",
     "MethodConfig",
     "METHOD_NAMES",
     "PERTURBING_METHODS",
     "SOFTMAX_METHODS",
     "SKIP_AUXILIARY_METHODS",
     "DIRICHLET_METHODS",
+    "ARCHITECTURE_FREE_METHODS",
+    "OWN_DERIVATION_METHODS",
 ]
 
 
@@ -121,6 +125,41 @@ class DartsMinusMethod(_Method):
         return self
 
 
+class RandomWsMethod(_Method):
+    """``random_ws`` (Li & Talwalkar, UAI 2019): random search with weight sharing. No alphas are trained
+    (no architecture step): every weight step trains the shared weights of one architecture drawn
+    uniformly from the DARTS genotype space (per node two distinct inputs, one non-``none`` operation
+    each; only those run). After the last epoch ``candidates`` drawn architectures are scored on
+    ``score_batches`` validation batches, the ``finalists`` best re-scored on the whole validation split,
+    and the best of those is the genotype (the authors: 1000 candidates on one batch each, 10
+    finalists). Each earlier epoch reports the best of ``epoch_candidates`` drawn architectures scored
+    the same way (no re-scoring)."""
+
+    name: Literal["random_ws"]
+    candidates: Annotated[int, Strict()] = Field(default=1000, ge=1, le=10000)
+    finalists: Annotated[int, Strict()] = Field(default=10, ge=1, le=1000)
+    score_batches: Annotated[int, Strict()] = Field(default=1, ge=1, le=1000)
+    epoch_candidates: Annotated[int, Strict()] = Field(default=10, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _finalists_among_candidates(self) -> RandomWsMethod:
+        if self.finalists > self.candidates:
+            raise ValueError(f"finalists ({self.finalists}) must be <= candidates ({self.candidates})")
+        return self
+
+
+class FairDartsMethod(_Method):
+    """``fair_darts`` (Chu et al., ECCV 2020): every operation weighs ``sigmoid(alpha)`` (no softmax),
+    the architecture loss adds ``zero_one_weight`` times the zero-one loss ``-mean((sigmoid(alpha) -
+    0.5)^2)`` (the authors' weight 10), and the genotype keeps, per node, the edges whose best
+    operation's weight is above ``threshold`` (the authors' 0.85), at most two: a dropped input is the
+    gene ``("none", j)``. First order; no PC-DARTS, Hessian or budget."""
+
+    name: Literal["fair_darts"]
+    zero_one_weight: Annotated[float, Strict()] = Field(default=10.0, ge=0.0, le=1000.0)
+    threshold: Annotated[float, Strict()] = Field(default=0.85, gt=0.0, lt=1.0)
+
+
 #: The ``method`` section: one of the methods, told apart by ``name``.
 MethodConfig = Annotated[
     DartsMethod
@@ -129,7 +168,9 @@ MethodConfig = Annotated[
     | SdartsRsMethod
     | SdartsAdvMethod
     | DrnasMethod
-    | DartsMinusMethod,
+    | DartsMinusMethod
+    | RandomWsMethod
+    | FairDartsMethod,
     Field(discriminator="name"),
 ]
 
@@ -142,6 +183,8 @@ METHOD_NAMES: tuple[str, ...] = (
     "sdarts_adv",
     "drnas",
     "darts_minus",
+    "random_ws",
+    "fair_darts",
 )
 #: The methods that mix every operation by softmax(alpha): they compose with second order, PC-DARTS
 #: partial channels and edge normalization, and the Hessian measurement.
@@ -156,3 +199,8 @@ DIRICHLET_METHODS: tuple[str, ...] = ("drnas",)
 #: order, PC-DARTS and budgets compose; the edge's ``skip_connect`` must be a primitive; the Hessian
 #: measurement (of the supernet without the auxiliary skip) does not compose.
 SKIP_AUXILIARY_METHODS: tuple[str, ...] = ("darts_minus",)
+#: The methods that train no alphas (no architecture step): they compose with neither the collapse
+#: early stop nor a budget (both read the alphas), nor anything the softmax methods alone allow.
+ARCHITECTURE_FREE_METHODS: tuple[str, ...] = ("random_ws",)
+#: The methods that derive their own genotype from the alphas (not the budget's repair): no budget.
+OWN_DERIVATION_METHODS: tuple[str, ...] = ("fair_darts",)

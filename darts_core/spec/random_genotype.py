@@ -2,9 +2,10 @@
 
 As Li & Talwalkar (UAI 2019) sample DARTS architectures: for every internal node of each cell, two
 distinct inputs drawn uniformly from the states before it, and for each of those edges an operation drawn
-uniformly from the candidates other than ``none`` (a derived genotype never holds ``none`` either). The
+uniformly from the candidates other than ``none`` (a chosen operation is never ``none``). The
 draw is a pure function of the seed, so any process computes the same genotype again (a study's
-orchestrator keeps no state of its own). Imports no torch.
+orchestrator keeps no state of its own). Imports no torch. (The ``random_ws`` search method draws from the
+same space per batch with torch's checkpointed generator: :mod:`darts_core.search.methods.random_ws`.)
 
 With ``accept`` (e.g. "within the search's parameter budget") the draw is rejection sampling: genotypes
 are drawn one after another from the seed's generator until one is accepted, which is uniform over the

@@ -29,7 +29,9 @@ from pydantic import (
 )
 
 from darts_core.spec.method_spec import (
+    ARCHITECTURE_FREE_METHODS,
     DIRICHLET_METHODS,
+    OWN_DERIVATION_METHODS,
     PERTURBING_METHODS,
     SKIP_AUXILIARY_METHODS,
     SOFTMAX_METHODS,
@@ -302,11 +304,28 @@ class SearchConfig(_Section):
             clashes.append("search_space.edge_normalization (true)")
         if self.training.hessian_every is not None:
             clashes.append(f"training.hessian_every ({self.training.hessian_every})")
+        if name in ARCHITECTURE_FREE_METHODS:
+            if self.training.early_stop is not None:
+                clashes.append(f"training.early_stop ({self.training.early_stop!r})")
+            if self.constraints.active:
+                clashes.append("constraints.max_parameters/max_multiply_adds")
+            if clashes:
+                raise ValueError(
+                    f"method.name {name!r} does not compose with {', '.join(clashes)}: it trains no alphas "
+                    f"(no second order, PC-DARTS, Hessian, collapse early stop or budget penalty)"
+                )
+            return self
         if clashes:
             raise ValueError(
                 f"method.name {name!r} does not compose with {', '.join(clashes)}: second order, PC-DARTS "
                 f"partial channels and edge normalization, and the Hessian measurement need a method.name "
                 f"among {', '.join(repr(softmax) for softmax in SOFTMAX_METHODS)}"
+            )
+        if name in OWN_DERIVATION_METHODS and self.constraints.active:
+            raise ValueError(
+                f"method.name {name!r} does not compose with constraints.max_parameters/max_multiply_adds: "
+                f"the budget's penalty and repair work on softmax weights and DARTS's derivation, "
+                f"{name!r} derives its own genotype"
             )
         return self
 

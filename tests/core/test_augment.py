@@ -149,9 +149,9 @@ def _spy(monkeypatch: pytest.MonkeyPatch, module: object) -> list[float]:
     seen: list[float] = []
     original: Callable = module._evaluate  # type: ignore[attr-defined]
 
-    def spied(network: torch.nn.Module, images: object, *args: object) -> object:
+    def spied(network: torch.nn.Module, images: object, *args: object, **kwargs: object) -> object:
         seen.append(max(float(images[i : i + 1].max()) for i in range(len(images))))  # type: ignore
-        return original(network, images, *args)
+        return original(network, images, *args, **kwargs)
 
     monkeypatch.setattr(module, "_evaluate", spied)
     return seen

@@ -62,7 +62,8 @@ def test_search_writes_every_output_then_train_retrains_the_genotype(tmp_path: P
     assert [record["epoch"] for record in records] == [1, 2]
     assert set(records[0]) == {
         "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype", "alphas",
-        "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue", "cost",
+        "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue", "cost", "method",
+        "schedule",
     }  # fmt: skip
     genotype = Genotype.from_json((out / "genotype.json").read_text())
     assert Genotype.from_darts((out / "genotype.txt").read_text().strip()) == genotype

@@ -228,3 +228,30 @@ def test_gdas_needs_much_less_memory_and_the_estimate_bounds_a_measured_step() -
     assert measured["state_bytes"] <= gdas_estimate.state_bytes
     assert measured["saved_bytes"] <= gdas_estimate.saved_bytes
     assert measured["saved_bytes"] < 0.35 * measure_step(darts, **shape)["saved_bytes"]
+
+
+def test_random_ws_needs_much_less_memory_and_the_estimate_bounds_a_measured_step() -> None:
+    spec = {"network": {"cells": 5, "init_channels": 8}, "training": {"batch_size": 6}}
+    darts = SearchConfig.from_spec(spec)
+    random_ws = darts.replace(method={"name": "random_ws"})
+    shape = {"in_channels": 3, "image_size": (16, 16), "num_classes": 5}
+    darts_estimate, random_estimate = estimate_search(darts, **shape), estimate_search(random_ws, **shape)
+    gdas_estimate = estimate_search(darts.replace(method={"name": "gdas"}), **shape)
+    # Two of each node's inputs run, one operation each: less than GDAS's one operation on every edge.
+    assert random_estimate.saved_bytes < gdas_estimate.saved_bytes < 0.5 * darts_estimate.saved_bytes
+    measured = measure_step(random_ws, **shape)
+    # An upper bound: each node's two most memory-hungry inputs at their most memory-hungry operation.
+    assert measured["state_bytes"] <= random_estimate.state_bytes
+    assert measured["saved_bytes"] <= random_estimate.saved_bytes
+    assert measured["saved_bytes"] < 0.25 * measure_step(darts, **shape)["saved_bytes"]
+
+
+def test_fair_darts_is_estimated_as_first_order_darts_and_the_estimate_bounds_a_measured_step() -> None:
+    # Sigmoid weights instead of softmax: every operation of every edge runs and keeps what DARTS keeps.
+    spec = {"network": {"cells": 3, "init_channels": 4}, "training": {"batch_size": 4}}
+    darts, shape = SearchConfig.from_spec(spec), {"in_channels": 3, "image_size": (8, 8), "num_classes": 5}
+    fair = darts.replace(method={"name": "fair_darts"})
+    assert estimate_search(fair, **shape) == estimate_search(darts, **shape)
+    measured = measure_step(fair, **shape)
+    assert measured["saved_bytes"] <= estimate_search(fair, **shape).saved_bytes
+    assert measured["state_bytes"] <= estimate_search(fair, **shape).state_bytes

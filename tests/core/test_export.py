@@ -60,7 +60,14 @@ def _trained(genotype: Genotype) -> GenotypeNetwork:
     return network.eval()
 
 
-GENOTYPES = {"darts_v2": DARTS_V2, "searched": _searched_genotype()}
+#: FairDARTS's threshold derivation: nodes that keep 0, 1 and 2 inputs, a dropped one as ("none", j).
+DROPPED_INPUTS = Genotype(
+    normal=(("none", 1), ("none", 0), ("sep_conv_3x3", 0), ("none", 2), ("skip_connect", 3),
+            ("dil_conv_3x3", 1), ("none", 4), ("max_pool_3x3", 0)),
+    reduce=(("none", 0), ("none", 1), ("avg_pool_3x3", 1), ("none", 2), ("none", 3), ("sep_conv_5x5", 0),
+            ("skip_connect", 2), ("dil_conv_5x5", 4)),
+)  # fmt: skip
+GENOTYPES = {"darts_v2": DARTS_V2, "searched": _searched_genotype(), "dropped_inputs": DROPPED_INPUTS}
 
 
 @pytest.fixture(scope="module", params=sorted(GENOTYPES))

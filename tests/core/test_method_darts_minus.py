@@ -229,3 +229,12 @@ def test_a_search_with_constraints_returns_a_genotype_within_budget(tiny_dataset
     result = run_search(tiny_dataset, SearchConfig.from_spec(spec))
     assert table.cost(result.genotype)[0] <= spec["constraints"]["max_parameters"]
     assert all(epoch.cost is not None for epoch in result.history)
+
+
+def test_each_epoch_records_the_auxiliary_skips_beta(tiny_dataset) -> None:
+    from darts_core.search.loop import run_search
+    from tests.core.test_methods import _config
+
+    result = run_search(tiny_dataset, _config({"name": "darts_minus"}, training={"epochs": 3}))
+    assert [item.schedule for item in result.history] == [{"beta": 1.0}, {"beta": 0.5}, {"beta": 0.0}]
+    assert {item.method for item in result.history} == {"darts_minus"}

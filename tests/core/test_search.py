@@ -460,7 +460,8 @@ def test_on_epoch_payload_and_checkpoint(tiny_dataset, tmp_path) -> None:
     payload = reported[0].to_dict()
     assert list(payload) == [
         "epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr", "seconds", "genotype", "alphas",
-        "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue", "cost",
+        "skip_connections", "parameter_free_ops", "alpha_entropy", "hessian_eigenvalue", "cost", "method",
+        "schedule",
     ]  # fmt: skip
     assert json.loads(json.dumps(payload)) == payload
     assert payload["lr"] == pytest.approx(0.025) and reported[1].lr < reported[0].lr  # cosine over 2 epochs
@@ -498,6 +499,8 @@ def test_on_epoch_payload_and_checkpoint(tiny_dataset, tmp_path) -> None:
         {"name": "sdarts_adv", "attack_steps": 2},
         {"name": "drnas", "regularizer": "kl"},
         {"name": "darts_minus"},
+        {"name": "random_ws", "candidates": 8, "finalists": 2, "epoch_candidates": 3},
+        {"name": "fair_darts", "threshold": 0.5},
     ],
     ids=lambda method: method["name"],
 )

@@ -39,6 +39,12 @@ CASES = {
     "darts-4-nodes": _genotype(4, list(DARTS_OP_NAMES)),
     "one-node": _genotype(1, ["skip_connect"]),
     "eight-nodes-long-names": _genotype(8, ["a_really_long_custom_operation_name_7x7", "x", "sep_conv_5x5"]),
+    "dropped-inputs": {  # FairDARTS: nodes that keep 0 and 1 inputs, a dropped one as ("none", j)
+        "normal": [["none", 1], ["none", 0], ["sep_conv_3x3", 0], ["none", 2]],
+        "normal_concat": [2, 3],
+        "reduce": [["max_pool_3x3", 0], ["none", 1], ["none", 2], ["none", 0]],
+        "reduce_concat": [2, 3],
+    },
     "all-from-input-0": {
         "normal": [["dil_conv_5x5", 0]] * 8,
         "normal_concat": [2, 3, 4, 5],
@@ -87,3 +93,10 @@ def test_box_intersection_is_strict() -> None:
     assert Box(0, 0, 10, 10).intersects(Box(5, 5, 10, 10))
     assert not Box(0, 0, 10, 10).intersects(Box(10, 0, 10, 10))  # touching
     assert not Box(0, 0, 10, 10).intersects(Box(0, 11, 10, 10))
+
+
+def test_a_dropped_input_is_drawn_dashed() -> None:
+    svg = genotype_svg(CASES["dropped-inputs"])
+    edges = ElementTree.fromstring(svg).iter(f"{SVG}path")
+    dashed = [edge for edge in edges if edge.get("class") == "edge" and edge.get("stroke-dasharray")]
+    assert len(dashed) == 6  # the six ("none", j) genes

@@ -13,14 +13,18 @@ from darts_core.search.methods.base import SearchMethod
 from darts_core.search.methods.beta_darts import BetaDarts, beta_regularizer
 from darts_core.search.methods.darts_minus import DartsMinus, with_auxiliary_skip
 from darts_core.search.methods.drnas import Drnas, dirichlet_mean, dirichlet_sample
+from darts_core.search.methods.fair_darts import FairDarts, threshold_genotype, zero_one_loss
 from darts_core.search.methods.gdas import Gdas, gumbel_straight_through
+from darts_core.search.methods.random_ws import RandomWs
 from darts_core.search.methods.sdarts import Sdarts, project_to_simplex
 from darts_core.spec.method_spec import (
     BetaDartsMethod,
     DartsMinusMethod,
     DrnasMethod,
+    FairDartsMethod,
     GdasMethod,
     MethodConfig,
+    RandomWsMethod,
     SdartsAdvMethod,
     SdartsRsMethod,
 )
@@ -39,6 +43,10 @@ __all__ = [
     "dirichlet_mean",
     "dirichlet_sample",
     "with_auxiliary_skip",
+    "RandomWs",
+    "FairDarts",
+    "threshold_genotype",
+    "zero_one_loss",
 ]
 
 
@@ -61,4 +69,8 @@ def method_for(config: MethodConfig, primitives: Sequence[str] = ()) -> SearchMe
         if "skip_connect" not in primitives:
             raise ValueError("method darts_minus needs 'skip_connect' among the primitives")
         return DartsMinus(list(primitives).index("skip_connect"), config.beta_start, config.beta_end)
+    if isinstance(config, RandomWsMethod):
+        return RandomWs(config.candidates, config.finalists, config.score_batches, config.epoch_candidates)
+    if isinstance(config, FairDartsMethod):
+        return FairDarts(zero_one_weight=config.zero_one_weight, threshold=config.threshold)
     return SearchMethod()

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from darts_core.nn.edge_weights import EdgeMixing
 
-__all__ = ["SearchMethod"]
+if TYPE_CHECKING:
+    from darts_core.nn.search_network import SearchNetwork
+    from darts_core.spec.genotype import Genotype
+
+__all__ = ["Scorer", "SearchMethod"]
+
+#: ``score(mixing, batches) -> (loss, accuracy)``: the mean cross-entropy and accuracy of the supernet in
+#: eval mode under the ``(normal, reduce)`` operation weights ``mixing``, over the first ``batches``
+#: batches of the search-valid split (``None``: all of it), as the loop's validation computes them.
+Scorer = Callable[[tuple[EdgeMixing, EdgeMixing], "int | None"], tuple[float, float]]
 
 
 class SearchMethod:
@@ -28,6 +38,20 @@ class SearchMethod:
     #: running statistics of a method that samples an architecture per step (GDAS) mix all of them and
     #: fit none, as the GDAS authors' search networks keep no running statistics.
     eval_batch_statistics = False
+    #: Whether the alphas are trained; ``False`` (random search with weight sharing): no architecture
+    #: step, each step is the weight step alone.
+    trains_architecture = True
+
+    def bind(self, network: SearchNetwork) -> None:
+        """Called once with the supernet the search trains (by
+        :class:`~darts_core.search.bilevel.DartsSearch`), for a method that needs its operations or nodes."""
+
+    def derive(self, network: SearchNetwork, score: Scorer, final: bool) -> Genotype | None:
+        """The genotype a finished epoch reports (``final``: the last epoch of the search), called before
+        the epoch's validation; ``score`` scores operation weights on the search-valid split. ``None``
+        (the default): the loop derives it from :meth:`operation_weights` of the alphas (or by the
+        budget's repair)."""
+        return None
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Set the schedules of epoch ``epoch`` (1-based) of ``epochs``; a function of both only, so a

@@ -71,6 +71,9 @@ class DartsMinus(SearchMethod):
         fraction = (epoch - 1) / (epochs - 1) if epochs > 1 else 0.0
         self.beta = self.beta_start - (self.beta_start - self.beta_end) * fraction
 
+    def schedule(self) -> dict[str, float]:
+        return {"beta": self.beta}
+
     def mixing(self, alphas: Sequence[Tensor]) -> tuple[EdgeMixing, EdgeMixing]:
         normal, reduce = (with_auxiliary_skip(alpha, self.skip_index, self.beta) for alpha in alphas[:2])
         return EdgeMixing(normal), EdgeMixing(reduce)

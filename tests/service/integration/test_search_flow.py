@@ -177,6 +177,8 @@ def test_search_on_an_uploaded_dataset(api: TestClient, running_worker) -> None:
         {"name": "sdarts_adv"},
         {"name": "drnas"},
         {"name": "darts_minus"},
+        {"name": "random_ws", "candidates": 4, "finalists": 2},
+        {"name": "fair_darts", "threshold": 0.5},
     ],
     ids=lambda method: method["name"],
 )
