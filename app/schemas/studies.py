@@ -29,8 +29,9 @@ from darts_core.spec.training_spec import TrainingNetworkConfig, TrainingSchedul
 
 #: The most seeds one study may run (each is one search per method, all queued at once).
 MAX_SEEDS = 16
-#: The most methods one study compares.
-MAX_METHODS = 8
+#: The most methods one study compares: every method the service knows, with room to repeat one with
+#: other hyperparameters.
+MAX_METHODS = 16
 #: The most random genotypes of a study's baseline.
 MAX_RANDOM_BASELINE = 32
 #: The arm of the random baseline (a method's arm is its index in `methods`: "0", "1", ...).

@@ -207,6 +207,7 @@ def test_methods_and_the_random_baseline_are_validated_naming_the_field(client: 
         ({**base, "random_baseline": 33}, ["body", "random_baseline"]),
         ({**base, "random_baseline": "2"}, ["body", "random_baseline"]),
         ({**base, "methods": []}, ["body", "methods"]),
+        ({**base, "methods": [{"name": "darts"}] * 17}, ["body", "methods"]),
         ({**base, "methods": [{"name": "darts"}, {"name": "no-such-method"}]}, ["body", "methods", 1]),
         ({**base, "methods": [{"name": "gdas", "tau_min": -1.0}]}, ["body", "methods", 0, "gdas", "tau_min"]),
     ):
