@@ -251,9 +251,14 @@ def zero_one_loss_and_gradient(
 
 
 def fair_darts_parse(
-    weights: list[list[float]], primitives: list[str], steps: int, threshold: float
+    weights: list[list[float]],
+    primitives: list[str],
+    steps: int,
+    threshold: float,
+    min_inputs: int = 0,
 ) -> list[tuple[str, int]]:
-    """The threshold parse of one cell kind's sigmoid weights (rows = edges, node by node)."""
+    """The threshold parse of one cell kind's sigmoid weights (rows = edges, node by node); the first
+    ``min_inputs`` of a node's edges by strength are kept whatever their weights (0: the authors')."""
     genes: list[tuple[str, int]] = []
     start = 0
     for node in range(steps):
@@ -263,7 +268,11 @@ def fair_darts_parse(
             value, op = max((row[k], -k) for k, name in enumerate(primitives) if name != "none")
             strength.append((value, -j, primitives[-op]))
         strength.sort(reverse=True)  # strongest first; the lower input on a tie
-        kept = [(name, -negative) for value, negative, name in strength if value > threshold][:2]
+        kept = [
+            (name, -negative)
+            for rank, (value, negative, name) in enumerate(strength)
+            if value > threshold or rank < min_inputs
+        ][:2]
         dropped = [("none", -negative) for value, negative, _ in strength[len(kept) : 2]]
         genes.extend(kept + dropped)
         start += node + 2

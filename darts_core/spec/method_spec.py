@@ -152,12 +152,14 @@ class FairDartsMethod(_Method):
     """``fair_darts`` (Chu et al., ECCV 2020): every operation weighs ``sigmoid(alpha)`` (no softmax),
     the architecture loss adds ``zero_one_weight`` times the zero-one loss ``-mean((sigmoid(alpha) -
     0.5)^2)`` (the authors' weight 10), and the genotype keeps, per node, the edges whose best
-    operation's weight is above ``threshold`` (the authors' 0.85), at most two: a dropped input is the
-    gene ``("none", j)``. First order; no PC-DARTS, Hessian or budget."""
+    operation's weight is above ``threshold`` (the authors' 0.85), at most two, and at least its
+    ``min_inputs`` strongest (default 1; 0 is the authors' parse, which may drop every input): a dropped
+    input is the gene ``("none", j)``. First order; no PC-DARTS, Hessian or budget."""
 
     name: Literal["fair_darts"]
     zero_one_weight: Annotated[float, Strict()] = Field(default=10.0, ge=0.0, le=1000.0)
     threshold: Annotated[float, Strict()] = Field(default=0.85, gt=0.0, lt=1.0)
+    min_inputs: Annotated[int, Strict()] = Field(default=1, ge=0, le=2)
 
 
 #: The ``method`` section: one of the methods, told apart by ``name``.

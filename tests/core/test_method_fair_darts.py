@@ -56,9 +56,12 @@ def _config(method: dict, **sections: dict) -> SearchConfig:
 
 def test_the_section_has_the_authors_defaults_and_builds_the_method() -> None:
     config = _config({"name": "fair_darts"})
-    assert config.to_spec()["method"] == {"name": "fair_darts", "zero_one_weight": 10.0, "threshold": 0.85}
+    assert config.to_spec()["method"] == {
+        "name": "fair_darts", "zero_one_weight": 10.0, "threshold": 0.85, "min_inputs": 1
+    }  # fmt: skip
     method = method_for(config.method)
-    assert isinstance(method, FairDarts) and (method.zero_one_weight, method.threshold) == (10.0, 0.85)
+    assert isinstance(method, FairDarts)
+    assert (method.zero_one_weight, method.threshold, method.min_inputs) == (10.0, 0.85, 1)
     _config({"name": "fair_darts"}, training={"early_stop": "darts_plus"})  # skip counts apply
 
 
@@ -69,6 +72,9 @@ def test_the_section_has_the_authors_defaults_and_builds_the_method() -> None:
         ({"name": "fair_darts", "threshold": 0}, {}, "method.fair_darts.threshold: Input should be greater"),
         ({"name": "fair_darts", "zero_one_weight": -1.0}, {}, "method.fair_darts.zero_one_weight: Input"),
         ({"name": "fair_darts", "zero_one_weight": "10"}, {}, "method.fair_darts.zero_one_weight: Input"),
+        ({"name": "fair_darts", "min_inputs": 3}, {}, "method.fair_darts.min_inputs: Input should be less"),
+        ({"name": "fair_darts", "min_inputs": -1}, {}, "method.fair_darts.min_inputs: Input should be great"),
+        ({"name": "fair_darts", "min_inputs": 1.0}, {}, "fair_darts.min_inputs: Input should be a val"),
         ({"name": "fair_darts"}, {"training": {"order": "second"}}, r"training.order \('second'\)"),
         ({"name": "fair_darts"}, {"search_space": {"edge_normalization": True}}, "edge_normalization"),
         ({"name": "fair_darts"}, {"search_space": {"partial_channels": 2}}, "search_space.partial_channels"),
@@ -157,12 +163,43 @@ def test_the_threshold_derivation_keeps_zero_one_or_two_inputs_per_node() -> Non
     assert all(op == "none" for op, _ in genotype.reduce)
     for weights, genes in ((normal, genotype.normal), (reduce, genotype.reduce)):
         assert list(genes) == reference_methods.fair_darts_parse(weights.tolist(), primitives, 3, 0.85)
-    # Random weights: the reference parse at several thresholds.
+    # Random weights: the reference parse at several thresholds and minimum inputs.
     generator = torch.Generator().manual_seed(1)
-    for threshold in (0.3, 0.5, 0.7):
+    for threshold in (0.3, 0.5, 0.7, 0.95):
         weights = torch.rand(14, 8, generator=generator, dtype=torch.float64)
-        genes = threshold_genotype(weights, weights, primitives, 4, threshold).normal
-        assert list(genes) == reference_methods.fair_darts_parse(weights.tolist(), primitives, 4, threshold)
+        for min_inputs in (0, 1, 2):
+            genes = threshold_genotype(weights, weights, primitives, 4, threshold, min_inputs).normal
+            expected = reference_methods.fair_darts_parse(
+                weights.tolist(), primitives, 4, threshold, min_inputs
+            )
+            assert list(genes) == expected
+
+
+def test_min_inputs_keeps_each_nodes_strongest_inputs_whatever_their_weights() -> None:
+    """Every weight under the threshold (a short search): the authors' parse drops every input, and
+    the default ``min_inputs: 1`` keeps each node's strongest; 2 is DARTS's top-two parse."""
+    primitives = list(DARTS_OP_NAMES)
+    normal = _weights({0: (4, 0.6), 1: (5, 0.7), 2: (6, 0.3), 3: (3, 0.5), 4: (7, 0.2), 5: (7, 0.9)})
+    reduce = _weights({})
+    dropped_all = threshold_genotype(normal, reduce, primitives, 3, 0.95, min_inputs=0)
+    assert all(op == "none" for op, _ in dropped_all.normal + dropped_all.reduce)
+    one = threshold_genotype(normal, reduce, primitives, 3, 0.85, min_inputs=1)
+    assert one.normal == (
+        ("sep_conv_5x5", 1), ("none", 0),  # 0.7 kept as the strongest, 0.6 dropped
+        ("skip_connect", 1), ("none", 0),  # 0.5 (edge 3) over 0.3 (edge 2)
+        ("dil_conv_5x5", 0), ("none", 1),  # 0.9 is above the threshold; the 0.1s are not
+    )  # fmt: skip
+    two = threshold_genotype(normal, reduce, primitives, 3, 0.85, min_inputs=2)
+    assert [j for _, j in two.normal] == [1, 0, 1, 0, 0, 1]
+    assert ("none", 0) not in two.normal[:4]
+    # Every node of every cell kind has at least one operation, so the network sees its input.
+    for genes in (one.normal, one.reduce):
+        for node in range(3):
+            assert any(op != "none" for op, _ in genes[2 * node : 2 * node + 2])
+    with pytest.raises(ValueError, match="min_inputs must be 0, 1 or 2"):
+        threshold_genotype(normal, reduce, primitives, 3, 0.85, min_inputs=3)
+    with pytest.raises(ValueError, match="min_inputs must be 0, 1 or 2"):
+        FairDarts(min_inputs=-1)
 
 
 def test_a_network_of_dropped_inputs_trains_and_costs_what_its_kept_operations_cost() -> None:
@@ -206,7 +243,7 @@ def test_a_search_reports_sigmoids_and_derives_by_the_threshold(tiny_dataset) ->
     for item in result.history:
         weights = torch.tensor(item.alphas["normal"], dtype=torch.float64)
         assert ((weights > 0) & (weights < 1)).all()
-        expected = reference_methods.fair_darts_parse(weights.tolist(), primitives, 2, 0.5)
+        expected = reference_methods.fair_darts_parse(weights.tolist(), primitives, 2, 0.5, 1)
         assert list(item.genotype.normal) == [tuple(gene) for gene in expected]
         assert item.skip_connections == sum(op == "skip_connect" for op, _ in item.genotype.normal)
     assert result.genotype == result.history[-1].genotype

@@ -72,5 +72,5 @@ def method_for(config: MethodConfig, primitives: Sequence[str] = ()) -> SearchMe
     if isinstance(config, RandomWsMethod):
         return RandomWs(config.candidates, config.finalists, config.score_batches, config.epoch_candidates)
     if isinstance(config, FairDartsMethod):
-        return FairDarts(zero_one_weight=config.zero_one_weight, threshold=config.threshold)
+        return FairDarts(config.zero_one_weight, config.threshold, config.min_inputs)
     return SearchMethod()
