@@ -16,6 +16,7 @@ from darts_core.search.bilevel import DartsSearch
 from darts_core.search.budget import cost_table_for
 from darts_core.search.loop import run_search
 from darts_core.search.methods import BetaDarts, Gdas, Sdarts, gumbel_straight_through, project_to_simplex
+from darts_core.search.methods.gdas import one_hot_of_argmax
 from darts_core.spec.search_spec import SearchConfig
 from tests.core.test_benchmark_equivalence import _batches, _build_pair
 from tests.core.test_search import TINY_SPEC
@@ -347,3 +348,27 @@ def test_gdas_validates_with_batch_statistics_and_leaves_the_running_ones_alone(
     assert batch[0] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
     assert batch[0] != pytest.approx(running[0], rel=1e-3)
     assert Gdas.eval_batch_statistics and not BetaDarts.eval_batch_statistics
+
+
+def test_gdas_validates_the_argmax_among_the_operations_a_genotype_keeps(tiny_dataset) -> None:
+    """Once bound to its supernet, GDAS's validation never runs ``none`` (a genotype never keeps it):
+    an edge whose strongest weight is ``none`` validates its strongest other operation."""
+    config = _config({"name": "gdas"})
+    network = SearchNetwork.from_config(config, tiny_dataset.in_channels, tiny_dataset.num_classes)
+    primitives = network.primitive_names
+    none = primitives.index("none")
+    with torch.no_grad():
+        for alphas in network.arch_parameters():
+            alphas.copy_(torch.arange(alphas.shape[1], dtype=alphas.dtype).expand_as(alphas) * 0.1)
+            alphas[:, none] = 5.0  # 'none' strongest on every edge
+    unbound = Gdas().eval_mixing(network.arch_parameters())
+    assert set(unbound[0].sampled or ()) == {none}  # before bind: the plain argmax
+    method = Gdas()
+    method.bind(network)
+    expected = max(k for k, name in enumerate(primitives) if name != "none")  # the largest of the rest
+    for mixing in method.eval_mixing(network.arch_parameters()):
+        assert set(mixing.sampled or ()) == {expected}
+        assert torch.equal(mixing.weights.sum(dim=-1), torch.ones(mixing.weights.shape[0]))
+        assert torch.equal(mixing.weights[:, expected], torch.ones(mixing.weights.shape[0]))
+    with pytest.raises(ValueError, match="allowed"):
+        one_hot_of_argmax(network.alphas_normal, [])

@@ -5,13 +5,19 @@ share it): ``probs = softmax((log_softmax(alpha) + g) / tau)``, ``g = -log(E)`` 
 edge's weights are the one-hot of ``argmax(probs)`` in value and ``probs`` in gradient (straight through),
 and only the sampled operation runs. The temperature falls linearly from ``tau_max`` in the first epoch
 to ``tau_min`` in the last, as the authors' code sets it per epoch. Validation in eval mode uses the
-argmax of the alphas (no noise), normalised by each batch's BatchNorm statistics (the running ones mix
-every sampled architecture).
+argmax of the alphas (no noise) over the operations a genotype can keep (every one but ``none``),
+normalised by each batch's BatchNorm statistics (the running ones mix every sampled architecture).
+
+Why not ``none``: the validation should measure the architecture the search would derive, and a
+genotype never keeps ``none``. On digits, 10 of the 14 normal edges of a 40-epoch search had ``none`` as
+their argmax, so the validated network was mostly zeros (valid accuracy 0.64) while its genotype
+retrained to 0.98.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +25,10 @@ from torch import Tensor
 
 from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.search.methods.base import SearchMethod
+from darts_core.spec.genotype import _NONE
+
+if TYPE_CHECKING:
+    from darts_core.nn.search_network import SearchNetwork
 
 __all__ = ["Gdas", "gumbel_straight_through", "one_hot_of_argmax"]
 
@@ -55,9 +65,21 @@ def gumbel_straight_through(alphas: Tensor, tau: float, gumbels: Tensor | None =
     return _straight_through(probs, probs.detach().argmax(dim=-1))
 
 
-def one_hot_of_argmax(alphas: Tensor) -> EdgeMixing:
-    """The one-hot of each row's strongest operation, computing only that one (GDAS's validation)."""
-    index = alphas.detach().argmax(dim=-1)
+def one_hot_of_argmax(alphas: Tensor, allowed: Sequence[int] | None = None) -> EdgeMixing:
+    """The one-hot of each row's strongest operation, computing only that one (GDAS's validation).
+
+    Args:
+        alphas: ``(edges, ops)``.
+        allowed: the operation indices that may be chosen (the lower index on a tie); ``None``: all.
+    """
+    detached = alphas.detach()
+    if allowed is not None:
+        if not allowed:
+            raise ValueError("allowed: needs at least one operation index")
+        masked = torch.full_like(detached, float("-inf"))
+        masked[:, list(allowed)] = detached[:, list(allowed)]
+        detached = masked
+    index = detached.argmax(dim=-1)
     one_hot = torch.zeros_like(alphas).scatter_(-1, index[:, None], 1.0)
     return EdgeMixing(one_hot, tuple(index.tolist()))
 
@@ -74,6 +96,12 @@ class Gdas(SearchMethod):
             raise ValueError(f"tau_min, tau_max: need 0 < tau_min <= tau_max, got {tau_min!r}, {tau_max!r}")
         self.tau_max, self.tau_min = tau_max, tau_min
         self.tau = tau_max
+        #: The operations validation may choose (:meth:`bind`); ``None`` before: every one.
+        self.keepable: list[int] | None = None
+
+    def bind(self, network: SearchNetwork) -> None:
+        keepable = [k for k, name in enumerate(network.primitive_names) if name != _NONE]
+        self.keepable = keepable or None
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         fraction = (epoch - 1) / (epochs - 1) if epochs > 1 else 0.0
@@ -86,4 +114,4 @@ class Gdas(SearchMethod):
         return gumbel_straight_through(alphas[0], self.tau), gumbel_straight_through(alphas[1], self.tau)
 
     def eval_mixing(self, alphas: Sequence[Tensor]) -> tuple[EdgeMixing, EdgeMixing]:
-        return one_hot_of_argmax(alphas[0]), one_hot_of_argmax(alphas[1])
+        return one_hot_of_argmax(alphas[0], self.keepable), one_hot_of_argmax(alphas[1], self.keepable)
