@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from darts_core.nn.edge_weights import edge_softmax
-from darts_core.spec.genotype import _NONE, Gene, Genotype, _is_int, num_edges
+from darts_core.spec.genotype import Gene, Genotype, _is_int, keepable_operations, num_edges
 
 __all__ = ["derive_genotype"]
 
@@ -40,7 +40,7 @@ def _edge_weights(name: str, betas: Any, internal_nodes: int) -> torch.Tensor:
 
 
 def _derive_cell(weights: torch.Tensor, primitives: Sequence[str], internal_nodes: int) -> list[Gene]:
-    candidate_ops = [k for k, name in enumerate(primitives) if name != _NONE]
+    candidate_ops = keepable_operations(primitives)
     rows = weights.tolist()
     genes: list[Gene] = []
     start = 0
@@ -101,8 +101,7 @@ def derive_genotype(
     primitives = list(primitives)
     if len(set(primitives)) != len(primitives):
         raise ValueError(f"primitives: names must be unique, got {primitives}")
-    if not any(name != _NONE for name in primitives):
-        raise ValueError(f"primitives: needs at least one operation other than 'none', got {primitives}")
+    keepable_operations(primitives)  # raises, naming primitives, when only `none` is left
     shape = (num_edges(internal_nodes), len(primitives))
     weights_normal = _operation_weights("alphas_normal", alphas_normal, shape, weights_of)
     weights_reduce = _operation_weights("alphas_reduce", alphas_reduce, shape, weights_of)

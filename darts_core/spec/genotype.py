@@ -33,7 +33,7 @@ from typing import Any, cast
 
 from darts_core.spec.op_names import DARTS_OP_NAMES, MAX_INTERNAL_NODES
 
-__all__ = ["DARTS_OP_NAMES", "DARTS_V2", "Gene", "Genotype", "num_edges"]
+__all__ = ["DARTS_OP_NAMES", "DARTS_V2", "Gene", "Genotype", "keepable_operations", "num_edges"]
 
 #: One chosen edge of a cell: ``(op_name, input_index)``.
 Gene = tuple[str, int]
@@ -48,6 +48,20 @@ def num_edges(internal_nodes: int) -> int:
     """Number of mixed edges of a DARTS cell: node ``i`` has ``i + 2`` incoming edges (14 for 4 nodes)."""
     return internal_nodes * (internal_nodes + 3) // 2
 
+
+def keepable_operations(primitives: Sequence[str]) -> list[int]:
+    """The indices of the operations a genotype can keep on an edge: every one of ``primitives`` but
+    ``none`` (a gene ``("none", j)`` drops its input rather than keeping an operation).
+
+    Raises:
+        ValueError: naming ``primitives`` when none is left.
+    """
+    keepable = [k for k, name in enumerate(primitives) if name != _NONE]
+    if not keepable:
+        raise ValueError(
+            f"primitives: needs at least one operation other than 'none', got {list(primitives)}"
+        )
+    return keepable
 
 
 def _is_int(value: Any) -> bool:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from darts_core.search.derive import derive_genotype
-from darts_core.spec.genotype import DARTS_OP_NAMES, DARTS_V2, Genotype, num_edges
+from darts_core.spec.genotype import DARTS_OP_NAMES, DARTS_V2, Genotype, keepable_operations, num_edges
 
 PRIMITIVES = list(DARTS_OP_NAMES)
 OP = {name: index for index, name in enumerate(PRIMITIVES)}
@@ -192,6 +192,15 @@ def test_derive_genotype_rejects_bad_arguments(kwargs: dict, message: str) -> No
 def test_derive_genotype_needs_a_real_op() -> None:
     with pytest.raises(ValueError, match="primitives: needs at least one operation other than 'none'"):
         derive_genotype(torch.zeros(14, 1), torch.zeros(14, 1), ["none"])
+
+
+def test_keepable_operations_are_every_index_but_that_of_none() -> None:
+    assert keepable_operations(PRIMITIVES) == [k for k in range(len(PRIMITIVES)) if PRIMITIVES[k] != "none"]
+    assert keepable_operations(["skip_connect", "none", "conv_1x1"]) == [0, 2]
+    assert keepable_operations(["conv_1x1"]) == [0]
+    for only_none in (["none"], []):
+        with pytest.raises(ValueError, match="primitives: needs at least one operation other than 'none'"):
+            keepable_operations(only_none)
 
 
 def test_derive_genotype_with_custom_primitives_validates_against_them() -> None:

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.search.methods.base import Scorer, SearchMethod
-from darts_core.spec.genotype import _NONE, Gene, Genotype
+from darts_core.spec.genotype import _NONE, Gene, Genotype, keepable_operations
 
 if TYPE_CHECKING:
     from darts_core.nn.search_network import SearchNetwork
@@ -57,11 +57,7 @@ def threshold_cell(
     the node's ``min_inputs`` strongest, else as the dropped input ``("none", input)``."""
     if min_inputs not in (0, 1, 2):
         raise ValueError(f"min_inputs must be 0, 1 or 2, got {min_inputs!r}")
-    candidates = [k for k, name in enumerate(primitives) if name != _NONE]
-    if not candidates:
-        raise ValueError(
-            f"primitives: needs at least one operation other than 'none', got {list(primitives)}"
-        )
+    candidates = keepable_operations(primitives)
     rows = weights.tolist()
     genes: list[Gene] = []
     start = 0

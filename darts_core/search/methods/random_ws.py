@@ -27,7 +27,7 @@ from torch import Tensor
 
 from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.search.methods.base import Scorer, SearchMethod
-from darts_core.spec.genotype import _NONE, Genotype, num_edges
+from darts_core.spec.genotype import Genotype, keepable_operations, num_edges
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -106,7 +106,7 @@ class RandomWs(SearchMethod):
     def _operations(self) -> list[int]:
         if not self.primitives:
             raise RuntimeError("RandomWs: bind(network) first (DartsSearch does)")
-        return [k for k, name in enumerate(self.primitives) if name != _NONE]
+        return keepable_operations(self.primitives)
 
     def sample(self) -> tuple[CellDraw, CellDraw]:
         """One uniform ``(normal, reduce)`` draw from torch's global generator."""
