@@ -21,17 +21,13 @@ from darts_core.search.loop import CHECKPOINT_NAME, run_search
 from darts_core.search.methods import DartsMinus, method_for, with_auxiliary_skip
 from darts_core.spec.search_spec import SearchConfig
 from tests.core.test_benchmark_equivalence import _batches, _build_pair
-from tests.core.test_search import TINY_SPEC
+from tests.core.test_search import TINY_SPEC, tiny_config
 
 SKIP = list(DARTS_PRIMITIVES_2D).index("skip_connect")
 
 
 def _config(method: dict | None = None, **sections: dict) -> SearchConfig:
-    spec = copy.deepcopy(TINY_SPEC)
-    for name, values in sections.items():
-        spec.setdefault(name, {}).update(values)
-    spec["method"] = {"name": "darts_minus"} if method is None else method
-    return SearchConfig.from_spec(spec)
+    return tiny_config({"name": "darts_minus"} if method is None else method, **sections)
 
 
 # --------------------------------------------------------------------------------------------- the spec
@@ -232,9 +228,6 @@ def test_a_search_with_constraints_returns_a_genotype_within_budget(tiny_dataset
 
 
 def test_each_epoch_records_the_auxiliary_skips_beta(tiny_dataset) -> None:
-    from darts_core.search.loop import run_search
-    from tests.core.test_methods import _config
-
-    result = run_search(tiny_dataset, _config({"name": "darts_minus"}, training={"epochs": 3}))
+    result = run_search(tiny_dataset, _config(training={"epochs": 3}))
     assert [item.schedule for item in result.history] == [{"beta": 1.0}, {"beta": 0.5}, {"beta": 0.0}]
     assert {item.method for item in result.history} == {"darts_minus"}

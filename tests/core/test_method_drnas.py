@@ -16,15 +16,11 @@ from darts_core.search.budget import cost_table_for
 from darts_core.search.loop import CHECKPOINT_NAME, run_search
 from darts_core.search.methods import Drnas, dirichlet_mean, dirichlet_sample, method_for
 from darts_core.spec.search_spec import SearchConfig
-from tests.core.test_search import TINY_SPEC
+from tests.core.test_search import TINY_SPEC, tiny_config
 
 
 def _config(method: dict | None = None, **sections: dict) -> SearchConfig:
-    spec = copy.deepcopy(TINY_SPEC)
-    for name, values in sections.items():
-        spec.setdefault(name, {}).update(values)
-    spec["method"] = {"name": "drnas"} if method is None else method
-    return SearchConfig.from_spec(spec)
+    return tiny_config({"name": "drnas"} if method is None else method, **sections)
 
 
 # --------------------------------------------------------------------------------------------- the spec

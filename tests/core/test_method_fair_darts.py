@@ -3,8 +3,6 @@ derivation, and the evaluation network of a genotype with dropped inputs ("none"
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +20,7 @@ from darts_core.spec.genotype import DARTS_OP_NAMES, Genotype
 from darts_core.spec.search_spec import SearchConfig
 from darts_core.spec.training_spec import TrainingJobConfig
 from tests.core.test_benchmark_equivalence import _batches, _build_pair
-from tests.core.test_search import TINY_SPEC
+from tests.core.test_search import TINY_SPEC, tiny_config
 
 #: A genotype whose nodes keep 0, 1 and 2 inputs; every dropped input reads a stride-1 state in the
 #: reduction cell (so swapping it for an identity changes no cost).
@@ -46,23 +44,15 @@ DROPPED = Genotype(
 )
 
 
-def _config(method: dict, **sections: dict) -> SearchConfig:
-    spec = copy.deepcopy(TINY_SPEC)
-    for name, values in sections.items():
-        spec.setdefault(name, {}).update(values)
-    spec["method"] = method
-    return SearchConfig.from_spec(spec)
-
-
 def test_the_section_has_the_authors_defaults_and_builds_the_method() -> None:
-    config = _config({"name": "fair_darts"})
+    config = tiny_config({"name": "fair_darts"})
     assert config.to_spec()["method"] == {
         "name": "fair_darts", "zero_one_weight": 10.0, "threshold": 0.85, "min_inputs": 1
     }  # fmt: skip
     method = method_for(config.method)
     assert isinstance(method, FairDarts)
     assert (method.zero_one_weight, method.threshold, method.min_inputs) == (10.0, 0.85, 1)
-    _config({"name": "fair_darts"}, training={"early_stop": "darts_plus"})  # skip counts apply
+    tiny_config({"name": "fair_darts"}, training={"early_stop": "darts_plus"})  # skip counts apply
 
 
 @pytest.mark.parametrize(
@@ -84,7 +74,7 @@ def test_the_section_has_the_authors_defaults_and_builds_the_method() -> None:
 )
 def test_bad_sections_are_refused_naming_the_field(method, sections, message) -> None:
     with pytest.raises(ValueError, match=message):
-        _config(method, **sections)
+        tiny_config(method, **sections)
 
 
 def test_the_mixing_is_sigmoid_weighted_as_the_reference() -> None:
@@ -238,7 +228,7 @@ def test_a_network_of_dropped_inputs_trains_and_costs_what_its_kept_operations_c
 
 
 def test_a_search_reports_sigmoids_and_derives_by_the_threshold(tiny_dataset) -> None:
-    result = run_search(tiny_dataset, _config({"name": "fair_darts", "threshold": 0.5}))
+    result = run_search(tiny_dataset, tiny_config({"name": "fair_darts", "threshold": 0.5}))
     primitives = TINY_SPEC["search_space"]["primitives"]
     for item in result.history:
         weights = torch.tensor(item.alphas["normal"], dtype=torch.float64)

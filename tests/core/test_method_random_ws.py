@@ -4,7 +4,6 @@ runs only the drawn operations, the weight-step-only step and the final selectio
 from __future__ import annotations
 
 import collections
-import copy
 
 import pytest
 import torch
@@ -16,23 +15,14 @@ from darts_core.search.bilevel import DartsSearch
 from darts_core.search.loop import run_search
 from darts_core.search.methods import RandomWs, method_for
 from darts_core.search.methods.random_ws import sample_cell
-from darts_core.spec.search_spec import SearchConfig
 from tests.core.test_benchmark_equivalence import _batches, _build_pair
-from tests.core.test_search import TINY_SPEC
+from tests.core.test_search import TINY_SPEC, tiny_config
 
 SMALL = {"name": "random_ws", "candidates": 6, "finalists": 2, "epoch_candidates": 3}
 
 
-def _config(method: dict, **sections: dict) -> SearchConfig:
-    spec = copy.deepcopy(TINY_SPEC)
-    for name, values in sections.items():
-        spec.setdefault(name, {}).update(values)
-    spec["method"] = method
-    return SearchConfig.from_spec(spec)
-
-
 def test_the_section_has_the_authors_defaults_and_builds_the_method() -> None:
-    config = _config({"name": "random_ws"})
+    config = tiny_config({"name": "random_ws"})
     assert config.to_spec()["method"] == {
         "name": "random_ws", "candidates": 1000, "finalists": 10, "score_batches": 1, "epoch_candidates": 10,
     }  # fmt: skip
@@ -65,7 +55,7 @@ def test_the_section_has_the_authors_defaults_and_builds_the_method() -> None:
 )
 def test_bad_sections_are_refused_naming_the_field(method, sections, message) -> None:
     with pytest.raises(ValueError, match=message):
-        _config(method, **sections)
+        tiny_config(method, **sections)
 
 
 def test_the_sampler_is_uniform_over_the_darts_space() -> None:
@@ -151,7 +141,7 @@ def test_the_selection_keeps_the_best_scored_candidate_rescored_on_the_whole_spl
 
 
 def test_a_search_reports_uniform_alphas_and_returns_the_last_selection(tiny_dataset) -> None:
-    result = run_search(tiny_dataset, _config(SMALL))
+    result = run_search(tiny_dataset, tiny_config(SMALL))
     assert result.epochs_completed == 2 and result.genotype == result.history[-1].genotype
     ops = len(TINY_SPEC["search_space"]["primitives"])
     for item in result.history:

@@ -19,18 +19,9 @@ from darts_core.search.methods import BetaDarts, Gdas, Sdarts, gumbel_straight_t
 from darts_core.search.methods.gdas import one_hot_of_argmax
 from darts_core.spec.search_spec import SearchConfig
 from tests.core.test_benchmark_equivalence import _batches, _build_pair
-from tests.core.test_search import TINY_SPEC
+from tests.core.test_search import TINY_SPEC, tiny_config
 
 TINY_PRIMITIVES = TINY_SPEC["search_space"]["primitives"]
-
-
-def _config(method: dict | None = None, **sections: dict) -> SearchConfig:
-    spec = copy.deepcopy(TINY_SPEC)
-    for name, values in sections.items():
-        spec.setdefault(name, {}).update(values)
-    if method is not None:
-        spec["method"] = method
-    return SearchConfig.from_spec(spec)
 
 
 def _without_seconds(history) -> list[dict]:
@@ -41,7 +32,7 @@ def _without_seconds(history) -> list[dict]:
 
 
 def test_the_default_method_is_darts_and_an_explicit_section_changes_nothing(tiny_dataset) -> None:
-    implicit, explicit = _config(), _config({"name": "darts"})
+    implicit, explicit = tiny_config(), tiny_config({"name": "darts"})
     assert implicit == explicit and implicit.to_spec()["method"] == {"name": "darts"}
     first, second = run_search(tiny_dataset, implicit), run_search(tiny_dataset, explicit)
     assert _without_seconds(first.history) == _without_seconds(second.history)  # alphas, losses, genotype
@@ -49,14 +40,20 @@ def test_the_default_method_is_darts_and_an_explicit_section_changes_nothing(tin
 
 
 def test_each_section_fills_its_paper_defaults_and_softmax_methods_compose() -> None:
-    assert _config({"name": "gdas"}).to_spec()["method"] == {"name": "gdas", "tau_max": 10.0, "tau_min": 0.1}
-    composed = _config(
+    assert tiny_config({"name": "gdas"}).to_spec()["method"] == {
+        "name": "gdas",
+        "tau_max": 10.0,
+        "tau_min": 0.1,
+    }
+    composed = tiny_config(
         {"name": "beta_darts"},
         training={"order": "second", "hessian_every": 1},
         search_space={"partial_channels": 2, "edge_normalization": True},
     )
     assert composed.to_spec()["method"] == {"name": "beta_darts", "lambda_start": 0.0, "lambda_end": 50.0}
-    sdarts = _config({"name": "sdarts_adv"}, search_space={"partial_channels": 2, "edge_normalization": True})
+    sdarts = tiny_config(
+        {"name": "sdarts_adv"}, search_space={"partial_channels": 2, "edge_normalization": True}
+    )
     assert sdarts.to_spec()["method"] == {
         "name": "sdarts_adv", "epsilon_start": 0.03, "epsilon_end": 0.3, "attack_steps": 7,
     }  # fmt: skip
@@ -105,7 +102,7 @@ def test_each_section_fills_its_paper_defaults_and_softmax_methods_compose() -> 
 )
 def test_bad_method_sections_are_refused_naming_the_field(method, sections, message) -> None:
     with pytest.raises(ValueError, match=message):
-        _config(method, **sections)
+        tiny_config(method, **sections)
 
 
 # --------------------------------------------------------------------------------------------- GDAS
@@ -265,7 +262,7 @@ def test_sdarts_perturbs_the_weight_step_only_within_the_simplex(attack_steps: i
 
 
 def test_sdarts_composes_with_pc_darts(tiny_dataset) -> None:
-    config = _config(
+    config = tiny_config(
         {"name": "sdarts_rs"},
         training={"epochs": 1},
         search_space={"partial_channels": 2, "edge_normalization": True},
@@ -286,7 +283,7 @@ def test_a_methods_operation_weights_are_what_an_epoch_reports_and_derives_from(
         return F.softmax(-alphas, dim=-1)  # the weakest op by softmax is the strongest here
 
     monkeypatch.setattr(SearchMethod, "operation_weights", staticmethod(reversed_softmax))
-    config = _config(training={"epochs": 1})
+    config = tiny_config(training={"epochs": 1})
     result = run_search(tiny_dataset, config)
     monkeypatch.undo()
     network = SearchNetwork.from_config(config, tiny_dataset.in_channels, tiny_dataset.num_classes)
@@ -299,9 +296,9 @@ def test_a_methods_operation_weights_are_what_an_epoch_reports_and_derives_from(
 
 
 def test_every_epoch_records_its_method_and_the_values_of_its_schedules(tiny_dataset) -> None:
-    darts = run_search(tiny_dataset, _config(training={"epochs": 2}))
+    darts = run_search(tiny_dataset, tiny_config(training={"epochs": 2}))
     assert [(item.method, item.schedule) for item in darts.history] == [("darts", None), ("darts", None)]
-    gdas_config = _config({"name": "gdas", "tau_max": 4.0, "tau_min": 1.0}, training={"epochs": 3})
+    gdas_config = tiny_config({"name": "gdas", "tau_max": 4.0, "tau_min": 1.0}, training={"epochs": 3})
     gdas = run_search(tiny_dataset, gdas_config)
     assert [item.to_dict()["schedule"] for item in gdas.history] == [{"tau": 4.0}, {"tau": 2.5}, {"tau": 1.0}]
     assert {item.to_dict()["method"] for item in gdas.history} == {"gdas"}
@@ -327,7 +324,7 @@ def test_the_watch_view_shows_the_methods_schedule() -> None:
 def test_gdas_validates_with_batch_statistics_and_leaves_the_running_ones_alone(tiny_dataset) -> None:
     from darts_core.search.loop import _evaluate
 
-    config = _config({"name": "gdas"})
+    config = tiny_config({"name": "gdas"})
     torch.manual_seed(0)
     network = SearchNetwork.from_config(config, tiny_dataset.in_channels, tiny_dataset.num_classes)
     network.train()
@@ -353,7 +350,7 @@ def test_gdas_validates_with_batch_statistics_and_leaves_the_running_ones_alone(
 def test_gdas_validates_the_argmax_among_the_operations_a_genotype_keeps(tiny_dataset) -> None:
     """Once bound to its supernet, GDAS's validation never runs ``none`` (a genotype never keeps it):
     an edge whose strongest weight is ``none`` validates its strongest other operation."""
-    config = _config({"name": "gdas"})
+    config = tiny_config({"name": "gdas"})
     network = SearchNetwork.from_config(config, tiny_dataset.in_channels, tiny_dataset.num_classes)
     primitives = network.primitive_names
     none = primitives.index("none")

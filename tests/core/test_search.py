@@ -420,6 +420,17 @@ TINY_SPEC = {
 }
 
 
+def tiny_config(method: dict | None = None, **sections: dict) -> SearchConfig:
+    """The config of :data:`TINY_SPEC` with each of ``sections`` merged into its section, and ``method``
+    as its method section when given."""
+    spec = copy.deepcopy(TINY_SPEC)
+    for name, values in sections.items():
+        spec.setdefault(name, {}).update(values)
+    if method is not None:
+        spec["method"] = method
+    return SearchConfig.from_spec(spec)
+
+
 def _config(**training) -> SearchConfig:
     spec = copy.deepcopy(TINY_SPEC)
     spec["training"].update(training)
