@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from darts_core.checkpoint import load_optimizer_state
+from darts_core.nn.buffers import buffers_preserved
 from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.precision import exact_fp32
 from darts_core.search.methods.base import SearchMethod
@@ -328,17 +329,6 @@ class DartsSearch:
             for weight, flag in zip(self.weights, flags, strict=True):
                 weight.requires_grad_(flag)
 
-    @contextlib.contextmanager
-    def _buffers_preserved(self) -> Iterator[None]:
-        """Forwards inside leave the network's buffers (BatchNorm running statistics) as they found them."""
-        buffers = list(self.network.buffers())
-        saved = [buffer.clone() for buffer in buffers]
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(buffers, saved)
-
     @property
     def _arch_exact(self) -> bool:
         """The architecture step's passes at the real weights in exact fp32 (see ``arch_autocast``)."""
@@ -401,7 +391,7 @@ class DartsSearch:
         for weight in unrolled:
             weight.requires_grad_(True)
 
-        with self._buffers_preserved():
+        with buffers_preserved(self.network):
             # dL_val(w', alpha) with respect to alpha and w'.
             valid_loss, valid_logits = self._loss(
                 valid_batch, self.alphas, weights=unrolled, exact=True, mixing=mixing(self.alphas)
@@ -444,7 +434,7 @@ class DartsSearch:
         else:
             # A method's own passes (SDARTS-ADV's attack) form no weight gradient and leave the BatchNorm
             # statistics as they were (restored once its backward passes are done).
-            with self._weights_frozen(), self._buffers_preserved():
+            with self._weights_frozen(), buffers_preserved(self.network):
                 mixing = self.method.weight_mixing(fixed_alphas, loss_of)
         loss, logits = self._loss(train_batch, fixed_alphas, mixing=mixing, compiled=True)
         self.weight_optimizer.zero_grad(set_to_none=True)

@@ -40,6 +40,7 @@ from darts_core.checkpoint import (
 from darts_core.data.augment import epoch_generator, resolve_augmentation
 from darts_core.data.device_images import DeviceImages, dataset_images_on_device
 from darts_core.device import resolve_device
+from darts_core.nn.buffers import buffers_preserved
 from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.nn.search_network import SearchNetwork
 from darts_core.precision import resolve_autocast
@@ -199,15 +200,16 @@ def _evaluate(
     ``batch_statistics``: BatchNorm normalises each batch by its own statistics (the running ones are
     left as they were), for a method whose running statistics mix many sampled architectures.
     """
-    network.eval()
-    norms = [module for module in network.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    saved = [buffer.clone() for norm in norms for buffer in norm.buffers()] if batch_statistics else []
-    if batch_statistics:
-        for norm in norms:
-            norm.train()
     total_loss = torch.zeros((), device=images.device)
     total_correct = torch.zeros((), device=images.device)
-    try:
+    with contextlib.ExitStack() as restore:
+        network.eval()
+        restore.callback(network.train)
+        if batch_statistics:
+            restore.enter_context(buffers_preserved(network))
+            for module in network.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train()
         for start in range(0, images.shape[0], batch_size):
             if should_stop is not None and should_stop():
                 return None
@@ -222,11 +224,6 @@ def _evaluate(
                 logits = network(x) if mixing is None else network(x, mixing=mixing)
             total_loss += F.cross_entropy(logits.float(), y, reduction="sum")
             total_correct += (logits.argmax(dim=1) == y).sum()
-    finally:
-        network.train()
-        if batch_statistics:
-            with torch.no_grad():
-                torch._foreach_copy_([b for norm in norms for b in norm.buffers()], saved)
     loss, correct = torch.stack([total_loss, total_correct]).tolist()
     return loss / images.shape[0], correct / images.shape[0]
 
