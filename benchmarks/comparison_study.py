@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from app.stack.demo import Stack, _free_port, _interrupt
 from darts_core.spec.method_spec import METHOD_NAMES
 
@@ -86,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         stack.wait_ready()
-        headers = {"Authorization": f"Bearer {stack.key()}"}
-        with httpx.Client(base_url=stack.url, timeout=30, headers=headers) as client:
+        with stack.client() as client:
             created = client.post("/studies", json=body)
             if created.status_code != 201:
                 print(f"POST /studies answered {created.status_code}: {created.text}", file=sys.stderr)
@@ -109,9 +106,10 @@ def run(args: argparse.Namespace) -> int:
                 if study["status"] in ("succeeded", "failed", "cancelled"):
                     break
                 time.sleep(10)
-        print(f"\nstudy {study['status']} after {time.monotonic() - started:.0f} s" + (
-            f": {study['error']}" if study.get("error") else ""
-        ))
+        print(
+            f"\nstudy {study['status']} after {time.monotonic() - started:.0f} s"
+            + (f": {study['error']}" if study.get("error") else "")
+        )
         print(f"load average at the end {os.getloadavg()[0]:.1f}\n")
         print(markdown_table(study["comparison"]))
         if args.json is not None:

@@ -110,6 +110,12 @@ class Stack:
             time.sleep(0.25)
         raise RuntimeError(f"the stack was not ready within {timeout} s; see {self.log_path}")
 
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        """An HTTP client of the stack's API, authenticated with its admin key (close it, or use ``with``)."""
+        return httpx.Client(
+            base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {self.key()}"}
+        )
+
     def key(self) -> str:
         """The admin key `up` wrote before its API answered (a client like any other uses it)."""
         return self.key_path.read_text().strip()
@@ -139,8 +145,7 @@ def run_demo(data_dir: Path, port: int, epochs: int) -> int:
     stack = Stack(data_dir, port)
     try:
         stack.wait_ready()
-        headers = {"Authorization": f"Bearer {stack.key()}"}
-        with httpx.Client(base_url=stack.url, timeout=30, headers=headers) as client:
+        with stack.client() as client:
             created = client.post("/searches", json=spec)
             if created.status_code != 201:
                 print(f"POST /searches answered {created.status_code}: {created.text}", file=sys.stderr)
