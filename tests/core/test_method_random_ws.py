@@ -4,6 +4,7 @@ runs only the drawn operations, the weight-step-only step and the final selectio
 from __future__ import annotations
 
 import collections
+import copy
 
 import pytest
 import torch
@@ -97,6 +98,28 @@ def test_only_the_drawn_operations_run_and_match_the_reference() -> None:
                 used = any(id(p) in touched for p in module.parameters())
                 if any(True for _ in module.parameters()):
                     assert used == ((edge, op) in drawn), (edge, network.primitive_names[op])
+
+
+def test_nothing_of_one_draw_carries_into_the_next_forward() -> None:
+    # The shared supernet runs another architecture every batch: a forward (and its backward) under
+    # draws A then B must give what B gives on an untouched copy, or one draw would leak into the next.
+    network, _ = _build_pair(cells=3)
+    fresh = copy.deepcopy(network)
+    method = RandomWs()
+    method.bind(network)
+    torch.manual_seed(5)
+    draws = [method.sample() for _ in range(3)]
+    (images, labels), _ = _batches(1)[0]
+    for draw in draws[:2]:
+        logits = network(images, mixing=method.mixing_of(draw, network.alphas_normal))
+        F.cross_entropy(logits, labels).backward()
+    last = draws[2]
+    torch.testing.assert_close(
+        network(images, mixing=method.mixing_of(last, network.alphas_normal)),
+        fresh(images, mixing=method.mixing_of(last, fresh.alphas_normal)),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_a_step_trains_the_weights_only() -> None:
