@@ -152,7 +152,7 @@ def get_dataset(dataset_id: str, session: SessionDep, _owner: DatasetAccess) -> 
 
 @router.delete("/{dataset_id}", status_code=status.HTTP_204_NO_CONTENT, responses=errors(404, 409))
 def delete_dataset(dataset_id: str, session: SessionDep, _owner: DatasetAccess) -> Response:
-    """Remove an uploaded dataset and free its file (409 while a search that has not finished uses it,
-    and for a built-in)."""
+    """Remove an uploaded dataset and free its file (409 while a search, a training or a study that has
+    not finished needs it, and for a built-in)."""
     dataset_service.delete_dataset(session, dataset_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db import affected_rows, utcnow
 from app.lifecycle.status import TERMINAL
-from app.models import Dataset, Search
+from app.models import Dataset, Search, Study, Training
 from app.services.errors import Conflict, NotFound, PayloadTooLarge, Unprocessable
 from app.services.multipart import MultipartUpload
 from app.services.pagination import encode_cursor, older_than
@@ -348,21 +348,40 @@ def get_dataset(session: Session, dataset_id: str) -> dict[str, Any]:
     return upload_public(dataset)
 
 
+def _uploads_named_by(study_spec: dict[str, Any]) -> set[str]:
+    """The uploaded datasets' ids a study's accepted spec names (its search's, selection's, final's)."""
+    sections = (study_spec.get("search"), study_spec.get("selection"), study_spec.get("final"))
+    datasets = [section.get("dataset") for section in sections if isinstance(section, dict)]
+    return {dataset["id"] for dataset in datasets if isinstance(dataset, dict) and "id" in dataset}
+
+
 def delete_dataset(session: Session, dataset_id: str) -> None:
-    """Remove an uploaded dataset and its file. Conflict (409) for a built-in, and while a search that is
-    not finished uses it (the check and the delete are one statement: no search slips in between)."""
+    """Remove an uploaded dataset and its file. Conflict (409) for a built-in, and while a job that has
+    not finished needs it: a search or a training that loads it, or a study whose search, selection or
+    final training names it (its next stage would load it). The searches and trainings are checked in
+    the delete statement itself, so none created meanwhile slips in between; a study creates its
+    searches with it, so a study created meanwhile is caught by them."""
     if any(info["name"] == dataset_id for info in builtin_datasets()):
         raise Conflict(f"dataset {dataset_id!r} is built in; only uploaded datasets can be deleted")
     dataset = session.get(Dataset, dataset_id)
     if dataset is None:
         raise NotFound(f"dataset {dataset_id!r} not found")
-    in_use = exists().where(
-        Search.dataset_ref == f"upload:{dataset_id}", Search.status.not_in(TERMINAL)
+    for study_id, spec in session.execute(select(Study.id, Study.spec).where(Study.status.not_in(TERMINAL))):
+        if dataset_id in _uploads_named_by(spec):
+            raise Conflict(
+                f"dataset {dataset_id!r} is used by study {study_id!r}, which has not finished: cancel it "
+                "or wait for it"
+            )
+    ref = f"upload:{dataset_id}"
+    in_use = or_(
+        exists().where(Search.dataset_ref == ref, Search.status.not_in(TERMINAL)),
+        exists().where(Training.dataset_ref == ref, Training.status.not_in(TERMINAL)),
     )
     deleted = affected_rows(session.execute(delete(Dataset).where(Dataset.id == dataset_id, ~in_use)))
     session.commit()
     if deleted != 1:
         raise Conflict(
-            f"dataset {dataset_id!r} is used by a search that has not finished: cancel it or wait for it"
+            f"dataset {dataset_id!r} is used by a search or a training that has not finished: cancel it "
+            "or wait for it"
         )
     Path(dataset.path).unlink(missing_ok=True)

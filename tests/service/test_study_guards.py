@@ -3,6 +3,8 @@ turns out impossible ends `failed` with the reason instead of being retried fore
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import delete
@@ -10,10 +12,11 @@ from sqlalchemy.orm import Session
 
 from app.lifecycle import studies as lifecycle_studies
 from app.lifecycle.status import Status
-from app.models import Search, SearchEpoch, Study, Training
+from app.models import Dataset, Search, SearchEpoch, Study, Training
 from app.services import study_advance, trainings
 from app.services.study_advance import StudyDeps, advance_study, advance_unfinished, children
 
+from .test_auth import npz_bytes
 from .test_studies import STUDY, create
 from .test_study_advance import (
     deps,
@@ -142,3 +145,58 @@ def test_an_unexpected_error_creating_a_training_fails_the_study(
         "the selection training of seed 0 could not be created: an internal error "
         "(the service's log has the details)"
     )
+
+
+def test_an_uploaded_dataset_stays_while_a_study_or_a_training_needs_it(
+    client: TestClient, db_session: Session, record_epochs
+) -> None:
+    dataset = client.post("/datasets", files={"file": ("d.npz", npz_bytes())}).json()
+    path = Path(db_session.get(Dataset, dataset["id"]).path)
+    body = {
+        "search": {"dataset": {"id": dataset["id"]}, "training": {"epochs": 2}},
+        "seeds": [0],
+        "random_baseline": 1,
+        "selection": {"training": {"epochs": 1}},
+    }
+    study = create(client, body)
+    (search,) = study["stages"]["search"]
+
+    def delete() -> tuple[int, str]:
+        response = client.delete(f"/datasets/{dataset['id']}")
+        return response.status_code, response.text
+
+    assert delete()[0] == 409  # its search is queued
+    # Every child has finished, but the study's selection (its random genotype too) still loads it.
+    record_epochs(search["id"], 2, status="succeeded")
+    status, detail = delete()
+    assert status == 409 and f"used by study {study['id']!r}, which has not finished" in detail
+    # A training of the found genotype, outside the study, on the search's dataset.
+    training = client.post("/trainings", json={"search_id": search["id"], "training": {"epochs": 1}}).json()
+    assert client.post(f"/studies/{study['id']}/cancel").status_code == 202
+    status, detail = delete()
+    assert status == 409 and "used by a search or a training that has not finished" in detail
+    assert path.exists() and client.get(f"/datasets/{dataset['id']}").status_code == 200
+
+    assert client.post(f"/trainings/{training['id']}/cancel").status_code == 202
+    assert delete()[0] == 204
+    assert not path.exists() and client.get(f"/datasets/{dataset['id']}").status_code == 404
+
+
+def test_a_study_whose_uploaded_dataset_vanished_fails_naming_it_instead_of_retrying(
+    client: TestClient, db_session: Session, deps: StudyDeps, record_epochs
+) -> None:
+    # The API refuses the delete while the study runs (above); a row removed behind its back (an operator,
+    # a restored backup) must still end the study with the reason, not leave it to every sweep.
+    dataset = client.post("/datasets", files={"file": ("d.npz", npz_bytes())}).json()
+    body = {"search": {"dataset": {"id": dataset["id"]}, "training": {"epochs": 2}}, "seeds": [0],
+            "random_baseline": 2}  # fmt: skip
+    study = create(client, body)
+    record_epochs(study["stages"]["search"][0]["id"], 2, status="succeeded")
+    db_session.execute(delete(Dataset).where(Dataset.id == dataset["id"]))
+    db_session.commit()
+    for _ in range(2):  # the second sweep finds it ended
+        advance_study(db_session, study["id"], deps)
+    after = client.get(f"/studies/{study['id']}").json()
+    assert after["status"] == "failed", after
+    assert "could not be created" in after["error"] and dataset["id"] in after["error"]
+    assert trainings_of(db_session, _study(db_session, study["id"]), "selecting") == []
