@@ -66,9 +66,9 @@ pcdarts-digits: install
 	$(BIN)/python -m darts_core.cli.demo --partial-channels 4 --edge-normalization --epochs 10 \
 		--train-epochs 20 --min-valid-acc 0.90 --min-test-acc 0.95
 
-# Every search method on digits (slow, outside `make test`): each searches 10 epochs (GDAS and random_ws,
-# single-path, 150), its genotype is retrained 20; fails when one is below 0.90 supernet valid accuracy
-# or 0.95 retrained test accuracy.
+# Every search method on digits (slow, outside `make test`): each searches the epochs SEARCH_EPOCHS of
+# benchmarks/methods_digits.py gives it, its genotype is retrained 20; fails when one is below 0.90
+# supernet valid accuracy or 0.95 retrained test accuracy.
 methods-digits: install
 	$(BIN)/python benchmarks/methods_digits.py --train-epochs 20 --min-valid-acc 0.90 --min-test-acc 0.95
 

@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs",
         type=int,
         default=None,
-        help=f"search epochs of every method (default: {DEFAULT_SEARCH_EPOCHS}, and {SEARCH_EPOCHS})",
+        help=f"search epochs of every method (default: {DEFAULT_SEARCH_EPOCHS}; "
+        + ", ".join(f"{name} {epochs}" for name, epochs in SEARCH_EPOCHS.items())
+        + ")",
     )
     parser.add_argument(
         "--method-epochs",
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     overrides = dict(args.method_epochs)
+    if unused := sorted(set(overrides) - set(args.methods)):
+        parser.error(f"--method-epochs: {', '.join(unused)} not among --methods")
     rows = []
     for name in args.methods:
         default = SEARCH_EPOCHS.get(name, DEFAULT_SEARCH_EPOCHS) if args.epochs is None else args.epochs

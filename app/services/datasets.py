@@ -357,10 +357,16 @@ def _uploads_named_by(study_spec: dict[str, Any]) -> set[str]:
 
 def delete_dataset(session: Session, dataset_id: str) -> None:
     """Remove an uploaded dataset and its file. Conflict (409) for a built-in, and while a job that has
-    not finished needs it: a search or a training that loads it, or a study whose search, selection or
-    final training names it (its next stage would load it). The searches and trainings are checked in
-    the delete statement itself, so none created meanwhile slips in between; a study creates its
-    searches with it, so a study created meanwhile is caught by them."""
+    not finished may need it: a search or a training that loads it, or a study whose search, selection or
+    final training names it (whatever its stage: a study in its final stage with another final dataset
+    is refused too, on the safe side). Every owner's studies are read, not only the upload's owner's: an
+    admin may run jobs on another owner's upload.
+
+    The searches and trainings are checked in the delete statement itself. What that leaves open is
+    narrow: a job whose row is not yet committed when the statement runs (a study just committed whose
+    searches are not, or a study naming the upload only in its selection or final), and then that job
+    fails naming the missing dataset rather than running on nothing (tests/service/test_study_guards.py).
+    """
     if any(info["name"] == dataset_id for info in builtin_datasets()):
         raise Conflict(f"dataset {dataset_id!r} is built in; only uploaded datasets can be deleted")
     dataset = session.get(Dataset, dataset_id)

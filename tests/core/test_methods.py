@@ -369,3 +369,8 @@ def test_gdas_validates_the_argmax_among_the_operations_a_genotype_keeps(tiny_da
         assert torch.equal(mixing.weights[:, expected], torch.ones(mixing.weights.shape[0]))
     with pytest.raises(ValueError, match="allowed"):
         one_hot_of_argmax(network.alphas_normal, [])
+    # A supernet of `none` alone keeps nothing: its validation is the plain argmax, as before bind.
+    only_none = SearchNetwork(1, 3, init_channels=4, cells=3, internal_nodes=2, primitives=["none"])
+    method.bind(only_none)
+    assert method.keepable is None
+    assert set(method.eval_mixing(only_none.arch_parameters())[0].sampled or ()) == {0}

@@ -432,9 +432,7 @@ def tiny_config(method: dict | None = None, **sections: dict) -> SearchConfig:
 
 
 def _config(**training) -> SearchConfig:
-    spec = copy.deepcopy(TINY_SPEC)
-    spec["training"].update(training)
-    return SearchConfig.from_spec(spec)
+    return tiny_config(training=training)
 
 
 def _load_checkpoint(directory) -> dict:

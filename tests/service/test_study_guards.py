@@ -15,6 +15,7 @@ from app.lifecycle.status import Status
 from app.models import Dataset, Search, SearchEpoch, Study, Training
 from app.services import study_advance, trainings
 from app.services.study_advance import StudyDeps, advance_study, advance_unfinished, children
+from darts_core.spec.genotype import DARTS_V2
 
 from .test_auth import npz_bytes
 from .test_studies import STUDY, create
@@ -200,3 +201,32 @@ def test_a_study_whose_uploaded_dataset_vanished_fails_naming_it_instead_of_retr
     assert after["status"] == "failed", after
     assert "could not be created" in after["error"] and dataset["id"] in after["error"]
     assert trainings_of(db_session, _study(db_session, study["id"]), "selecting") == []
+
+
+@pytest.mark.parametrize("section", ["selection", "final"])
+def test_an_upload_named_only_by_a_studys_later_stage_stays_while_the_study_runs(
+    client: TestClient, section: str
+) -> None:
+    dataset = client.post("/datasets", files={"file": ("d.npz", npz_bytes())}).json()
+    body = {**STUDY, "seeds": [0], section: {"dataset": {"id": dataset["id"]}, "training": {"epochs": 1}}}
+    study = create(client, body)  # its search runs on digits: no search or training loads the upload yet
+    response = client.delete(f"/datasets/{dataset['id']}")
+    assert response.status_code == 409 and f"used by study {study['id']!r}" in response.json()["detail"]
+    assert client.post(f"/studies/{study['id']}/cancel").status_code == 202
+    assert client.delete(f"/datasets/{dataset['id']}").status_code == 204
+
+
+def test_an_upload_stays_while_a_training_of_a_given_genotype_loads_it(client: TestClient) -> None:
+    dataset = client.post("/datasets", files={"file": ("d.npz", npz_bytes())}).json()
+    body = {
+        "genotype": DARTS_V2.to_json(),
+        "dataset": {"id": dataset["id"]},
+        "network": {"cells": 3, "init_channels": 4},
+        "training": {"epochs": 1},
+    }
+    created = client.post("/trainings", json=body)
+    assert created.status_code == 201, created.text
+    response = client.delete(f"/datasets/{dataset['id']}")
+    assert response.status_code == 409 and "a search or a training" in response.json()["detail"]
+    assert client.post(f"/trainings/{created.json()['id']}/cancel").status_code == 202
+    assert client.delete(f"/datasets/{dataset['id']}").status_code == 204

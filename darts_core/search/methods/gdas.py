@@ -25,7 +25,7 @@ from torch import Tensor
 
 from darts_core.nn.edge_weights import EdgeMixing
 from darts_core.search.methods.base import SearchMethod
-from darts_core.spec.genotype import _NONE, keepable_operations
+from darts_core.spec.genotype import keepable_operations
 
 if TYPE_CHECKING:
     from darts_core.nn.search_network import SearchNetwork
@@ -100,9 +100,10 @@ class Gdas(SearchMethod):
         self.keepable: list[int] | None = None
 
     def bind(self, network: SearchNetwork) -> None:
-        names = network.primitive_names
-        # A supernet of `none` alone has nothing a genotype could keep: validate its argmax as it is.
-        self.keepable = keepable_operations(names) if any(name != _NONE for name in names) else None
+        try:
+            self.keepable = keepable_operations(network.primitive_names)
+        except ValueError:  # a supernet of `none` alone: nothing a genotype keeps, validate the argmax
+            self.keepable = None
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         fraction = (epoch - 1) / (epochs - 1) if epochs > 1 else 0.0
