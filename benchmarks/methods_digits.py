@@ -7,7 +7,7 @@ scikit-learn's digits (:data:`darts_core.cli.demo.DEMO_SEARCH_SPEC`: 5 cells, 8 
 first order, seed 0) with its paper's default hyperparameters, then its genotype is retrained from
 scratch on the same split and tested on the 359 held-out images. The bilevel methods search 10 epochs;
 GDAS and random_ws, whose shared weights train under one sampled architecture a batch, search 150
-(:data:`SEARCH_EPOCHS`: their steps cost 0.08x and 0.06x a DARTS step's CPU time, and on digits their
+(:data:`SEARCH_EPOCHS`: their steps cost 0.16x and 0.06x a DARTS step's CPU time, and on digits their
 supernets pass 0.90 only after 80 to 90 epochs). The bars are those of
 ``make pcdarts-digits``: supernet valid accuracy >= 0.90 and retrained test accuracy >= 0.95 (exit 1
 when a method misses either). Prints a Markdown table with the machine, and writes it as JSON with
