@@ -13,6 +13,7 @@ from darts_core.spec.genotype import Gene, Genotype, _is_int, keepable_operation
 
 __all__ = ["derive_genotype"]
 
+
 def _operation_weights(
     name: str,
     alphas: Any,
@@ -39,8 +40,9 @@ def _edge_weights(name: str, betas: Any, internal_nodes: int) -> torch.Tensor:
         raise ValueError(f"{name}: {str(error).removeprefix('betas: ')}") from None
 
 
-def _derive_cell(weights: torch.Tensor, primitives: Sequence[str], internal_nodes: int) -> list[Gene]:
-    candidate_ops = keepable_operations(primitives)
+def _derive_cell(
+    weights: torch.Tensor, primitives: Sequence[str], candidate_ops: Sequence[int], internal_nodes: int
+) -> list[Gene]:
     rows = weights.tolist()
     genes: list[Gene] = []
     start = 0
@@ -101,7 +103,7 @@ def derive_genotype(
     primitives = list(primitives)
     if len(set(primitives)) != len(primitives):
         raise ValueError(f"primitives: names must be unique, got {primitives}")
-    keepable_operations(primitives)  # raises, naming primitives, when only `none` is left
+    candidate_ops = keepable_operations(primitives)  # raises, naming primitives, when only `none` is left
     shape = (num_edges(internal_nodes), len(primitives))
     weights_normal = _operation_weights("alphas_normal", alphas_normal, shape, weights_of)
     weights_reduce = _operation_weights("alphas_reduce", alphas_reduce, shape, weights_of)
@@ -112,9 +114,9 @@ def derive_genotype(
         weights_reduce = weights_reduce * _edge_weights("betas_reduce", betas_reduce, internal_nodes)[:, None]
     concat = tuple(range(2, 2 + internal_nodes))
     return Genotype(
-        normal=tuple(_derive_cell(weights_normal, primitives, internal_nodes)),
+        normal=tuple(_derive_cell(weights_normal, primitives, candidate_ops, internal_nodes)),
         normal_concat=concat,
-        reduce=tuple(_derive_cell(weights_reduce, primitives, internal_nodes)),
+        reduce=tuple(_derive_cell(weights_reduce, primitives, candidate_ops, internal_nodes)),
         reduce_concat=concat,
         primitives=primitives,
     )
